@@ -1,0 +1,15 @@
+//! onepd's adapters: everything that touches the outside world.
+//!
+//! * [`store`] — the event log on SQLite and PostgreSQL;
+//! * [`grpc`] — the tonic services.
+//!
+//! **Invariant:** the only crate (with the binary) that knows sqlx, tonic or
+//! a clock; the domain sees these only through its ports.
+
+#![warn(missing_docs)]
+
+pub mod grpc;
+pub mod store;
+
+pub use store::sealing::MasterKey;
+pub use store::{BackendKind, EventLog, StoreConfig};

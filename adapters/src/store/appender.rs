@@ -1,0 +1,374 @@
+//! Group commit: the one task per process that writes the log.
+//!
+//! Append calls send their prepared batches here over a bounded channel (a
+//! full channel makes callers wait: back-pressure). The task takes every batch
+//! waiting, up to a limit, and commits them in one transaction:
+//!
+//! 1. lock the log head — this serializes appenders in every process, so
+//!    positions are assigned in commit order and never leave gaps;
+//! 2. catch the in-memory id index up with events other processes committed;
+//! 3. decide each batch: duplicate, partly stored (refused), wrong stream
+//!    version (refused), or new;
+//! 4. seal the new events' payloads, chain their hashes, insert them, move the
+//!    head, commit;
+//! 5. only then answer every caller of the group.
+//!
+//! A refused batch does not affect the others in its group. If the
+//! transaction fails, every batch of the group gets the error and nothing of
+//! it is acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use onepd_domain::{AppendError, AppendOutcome, EventId, ExpectedVersion, Position, StoreError, StreamId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::backend::{Backend, Head, NewKeyRow, StoredRow};
+use super::dedup::IdIndex;
+use super::keys::KEY_CACHE_LIMIT;
+use super::sealing::{MasterKey, SubjectKey};
+
+/// The most events one group commit takes.
+const MAX_GROUP_EVENTS: usize = 20_000;
+
+/// An event ready to store, but for its position, hash and sealing.
+pub(crate) struct PreparedEvent {
+    pub event_id: Uuid,
+    pub workspace_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub data: Vec<u8>,
+    pub metadata: Vec<u8>,
+    pub subject: Option<String>,
+}
+
+/// One append call waiting for its group.
+pub(crate) struct PendingAppend {
+    pub stream: StreamId,
+    pub expected: ExpectedVersion,
+    pub events: Vec<PreparedEvent>,
+    pub reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+/// What the appender task is asked to do.
+pub(crate) enum Command {
+    Append(PendingAppend),
+    /// Finish what is queued before this, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// What was decided for one batch of a group before anything is written.
+enum Decision {
+    Refused(AppendError),
+    Duplicate { positions: Vec<Position>, stream: String },
+    New { first: u64, first_version: u64 },
+}
+
+/// The appender task's state.
+pub(crate) struct Appender {
+    pub backend: Arc<dyn Backend>,
+    pub master: MasterKey,
+    pub index: IdIndex,
+    pub wake: watch::Sender<u64>,
+    /// Sealing keys by subject hash, valid for `key_epoch`.
+    seal_keys: HashMap<[u8; 32], (Uuid, SubjectKey)>,
+    key_epoch: i64,
+}
+
+impl Appender {
+    pub(crate) fn new(backend: Arc<dyn Backend>, master: MasterKey, index: IdIndex, wake: watch::Sender<u64>) -> Appender {
+        Appender { backend, master, index, wake, seal_keys: HashMap::new(), key_epoch: -1 }
+    }
+
+    /// Runs until a `Close` command arrives or every sender is gone.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        while let Some(command) = commands.recv().await {
+            let mut group = Vec::new();
+            let mut events = 0;
+            let mut close = None;
+            match command {
+                Command::Append(pending) => {
+                    events += pending.events.len();
+                    group.push(pending);
+                }
+                Command::Close(done) => close = Some(done),
+            }
+            while close.is_none() && events < MAX_GROUP_EVENTS {
+                match commands.try_recv() {
+                    Ok(Command::Append(pending)) => {
+                        events += pending.events.len();
+                        group.push(pending);
+                    }
+                    Ok(Command::Close(done)) => close = Some(done),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(group).await;
+            }
+            if let Some(done) = close {
+                commands.close();
+                while let Ok(command) = commands.try_recv() {
+                    if let Command::Append(pending) = command {
+                        let _ = pending.reply.send(Err(AppendError::Store(StoreError::ShuttingDown)));
+                    }
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    async fn commit_group(&mut self, group: Vec<PendingAppend>) {
+        let started = Instant::now();
+        match self.try_commit(&group).await {
+            Ok(outcomes) => {
+                for (pending, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(outcome);
+                }
+                metrics::histogram!("onepd_append_group_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(err) => {
+                warn!(cause = %err, batches = group.len(), "group commit failed");
+                for pending in group {
+                    let _ = pending.reply.send(Err(AppendError::Store(err.clone())));
+                }
+            }
+        }
+    }
+
+    async fn try_commit(&mut self, group: &[PendingAppend]) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        let mut tx = self.backend.begin().await?;
+        let head = tx.lock_head().await?;
+        if head.key_epoch != self.key_epoch {
+            self.seal_keys.clear();
+            self.key_epoch = head.key_epoch;
+        }
+        if head.position > self.index.indexed_up_to() {
+            for (position, id) in tx.event_ids_after(self.index.indexed_up_to()).await? {
+                self.index.insert(id, position);
+            }
+        }
+
+        // Fingerprint hits are only candidates: confirm them against the stored ids.
+        let mut candidates: Vec<u64> = group
+            .iter()
+            .flat_map(|pending| pending.events.iter())
+            .flat_map(|event| self.index.candidates(event.event_id))
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let stored_ids = if candidates.is_empty() { HashMap::new() } else { tx.event_ids_at(&candidates).await? };
+
+        let mut staged: HashMap<Uuid, u64> = HashMap::new();
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut next_position = head.position + 1;
+        let mut decisions = Vec::with_capacity(group.len());
+        for pending in group {
+            let found: Vec<Option<u64>> = pending
+                .events
+                .iter()
+                .map(|event| {
+                    staged.get(&event.event_id).copied().or_else(|| {
+                        self.index
+                            .candidates(event.event_id)
+                            .into_iter()
+                            .find(|position| stored_ids.get(position) == Some(&event.event_id))
+                    })
+                })
+                .collect();
+            let stored = found.iter().filter(|p| p.is_some()).count();
+            if stored == found.len() {
+                decisions.push(Decision::Duplicate {
+                    positions: found.into_iter().map(|p| Position(p.unwrap_or_default())).collect(),
+                    stream: pending.stream.as_str().to_owned(),
+                });
+                continue;
+            }
+            if stored > 0 {
+                let ids = pending
+                    .events
+                    .iter()
+                    .zip(&found)
+                    .filter(|(_, p)| p.is_some())
+                    .map(|(event, _)| EventId(event.event_id))
+                    .collect();
+                decisions.push(Decision::Refused(AppendError::PartiallyStored { total: found.len(), stored: ids }));
+                continue;
+            }
+            let stream = pending.stream.as_str();
+            let version = match versions.get(stream) {
+                Some(version) => *version,
+                None => tx.stream_version(stream).await?,
+            };
+            if !pending.expected.admits(version) {
+                versions.insert(stream.to_owned(), version);
+                decisions.push(Decision::Refused(AppendError::WrongExpectedVersion {
+                    stream: pending.stream.clone(),
+                    expected: pending.expected,
+                    found: version,
+                }));
+                continue;
+            }
+            let count = pending.events.len() as u64;
+            versions.insert(stream.to_owned(), version + count);
+            for (offset, event) in pending.events.iter().enumerate() {
+                staged.insert(event.event_id, next_position + offset as u64);
+            }
+            decisions.push(Decision::New { first: next_position, first_version: version + 1 });
+            next_position += count;
+        }
+
+        // Streams of duplicates report their current version.
+        for decision in &decisions {
+            if let Decision::Duplicate { stream, .. } = decision
+                && !versions.contains_key(stream)
+            {
+                let version = tx.stream_version(stream).await?;
+                versions.insert(stream.clone(), version);
+            }
+        }
+
+        let new_keys = self.resolve_keys(tx.as_mut(), group, &decisions).await?;
+        let recorded_at = now_micros().max(head.recorded_at);
+        let mut previous = head.hash;
+        let mut rows = Vec::with_capacity((next_position - head.position - 1) as usize);
+        for (pending, decision) in group.iter().zip(&decisions) {
+            let Decision::New { first, first_version } = decision else { continue };
+            for (offset, event) in pending.events.iter().enumerate() {
+                let (key_id, data) = match &event.subject {
+                    Some(subject) => {
+                        let hash = self.master.subject_hash(event.workspace_id, subject);
+                        let (key_id, key) = self
+                            .seal_keys
+                            .get(&hash)
+                            .or_else(|| new_keys.get(&hash).map(|(key, _)| key))
+                            .expect("every subject of the group has a key");
+                        (Some(*key_id), key.seal(event.event_id, &event.data))
+                    }
+                    None => (None, event.data.clone()),
+                };
+                let mut row = StoredRow {
+                    position: first + offset as u64,
+                    event_id: event.event_id,
+                    workspace_id: event.workspace_id,
+                    stream_id: pending.stream.as_str().to_owned(),
+                    stream_version: first_version + offset as u64,
+                    event_type: event.event_type.clone(),
+                    schema_version: event.schema_version,
+                    recorded_at,
+                    key_id,
+                    data,
+                    metadata: event.metadata.clone(),
+                    hash: [0; 32],
+                };
+                row.hash = row.as_stored().chain_hash(&previous);
+                previous = row.hash;
+                rows.push(row);
+            }
+        }
+
+        if !rows.is_empty() {
+            let key_rows: Vec<NewKeyRow> = new_keys.values().map(|(_, row)| row.clone()).collect();
+            if !key_rows.is_empty() {
+                tx.insert_subject_keys(&key_rows).await?;
+            }
+            tx.insert_rows(&rows).await?;
+            let new_head = Head { position: next_position - 1, hash: previous, recorded_at, key_epoch: head.key_epoch };
+            tx.set_head(&new_head).await?;
+            tx.commit().await?;
+            for row in &rows {
+                self.index.insert(row.event_id, row.position);
+            }
+            if self.seal_keys.len() + new_keys.len() > KEY_CACHE_LIMIT {
+                self.seal_keys.clear();
+            }
+            self.seal_keys.extend(new_keys.into_iter().map(|(hash, (key, _))| (hash, key)));
+            self.wake.send_if_modified(|seen| {
+                let newer = new_head.position > *seen;
+                *seen = (*seen).max(new_head.position);
+                newer
+            });
+            metrics::counter!("onepd_events_appended_total").increment(rows.len() as u64);
+            debug!(from = rows[0].position, to = new_head.position, batches = group.len(), "group committed");
+        }
+        // With nothing new the transaction is dropped, which rolls it back.
+
+        Ok(decisions
+            .into_iter()
+            .zip(group)
+            .map(|(decision, pending)| match decision {
+                Decision::Refused(err) => Err(err),
+                Decision::Duplicate { positions, stream } => Ok(AppendOutcome {
+                    positions,
+                    stream_version: versions.get(&stream).copied().unwrap_or_default(),
+                    duplicate: true,
+                }),
+                Decision::New { first, first_version } => {
+                    let count = pending.events.len() as u64;
+                    Ok(AppendOutcome {
+                        positions: (first..first + count).map(Position).collect(),
+                        stream_version: first_version + count - 1,
+                        duplicate: false,
+                    })
+                }
+            })
+            .collect())
+    }
+
+    /// Makes sure every subject of the group's new events has a sealing key:
+    /// from the cache, from the database, or newly made. Returns the new ones,
+    /// which are stored with the group and cached only once it commits.
+    async fn resolve_keys(
+        &mut self,
+        tx: &mut dyn super::backend::AppendTx,
+        group: &[PendingAppend],
+        decisions: &[Decision],
+    ) -> Result<HashMap<[u8; 32], ((Uuid, SubjectKey), NewKeyRow)>, StoreError> {
+        let mut missing: Vec<[u8; 32]> = Vec::new();
+        for (pending, decision) in group.iter().zip(decisions) {
+            if !matches!(decision, Decision::New { .. }) {
+                continue;
+            }
+            for event in &pending.events {
+                if let Some(subject) = &event.subject {
+                    let hash = self.master.subject_hash(event.workspace_id, subject);
+                    if !self.seal_keys.contains_key(&hash) {
+                        missing.push(hash);
+                    }
+                }
+            }
+        }
+        let mut new_keys = HashMap::new();
+        if missing.is_empty() {
+            return Ok(new_keys);
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        for row in tx.subject_keys(&missing).await? {
+            let key = self.master.unwrap_subject_key(row.key_id, &row.wrapped).map_err(|_| StoreError::Corrupt {
+                position: 0,
+                reason: "a subject key does not unwrap with the configured master key".into(),
+            })?;
+            self.seal_keys.insert(row.subject_hash, (row.key_id, key));
+        }
+        let created_at = now_micros();
+        for hash in missing {
+            if self.seal_keys.contains_key(&hash) {
+                continue;
+            }
+            let key_id = Uuid::now_v7();
+            let (key, wrapped) = self.master.new_subject_key(key_id);
+            new_keys.insert(hash, ((key_id, key), NewKeyRow { key_id, subject_hash: hash, wrapped, created_at }));
+        }
+        Ok(new_keys)
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
+}

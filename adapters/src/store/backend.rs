@@ -1,0 +1,151 @@
+//! What the event log needs from a database, as two small traits, so the
+//! log's logic (group commit, idempotency, sealing, hashing) is written once
+//! and SQLite and PostgreSQL differ only in SQL.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use onepd_domain::chain::StoredEvent;
+use onepd_domain::{EventFilter, StoreError};
+use uuid::Uuid;
+
+/// One event row exactly as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    /// Global position.
+    pub position: u64,
+    /// Event id.
+    pub event_id: Uuid,
+    /// Workspace id.
+    pub workspace_id: Uuid,
+    /// Stream id.
+    pub stream_id: String,
+    /// Version within the stream.
+    pub stream_version: u64,
+    /// Event type.
+    pub event_type: String,
+    /// Stored schema version.
+    pub schema_version: u32,
+    /// Microseconds since the epoch.
+    pub recorded_at: i64,
+    /// The subject key sealing `data`, if sealed.
+    pub key_id: Option<Uuid>,
+    /// Payload bytes: JSON text, or nonce and ciphertext when sealed.
+    pub data: Vec<u8>,
+    /// Metadata bytes (JSON text).
+    pub metadata: Vec<u8>,
+    /// Chain hash.
+    pub hash: [u8; 32],
+}
+
+impl StoredRow {
+    /// The row as input of the chain hash.
+    pub fn as_stored(&self) -> StoredEvent<'_> {
+        StoredEvent {
+            position: self.position,
+            event_id: self.event_id,
+            workspace_id: self.workspace_id,
+            stream_id: &self.stream_id,
+            stream_version: self.stream_version,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            key_id: self.key_id,
+            data: &self.data,
+            metadata: &self.metadata,
+        }
+    }
+}
+
+/// The one-row log head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Head {
+    /// Last committed position.
+    pub position: u64,
+    /// Its chain hash.
+    pub hash: [u8; 32],
+    /// Its `recorded_at`; the next event is recorded no earlier.
+    pub recorded_at: i64,
+    /// Bumped by every shred.
+    pub key_epoch: i64,
+}
+
+/// A subject key to store.
+#[derive(Debug, Clone)]
+pub(crate) struct NewKeyRow {
+    pub key_id: Uuid,
+    pub subject_hash: [u8; 32],
+    pub wrapped: Vec<u8>,
+    pub created_at: i64,
+}
+
+/// A stored subject key found by its subject hash.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyRow {
+    pub key_id: Uuid,
+    pub subject_hash: [u8; 32],
+    pub wrapped: Vec<u8>,
+}
+
+/// An append transaction. Created by [`Backend::begin`]; everything it does
+/// is undone unless [`AppendTx::commit`] succeeds.
+#[async_trait]
+pub(crate) trait AppendTx: Send {
+    /// Locks the log head for the rest of the transaction (serializing every
+    /// appender, in this process or another) and reads it.
+    async fn lock_head(&mut self) -> Result<Head, StoreError>;
+    /// `(position, event_id)` of every event after `after`, in order.
+    async fn event_ids_after(&mut self, after: u64) -> Result<Vec<(u64, Uuid)>, StoreError>;
+    /// The event ids stored at these positions.
+    async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError>;
+    /// The current version of a stream (0 when it has no events).
+    async fn stream_version(&mut self, stream: &str) -> Result<u64, StoreError>;
+    /// The stored keys of these subject hashes.
+    async fn subject_keys(&mut self, hashes: &[[u8; 32]]) -> Result<Vec<KeyRow>, StoreError>;
+    /// Stores new subject keys.
+    async fn insert_subject_keys(&mut self, keys: &[NewKeyRow]) -> Result<(), StoreError>;
+    /// Inserts event rows.
+    async fn insert_rows(&mut self, rows: &[StoredRow]) -> Result<(), StoreError>;
+    /// Moves the head (and wakes other processes' subscribers after commit).
+    async fn set_head(&mut self, head: &Head) -> Result<(), StoreError>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A database holding an event log.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Starts an append transaction.
+    async fn begin(&self) -> Result<Box<dyn AppendTx>, StoreError>;
+    /// Reads the head without locking it.
+    async fn head(&self) -> Result<Head, StoreError>;
+    /// Rows with `from <= position <= to` admitted by `filter`, up to `limit`, in order.
+    async fn read_rows(&self, from: u64, to: u64, filter: &EventFilter, limit: usize) -> Result<Vec<StoredRow>, StoreError>;
+    /// Rows of one stream from `from_version`, up to `limit`, in order.
+    async fn read_stream_rows(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError>;
+    /// `recorded_at` of the event at `position`.
+    async fn recorded_at(&self, position: u64) -> Result<Option<i64>, StoreError>;
+    /// `(position, event_id)` after `after`, up to `limit`, in order.
+    async fn event_ids_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Uuid)>, StoreError>;
+    /// The wrapped keys with these ids (absent ids are shredded).
+    async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError>;
+    /// Deletes the key of a subject hash and bumps the key epoch; whether it existed.
+    async fn delete_subject_key(&self, subject_hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Closes the connection pool.
+    async fn close(&self);
+}
+
+/// Turns a database error into the store's error, naming what was being done.
+pub(crate) fn db_error(doing: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |err| StoreError::Database(format!("{doing}: {err}"))
+}
+
+/// How many rows go into one INSERT statement.
+pub(crate) const INSERT_CHUNK: usize = 2_000;
+
+pub(crate) fn hash_from_bytes(position: u64, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
+        position,
+        reason: format!("stored hash: expected 32 bytes, found {}", bytes.len()),
+    })
+}

@@ -1,0 +1,121 @@
+//! The event id index that makes appends idempotent.
+//!
+//! Deterministic event ids (UUIDv5 of a client's `messageId`) are random, and a
+//! database index on random keys slows every insert once it outgrows the page
+//! cache. So the database indexes events by position only, and the ids are
+//! checked here, in memory: a 64-bit fingerprint of each stored id maps to the
+//! position holding it. A fingerprint hit is only a candidate; the appender
+//! confirms it against the stored id before calling an event a duplicate, so a
+//! fingerprint collision can never drop a new event.
+//!
+//! Memory: about 20 bytes per stored event (200 MB at 10M events).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use uuid::Uuid;
+
+/// The fingerprint of an event id: both halves folded together. Both UUIDv5
+/// and the random tail of UUIDv7 are uniformly distributed, so this is too.
+pub(crate) fn fingerprint(id: Uuid) -> u64 {
+    let value = id.as_u128();
+    (value as u64) ^ ((value >> 64) as u64)
+}
+
+/// Keys are already uniform fingerprints; hashing them again would only cost time.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type FingerprintMap<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
+
+/// Fingerprint → position of every stored event, up to `indexed_up_to`.
+#[derive(Default)]
+pub(crate) struct IdIndex {
+    first: FingerprintMap<u64>,
+    /// Further positions whose ids share a fingerprint with `first`'s entry.
+    collisions: FingerprintMap<Vec<u64>>,
+    indexed_up_to: u64,
+}
+
+impl IdIndex {
+    /// The last position whose id is indexed.
+    pub(crate) fn indexed_up_to(&self) -> u64 {
+        self.indexed_up_to
+    }
+
+    /// Records that `id` is stored at `position`. Positions must come in
+    /// increasing order.
+    pub(crate) fn insert(&mut self, id: Uuid, position: u64) {
+        let key = fingerprint(id);
+        match self.first.entry(key) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(position);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.entry(key).or_default().push(position);
+            }
+        }
+        self.indexed_up_to = self.indexed_up_to.max(position);
+    }
+
+    /// The positions that may hold `id`; the caller confirms each one.
+    pub(crate) fn candidates(&self, id: Uuid) -> Vec<u64> {
+        let key = fingerprint(id);
+        let Some(first) = self.first.get(&key) else {
+            return Vec::new();
+        };
+        let mut positions = vec![*first];
+        if let Some(more) = self.collisions.get(&key) {
+            positions.extend_from_slice(more);
+        }
+        positions
+    }
+
+    /// How many events are indexed.
+    pub(crate) fn len(&self) -> usize {
+        self.first.len() + self.collisions.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_id_is_a_candidate_at_its_position() {
+        let mut index = IdIndex::default();
+        let id = Uuid::new_v4();
+        index.insert(id, 7);
+        assert_eq!(index.candidates(id), vec![7]);
+        assert!(index.candidates(Uuid::new_v4()).is_empty());
+        assert_eq!(index.indexed_up_to(), 7);
+    }
+
+    #[test]
+    fn ids_sharing_a_fingerprint_keep_every_position() {
+        let mut index = IdIndex::default();
+        let a = Uuid::from_u128((5u128 << 64) | 3);
+        let b = Uuid::from_u128((3u128 << 64) | 5);
+        assert_eq!(fingerprint(a), fingerprint(b));
+        index.insert(a, 1);
+        index.insert(b, 2);
+        assert_eq!(index.candidates(a), vec![1, 2]);
+        assert_eq!(index.len(), 2);
+    }
+}

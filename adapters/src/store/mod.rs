@@ -1,0 +1,421 @@
+//! The event log on SQLite or PostgreSQL: [`EventLog`] implements the domain's
+//! [`EventStore`] port over either backend.
+//!
+//! * [`backend`] — the two small traits a database implements, and the row type;
+//! * [`sqlite`], [`postgres`] — the two databases;
+//! * [`appender`] — group commit, idempotency, sealing and hash chaining;
+//! * [`dedup`] — the in-memory event id index;
+//! * [`sealing`], [`keys`] — subject keys and their caches;
+//! * [`subscription`] — catch-up-then-live reading.
+
+pub(crate) mod appender;
+pub mod backend;
+pub(crate) mod dedup;
+pub(crate) mod keys;
+pub mod postgres;
+pub mod sealing;
+pub mod sqlite;
+pub mod subscription;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onepd_domain::chain::{ChainBreak, ChainWalker};
+use onepd_domain::{
+    AppendError, AppendOutcome, AppendRequest, EventFilter, EventId, EventStore, Payload, Position, ReadError,
+    ReadPage, RecordedEvent, StoreError, StreamId, Subscription, Timestamp, Upcasters, VerifyReport, WorkspaceId,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use appender::{Appender, Command, PendingAppend, PreparedEvent};
+use backend::{Backend, StoredRow};
+use dedup::IdIndex;
+use keys::OpenKeys;
+use sealing::MasterKey;
+
+/// Which database holds the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl BackendKind {
+    /// The backend a database url names: `postgres://` and `postgresql://`
+    /// are PostgreSQL, `sqlite:` is SQLite.
+    pub fn of_url(url: &str) -> Option<BackendKind> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(BackendKind::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(BackendKind::Sqlite)
+        } else {
+            None
+        }
+    }
+}
+
+/// How to open an [`EventLog`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    pub database_url: String,
+    /// Wraps every subject key.
+    pub master_key: MasterKey,
+    /// Lifts old schema versions on read.
+    pub upcasters: Upcasters,
+    /// How often an idle subscription looks for new events when no wake-up
+    /// arrives (wake-ups come in-process, and from PostgreSQL's NOTIFY).
+    pub poll_interval: Duration,
+}
+
+impl StoreConfig {
+    /// A configuration with no upcasters and a one-second poll.
+    pub fn new(database_url: impl Into<String>, master_key: MasterKey) -> StoreConfig {
+        StoreConfig {
+            database_url: database_url.into(),
+            master_key,
+            upcasters: Upcasters::new(),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How many append calls may wait for the appender before callers wait too.
+const QUEUE_DEPTH: usize = 1_024;
+/// Rows per page when walking the whole log.
+const WALK_PAGE: usize = 5_000;
+
+/// The event log. Cheap to clone; every clone shares one appender task.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: BackendKind,
+    backend: Arc<dyn Backend>,
+    commands: mpsc::Sender<Command>,
+    closed: AtomicBool,
+    appender: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    master: MasterKey,
+    open_keys: OpenKeys,
+    upcasters: Upcasters,
+    wake: watch::Sender<u64>,
+    poll_interval: Duration,
+}
+
+impl EventLog {
+    /// Opens the log named by `config.database_url`, bringing its schema up to
+    /// date and loading the event id index, and starts its appender task.
+    pub async fn open(config: StoreConfig) -> Result<EventLog, StoreError> {
+        let kind = BackendKind::of_url(&config.database_url).ok_or_else(|| {
+            StoreError::Database(format!(
+                "database url: expected sqlite://PATH or postgres://…, found {:?}",
+                config.database_url
+            ))
+        })?;
+        let (wake, _) = watch::channel(0);
+        let backend: Arc<dyn Backend> = match kind {
+            BackendKind::Sqlite => Arc::new(sqlite::SqliteBackend::open(&config.database_url).await?),
+            BackendKind::Postgres => {
+                Arc::new(postgres::PostgresBackend::open(&config.database_url, wake.clone()).await?)
+            }
+        };
+        let head = backend.head().await?;
+        wake.send_replace(head.position);
+        let index = load_index(backend.as_ref()).await?;
+        tracing::info!(events = index.len(), head = head.position, "event log opened");
+        let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let appender = Appender::new(backend.clone(), config.master_key.clone(), index, wake.clone());
+        let task = tokio::spawn(appender.run(receiver));
+        Ok(EventLog {
+            inner: Arc::new(Inner {
+                kind,
+                backend,
+                commands,
+                closed: AtomicBool::new(false),
+                appender: Mutex::new(Some(task)),
+                master: config.master_key,
+                open_keys: OpenKeys::default(),
+                upcasters: config.upcasters,
+                wake,
+                poll_interval: config.poll_interval,
+            }),
+        })
+    }
+
+    /// Which database holds the log.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.inner.kind
+    }
+
+    /// Stops taking appends, commits every append already queued, answers its
+    /// caller, and closes the database connections. Appends after this fail
+    /// with [`StoreError::ShuttingDown`].
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let (done, finished) = oneshot::channel();
+        if self.inner.commands.send(Command::Close(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+        let task = self.inner.appender.lock().expect("appender handle lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.inner.backend.close().await;
+    }
+
+    /// The rows exactly as stored, for tools that need the stored bytes
+    /// (benchmarks, exports). Positions `from..=to`, up to `limit`.
+    pub async fn stored_rows(&self, from: Position, to: Position, limit: usize) -> Result<Vec<StoredRow>, ReadError> {
+        self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await
+    }
+
+    /// A receiver that changes whenever a commit is known (this process's,
+    /// or another's on PostgreSQL); its value is the highest position seen.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
+    fn decode(&self, rows: Vec<StoredRow>) -> Result<Vec<RecordedEvent>, ReadError> {
+        rows.into_iter().map(|row| self.decode_row(row)).collect()
+    }
+
+    fn decode_row(&self, row: StoredRow) -> Result<RecordedEvent, ReadError> {
+        let corrupt = |reason: String| StoreError::Corrupt { position: row.position, reason };
+        let plaintext = match row.key_id {
+            None => Some(row.data),
+            Some(key_id) => match self.inner.open_keys.get(&key_id).flatten() {
+                Some(key) => Some(
+                    key.open(row.event_id, &row.data)
+                        .map_err(|_| corrupt("sealed payload does not open with its subject key".into()))?,
+                ),
+                None => None,
+            },
+        };
+        let (schema_version, data) = match plaintext {
+            Some(bytes) => {
+                let value = serde_json::from_slice(&bytes).map_err(|err| corrupt(format!("payload: {err}")))?;
+                let (version, value) = self
+                    .inner
+                    .upcasters
+                    .upcast(&row.event_type, row.schema_version, value)
+                    .map_err(|err| corrupt(err.to_string()))?;
+                (version, Payload::Data(value))
+            }
+            None => (row.schema_version, Payload::Erased),
+        };
+        let metadata = serde_json::from_slice(&row.metadata).map_err(|err| corrupt(format!("metadata: {err}")))?;
+        let stream_id = StreamId::new(row.stream_id).map_err(|err| corrupt(err.to_string()))?;
+        Ok(RecordedEvent {
+            position: Position(row.position),
+            event_id: EventId(row.event_id),
+            workspace_id: WorkspaceId(row.workspace_id),
+            stream_id,
+            stream_version: row.stream_version,
+            event_type: row.event_type,
+            schema_version,
+            data,
+            metadata,
+            sealed: row.key_id.is_some(),
+            recorded_at: Timestamp(row.recorded_at),
+            hash: row.hash,
+        })
+    }
+
+    /// Fills the key cache with every key the rows need.
+    async fn load_keys(&self, rows: &[StoredRow]) -> Result<(), ReadError> {
+        let wanted: HashSet<Uuid> = rows
+            .iter()
+            .filter_map(|row| row.key_id)
+            .filter(|id| self.inner.open_keys.get(id).is_none())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<Uuid> = wanted.into_iter().collect();
+        let mut wrapped = self.inner.backend.wrapped_keys(&wanted).await?;
+        for key_id in wanted {
+            let key = match wrapped.remove(&key_id) {
+                Some(bytes) => Some(self.inner.master.unwrap_subject_key(key_id, &bytes).map_err(|_| {
+                    StoreError::Corrupt {
+                        position: 0,
+                        reason: format!("subject key {key_id} does not unwrap with the configured master key"),
+                    }
+                })?),
+                None => None,
+            };
+            self.inner.open_keys.put(key_id, key);
+        }
+        Ok(())
+    }
+}
+
+/// Loads the id of every stored event into the in-memory index.
+async fn load_index(backend: &dyn Backend) -> Result<IdIndex, StoreError> {
+    let mut index = IdIndex::default();
+    let mut after = 0;
+    loop {
+        let page = backend.event_ids_page(after, 100_000).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        for (position, id) in page {
+            index.insert(id, position);
+        }
+    }
+    Ok(index)
+}
+
+fn prepare(request: AppendRequest) -> Result<(StreamId, onepd_domain::ExpectedVersion, Vec<PreparedEvent>), AppendError> {
+    if request.events.is_empty() {
+        return Err(AppendError::InvalidBatch(format!("stream {}: expected at least one event, found none", request.stream_id)));
+    }
+    let mut seen = HashSet::with_capacity(request.events.len());
+    let mut events = Vec::with_capacity(request.events.len());
+    for (index, event) in request.events.into_iter().enumerate() {
+        if !seen.insert(event.event_id) {
+            return Err(AppendError::InvalidBatch(format!("events[{index}].event_id: {} appears twice in the batch", event.event_id)));
+        }
+        if event.event_type.is_empty() {
+            return Err(AppendError::InvalidBatch(format!("events[{index}].event_type: expected a name, found \"\"")));
+        }
+        if matches!(&event.subject, Some(subject) if subject.is_empty()) {
+            return Err(AppendError::InvalidBatch(format!("events[{index}].subject: expected a subject, found \"\"")));
+        }
+        let data = serde_json::to_vec(&event.data).map_err(|err| AppendError::InvalidBatch(format!("events[{index}].data: {err}")))?;
+        let metadata =
+            serde_json::to_vec(&event.metadata).map_err(|err| AppendError::InvalidBatch(format!("events[{index}].metadata: {err}")))?;
+        events.push(PreparedEvent {
+            event_id: event.event_id.0,
+            workspace_id: event.workspace_id.0,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            data,
+            metadata,
+            subject: event.subject,
+        });
+    }
+    Ok((request.stream_id, request.expected, events))
+}
+
+#[async_trait]
+impl EventStore for EventLog {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(AppendError::Store(StoreError::ShuttingDown));
+        }
+        let (stream, expected, events) = prepare(request)?;
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingAppend { stream, expected, events, reply };
+        self.inner
+            .commands
+            .send(Command::Append(pending))
+            .await
+            .map_err(|_| AppendError::Store(StoreError::ShuttingDown))?;
+        // A dropped reply means the appender stopped before answering: the
+        // batch was not acknowledged, and a retry with the same ids is safe.
+        answer.await.map_err(|_| AppendError::Store(StoreError::ShuttingDown))?
+    }
+
+    async fn read(
+        &self,
+        from: Position,
+        until: Option<Position>,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<ReadPage, ReadError> {
+        let head = self.inner.backend.head().await?;
+        self.inner.open_keys.observe_epoch(head.key_epoch);
+        let from = from.0.max(1);
+        let to = until.map_or(head.position, |until| until.0.min(head.position));
+        if from > to || limit == 0 {
+            return Ok(ReadPage { events: Vec::new(), next: Position(from) });
+        }
+        let rows = self.inner.backend.read_rows(from, to, filter, limit).await?;
+        let next = match rows.last() {
+            Some(last) if rows.len() == limit => last.position + 1,
+            _ => to + 1,
+        };
+        self.load_keys(&rows).await?;
+        Ok(ReadPage { events: self.decode(rows)?, next: Position(next) })
+    }
+
+    async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        let head = self.inner.backend.head().await?;
+        self.inner.open_keys.observe_epoch(head.key_epoch);
+        let rows = self.inner.backend.read_stream_rows(stream.as_str(), from_version, limit).await?;
+        self.load_keys(&rows).await?;
+        self.decode(rows)
+    }
+
+    async fn head(&self) -> Result<Position, ReadError> {
+        Ok(Position(self.inner.backend.head().await?.position))
+    }
+
+    async fn position_at(&self, time: Timestamp) -> Result<Position, ReadError> {
+        // recorded_at never decreases along the log, so binary search works.
+        let head = self.inner.backend.head().await?.position;
+        let (mut low, mut high) = (1, head + 1);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let recorded = self.inner.backend.recorded_at(mid).await?.unwrap_or(i64::MAX);
+            if recorded >= time.0 {
+                high = mid;
+            } else {
+                low = mid + 1;
+            }
+        }
+        Ok(Position(low))
+    }
+
+    async fn subscribe(&self, from: Position, filter: EventFilter) -> Result<Box<dyn Subscription>, ReadError> {
+        Ok(Box::new(subscription::LogSubscription::new(
+            self.clone(),
+            Position(from.0.max(1)),
+            filter,
+            self.inner.poll_interval,
+        )))
+    }
+
+    async fn verify(&self, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<VerifyReport, ReadError> {
+        let head = self.inner.backend.head().await?;
+        let mut walker = ChainWalker::default();
+        let mut checked = 0;
+        let all = EventFilter::default();
+        progress(0, head.position);
+        while checked < head.position {
+            let rows = self.inner.backend.read_rows(checked + 1, head.position, &all, WALK_PAGE).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                if let Err(broken) = walker.check(&row.as_stored(), &row.hash) {
+                    return Ok(VerifyReport { events_checked: checked, first_break: Some(broken) });
+                }
+                checked += 1;
+            }
+            progress(checked, head.position);
+        }
+        // Events missing at the end, or a head that does not match the last event.
+        if checked != head.position || walker.last_hash() != head.hash {
+            return Ok(VerifyReport {
+                events_checked: checked,
+                first_break: Some(ChainBreak { position: checked + 1, stored: head.hash, recomputed: walker.last_hash() }),
+            });
+        }
+        Ok(VerifyReport { events_checked: checked, first_break: None })
+    }
+
+    async fn shred(&self, workspace: WorkspaceId, subject: &str) -> Result<bool, StoreError> {
+        let hash = self.inner.master.subject_hash(workspace.0, subject);
+        let existed = self.inner.backend.delete_subject_key(&hash).await?;
+        self.inner.open_keys.clear();
+        Ok(existed)
+    }
+}

@@ -1,0 +1,390 @@
+//! The PostgreSQL backend, for production and for several onepd processes
+//! sharing one database.
+//!
+//! Every append transaction locks the one-row `log_head` (`SELECT … FOR
+//! UPDATE`), which serializes appenders across processes, so positions are
+//! assigned in commit order and a reader never sees a position appear below
+//! one it has already seen. Each commit sends `NOTIFY onepd_events`, which
+//! wakes subscribers in every process.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onepd_domain::{EventFilter, StoreError};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Executor, PgPool, Postgres, QueryBuilder, Row, Transaction};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::backend::{AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, StoredRow, db_error, hash_from_bytes};
+
+const ROW_COLUMNS: &str = "position, event_id, workspace_id, stream_id, stream_version, event_type, \
+                           schema_version, recorded_at, key_id, data, metadata, hash";
+
+/// The channel commits are announced on.
+const CHANNEL: &str = "onepd_events";
+
+/// The PostgreSQL backend.
+pub(crate) struct PostgresBackend {
+    pool: PgPool,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// Connects a pool to `url`.
+pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url.parse().map_err(db_error("parsing the PostgreSQL database url"))?;
+    let options = options.disable_statement_logging();
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(db_error("connecting to PostgreSQL"))
+}
+
+impl PostgresBackend {
+    /// Connects, brings the schema up to date and starts listening for
+    /// commits of other processes, reporting their positions to `wake`.
+    pub(crate) async fn open(url: &str, wake: watch::Sender<u64>) -> Result<PostgresBackend, StoreError> {
+        let pool = connect_pool(url, 8).await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|err| StoreError::Database(format!("migrating the PostgreSQL database: {err}")))?;
+        let listener = tokio::spawn(listen(pool.clone(), wake));
+        Ok(PostgresBackend { pool, listener })
+    }
+}
+
+/// Forwards commit notifications to `wake` until the pool closes. A lost
+/// connection is retried; subscribers poll in the meantime.
+async fn listen(pool: PgPool, wake: watch::Sender<u64>) {
+    loop {
+        if pool.is_closed() {
+            return;
+        }
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(cause = %err, "commit listener cannot connect; subscribers fall back to polling");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(err) = listener.listen(CHANNEL).await {
+            tracing::warn!(cause = %err, "commit listener cannot listen; subscribers fall back to polling");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.recv().await {
+                Ok(notification) => {
+                    if let Ok(position) = notification.payload().parse::<u64>() {
+                        wake.send_if_modified(|seen| {
+                            let newer = position > *seen;
+                            *seen = (*seen).max(position);
+                            newer
+                        });
+                    }
+                }
+                Err(err) => {
+                    if !pool.is_closed() {
+                        tracing::warn!(cause = %err, "commit listener lost its connection; reconnecting");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn row_from(row: &PgRow) -> Result<StoredRow, StoreError> {
+    let position = row.get::<i64, _>(0) as u64;
+    Ok(StoredRow {
+        position,
+        event_id: row.get(1),
+        workspace_id: row.get(2),
+        stream_id: row.get(3),
+        stream_version: row.get::<i64, _>(4) as u64,
+        event_type: row.get(5),
+        schema_version: row.get::<i32, _>(6) as u32,
+        recorded_at: row.get(7),
+        key_id: row.get(8),
+        data: row.get(9),
+        metadata: row.get(10),
+        hash: hash_from_bytes(position, row.get::<&[u8], _>(11))?,
+    })
+}
+
+fn head_from(row: &PgRow) -> Result<Head, StoreError> {
+    let position = row.get::<i64, _>(0) as u64;
+    Ok(Head {
+        position,
+        hash: hash_from_bytes(position, row.get::<&[u8], _>(1))?,
+        recorded_at: row.get(2),
+        key_epoch: row.get(3),
+    })
+}
+
+/// Inserts rows into `table` with one `INSERT … SELECT FROM UNNEST(…)` per
+/// chunk: a dozen array parameters instead of a dozen per row. The benchmark
+/// uses it too, so the raw limit it measures is this very statement.
+pub async fn insert_rows(conn: &mut sqlx::PgConnection, table: &str, rows: &[StoredRow]) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {table} ({ROW_COLUMNS}) SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], \
+         $4::text[], $5::bigint[], $6::text[], $7::int[], $8::bigint[], $9::uuid[], $10::bytea[], $11::bytea[], $12::bytea[])"
+    );
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let positions: Vec<i64> = chunk.iter().map(|r| r.position as i64).collect();
+        let event_ids: Vec<Uuid> = chunk.iter().map(|r| r.event_id).collect();
+        let workspaces: Vec<Uuid> = chunk.iter().map(|r| r.workspace_id).collect();
+        let streams: Vec<&str> = chunk.iter().map(|r| r.stream_id.as_str()).collect();
+        let versions: Vec<i64> = chunk.iter().map(|r| r.stream_version as i64).collect();
+        let types: Vec<&str> = chunk.iter().map(|r| r.event_type.as_str()).collect();
+        let schemas: Vec<i32> = chunk.iter().map(|r| r.schema_version as i32).collect();
+        let recorded: Vec<i64> = chunk.iter().map(|r| r.recorded_at).collect();
+        let keys: Vec<Option<Uuid>> = chunk.iter().map(|r| r.key_id).collect();
+        let data: Vec<&[u8]> = chunk.iter().map(|r| r.data.as_slice()).collect();
+        let metadata: Vec<&[u8]> = chunk.iter().map(|r| r.metadata.as_slice()).collect();
+        let hashes: Vec<&[u8]> = chunk.iter().map(|r| r.hash.as_slice()).collect();
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(positions)
+            .bind(event_ids)
+            .bind(workspaces)
+            .bind(streams)
+            .bind(versions)
+            .bind(types)
+            .bind(schemas)
+            .bind(recorded)
+            .bind(keys)
+            .bind(data)
+            .bind(metadata)
+            .bind(hashes)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+struct PostgresAppend {
+    tx: Transaction<'static, Postgres>,
+}
+
+#[async_trait]
+impl AppendTx for PostgresAppend {
+    async fn lock_head(&mut self) -> Result<Head, StoreError> {
+        let row = sqlx::query("SELECT position, hash, recorded_at, key_epoch FROM log_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(db_error("locking the log head"))?;
+        head_from(&row)
+    }
+
+    async fn event_ids_after(&mut self, after: u64) -> Result<Vec<(u64, Uuid)>, StoreError> {
+        let rows = sqlx::query("SELECT position, event_id FROM events WHERE position > $1 ORDER BY position")
+            .bind(after as i64)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error("reading new event ids"))?;
+        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+    }
+
+    async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
+        let positions: Vec<i64> = positions.iter().map(|p| *p as i64).collect();
+        let rows = sqlx::query("SELECT position, event_id FROM events WHERE position = ANY($1)")
+            .bind(positions)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error("reading stored event ids"))?;
+        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+    }
+
+    async fn stream_version(&mut self, stream: &str) -> Result<u64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(stream_version) FROM events WHERE stream_id = $1")
+            .bind(stream)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(db_error("reading a stream version"))?;
+        Ok(version.unwrap_or(0) as u64)
+    }
+
+    async fn subject_keys(&mut self, hashes: &[[u8; 32]]) -> Result<Vec<KeyRow>, StoreError> {
+        let hashes: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
+        let rows = sqlx::query("SELECT key_id, subject_hash, wrapped_key FROM subject_keys WHERE subject_hash = ANY($1)")
+            .bind(hashes)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error("reading subject keys"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(KeyRow {
+                    key_id: row.get(0),
+                    subject_hash: hash_from_bytes(0, row.get::<&[u8], _>(1))?,
+                    wrapped: row.get(2),
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_subject_keys(&mut self, keys: &[NewKeyRow]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(INSERT_CHUNK) {
+            let ids: Vec<Uuid> = chunk.iter().map(|k| k.key_id).collect();
+            let hashes: Vec<&[u8]> = chunk.iter().map(|k| k.subject_hash.as_slice()).collect();
+            let wrapped: Vec<&[u8]> = chunk.iter().map(|k| k.wrapped.as_slice()).collect();
+            let created: Vec<i64> = chunk.iter().map(|k| k.created_at).collect();
+            sqlx::query(
+                "INSERT INTO subject_keys (key_id, subject_hash, wrapped_key, created_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::bigint[])",
+            )
+            .bind(ids)
+            .bind(hashes)
+            .bind(wrapped)
+            .bind(created)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error("storing subject keys"))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_rows(&mut self, rows: &[StoredRow]) -> Result<(), StoreError> {
+        insert_rows(&mut *self.tx, "events", rows).await.map_err(db_error("inserting events"))
+    }
+
+    async fn set_head(&mut self, head: &Head) -> Result<(), StoreError> {
+        sqlx::query("UPDATE log_head SET position = $1, hash = $2, recorded_at = $3 WHERE id = 1")
+            .bind(head.position as i64)
+            .bind(head.hash.as_slice())
+            .bind(head.recorded_at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error("moving the log head"))?;
+        // Delivered to listeners only when the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(head.position.to_string())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error("announcing the commit"))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db_error("committing events"))
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn begin(&self) -> Result<Box<dyn AppendTx>, StoreError> {
+        let tx = self.pool.begin().await.map_err(db_error("starting an append"))?;
+        Ok(Box::new(PostgresAppend { tx }))
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let row = sqlx::query("SELECT position, hash, recorded_at, key_epoch FROM log_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("reading the log head"))?;
+        head_from(&row)
+    }
+
+    async fn read_rows(&self, from: u64, to: u64, filter: &EventFilter, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {ROW_COLUMNS} FROM events WHERE position >= "));
+        query.push_bind(from as i64).push(" AND position <= ").push_bind(to as i64);
+        if let Some(workspace) = filter.workspace {
+            query.push(" AND workspace_id = ").push_bind(workspace.0);
+        }
+        if let Some(stream) = &filter.stream {
+            query.push(" AND stream_id = ").push_bind(stream.as_str().to_owned());
+        }
+        if !filter.event_types.is_empty() {
+            query.push(" AND event_type = ANY(").push_bind(filter.event_types.clone()).push(")");
+        }
+        query.push(" ORDER BY position LIMIT ").push_bind(limit as i64);
+        let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading events"))?;
+        rows.iter().map(row_from).collect()
+    }
+
+    async fn read_stream_rows(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream)
+            .bind(from_version as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("reading a stream"))?;
+        rows.iter().map(row_from).collect()
+    }
+
+    async fn recorded_at(&self, position: u64) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT recorded_at FROM events WHERE position = $1")
+            .bind(position as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("reading a recorded time"))
+    }
+
+    async fn event_ids_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Uuid)>, StoreError> {
+        let rows = sqlx::query("SELECT position, event_id FROM events WHERE position > $1 ORDER BY position LIMIT $2")
+            .bind(after as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("loading event ids"))?;
+        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+    }
+
+    async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
+        let rows = sqlx::query("SELECT key_id, wrapped_key FROM subject_keys WHERE key_id = ANY($1)")
+            .bind(key_ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("reading subject keys"))?;
+        Ok(rows.iter().map(|r| (r.get::<Uuid, _>(0), r.get::<Vec<u8>, _>(1))).collect())
+    }
+
+    async fn delete_subject_key(&self, subject_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error("starting a shred"))?;
+        let deleted = sqlx::query("DELETE FROM subject_keys WHERE subject_hash = $1")
+            .bind(subject_hash.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("deleting a subject key"))?
+            .rows_affected();
+        sqlx::query("UPDATE log_head SET key_epoch = key_epoch + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("bumping the key epoch"))?;
+        tx.commit().await.map_err(db_error("committing a shred"))?;
+        Ok(deleted > 0)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+        self.listener.abort();
+    }
+}
+
+/// Creates a database named `name` on the server `admin_url` points at (for
+/// tests and benchmarks that need a fresh one).
+pub async fn create_database(admin_url: &str, name: &str) -> Result<(), StoreError> {
+    let pool = connect_pool(admin_url, 1).await?;
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
+    pool.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db_error("creating a database"))?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Drops the database `name`, disconnecting anyone still using it.
+pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), StoreError> {
+    let pool = connect_pool(admin_url, 1).await?;
+    let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', ""));
+    pool.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db_error("dropping a database"))?;
+    pool.close().await;
+    Ok(())
+}

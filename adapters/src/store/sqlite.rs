@@ -1,0 +1,327 @@
+//! The embedded SQLite backend: one database file in WAL mode.
+//!
+//! Appends run in `BEGIN IMMEDIATE` transactions, which take SQLite's single
+//! write lock up front, so appenders in this and any other process are
+//! serialized and positions are assigned in commit order.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onepd_domain::{EventFilter, StoreError};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::backend::{AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, StoredRow, db_error, hash_from_bytes};
+
+const ROW_COLUMNS: &str = "position, event_id, workspace_id, stream_id, stream_version, event_type, \
+                           schema_version, recorded_at, key_id, data, metadata, hash";
+
+/// The SQLite backend.
+pub(crate) struct SqliteBackend {
+    pool: SqlitePool,
+}
+
+/// Opens (creating if missing) the database at `url` (`sqlite://path` or
+/// `sqlite::memory:` is refused: a log must outlive the process).
+pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(db_error("parsing the SQLite database url"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL syncs the WAL at every commit: an acknowledged append survives
+        // power loss, not just a crash of the process.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30))
+        .pragma("cache_size", "-65536")
+        .pragma("temp_store", "memory");
+    if let Some(parent) = Path::new(options.get_filename()).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|err| StoreError::Database(format!("creating {}: {err}", parent.display())))?;
+    }
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(options)
+        .await
+        .map_err(db_error("opening the SQLite database"))
+}
+
+impl SqliteBackend {
+    /// Opens the database at `url` and brings its schema up to date.
+    pub(crate) async fn open(url: &str) -> Result<SqliteBackend, StoreError> {
+        let pool = connect_pool(url, 4).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|err| StoreError::Database(format!("migrating the SQLite database: {err}")))?;
+        Ok(SqliteBackend { pool })
+    }
+}
+
+fn row_from(row: &SqliteRow) -> Result<StoredRow, StoreError> {
+    let position = row.get::<i64, _>(0) as u64;
+    Ok(StoredRow {
+        position,
+        event_id: row.get(1),
+        workspace_id: row.get(2),
+        stream_id: row.get(3),
+        stream_version: row.get::<i64, _>(4) as u64,
+        event_type: row.get(5),
+        schema_version: row.get::<i64, _>(6) as u32,
+        recorded_at: row.get(7),
+        key_id: row.get(8),
+        data: row.get(9),
+        metadata: row.get(10),
+        hash: hash_from_bytes(position, row.get::<&[u8], _>(11))?,
+    })
+}
+
+fn head_from(row: &SqliteRow) -> Result<Head, StoreError> {
+    let position = row.get::<i64, _>(0) as u64;
+    Ok(Head {
+        position,
+        hash: hash_from_bytes(position, row.get::<&[u8], _>(1))?,
+        recorded_at: row.get(2),
+        key_epoch: row.get(3),
+    })
+}
+
+const HEAD_QUERY: &str = "SELECT position, hash, recorded_at, key_epoch FROM log_head WHERE id = 1";
+
+/// Inserts rows into `table` with multi-row INSERTs. The benchmark uses it too,
+/// so the raw limit it measures is this very statement.
+pub async fn insert_rows(
+    conn: &mut sqlx::SqliteConnection,
+    table: &str,
+    rows: &[StoredRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO {table} ({ROW_COLUMNS}) "));
+        query.push_values(chunk, |mut values, row| {
+            values
+                .push_bind(row.position as i64)
+                .push_bind(row.event_id)
+                .push_bind(row.workspace_id)
+                .push_bind(row.stream_id.as_str())
+                .push_bind(row.stream_version as i64)
+                .push_bind(row.event_type.as_str())
+                .push_bind(i64::from(row.schema_version))
+                .push_bind(row.recorded_at)
+                .push_bind(row.key_id)
+                .push_bind(row.data.as_slice())
+                .push_bind(row.metadata.as_slice())
+                .push_bind(row.hash.as_slice());
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+struct SqliteAppend {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl AppendTx for SqliteAppend {
+    async fn lock_head(&mut self) -> Result<Head, StoreError> {
+        // BEGIN IMMEDIATE already holds the write lock; this only reads.
+        let row = sqlx::query(HEAD_QUERY).fetch_one(&mut *self.tx).await.map_err(db_error("reading the log head"))?;
+        head_from(&row)
+    }
+
+    async fn event_ids_after(&mut self, after: u64) -> Result<Vec<(u64, Uuid)>, StoreError> {
+        let rows = sqlx::query("SELECT position, event_id FROM events WHERE position > ? ORDER BY position")
+            .bind(after as i64)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error("reading new event ids"))?;
+        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+    }
+
+    async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in positions.chunks(INSERT_CHUNK) {
+            let mut query = QueryBuilder::<Sqlite>::new("SELECT position, event_id FROM events WHERE position IN (");
+            let mut list = query.separated(", ");
+            for position in chunk {
+                list.push_bind(*position as i64);
+            }
+            query.push(")");
+            let rows = query.build().fetch_all(&mut *self.tx).await.map_err(db_error("reading stored event ids"))?;
+            found.extend(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get::<Uuid, _>(1))));
+        }
+        Ok(found)
+    }
+
+    async fn stream_version(&mut self, stream: &str) -> Result<u64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(stream_version) FROM events WHERE stream_id = ?")
+            .bind(stream)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(db_error("reading a stream version"))?;
+        Ok(version.unwrap_or(0) as u64)
+    }
+
+    async fn subject_keys(&mut self, hashes: &[[u8; 32]]) -> Result<Vec<KeyRow>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in hashes.chunks(INSERT_CHUNK) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new("SELECT key_id, subject_hash, wrapped_key FROM subject_keys WHERE subject_hash IN (");
+            let mut list = query.separated(", ");
+            for hash in chunk {
+                list.push_bind(hash.as_slice());
+            }
+            query.push(")");
+            let rows = query.build().fetch_all(&mut *self.tx).await.map_err(db_error("reading subject keys"))?;
+            for row in rows {
+                found.push(KeyRow {
+                    key_id: row.get(0),
+                    subject_hash: hash_from_bytes(0, row.get::<&[u8], _>(1))?,
+                    wrapped: row.get(2),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn insert_subject_keys(&mut self, keys: &[NewKeyRow]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(INSERT_CHUNK) {
+            let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO subject_keys (key_id, subject_hash, wrapped_key, created_at) ");
+            query.push_values(chunk, |mut values, key| {
+                values
+                    .push_bind(key.key_id)
+                    .push_bind(key.subject_hash.as_slice())
+                    .push_bind(key.wrapped.as_slice())
+                    .push_bind(key.created_at);
+            });
+            query.build().execute(&mut *self.tx).await.map_err(db_error("storing subject keys"))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_rows(&mut self, rows: &[StoredRow]) -> Result<(), StoreError> {
+        insert_rows(&mut self.tx, "events", rows).await.map_err(db_error("inserting events"))
+    }
+
+    async fn set_head(&mut self, head: &Head) -> Result<(), StoreError> {
+        sqlx::query("UPDATE log_head SET position = ?, hash = ?, recorded_at = ? WHERE id = 1")
+            .bind(head.position as i64)
+            .bind(head.hash.as_slice())
+            .bind(head.recorded_at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error("moving the log head"))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db_error("committing events"))
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn begin(&self) -> Result<Box<dyn AppendTx>, StoreError> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error("starting an append"))?;
+        Ok(Box::new(SqliteAppend { tx }))
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let row = sqlx::query(HEAD_QUERY).fetch_one(&self.pool).await.map_err(db_error("reading the log head"))?;
+        head_from(&row)
+    }
+
+    async fn read_rows(&self, from: u64, to: u64, filter: &EventFilter, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM events WHERE position >= "));
+        query.push_bind(from as i64).push(" AND position <= ").push_bind(to as i64);
+        if let Some(workspace) = filter.workspace {
+            query.push(" AND workspace_id = ").push_bind(workspace.0);
+        }
+        if let Some(stream) = &filter.stream {
+            query.push(" AND stream_id = ").push_bind(stream.as_str().to_owned());
+        }
+        if !filter.event_types.is_empty() {
+            query.push(" AND event_type IN (");
+            let mut list = query.separated(", ");
+            for event_type in &filter.event_types {
+                list.push_bind(event_type.clone());
+            }
+            query.push(")");
+        }
+        query.push(" ORDER BY position LIMIT ").push_bind(limit as i64);
+        let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading events"))?;
+        rows.iter().map(row_from).collect()
+    }
+
+    async fn read_stream_rows(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream)
+            .bind(from_version as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("reading a stream"))?;
+        rows.iter().map(row_from).collect()
+    }
+
+    async fn recorded_at(&self, position: u64) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT recorded_at FROM events WHERE position = ?")
+            .bind(position as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("reading a recorded time"))
+    }
+
+    async fn event_ids_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Uuid)>, StoreError> {
+        let rows = sqlx::query("SELECT position, event_id FROM events WHERE position > ? ORDER BY position LIMIT ?")
+            .bind(after as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("loading event ids"))?;
+        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+    }
+
+    async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in key_ids.chunks(INSERT_CHUNK) {
+            let mut query = QueryBuilder::<Sqlite>::new("SELECT key_id, wrapped_key FROM subject_keys WHERE key_id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            query.push(")");
+            let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading subject keys"))?;
+            found.extend(rows.iter().map(|r| (r.get::<Uuid, _>(0), r.get::<Vec<u8>, _>(1))));
+        }
+        Ok(found)
+    }
+
+    async fn delete_subject_key(&self, subject_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error("starting a shred"))?;
+        let deleted = sqlx::query("DELETE FROM subject_keys WHERE subject_hash = ?")
+            .bind(subject_hash.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("deleting a subject key"))?
+            .rows_affected();
+        sqlx::query("UPDATE log_head SET key_epoch = key_epoch + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("bumping the key epoch"))?;
+        tx.commit().await.map_err(db_error("committing a shred"))?;
+        Ok(deleted > 0)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,632 @@
+//! The event store conformance suite. Every behaviour is one generic function
+//! over a backend; the macro at the bottom stamps each out for SQLite and for
+//! PostgreSQL, so both backends pass the very same checks.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use onepd_adapters::EventLog;
+use onepd_domain::{
+    AppendError, EventFilter, EventId, EventStore, ExpectedVersion, Payload, Position, Timestamp, Upcasters,
+};
+use serde_json::json;
+use sqlx::Executor;
+use support::{Backend, TestDb, event, request, stream, workspace};
+use uuid::Uuid;
+
+/// Opens a plain connection pool to the test database, bypassing the store.
+async fn raw_execute(db: &TestDb, backend: Backend, sql: &'static str) -> Result<u64, sqlx::Error> {
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await?;
+            let result = pool.execute(sql).await.map(|r| r.rows_affected());
+            pool.close().await;
+            result
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await?;
+            let result = pool.execute(sql).await.map(|r| r.rows_affected());
+            pool.close().await;
+            result
+        }
+    }
+}
+
+async fn appended_events_read_back_in_order_with_gap_free_positions(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    let first = log
+        .append(request("orders-1", ExpectedVersion::NoStream, vec![event(ws, "a"), event(ws, "b")]))
+        .await
+        .unwrap();
+    let second = log.append(request("orders-2", ExpectedVersion::Any, vec![event(ws, "c")])).await.unwrap();
+    let third = log.append(request("orders-1", ExpectedVersion::Exact(2), vec![event(ws, "d")])).await.unwrap();
+    assert_eq!(first.positions, vec![Position(1), Position(2)]);
+    assert_eq!(first.stream_version, 2);
+    assert_eq!(second.positions, vec![Position(3)]);
+    assert_eq!(third.positions, vec![Position(4)]);
+    assert_eq!(third.stream_version, 3);
+    assert_eq!(log.head().await.unwrap(), Position(4));
+
+    let page = log.read(Position(1), None, &EventFilter::default(), 10).await.unwrap();
+    let names: Vec<_> = page.events.iter().map(|e| e.data.value().unwrap()["event"].clone()).collect();
+    assert_eq!(names, vec![json!("a"), json!("b"), json!("c"), json!("d")]);
+    assert_eq!(page.next, Position(5));
+    let versions: Vec<_> = page.events.iter().map(|e| (e.stream_id.to_string(), e.stream_version)).collect();
+    assert_eq!(
+        versions,
+        vec![("orders-1".into(), 1), ("orders-1".into(), 2), ("orders-2".into(), 1), ("orders-1".into(), 3)]
+    );
+    assert!(page.events.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at));
+
+    let stream_events = log.read_stream(&stream("orders-1"), 2, 10).await.unwrap();
+    assert_eq!(stream_events.iter().map(|e| e.position.0).collect::<Vec<_>>(), vec![2, 4]);
+
+    let limited = log.read(Position(2), Some(Position(3)), &EventFilter::default(), 1).await.unwrap();
+    assert_eq!(limited.events.len(), 1);
+    assert_eq!(limited.next, Position(3));
+    log.close().await;
+}
+
+async fn concurrent_writers_and_a_live_reader_see_every_event_once_in_order(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    let writers = 8;
+    let batches = 25;
+    let mut expected_ids = HashSet::new();
+    let mut plans = Vec::new();
+    for writer in 0..writers {
+        let mut plan = Vec::new();
+        for batch in 0..batches {
+            let events: Vec<_> = (0..=(batch % 4)).map(|_| event(ws, "x")).collect();
+            expected_ids.extend(events.iter().map(|e| e.event_id));
+            plan.push(request(&format!("writer-{writer}"), ExpectedVersion::Any, events));
+        }
+        plans.push(plan);
+    }
+    let total = expected_ids.len();
+
+    let mut subscription = log.subscribe(Position::START, EventFilter::default()).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            let batch = tokio::time::timeout(Duration::from_secs(30), subscription.next_batch())
+                .await
+                .expect("subscriber starved")
+                .unwrap();
+            seen.extend(batch.into_iter().map(|e| (e.position, e.event_id)));
+        }
+        seen
+    });
+    let mut handles = Vec::new();
+    for plan in plans {
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for request in plan {
+                let ids: Vec<_> = request.events.iter().map(|e| e.event_id).collect();
+                let outcome = log.append(request).await.unwrap();
+                acknowledged.extend(ids.into_iter().zip(outcome.positions));
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = HashMap::new();
+    for handle in handles {
+        acknowledged.extend(handle.await.unwrap());
+    }
+    let seen = reader.await.unwrap();
+
+    let positions: Vec<u64> = seen.iter().map(|(p, _)| p.0).collect();
+    assert_eq!(positions, (1..=total as u64).collect::<Vec<_>>(), "positions gap-free and in order");
+    let ids: HashSet<EventId> = seen.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids, expected_ids, "every event seen exactly once");
+    for (position, id) in &seen {
+        assert_eq!(acknowledged[id], *position, "the reader saw the acknowledged position");
+    }
+    assert!(log.verify(&|_, _| {}).await.unwrap().first_break.is_none());
+    log.close().await;
+}
+
+async fn two_connection_pools_appending_at_once_share_one_gap_free_log(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let first = db.open().await;
+    let second = db.open().await;
+    let ws = workspace(1);
+    let mut handles = Vec::new();
+    for (n, log) in [first.clone(), second.clone(), first.clone(), second.clone()].into_iter().enumerate() {
+        handles.push(tokio::spawn(async move {
+            for _ in 0..30 {
+                log.append(request(&format!("pool-{n}"), ExpectedVersion::Any, vec![event(ws, "x"), event(ws, "y")]))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let page = second.read(Position(1), None, &EventFilter::default(), 1_000).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.position.0).collect::<Vec<_>>(), (1..=240).collect::<Vec<_>>());
+    let report = first.verify(&|_, _| {}).await.unwrap();
+    assert_eq!(report.first_break, None);
+    assert_eq!(report.events_checked, 240);
+
+    // An event stored through one pool is a duplicate through the other.
+    let stored = page.events[17].clone();
+    let mut retry = event(ws, "x");
+    retry.event_id = stored.event_id;
+    let outcome = first.append(request("anything", ExpectedVersion::Any, vec![retry])).await.unwrap();
+    assert!(outcome.duplicate);
+    assert_eq!(outcome.positions, vec![stored.position]);
+    first.close().await;
+    second.close().await;
+}
+
+async fn a_retried_batch_is_stored_once_and_reports_its_original_positions(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    let batch = vec![event(ws, "a"), event(ws, "b")];
+    let first = log.append(request("s", ExpectedVersion::NoStream, batch.clone())).await.unwrap();
+    log.append(request("s", ExpectedVersion::Any, vec![event(ws, "c")])).await.unwrap();
+    // The retry carries the original expected version, which no longer holds:
+    // idempotency wins, because the batch is already stored.
+    let retry = log.append(request("s", ExpectedVersion::NoStream, batch.clone())).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.positions, first.positions);
+    assert_eq!(log.head().await.unwrap(), Position(3));
+
+    // Concurrent retries of one batch store it once.
+    let fresh = vec![event(ws, "d")];
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let log = log.clone();
+        let fresh = fresh.clone();
+        handles.push(tokio::spawn(async move { log.append(request("t", ExpectedVersion::Any, fresh)).await.unwrap() }));
+    }
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.push(handle.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
+    assert!(outcomes.iter().all(|o| o.positions == vec![Position(4)]));
+
+    // Still a duplicate after a restart, when the id index is rebuilt from the database.
+    log.close().await;
+    let reopened = db.open().await;
+    let again = reopened.append(request("s", ExpectedVersion::Any, batch.clone())).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.positions, first.positions);
+    assert_eq!(reopened.head().await.unwrap(), Position(4));
+    reopened.close().await;
+}
+
+async fn a_partly_stored_batch_is_refused_and_stores_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    let stored = event(ws, "a");
+    log.append(request("s", ExpectedVersion::Any, vec![stored.clone()])).await.unwrap();
+    let err = log.append(request("s", ExpectedVersion::Any, vec![event(ws, "b"), stored.clone()])).await.unwrap_err();
+    match &err {
+        AppendError::PartiallyStored { total, stored: ids } => {
+            assert_eq!(*total, 2);
+            assert_eq!(ids, &vec![stored.event_id]);
+        }
+        other => panic!("expected PartiallyStored, found {other:?}"),
+    }
+    assert!(err.to_string().contains("1 already stored"), "{err}");
+    assert_eq!(log.head().await.unwrap(), Position(1));
+
+    let twice = log.append(request("s", ExpectedVersion::Any, vec![stored.clone(), stored.clone()])).await.unwrap_err();
+    assert!(matches!(twice, AppendError::InvalidBatch(ref m) if m.contains("events[1].event_id")), "{twice}");
+    let empty = log.append(request("s", ExpectedVersion::Any, vec![])).await.unwrap_err();
+    assert!(matches!(empty, AppendError::InvalidBatch(_)));
+    log.close().await;
+}
+
+async fn a_stale_expected_version_is_a_precise_conflict(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    log.append(request("destination/acme", ExpectedVersion::NoStream, vec![event(ws, "a"), event(ws, "b")]))
+        .await
+        .unwrap();
+    let err = log
+        .append(request("destination/acme", ExpectedVersion::Exact(7), vec![event(ws, "c")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "stream destination/acme: expected version 7, found version 2");
+    let err = log
+        .append(request("destination/acme", ExpectedVersion::NoStream, vec![event(ws, "c")]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppendError::WrongExpectedVersion { found: 2, .. }));
+
+    // Of many concurrent appenders expecting the same version, exactly one wins.
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            log.append(request("destination/acme", ExpectedVersion::Exact(2), vec![event(ws, "race")])).await
+        }));
+    }
+    let mut wins = 0;
+    for handle in handles {
+        match handle.await.unwrap() {
+            Ok(outcome) => {
+                wins += 1;
+                assert_eq!(outcome.stream_version, 3);
+            }
+            Err(AppendError::WrongExpectedVersion { found: 3, .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(log.head().await.unwrap(), Position(3));
+    log.close().await;
+}
+
+async fn the_database_refuses_to_update_or_delete_events(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    log.append(request("s", ExpectedVersion::Any, vec![event(workspace(1), "a")])).await.unwrap();
+    log.close().await;
+    let update = raw_execute(&db, backend, "UPDATE events SET event_type = 'Forged'").await.unwrap_err();
+    assert!(update.to_string().contains("append-only"), "{update}");
+    let delete = raw_execute(&db, backend, "DELETE FROM events").await.unwrap_err();
+    assert!(delete.to_string().contains("append-only"), "{delete}");
+    if backend == Backend::Postgres {
+        let truncate = raw_execute(&db, backend, "TRUNCATE events").await.unwrap_err();
+        assert!(truncate.to_string().contains("append-only"), "{truncate}");
+    }
+    let log = db.open().await;
+    assert_eq!(log.head().await.unwrap(), Position(1));
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None);
+    log.close().await;
+}
+
+async fn verify_names_the_first_position_whose_bytes_changed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    for _ in 0..5 {
+        log.append(request("s", ExpectedVersion::Any, vec![event(ws, "a"), event(ws, "b")])).await.unwrap();
+    }
+    let mut calls = Vec::new();
+    let report = {
+        let calls_ref = std::sync::Mutex::new(&mut calls);
+        log.verify(&|done, total| calls_ref.lock().unwrap().push((done, total))).await.unwrap()
+    };
+    assert_eq!(report.first_break, None);
+    assert_eq!(report.events_checked, 10);
+    assert_eq!(calls.last(), Some(&(10, 10)));
+    log.close().await;
+
+    // Tampering needs the guard out of the way first.
+    match backend {
+        Backend::Sqlite => {
+            raw_execute(&db, backend, "DROP TRIGGER events_reject_update").await.unwrap();
+            raw_execute(&db, backend, "UPDATE events SET metadata = CAST('{\"source\":\"tEst\"}' AS BLOB) WHERE position = 7")
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            raw_execute(&db, backend, "DROP TRIGGER events_reject_update_delete ON events").await.unwrap();
+            raw_execute(&db, backend, "UPDATE events SET metadata = convert_to('{\"source\":\"tEst\"}', 'UTF8') WHERE position = 7")
+                .await
+                .unwrap();
+        }
+    }
+    let log = db.open().await;
+    let report = log.verify(&|_, _| {}).await.unwrap();
+    let broken = report.first_break.expect("tampering detected");
+    assert_eq!(broken.position, 7);
+    assert_eq!(report.events_checked, 6);
+    assert_ne!(broken.stored, broken.recomputed);
+    log.close().await;
+}
+
+async fn shredding_a_subject_erases_its_payloads_and_verify_still_passes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    let mut alice = event(ws, "Order Completed");
+    alice.data = json!({ "email": "alice@example.com", "total": 30 });
+    alice.subject = Some("user-alice".into());
+    let mut bob = event(ws, "Order Completed");
+    bob.data = json!({ "email": "bob@example.com" });
+    bob.subject = Some("user-bob".into());
+    let mut alice_again = event(ws, "Signed Up");
+    alice_again.subject = Some("user-alice".into());
+    log.append(request("s", ExpectedVersion::Any, vec![alice.clone(), bob, alice_again])).await.unwrap();
+
+    let before = log.read(Position(1), None, &EventFilter::default(), 10).await.unwrap().events;
+    assert!(before.iter().all(|e| e.sealed));
+    assert_eq!(before[0].data, Payload::Data(alice.data.clone()));
+
+    // The stored bytes do not hold the email in clear.
+    let rows = log.stored_rows(Position(1), Position(3), 10).await.unwrap();
+    assert!(!rows[0].data.windows(9).any(|w| w == b"alice@exa"));
+
+    assert!(log.shred(ws, "user-alice").await.unwrap());
+    assert!(!log.shred(ws, "user-alice").await.unwrap(), "a second shred finds no key");
+    let after = log.read(Position(1), None, &EventFilter::default(), 10).await.unwrap().events;
+    assert_eq!(after[0].data, Payload::Erased);
+    assert_eq!(after[2].data, Payload::Erased);
+    assert_eq!(after[1].data.value().unwrap()["email"], json!("bob@example.com"));
+    assert_eq!(after[0].metadata, before[0].metadata, "routing metadata stays readable");
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None);
+
+    // Another process sees the erasure too, and a new event about the subject gets a new key.
+    let other = db.open().await;
+    assert_eq!(other.read(Position(1), Some(Position(1)), &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Erased);
+    let mut later = event(ws, "Came Back");
+    later.subject = Some("user-alice".into());
+    log.append(request("s", ExpectedVersion::Any, vec![later.clone()])).await.unwrap();
+    let read_later = other.read(Position(4), None, &EventFilter::default(), 1).await.unwrap().events;
+    assert_eq!(read_later[0].data, Payload::Data(later.data));
+    assert_eq!(other.read(Position(1), Some(Position(1)), &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Erased);
+    log.close().await;
+    other.close().await;
+}
+
+async fn a_subject_key_in_one_process_is_shredded_for_another(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let writer = db.open().await;
+    let reader = db.open().await;
+    let ws = workspace(1);
+    let mut sealed = event(ws, "a");
+    sealed.subject = Some("user-1".into());
+    writer.append(request("s", ExpectedVersion::Any, vec![sealed])).await.unwrap();
+    // The reader caches the key.
+    assert!(matches!(reader.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Data(_)));
+    writer.shred(ws, "user-1").await.unwrap();
+    assert_eq!(reader.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Erased);
+    writer.close().await;
+    reader.close().await;
+}
+
+async fn reads_filter_by_workspace_type_stream_and_time(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let (a, b) = (workspace(1), workspace(2));
+    log.append(request("a-1", ExpectedVersion::Any, vec![event(a, "1")])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let middle = Timestamp(onepd_now_micros());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut other_type = event(a, "2");
+    other_type.event_type = "WorkspaceCreated".into();
+    log.append(request("a-2", ExpectedVersion::Any, vec![other_type])).await.unwrap();
+    log.append(request("b-1", ExpectedVersion::Any, vec![event(b, "3"), event(b, "4")])).await.unwrap();
+
+    let only_b = log.read(Position(1), None, &EventFilter::workspace(b), 10).await.unwrap();
+    assert_eq!(only_b.events.iter().map(|e| e.position.0).collect::<Vec<_>>(), vec![3, 4]);
+    assert!(only_b.events.iter().all(|e| e.workspace_id == b), "a workspace never reads another's events");
+    assert_eq!(only_b.next, Position(5));
+
+    let typed = EventFilter { event_types: vec!["WorkspaceCreated".into()], ..EventFilter::default() };
+    assert_eq!(log.read(Position(1), None, &typed, 10).await.unwrap().events.len(), 1);
+    let streamed = EventFilter { stream: Some(stream("a-1")), ..EventFilter::default() };
+    assert_eq!(log.read(Position(1), None, &streamed, 10).await.unwrap().events[0].position, Position(1));
+
+    assert_eq!(log.position_at(middle).await.unwrap(), Position(2));
+    assert_eq!(log.position_at(Timestamp(0)).await.unwrap(), Position(1));
+    assert_eq!(log.position_at(Timestamp(i64::MAX)).await.unwrap(), Position(5));
+    log.close().await;
+}
+
+fn onepd_now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+async fn old_schema_versions_are_upcast_on_read(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let mut old = event(workspace(1), "a");
+    old.event_type = "OrderPlaced".into();
+    old.data = json!({ "total": 5 });
+    log.append(request("s", ExpectedVersion::Any, vec![old])).await.unwrap();
+    log.close().await;
+
+    let mut config = db.config();
+    config.upcasters = Upcasters::new().register("OrderPlaced", 1, |mut data| {
+        data["currency"] = json!("USD");
+        Ok(data)
+    });
+    let log = EventLog::open(config).await.unwrap();
+    let read = log.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events;
+    assert_eq!(read[0].schema_version, 2);
+    assert_eq!(read[0].data, Payload::Data(json!({ "total": 5, "currency": "USD" })));
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None, "stored bytes unchanged");
+    log.close().await;
+}
+
+async fn a_subscription_catches_up_then_follows_live_appends(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    for _ in 0..3 {
+        log.append(request("s", ExpectedVersion::Any, vec![event(ws, "old")])).await.unwrap();
+    }
+    let mut subscription = log.subscribe(Position(2), EventFilter::default()).await.unwrap();
+    let caught_up = subscription.next_batch().await.unwrap();
+    assert_eq!(caught_up.iter().map(|e| e.position.0).collect::<Vec<_>>(), vec![2, 3]);
+
+    // A second process's append reaches this subscriber (NOTIFY on PostgreSQL, polling on SQLite).
+    let other = db.open().await;
+    let waiting = tokio::spawn(async move {
+        let batch = subscription.next_batch().await.unwrap();
+        (batch, subscription)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    other.append(request("s", ExpectedVersion::Any, vec![event(ws, "new")])).await.unwrap();
+    let (live, mut subscription) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert_eq!(live[0].position, Position(4));
+
+    log.append(request("s", ExpectedVersion::Any, vec![event(ws, "newer")])).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), subscription.next_batch()).await.unwrap().unwrap();
+    assert_eq!(next[0].position, Position(5));
+    assert_eq!(subscription.next_position(), Position(6));
+    log.close().await;
+    other.close().await;
+}
+
+async fn appends_after_close_are_refused_and_queued_ones_committed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    let mut handles = Vec::new();
+    for n in 0..20 {
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            let event = event(ws, "x");
+            let id = event.event_id;
+            (id, log.append(request(&format!("s{n}"), ExpectedVersion::Any, vec![event])).await)
+        }));
+    }
+    tokio::task::yield_now().await;
+    log.close().await;
+    let mut acknowledged = Vec::new();
+    for handle in handles {
+        let (id, result) = handle.await.unwrap();
+        if let Ok(outcome) = result {
+            acknowledged.push((id, outcome.positions[0]));
+        }
+    }
+    let refused = log.append(request("late", ExpectedVersion::Any, vec![event(ws, "x")])).await.unwrap_err();
+    assert!(refused.to_string().contains("shutting down"), "{refused}");
+    let reopened = db.open().await;
+    let stored = reopened.read(Position(1), None, &EventFilter::default(), 100).await.unwrap().events;
+    for (id, position) in acknowledged {
+        assert!(stored.iter().any(|e| e.event_id == id && e.position == position), "acknowledged {id} kept");
+    }
+    reopened.close().await;
+}
+
+async fn a_killed_process_loses_nothing_it_acknowledged(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // Create the schema first so the child only appends.
+    db.open().await.close().await;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["child_process_role_appends_until_killed", "--exact", "--nocapture", "--test-threads=1"])
+        .env("ONEPD_CHILD_DATABASE_URL", &db.url)
+        .env("ONEPD_CHILD_MASTER_KEY", db.master.to_hex())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut acknowledged = Vec::new();
+    let mut lines = stdout.lines();
+    while acknowledged.len() < 300 {
+        let line = lines.next().expect("child ended early").unwrap();
+        if let Some(rest) = line.strip_prefix("acknowledged ") {
+            let (id, position) = rest.split_once(' ').unwrap();
+            acknowledged.push((Uuid::parse_str(id).unwrap(), position.parse::<u64>().unwrap()));
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flushing.
+    for line in lines.map_while(Result::ok) {
+        if let Some(rest) = line.strip_prefix("acknowledged ") {
+            let (id, position) = rest.split_once(' ').unwrap();
+            acknowledged.push((Uuid::parse_str(id).unwrap(), position.parse::<u64>().unwrap()));
+        }
+    }
+    child.wait().unwrap();
+
+    let log = db.open().await;
+    let head = log.head().await.unwrap();
+    let stored = log.stored_rows(Position(1), head, head.0 as usize + 1).await.unwrap();
+    let by_id: HashMap<Uuid, u64> = stored.iter().map(|r| (r.event_id, r.position)).collect();
+    for (id, position) in &acknowledged {
+        assert_eq!(by_id.get(id), Some(position), "acknowledged event {id} survived the kill");
+    }
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None);
+    // The log goes on where the killed process stopped.
+    let next = log.append(request("after", ExpectedVersion::Any, vec![event(workspace(1), "x")])).await.unwrap();
+    assert_eq!(next.positions, vec![head.next()]);
+    log.close().await;
+}
+
+/// Not a test of its own: the child process of
+/// `a_killed_process_loses_nothing_it_acknowledged`. It appends from several
+/// tasks until killed and prints every acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process_role_appends_until_killed() {
+    let Ok(url) = std::env::var("ONEPD_CHILD_DATABASE_URL") else { return };
+    let master = onepd_adapters::MasterKey::from_hex(&std::env::var("ONEPD_CHILD_MASTER_KEY").unwrap()).unwrap();
+    let log = EventLog::open(onepd_adapters::StoreConfig::new(url, master)).await.unwrap();
+    let log = Arc::new(log);
+    let mut handles = Vec::new();
+    for writer in 0..4 {
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            loop {
+                let mut sealed = event(workspace(1), "x");
+                sealed.subject = Some(format!("user-{writer}"));
+                let events = vec![event(workspace(1), "x"), sealed];
+                let ids: Vec<_> = events.iter().map(|e| e.event_id.0).collect();
+                let outcome = log.append(request(&format!("child-{writer}"), ExpectedVersion::Any, events)).await.unwrap();
+                let mut out = String::new();
+                for (id, position) in ids.iter().zip(&outcome.positions) {
+                    out.push_str(&format!("acknowledged {id} {position}\n"));
+                }
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(out.as_bytes()).unwrap();
+                stdout.flush().unwrap();
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    appended_events_read_back_in_order_with_gap_free_positions,
+    concurrent_writers_and_a_live_reader_see_every_event_once_in_order,
+    two_connection_pools_appending_at_once_share_one_gap_free_log,
+    a_retried_batch_is_stored_once_and_reports_its_original_positions,
+    a_partly_stored_batch_is_refused_and_stores_nothing,
+    a_stale_expected_version_is_a_precise_conflict,
+    the_database_refuses_to_update_or_delete_events,
+    verify_names_the_first_position_whose_bytes_changed,
+    shredding_a_subject_erases_its_payloads_and_verify_still_passes,
+    a_subject_key_in_one_process_is_shredded_for_another,
+    reads_filter_by_workspace_type_stream_and_time,
+    old_schema_versions_are_upcast_on_read,
+    a_subscription_catches_up_then_follows_live_appends,
+    appends_after_close_are_refused_and_queued_ones_committed,
+    a_killed_process_loses_nothing_it_acknowledged,
+);

@@ -1,0 +1,30 @@
+//! onepd's domain: the event envelope, the hash chain, upcasting and the ports.
+//!
+//! # Layout
+//!
+//! * [`envelope`] — what an event is: ids, positions, streams, the event to
+//!   append ([`NewEvent`]) and the event as read back ([`RecordedEvent`]).
+//! * [`chain`] — the SHA-256 hash chain over the stored bytes of each event.
+//! * [`upcast`] — turning old `schema_version`s into the current shape on read.
+//! * [`ports`] — the async traits the adapters implement ([`EventStore`],
+//!   [`Subscription`]) and their errors.
+//!
+//! **Invariant:** pure. No runtime, no database, no clock: time and ids come in
+//! as arguments.
+
+#![warn(missing_docs)]
+
+pub mod chain;
+pub mod envelope;
+pub mod ports;
+pub mod upcast;
+
+pub use envelope::{
+    EventId, ExpectedVersion, NewEvent, Payload, Position, RecordedEvent, StreamId, Timestamp,
+    WorkspaceId,
+};
+pub use ports::{
+    AppendError, AppendOutcome, AppendRequest, EventFilter, EventStore, ReadError, ReadPage,
+    StoreError, Subscription, VerifyReport,
+};
+pub use upcast::{UpcastError, Upcasters};

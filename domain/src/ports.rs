@@ -1,0 +1,198 @@
+//! The ports: async traits the adapters implement, with the errors they return.
+//!
+//! `EventStore` is the only way anything reads or writes the log. Its contract,
+//! which the conformance suite checks for every backend:
+//!
+//! * positions are gap-free and increase in commit order: a reader that has
+//!   seen position *p* never later sees a new event below *p*;
+//! * an append returns only after the transaction holding its events has
+//!   committed;
+//! * appending a batch whose event ids are all stored is a no-op reporting the
+//!   original positions; a batch whose ids are partly stored is an error;
+//! * a stream's expected version is checked atomically with the append.
+
+use async_trait::async_trait;
+
+use crate::envelope::{
+    EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Timestamp, WorkspaceId,
+};
+
+/// Events to append to one stream, atomically: all are stored or none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRequest {
+    /// The stream every event of the batch joins.
+    pub stream_id: StreamId,
+    /// What the stream must hold before the batch.
+    pub expected: ExpectedVersion,
+    /// The events, in order; at least one.
+    pub events: Vec<NewEvent>,
+}
+
+/// What a successful append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The position of each event of the batch, in order.
+    pub positions: Vec<Position>,
+    /// The stream's version after its last event of the batch.
+    pub stream_version: u64,
+    /// True when every event was already stored and nothing was written; the
+    /// positions are then the original ones.
+    pub duplicate: bool,
+}
+
+/// Why an append was refused. Nothing of a refused batch is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The stream's version is not the one the append expected.
+    #[error("stream {stream}: expected {expected}, found version {found}")]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: StreamId,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The version the stream is at (0 = no stream).
+        found: u64,
+    },
+    /// Some, but not all, of the batch's event ids are stored already.
+    #[error("batch of {total} events: {} already stored (first {}), {} new; resend the batch exactly as first sent", stored.len(), stored[0], total - stored.len())]
+    PartiallyStored {
+        /// How many events the batch holds.
+        total: usize,
+        /// The ids already stored.
+        stored: Vec<EventId>,
+    },
+    /// The batch itself is malformed (empty, an id twice, data that cannot be
+    /// stored).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The store failed; whether the batch was stored is unknown only if the
+    /// failure hit the commit itself, so retry with the same event ids.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A failure of the storage underneath a store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or answered with an error.
+    #[error("database: {0}")]
+    Database(String),
+    /// The store is shutting down and takes no more appends.
+    #[error("event store is shutting down")]
+    ShuttingDown,
+    /// A stored event could not be decoded.
+    #[error("event at position {position}: {reason}")]
+    Corrupt {
+        /// The event's position.
+        position: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Why a read failed.
+pub type ReadError = StoreError;
+
+/// Which events a read returns besides its position range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this workspace's events; `None` reads every workspace (operators only).
+    pub workspace: Option<WorkspaceId>,
+    /// Only these event types; empty means all.
+    pub event_types: Vec<String>,
+    /// Only this stream.
+    pub stream: Option<StreamId>,
+}
+
+impl EventFilter {
+    /// A filter that admits everything of one workspace.
+    pub fn workspace(workspace: WorkspaceId) -> EventFilter {
+        EventFilter { workspace: Some(workspace), ..EventFilter::default() }
+    }
+
+    /// Whether the filter admits `event`.
+    pub fn admits(&self, event: &RecordedEvent) -> bool {
+        self.workspace.is_none_or(|w| w == event.workspace_id)
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event.event_type))
+            && self.stream.as_ref().is_none_or(|s| *s == event.stream_id)
+    }
+}
+
+/// One page of a read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadPage {
+    /// The matching events, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next page starts. Everything below it has been looked at,
+    /// including events the filter left out.
+    pub next: Position,
+}
+
+/// The result of walking the whole hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// How many events were checked.
+    pub events_checked: u64,
+    /// The first position whose hash does not hold, if any.
+    pub first_break: Option<crate::chain::ChainBreak>,
+}
+
+/// A catch-up-then-live stream of events from a position onwards.
+///
+/// Pull-based, so a slow consumer is never buffered for: the store reads the
+/// next page only when asked.
+#[async_trait]
+pub trait Subscription: Send {
+    /// Waits until at least one event after the last one returned is
+    /// committed, then returns up to a page of them in log order. Never
+    /// returns an empty batch.
+    async fn next_batch(&mut self) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// The position the next batch starts at.
+    fn next_position(&self) -> Position;
+}
+
+/// The append-only event log.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends a batch to one stream; returns after it has committed. Concurrent
+    /// appends may share a transaction (group commit), but a refused batch
+    /// never affects another.
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, AppendError>;
+
+    /// Reads up to `limit` events matching `filter` with positions from `from`
+    /// up to `until` (both inclusive; `None` = the last committed event).
+    async fn read(
+        &self,
+        from: Position,
+        until: Option<Position>,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<ReadPage, ReadError>;
+
+    /// Reads up to `limit` events of one stream from stream version `from_version` (inclusive).
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// The position of the last committed event (`Position::START` when empty).
+    async fn head(&self) -> Result<Position, ReadError>;
+
+    /// The first position recorded at or after `time`, or the position after
+    /// the head when there is none.
+    async fn position_at(&self, time: Timestamp) -> Result<Position, ReadError>;
+
+    /// A catch-up-then-live subscription starting at `from` (inclusive).
+    async fn subscribe(&self, from: Position, filter: EventFilter) -> Result<Box<dyn Subscription>, ReadError>;
+
+    /// Walks the whole hash chain. `progress` is called now and then with
+    /// (events checked, events in the log).
+    async fn verify(&self, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> Result<VerifyReport, ReadError>;
+
+    /// Deletes a subject's key: every payload sealed for it becomes
+    /// unreadable. Returns whether a key existed.
+    async fn shred(&self, workspace: WorkspaceId, subject: &str) -> Result<bool, StoreError>;
+}
