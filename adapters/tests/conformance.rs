@@ -41,10 +41,8 @@ async fn appended_events_read_back_in_order_with_gap_free_positions(backend: Bac
     let db = TestDb::new(backend).await;
     let log = db.open().await;
     let ws = workspace(1);
-    let first = log
-        .append(request("orders-1", ExpectedVersion::NoStream, vec![event(ws, "a"), event(ws, "b")]))
-        .await
-        .unwrap();
+    let first =
+        log.append(request("orders-1", ExpectedVersion::NoStream, vec![event(ws, "a"), event(ws, "b")])).await.unwrap();
     let second = log.append(request("orders-2", ExpectedVersion::Any, vec![event(ws, "c")])).await.unwrap();
     let third = log.append(request("orders-1", ExpectedVersion::Exact(2), vec![event(ws, "d")])).await.unwrap();
     assert_eq!(first.positions, vec![Position(1), Position(2)]);
@@ -240,15 +238,11 @@ async fn a_stale_expected_version_is_a_precise_conflict(backend: Backend) {
     log.append(request("destination/acme", ExpectedVersion::NoStream, vec![event(ws, "a"), event(ws, "b")]))
         .await
         .unwrap();
-    let err = log
-        .append(request("destination/acme", ExpectedVersion::Exact(7), vec![event(ws, "c")]))
-        .await
-        .unwrap_err();
+    let err =
+        log.append(request("destination/acme", ExpectedVersion::Exact(7), vec![event(ws, "c")])).await.unwrap_err();
     assert_eq!(err.to_string(), "stream destination/acme: expected version 7, found version 2");
-    let err = log
-        .append(request("destination/acme", ExpectedVersion::NoStream, vec![event(ws, "c")]))
-        .await
-        .unwrap_err();
+    let err =
+        log.append(request("destination/acme", ExpectedVersion::NoStream, vec![event(ws, "c")])).await.unwrap_err();
     assert!(matches!(err, AppendError::WrongExpectedVersion { found: 2, .. }));
 
     // Of many concurrent appenders expecting the same version, exactly one wins.
@@ -315,15 +309,23 @@ async fn verify_names_the_first_position_whose_bytes_changed(backend: Backend) {
     match backend {
         Backend::Sqlite => {
             raw_execute(&db, backend, "DROP TRIGGER events_reject_update").await.unwrap();
-            raw_execute(&db, backend, "UPDATE events SET metadata = CAST('{\"source\":\"tEst\"}' AS BLOB) WHERE position = 7")
-                .await
-                .unwrap();
+            raw_execute(
+                &db,
+                backend,
+                "UPDATE events SET metadata = CAST('{\"source\":\"tEst\"}' AS BLOB) WHERE position = 7",
+            )
+            .await
+            .unwrap();
         }
         Backend::Postgres => {
             raw_execute(&db, backend, "DROP TRIGGER events_reject_update_delete ON events").await.unwrap();
-            raw_execute(&db, backend, "UPDATE events SET metadata = convert_to('{\"source\":\"tEst\"}', 'UTF8') WHERE position = 7")
-                .await
-                .unwrap();
+            raw_execute(
+                &db,
+                backend,
+                "UPDATE events SET metadata = convert_to('{\"source\":\"tEst\"}', 'UTF8') WHERE position = 7",
+            )
+            .await
+            .unwrap();
         }
     }
     let log = db.open().await;
@@ -368,13 +370,19 @@ async fn shredding_a_subject_erases_its_payloads_and_verify_still_passes(backend
 
     // Another process sees the erasure too, and a new event about the subject gets a new key.
     let other = db.open().await;
-    assert_eq!(other.read(Position(1), Some(Position(1)), &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Erased);
+    assert_eq!(
+        other.read(Position(1), Some(Position(1)), &EventFilter::default(), 1).await.unwrap().events[0].data,
+        Payload::Erased
+    );
     let mut later = event(ws, "Came Back");
     later.subject = Some("user-alice".into());
     log.append(request("s", ExpectedVersion::Any, vec![later.clone()])).await.unwrap();
     let read_later = other.read(Position(4), None, &EventFilter::default(), 1).await.unwrap().events;
     assert_eq!(read_later[0].data, Payload::Data(later.data));
-    assert_eq!(other.read(Position(1), Some(Position(1)), &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Erased);
+    assert_eq!(
+        other.read(Position(1), Some(Position(1)), &EventFilter::default(), 1).await.unwrap().events[0].data,
+        Payload::Erased
+    );
     log.close().await;
     other.close().await;
 }
@@ -388,9 +396,15 @@ async fn a_subject_key_in_one_process_is_shredded_for_another(backend: Backend) 
     sealed.subject = Some("user-1".into());
     writer.append(request("s", ExpectedVersion::Any, vec![sealed])).await.unwrap();
     // The reader caches the key.
-    assert!(matches!(reader.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Data(_)));
+    assert!(matches!(
+        reader.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events[0].data,
+        Payload::Data(_)
+    ));
     writer.shred(ws, "user-1").await.unwrap();
-    assert_eq!(reader.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events[0].data, Payload::Erased);
+    assert_eq!(
+        reader.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events[0].data,
+        Payload::Erased
+    );
     writer.close().await;
     reader.close().await;
 }
@@ -575,7 +589,8 @@ async fn child_process_role_appends_until_killed() {
                 sealed.subject = Some(format!("user-{writer}"));
                 let events = vec![event(workspace(1), "x"), sealed];
                 let ids: Vec<_> = events.iter().map(|e| e.event_id.0).collect();
-                let outcome = log.append(request(&format!("child-{writer}"), ExpectedVersion::Any, events)).await.unwrap();
+                let outcome =
+                    log.append(request(&format!("child-{writer}"), ExpectedVersion::Any, events)).await.unwrap();
                 let mut out = String::new();
                 for (id, position) in ids.iter().zip(&outcome.positions) {
                     out.push_str(&format!("acknowledged {id} {position}\n"));
@@ -587,9 +602,28 @@ async fn child_process_role_appends_until_killed() {
             }
         }));
     }
-    for handle in handles {
-        handle.await.unwrap();
-    }
+    // The writers never stop; the parent kills this process.
+    drop(handles);
+    std::future::pending::<()>().await;
+}
+
+async fn a_process_with_another_master_key_is_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.open().await.close().await;
+    let mut config = db.config();
+    config.master_key = Some(onepd_adapters::MasterKey::generate());
+    let err = EventLog::open(config).await.err().expect("refused");
+    assert!(err.to_string().contains("master key"), "{err}");
+    // Without any master key the log still opens for reading and verifying.
+    let mut config = db.config();
+    config.master_key = None;
+    let log = EventLog::open(config).await.unwrap();
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None);
+    let mut sealed = event(workspace(1), "x");
+    sealed.subject = Some("u".into());
+    let refused = log.append(request("s", ExpectedVersion::Any, vec![sealed])).await.unwrap_err();
+    assert!(matches!(refused, AppendError::InvalidBatch(_)), "{refused}");
+    log.close().await;
 }
 
 macro_rules! conformance {
@@ -629,4 +663,5 @@ conformance!(
     a_subscription_catches_up_then_follows_live_appends,
     appends_after_close_are_refused_and_queued_ones_committed,
     a_killed_process_loses_nothing_it_acknowledged,
+    a_process_with_another_master_key_is_refused,
 );

@@ -6,6 +6,7 @@
 //!   append ([`NewEvent`]) and the event as read back ([`RecordedEvent`]).
 //! * [`chain`] — the SHA-256 hash chain over the stored bytes of each event.
 //! * [`upcast`] — turning old `schema_version`s into the current shape on read.
+//! * [`events`] — the event types, past-tense facts, one module per area.
 //! * [`ports`] — the async traits the adapters implement ([`EventStore`],
 //!   [`Subscription`]) and their errors.
 //!
@@ -16,15 +17,15 @@
 
 pub mod chain;
 pub mod envelope;
+pub mod events;
 pub mod ports;
 pub mod upcast;
 
 pub use envelope::{
-    EventId, ExpectedVersion, NewEvent, Payload, Position, RecordedEvent, StreamId, Timestamp,
-    WorkspaceId,
+    EventId, ExpectedVersion, NewEvent, Payload, Position, RecordedEvent, StreamId, Timestamp, WorkspaceId,
 };
 pub use ports::{
-    AppendError, AppendOutcome, AppendRequest, EventFilter, EventStore, ReadError, ReadPage,
-    StoreError, Subscription, VerifyReport,
+    AppendError, AppendOutcome, AppendRequest, EventFilter, EventStore, ReadError, ReadPage, StoreError, Subscription,
+    VerifyReport,
 };
 pub use upcast::{UpcastError, Upcasters};

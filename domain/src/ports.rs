@@ -13,9 +13,7 @@
 
 use async_trait::async_trait;
 
-use crate::envelope::{
-    EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Timestamp, WorkspaceId,
-};
+use crate::envelope::{EventId, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamId, Timestamp, WorkspaceId};
 
 /// Events to append to one stream, atomically: all are stored or none.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,7 +111,7 @@ impl EventFilter {
     /// Whether the filter admits `event`.
     pub fn admits(&self, event: &RecordedEvent) -> bool {
         self.workspace.is_none_or(|w| w == event.workspace_id)
-            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event.event_type))
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && self.stream.as_ref().is_none_or(|s| *s == event.stream_id)
     }
 }

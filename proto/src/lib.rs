@@ -7,8 +7,7 @@
 #![allow(missing_docs, clippy::all)]
 
 /// The serialized descriptors of every onepd `.proto` file, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/onepd_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/onepd_descriptor.bin"));
 
 /// `onepd.audit.v1`: reading, following and verifying the event log.
 pub mod audit {

@@ -51,3 +51,11 @@ CREATE TABLE subject_keys (
     wrapped_key  BLOB    NOT NULL,        -- the key, sealed with the master key
     created_at   INTEGER NOT NULL
 );
+
+-- Which master key wraps this database's subject keys (a hash of it, never
+-- the key), so a process started with another key is refused at once
+-- instead of failing to open payloads later.
+CREATE TABLE master_key_check (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    fingerprint BLOB    NOT NULL
+);

@@ -1,1 +1,62 @@
-pub mod audit; pub mod auth;
+//! The tonic gRPC services and the server that hosts them.
+//!
+//! * [`audit`] — `onepd.audit.v1.AuditService`: read, follow, verify the log;
+//! * [`auth`] — admin token checks shared by the services;
+//! * the standard `grpc.health.v1.Health` and reflection services.
+
+pub mod audit;
+pub mod auth;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use onepd_proto::audit::v1::audit_service_server::AuditServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::EventLog;
+use audit::AuditApi;
+use auth::TokenRegistry;
+
+/// A failure to start or run the gRPC server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not read the descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server stopped with a transport error.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves every gRPC service on `listener` until `shutdown` completes; then
+/// waits for in-flight calls to finish. Open streams end when `stopping`
+/// turns true.
+pub async fn serve(
+    listener: TcpListener,
+    log: EventLog,
+    tokens: Arc<TokenRegistry>,
+    stopping: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(AuditServiceServer::new(AuditApi::new(log, tokens, stopping)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -70,8 +70,9 @@ enum Decision {
 /// The appender task's state.
 pub(crate) struct Appender {
     pub backend: Arc<dyn Backend>,
-    pub master: MasterKey,
-    pub index: IdIndex,
+    pub master: Option<MasterKey>,
+    /// Loaded at the first append, so read-only tools never pay for it.
+    pub index: Option<IdIndex>,
     pub wake: watch::Sender<u64>,
     /// Sealing keys by subject hash, valid for `key_epoch`.
     seal_keys: HashMap<[u8; 32], (Uuid, SubjectKey)>,
@@ -79,8 +80,12 @@ pub(crate) struct Appender {
 }
 
 impl Appender {
-    pub(crate) fn new(backend: Arc<dyn Backend>, master: MasterKey, index: IdIndex, wake: watch::Sender<u64>) -> Appender {
-        Appender { backend, master, index, wake, seal_keys: HashMap::new(), key_epoch: -1 }
+    pub(crate) fn new(backend: Arc<dyn Backend>, master: Option<MasterKey>, wake: watch::Sender<u64>) -> Appender {
+        Appender { backend, master, index: None, wake, seal_keys: HashMap::new(), key_epoch: -1 }
+    }
+
+    fn master(&self) -> Result<&MasterKey, StoreError> {
+        self.master.as_ref().ok_or_else(|| StoreError::Database("no master key configured to seal payloads".into()))
     }
 
     /// Runs until a `Close` command arrives or every sender is gone.
@@ -140,24 +145,35 @@ impl Appender {
         }
     }
 
-    async fn try_commit(&mut self, group: &[PendingAppend]) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+    async fn try_commit(
+        &mut self,
+        group: &[PendingAppend],
+    ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
+        if self.index.is_none() {
+            let started = Instant::now();
+            let index = load_index(self.backend.as_ref()).await?;
+            tracing::info!(events = index.len(), seconds = started.elapsed().as_secs_f64(), "event id index loaded");
+            self.index = Some(index);
+        }
         let mut tx = self.backend.begin().await?;
         let head = tx.lock_head().await?;
+        let index = self.index.as_mut().expect("loaded above");
         if head.key_epoch != self.key_epoch {
             self.seal_keys.clear();
             self.key_epoch = head.key_epoch;
         }
-        if head.position > self.index.indexed_up_to() {
-            for (position, id) in tx.event_ids_after(self.index.indexed_up_to()).await? {
-                self.index.insert(id, position);
+        if head.position > index.indexed_up_to() {
+            for (position, id) in tx.event_ids_after(index.indexed_up_to()).await? {
+                index.insert(id, position);
             }
         }
+        let index = self.index.as_ref().expect("loaded above");
 
         // Fingerprint hits are only candidates: confirm them against the stored ids.
         let mut candidates: Vec<u64> = group
             .iter()
             .flat_map(|pending| pending.events.iter())
-            .flat_map(|event| self.index.candidates(event.event_id))
+            .flat_map(|event| index.candidates(event.event_id))
             .collect();
         candidates.sort_unstable();
         candidates.dedup();
@@ -173,7 +189,7 @@ impl Appender {
                 .iter()
                 .map(|event| {
                     staged.get(&event.event_id).copied().or_else(|| {
-                        self.index
+                        index
                             .candidates(event.event_id)
                             .into_iter()
                             .find(|position| stored_ids.get(position) == Some(&event.event_id))
@@ -241,7 +257,7 @@ impl Appender {
             for (offset, event) in pending.events.iter().enumerate() {
                 let (key_id, data) = match &event.subject {
                     Some(subject) => {
-                        let hash = self.master.subject_hash(event.workspace_id, subject);
+                        let hash = self.master()?.subject_hash(event.workspace_id, subject);
                         let (key_id, key) = self
                             .seal_keys
                             .get(&hash)
@@ -280,8 +296,9 @@ impl Appender {
             let new_head = Head { position: next_position - 1, hash: previous, recorded_at, key_epoch: head.key_epoch };
             tx.set_head(&new_head).await?;
             tx.commit().await?;
+            let index = self.index.as_mut().expect("loaded above");
             for row in &rows {
-                self.index.insert(row.event_id, row.position);
+                index.insert(row.event_id, row.position);
             }
             if self.seal_keys.len() + new_keys.len() > KEY_CACHE_LIMIT {
                 self.seal_keys.clear();
@@ -335,7 +352,7 @@ impl Appender {
             }
             for event in &pending.events {
                 if let Some(subject) = &event.subject {
-                    let hash = self.master.subject_hash(event.workspace_id, subject);
+                    let hash = self.master()?.subject_hash(event.workspace_id, subject);
                     if !self.seal_keys.contains_key(&hash) {
                         missing.push(hash);
                     }
@@ -348,8 +365,9 @@ impl Appender {
         }
         missing.sort_unstable();
         missing.dedup();
+        let master = self.master()?.clone();
         for row in tx.subject_keys(&missing).await? {
-            let key = self.master.unwrap_subject_key(row.key_id, &row.wrapped).map_err(|_| StoreError::Corrupt {
+            let key = master.unwrap_subject_key(row.key_id, &row.wrapped).map_err(|_| StoreError::Corrupt {
                 position: 0,
                 reason: "a subject key does not unwrap with the configured master key".into(),
             })?;
@@ -361,11 +379,26 @@ impl Appender {
                 continue;
             }
             let key_id = Uuid::now_v7();
-            let (key, wrapped) = self.master.new_subject_key(key_id);
+            let (key, wrapped) = master.new_subject_key(key_id);
             new_keys.insert(hash, ((key_id, key), NewKeyRow { key_id, subject_hash: hash, wrapped, created_at }));
         }
         Ok(new_keys)
     }
+}
+
+/// Loads the id of every stored event into an index.
+async fn load_index(backend: &dyn Backend) -> Result<IdIndex, StoreError> {
+    let mut index = IdIndex::default();
+    let mut after = 0;
+    loop {
+        let page = backend.event_ids_page(after, 100_000).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        for (position, id) in page {
+            index.insert(id, position);
+        }
+    }
+    Ok(index)
 }
 
 /// Microseconds since the Unix epoch, now.

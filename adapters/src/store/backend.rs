@@ -120,9 +120,20 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Reads the head without locking it.
     async fn head(&self) -> Result<Head, StoreError>;
     /// Rows with `from <= position <= to` admitted by `filter`, up to `limit`, in order.
-    async fn read_rows(&self, from: u64, to: u64, filter: &EventFilter, limit: usize) -> Result<Vec<StoredRow>, StoreError>;
+    async fn read_rows(
+        &self,
+        from: u64,
+        to: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, StoreError>;
     /// Rows of one stream from `from_version`, up to `limit`, in order.
-    async fn read_stream_rows(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError>;
+    async fn read_stream_rows(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, StoreError>;
     /// `recorded_at` of the event at `position`.
     async fn recorded_at(&self, position: u64) -> Result<Option<i64>, StoreError>;
     /// `(position, event_id)` after `after`, up to `limit`, in order.
@@ -131,6 +142,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError>;
     /// Deletes the key of a subject hash and bumps the key epoch; whether it existed.
     async fn delete_subject_key(&self, subject_hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Records `fingerprint` as the master key's unless one is recorded;
+    /// returns the one recorded.
+    async fn master_key_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Closes the connection pool.
     async fn close(&self);
 }

@@ -33,7 +33,6 @@ use uuid::Uuid;
 
 use appender::{Appender, Command, PendingAppend, PreparedEvent};
 use backend::{Backend, StoredRow};
-use dedup::IdIndex;
 use keys::OpenKeys;
 use sealing::MasterKey;
 
@@ -65,8 +64,9 @@ impl BackendKind {
 pub struct StoreConfig {
     /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
     pub database_url: String,
-    /// Wraps every subject key.
-    pub master_key: MasterKey,
+    /// Wraps every subject key. Without one, the log can be read and
+    /// verified, but sealed payloads can be neither written nor opened.
+    pub master_key: Option<MasterKey>,
     /// Lifts old schema versions on read.
     pub upcasters: Upcasters,
     /// How often an idle subscription looks for new events when no wake-up
@@ -79,7 +79,7 @@ impl StoreConfig {
     pub fn new(database_url: impl Into<String>, master_key: MasterKey) -> StoreConfig {
         StoreConfig {
             database_url: database_url.into(),
-            master_key,
+            master_key: Some(master_key),
             upcasters: Upcasters::new(),
             poll_interval: Duration::from_secs(1),
         }
@@ -103,7 +103,7 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     closed: AtomicBool,
     appender: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    master: MasterKey,
+    master: Option<MasterKey>,
     open_keys: OpenKeys,
     upcasters: Upcasters,
     wake: watch::Sender<u64>,
@@ -127,12 +127,23 @@ impl EventLog {
                 Arc::new(postgres::PostgresBackend::open(&config.database_url, wake.clone()).await?)
             }
         };
+        if let Some(master) = &config.master_key {
+            let recorded = backend.master_key_fingerprint(&master.fingerprint()).await?;
+            if recorded != master.fingerprint() {
+                backend.close().await;
+                return Err(StoreError::Database(format!(
+                    "master key: this database's subject keys are wrapped with the key whose fingerprint is {}, \
+                     but the configured key's is {}; configure the master key this database was created with",
+                    hex::encode(&recorded),
+                    hex::encode(master.fingerprint())
+                )));
+            }
+        }
         let head = backend.head().await?;
         wake.send_replace(head.position);
-        let index = load_index(backend.as_ref()).await?;
-        tracing::info!(events = index.len(), head = head.position, "event log opened");
+        tracing::info!(head = head.position, "event log opened");
         let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let appender = Appender::new(backend.clone(), config.master_key.clone(), index, wake.clone());
+        let appender = Appender::new(backend.clone(), config.master_key.clone(), wake.clone());
         let task = tokio::spawn(appender.run(receiver));
         Ok(EventLog {
             inner: Arc::new(Inner {
@@ -231,11 +242,8 @@ impl EventLog {
 
     /// Fills the key cache with every key the rows need.
     async fn load_keys(&self, rows: &[StoredRow]) -> Result<(), ReadError> {
-        let wanted: HashSet<Uuid> = rows
-            .iter()
-            .filter_map(|row| row.key_id)
-            .filter(|id| self.inner.open_keys.get(id).is_none())
-            .collect();
+        let wanted: HashSet<Uuid> =
+            rows.iter().filter_map(|row| row.key_id).filter(|id| self.inner.open_keys.get(id).is_none()).collect();
         if wanted.is_empty() {
             return Ok(());
         }
@@ -243,12 +251,15 @@ impl EventLog {
         let mut wrapped = self.inner.backend.wrapped_keys(&wanted).await?;
         for key_id in wanted {
             let key = match wrapped.remove(&key_id) {
-                Some(bytes) => Some(self.inner.master.unwrap_subject_key(key_id, &bytes).map_err(|_| {
-                    StoreError::Corrupt {
+                Some(bytes) => {
+                    let master = self.inner.master.as_ref().ok_or_else(|| {
+                        StoreError::Database("no master key configured to open sealed payloads".into())
+                    })?;
+                    Some(master.unwrap_subject_key(key_id, &bytes).map_err(|_| StoreError::Corrupt {
                         position: 0,
                         reason: format!("subject key {key_id} does not unwrap with the configured master key"),
-                    }
-                })?),
+                    })?)
+                }
                 None => None,
             };
             self.inner.open_keys.put(key_id, key);
@@ -257,30 +268,23 @@ impl EventLog {
     }
 }
 
-/// Loads the id of every stored event into the in-memory index.
-async fn load_index(backend: &dyn Backend) -> Result<IdIndex, StoreError> {
-    let mut index = IdIndex::default();
-    let mut after = 0;
-    loop {
-        let page = backend.event_ids_page(after, 100_000).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = *last;
-        for (position, id) in page {
-            index.insert(id, position);
-        }
-    }
-    Ok(index)
-}
-
-fn prepare(request: AppendRequest) -> Result<(StreamId, onepd_domain::ExpectedVersion, Vec<PreparedEvent>), AppendError> {
+fn prepare(
+    request: AppendRequest,
+) -> Result<(StreamId, onepd_domain::ExpectedVersion, Vec<PreparedEvent>), AppendError> {
     if request.events.is_empty() {
-        return Err(AppendError::InvalidBatch(format!("stream {}: expected at least one event, found none", request.stream_id)));
+        return Err(AppendError::InvalidBatch(format!(
+            "stream {}: expected at least one event, found none",
+            request.stream_id
+        )));
     }
     let mut seen = HashSet::with_capacity(request.events.len());
     let mut events = Vec::with_capacity(request.events.len());
     for (index, event) in request.events.into_iter().enumerate() {
         if !seen.insert(event.event_id) {
-            return Err(AppendError::InvalidBatch(format!("events[{index}].event_id: {} appears twice in the batch", event.event_id)));
+            return Err(AppendError::InvalidBatch(format!(
+                "events[{index}].event_id: {} appears twice in the batch",
+                event.event_id
+            )));
         }
         if event.event_type.is_empty() {
             return Err(AppendError::InvalidBatch(format!("events[{index}].event_type: expected a name, found \"\"")));
@@ -288,9 +292,10 @@ fn prepare(request: AppendRequest) -> Result<(StreamId, onepd_domain::ExpectedVe
         if matches!(&event.subject, Some(subject) if subject.is_empty()) {
             return Err(AppendError::InvalidBatch(format!("events[{index}].subject: expected a subject, found \"\"")));
         }
-        let data = serde_json::to_vec(&event.data).map_err(|err| AppendError::InvalidBatch(format!("events[{index}].data: {err}")))?;
-        let metadata =
-            serde_json::to_vec(&event.metadata).map_err(|err| AppendError::InvalidBatch(format!("events[{index}].metadata: {err}")))?;
+        let data = serde_json::to_vec(&event.data)
+            .map_err(|err| AppendError::InvalidBatch(format!("events[{index}].data: {err}")))?;
+        let metadata = serde_json::to_vec(&event.metadata)
+            .map_err(|err| AppendError::InvalidBatch(format!("events[{index}].metadata: {err}")))?;
         events.push(PreparedEvent {
             event_id: event.event_id.0,
             workspace_id: event.workspace_id.0,
@@ -311,6 +316,11 @@ impl EventStore for EventLog {
             return Err(AppendError::Store(StoreError::ShuttingDown));
         }
         let (stream, expected, events) = prepare(request)?;
+        if self.inner.master.is_none() && events.iter().any(|e| e.subject.is_some()) {
+            return Err(AppendError::InvalidBatch(
+                "events name a subject, but no master key is configured to seal them".into(),
+            ));
+        }
         let (reply, answer) = oneshot::channel();
         let pending = PendingAppend { stream, expected, events, reply };
         self.inner
@@ -346,7 +356,12 @@ impl EventStore for EventLog {
         Ok(ReadPage { events: self.decode(rows)?, next: Position(next) })
     }
 
-    async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let head = self.inner.backend.head().await?;
         self.inner.open_keys.observe_epoch(head.key_epoch);
         let rows = self.inner.backend.read_stream_rows(stream.as_str(), from_version, limit).await?;
@@ -406,14 +421,23 @@ impl EventStore for EventLog {
         if checked != head.position || walker.last_hash() != head.hash {
             return Ok(VerifyReport {
                 events_checked: checked,
-                first_break: Some(ChainBreak { position: checked + 1, stored: head.hash, recomputed: walker.last_hash() }),
+                first_break: Some(ChainBreak {
+                    position: checked + 1,
+                    stored: head.hash,
+                    recomputed: walker.last_hash(),
+                }),
             });
         }
         Ok(VerifyReport { events_checked: checked, first_break: None })
     }
 
     async fn shred(&self, workspace: WorkspaceId, subject: &str) -> Result<bool, StoreError> {
-        let hash = self.inner.master.subject_hash(workspace.0, subject);
+        let master = self
+            .inner
+            .master
+            .as_ref()
+            .ok_or_else(|| StoreError::Database("no master key configured to find subject keys".into()))?;
+        let hash = master.subject_hash(workspace.0, subject);
         let existed = self.inner.backend.delete_subject_key(&hash).await?;
         self.inner.open_keys.clear();
         Ok(existed)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onepd_domain::{EventFilter, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Executor, PgPool, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool, Postgres, QueryBuilder, Row, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -35,6 +35,10 @@ pub(crate) struct PostgresBackend {
 pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions = url.parse().map_err(db_error("parsing the PostgreSQL database url"))?;
     let options = options.disable_statement_logging();
+    // One direct attempt first: a pool retries until its acquire timeout,
+    // which turns "nothing listens there" into a long silent wait.
+    let probe = options.connect().await.map_err(db_error("connecting to PostgreSQL"))?;
+    let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))
@@ -211,11 +215,12 @@ impl AppendTx for PostgresAppend {
 
     async fn subject_keys(&mut self, hashes: &[[u8; 32]]) -> Result<Vec<KeyRow>, StoreError> {
         let hashes: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
-        let rows = sqlx::query("SELECT key_id, subject_hash, wrapped_key FROM subject_keys WHERE subject_hash = ANY($1)")
-            .bind(hashes)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(db_error("reading subject keys"))?;
+        let rows =
+            sqlx::query("SELECT key_id, subject_hash, wrapped_key FROM subject_keys WHERE subject_hash = ANY($1)")
+                .bind(hashes)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(db_error("reading subject keys"))?;
         rows.iter()
             .map(|row| {
                 Ok(KeyRow {
@@ -249,7 +254,7 @@ impl AppendTx for PostgresAppend {
     }
 
     async fn insert_rows(&mut self, rows: &[StoredRow]) -> Result<(), StoreError> {
-        insert_rows(&mut *self.tx, "events", rows).await.map_err(db_error("inserting events"))
+        insert_rows(&mut self.tx, "events", rows).await.map_err(db_error("inserting events"))
     }
 
     async fn set_head(&mut self, head: &Head) -> Result<(), StoreError> {
@@ -290,7 +295,13 @@ impl Backend for PostgresBackend {
         head_from(&row)
     }
 
-    async fn read_rows(&self, from: u64, to: u64, filter: &EventFilter, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+    async fn read_rows(
+        &self,
+        from: u64,
+        to: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, StoreError> {
         let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {ROW_COLUMNS} FROM events WHERE position >= "));
         query.push_bind(from as i64).push(" AND position <= ").push_bind(to as i64);
         if let Some(workspace) = filter.workspace {
@@ -307,7 +318,12 @@ impl Backend for PostgresBackend {
         rows.iter().map(row_from).collect()
     }
 
-    async fn read_stream_rows(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+    async fn read_stream_rows(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, StoreError> {
         let sql = format!(
             "SELECT {ROW_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
         );
@@ -362,6 +378,18 @@ impl Backend for PostgresBackend {
             .map_err(db_error("bumping the key epoch"))?;
         tx.commit().await.map_err(db_error("committing a shred"))?;
         Ok(deleted > 0)
+    }
+
+    async fn master_key_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<u8>, StoreError> {
+        sqlx::query("INSERT INTO master_key_check (id, fingerprint) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+            .bind(fingerprint)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("recording the master key fingerprint"))?;
+        sqlx::query_scalar("SELECT fingerprint FROM master_key_check WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("reading the master key fingerprint"))
     }
 
     async fn close(&self) {

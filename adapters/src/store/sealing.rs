@@ -61,6 +61,16 @@ impl MasterKey {
         hex::encode(self.bytes)
     }
 
+    /// A hash that identifies this key without revealing it, recorded in the
+    /// database so a process with a different key is refused.
+    pub fn fingerprint(&self) -> [u8; 16] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"onepd master key check v1");
+        hasher.update(self.bytes);
+        let digest: [u8; 32] = hasher.finalize().into();
+        digest[..16].try_into().expect("16 of 32 bytes")
+    }
+
     /// The keyed hash under which a subject's key is stored.
     pub(crate) fn subject_hash(&self, workspace: Uuid, subject: &str) -> [u8; 32] {
         let mut hasher = Sha256::new();
@@ -168,9 +178,6 @@ mod tests {
     #[test]
     fn subject_hashes_differ_by_workspace() {
         let key = MasterKey::generate();
-        assert_ne!(
-            key.subject_hash(Uuid::from_u128(1), "u1"),
-            key.subject_hash(Uuid::from_u128(2), "u1")
-        );
+        assert_ne!(key.subject_hash(Uuid::from_u128(1), "u1"), key.subject_hash(Uuid::from_u128(2), "u1"));
     }
 }

@@ -17,6 +17,11 @@ use uuid::Uuid;
 
 use super::backend::{AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, StoredRow, db_error, hash_from_bytes};
 
+/// Pages the WAL may grow to before SQLite copies it into the database
+/// (40 MiB at 4 KiB pages). Fewer, larger checkpoints cost fewer syncs than
+/// SQLite's default of 1,000 pages.
+pub const WAL_AUTOCHECKPOINT_PAGES: &str = "10000";
+
 const ROW_COLUMNS: &str = "position, event_id, workspace_id, stream_id, stream_version, event_type, \
                            schema_version, recorded_at, key_id, data, metadata, hash";
 
@@ -35,6 +40,7 @@ pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<Sqli
         // FULL syncs the WAL at every commit: an acknowledged append survives
         // power loss, not just a crash of the process.
         .synchronous(SqliteSynchronous::Full)
+        .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .busy_timeout(Duration::from_secs(30))
         .pragma("cache_size", "-65536")
         .pragma("temp_store", "memory");
@@ -170,8 +176,9 @@ impl AppendTx for SqliteAppend {
     async fn subject_keys(&mut self, hashes: &[[u8; 32]]) -> Result<Vec<KeyRow>, StoreError> {
         let mut found = Vec::new();
         for chunk in hashes.chunks(INSERT_CHUNK) {
-            let mut query =
-                QueryBuilder::<Sqlite>::new("SELECT key_id, subject_hash, wrapped_key FROM subject_keys WHERE subject_hash IN (");
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT key_id, subject_hash, wrapped_key FROM subject_keys WHERE subject_hash IN (",
+            );
             let mut list = query.separated(", ");
             for hash in chunk {
                 list.push_bind(hash.as_slice());
@@ -191,7 +198,9 @@ impl AppendTx for SqliteAppend {
 
     async fn insert_subject_keys(&mut self, keys: &[NewKeyRow]) -> Result<(), StoreError> {
         for chunk in keys.chunks(INSERT_CHUNK) {
-            let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO subject_keys (key_id, subject_hash, wrapped_key, created_at) ");
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO subject_keys (key_id, subject_hash, wrapped_key, created_at) ",
+            );
             query.push_values(chunk, |mut values, key| {
                 values
                     .push_bind(key.key_id)
@@ -236,7 +245,13 @@ impl Backend for SqliteBackend {
         head_from(&row)
     }
 
-    async fn read_rows(&self, from: u64, to: u64, filter: &EventFilter, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+    async fn read_rows(
+        &self,
+        from: u64,
+        to: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, StoreError> {
         let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM events WHERE position >= "));
         query.push_bind(from as i64).push(" AND position <= ").push_bind(to as i64);
         if let Some(workspace) = filter.workspace {
@@ -258,7 +273,12 @@ impl Backend for SqliteBackend {
         rows.iter().map(row_from).collect()
     }
 
-    async fn read_stream_rows(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+    async fn read_stream_rows(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, StoreError> {
         let sql = format!(
             "SELECT {ROW_COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version LIMIT ?"
         );
@@ -293,7 +313,8 @@ impl Backend for SqliteBackend {
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
         let mut found = HashMap::new();
         for chunk in key_ids.chunks(INSERT_CHUNK) {
-            let mut query = QueryBuilder::<Sqlite>::new("SELECT key_id, wrapped_key FROM subject_keys WHERE key_id IN (");
+            let mut query =
+                QueryBuilder::<Sqlite>::new("SELECT key_id, wrapped_key FROM subject_keys WHERE key_id IN (");
             let mut list = query.separated(", ");
             for id in chunk {
                 list.push_bind(*id);
@@ -319,6 +340,18 @@ impl Backend for SqliteBackend {
             .map_err(db_error("bumping the key epoch"))?;
         tx.commit().await.map_err(db_error("committing a shred"))?;
         Ok(deleted > 0)
+    }
+
+    async fn master_key_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<u8>, StoreError> {
+        sqlx::query("INSERT INTO master_key_check (id, fingerprint) VALUES (1, ?) ON CONFLICT (id) DO NOTHING")
+            .bind(fingerprint)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("recording the master key fingerprint"))?;
+        sqlx::query_scalar("SELECT fingerprint FROM master_key_check WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("reading the master key fingerprint"))
     }
 
     async fn close(&self) {

@@ -1,0 +1,394 @@
+//! `onepd bench append`: the event log's append rate, beside the raw limit of
+//! the same database measured in the same run.
+//!
+//! The store phase appends synthetic ingest-sized events (~600 bytes of JSON,
+//! sealed for one of `--subjects` people, with random deterministic-style ids)
+//! through the real [`EventLog`] from `--writers` concurrent tasks in batches of
+//! `--batch`. The raw phase then inserts the very rows the store wrote, with
+//! the same INSERT statement, into a bare table with the same indexes: no
+//! group commit, no idempotency check, no sealing, no hashing, no head. Both
+//! phases run in rounds; generating events and reading rows back happen
+//! between rounds and are not timed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use onepd_adapters::store::backend::StoredRow;
+use onepd_adapters::{EventLog, MasterKey, StoreConfig};
+use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StreamId, WorkspaceId};
+use serde_json::json;
+use sqlx::Executor;
+use uuid::Uuid;
+
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Append rate of the event log against the raw insert rate of its database.
+    Append(AppendArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    /// Which database to measure.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: Backend,
+    /// How many events to append.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Events per append call.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Concurrent appending tasks.
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
+    /// Distinct people the events are about (each has its own sealing key).
+    #[arg(long, default_value_t = 10_000)]
+    subjects: u64,
+    /// The PostgreSQL server to create the benchmark's databases on.
+    #[arg(long, env = "ONEPD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    /// Where the SQLite benchmark files go (removed afterwards).
+    #[arg(long, default_value = "./data")]
+    dir: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Events generated and appended per round.
+const ROUND: u64 = 500_000;
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    super::init_tracing("warn");
+    match command {
+        BenchCommand::Append(args) => append(args).await,
+    }
+}
+
+/// Where the two phases write, and how to clean up after them.
+struct Target {
+    store_url: String,
+    raw_url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    /// Removed when dropped.
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Databases {
+        admin: String,
+        names: [String; 2],
+    },
+}
+
+impl Target {
+    async fn create(args: &AppendArgs) -> anyhow::Result<Target> {
+        match args.backend {
+            Backend::Sqlite => {
+                std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+                let dir = tempfile::Builder::new().prefix("bench-").tempdir_in(&args.dir)?;
+                Ok(Target {
+                    store_url: format!("sqlite://{}", dir.path().join("store.db").display()),
+                    raw_url: format!("sqlite://{}", dir.path().join("raw.db").display()),
+                    cleanup: Cleanup::Dir(dir),
+                })
+            }
+            Backend::Postgres => {
+                let suffix = Uuid::new_v4().simple().to_string();
+                let names = [format!("onepd_bench_{suffix}"), format!("onepd_bench_raw_{suffix}")];
+                for name in &names {
+                    onepd_adapters::store::postgres::create_database(&args.postgres_url, name).await.with_context(
+                        || format!("creating database {name} on {}", super::redact(&args.postgres_url)),
+                    )?;
+                }
+                let server =
+                    args.postgres_url.rsplit_once('/').map_or(args.postgres_url.as_str(), |(server, _)| server);
+                Ok(Target {
+                    store_url: format!("{server}/{}", names[0]),
+                    raw_url: format!("{server}/{}", names[1]),
+                    cleanup: Cleanup::Databases { admin: args.postgres_url.clone(), names },
+                })
+            }
+        }
+    }
+
+    async fn remove(self) {
+        if let Cleanup::Databases { admin, names } = self.cleanup {
+            for name in names {
+                let _ = onepd_adapters::store::postgres::drop_database(&admin, &name).await;
+            }
+        }
+    }
+}
+
+/// A raw table: the events table's columns and indexes, nothing else.
+const RAW_TABLE_SQLITE: &str = "
+CREATE TABLE raw_events (
+    position INTEGER PRIMARY KEY, event_id BLOB NOT NULL, workspace_id BLOB NOT NULL, stream_id TEXT NOT NULL,
+    stream_version INTEGER NOT NULL, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL, key_id BLOB, data BLOB NOT NULL, metadata BLOB NOT NULL, hash BLOB NOT NULL);
+CREATE UNIQUE INDEX raw_events_stream_version ON raw_events (stream_id, stream_version);
+CREATE INDEX raw_events_event_id_by_position ON raw_events (position, event_id);";
+
+const RAW_TABLE_POSTGRES: &str = "
+CREATE TABLE raw_events (
+    position BIGINT PRIMARY KEY, event_id UUID NOT NULL, workspace_id UUID NOT NULL, stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL,
+    recorded_at BIGINT NOT NULL, key_id UUID, data BYTEA NOT NULL, metadata BYTEA NOT NULL, hash BYTEA NOT NULL);
+CREATE UNIQUE INDEX raw_events_stream_version ON raw_events (stream_id, stream_version);
+CREATE INDEX raw_events_event_id_by_position ON raw_events (position) INCLUDE (event_id);";
+
+async fn append(args: AppendArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.events > 0, "--events: expected at least 1, found 0");
+    anyhow::ensure!(args.batch > 0, "--batch: expected at least 1, found 0");
+    anyhow::ensure!(args.writers > 0, "--writers: expected at least 1, found 0");
+    anyhow::ensure!(args.subjects > 0, "--subjects: expected at least 1, found 0");
+    let target = Target::create(&args).await?;
+    let result = measure(&args, &target).await;
+    target.remove().await;
+    let report = result?;
+    if args.json {
+        output::json(&report);
+    } else {
+        output::line(format!(
+            "{} append: {} events, batch {}, {} writers",
+            report["backend"].as_str().unwrap_or_default(),
+            args.events,
+            args.batch,
+            args.writers
+        ));
+        output::line(format!(
+            "  onepd event log  {:>10.0} events/s  ({:.2} s)",
+            report["store_events_per_sec"].as_f64().unwrap_or_default(),
+            report["store_seconds"].as_f64().unwrap_or_default()
+        ));
+        output::line(format!(
+            "  raw insert       {:>10.0} events/s  ({:.2} s, {} writer(s))",
+            report["raw_events_per_sec"].as_f64().unwrap_or_default(),
+            report["raw_seconds"].as_f64().unwrap_or_default(),
+            report["raw_writers"]
+        ));
+        output::line(format!("  ratio            {:>10.2}", report["ratio"].as_f64().unwrap_or_default()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn measure(args: &AppendArgs, target: &Target) -> anyhow::Result<serde_json::Value> {
+    let mut config = StoreConfig::new(target.store_url.clone(), MasterKey::generate());
+    config.poll_interval = Duration::from_secs(1);
+    let log = EventLog::open(config).await.context("opening the benchmark event log")?;
+    let workspace = WorkspaceId(Uuid::now_v7());
+    let bar = output::progress(args.events * 2, args.json, "{spinner} {msg} [{bar:40}] {pos}/{len}");
+
+    // Store phase.
+    bar.set_message("event log");
+    let mut store_time = Duration::ZERO;
+    let mut generated = 0;
+    while generated < args.events {
+        let count = ROUND.min(args.events - generated);
+        let plans = generate(workspace, generated, count, args);
+        generated += count;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for plan in plans {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for request in plan {
+                    log.append(request).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        store_time += started.elapsed();
+        bar.inc(count);
+    }
+    let head = log.head().await?;
+    anyhow::ensure!(head.0 == args.events, "the store holds {} events, expected {}", head.0, args.events);
+
+    // Raw phase: the same rows, the same statement, a bare table.
+    bar.set_message("raw insert");
+    let raw = RawTable::create(args.backend, &target.raw_url).await?;
+    let raw_writers = if args.backend == Backend::Sqlite { 1 } else { args.writers };
+    let mut raw_time = Duration::ZERO;
+    let mut bytes = 0u64;
+    let mut from = 1;
+    while from <= args.events {
+        let to = (from + ROUND - 1).min(args.events);
+        let rows = log.stored_rows(Position(from), Position(to), (to - from + 1) as usize).await?;
+        bytes += rows.iter().map(|r| (r.data.len() + r.metadata.len()) as u64).sum::<u64>();
+        let rows = Arc::new(rows);
+        let started = Instant::now();
+        raw.insert_all(rows.clone(), args.batch, raw_writers).await?;
+        raw_time += started.elapsed();
+        bar.inc(rows.len() as u64);
+        from = to + 1;
+    }
+    bar.finish_and_clear();
+    raw.close().await;
+    log.close().await;
+
+    let store_rate = args.events as f64 / store_time.as_secs_f64();
+    let raw_rate = args.events as f64 / raw_time.as_secs_f64();
+    Ok(json!({
+        "backend": match args.backend { Backend::Sqlite => "sqlite", Backend::Postgres => "postgres" },
+        "events": args.events,
+        "batch": args.batch,
+        "writers": args.writers,
+        "raw_writers": raw_writers,
+        "subjects": args.subjects,
+        "stored_bytes_per_event": bytes / args.events,
+        "store_seconds": store_time.as_secs_f64(),
+        "raw_seconds": raw_time.as_secs_f64(),
+        "store_events_per_sec": store_rate.round(),
+        "raw_events_per_sec": raw_rate.round(),
+        "ratio": (store_rate / raw_rate * 1000.0).round() / 1000.0,
+    }))
+}
+
+/// One round's append calls, split among the writers.
+fn generate(workspace: WorkspaceId, first: u64, count: u64, args: &AppendArgs) -> Vec<Vec<AppendRequest>> {
+    let mut plans: Vec<Vec<AppendRequest>> = (0..args.writers).map(|_| Vec::new()).collect();
+    let mut n = first;
+    let end = first + count;
+    let mut writer = 0;
+    while n < end {
+        let size = (args.batch as u64).min(end - n);
+        let events = (n..n + size).map(|i| synthetic_event(workspace, i, args.subjects)).collect();
+        let stream = StreamId::new(format!("bench-{writer}")).expect("valid stream id");
+        plans[writer].push(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events });
+        writer = (writer + 1) % args.writers;
+        n += size;
+    }
+    plans
+}
+
+/// A Segment-style `track` call of about 600 bytes, as ingest will store it.
+fn synthetic_event(workspace: WorkspaceId, n: u64, subjects: u64) -> NewEvent {
+    let message_id = format!("bench-{n}-{}", Uuid::new_v4());
+    let user = format!("user-{}", n % subjects);
+    let data = json!({
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": message_id,
+        "userId": user,
+        "anonymousId": Uuid::from_u128(u128::from(n % subjects) << 64 | 0xa11ce).to_string(),
+        "properties": {
+            "order_id": format!("ord-{n:010}"),
+            "revenue": (n % 997) as f64 + 0.99,
+            "currency": "USD",
+            "products": [
+                { "sku": "SKU-1042", "name": "Trail running shoes", "price": 89.5, "quantity": 1 },
+                { "sku": "SKU-2211", "name": "Merino socks", "price": 12.0, "quantity": 2 }
+            ]
+        },
+        "context": {
+            "ip": "203.0.113.42",
+            "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15",
+            "library": { "name": "analytics-node", "version": "2.1.2" },
+            "page": { "url": "https://shop.example.com/checkout/complete?step=3", "title": "Thank you" }
+        },
+        "timestamp": "2026-11-29T02:00:00.000Z",
+        "receivedAt": "2026-11-29T02:00:00.120Z"
+    });
+    NewEvent {
+        event_id: EventId::for_message(workspace, &message_id),
+        workspace_id: workspace,
+        event_type: "MessageAccepted".into(),
+        schema_version: 1,
+        data,
+        metadata: json!({ "source": "bench", "request_id": n }),
+        subject: Some(user),
+    }
+}
+
+/// The bare table of the raw phase.
+enum RawTable {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl RawTable {
+    async fn create(backend: Backend, url: &str) -> anyhow::Result<RawTable> {
+        Ok(match backend {
+            Backend::Sqlite => {
+                let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+                let options = options
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                    .pragma("wal_autocheckpoint", onepd_adapters::store::sqlite::WAL_AUTOCHECKPOINT_PAGES)
+                    .pragma("cache_size", "-65536");
+                let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+                pool.execute(RAW_TABLE_SQLITE).await?;
+                RawTable::Sqlite(pool)
+            }
+            Backend::Postgres => {
+                let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(url).await?;
+                pool.execute(RAW_TABLE_POSTGRES).await?;
+                RawTable::Postgres(pool)
+            }
+        })
+    }
+
+    /// Inserts `rows` in transactions of `batch` rows from `writers` tasks.
+    async fn insert_all(&self, rows: Arc<Vec<StoredRow>>, batch: usize, writers: usize) -> anyhow::Result<()> {
+        let batches: Vec<(usize, usize)> =
+            (0..rows.len()).step_by(batch).map(|start| (start, (start + batch).min(rows.len()))).collect();
+        let mut tasks = Vec::new();
+        for writer in 0..writers {
+            let mine: Vec<(usize, usize)> = batches.iter().copied().skip(writer).step_by(writers).collect();
+            let rows = rows.clone();
+            let table = match self {
+                RawTable::Sqlite(pool) => RawTable::Sqlite(pool.clone()),
+                RawTable::Postgres(pool) => RawTable::Postgres(pool.clone()),
+            };
+            tasks.push(tokio::spawn(async move {
+                for (start, end) in mine {
+                    table.insert_batch(&rows[start..end]).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    async fn insert_batch(&self, rows: &[StoredRow]) -> anyhow::Result<()> {
+        match self {
+            RawTable::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                onepd_adapters::store::sqlite::insert_rows(&mut tx, "raw_events", rows).await?;
+                tx.commit().await?;
+            }
+            RawTable::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                onepd_adapters::store::postgres::insert_rows(&mut tx, "raw_events", rows).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        match self {
+            RawTable::Sqlite(pool) => pool.close().await,
+            RawTable::Postgres(pool) => pool.close().await,
+        }
+    }
+}

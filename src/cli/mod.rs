@@ -1,0 +1,85 @@
+//! The subcommands, one per file.
+
+mod bench;
+mod serve;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::StoreArgs;
+
+/// onepd: collect first-party customer data into an append-only event log,
+/// unify it into profiles and activate it.
+#[derive(Debug, Parser)]
+#[command(name = "onepd", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run onepd: gRPC and HTTP servers over the event log.
+    Serve(serve::ServeArgs),
+    /// Walk the event log's hash chain and name the first position that does not hold.
+    Verify(verify::VerifyArgs),
+    /// Measure onepd against the raw limit of its database.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
+        Command::Bench(command) => bench::run(command).await,
+    }
+}
+
+/// Logs go to stderr as text; `ONEPD_LOG` (or `RUST_LOG`) sets the filter.
+pub fn init_tracing(default: &str) {
+    let filter =
+        std::env::var("ONEPD_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| default.to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Opens the event log the store flags name.
+pub async fn open_log(store: &StoreArgs, create_key: bool) -> anyhow::Result<onepd_adapters::EventLog> {
+    use anyhow::Context;
+    let url = store.database_url();
+    let mut config = onepd_adapters::StoreConfig::new(url.clone(), onepd_adapters::MasterKey::generate());
+    config.master_key = store.master_key(create_key)?;
+    onepd_adapters::EventLog::open(config).await.with_context(|| format!("opening the event log at {}", redact(&url)))
+}
+
+/// A database url without its password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted_from_database_urls() {
+        assert_eq!(redact("postgres://app:secret@db:5432/onepd"), "postgres://app:***@db:5432/onepd");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/onepd"), "postgres://postgres@127.0.0.1/onepd");
+        assert_eq!(redact("sqlite://./data/onepd.db"), "sqlite://./data/onepd.db");
+    }
+}

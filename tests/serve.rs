@@ -1,0 +1,279 @@
+//! `onepd serve` end to end: the real binary, on SQLite with no configuration
+//! and on PostgreSQL, spoken to with tonic clients and reqwest.
+
+mod support;
+
+use std::time::Duration;
+
+use onepd_adapters::{EventLog, MasterKey, StoreConfig};
+use onepd_commands::workspace::create_workspace;
+use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, StreamId, WorkspaceId};
+use onepd_proto::audit::v1::{EventFilter, ReadEventsRequest, SubscribeRequest, VerifyRequest, read_events_request};
+use serde_json::json;
+use support::{PgDatabase, Server, master_key_file, sqlite_url, with_token};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use uuid::Uuid;
+
+/// What every backend must show: health, reflection, authenticated audit
+/// reads, verification.
+async fn a_fresh_server_answers_health_reflection_and_audit_calls(server: &Server) {
+    let token = server.admin_token.clone().expect("a fresh store prints an admin token");
+
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["", "onepd.audit.v1.AuditService"] {
+        let status = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "health of {service:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["onepd.audit.v1.AuditService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} listed in {names:?}");
+    }
+
+    let mut audit = server.audit().await;
+    let unauthenticated = audit.verify(VerifyRequest {}).await.unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    assert!(unauthenticated.message().contains("authorization"), "{}", unauthenticated.message());
+    let wrong = audit.verify(with_token(VerifyRequest {}, "onepd_admin_0000")).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+
+    let events: Vec<_> = audit
+        .read_events(with_token(ReadEventsRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, vec!["WorkspaceCreated", "AdminTokenIssued"]);
+    assert_eq!(events[0].position, 1);
+    assert_eq!(events[0].workspace_id, server.workspace.clone().unwrap());
+    assert!(!events[1].data_json.contains(&token), "the token itself is not stored");
+    assert_eq!(events[1].hash.len(), 64);
+
+    let verified = audit.verify(with_token(VerifyRequest {}, &token)).await.unwrap().into_inner();
+    assert!(verified.ok);
+    assert_eq!(verified.events_checked, 2);
+
+    let healthz: serde_json::Value =
+        reqwest::get(format!("{}/healthz", server.http)).await.unwrap().json().await.unwrap();
+    assert_eq!(healthz, json!({ "status": "ok", "head": 2 }));
+    let metrics = reqwest::get(format!("{}/metrics", server.http)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("onepd_log_head_position 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_sqlite_with_no_configuration_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert!(dir.path().join("data/onepd.db").exists(), "the embedded database is created under ./data");
+    assert!(master_key_file(dir.path()).exists(), "a master key is generated");
+    a_fresh_server_answers_health_reflection_and_audit_calls(&server).await;
+    let token = server.admin_token.clone().unwrap();
+    assert!(server.terminate().success(), "SIGTERM stops onepd cleanly");
+
+    // A restart keeps the workspace and the token, and prints no new token.
+    let again = Server::start(dir.path(), &[]);
+    assert_eq!(again.admin_token, None, "{:?}", again.banner);
+    let verified = again.audit().await.verify(with_token(VerifyRequest {}, &token)).await.unwrap().into_inner();
+    assert!(verified.ok && verified.events_checked == 2);
+    assert!(again.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_on_postgres() {
+    let db = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--database-url", &db.url]);
+    assert!(server.banner.iter().any(|l| l.contains("postgres://")), "{:?}", server.banner);
+    a_fresh_server_answers_health_reflection_and_audit_calls(&server).await;
+    assert!(server.terminate().success());
+}
+
+/// Appends a second workspace with its own token from another process,
+/// the way a second onepd node would.
+async fn second_workspace(url: &str, key: MasterKey) -> (EventLog, WorkspaceId, String) {
+    let mut config = StoreConfig::new(url, key);
+    config.poll_interval = Duration::from_millis(100);
+    let log = EventLog::open(config).await.unwrap();
+    let workspace = WorkspaceId(Uuid::now_v7());
+    let (request, token) = create_workspace(workspace, "second", Uuid::now_v7(), rand_secret(), "test");
+    log.append(request).await.unwrap();
+    (log, workspace, token)
+}
+
+fn rand_secret() -> [u8; 32] {
+    *Uuid::new_v4().as_bytes().repeat(2).first_chunk::<32>().unwrap()
+}
+
+fn track(workspace: WorkspaceId, name: &str) -> AppendRequest {
+    AppendRequest {
+        stream_id: StreamId::new(format!("messages-{}", workspace.0)).unwrap(),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event_id: EventId(Uuid::now_v7()),
+            workspace_id: workspace,
+            event_type: "MessageAccepted".into(),
+            schema_version: 1,
+            data: json!({ "type": "track", "event": name, "userId": "u1" }),
+            metadata: json!({ "source": "test" }),
+            subject: Some("u1".into()),
+        }],
+    }
+}
+
+async fn wait_until_token_works(server: &Server, token: &str) {
+    let mut audit = server.audit().await;
+    for _ in 0..100 {
+        if audit.verify(with_token(VerifyRequest {}, token)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("a token issued by another process never took effect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_reads_only_its_own_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let default_token = server.admin_token.clone().unwrap();
+    let key = MasterKey::from_hex(&std::fs::read_to_string(master_key_file(dir.path())).unwrap()).unwrap();
+    let (log, second, second_token) = second_workspace(&sqlite_url(dir.path()), key).await;
+    log.append(track(second, "Second Only")).await.unwrap();
+    wait_until_token_works(&server, &second_token).await;
+
+    let reader = server.audit().await;
+    let mut audit = reader.clone();
+    let read = |token: String| {
+        let mut audit = reader.clone();
+        async move {
+            audit
+                .read_events(with_token(ReadEventsRequest::default(), &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .collect::<Result<Vec<_>, _>>()
+                .await
+                .unwrap()
+        }
+    };
+    let mine = read(second_token.clone()).await;
+    assert!(mine.iter().all(|e| e.workspace_id == second.to_string()));
+    assert_eq!(
+        mine.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
+        vec!["WorkspaceCreated", "AdminTokenIssued", "MessageAccepted"]
+    );
+    assert_eq!(mine[2].data_json, json!({ "type": "track", "event": "Second Only", "userId": "u1" }).to_string());
+    assert!(mine[2].sealed);
+    let theirs = read(default_token).await;
+    assert_eq!(theirs.len(), 2, "the default workspace sees none of the second's events");
+
+    // Filters and ranges.
+    let filtered = audit
+        .read_events(with_token(
+            ReadEventsRequest {
+                start: Some(read_events_request::Start::FromPosition(4)),
+                end: Some(read_events_request::End::UntilPosition(5)),
+                filter: Some(EventFilter { event_types: vec!["MessageAccepted".into()], stream_id: String::new() }),
+            },
+            &second_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(filtered.iter().map(|e| e.position).collect::<Vec<_>>(), vec![5]);
+    let bad = audit
+        .read_events(with_token(
+            ReadEventsRequest {
+                filter: Some(EventFilter { event_types: vec![], stream_id: "\u{7}".into() }),
+                ..Default::default()
+            },
+            &second_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("filter.stream id"), "{}", bad.message());
+
+    // Subscribe: catch up, then live events from another process, still scoped.
+    let mut subscription = audit
+        .subscribe(with_token(SubscribeRequest { from_position: 1, filter: None }, &second_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut positions = Vec::new();
+    for _ in 0..3 {
+        positions.push(subscription.next().await.unwrap().unwrap().position);
+    }
+    assert_eq!(positions, vec![3, 4, 5]);
+    log.append(track(WorkspaceId(Uuid::parse_str(server.workspace.as_deref().unwrap()).unwrap()), "Other Tenant"))
+        .await
+        .unwrap();
+    log.append(track(second, "Live")).await.unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(live.position, 7, "the other tenant's event at 6 is skipped");
+    assert!(live.data_json.contains("Live"));
+
+    // Shredding the subject erases its payloads for auditors too.
+    log.shred(second, "u1").await.unwrap();
+    let after = read(second_token).await;
+    assert!(after[2].erased && after[2].data_json.is_empty());
+    log.close().await;
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_exits_zero_on_a_sound_log_and_one_naming_a_tampered_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert!(server.terminate().success());
+
+    let sound = std::process::Command::new(support::BINARY)
+        .current_dir(dir.path())
+        .args(["verify", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(sound.status.code(), Some(0), "{}", String::from_utf8_lossy(&sound.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&sound.stdout).unwrap();
+    assert_eq!(report, json!({ "ok": true, "events_checked": 2 }));
+
+    let pool = sqlx::SqlitePool::connect(&sqlite_url(dir.path())).await.unwrap();
+    sqlx::query("DROP TRIGGER events_reject_update").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE events SET event_type = 'WorkspaceRenamed' WHERE position = 1").execute(&pool).await.unwrap();
+    pool.close().await;
+
+    let broken = std::process::Command::new(support::BINARY).current_dir(dir.path()).args(["verify"]).output().unwrap();
+    assert_eq!(broken.status.code(), Some(1));
+    let text = String::from_utf8(broken.stdout).unwrap();
+    assert!(text.starts_with("hash chain broken at position 1: stored "), "{text}");
+
+    let missing = std::process::Command::new(support::BINARY)
+        .args(["verify", "--database-url", "postgres://nobody@127.0.0.1:1/none"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error: opening the event log"));
+}

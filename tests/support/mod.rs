@@ -1,0 +1,159 @@
+//! Starting the real `onepd` binary and talking to it as a client would.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use onepd_proto::audit::v1::audit_service_client::AuditServiceClient;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_onepd");
+
+/// The PostgreSQL server the PostgreSQL end-to-end tests run against.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ONEPD_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh PostgreSQL database, dropped at the end of the test.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        let admin = postgres_admin_url();
+        let name = format!("onepd_e2e_{}", Uuid::new_v4().simple());
+        onepd_adapters::store::postgres::create_database(&admin, &name)
+            .await
+            .unwrap_or_else(|err| panic!("PostgreSQL at {admin} is required for the end-to-end tests: {err}"));
+        let (server, _) = admin.rsplit_once('/').expect("admin url names a database");
+        PgDatabase { url: format!("{server}/{name}"), name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _ = runtime.block_on(onepd_adapters::store::postgres::drop_database(&postgres_admin_url(), &name));
+        })
+        .join();
+    }
+}
+
+/// A running `onepd serve`, killed if the test ends without stopping it.
+pub struct Server {
+    child: Option<Child>,
+    pub grpc: String,
+    pub http: String,
+    /// The admin token, when this start created the default workspace.
+    pub admin_token: Option<String>,
+    pub workspace: Option<String>,
+    pub banner: Vec<String>,
+}
+
+impl Server {
+    /// Starts `onepd serve` in `dir` with `extra` arguments on free ports and
+    /// waits until it says it is ready.
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(BINARY)
+            .current_dir(dir)
+            .arg("serve")
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("ONEPD_DATABASE_URL")
+            .env_remove("ONEPD_MASTER_KEY")
+            .env("ONEPD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start onepd serve");
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = lines_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("onepd serve did not become ready; printed {banner:?}"));
+            let done = line.starts_with("ready");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        let field = |name: &str| {
+            banner.iter().find_map(|line| line.trim().strip_prefix(name).map(|rest| rest.trim().to_owned()))
+        };
+        let grpc = format!("http://{}", field("grpc").expect("banner names the gRPC address"));
+        let http = format!("http://{}", field("http").expect("banner names the HTTP address"));
+        let admin_token = field("admin token");
+        let workspace = banner.iter().find_map(|line| {
+            line.strip_prefix("created workspace \"default\" (")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .map(str::to_owned)
+        });
+        Server { child: Some(child), grpc, http, admin_token, workspace, banner }
+    }
+
+    pub async fn audit(&self) -> AuditServiceClient<Channel> {
+        AuditServiceClient::connect(self.grpc.clone()).await.expect("connect to the audit service")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone()).unwrap().connect().await.expect("connect")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "onepd serve did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A request carrying an admin token.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Where the default SQLite database of a server started in `dir` lives.
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("data").join("onepd.db").display())
+}
+
+pub fn master_key_file(dir: &Path) -> PathBuf {
+    dir.join("data").join("master.key")
+}
