@@ -526,48 +526,110 @@ async fn appends_after_close_are_refused_and_queued_ones_committed(backend: Back
     reopened.close().await;
 }
 
+/// A child process running `child_process_role_appends_until_killed`, and
+/// the acknowledgements it has printed.
+struct AppendingChild {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<(Uuid, u64)>,
+}
+
+impl AppendingChild {
+    fn spawn(db: &TestDb) -> AppendingChild {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["child_process_role_appends_until_killed", "--exact", "--nocapture", "--test-threads=1"])
+            .env("ONEPD_CHILD_DATABASE_URL", &db.url)
+            .env("ONEPD_CHILD_MASTER_KEY", db.master.to_hex())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if let Some((id, position)) = line.strip_prefix("acknowledged ").and_then(|rest| rest.split_once(' ')) {
+                    let _ = sender.send((Uuid::parse_str(id).unwrap(), position.parse().unwrap()));
+                }
+            }
+        });
+        AppendingChild { child, lines }
+    }
+
+    /// Waits until the child has acknowledged at least `count` events.
+    fn wait_for(&self, count: usize, acknowledged: &mut Vec<(Uuid, u64)>) {
+        while acknowledged.len() < count {
+            let ack = self.lines.recv_timeout(Duration::from_secs(60)).expect("child stopped acknowledging");
+            acknowledged.push(ack);
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flushing. Returns every acknowledgement printed.
+    fn kill(mut self, mut acknowledged: Vec<(Uuid, u64)>) -> Vec<(Uuid, u64)> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        // The reader thread ends at EOF; take everything it got.
+        while let Ok(ack) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            acknowledged.push(ack);
+        }
+        acknowledged
+    }
+}
+
+/// Checks that every acknowledged event is stored where it was acknowledged
+/// and that the log is gap-free and verifies.
+async fn assert_all_stored(log: &EventLog, acknowledged: &[(Uuid, u64)]) {
+    let head = log.head().await.unwrap();
+    let stored = log.stored_rows(Position(1), head, head.0 as usize + 1).await.unwrap();
+    assert_eq!(stored.iter().map(|r| r.position).collect::<Vec<_>>(), (1..=head.0).collect::<Vec<_>>(), "gap-free");
+    let by_id: HashMap<Uuid, u64> = stored.iter().map(|r| (r.event_id, r.position)).collect();
+    assert_eq!(by_id.len(), stored.len(), "no event stored twice");
+    for (id, position) in acknowledged {
+        assert_eq!(by_id.get(id), Some(position), "acknowledged event {id} kept at its position");
+    }
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None);
+}
+
 async fn a_killed_process_loses_nothing_it_acknowledged(backend: Backend) {
     let db = TestDb::new(backend).await;
     // Create the schema first so the child only appends.
     db.open().await.close().await;
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_process_role_appends_until_killed", "--exact", "--nocapture", "--test-threads=1"])
-        .env("ONEPD_CHILD_DATABASE_URL", &db.url)
-        .env("ONEPD_CHILD_MASTER_KEY", db.master.to_hex())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let child = AppendingChild::spawn(&db);
     let mut acknowledged = Vec::new();
-    let mut lines = stdout.lines();
-    while acknowledged.len() < 300 {
-        let line = lines.next().expect("child ended early").unwrap();
-        if let Some(rest) = line.strip_prefix("acknowledged ") {
-            let (id, position) = rest.split_once(' ').unwrap();
-            acknowledged.push((Uuid::parse_str(id).unwrap(), position.parse::<u64>().unwrap()));
-        }
-    }
-    child.kill().unwrap(); // SIGKILL: no shutdown, no flushing.
-    for line in lines.map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("acknowledged ") {
-            let (id, position) = rest.split_once(' ').unwrap();
-            acknowledged.push((Uuid::parse_str(id).unwrap(), position.parse::<u64>().unwrap()));
-        }
-    }
-    child.wait().unwrap();
+    child.wait_for(300, &mut acknowledged);
+    let acknowledged = child.kill(acknowledged);
 
     let log = db.open().await;
-    let head = log.head().await.unwrap();
-    let stored = log.stored_rows(Position(1), head, head.0 as usize + 1).await.unwrap();
-    let by_id: HashMap<Uuid, u64> = stored.iter().map(|r| (r.event_id, r.position)).collect();
-    for (id, position) in &acknowledged {
-        assert_eq!(by_id.get(id), Some(position), "acknowledged event {id} survived the kill");
-    }
-    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None);
+    assert_all_stored(&log, &acknowledged).await;
     // The log goes on where the killed process stopped.
+    let head = log.head().await.unwrap();
     let next = log.append(request("after", ExpectedVersion::Any, vec![event(workspace(1), "x")])).await.unwrap();
     assert_eq!(next.positions, vec![head.next()]);
+    log.close().await;
+}
+
+async fn several_processes_appending_at_once_share_one_gap_free_log(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    db.open().await.close().await;
+    let children = [AppendingChild::spawn(&db), AppendingChild::spawn(&db), AppendingChild::spawn(&db)];
+    let mut acknowledged: Vec<Vec<(Uuid, u64)>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for (child, acks) in children.iter().zip(acknowledged.iter_mut()) {
+        child.wait_for(200, acks);
+    }
+    // A reader in this process follows while the children keep appending.
+    let log = db.open().await;
+    let mut subscription = log.subscribe(Position::START, EventFilter::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 600 {
+        seen.extend(subscription.next_batch().await.unwrap().into_iter().map(|e| e.position.0));
+    }
+    assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>(), "in order, nothing skipped or repeated");
+    let mut all = Vec::new();
+    for (child, acks) in children.into_iter().zip(acknowledged) {
+        all.extend(child.kill(acks));
+    }
+    let positions: HashSet<u64> = all.iter().map(|(_, p)| *p).collect();
+    assert_eq!(positions.len(), all.len(), "no two processes were given one position");
+    assert_all_stored(&log, &all).await;
     log.close().await;
 }
 
@@ -663,5 +725,6 @@ conformance!(
     a_subscription_catches_up_then_follows_live_appends,
     appends_after_close_are_refused_and_queued_ones_committed,
     a_killed_process_loses_nothing_it_acknowledged,
+    several_processes_appending_at_once_share_one_gap_free_log,
     a_process_with_another_master_key_is_refused,
 );

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::backend::{Backend, Head, NewKeyRow, StoredRow};
+use super::backend::{Backend, Head, NewKeyRow, RowChunk, StoredRow};
 use super::dedup::IdIndex;
 use super::keys::KEY_CACHE_LIMIT;
 use super::sealing::{MasterKey, SubjectKey};
@@ -42,8 +42,20 @@ pub(crate) struct PreparedEvent {
     pub schema_version: u32,
     pub data: Vec<u8>,
     pub metadata: Vec<u8>,
-    pub subject: Option<String>,
+    /// The keyed hash of the event's subject, when its payload is to be sealed.
+    pub subject_hash: Option<[u8; 32]>,
 }
+
+/// Where one new event of a group goes.
+struct Slot {
+    batch: usize,
+    event: usize,
+    position: u64,
+    stream_version: u64,
+}
+
+/// Rows built and inserted at a time within a group commit.
+const PIPELINE_CHUNK: usize = 1_000;
 
 /// One append call waiting for its group.
 pub(crate) struct PendingAppend {
@@ -77,11 +89,25 @@ pub(crate) struct Appender {
     /// Sealing keys by subject hash, valid for `key_epoch`.
     seal_keys: HashMap<[u8; 32], (Uuid, SubjectKey)>,
     key_epoch: i64,
+    /// Stream versions as of the last commit, valid while no other process
+    /// appends (a catch-up empties it).
+    stream_versions: HashMap<String, u64>,
 }
+
+/// Streams whose versions are remembered between group commits.
+const STREAM_CACHE_LIMIT: usize = 100_000;
 
 impl Appender {
     pub(crate) fn new(backend: Arc<dyn Backend>, master: Option<MasterKey>, wake: watch::Sender<u64>) -> Appender {
-        Appender { backend, master, index: None, wake, seal_keys: HashMap::new(), key_epoch: -1 }
+        Appender {
+            backend,
+            master,
+            index: None,
+            wake,
+            seal_keys: HashMap::new(),
+            key_epoch: -1,
+            stream_versions: HashMap::new(),
+        }
     }
 
     fn master(&self) -> Result<&MasterKey, StoreError> {
@@ -163,6 +189,8 @@ impl Appender {
             self.key_epoch = head.key_epoch;
         }
         if head.position > index.indexed_up_to() {
+            // Another process appended: its streams' versions are unknown here.
+            self.stream_versions.clear();
             for (position, id) in tx.event_ids_after(index.indexed_up_to()).await? {
                 index.insert(id, position);
             }
@@ -216,7 +244,7 @@ impl Appender {
                 continue;
             }
             let stream = pending.stream.as_str();
-            let version = match versions.get(stream) {
+            let version = match versions.get(stream).or_else(|| self.stream_versions.get(stream)) {
                 Some(version) => *version,
                 None => tx.stream_version(stream).await?,
             };
@@ -243,74 +271,77 @@ impl Appender {
             if let Decision::Duplicate { stream, .. } = decision
                 && !versions.contains_key(stream)
             {
-                let version = tx.stream_version(stream).await?;
+                let version = match self.stream_versions.get(stream) {
+                    Some(version) => *version,
+                    None => tx.stream_version(stream).await?,
+                };
                 versions.insert(stream.clone(), version);
             }
         }
 
         let new_keys = self.resolve_keys(tx.as_mut(), group, &decisions).await?;
         let recorded_at = now_micros().max(head.recorded_at);
-        let mut previous = head.hash;
-        let mut rows = Vec::with_capacity((next_position - head.position - 1) as usize);
-        for (pending, decision) in group.iter().zip(&decisions) {
-            let Decision::New { first, first_version } = decision else { continue };
-            for (offset, event) in pending.events.iter().enumerate() {
-                let (key_id, data) = match &event.subject {
-                    Some(subject) => {
-                        let hash = self.master()?.subject_hash(event.workspace_id, subject);
-                        let (key_id, key) = self
-                            .seal_keys
-                            .get(&hash)
-                            .or_else(|| new_keys.get(&hash).map(|(key, _)| key))
-                            .expect("every subject of the group has a key");
-                        (Some(*key_id), key.seal(event.event_id, &event.data))
-                    }
-                    None => (None, event.data.clone()),
-                };
-                let mut row = StoredRow {
+        let slots: Vec<Slot> = group
+            .iter()
+            .zip(&decisions)
+            .enumerate()
+            .filter_map(|(batch, (pending, decision))| match decision {
+                Decision::New { first, first_version } => Some((batch, pending.events.len(), *first, *first_version)),
+                _ => None,
+            })
+            .flat_map(|(batch, count, first, first_version)| {
+                (0..count).map(move |offset| Slot {
+                    batch,
+                    event: offset,
                     position: first + offset as u64,
-                    event_id: event.event_id,
-                    workspace_id: event.workspace_id,
-                    stream_id: pending.stream.as_str().to_owned(),
                     stream_version: first_version + offset as u64,
-                    event_type: event.event_type.clone(),
-                    schema_version: event.schema_version,
-                    recorded_at,
-                    key_id,
-                    data,
-                    metadata: event.metadata.clone(),
-                    hash: [0; 32],
-                };
-                row.hash = row.as_stored().chain_hash(&previous);
-                previous = row.hash;
-                rows.push(row);
-            }
-        }
+                })
+            })
+            .collect();
 
-        if !rows.is_empty() {
+        if !slots.is_empty() {
             let key_rows: Vec<NewKeyRow> = new_keys.values().map(|(_, row)| row.clone()).collect();
             if !key_rows.is_empty() {
                 tx.insert_subject_keys(&key_rows).await?;
             }
-            tx.insert_rows(&rows).await?;
+            // Sealing and hashing the next chunk overlaps with the database
+            // writing the previous one.
+            let mut previous = head.hash;
+            let (chunk_sender, chunk_receiver) = mpsc::channel(2);
+            let chunk_count = slots.len().div_ceil(PIPELINE_CHUNK);
+            let (inserted, ()) = tokio::join!(tx.insert_stream(chunk_receiver), async {
+                for (n, chunk) in slots.chunks(PIPELINE_CHUNK).enumerate() {
+                    let rows = self.build_rows(group, chunk, &new_keys, recorded_at, &mut previous);
+                    if chunk_sender.send(RowChunk { rows, last: n + 1 == chunk_count }).await.is_err() {
+                        break; // The insert failed; its error is reported below.
+                    }
+                }
+            });
+            inserted?;
+            let stored: Vec<(Uuid, u64)> =
+                slots.iter().map(|slot| (group[slot.batch].events[slot.event].event_id, slot.position)).collect();
             let new_head = Head { position: next_position - 1, hash: previous, recorded_at, key_epoch: head.key_epoch };
             tx.set_head(&new_head).await?;
             tx.commit().await?;
             let index = self.index.as_mut().expect("loaded above");
-            for row in &rows {
-                index.insert(row.event_id, row.position);
+            for (event_id, position) in &stored {
+                index.insert(*event_id, *position);
             }
             if self.seal_keys.len() + new_keys.len() > KEY_CACHE_LIMIT {
                 self.seal_keys.clear();
             }
             self.seal_keys.extend(new_keys.into_iter().map(|(hash, (key, _))| (hash, key)));
+            if self.stream_versions.len() + versions.len() > STREAM_CACHE_LIMIT {
+                self.stream_versions.clear();
+            }
+            self.stream_versions.extend(versions.iter().map(|(stream, version)| (stream.clone(), *version)));
             self.wake.send_if_modified(|seen| {
                 let newer = new_head.position > *seen;
                 *seen = (*seen).max(new_head.position);
                 newer
             });
-            metrics::counter!("onepd_events_appended_total").increment(rows.len() as u64);
-            debug!(from = rows[0].position, to = new_head.position, batches = group.len(), "group committed");
+            metrics::counter!("onepd_events_appended_total").increment(stored.len() as u64);
+            debug!(from = stored[0].1, to = new_head.position, batches = group.len(), "group committed");
         }
         // With nothing new the transaction is dropped, which rolls it back.
 
@@ -336,6 +367,51 @@ impl Appender {
             .collect())
     }
 
+    /// The stored rows of `slots`: payloads sealed, hashes chained on from `previous`.
+    fn build_rows(
+        &self,
+        group: &[PendingAppend],
+        slots: &[Slot],
+        new_keys: &HashMap<[u8; 32], ((Uuid, SubjectKey), NewKeyRow)>,
+        recorded_at: i64,
+        previous: &mut [u8; 32],
+    ) -> Vec<StoredRow> {
+        let mut rows = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let pending = &group[slot.batch];
+            let event = &pending.events[slot.event];
+            let (key_id, data) = match &event.subject_hash {
+                Some(hash) => {
+                    let (key_id, key) = self
+                        .seal_keys
+                        .get(hash)
+                        .or_else(|| new_keys.get(hash).map(|(key, _)| key))
+                        .expect("every subject of the group has a key");
+                    (Some(*key_id), key.seal(event.event_id, &event.data))
+                }
+                None => (None, event.data.clone()),
+            };
+            let mut row = StoredRow {
+                position: slot.position,
+                event_id: event.event_id,
+                workspace_id: event.workspace_id,
+                stream_id: pending.stream.as_str().to_owned(),
+                stream_version: slot.stream_version,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                recorded_at,
+                key_id,
+                data,
+                metadata: event.metadata.clone(),
+                hash: [0; 32],
+            };
+            row.hash = row.as_stored().chain_hash(previous);
+            *previous = row.hash;
+            rows.push(row);
+        }
+        rows
+    }
+
     /// Makes sure every subject of the group's new events has a sealing key:
     /// from the cache, from the database, or newly made. Returns the new ones,
     /// which are stored with the group and cached only once it commits.
@@ -351,11 +427,10 @@ impl Appender {
                 continue;
             }
             for event in &pending.events {
-                if let Some(subject) = &event.subject {
-                    let hash = self.master()?.subject_hash(event.workspace_id, subject);
-                    if !self.seal_keys.contains_key(&hash) {
-                        missing.push(hash);
-                    }
+                if let Some(hash) = event.subject_hash
+                    && !self.seal_keys.contains_key(&hash)
+                {
+                    missing.push(hash);
                 }
             }
         }

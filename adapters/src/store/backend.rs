@@ -57,6 +57,12 @@ impl StoredRow {
     }
 }
 
+/// Rows for [`AppendTx::insert_stream`], and whether they are the last.
+pub(crate) struct RowChunk {
+    pub rows: Vec<StoredRow>,
+    pub last: bool,
+}
+
 /// The one-row log head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Head {
@@ -104,8 +110,10 @@ pub(crate) trait AppendTx: Send {
     async fn subject_keys(&mut self, hashes: &[[u8; 32]]) -> Result<Vec<KeyRow>, StoreError>;
     /// Stores new subject keys.
     async fn insert_subject_keys(&mut self, keys: &[NewKeyRow]) -> Result<(), StoreError>;
-    /// Inserts event rows.
-    async fn insert_rows(&mut self, rows: &[StoredRow]) -> Result<(), StoreError>;
+    /// Inserts the event rows of every chunk received, in order, until a
+    /// chunk marked last (or the sender is dropped). Chunks are built while
+    /// earlier ones are being written.
+    async fn insert_stream(&mut self, chunks: tokio::sync::mpsc::Receiver<RowChunk>) -> Result<(), StoreError>;
     /// Moves the head (and wakes other processes' subscribers after commit).
     async fn set_head(&mut self, head: &Head) -> Result<(), StoreError>;
     /// Commits.

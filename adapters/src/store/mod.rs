@@ -270,6 +270,7 @@ impl EventLog {
 
 fn prepare(
     request: AppendRequest,
+    master: Option<&MasterKey>,
 ) -> Result<(StreamId, onepd_domain::ExpectedVersion, Vec<PreparedEvent>), AppendError> {
     if request.events.is_empty() {
         return Err(AppendError::InvalidBatch(format!(
@@ -303,7 +304,15 @@ fn prepare(
             schema_version: event.schema_version,
             data,
             metadata,
-            subject: event.subject,
+            subject_hash: match (&event.subject, master) {
+                (None, _) => None,
+                (Some(subject), Some(master)) => Some(master.subject_hash(event.workspace_id.0, subject)),
+                (Some(_), None) => {
+                    return Err(AppendError::InvalidBatch(format!(
+                        "events[{index}].subject: payloads name a subject, but no master key is configured to seal them"
+                    )));
+                }
+            },
         });
     }
     Ok((request.stream_id, request.expected, events))
@@ -315,12 +324,7 @@ impl EventStore for EventLog {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(AppendError::Store(StoreError::ShuttingDown));
         }
-        let (stream, expected, events) = prepare(request)?;
-        if self.inner.master.is_none() && events.iter().any(|e| e.subject.is_some()) {
-            return Err(AppendError::InvalidBatch(
-                "events name a subject, but no master key is configured to seal them".into(),
-            ));
-        }
+        let (stream, expected, events) = prepare(request, self.inner.master.as_ref())?;
         let (reply, answer) = oneshot::channel();
         let pending = PendingAppend { stream, expected, events, reply };
         self.inner

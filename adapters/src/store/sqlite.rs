@@ -15,7 +15,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use super::backend::{AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, StoredRow, db_error, hash_from_bytes};
+use super::backend::{
+    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, hash_from_bytes,
+};
 
 /// Pages the WAL may grow to before SQLite copies it into the database
 /// (40 MiB at 4 KiB pages). Fewer, larger checkpoints cost fewer syncs than
@@ -213,8 +215,14 @@ impl AppendTx for SqliteAppend {
         Ok(())
     }
 
-    async fn insert_rows(&mut self, rows: &[StoredRow]) -> Result<(), StoreError> {
-        insert_rows(&mut self.tx, "events", rows).await.map_err(db_error("inserting events"))
+    async fn insert_stream(&mut self, mut chunks: tokio::sync::mpsc::Receiver<RowChunk>) -> Result<(), StoreError> {
+        while let Some(chunk) = chunks.recv().await {
+            insert_rows(&mut self.tx, "events", &chunk.rows).await.map_err(db_error("inserting events"))?;
+            if chunk.last {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn set_head(&mut self, head: &Head) -> Result<(), StoreError> {
