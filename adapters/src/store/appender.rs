@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::backend::{Backend, Head, NewKeyRow, RowChunk, StoredRow};
-use super::dedup::IdIndex;
+use super::dedup::{IdIndex, UniformMap};
 use super::keys::KEY_CACHE_LIMIT;
 use super::sealing::{MasterKey, SubjectKey};
 
@@ -87,7 +87,7 @@ pub(crate) struct Appender {
     pub index: Option<IdIndex>,
     pub wake: watch::Sender<u64>,
     /// Sealing keys by subject hash, valid for `key_epoch`.
-    seal_keys: HashMap<[u8; 32], (Uuid, SubjectKey)>,
+    seal_keys: UniformMap<[u8; 32], (Uuid, SubjectKey)>,
     key_epoch: i64,
     /// Stream versions as of the last commit, valid while no other process
     /// appends (a catch-up empties it).
@@ -104,7 +104,7 @@ impl Appender {
             master,
             index: None,
             wake,
-            seal_keys: HashMap::new(),
+            seal_keys: UniformMap::default(),
             key_epoch: -1,
             stream_versions: HashMap::new(),
         }
@@ -207,7 +207,7 @@ impl Appender {
         candidates.dedup();
         let stored_ids = if candidates.is_empty() { HashMap::new() } else { tx.event_ids_at(&candidates).await? };
 
-        let mut staged: HashMap<Uuid, u64> = HashMap::new();
+        let mut staged: UniformMap<Uuid, u64> = UniformMap::default();
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut next_position = head.position + 1;
         let mut decisions = Vec::with_capacity(group.len());
@@ -219,7 +219,6 @@ impl Appender {
                     staged.get(&event.event_id).copied().or_else(|| {
                         index
                             .candidates(event.event_id)
-                            .into_iter()
                             .find(|position| stored_ids.get(position) == Some(&event.event_id))
                     })
                 })

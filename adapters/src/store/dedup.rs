@@ -44,6 +44,10 @@ impl Hasher for IdentityHasher {
 
 type FingerprintMap<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
 
+/// A map keyed by values that are already uniformly distributed (UUIDs,
+/// SHA-256 digests), hashed by folding their bytes instead of SipHash.
+pub(crate) type UniformMap<K, V> = HashMap<K, V, BuildHasherDefault<IdentityHasher>>;
+
 /// Fingerprint → position of every stored event, up to `indexed_up_to`.
 #[derive(Default)]
 pub(crate) struct IdIndex {
@@ -75,16 +79,11 @@ impl IdIndex {
     }
 
     /// The positions that may hold `id`; the caller confirms each one.
-    pub(crate) fn candidates(&self, id: Uuid) -> Vec<u64> {
+    pub(crate) fn candidates(&self, id: Uuid) -> impl Iterator<Item = u64> + '_ {
         let key = fingerprint(id);
-        let Some(first) = self.first.get(&key) else {
-            return Vec::new();
-        };
-        let mut positions = vec![*first];
-        if let Some(more) = self.collisions.get(&key) {
-            positions.extend_from_slice(more);
-        }
-        positions
+        let first = self.first.get(&key).copied();
+        let more = if first.is_some() && !self.collisions.is_empty() { self.collisions.get(&key) } else { None };
+        first.into_iter().chain(more.into_iter().flatten().copied())
     }
 
     /// How many events are indexed.
@@ -102,8 +101,8 @@ mod tests {
         let mut index = IdIndex::default();
         let id = Uuid::new_v4();
         index.insert(id, 7);
-        assert_eq!(index.candidates(id), vec![7]);
-        assert!(index.candidates(Uuid::new_v4()).is_empty());
+        assert_eq!(index.candidates(id).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(index.candidates(Uuid::new_v4()).count(), 0);
         assert_eq!(index.indexed_up_to(), 7);
     }
 
@@ -115,7 +114,7 @@ mod tests {
         assert_eq!(fingerprint(a), fingerprint(b));
         index.insert(a, 1);
         index.insert(b, 2);
-        assert_eq!(index.candidates(a), vec![1, 2]);
+        assert_eq!(index.candidates(a).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(index.len(), 2);
     }
 }

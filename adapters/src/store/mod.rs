@@ -293,9 +293,9 @@ fn prepare(
         if matches!(&event.subject, Some(subject) if subject.is_empty()) {
             return Err(AppendError::InvalidBatch(format!("events[{index}].subject: expected a subject, found \"\"")));
         }
-        let data = serde_json::to_vec(&event.data)
-            .map_err(|err| AppendError::InvalidBatch(format!("events[{index}].data: {err}")))?;
-        let metadata = serde_json::to_vec(&event.metadata)
+        let data =
+            to_json(&event.data).map_err(|err| AppendError::InvalidBatch(format!("events[{index}].data: {err}")))?;
+        let metadata = to_json(&event.metadata)
             .map_err(|err| AppendError::InvalidBatch(format!("events[{index}].metadata: {err}")))?;
         events.push(PreparedEvent {
             event_id: event.event_id.0,
@@ -316,6 +316,14 @@ fn prepare(
         });
     }
     Ok((request.stream_id, request.expected, events))
+}
+
+/// JSON text of a value, into a buffer sized for a typical event, so it is
+/// not regrown several times on the way.
+fn to_json(value: &serde_json::Value) -> Result<Vec<u8>, serde_json::Error> {
+    let mut buffer = Vec::with_capacity(1_024);
+    serde_json::to_writer(&mut buffer, value)?;
+    Ok(buffer)
 }
 
 #[async_trait]

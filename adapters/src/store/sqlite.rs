@@ -54,6 +54,8 @@ pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<Sqli
     }
     SqlitePoolOptions::new()
         .max_connections(max_connections)
+        // A local file needs no liveness ping before every use.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(db_error("opening the SQLite database"))
