@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onepd_domain::{EventFilter, StoreError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::backend::{
@@ -45,7 +45,9 @@ pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<Sqli
         .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .busy_timeout(Duration::from_secs(30))
         .pragma("cache_size", "-65536")
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        // Reading a page of thousands of events is normal here, not slow.
+        .disable_statement_logging();
     if let Some(parent) = Path::new(options.get_filename()).parent()
         && !parent.as_os_str().is_empty()
     {
@@ -64,7 +66,7 @@ pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<Sqli
 impl SqliteBackend {
     /// Opens the database at `url` and brings its schema up to date.
     pub(crate) async fn open(url: &str) -> Result<SqliteBackend, StoreError> {
-        let pool = connect_pool(url, 4).await?;
+        let pool = connect_pool(url, 8).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
