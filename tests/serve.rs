@@ -10,7 +10,7 @@ use onepd_commands::workspace::create_workspace;
 use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, StreamId, WorkspaceId};
 use onepd_proto::audit::v1::{EventFilter, ReadEventsRequest, SubscribeRequest, VerifyRequest, read_events_request};
 use serde_json::json;
-use support::{PgDatabase, Server, master_key_file, sqlite_url, with_token};
+use support::{PgDatabase, Server, master_key_file, read_all, sqlite_url, with_token};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -55,14 +55,7 @@ async fn a_fresh_server_answers_health_reflection_and_audit_calls(server: &Serve
     let wrong = audit.verify(with_token(VerifyRequest {}, "onepd_admin_0000")).await.unwrap_err();
     assert_eq!(wrong.code(), Code::Unauthenticated);
 
-    let events: Vec<_> = audit
-        .read_events(with_token(ReadEventsRequest::default(), &token))
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+    let events = read_all(&mut audit, ReadEventsRequest::default(), &token).await;
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, vec!["WorkspaceCreated", "AdminTokenIssued"]);
     assert_eq!(events[0].position, 1);
@@ -166,16 +159,7 @@ async fn an_admin_token_reads_only_its_own_workspace() {
     let mut audit = reader.clone();
     let read = |token: String| {
         let mut audit = reader.clone();
-        async move {
-            audit
-                .read_events(with_token(ReadEventsRequest::default(), &token))
-                .await
-                .unwrap()
-                .into_inner()
-                .collect::<Result<Vec<_>, _>>()
-                .await
-                .unwrap()
-        }
+        async move { read_all(&mut audit, ReadEventsRequest::default(), &token).await }
     };
     let mine = read(second_token.clone()).await;
     assert!(mine.iter().all(|e| e.workspace_id == second.to_string()));
@@ -189,21 +173,21 @@ async fn an_admin_token_reads_only_its_own_workspace() {
     assert_eq!(theirs.len(), 2, "the default workspace sees none of the second's events");
 
     // Filters and ranges.
-    let filtered = audit
-        .read_events(with_token(
-            ReadEventsRequest {
-                start: Some(read_events_request::Start::FromPosition(4)),
-                end: Some(read_events_request::End::UntilPosition(5)),
-                filter: Some(EventFilter { event_types: vec!["MessageAccepted".into()], stream_id: String::new() }),
-            },
-            &second_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+    let range = ReadEventsRequest {
+        start: Some(read_events_request::Start::FromPosition(4)),
+        end: Some(read_events_request::End::UntilPosition(5)),
+        filter: Some(EventFilter { event_types: vec!["MessageAccepted".into()], stream_id: String::new() }),
+    };
+    let filtered = read_all(&mut audit, range, &second_token).await;
+    let at = mine[2].recorded_at.clone().expect("recorded_at is set");
+    let by_time = ReadEventsRequest {
+        start: Some(read_events_request::Start::FromTime(at.clone())),
+        end: Some(read_events_request::End::UntilTime(at)),
+        filter: None,
+    };
+    let same_moment = read_all(&mut audit, by_time, &second_token).await;
+    assert!(same_moment.iter().any(|e| e.position == mine[2].position), "a time range includes its ends");
+    assert!(same_moment.iter().all(|e| e.recorded_at == mine[2].recorded_at));
     assert_eq!(filtered.iter().map(|e| e.position).collect::<Vec<_>>(), vec![5]);
     let bad = audit
         .read_events(with_token(

@@ -157,3 +157,20 @@ pub fn sqlite_url(dir: &Path) -> String {
 pub fn master_key_file(dir: &Path) -> PathBuf {
     dir.join("data").join("master.key")
 }
+
+/// Every event a `ReadEvents` call with `request` streams back.
+pub async fn read_all(
+    audit: &mut AuditServiceClient<Channel>,
+    request: onepd_proto::audit::v1::ReadEventsRequest,
+    token: &str,
+) -> Vec<onepd_proto::audit::v1::Event> {
+    use tokio_stream::StreamExt;
+    audit
+        .read_events(with_token(request, token))
+        .await
+        .expect("ReadEvents accepted")
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("ReadEvents streamed to the end")
+}
