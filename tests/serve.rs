@@ -179,9 +179,9 @@ async fn an_admin_token_reads_only_its_own_workspace() {
         filter: Some(EventFilter { event_types: vec!["MessageAccepted".into()], stream_id: String::new() }),
     };
     let filtered = read_all(&mut audit, range, &second_token).await;
-    let at = mine[2].recorded_at.clone().expect("recorded_at is set");
+    let at = mine[2].recorded_at.expect("recorded_at is set");
     let by_time = ReadEventsRequest {
-        start: Some(read_events_request::Start::FromTime(at.clone())),
+        start: Some(read_events_request::Start::FromTime(at)),
         end: Some(read_events_request::End::UntilTime(at)),
         filter: None,
     };
