@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::backend::{Backend, Head, NewKeyRow, RowChunk, StoredRow};
+use super::backend::{AppendTx, Backend, Head, NewKeyRow, RowChunk, StoredRow};
 use super::dedup::{IdIndex, UniformMap};
 use super::keys::KEY_CACHE_LIMIT;
 use super::sealing::{MasterKey, SubjectKey};
@@ -70,6 +70,15 @@ pub(crate) enum Command {
     Append(PendingAppend),
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
+}
+
+/// What the group commit decided, before writing.
+struct Plan {
+    decisions: Vec<Decision>,
+    /// Stream versions as of the end of the group.
+    versions: HashMap<String, u64>,
+    /// The position after the group's last new event.
+    next_position: u64,
 }
 
 /// What was decided for one batch of a group before anything is written.
@@ -183,7 +192,19 @@ impl Appender {
         }
         let mut tx = self.backend.begin().await?;
         let head = tx.lock_head().await?;
-        let index = self.index.as_mut().expect("loaded above");
+        self.catch_up(tx.as_mut(), &head).await?;
+        let plan = self.decide(tx.as_mut(), group, &head).await?;
+        if plan.next_position > head.position + 1 {
+            self.write(tx, group, &plan, &head).await?;
+        }
+        // With nothing new the transaction is dropped, which rolls it back.
+        Ok(outcomes(plan, group))
+    }
+
+    /// Brings the caches up to what the locked head says: drops sealing keys
+    /// after a shred, indexes ids other processes appended.
+    async fn catch_up(&mut self, tx: &mut dyn AppendTx, head: &Head) -> Result<(), StoreError> {
+        let index = self.index.as_mut().expect("loaded before the transaction");
         if head.key_epoch != self.key_epoch {
             self.seal_keys.clear();
             self.key_epoch = head.key_epoch;
@@ -195,8 +216,17 @@ impl Appender {
                 index.insert(id, position);
             }
         }
-        let index = self.index.as_ref().expect("loaded above");
+        Ok(())
+    }
 
+    /// Decides every batch of the group before anything is written.
+    async fn decide(
+        &mut self,
+        tx: &mut dyn AppendTx,
+        group: &[PendingAppend],
+        head: &Head,
+    ) -> Result<Plan, StoreError> {
+        let index = self.index.as_ref().expect("loaded before the transaction");
         // Fingerprint hits are only candidates: confirm them against the stored ids.
         let mut candidates: Vec<u64> = group
             .iter()
@@ -278,11 +308,25 @@ impl Appender {
             }
         }
 
-        let new_keys = self.resolve_keys(tx.as_mut(), group, &decisions).await?;
+        Ok(Plan { decisions, versions, next_position })
+    }
+
+    /// Seals, hashes and inserts the group's new events, moves the head and
+    /// commits; then updates the caches and wakes subscribers.
+    async fn write(
+        &mut self,
+        mut tx: Box<dyn AppendTx>,
+        group: &[PendingAppend],
+        plan: &Plan,
+        head: &Head,
+    ) -> Result<(), StoreError> {
+        let Plan { decisions, versions, next_position } = plan;
+        let next_position = *next_position;
+        let new_keys = self.resolve_keys(tx.as_mut(), group, decisions).await?;
         let recorded_at = now_micros().max(head.recorded_at);
         let slots: Vec<Slot> = group
             .iter()
-            .zip(&decisions)
+            .zip(decisions)
             .enumerate()
             .filter_map(|(batch, (pending, decision))| match decision {
                 Decision::New { first, first_version } => Some((batch, pending.events.len(), *first, *first_version)),
@@ -342,28 +386,7 @@ impl Appender {
             metrics::counter!("onepd_events_appended_total").increment(stored.len() as u64);
             debug!(from = stored[0].1, to = new_head.position, batches = group.len(), "group committed");
         }
-        // With nothing new the transaction is dropped, which rolls it back.
-
-        Ok(decisions
-            .into_iter()
-            .zip(group)
-            .map(|(decision, pending)| match decision {
-                Decision::Refused(err) => Err(err),
-                Decision::Duplicate { positions, stream } => Ok(AppendOutcome {
-                    positions,
-                    stream_version: versions.get(&stream).copied().unwrap_or_default(),
-                    duplicate: true,
-                }),
-                Decision::New { first, first_version } => {
-                    let count = pending.events.len() as u64;
-                    Ok(AppendOutcome {
-                        positions: (first..first + count).map(Position).collect(),
-                        stream_version: first_version + count - 1,
-                        duplicate: false,
-                    })
-                }
-            })
-            .collect())
+        Ok(())
     }
 
     /// The stored rows of `slots`: payloads sealed, hashes chained on from `previous`.
@@ -416,7 +439,7 @@ impl Appender {
     /// which are stored with the group and cached only once it commits.
     async fn resolve_keys(
         &mut self,
-        tx: &mut dyn super::backend::AppendTx,
+        tx: &mut dyn AppendTx,
         group: &[PendingAppend],
         decisions: &[Decision],
     ) -> Result<HashMap<[u8; 32], ((Uuid, SubjectKey), NewKeyRow)>, StoreError> {
@@ -458,6 +481,31 @@ impl Appender {
         }
         Ok(new_keys)
     }
+}
+
+/// What each caller of the group is told.
+fn outcomes(plan: Plan, group: &[PendingAppend]) -> Vec<Result<AppendOutcome, AppendError>> {
+    let Plan { decisions, versions, .. } = plan;
+    decisions
+        .into_iter()
+        .zip(group)
+        .map(|(decision, pending)| match decision {
+            Decision::Refused(err) => Err(err),
+            Decision::Duplicate { positions, stream } => Ok(AppendOutcome {
+                positions,
+                stream_version: versions.get(&stream).copied().unwrap_or_default(),
+                duplicate: true,
+            }),
+            Decision::New { first, first_version } => {
+                let count = pending.events.len() as u64;
+                Ok(AppendOutcome {
+                    positions: (first..first + count).map(Position).collect(),
+                    stream_version: first_version + count - 1,
+                    duplicate: false,
+                })
+            }
+        })
+        .collect()
 }
 
 /// Loads the id of every stored event into an index.
