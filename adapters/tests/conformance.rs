@@ -688,6 +688,29 @@ async fn a_process_with_another_master_key_is_refused(backend: Backend) {
     log.close().await;
 }
 
+/// SQLite stores whatever a hand edit puts in a column; reading such a row
+/// is an error naming its position, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_row_of_the_wrong_type_is_reported_as_corrupt() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let log = db.open().await;
+    log.append(request("s", ExpectedVersion::Any, vec![event(workspace(1), "a"), event(workspace(1), "b")]))
+        .await
+        .unwrap();
+    log.close().await;
+    raw_execute(&db, Backend::Sqlite, "DROP TRIGGER events_reject_update").await.unwrap();
+    raw_execute(&db, Backend::Sqlite, "UPDATE events SET event_id = 'not a uuid' WHERE position = 2").await.unwrap();
+    let log = db.open().await;
+    let err = log.verify(&|_, _| {}).await.unwrap_err();
+    assert!(err.to_string().starts_with("event at position 2: column 1"), "{err}");
+    let err = log.read(Position(1), None, &EventFilter::default(), 10).await.unwrap_err();
+    assert!(err.to_string().contains("position 2"), "{err}");
+    // The appender survives too: it reports the error and keeps serving.
+    let append = log.append(request("s", ExpectedVersion::Any, vec![event(workspace(1), "c")])).await;
+    assert!(append.is_err(), "the id index cannot load past a corrupt row");
+    log.close().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

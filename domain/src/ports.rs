@@ -31,7 +31,8 @@ pub struct AppendRequest {
 pub struct AppendOutcome {
     /// The position of each event of the batch, in order.
     pub positions: Vec<Position>,
-    /// The stream's version after its last event of the batch.
+    /// The stream's version after its last event of the batch; for a
+    /// duplicate, the current version of the stream the request named.
     pub stream_version: u64,
     /// True when every event was already stored and nothing was written; the
     /// positions are then the original ones.

@@ -51,9 +51,12 @@ impl AdminTokens {
                 }
             }
             AdminTokenRevoked::TYPE => {
+                // A workspace revokes only its own tokens.
                 if let Ok(revoked) = serde_json::from_value::<AdminTokenRevoked>(data.clone())
-                    && let Some(hash) = self.hash_by_id.remove(&revoked.token_id)
+                    && let Some(hash) = self.hash_by_id.get(&revoked.token_id).cloned()
+                    && self.by_hash.get(&hash).is_some_and(|grant| grant.workspace == event.workspace_id)
                 {
+                    self.hash_by_id.remove(&revoked.token_id);
                     self.by_hash.remove(&hash);
                 }
             }
@@ -114,6 +117,20 @@ mod tests {
         assert!(!grant.allows(TokenScope::Admin));
         tokens.apply(&recorded(AdminTokenRevoked::TYPE, json!({ "token_id": id })));
         assert!(tokens.grant("abc").is_none());
+    }
+
+    #[test]
+    fn a_workspace_cannot_revoke_another_workspaces_token() {
+        let mut tokens = AdminTokens::default();
+        let id = Uuid::from_u128(3);
+        tokens.apply(&recorded(
+            AdminTokenIssued::TYPE,
+            json!({ "token_id": id, "token_sha256": "abc", "scopes": ["audit"] }),
+        ));
+        let mut revoke = recorded(AdminTokenRevoked::TYPE, json!({ "token_id": id }));
+        revoke.workspace_id = WorkspaceId(Uuid::from_u128(10));
+        tokens.apply(&revoke);
+        assert!(tokens.grant("abc").is_some());
     }
 
     #[test]

@@ -171,3 +171,14 @@ pub(crate) fn hash_from_bytes(position: u64, bytes: &[u8]) -> Result<[u8; 32], S
         reason: format!("stored hash: expected 32 bytes, found {}", bytes.len()),
     })
 }
+
+/// Column `index` of a stored row, or [`StoreError::Corrupt`] when it does
+/// not decode as `T` (a file edited by hand, say) — never a panic.
+pub(crate) fn column<'r, R, T>(row: &'r R, index: usize, position: u64) -> Result<T, StoreError>
+where
+    R: sqlx::Row,
+    T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    row.try_get(index).map_err(|err| StoreError::Corrupt { position, reason: format!("column {index}: {err}") })
+}

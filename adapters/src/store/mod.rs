@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use appender::{Appender, Command, PendingAppend, PreparedEvent};
 use backend::{Backend, StoredRow};
-use keys::OpenKeys;
+use keys::{OpenKeys, ReadKeys};
 use sealing::MasterKey;
 
 /// Which database holds the log.
@@ -85,6 +85,11 @@ impl StoreConfig {
         }
     }
 }
+
+/// The largest `data` or `metadata` one event may carry, as JSON text. Ingest
+/// limits messages far below this; the store's own limit keeps one oversized
+/// event from failing the group it is committed with.
+const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
 
 /// How many append calls may wait for the appender before callers wait too.
 const QUEUE_DEPTH: usize = 1_024;
@@ -194,20 +199,24 @@ impl EventLog {
         self.inner.wake.subscribe()
     }
 
-    fn decode(&self, rows: Vec<StoredRow>) -> Result<Vec<RecordedEvent>, ReadError> {
-        rows.into_iter().map(|row| self.decode_row(row)).collect()
+    /// Decodes rows read under key epoch `epoch`.
+    async fn decode(&self, rows: Vec<StoredRow>, epoch: i64) -> Result<Vec<RecordedEvent>, ReadError> {
+        let keys = self.load_keys(&rows, epoch).await?;
+        rows.into_iter().map(|row| self.decode_row(row, &keys)).collect()
     }
 
-    fn decode_row(&self, row: StoredRow) -> Result<RecordedEvent, ReadError> {
+    fn decode_row(&self, row: StoredRow, keys: &ReadKeys) -> Result<RecordedEvent, ReadError> {
         let corrupt = |reason: String| StoreError::Corrupt { position: row.position, reason };
         let plaintext = match row.key_id {
             None => Some(row.data),
-            Some(key_id) => match self.inner.open_keys.get(&key_id).flatten() {
-                Some(key) => Some(
+            // Only a key the database no longer holds means erased.
+            Some(key_id) => match keys.get(&key_id) {
+                Some(Some(key)) => Some(
                     key.open(row.event_id, &row.data)
                         .map_err(|_| corrupt("sealed payload does not open with its subject key".into()))?,
                 ),
-                None => None,
+                Some(None) => None,
+                None => return Err(corrupt(format!("subject key {key_id} was not loaded"))),
             },
         };
         let (schema_version, data) = match plaintext {
@@ -240,14 +249,15 @@ impl EventLog {
         })
     }
 
-    /// Fills the key cache with every key the rows need.
-    async fn load_keys(&self, rows: &[StoredRow]) -> Result<(), ReadError> {
-        let wanted: HashSet<Uuid> =
-            rows.iter().filter_map(|row| row.key_id).filter(|id| self.inner.open_keys.get(id).is_none()).collect();
+    /// Every key the rows need, from the cache or the database; keys fetched
+    /// are cached for `epoch`.
+    async fn load_keys(&self, rows: &[StoredRow], epoch: i64) -> Result<ReadKeys, ReadError> {
+        let mut keys = ReadKeys::new();
+        let wanted: HashSet<Uuid> = rows.iter().filter_map(|row| row.key_id).collect();
+        let wanted = self.inner.open_keys.take_cached(wanted, &mut keys);
         if wanted.is_empty() {
-            return Ok(());
+            return Ok(keys);
         }
-        let wanted: Vec<Uuid> = wanted.into_iter().collect();
         let mut wrapped = self.inner.backend.wrapped_keys(&wanted).await?;
         for key_id in wanted {
             let key = match wrapped.remove(&key_id) {
@@ -262,9 +272,10 @@ impl EventLog {
                 }
                 None => None,
             };
-            self.inner.open_keys.put(key_id, key);
+            self.inner.open_keys.put(epoch, key_id, key.clone());
+            keys.insert(key_id, key);
         }
-        Ok(())
+        Ok(keys)
     }
 }
 
@@ -287,8 +298,12 @@ fn prepare(
                 event.event_id
             )));
         }
-        if event.event_type.is_empty() {
-            return Err(AppendError::InvalidBatch(format!("events[{index}].event_type: expected a name, found \"\"")));
+        if event.event_type.is_empty() || event.event_type.len() > 200 || event.event_type.chars().any(char::is_control)
+        {
+            return Err(AppendError::InvalidBatch(format!(
+                "events[{index}].event_type: expected 1 to 200 bytes without control characters, found {:?}",
+                event.event_type
+            )));
         }
         if matches!(&event.subject, Some(subject) if subject.is_empty()) {
             return Err(AppendError::InvalidBatch(format!("events[{index}].subject: expected a subject, found \"\"")));
@@ -297,6 +312,13 @@ fn prepare(
             to_json(&event.data).map_err(|err| AppendError::InvalidBatch(format!("events[{index}].data: {err}")))?;
         let metadata = to_json(&event.metadata)
             .map_err(|err| AppendError::InvalidBatch(format!("events[{index}].metadata: {err}")))?;
+        if data.len() > MAX_PAYLOAD_BYTES || metadata.len() > MAX_PAYLOAD_BYTES {
+            return Err(AppendError::InvalidBatch(format!(
+                "events[{index}]: expected data and metadata of at most {MAX_PAYLOAD_BYTES} bytes of JSON each, found {} and {}",
+                data.len(),
+                metadata.len()
+            )));
+        }
         events.push(PreparedEvent {
             event_id: event.event_id.0,
             workspace_id: event.workspace_id.0,
@@ -364,8 +386,7 @@ impl EventStore for EventLog {
             Some(last) if rows.len() == limit => last.position + 1,
             _ => to + 1,
         };
-        self.load_keys(&rows).await?;
-        Ok(ReadPage { events: self.decode(rows)?, next: Position(next) })
+        Ok(ReadPage { events: self.decode(rows, head.key_epoch).await?, next: Position(next) })
     }
 
     async fn read_stream(
@@ -377,8 +398,7 @@ impl EventStore for EventLog {
         let head = self.inner.backend.head().await?;
         self.inner.open_keys.observe_epoch(head.key_epoch);
         let rows = self.inner.backend.read_stream_rows(stream.as_str(), from_version, limit).await?;
-        self.load_keys(&rows).await?;
-        self.decode(rows)
+        self.decode(rows, head.key_epoch).await
     }
 
     async fn head(&self) -> Result<Position, ReadError> {
@@ -451,7 +471,7 @@ impl EventStore for EventLog {
             .ok_or_else(|| StoreError::Database("no master key configured to find subject keys".into()))?;
         let hash = master.subject_hash(workspace.0, subject);
         let existed = self.inner.backend.delete_subject_key(&hash).await?;
-        self.inner.open_keys.clear();
+        self.inner.open_keys.invalidate();
         Ok(existed)
     }
 }

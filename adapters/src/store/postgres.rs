@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::backend::{
-    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, hash_from_bytes,
+    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, column, db_error, hash_from_bytes,
 };
 
 const ROW_COLUMNS: &str = "position, event_id, workspace_id, stream_id, stream_version, event_type, \
@@ -106,20 +106,20 @@ async fn listen(pool: PgPool, wake: watch::Sender<u64>) {
 }
 
 fn row_from(row: &PgRow) -> Result<StoredRow, StoreError> {
-    let position = row.get::<i64, _>(0) as u64;
+    let position = column::<_, i64>(row, 0, 0)? as u64;
     Ok(StoredRow {
         position,
-        event_id: row.get(1),
-        workspace_id: row.get(2),
-        stream_id: row.get(3),
-        stream_version: row.get::<i64, _>(4) as u64,
-        event_type: row.get(5),
-        schema_version: row.get::<i32, _>(6) as u32,
-        recorded_at: row.get(7),
-        key_id: row.get(8),
-        data: row.get(9),
-        metadata: row.get(10),
-        hash: hash_from_bytes(position, row.get::<&[u8], _>(11))?,
+        event_id: column(row, 1, position)?,
+        workspace_id: column(row, 2, position)?,
+        stream_id: column(row, 3, position)?,
+        stream_version: column::<_, i64>(row, 4, position)? as u64,
+        event_type: column(row, 5, position)?,
+        schema_version: column::<_, i32>(row, 6, position)? as u32,
+        recorded_at: column(row, 7, position)?,
+        key_id: column(row, 8, position)?,
+        data: column(row, 9, position)?,
+        metadata: column(row, 10, position)?,
+        hash: hash_from_bytes(position, column::<_, &[u8]>(row, 11, position)?)?,
     })
 }
 
@@ -241,7 +241,7 @@ impl AppendTx for PostgresAppend {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db_error("reading new event ids"))?;
-        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
     }
 
     async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
@@ -251,7 +251,7 @@ impl AppendTx for PostgresAppend {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db_error("reading stored event ids"))?;
-        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
     }
 
     async fn stream_version(&mut self, stream: &str) -> Result<u64, StoreError> {
@@ -325,8 +325,9 @@ impl AppendTx for PostgresAppend {
             if !chunk.last {
                 next = chunks.recv().await;
                 if next.is_none() {
-                    // The builder stopped early: send the trailer so COPY can end.
-                    copy.send(COPY_TRAILER).await.map_err(db_error("copying events"))?;
+                    // The builder stopped before the last chunk: never commit part of a group.
+                    let _ = copy.abort("onepd stopped building the group").await;
+                    return Err(StoreError::Database("copying events: the group ended before its last chunk".into()));
                 }
             }
         }
@@ -429,7 +430,7 @@ impl Backend for PostgresBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("loading event ids"))?;
-        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
     }
 
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
@@ -443,16 +444,18 @@ impl Backend for PostgresBackend {
 
     async fn delete_subject_key(&self, subject_hash: &[u8; 32]) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error("starting a shred"))?;
+        // The head first: on PostgreSQL its row lock waits for an append that
+        // may be creating this subject's key, so the DELETE below sees it.
+        sqlx::query("UPDATE log_head SET key_epoch = key_epoch + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("bumping the key epoch"))?;
         let deleted = sqlx::query("DELETE FROM subject_keys WHERE subject_hash = $1")
             .bind(subject_hash.as_slice())
             .execute(&mut *tx)
             .await
             .map_err(db_error("deleting a subject key"))?
             .rows_affected();
-        sqlx::query("UPDATE log_head SET key_epoch = key_epoch + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("bumping the key epoch"))?;
         tx.commit().await.map_err(db_error("committing a shred"))?;
         Ok(deleted > 0)
     }

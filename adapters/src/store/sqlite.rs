@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::backend::{
-    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, hash_from_bytes,
+    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, column, db_error, hash_from_bytes,
 };
 
 /// Pages the WAL may grow to before SQLite copies it into the database
@@ -76,20 +76,20 @@ impl SqliteBackend {
 }
 
 fn row_from(row: &SqliteRow) -> Result<StoredRow, StoreError> {
-    let position = row.get::<i64, _>(0) as u64;
+    let position = column::<_, i64>(row, 0, 0)? as u64;
     Ok(StoredRow {
         position,
-        event_id: row.get(1),
-        workspace_id: row.get(2),
-        stream_id: row.get(3),
-        stream_version: row.get::<i64, _>(4) as u64,
-        event_type: row.get(5),
-        schema_version: row.get::<i64, _>(6) as u32,
-        recorded_at: row.get(7),
-        key_id: row.get(8),
-        data: row.get(9),
-        metadata: row.get(10),
-        hash: hash_from_bytes(position, row.get::<&[u8], _>(11))?,
+        event_id: column(row, 1, position)?,
+        workspace_id: column(row, 2, position)?,
+        stream_id: column(row, 3, position)?,
+        stream_version: column::<_, i64>(row, 4, position)? as u64,
+        event_type: column(row, 5, position)?,
+        schema_version: column::<_, i64>(row, 6, position)? as u32,
+        recorded_at: column(row, 7, position)?,
+        key_id: column(row, 8, position)?,
+        data: column(row, 9, position)?,
+        metadata: column(row, 10, position)?,
+        hash: hash_from_bytes(position, column::<_, &[u8]>(row, 11, position)?)?,
     })
 }
 
@@ -152,7 +152,7 @@ impl AppendTx for SqliteAppend {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db_error("reading new event ids"))?;
-        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
     }
 
     async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
@@ -165,7 +165,9 @@ impl AppendTx for SqliteAppend {
             }
             query.push(")");
             let rows = query.build().fetch_all(&mut *self.tx).await.map_err(db_error("reading stored event ids"))?;
-            found.extend(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get::<Uuid, _>(1))));
+            for row in &rows {
+                found.insert(column::<_, i64>(row, 0, 0)? as u64, column::<_, Uuid>(row, 1, 0)?);
+            }
         }
         Ok(found)
     }
@@ -223,10 +225,11 @@ impl AppendTx for SqliteAppend {
         while let Some(chunk) = chunks.recv().await {
             insert_rows(&mut self.tx, "events", &chunk.rows).await.map_err(db_error("inserting events"))?;
             if chunk.last {
-                break;
+                return Ok(());
             }
         }
-        Ok(())
+        // The builder stopped before the last chunk: never commit part of a group.
+        Err(StoreError::Database("inserting events: the group ended before its last chunk".into()))
     }
 
     async fn set_head(&mut self, head: &Head) -> Result<(), StoreError> {
@@ -319,7 +322,7 @@ impl Backend for SqliteBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("loading event ids"))?;
-        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
     }
 
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
@@ -340,16 +343,18 @@ impl Backend for SqliteBackend {
 
     async fn delete_subject_key(&self, subject_hash: &[u8; 32]) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error("starting a shred"))?;
+        // The head first: on PostgreSQL its row lock waits for an append that
+        // may be creating this subject's key, so the DELETE below sees it.
+        sqlx::query("UPDATE log_head SET key_epoch = key_epoch + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("bumping the key epoch"))?;
         let deleted = sqlx::query("DELETE FROM subject_keys WHERE subject_hash = ?")
             .bind(subject_hash.as_slice())
             .execute(&mut *tx)
             .await
             .map_err(db_error("deleting a subject key"))?
             .rows_affected();
-        sqlx::query("UPDATE log_head SET key_epoch = key_epoch + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("bumping the key epoch"))?;
         tx.commit().await.map_err(db_error("committing a shred"))?;
         Ok(deleted > 0)
     }
