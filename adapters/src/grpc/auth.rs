@@ -41,7 +41,10 @@ impl TokenRegistry {
                 let batch = match subscription.next_batch().await {
                     Ok(batch) => batch,
                     Err(err) => {
-                        tracing::warn!(cause = %err, "admin token follower cannot read the log; retrying");
+                        // Tokens issued or revoked from here on are not seen
+                        // until this clears: make it loud and countable.
+                        tracing::error!(cause = %err, "admin token follower cannot read the log; retrying");
+                        metrics::counter!("onepd_admin_token_follower_errors_total").increment(1);
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         continue;
                     }
