@@ -105,7 +105,7 @@ async fn serve_runs_on_postgres() {
 /// Appends a second workspace with its own token from another process,
 /// the way a second onepd node would.
 async fn second_workspace(url: &str, key: MasterKey) -> (EventLog, WorkspaceId, String) {
-    let mut config = StoreConfig::new(url, key);
+    let mut config = StoreConfig::new(url, Some(key));
     config.poll_interval = Duration::from_millis(100);
     let log = EventLog::open(config).await.unwrap();
     let workspace = WorkspaceId(Uuid::now_v7());

@@ -640,7 +640,7 @@ async fn several_processes_appending_at_once_share_one_gap_free_log(backend: Bac
 async fn child_process_role_appends_until_killed() {
     let Ok(url) = std::env::var("ONEPD_CHILD_DATABASE_URL") else { return };
     let master = onepd_adapters::MasterKey::from_hex(&std::env::var("ONEPD_CHILD_MASTER_KEY").unwrap()).unwrap();
-    let log = EventLog::open(onepd_adapters::StoreConfig::new(url, master)).await.unwrap();
+    let log = EventLog::open(onepd_adapters::StoreConfig::new(url, Some(master))).await.unwrap();
     let log = Arc::new(log);
     let mut handles = Vec::new();
     for writer in 0..4 {

@@ -42,20 +42,16 @@ impl TestDb {
             Backend::Postgres => {
                 let admin = postgres_admin_url();
                 let name = format!("onepd_test_{}", Uuid::new_v4().simple());
-                create_database(&admin, &name).await.unwrap_or_else(|err| {
+                let url = create_database(&admin, &name).await.unwrap_or_else(|err| {
                     panic!("PostgreSQL at {admin} is required for the PostgreSQL half of the suite: {err}")
                 });
-                let url = match admin.rsplit_once('/') {
-                    Some((server, _)) => format!("{server}/{name}"),
-                    None => panic!("ONEPD_TEST_POSTGRES_URL: expected postgres://user@host:port/db, found {admin}"),
-                };
                 TestDb { url, master: MasterKey::generate(), _dir: None, pg_name: Some(name) }
             }
         }
     }
 
     pub fn config(&self) -> StoreConfig {
-        let mut config = StoreConfig::new(self.url.clone(), self.master.clone());
+        let mut config = StoreConfig::new(self.url.clone(), Some(self.master.clone()));
         config.poll_interval = Duration::from_millis(200);
         config
     }

@@ -21,7 +21,7 @@ pub struct IssuedToken {
 
 /// The lowercase hex SHA-256 under which a token is stored and looked up.
 pub fn token_sha256(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Decides the events that create a workspace named `name` with one admin
@@ -60,7 +60,7 @@ pub fn issue_admin_token(
     scopes: Vec<TokenScope>,
     actor: &str,
 ) -> IssuedToken {
-    let token = format!("{ADMIN_TOKEN_PREFIX}{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let token = format!("{ADMIN_TOKEN_PREFIX}{}", hex::encode(secret));
     let event = NewEvent {
         event_id: EventId(Uuid::new_v5(&token_id, b"AdminTokenIssued")),
         workspace_id: workspace,

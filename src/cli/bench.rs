@@ -108,16 +108,18 @@ impl Target {
             Backend::Postgres => {
                 let suffix = Uuid::new_v4().simple().to_string();
                 let names = [format!("onepd_bench_{suffix}"), format!("onepd_bench_raw_{suffix}")];
+                let mut urls = Vec::new();
                 for name in &names {
-                    onepd_adapters::store::postgres::create_database(&args.postgres_url, name).await.with_context(
-                        || format!("creating database {name} on {}", super::redact(&args.postgres_url)),
-                    )?;
+                    urls.push(
+                        onepd_adapters::store::postgres::create_database(&args.postgres_url, name).await.with_context(
+                            || format!("creating database {name} on {}", super::redact(&args.postgres_url)),
+                        )?,
+                    );
                 }
-                let server =
-                    args.postgres_url.rsplit_once('/').map_or(args.postgres_url.as_str(), |(server, _)| server);
+                let [store_url, raw_url] = <[String; 2]>::try_from(urls).expect("two databases");
                 Ok(Target {
-                    store_url: format!("{server}/{}", names[0]),
-                    raw_url: format!("{server}/{}", names[1]),
+                    store_url,
+                    raw_url,
                     cleanup: Cleanup::Databases { admin: args.postgres_url.clone(), names },
                 })
             }
@@ -132,24 +134,6 @@ impl Target {
         }
     }
 }
-
-/// A raw table: the events table's columns and indexes, nothing else.
-const RAW_TABLE_SQLITE: &str = "
-CREATE TABLE raw_events (
-    position INTEGER PRIMARY KEY, event_id BLOB NOT NULL, workspace_id BLOB NOT NULL, stream_id TEXT NOT NULL,
-    stream_version INTEGER NOT NULL, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL,
-    recorded_at INTEGER NOT NULL, key_id BLOB, data BLOB NOT NULL, metadata BLOB NOT NULL, hash BLOB NOT NULL);
-CREATE UNIQUE INDEX raw_events_stream_version ON raw_events (stream_id, stream_version);
-CREATE INDEX raw_events_event_id_by_position ON raw_events (position, event_id);";
-
-const RAW_TABLE_POSTGRES: &str = "
-CREATE TABLE raw_events (
-    position BIGINT PRIMARY KEY, event_id UUID NOT NULL, workspace_id UUID NOT NULL, stream_id TEXT NOT NULL,
-    stream_version BIGINT NOT NULL, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL,
-    recorded_at BIGINT NOT NULL, key_id UUID, data BYTEA NOT NULL, metadata BYTEA NOT NULL, hash BYTEA NOT NULL);
-CREATE UNIQUE INDEX raw_events_stream_version ON raw_events (stream_id, stream_version);
-CREATE INDEX raw_events_event_id_by_position ON raw_events (position) INCLUDE (event_id);
-CREATE TABLE raw_copy_events (LIKE raw_events INCLUDING ALL);";
 
 async fn append(args: AppendArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.events > 0, "--events: expected at least 1, found 0");
@@ -190,7 +174,7 @@ async fn append(args: AppendArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn measure(args: &AppendArgs, target: &Target) -> anyhow::Result<serde_json::Value> {
-    let mut config = StoreConfig::new(target.store_url.clone(), MasterKey::generate());
+    let mut config = StoreConfig::new(target.store_url.clone(), Some(MasterKey::generate()));
     config.poll_interval = Duration::from_secs(1);
     let log = EventLog::open(config).await.context("opening the benchmark event log")?;
     let workspace = WorkspaceId(Uuid::now_v7());
@@ -334,30 +318,40 @@ enum Statement {
     Copy,
 }
 
-/// The bare table of the raw phase.
+/// The bare tables of the raw phase.
+#[derive(Clone)]
 enum RawTable {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
 }
 
 impl RawTable {
+    /// Gives the raw database onepd's own schema, then copies the events
+    /// table's columns and indexes — without its triggers — into bare
+    /// tables, so "the same indexes" holds however the schema evolves.
     async fn create(backend: Backend, url: &str) -> anyhow::Result<RawTable> {
+        EventLog::open(StoreConfig::new(url, None)).await.context("creating the raw database's schema")?.close().await;
         Ok(match backend {
             Backend::Sqlite => {
-                let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
-                let options = options
-                    .create_if_missing(true)
-                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-                    .pragma("wal_autocheckpoint", onepd_adapters::store::sqlite::WAL_AUTOCHECKPOINT_PAGES)
-                    .pragma("cache_size", "-65536");
-                let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
-                pool.execute(RAW_TABLE_SQLITE).await?;
+                let pool = onepd_adapters::store::sqlite::connect_pool(url, 1).await?;
+                let definitions: Vec<String> = sqlx::query_scalar(
+                    "SELECT sql FROM sqlite_master WHERE tbl_name = 'events' AND type IN ('table', 'index') \
+                     AND sql IS NOT NULL ORDER BY type = 'index'",
+                )
+                .fetch_all(&pool)
+                .await?;
+                for definition in definitions {
+                    pool.execute(sqlx::AssertSqlSafe(definition.replace("events", "raw_events"))).await?;
+                }
                 RawTable::Sqlite(pool)
             }
             Backend::Postgres => {
-                let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(url).await?;
-                pool.execute(RAW_TABLE_POSTGRES).await?;
+                let pool = onepd_adapters::store::postgres::connect_pool(url, 16).await?;
+                pool.execute(
+                    "CREATE TABLE raw_events (LIKE events INCLUDING ALL); \
+                     CREATE TABLE raw_copy_events (LIKE events INCLUDING ALL);",
+                )
+                .await?;
                 RawTable::Postgres(pool)
             }
         })
@@ -377,10 +371,7 @@ impl RawTable {
         for writer in 0..writers {
             let mine: Vec<(usize, usize)> = batches.iter().copied().skip(writer).step_by(writers).collect();
             let rows = rows.clone();
-            let table = match self {
-                RawTable::Sqlite(pool) => RawTable::Sqlite(pool.clone()),
-                RawTable::Postgres(pool) => RawTable::Postgres(pool.clone()),
-            };
+            let table = self.clone();
             tasks.push(tokio::spawn(async move {
                 for (start, end) in mine {
                     table.insert_batch(&rows[start..end], statement).await?;

@@ -53,8 +53,7 @@ pub fn init_tracing(default: &str) {
 pub async fn open_log(store: &StoreArgs, create_key: bool) -> anyhow::Result<onepd_adapters::EventLog> {
     use anyhow::Context;
     let url = store.database_url();
-    let mut config = onepd_adapters::StoreConfig::new(url.clone(), onepd_adapters::MasterKey::generate());
-    config.master_key = store.master_key(create_key)?;
+    let config = onepd_adapters::StoreConfig::new(url.clone(), store.master_key(create_key)?);
     onepd_adapters::EventLog::open(config).await.with_context(|| format!("opening the event log at {}", redact(&url)))
 }
 

@@ -28,11 +28,10 @@ impl PgDatabase {
     pub async fn create() -> PgDatabase {
         let admin = postgres_admin_url();
         let name = format!("onepd_e2e_{}", Uuid::new_v4().simple());
-        onepd_adapters::store::postgres::create_database(&admin, &name)
+        let url = onepd_adapters::store::postgres::create_database(&admin, &name)
             .await
             .unwrap_or_else(|err| panic!("PostgreSQL at {admin} is required for the end-to-end tests: {err}"));
-        let (server, _) = admin.rsplit_once('/').expect("admin url names a database");
-        PgDatabase { url: format!("{server}/{name}"), name }
+        PgDatabase { url, name }
     }
 }
 

@@ -255,6 +255,8 @@ impl Appender {
                 .collect();
             let stored = found.iter().filter(|p| p.is_some()).count();
             if stored == found.len() {
+                // A duplicate reports the stream's version as of the end of the group.
+                current_version(tx, &mut versions, &self.stream_versions, pending.stream.as_str()).await?;
                 decisions.push(Decision::Duplicate {
                     positions: found.into_iter().map(|p| Position(p.unwrap_or_default())).collect(),
                     stream: pending.stream.as_str().to_owned(),
@@ -273,12 +275,8 @@ impl Appender {
                 continue;
             }
             let stream = pending.stream.as_str();
-            let version = match versions.get(stream).or_else(|| self.stream_versions.get(stream)) {
-                Some(version) => *version,
-                None => tx.stream_version(stream).await?,
-            };
+            let version = current_version(tx, &mut versions, &self.stream_versions, stream).await?;
             if !pending.expected.admits(version) {
-                versions.insert(stream.to_owned(), version);
                 decisions.push(Decision::Refused(AppendError::WrongExpectedVersion {
                     stream: pending.stream.clone(),
                     expected: pending.expected,
@@ -293,19 +291,6 @@ impl Appender {
             }
             decisions.push(Decision::New { first: next_position, first_version: version + 1 });
             next_position += count;
-        }
-
-        // Streams of duplicates report their current version.
-        for decision in &decisions {
-            if let Decision::Duplicate { stream, .. } = decision
-                && !versions.contains_key(stream)
-            {
-                let version = match self.stream_versions.get(stream) {
-                    Some(version) => *version,
-                    None => tx.stream_version(stream).await?,
-                };
-                versions.insert(stream.clone(), version);
-            }
         }
 
         Ok(Plan { decisions, versions, next_position })
@@ -481,6 +466,26 @@ impl Appender {
         }
         Ok(new_keys)
     }
+}
+
+/// The version of `stream` as the group sees it so far: from `versions` (the
+/// group's own appends), else the cache of committed versions, else the
+/// database; remembered in `versions`.
+async fn current_version(
+    tx: &mut dyn AppendTx,
+    versions: &mut HashMap<String, u64>,
+    committed: &HashMap<String, u64>,
+    stream: &str,
+) -> Result<u64, StoreError> {
+    if let Some(version) = versions.get(stream) {
+        return Ok(*version);
+    }
+    let version = match committed.get(stream) {
+        Some(version) => *version,
+        None => tx.stream_version(stream).await?,
+    };
+    versions.insert(stream.to_owned(), version);
+    Ok(version)
 }
 
 /// What each caller of the group is told.

@@ -172,6 +172,91 @@ pub(crate) fn hash_from_bytes(position: u64, bytes: &[u8]) -> Result<[u8; 32], S
     })
 }
 
+/// An event row read with `SELECT` of the events columns in table order.
+pub(crate) fn row_from<'r, R>(row: &'r R) -> Result<StoredRow, StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let position = column::<_, i64>(row, 0, 0)? as u64;
+    Ok(StoredRow {
+        position,
+        event_id: column(row, 1, position)?,
+        workspace_id: column(row, 2, position)?,
+        stream_id: column(row, 3, position)?,
+        stream_version: column::<_, i64>(row, 4, position)? as u64,
+        event_type: column(row, 5, position)?,
+        schema_version: column::<_, i32>(row, 6, position)? as u32,
+        recorded_at: column(row, 7, position)?,
+        key_id: column(row, 8, position)?,
+        data: column(row, 9, position)?,
+        metadata: column(row, 10, position)?,
+        hash: hash_from_bytes(position, column(row, 11, position)?)?,
+    })
+}
+
+/// The log head read with `SELECT position, hash, recorded_at, key_epoch`.
+pub(crate) fn head_from<'r, R>(row: &'r R) -> Result<Head, StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let position = column::<_, i64>(row, 0, 0)? as u64;
+    Ok(Head {
+        position,
+        hash: hash_from_bytes(position, column(row, 1, position)?)?,
+        recorded_at: column(row, 2, position)?,
+        key_epoch: column(row, 3, position)?,
+    })
+}
+
+/// `(position, event_id)` read with `SELECT position, event_id`.
+pub(crate) fn id_from<'r, R>(row: &'r R) -> Result<(u64, Uuid), StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let position = column::<_, i64>(row, 0, 0)? as u64;
+    Ok((position, column(row, 1, position)?))
+}
+
+/// A subject key read with `SELECT key_id, subject_hash, wrapped_key`.
+pub(crate) fn key_from<'r, R>(row: &'r R) -> Result<KeyRow, StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r [u8]: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(KeyRow {
+        key_id: column(row, 0, 0)?,
+        subject_hash: hash_from_bytes(0, column(row, 1, 0)?)?,
+        wrapped: column(row, 2, 0)?,
+    })
+}
+
+/// `(key_id, wrapped_key)` read with `SELECT key_id, wrapped_key`.
+pub(crate) fn wrapped_from<'r, R>(row: &'r R) -> Result<(Uuid, Vec<u8>), StoreError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((column(row, 0, 0)?, column(row, 1, 0)?))
+}
+
 /// Column `index` of a stored row, or [`StoreError::Corrupt`] when it does
 /// not decode as `T` (a file edited by hand, say) — never a panic.
 pub(crate) fn column<'r, R, T>(row: &'r R, index: usize, position: u64) -> Result<T, StoreError>

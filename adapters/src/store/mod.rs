@@ -76,10 +76,10 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// A configuration with no upcasters and a one-second poll.
-    pub fn new(database_url: impl Into<String>, master_key: MasterKey) -> StoreConfig {
+    pub fn new(database_url: impl Into<String>, master_key: Option<MasterKey>) -> StoreConfig {
         StoreConfig {
             database_url: database_url.into(),
-            master_key: Some(master_key),
+            master_key,
             upcasters: Upcasters::new(),
             poll_interval: Duration::from_secs(1),
         }
@@ -103,7 +103,6 @@ pub struct EventLog {
 }
 
 struct Inner {
-    kind: BackendKind,
     backend: Arc<dyn Backend>,
     commands: mpsc::Sender<Command>,
     closed: AtomicBool,
@@ -152,7 +151,6 @@ impl EventLog {
         let task = tokio::spawn(appender.run(receiver));
         Ok(EventLog {
             inner: Arc::new(Inner {
-                kind,
                 backend,
                 commands,
                 closed: AtomicBool::new(false),
@@ -164,11 +162,6 @@ impl EventLog {
                 poll_interval: config.poll_interval,
             }),
         })
-    }
-
-    /// Which database holds the log.
-    pub fn backend_kind(&self) -> BackendKind {
-        self.inner.kind
     }
 
     /// Stops taking appends, commits every append already queued, answers its

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::{EventFilter, StoreError};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, Executor, PgPool, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool, Postgres, QueryBuilder, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::backend::{
-    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, column, db_error, hash_from_bytes,
+    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, head_from, id_from,
+    key_from, row_from, wrapped_from,
 };
 
 const ROW_COLUMNS: &str = "position, event_id, workspace_id, stream_id, stream_version, event_type, \
@@ -34,7 +35,7 @@ pub(crate) struct PostgresBackend {
 }
 
 /// Connects a pool to `url`.
-pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions = url.parse().map_err(db_error("parsing the PostgreSQL database url"))?;
     let options = options.disable_statement_logging();
     // One direct attempt first: a pool retries until its acquire timeout,
@@ -103,34 +104,6 @@ async fn listen(pool: PgPool, wake: watch::Sender<u64>) {
             }
         }
     }
-}
-
-fn row_from(row: &PgRow) -> Result<StoredRow, StoreError> {
-    let position = column::<_, i64>(row, 0, 0)? as u64;
-    Ok(StoredRow {
-        position,
-        event_id: column(row, 1, position)?,
-        workspace_id: column(row, 2, position)?,
-        stream_id: column(row, 3, position)?,
-        stream_version: column::<_, i64>(row, 4, position)? as u64,
-        event_type: column(row, 5, position)?,
-        schema_version: column::<_, i32>(row, 6, position)? as u32,
-        recorded_at: column(row, 7, position)?,
-        key_id: column(row, 8, position)?,
-        data: column(row, 9, position)?,
-        metadata: column(row, 10, position)?,
-        hash: hash_from_bytes(position, column::<_, &[u8]>(row, 11, position)?)?,
-    })
-}
-
-fn head_from(row: &PgRow) -> Result<Head, StoreError> {
-    let position = row.get::<i64, _>(0) as u64;
-    Ok(Head {
-        position,
-        hash: hash_from_bytes(position, row.get::<&[u8], _>(1))?,
-        recorded_at: row.get(2),
-        key_epoch: row.get(3),
-    })
 }
 
 /// The statement that copies rows into `table`.
@@ -241,7 +214,7 @@ impl AppendTx for PostgresAppend {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db_error("reading new event ids"))?;
-        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
+        rows.iter().map(id_from).collect()
     }
 
     async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
@@ -251,7 +224,7 @@ impl AppendTx for PostgresAppend {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db_error("reading stored event ids"))?;
-        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
+        rows.iter().map(id_from).collect()
     }
 
     async fn stream_version(&mut self, stream: &str) -> Result<u64, StoreError> {
@@ -271,15 +244,7 @@ impl AppendTx for PostgresAppend {
                 .fetch_all(&mut *self.tx)
                 .await
                 .map_err(db_error("reading subject keys"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(KeyRow {
-                    key_id: row.get(0),
-                    subject_hash: hash_from_bytes(0, row.get::<&[u8], _>(1))?,
-                    wrapped: row.get(2),
-                })
-            })
-            .collect()
+        rows.iter().map(key_from).collect()
     }
 
     async fn insert_subject_keys(&mut self, keys: &[NewKeyRow]) -> Result<(), StoreError> {
@@ -430,7 +395,7 @@ impl Backend for PostgresBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("loading event ids"))?;
-        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
+        rows.iter().map(id_from).collect()
     }
 
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
@@ -439,7 +404,7 @@ impl Backend for PostgresBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("reading subject keys"))?;
-        Ok(rows.iter().map(|r| (r.get::<Uuid, _>(0), r.get::<Vec<u8>, _>(1))).collect())
+        rows.iter().map(wrapped_from).collect()
     }
 
     async fn delete_subject_key(&self, subject_hash: &[u8; 32]) -> Result<bool, StoreError> {
@@ -479,13 +444,25 @@ impl Backend for PostgresBackend {
 }
 
 /// Creates a database named `name` on the server `admin_url` points at (for
-/// tests and benchmarks that need a fresh one).
-pub async fn create_database(admin_url: &str, name: &str) -> Result<(), StoreError> {
+/// tests and benchmarks that need a fresh one) and returns its url: the admin
+/// url with its database replaced, query parameters kept.
+pub async fn create_database(admin_url: &str, name: &str) -> Result<String, StoreError> {
+    let url = database_url(admin_url, name)?;
     let pool = connect_pool(admin_url, 1).await?;
     let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
     pool.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db_error("creating a database"))?;
     pool.close().await;
-    Ok(())
+    Ok(url)
+}
+
+/// `url` naming database `name` instead of its own.
+fn database_url(url: &str, name: &str) -> Result<String, StoreError> {
+    let path_start = url
+        .find("://")
+        .and_then(|scheme| url[scheme + 3..].find('/').map(|slash| scheme + 3 + slash))
+        .ok_or_else(|| StoreError::Database(format!("database url: expected postgres://host/db, found {url:?}")))?;
+    let query = url[path_start..].find('?').map_or("", |q| &url[path_start + q..]);
+    Ok(format!("{}/{name}{query}", &url[..path_start]))
 }
 
 /// Drops the database `name`, disconnecting anyone still using it.
@@ -495,4 +472,22 @@ pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), StoreError
     pool.execute(sqlx::AssertSqlSafe(sql)).await.map_err(db_error("dropping a database"))?;
     pool.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url;
+
+    #[test]
+    fn a_database_url_keeps_server_credentials_and_parameters() {
+        assert_eq!(
+            database_url("postgres://app:pw@db:5432/postgres?sslmode=disable", "x").unwrap(),
+            "postgres://app:pw@db:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            database_url("postgres://postgres@127.0.0.1:5432/postgres", "x").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert!(database_url("postgres://host-without-db", "x").is_err());
+    }
 }

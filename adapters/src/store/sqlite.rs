@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::{EventFilter, StoreError};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::backend::{
-    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, column, db_error, hash_from_bytes,
+    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, head_from, id_from,
+    key_from, row_from, wrapped_from,
 };
 
 /// Pages the WAL may grow to before SQLite copies it into the database
@@ -34,7 +35,7 @@ pub(crate) struct SqliteBackend {
 
 /// Opens (creating if missing) the database at `url` (`sqlite://path` or
 /// `sqlite::memory:` is refused: a log must outlive the process).
-pub(crate) async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
     let options = SqliteConnectOptions::from_str(url)
         .map_err(db_error("parsing the SQLite database url"))?
         .create_if_missing(true)
@@ -73,34 +74,6 @@ impl SqliteBackend {
             .map_err(|err| StoreError::Database(format!("migrating the SQLite database: {err}")))?;
         Ok(SqliteBackend { pool })
     }
-}
-
-fn row_from(row: &SqliteRow) -> Result<StoredRow, StoreError> {
-    let position = column::<_, i64>(row, 0, 0)? as u64;
-    Ok(StoredRow {
-        position,
-        event_id: column(row, 1, position)?,
-        workspace_id: column(row, 2, position)?,
-        stream_id: column(row, 3, position)?,
-        stream_version: column::<_, i64>(row, 4, position)? as u64,
-        event_type: column(row, 5, position)?,
-        schema_version: column::<_, i64>(row, 6, position)? as u32,
-        recorded_at: column(row, 7, position)?,
-        key_id: column(row, 8, position)?,
-        data: column(row, 9, position)?,
-        metadata: column(row, 10, position)?,
-        hash: hash_from_bytes(position, column::<_, &[u8]>(row, 11, position)?)?,
-    })
-}
-
-fn head_from(row: &SqliteRow) -> Result<Head, StoreError> {
-    let position = row.get::<i64, _>(0) as u64;
-    Ok(Head {
-        position,
-        hash: hash_from_bytes(position, row.get::<&[u8], _>(1))?,
-        recorded_at: row.get(2),
-        key_epoch: row.get(3),
-    })
 }
 
 const HEAD_QUERY: &str = "SELECT position, hash, recorded_at, key_epoch FROM log_head WHERE id = 1";
@@ -152,7 +125,7 @@ impl AppendTx for SqliteAppend {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db_error("reading new event ids"))?;
-        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
+        rows.iter().map(id_from).collect()
     }
 
     async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
@@ -166,7 +139,8 @@ impl AppendTx for SqliteAppend {
             query.push(")");
             let rows = query.build().fetch_all(&mut *self.tx).await.map_err(db_error("reading stored event ids"))?;
             for row in &rows {
-                found.insert(column::<_, i64>(row, 0, 0)? as u64, column::<_, Uuid>(row, 1, 0)?);
+                let (position, id) = id_from(row)?;
+                found.insert(position, id);
             }
         }
         Ok(found)
@@ -193,12 +167,8 @@ impl AppendTx for SqliteAppend {
             }
             query.push(")");
             let rows = query.build().fetch_all(&mut *self.tx).await.map_err(db_error("reading subject keys"))?;
-            for row in rows {
-                found.push(KeyRow {
-                    key_id: row.get(0),
-                    subject_hash: hash_from_bytes(0, row.get::<&[u8], _>(1))?,
-                    wrapped: row.get(2),
-                });
+            for row in &rows {
+                found.push(key_from(row)?);
             }
         }
         Ok(found)
@@ -322,7 +292,7 @@ impl Backend for SqliteBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("loading event ids"))?;
-        rows.iter().map(|r| Ok((column::<_, i64>(r, 0, 0)? as u64, column(r, 1, 0)?))).collect()
+        rows.iter().map(id_from).collect()
     }
 
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
@@ -336,7 +306,10 @@ impl Backend for SqliteBackend {
             }
             query.push(")");
             let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading subject keys"))?;
-            found.extend(rows.iter().map(|r| (r.get::<Uuid, _>(0), r.get::<Vec<u8>, _>(1))));
+            for row in &rows {
+                let (key_id, wrapped) = wrapped_from(row)?;
+                found.insert(key_id, wrapped);
+            }
         }
         Ok(found)
     }
