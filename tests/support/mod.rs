@@ -53,6 +53,8 @@ pub struct Server {
     pub http: String,
     /// The admin token, when this start created the default workspace.
     pub admin_token: Option<String>,
+    /// The default `http` source's write key, when this start created it.
+    pub write_key: Option<String>,
     pub workspace: Option<String>,
     pub banner: Vec<String>,
 }
@@ -100,12 +102,13 @@ impl Server {
         let grpc = format!("http://{}", field("grpc").expect("banner names the gRPC address"));
         let http = format!("http://{}", field("http").expect("banner names the HTTP address"));
         let admin_token = field("admin token");
+        let write_key = field("write key");
         let workspace = banner.iter().find_map(|line| {
             line.strip_prefix("created workspace \"default\" (")
                 .and_then(|rest| rest.strip_suffix(')'))
                 .map(str::to_owned)
         });
-        Server { child: Some(child), grpc, http, admin_token, workspace, banner }
+        Server { child: Some(child), grpc, http, admin_token, write_key, workspace, banner }
     }
 
     pub async fn audit(&self) -> AuditServiceClient<Channel> {

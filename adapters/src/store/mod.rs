@@ -75,12 +75,12 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// A configuration with no upcasters and a one-second poll.
+    /// A configuration with onepd's upcasters and a one-second poll.
     pub fn new(database_url: impl Into<String>, master_key: Option<MasterKey>) -> StoreConfig {
         StoreConfig {
             database_url: database_url.into(),
             master_key,
-            upcasters: Upcasters::new(),
+            upcasters: onepd_domain::events::upcasters(),
             poll_interval: Duration::from_secs(1),
         }
     }

@@ -2,4 +2,12 @@
 //! `event_type` is the type's name and never changes; a new shape gets a new
 //! `schema_version` and an upcaster.
 
+pub mod message;
 pub mod workspace;
+
+use crate::upcast::Upcasters;
+
+/// Every upcaster onepd's event types need, for the store to apply on read.
+pub fn upcasters() -> Upcasters {
+    Upcasters::new().register(workspace::WorkspaceCreated::TYPE, 1, workspace::WorkspaceCreated::upcast_v1)
+}

@@ -12,15 +12,33 @@ pub fn workspace_stream(workspace: WorkspaceId) -> StreamId {
 }
 
 /// A workspace came into being.
+///
+/// Schema version 2 added `industry` and `default_region`; version 1 events
+/// are upcast with `general` and no region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceCreated {
     /// Its human name, unique per installation (`default`).
     pub name: String,
+    /// The business it belongs to.
+    pub industry: Industry,
+    /// ISO 3166-1 alpha-2 region for phone numbers written without a country
+    /// code (`US`), if any.
+    pub default_region: Option<String>,
 }
 
 impl WorkspaceCreated {
     /// The stored event type.
     pub const TYPE: &'static str = "WorkspaceCreated";
+    /// The current schema version.
+    pub const SCHEMA_VERSION: u32 = 2;
+
+    /// Lifts version 1 data (`{"name"}`) to version 2.
+    pub fn upcast_v1(mut data: serde_json::Value) -> Result<serde_json::Value, String> {
+        let object = data.as_object_mut().ok_or("expected an object")?;
+        object.entry("industry").or_insert_with(|| "general".into());
+        object.entry("default_region").or_insert(serde_json::Value::Null);
+        Ok(data)
+    }
 }
 
 /// What an admin token may do.
@@ -69,4 +87,182 @@ pub struct AdminTokenRevoked {
 impl AdminTokenRevoked {
     /// The stored event type.
     pub const TYPE: &'static str = "AdminTokenRevoked";
+}
+
+/// The business a workspace belongs to. Restricted industries have what they
+/// send to ad platforms scrubbed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Industry {
+    /// No restrictions beyond the defaults.
+    #[default]
+    General,
+    /// Handles Protected Health Information.
+    Healthcare,
+    /// Pharmaceuticals.
+    Pharmaceutical,
+    /// Banking and lending.
+    FinancialServices,
+    /// Insurance.
+    Insurance,
+    /// Cryptocurrency.
+    Cryptocurrency,
+}
+
+impl Industry {
+    /// Every industry, in declaration order.
+    pub const ALL: [Industry; 6] = [
+        Industry::General,
+        Industry::Healthcare,
+        Industry::Pharmaceutical,
+        Industry::FinancialServices,
+        Industry::Insurance,
+        Industry::Cryptocurrency,
+    ];
+
+    /// The name used in events, on the CLI and in APIs (`financial_services`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Industry::General => "general",
+            Industry::Healthcare => "healthcare",
+            Industry::Pharmaceutical => "pharmaceutical",
+            Industry::FinancialServices => "financial_services",
+            Industry::Insurance => "insurance",
+            Industry::Cryptocurrency => "cryptocurrency",
+        }
+    }
+}
+
+impl std::str::FromStr for Industry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Industry, String> {
+        Industry::ALL.into_iter().find(|industry| industry.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = Industry::ALL.iter().map(|i| i.as_str()).collect();
+            format!("industry: expected one of {}, found \"{s}\"", names.join(", "))
+        })
+    }
+}
+
+/// Where a source's data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A backend service calling the gRPC or HTTP API.
+    Server,
+    /// onepd's browser JavaScript API.
+    Javascript,
+    /// Any client of the Segment-compatible HTTP API (Segment SDKs included).
+    Http,
+    /// A platform pushing its own payloads.
+    Webhook,
+    /// Offline file import.
+    File,
+}
+
+impl SourceKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [SourceKind; 5] =
+        [SourceKind::Server, SourceKind::Javascript, SourceKind::Http, SourceKind::Webhook, SourceKind::File];
+
+    /// The name used in events, on the CLI and in APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Server => "server",
+            SourceKind::Javascript => "javascript",
+            SourceKind::Http => "http",
+            SourceKind::Webhook => "webhook",
+            SourceKind::File => "file",
+        }
+    }
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SourceKind, String> {
+        SourceKind::ALL.into_iter().find(|kind| kind.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = SourceKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("kind: expected one of {}, found \"{s}\"", names.join(", "))
+        })
+    }
+}
+
+/// A source was added to a workspace. Messages it sends are appended to the
+/// stream [`source_stream`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCreated {
+    /// The source's id.
+    pub source_id: Uuid,
+    /// Its human name, unique in the workspace.
+    pub name: String,
+    /// Where its data comes from.
+    pub kind: SourceKind,
+}
+
+impl SourceCreated {
+    /// The stored event type.
+    pub const TYPE: &'static str = "SourceCreated";
+}
+
+/// The stream holding the messages a source sent.
+pub fn source_stream(source: Uuid) -> StreamId {
+    StreamId::new(format!("source-{source}")).expect("a source stream id is valid")
+}
+
+/// A write key was issued for a source. Only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteKeyIssued {
+    /// Names the key for revocation and audit, without revealing it.
+    pub key_id: Uuid,
+    /// The source whose messages the key writes.
+    pub source_id: Uuid,
+    /// Lowercase hex SHA-256 of the key.
+    pub key_sha256: String,
+}
+
+impl WriteKeyIssued {
+    /// The stored event type.
+    pub const TYPE: &'static str = "WriteKeyIssued";
+}
+
+/// A write key was revoked; it authenticates nothing from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteKeyRevoked {
+    /// The key revoked.
+    pub key_id: Uuid,
+}
+
+impl WriteKeyRevoked {
+    /// The stored event type.
+    pub const TYPE: &'static str = "WriteKeyRevoked";
+}
+
+/// What a tracking plan does with a message that breaks it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanMode {
+    /// Accept it and record the violations on the event.
+    #[default]
+    Allow,
+    /// Reject it: it becomes a `MessageRejected` event.
+    Block,
+}
+
+/// A workspace's tracking plan was set (replacing any earlier one).
+///
+/// `plan` is the plan document as given (see `onepd_commands::ingest::plan`
+/// for its shape): JSON Schemas for track properties by event name, for
+/// identify traits and for group traits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackingPlanSet {
+    /// What happens to a message that breaks the plan.
+    pub mode: PlanMode,
+    /// The plan document.
+    pub plan: serde_json::Value,
+}
+
+impl TrackingPlanSet {
+    /// The stored event type.
+    pub const TYPE: &'static str = "TrackingPlanSet";
 }

@@ -1,0 +1,122 @@
+//! The ingest pipeline: one raw Segment-spec message in, one event out.
+//!
+//! Steps, one module each, in order:
+//! shape checks ([`shape`]) → enrichment ([`enrich`], [`useragent`]) →
+//! normalization ([`normalize`]) → tracking plan ([`plan`]) → the event to
+//! append ([`decide`]).
+//!
+//! **Invariant:** pure and total: every input, however malformed, gives a
+//! [`Decision`]; nothing panics. Time, the peer address and generated ids come
+//! in as arguments.
+
+pub mod decide;
+pub mod enrich;
+pub mod normalize;
+pub mod plan;
+pub mod shape;
+pub mod useragent;
+
+use std::net::IpAddr;
+
+use onepd_domain::events::message::Violation;
+use onepd_domain::events::workspace::Industry;
+use onepd_domain::{EventId, NewEvent, Timestamp, WorkspaceId};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use plan::{PlanError, TrackingPlan};
+
+/// What the pipeline needs to know about the workspace a message is for.
+#[derive(Debug, Clone)]
+pub struct WorkspaceSettings {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// Its industry.
+    pub industry: Industry,
+    /// ISO 3166-1 alpha-2 region for phone numbers without a country code.
+    pub default_region: Option<String>,
+    /// Its tracking plan, compiled, if one is set.
+    pub plan: Option<std::sync::Arc<TrackingPlan>>,
+}
+
+/// How and when a message arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// When onepd received it.
+    pub at: Timestamp,
+    /// The source it came from.
+    pub source_id: Uuid,
+    /// The address of the connection's peer.
+    pub peer_ip: Option<IpAddr>,
+    /// The client address a trusted proxy reported (the right-most
+    /// X-Forwarded-For entry not itself a trusted proxy), if the peer is one.
+    pub forwarded_ip: Option<IpAddr>,
+    /// The request id, for the event's metadata.
+    pub request_id: String,
+}
+
+/// What the pipeline decided for one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Accepted: append `event` (a `MessageAccepted`).
+    Accepted {
+        /// The event, with `event_id = UUIDv5(workspace, messageId)`.
+        event: NewEvent,
+        /// The message's `messageId` (generated when the client sent none).
+        message_id: String,
+    },
+    /// Rejected: append `event` (a `MessageRejected`) and tell the caller.
+    Rejected {
+        /// The event recording the rejection.
+        event: NewEvent,
+        /// Every rule broken.
+        reasons: Vec<Violation>,
+    },
+}
+
+impl Decision {
+    /// The event to append, whatever the decision.
+    pub fn event(&self) -> &NewEvent {
+        match self {
+            Decision::Accepted { event, .. } | Decision::Rejected { event, .. } => event,
+        }
+    }
+
+    /// The event id.
+    pub fn event_id(&self) -> EventId {
+        self.event().event_id
+    }
+}
+
+/// The pipeline, holding what is expensive to build (the user agent parser)
+/// so it is built once per process.
+#[derive(Debug)]
+pub struct Pipeline {
+    user_agents: useragent::UserAgents,
+}
+
+impl Pipeline {
+    /// Builds the pipeline (parses the vendored uap-core rules).
+    pub fn new() -> Pipeline {
+        Pipeline { user_agents: useragent::UserAgents::new() }
+    }
+
+    /// Runs one message through every step. `message` is one Segment-spec
+    /// message as JSON (its `type` set: the HTTP layer fills it from the
+    /// endpoint); `new_message_id` is called only when it has no `messageId`.
+    pub fn process(
+        &self,
+        settings: &WorkspaceSettings,
+        received: &Received,
+        message: Value,
+        new_message_id: impl FnOnce() -> String,
+    ) -> Decision {
+        decide::run(self, settings, received, message, new_message_id)
+    }
+}
+
+impl Default for Pipeline {
+    fn default() -> Pipeline {
+        Pipeline::new()
+    }
+}
