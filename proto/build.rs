@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["onepd/audit/v1/audit.proto"];
+const PROTOS: &[&str] = &["onepd/audit/v1/audit.proto", "onepd/ingest/v1/ingest.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -6,7 +6,8 @@ mod support;
 use std::time::Duration;
 
 use onepd_adapters::{EventLog, MasterKey, StoreConfig};
-use onepd_commands::workspace::create_workspace;
+use onepd_commands::workspace::{BootstrapIds, NewWorkspace, bootstrap_workspace};
+use onepd_domain::events::workspace::{Industry, SourceKind};
 use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, StreamId, WorkspaceId};
 use onepd_proto::audit::v1::{EventFilter, ReadEventsRequest, SubscribeRequest, VerifyRequest, read_events_request};
 use serde_json::json;
@@ -57,7 +58,7 @@ async fn a_fresh_server_answers_health_reflection_and_audit_calls(server: &Serve
 
     let events = read_all(&mut audit, ReadEventsRequest::default(), &token).await;
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
-    assert_eq!(types, vec!["WorkspaceCreated", "AdminTokenIssued"]);
+    assert_eq!(types, vec!["WorkspaceCreated", "AdminTokenIssued", "SourceCreated", "WriteKeyIssued"]);
     assert_eq!(events[0].position, 1);
     assert_eq!(events[0].workspace_id, server.workspace.clone().unwrap());
     assert!(!events[1].data_json.contains(&token), "the token itself is not stored");
@@ -65,13 +66,13 @@ async fn a_fresh_server_answers_health_reflection_and_audit_calls(server: &Serve
 
     let verified = audit.verify(with_token(VerifyRequest {}, &token)).await.unwrap().into_inner();
     assert!(verified.ok);
-    assert_eq!(verified.events_checked, 2);
+    assert_eq!(verified.events_checked, 4);
 
     let healthz: serde_json::Value =
         reqwest::get(format!("{}/healthz", server.http)).await.unwrap().json().await.unwrap();
-    assert_eq!(healthz, json!({ "status": "ok", "head": 2 }));
+    assert_eq!(healthz, json!({ "status": "ok", "head": 4 }));
     let metrics = reqwest::get(format!("{}/metrics", server.http)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("onepd_log_head_position 2"), "{metrics}");
+    assert!(metrics.contains("onepd_log_head_position 4"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +89,7 @@ async fn serve_runs_on_sqlite_with_no_configuration_and_stops_on_sigterm() {
     let again = Server::start(dir.path(), &[]);
     assert_eq!(again.admin_token, None, "{:?}", again.banner);
     let verified = again.audit().await.verify(with_token(VerifyRequest {}, &token)).await.unwrap().into_inner();
-    assert!(verified.ok && verified.events_checked == 2);
+    assert!(verified.ok && verified.events_checked == 4);
     assert!(again.terminate().success());
 }
 
@@ -109,9 +110,17 @@ async fn second_workspace(url: &str, key: MasterKey) -> (EventLog, WorkspaceId, 
     config.poll_interval = Duration::from_millis(100);
     let log = EventLog::open(config).await.unwrap();
     let workspace = WorkspaceId(Uuid::now_v7());
-    let (request, token) = create_workspace(workspace, "second", Uuid::now_v7(), rand_secret(), "test");
-    log.append(request).await.unwrap();
-    (log, workspace, token)
+    let spec = NewWorkspace { name: "second".into(), industry: Industry::General, default_region: None };
+    let ids = BootstrapIds {
+        token_id: Uuid::now_v7(),
+        token_secret: rand_secret(),
+        source_id: Uuid::now_v7(),
+        key_id: Uuid::now_v7(),
+        key_secret: *Uuid::new_v4().as_bytes(),
+    };
+    let boot = bootstrap_workspace(workspace, &spec, SourceKind::Server, ids, "test").unwrap();
+    log.append(boot.request).await.unwrap();
+    (log, workspace, boot.admin_token)
 }
 
 fn rand_secret() -> [u8; 32] {
@@ -165,30 +174,30 @@ async fn an_admin_token_reads_only_its_own_workspace() {
     assert!(mine.iter().all(|e| e.workspace_id == second.to_string()));
     assert_eq!(
         mine.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
-        vec!["WorkspaceCreated", "AdminTokenIssued", "MessageAccepted"]
+        vec!["WorkspaceCreated", "AdminTokenIssued", "SourceCreated", "WriteKeyIssued", "MessageAccepted"]
     );
-    assert_eq!(mine[2].data_json, json!({ "type": "track", "event": "Second Only", "userId": "u1" }).to_string());
-    assert!(mine[2].sealed);
+    assert_eq!(mine[4].data_json, json!({ "type": "track", "event": "Second Only", "userId": "u1" }).to_string());
+    assert!(mine[4].sealed);
     let theirs = read(default_token).await;
-    assert_eq!(theirs.len(), 2, "the default workspace sees none of the second's events");
+    assert_eq!(theirs.len(), 4, "the default workspace sees none of the second's events");
 
     // Filters and ranges.
     let range = ReadEventsRequest {
-        start: Some(read_events_request::Start::FromPosition(4)),
-        end: Some(read_events_request::End::UntilPosition(5)),
+        start: Some(read_events_request::Start::FromPosition(8)),
+        end: Some(read_events_request::End::UntilPosition(9)),
         filter: Some(EventFilter { event_types: vec!["MessageAccepted".into()], stream_id: String::new() }),
     };
     let filtered = read_all(&mut audit, range, &second_token).await;
-    let at = mine[2].recorded_at.expect("recorded_at is set");
+    let at = mine[4].recorded_at.expect("recorded_at is set");
     let by_time = ReadEventsRequest {
         start: Some(read_events_request::Start::FromTime(at)),
         end: Some(read_events_request::End::UntilTime(at)),
         filter: None,
     };
     let same_moment = read_all(&mut audit, by_time, &second_token).await;
-    assert!(same_moment.iter().any(|e| e.position == mine[2].position), "a time range includes its ends");
-    assert!(same_moment.iter().all(|e| e.recorded_at == mine[2].recorded_at));
-    assert_eq!(filtered.iter().map(|e| e.position).collect::<Vec<_>>(), vec![5]);
+    assert!(same_moment.iter().any(|e| e.position == mine[4].position), "a time range includes its ends");
+    assert!(same_moment.iter().all(|e| e.recorded_at == mine[4].recorded_at));
+    assert_eq!(filtered.iter().map(|e| e.position).collect::<Vec<_>>(), vec![9]);
     let bad = audit
         .read_events(with_token(
             ReadEventsRequest {
@@ -209,22 +218,22 @@ async fn an_admin_token_reads_only_its_own_workspace() {
         .unwrap()
         .into_inner();
     let mut positions = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         positions.push(subscription.next().await.unwrap().unwrap().position);
     }
-    assert_eq!(positions, vec![3, 4, 5]);
+    assert_eq!(positions, vec![5, 6, 7, 8, 9]);
     log.append(track(WorkspaceId(Uuid::parse_str(server.workspace.as_deref().unwrap()).unwrap()), "Other Tenant"))
         .await
         .unwrap();
     log.append(track(second, "Live")).await.unwrap();
     let live = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(live.position, 7, "the other tenant's event at 6 is skipped");
+    assert_eq!(live.position, 11, "the other tenant's event at 10 is skipped");
     assert!(live.data_json.contains("Live"));
 
     // Shredding the subject erases its payloads for auditors too.
     log.shred(second, "u1").await.unwrap();
     let after = read(second_token).await;
-    assert!(after[2].erased && after[2].data_json.is_empty());
+    assert!(after[4].erased && after[4].data_json.is_empty());
     log.close().await;
     assert!(server.terminate().success());
 }
@@ -242,7 +251,7 @@ async fn verify_exits_zero_on_a_sound_log_and_one_naming_a_tampered_position() {
         .unwrap();
     assert_eq!(sound.status.code(), Some(0), "{}", String::from_utf8_lossy(&sound.stderr));
     let report: serde_json::Value = serde_json::from_slice(&sound.stdout).unwrap();
-    assert_eq!(report, json!({ "ok": true, "events_checked": 2 }));
+    assert_eq!(report, json!({ "ok": true, "events_checked": 4 }));
 
     let pool = sqlx::SqlitePool::connect(&sqlite_url(dir.path())).await.unwrap();
     sqlx::query("DROP TRIGGER events_reject_update").execute(&pool).await.unwrap();

@@ -1,7 +1,10 @@
 //! onepd's adapters: everything that touches the outside world.
 //!
 //! * [`store`] — the event log on SQLite and PostgreSQL;
-//! * [`grpc`] — the tonic services.
+//! * [`grpc`] — the tonic services;
+//! * [`http`] — the Segment-compatible HTTP API (axum);
+//! * [`ingest`] — the path every entrance takes into the log;
+//! * [`live`] — in-memory projections that follow the log.
 //!
 //! **Invariant:** the only crate (with the binary) that knows sqlx, tonic or
 //! a clock; the domain sees these only through its ports.
@@ -9,6 +12,9 @@
 #![warn(missing_docs)]
 
 pub mod grpc;
+pub mod http;
+pub mod ingest;
+pub mod live;
 pub mod store;
 
 pub use store::sealing::MasterKey;

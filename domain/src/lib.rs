@@ -9,6 +9,8 @@
 //! * [`events`] — the event types, past-tense facts, one module per area.
 //! * [`ports`] — the async traits the adapters implement ([`EventStore`],
 //!   [`Subscription`]) and their errors.
+//! * [`normalize`] — canonical forms of emails, phone numbers (E.164),
+//!   countries (ISO 3166-1 alpha-2) and names (NFC).
 //!
 //! **Invariant:** pure. No runtime, no database, no clock: time and ids come in
 //! as arguments.
@@ -18,6 +20,7 @@
 pub mod chain;
 pub mod envelope;
 pub mod events;
+pub mod normalize;
 pub mod ports;
 pub mod upcast;
 

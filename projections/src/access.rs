@@ -8,9 +8,6 @@ use onepd_domain::WorkspaceId;
 use onepd_domain::events::workspace::{AdminTokenIssued, AdminTokenRevoked, TokenScope};
 use uuid::Uuid;
 
-/// The event types this projection reads.
-pub const EVENT_TYPES: [&str; 2] = [AdminTokenIssued::TYPE, AdminTokenRevoked::TYPE];
-
 /// A valid token's grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -36,9 +33,10 @@ pub struct AdminTokens {
     hash_by_id: HashMap<Uuid, String>,
 }
 
-impl AdminTokens {
-    /// Folds one event in; events of other types are ignored.
-    pub fn apply(&mut self, event: &RecordedEvent) {
+impl crate::Fold for AdminTokens {
+    const EVENT_TYPES: &'static [&'static str] = &[AdminTokenIssued::TYPE, AdminTokenRevoked::TYPE];
+
+    fn apply(&mut self, event: &RecordedEvent) {
         let Some(data) = event.data.value() else { return };
         match event.event_type.as_str() {
             AdminTokenIssued::TYPE => {
@@ -63,7 +61,9 @@ impl AdminTokens {
             _ => {}
         }
     }
+}
 
+impl AdminTokens {
     /// The grant of the token whose SHA-256 is `token_sha256`, if valid.
     pub fn grant(&self, token_sha256: &str) -> Option<&Grant> {
         self.by_hash.get(token_sha256)
@@ -83,6 +83,7 @@ impl AdminTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Fold;
     use onepd_domain::{EventId, Payload, Position, StreamId, Timestamp};
     use serde_json::json;
 

@@ -7,3 +7,15 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod directory;
+
+use onepd_domain::RecordedEvent;
+
+/// A projection kept in memory: a fold over the events of a few types.
+pub trait Fold: Default + Send + Sync + 'static {
+    /// The event types it reads; others are never handed to it.
+    const EVENT_TYPES: &'static [&'static str];
+
+    /// Folds one event in.
+    fn apply(&mut self, event: &RecordedEvent);
+}

@@ -16,3 +16,11 @@ pub mod audit {
         tonic::include_proto!("onepd.audit.v1");
     }
 }
+
+/// `onepd.ingest.v1`: the gRPC ingest API, the Segment tracking spec typed.
+pub mod ingest {
+    /// Version 1 of the ingest protocol.
+    pub mod v1 {
+        tonic::include_proto!("onepd.ingest.v1");
+    }
+}

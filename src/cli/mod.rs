@@ -1,8 +1,14 @@
 //! The subcommands, one per file.
 
 mod bench;
+mod directory;
+mod key;
+mod plan;
+mod rejected;
 mod serve;
+mod source;
 mod verify;
+mod workspace;
 
 use std::process::ExitCode;
 
@@ -25,6 +31,21 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Walk the event log's hash chain and name the first position that does not hold.
     Verify(verify::VerifyArgs),
+    /// Create and list workspaces.
+    #[command(subcommand)]
+    Workspace(workspace::WorkspaceCommand),
+    /// Create and list a workspace's sources.
+    #[command(subcommand)]
+    Source(source::SourceCommand),
+    /// Issue, revoke and list write keys and admin tokens.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Set or show a workspace's tracking plan.
+    #[command(subcommand)]
+    Plan(plan::PlanCommand),
+    /// List rejected messages, or replay them once their cause is fixed.
+    #[command(subcommand)]
+    Rejected(rejected::RejectedCommand),
     /// Measure onepd against the raw limit of its database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -35,6 +56,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Workspace(command) => workspace::run(command).await,
+        Command::Source(command) => source::run(command).await,
+        Command::Key(command) => key::run(command).await,
+        Command::Plan(command) => plan::run(command).await,
+        Command::Rejected(command) => rejected::run(command).await,
         Command::Bench(command) => bench::run(command).await,
     }
 }

@@ -15,8 +15,9 @@ use axum::routing::get;
 use clap::Args;
 use onepd_adapters::EventLog;
 use onepd_adapters::grpc::auth::TokenRegistry;
-use onepd_commands::workspace::create_workspace;
-use onepd_domain::events::workspace::WorkspaceCreated;
+use onepd_adapters::ingest::{Ingest, IngestConfig, TrustedProxies};
+use onepd_commands::workspace::{Bootstrap, BootstrapIds, NewWorkspace, bootstrap_workspace};
+use onepd_domain::events::workspace::{Industry, SourceKind, WorkspaceCreated};
 use onepd_domain::{AppendError, EventFilter, EventStore, Position, WorkspaceId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,20 +33,46 @@ pub struct ServeArgs {
     /// Where the gRPC services listen.
     #[arg(long, env = "ONEPD_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
-    /// Where the HTTP API (`/healthz`, `/metrics`) listens.
+    /// Where the HTTP API (the Segment-compatible `/v1/…`, `/healthz`,
+    /// `/metrics`) listens.
     #[arg(long, env = "ONEPD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
+    /// Proxies (addresses or CIDR networks, comma-separated) whose
+    /// X-Forwarded-For names the client; from anyone else it is ignored.
+    #[arg(long, env = "ONEPD_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: TrustedProxies,
+    /// The most messages received but not yet committed; beyond it callers
+    /// get RESOURCE_EXHAUSTED / HTTP 429 with Retry-After.
+    #[arg(long, env = "ONEPD_MAX_IN_FLIGHT", default_value_t = 200_000)]
+    max_in_flight: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("info");
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("onepd_append_latency_seconds".into()),
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+        )
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("onepd_ingest_batch_size".into()),
+                &[1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0],
+            )
+        })
+        .context("configuring metrics")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let url = args.store.database_url();
     let log = super::open_log(&args.store, true).await?;
     let bootstrap = bootstrap(&log).await?;
     let tokens = TokenRegistry::follow(&log).await.context("loading admin tokens")?;
+    let ingest = Ingest::start(
+        log.clone(),
+        IngestConfig { max_in_flight: args.max_in_flight, trusted_proxies: args.trusted_proxies.clone() },
+    )
+    .await
+    .context("loading the workspace directory")?;
 
     let grpc_listener =
         TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
@@ -58,10 +85,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     output::line(format!("  database     {}", super::redact(&url)));
     output::line(format!("  grpc         {grpc_addr}"));
     output::line(format!("  http         {http_addr}"));
-    if let Some((workspace, token)) = bootstrap {
+    if let Some((workspace, boot)) = bootstrap {
         output::line(format!("created workspace \"default\" ({workspace})"));
-        output::line(format!("  admin token  {token}"));
-        output::line("  (shown once: only its hash is stored)");
+        output::line(format!("  http source  {}", boot.source_id));
+        output::line(format!("  write key    {}", boot.write_key));
+        output::line(format!("  admin token  {}", boot.admin_token));
+        output::line("  (shown once: only their hashes are stored)");
     }
     output::line("ready; stop with Ctrl-C or SIGTERM");
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "listening");
@@ -71,15 +100,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         grpc_listener,
         log.clone(),
         tokens,
+        ingest.clone(),
         stopping.clone(),
         wait_for(stopping.clone()),
     ));
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
-        .with_state(HttpState { log: log.clone(), metrics: Arc::new(metrics) });
-    let http =
-        tokio::spawn(axum::serve(http_listener, app).with_graceful_shutdown(wait_for(stopping.clone())).into_future());
+        .with_state(HttpState { log: log.clone(), metrics: Arc::new(metrics) })
+        .merge(onepd_adapters::http::router(ingest));
+    let http = tokio::spawn(
+        axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(wait_for(stopping.clone()))
+            .into_future(),
+    );
 
     let signal = shutdown_signal().await;
     tracing::info!(signal, "shutting down");
@@ -102,18 +136,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// On a store with no workspace, creates `default` with an admin token and
-/// returns them; the token is shown once and only its hash is stored.
-async fn bootstrap(log: &EventLog) -> anyhow::Result<Option<(WorkspaceId, String)>> {
+/// On a store with no workspace, creates `default` with an admin token and an
+/// `http` source with a write key, and returns them; they are shown once and
+/// only their hashes are stored.
+async fn bootstrap(log: &EventLog) -> anyhow::Result<Option<(WorkspaceId, Bootstrap)>> {
     let filter = EventFilter { event_types: vec![WorkspaceCreated::TYPE.into()], ..EventFilter::default() };
     let existing = log.read(Position(1), None, &filter, 1).await.context("looking for workspaces")?;
     if !existing.events.is_empty() {
         return Ok(None);
     }
     let workspace = WorkspaceId(Uuid::now_v7());
-    let (request, token) = create_workspace(workspace, "default", Uuid::now_v7(), rand::random(), "onepd serve");
-    match log.append(request).await {
-        Ok(_) => Ok(Some((workspace, token))),
+    let spec = NewWorkspace { name: "default".into(), industry: Industry::General, default_region: None };
+    let ids = BootstrapIds {
+        token_id: Uuid::now_v7(),
+        token_secret: rand::random(),
+        source_id: Uuid::now_v7(),
+        key_id: Uuid::now_v7(),
+        key_secret: rand::random(),
+    };
+    let boot = bootstrap_workspace(workspace, &spec, SourceKind::Http, ids, "onepd serve")?;
+    match log.append(boot.request.clone()).await {
+        Ok(_) => Ok(Some((workspace, boot))),
         // Another process created it first.
         Err(AppendError::WrongExpectedVersion { .. }) => Ok(None),
         Err(err) => Err(err).context("creating the default workspace"),

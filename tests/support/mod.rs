@@ -176,3 +176,33 @@ pub async fn read_all(
         .await
         .expect("ReadEvents streamed to the end")
 }
+
+/// Runs `onepd <args>` in `dir` (so it finds the server's `./data`) and
+/// returns its output.
+pub fn onepd(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .current_dir(dir)
+        .args(args)
+        .env_remove("ONEPD_DATABASE_URL")
+        .env_remove("ONEPD_MASTER_KEY")
+        .env("ONEPD_LOG", "warn")
+        .output()
+        .expect("run onepd")
+}
+
+/// Runs `onepd <args> --json` and parses its stdout, failing the test with
+/// stderr when it exits non-zero.
+pub fn onepd_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let output = onepd(dir, &with_json);
+    assert!(output.status.success(), "onepd {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!("onepd {args:?} printed no JSON ({err}): {}", String::from_utf8_lossy(&output.stdout))
+    })
+}
+
+/// A request carrying a write key.
+pub fn with_write_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    with_token(message, key)
+}

@@ -3,64 +3,29 @@
 //! looked up by their SHA-256 in the [`AdminTokens`] projection, which follows
 //! the log so tokens issued or revoked elsewhere take effect within moments.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use onepd_commands::workspace::token_sha256;
+use onepd_domain::StoreError;
 use onepd_domain::events::workspace::TokenScope;
-use onepd_domain::{EventFilter, EventStore, Position, StoreError};
-use onepd_projections::access::{AdminTokens, EVENT_TYPES, Grant};
+use onepd_projections::access::{AdminTokens, Grant};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::EventLog;
+use crate::live::Live;
 
 /// The valid admin tokens, kept current by a task that follows the log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TokenRegistry {
-    tokens: RwLock<AdminTokens>,
+    tokens: Arc<Live<AdminTokens>>,
 }
 
 impl TokenRegistry {
     /// Reads every token event up to the head, then follows the log in the
     /// background for new ones.
     pub async fn follow(log: &EventLog) -> Result<Arc<TokenRegistry>, StoreError> {
-        let registry = Arc::new(TokenRegistry::default());
-        let filter =
-            EventFilter { event_types: EVENT_TYPES.iter().map(|t| t.to_string()).collect(), ..EventFilter::default() };
-        let mut next = Position(1);
-        let head = log.head().await?;
-        while next <= head {
-            let page = log.read(next, Some(head), &filter, 1_000).await?;
-            registry.apply(&page.events);
-            next = page.next;
-        }
-        let mut subscription = log.subscribe(next, filter).await?;
-        let follower = Arc::downgrade(&registry);
-        tokio::spawn(async move {
-            loop {
-                let batch = match subscription.next_batch().await {
-                    Ok(batch) => batch,
-                    Err(err) => {
-                        // Tokens issued or revoked from here on are not seen
-                        // until this clears: make it loud and countable.
-                        tracing::error!(cause = %err, "admin token follower cannot read the log; retrying");
-                        metrics::counter!("onepd_admin_token_follower_errors_total").increment(1);
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let Some(registry) = follower.upgrade() else { return };
-                registry.apply(&batch);
-            }
-        });
-        Ok(registry)
-    }
-
-    fn apply(&self, events: &[onepd_domain::RecordedEvent]) {
-        let mut tokens = self.tokens.write().expect("token lock");
-        for event in events {
-            tokens.apply(event);
-        }
+        Ok(Arc::new(TokenRegistry { tokens: Live::follow(log, "admin_tokens").await? }))
     }
 
     /// Checks the request's token and that it allows `needed`.
@@ -75,8 +40,7 @@ impl TokenRegistry {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| Status::unauthenticated("authorization: expected \"Bearer <admin token>\""))?;
-        let tokens = self.tokens.read().expect("token lock");
-        let grant = tokens.grant(&token_sha256(token)).ok_or_else(|| {
+        let grant = self.tokens.read(|tokens| tokens.grant(&token_sha256(token)).cloned()).ok_or_else(|| {
             Status::unauthenticated("authorization: admin token not recognized (revoked or never issued)")
         })?;
         if !grant.allows(needed) {
@@ -84,6 +48,6 @@ impl TokenRegistry {
                 format!("authorization: this admin token lacks the {needed:?} scope").to_lowercase(),
             ));
         }
-        Ok(grant.clone())
+        Ok(grant)
     }
 }

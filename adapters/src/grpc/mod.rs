@@ -2,22 +2,27 @@
 //!
 //! * [`audit`] — `onepd.audit.v1.AuditService`: read, follow, verify the log;
 //! * [`auth`] — admin token checks shared by the services;
+//! * [`ingest`] — `onepd.ingest.v1.IngestService`: the gRPC ingest API;
 //! * the standard `grpc.health.v1.Health` and reflection services.
 
 pub mod audit;
 pub mod auth;
+pub mod ingest;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use onepd_proto::audit::v1::audit_service_server::AuditServiceServer;
+use onepd_proto::ingest::v1::ingest_service_server::IngestServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::EventLog;
+use crate::ingest::Ingest;
 use audit::AuditApi;
 use auth::TokenRegistry;
+use ingest::IngestApi;
 
 /// A failure to start or run the gRPC server.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +42,13 @@ pub async fn serve(
     listener: TcpListener,
     log: EventLog,
     tokens: Arc<TokenRegistry>,
+    ingest: Arc<Ingest>,
     stopping: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    health.set_serving::<IngestServiceServer<IngestApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -56,6 +63,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(AuditServiceServer::new(AuditApi::new(log, tokens, stopping)))
+        .add_service(IngestServiceServer::new(IngestApi::new(ingest)).max_decoding_message_size(64 * 1024 * 1024))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -88,3 +88,21 @@ impl MessageRejected {
     /// The most bytes of a raw payload kept: Segment's per-message limit.
     pub const RAW_LIMIT: usize = 32 * 1024;
 }
+
+/// A rejected message was run through the pipeline again (`onepd rejected
+/// replay`, after its cause was fixed) and is now stored as a
+/// `MessageAccepted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionReplayed {
+    /// The `MessageRejected` event replayed.
+    pub rejected_event_id: crate::EventId,
+    /// The `MessageAccepted` event it became.
+    pub accepted_event_id: crate::EventId,
+    /// Where that event is.
+    pub accepted_position: u64,
+}
+
+impl RejectionReplayed {
+    /// The stored event type.
+    pub const TYPE: &'static str = "RejectionReplayed";
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::Args;
 use onepd_adapters::store::backend::StoredRow;
 use onepd_adapters::{EventLog, MasterKey, StoreConfig};
 use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StreamId, WorkspaceId};
@@ -24,19 +24,9 @@ use serde_json::json;
 use sqlx::Executor;
 use uuid::Uuid;
 
+use super::Backend;
+use crate::cli::redact;
 use crate::output;
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Append rate of the event log against the raw insert rate of its database.
-    Append(AppendArgs),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 #[derive(Debug, Args)]
 pub struct AppendArgs {
@@ -69,13 +59,6 @@ pub struct AppendArgs {
 
 /// Events generated and appended per round.
 const ROUND: u64 = 500_000;
-
-pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    super::init_tracing("warn");
-    match command {
-        BenchCommand::Append(args) => append(args).await,
-    }
-}
 
 /// Where the two phases write, and how to clean up after them.
 struct Target {
@@ -111,9 +94,9 @@ impl Target {
                 let mut urls = Vec::new();
                 for name in &names {
                     urls.push(
-                        onepd_adapters::store::postgres::create_database(&args.postgres_url, name).await.with_context(
-                            || format!("creating database {name} on {}", super::redact(&args.postgres_url)),
-                        )?,
+                        onepd_adapters::store::postgres::create_database(&args.postgres_url, name)
+                            .await
+                            .with_context(|| format!("creating database {name} on {}", redact(&args.postgres_url)))?,
                     );
                 }
                 let [store_url, raw_url] = <[String; 2]>::try_from(urls).expect("two databases");
@@ -135,15 +118,12 @@ impl Target {
     }
 }
 
-async fn append(args: AppendArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: AppendArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.events > 0, "--events: expected at least 1, found 0");
     anyhow::ensure!(args.batch > 0, "--batch: expected at least 1, found 0");
     anyhow::ensure!(args.writers > 0, "--writers: expected at least 1, found 0");
     anyhow::ensure!(args.subjects > 0, "--subjects: expected at least 1, found 0");
-    let target = Target::create(&args).await?;
-    let result = measure(&args, &target).await;
-    target.remove().await;
-    let report = result?;
+    let report = measure_in_fresh_databases(&args).await?;
     if args.json {
         output::json(&report);
     } else {
@@ -171,6 +151,37 @@ async fn append(args: AppendArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The append reference `bench ingest` reports beside its own rate: the same
+/// backend, event count and batch size, with the default writers and subjects.
+pub(super) async fn reference(
+    backend: Backend,
+    events: u64,
+    batch: usize,
+    postgres_url: &str,
+    dir: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let args = AppendArgs {
+        backend,
+        events,
+        batch,
+        writers: 8,
+        subjects: 10_000,
+        postgres_url: postgres_url.to_owned(),
+        dir: dir.to_owned(),
+        json,
+    };
+    measure_in_fresh_databases(&args).await
+}
+
+/// Creates the two databases, measures, and removes them whatever the outcome.
+async fn measure_in_fresh_databases(args: &AppendArgs) -> anyhow::Result<serde_json::Value> {
+    let target = Target::create(args).await?;
+    let result = measure(args, &target).await;
+    target.remove().await;
+    result
 }
 
 async fn measure(args: &AppendArgs, target: &Target) -> anyhow::Result<serde_json::Value> {
@@ -239,7 +250,7 @@ async fn measure(args: &AppendArgs, target: &Target) -> anyhow::Result<serde_jso
     let store_rate = args.events as f64 / store_time.as_secs_f64();
     let raw_rate = args.events as f64 / raw_time.as_secs_f64();
     Ok(json!({
-        "backend": match args.backend { Backend::Sqlite => "sqlite", Backend::Postgres => "postgres" },
+        "backend": args.backend.name(),
         "events": args.events,
         "batch": args.batch,
         "writers": args.writers,

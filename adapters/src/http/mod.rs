@@ -1,0 +1,222 @@
+//! The Segment-compatible HTTP tracking API (axum).
+//!
+//! `POST /v1/track|identify|page|screen|group|alias|batch|import`, with the
+//! write key as the HTTP Basic user name (or `writeKey` in the body), answered
+//! `{"success": true}` once every message is committed. Errors are JSON:
+//! `{"success": false, "code", "message", "field"}` (the shape the Segment
+//! SDKs read an error's text from) with 400 for a
+//! body that cannot be read, 401 for a missing, unknown or revoked key, 429
+//! with `Retry-After` when ingest is at capacity, 500 (with a request id, the
+//! cause logged) when the store fails.
+//!
+//! Messages the pipeline rejects are recorded as `MessageRejected` events, so
+//! a batch still answers 200, listing them under `rejected`; a single-message
+//! call answers 400 with the reasons.
+
+pub mod body;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tower_http::cors::{Any, CorsLayer};
+use uuid::Uuid;
+
+use crate::ingest::{Caller, Ingest, IngestError, MAX_BATCH_BYTES, Outcome};
+use body::{BodyError, Endpoint};
+
+/// The tracking API's routes, to merge into the server's router. The router
+/// must be served with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(ingest: Arc<Ingest>) -> axum::Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        .max_age(std::time::Duration::from_secs(86_400));
+    axum::Router::new()
+        .route("/v1/{endpoint}", post(track_api))
+        // Compressed bodies are checked against the limit after inflating;
+        // this bounds what is read off the socket.
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES + 64 * 1024))
+        .layer(cors)
+        .with_state(ingest)
+}
+
+async fn track_api(
+    State(ingest): State<Arc<Ingest>>,
+    Path(endpoint): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let request_id = Uuid::now_v7().to_string();
+    let handled = match body {
+        Ok(body) => handle(&ingest, &endpoint, peer, &headers, &body, &request_id).await,
+        // Bodies over the read limit answer like every other oversize body.
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::Body(BodyError::BatchTooLarge))
+        }
+        Err(rejection) => Err(ApiError::Body(BodyError::Malformed {
+            field: "body".into(),
+            message: format!("expected a readable body, found an error ({})", rejection.body_text()),
+        })),
+    };
+    let mut response = match handled {
+        Ok(response) => response,
+        Err(err) => err.into_response_with(&request_id),
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn handle(
+    ingest: &Ingest,
+    endpoint: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let endpoint = Endpoint::of(endpoint).ok_or_else(|| ApiError::NotFound(endpoint.to_owned()))?;
+    let basic_key = basic_user(headers);
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|value| value.to_str().ok());
+    let decoded = body::decode(endpoint, encoding, body)?;
+    let write_key = basic_key.or(decoded.write_key).unwrap_or_default();
+    let grant = ingest.authenticate(&write_key)?;
+    let _admission = ingest.try_admit(decoded.messages.len())?;
+    let peer_ip = peer.ip();
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok());
+    let caller = Caller {
+        peer_ip: Some(peer_ip),
+        forwarded_ip: ingest.trusted_proxies().client_ip(Some(peer_ip), forwarded),
+        request_id: request_id.to_owned(),
+        received_at: None,
+    };
+    let results = ingest.ingest(grant, &caller, decoded.messages).await?;
+    let rejected: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(index, result)| match &result.outcome {
+            Outcome::Rejected { reasons, .. } => Some(json!({
+                "index": index,
+                "messageId": result.message_id,
+                "reasons": reasons,
+            })),
+            _ => None,
+        })
+        .collect();
+    if rejected.is_empty() {
+        return Ok((StatusCode::OK, Json(json!({ "success": true }))).into_response());
+    }
+    if let Endpoint::Single(_) = endpoint {
+        let reasons = &rejected[0]["reasons"];
+        let message = reasons[0]["message"].as_str().unwrap_or("message rejected").to_owned();
+        let field = reasons[0]["field"].as_str().unwrap_or_default().to_owned();
+        let body = json!({
+            "success": false,
+            "code": "invalid_message",
+            "message": message,
+            "field": field,
+            "reasons": reasons,
+        });
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+    Ok((StatusCode::OK, Json(json!({ "success": true, "rejected": rejected }))).into_response())
+}
+
+/// The user name of an HTTP Basic `Authorization` header: Segment's way of
+/// sending the write key.
+fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// Why a request failed as a whole.
+#[derive(Debug)]
+enum ApiError {
+    NotFound(String),
+    Body(BodyError),
+    Ingest(IngestError),
+}
+
+impl From<BodyError> for ApiError {
+    fn from(err: BodyError) -> ApiError {
+        ApiError::Body(err)
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(err: IngestError) -> ApiError {
+        ApiError::Ingest(err)
+    }
+}
+
+impl ApiError {
+    fn into_response_with(self, request_id: &str) -> Response {
+        let error = |status: StatusCode, code: &str, message: String, field: String| {
+            (status, Json(json!({ "success": false, "code": code, "message": message, "field": field })))
+                .into_response()
+        };
+        match self {
+            ApiError::NotFound(endpoint) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "path: expected /v1/track, identify, page, screen, group, alias, batch or import, found /v1/{endpoint}"
+                ),
+                "path".into(),
+            ),
+            ApiError::Body(err) => {
+                let status = match err {
+                    BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                error(status, err.code(), err.to_string(), err.field())
+            }
+            ApiError::Ingest(IngestError::Unauthenticated(message)) => {
+                let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message, "writeKey".into());
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"onepd\""));
+                response
+            }
+            ApiError::Ingest(err @ IngestError::Overloaded { retry_after, .. }) => {
+                let mut response = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", err.to_string(), String::new());
+                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+            ApiError::Ingest(IngestError::Invalid(message)) => {
+                error(StatusCode::BAD_REQUEST, "invalid_request", message, String::new())
+            }
+            ApiError::Ingest(err) => {
+                tracing::error!(request_id, cause = %err, "ingest failed");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!(
+                        "onepd could not store the request; nothing was acknowledged, retry it (request id {request_id})"
+                    ),
+                    String::new(),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! Ingest: the one path every entrance (gRPC, the Segment-compatible HTTP API)
+//! takes into the log.
+//!
+//! authenticate the write key → run each message through the pipeline in
+//! `onepd-commands` → append the batch's events (accepted and rejected alike)
+//! in one request to the source's stream → one result per message.
+//!
+//! **Back-pressure:** a semaphore bounds the messages in flight. An entrance
+//! that cannot wait (a unary call, an HTTP request) is refused with
+//! [`IngestError::Overloaded`] when it is full, which becomes
+//! `RESOURCE_EXHAUSTED` / HTTP 429 with Retry-After, instead of memory growing
+//! without bound; the streaming call waits instead, which pushes back on the
+//! producer through HTTP/2 flow control.
+//!
+//! **Acknowledged means committed:** results are returned only after the
+//! append has committed.
+
+pub mod proxies;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use onepd_commands::ingest::{Decision, Pipeline, Received, TrackingPlan, WorkspaceSettings};
+use onepd_commands::workspace::token_sha256;
+use onepd_domain::events::message::Violation;
+use onepd_domain::events::workspace::source_stream;
+use onepd_domain::{
+    AppendError, AppendOutcome, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError,
+    Timestamp, WorkspaceId,
+};
+use onepd_projections::directory::{Directory, WriteGrant};
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use crate::EventLog;
+use crate::live::Live;
+
+pub use proxies::TrustedProxies;
+
+/// The most messages one batch may hold.
+pub const MAX_BATCH_MESSAGES: usize = 10_000;
+
+/// Segment's limit on one message, as JSON.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+
+/// Segment's limit on one batch request, as JSON.
+pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+
+/// How an ingest call failed as a whole. Per-message problems are not errors:
+/// they are [`Outcome::Rejected`] results.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No write key, or one that is unknown or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Too many messages are in flight; retry after the given time.
+    #[error("ingest is at capacity ({in_flight} messages in flight); retry in {} s", retry_after.as_secs())]
+    Overloaded {
+        /// The limit that was reached.
+        in_flight: usize,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// The request is malformed as a whole (too many messages, …).
+    #[error("{0}")]
+    Invalid(String),
+    /// The workspace's configuration cannot be used (a tracking plan that no
+    /// longer compiles).
+    #[error("workspace configuration: {0}")]
+    Configuration(String),
+    /// The store failed; nothing is acknowledged. Retrying is safe: messages
+    /// already stored come back as duplicates.
+    #[error("the event log failed: {0}")]
+    Store(#[from] StoreError),
+    /// The store refused the append for a reason ingest cannot resolve.
+    #[error("the event log refused the batch: {0}")]
+    Append(AppendError),
+}
+
+/// Who sent a request and from where.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The connection's peer.
+    pub peer_ip: Option<IpAddr>,
+    /// The client address reported by a trusted proxy.
+    pub forwarded_ip: Option<IpAddr>,
+    /// The request's id.
+    pub request_id: String,
+    /// When the messages were first received, for a replay; `None` means now.
+    pub received_at: Option<Timestamp>,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored as a new `MessageAccepted` at `position`.
+    Accepted {
+        /// Its position.
+        position: Position,
+    },
+    /// A retry: the same message was stored before, at `position`.
+    Duplicate {
+        /// The original position.
+        position: Position,
+    },
+    /// Refused; the `MessageRejected` recording it is at `position`.
+    Rejected {
+        /// Every rule broken.
+        reasons: Vec<Violation>,
+        /// Where the rejection is recorded.
+        position: Position,
+    },
+}
+
+/// One message's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageResult {
+    /// The message's id (generated when the client sent none); `None` for a
+    /// rejected message whose id could not be read.
+    pub message_id: Option<String>,
+    /// The event's id.
+    pub event_id: EventId,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+impl MessageResult {
+    /// The metrics label of the outcome.
+    pub fn label(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// How ingest is tuned.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// The most messages in flight (received, not yet committed) at once.
+    pub max_in_flight: usize,
+    /// Which peers may report the client's address in X-Forwarded-For.
+    pub trusted_proxies: TrustedProxies,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig { max_in_flight: 200_000, trusted_proxies: TrustedProxies::default() }
+    }
+}
+
+/// The ingest service shared by every entrance.
+pub struct Ingest {
+    log: EventLog,
+    directory: Arc<Live<Directory>>,
+    pipeline: Pipeline,
+    settings: Mutex<HashMap<WorkspaceId, (u64, Arc<WorkspaceSettings>)>>,
+    in_flight: Arc<Semaphore>,
+    config: IngestConfig,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("available", &self.in_flight.available_permits())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Permission to have some messages in flight; released when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Ingest {
+    /// Starts ingest over `log`, following the workspace directory.
+    pub async fn start(log: EventLog, config: IngestConfig) -> Result<Arc<Ingest>, StoreError> {
+        let directory = Live::follow(&log, "directory").await?;
+        Ok(Arc::new(Ingest {
+            log,
+            directory,
+            pipeline: Pipeline::new(),
+            settings: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+        }))
+    }
+
+    /// The directory of workspaces and sources ingest follows.
+    pub fn directory(&self) -> &Arc<Live<Directory>> {
+        &self.directory
+    }
+
+    /// Which proxies are trusted to report client addresses.
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.config.trusted_proxies
+    }
+
+    /// What `write_key` writes to.
+    pub fn authenticate(&self, write_key: &str) -> Result<WriteGrant, IngestError> {
+        let write_key = write_key.trim();
+        if write_key.is_empty() {
+            return Err(IngestError::Unauthenticated("write key: expected a write key, found none".into()));
+        }
+        self.directory
+            .read(|directory| directory.write_grant(&token_sha256(write_key)))
+            .ok_or_else(|| IngestError::Unauthenticated("write key: not recognized (revoked or never issued)".into()))
+    }
+
+    /// Admits `messages` messages now, or refuses with
+    /// [`IngestError::Overloaded`].
+    pub fn try_admit(&self, messages: usize) -> Result<Admission, IngestError> {
+        if messages == 0 {
+            return Ok(Admission { _permit: None });
+        }
+        let count = self.permits(messages)?;
+        let permit = self.in_flight.clone().try_acquire_many_owned(count).map_err(|_| {
+            metrics::counter!("onepd_ingest_overloaded_total").increment(1);
+            IngestError::Overloaded { in_flight: self.config.max_in_flight, retry_after: Duration::from_secs(1) }
+        })?;
+        Ok(Admission { _permit: Some(permit) })
+    }
+
+    /// A request larger than the whole allowance could never be admitted.
+    fn permits(&self, messages: usize) -> Result<u32, IngestError> {
+        match u32::try_from(messages) {
+            Ok(count) if messages <= self.config.max_in_flight => Ok(count),
+            _ => Err(IngestError::Invalid(format!(
+                "batch: expected at most {} messages (the server's in-flight limit), found {messages}",
+                self.config.max_in_flight
+            ))),
+        }
+    }
+
+    /// Admits `messages` messages, waiting for room.
+    pub async fn admit(&self, messages: usize) -> Result<Admission, IngestError> {
+        if messages == 0 {
+            return Ok(Admission { _permit: None });
+        }
+        let count = self.permits(messages)?;
+        let permit = self.in_flight.clone().acquire_many_owned(count).await.expect("the semaphore is never closed");
+        Ok(Admission { _permit: Some(permit) })
+    }
+
+    /// Runs `messages` (Segment-spec JSON, `type` set) through the pipeline
+    /// and appends them; one result per message, in order. Call with an
+    /// [`Admission`] held.
+    pub async fn ingest(
+        &self,
+        grant: WriteGrant,
+        caller: &Caller,
+        messages: Vec<Value>,
+    ) -> Result<Vec<MessageResult>, IngestError> {
+        if messages.len() > MAX_BATCH_MESSAGES {
+            return Err(IngestError::Invalid(format!(
+                "batch: expected at most {MAX_BATCH_MESSAGES} messages, found {}",
+                messages.len()
+            )));
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let source = grant.source_id.to_string();
+        metrics::histogram!("onepd_ingest_batch_size").record(messages.len() as f64);
+        metrics::counter!("onepd_ingest_messages_received_total", "source" => source.clone())
+            .increment(messages.len() as u64);
+        let settings = self.settings(grant.workspace)?;
+        let received = Received {
+            at: caller.received_at.unwrap_or_else(now),
+            source_id: grant.source_id,
+            peer_ip: caller.peer_ip,
+            forwarded_ip: caller.forwarded_ip,
+            request_id: caller.request_id.clone(),
+        };
+        let decisions: Vec<Decision> = messages
+            .into_iter()
+            .map(|message| self.pipeline.process(&settings, &received, message, || Uuid::now_v7().to_string()))
+            .collect();
+
+        // A message sent twice in one batch is stored once; the second copy
+        // is reported as a duplicate of the first.
+        let mut first_index: HashMap<EventId, usize> = HashMap::with_capacity(decisions.len());
+        let mut copy_of = vec![None; decisions.len()];
+        let mut events = Vec::with_capacity(decisions.len());
+        let mut event_index = Vec::with_capacity(decisions.len());
+        for (index, decision) in decisions.iter().enumerate() {
+            match first_index.get(&decision.event_id()) {
+                Some(&first) => copy_of[index] = Some(first),
+                None => {
+                    first_index.insert(decision.event_id(), index);
+                    event_index.push(index);
+                    events.push(decision.event().clone());
+                }
+            }
+        }
+        let started = Instant::now();
+        let stored = self.append_each(grant.source_id, events).await?;
+        metrics::histogram!("onepd_append_latency_seconds").record(started.elapsed().as_secs_f64());
+
+        let mut placed: Vec<Option<(Position, bool)>> = vec![None; decisions.len()];
+        for (slot, (position, duplicate)) in event_index.into_iter().zip(stored) {
+            placed[slot] = Some((position, duplicate));
+        }
+        let results: Vec<MessageResult> = decisions
+            .into_iter()
+            .enumerate()
+            .map(|(index, decision)| {
+                let (position, duplicate) = match copy_of[index] {
+                    Some(first) => (placed[first].expect("every first copy was appended").0, true),
+                    None => placed[index].expect("every first copy was appended"),
+                };
+                match decision {
+                    Decision::Accepted { event, message_id } => MessageResult {
+                        message_id: Some(message_id),
+                        event_id: event.event_id,
+                        outcome: if duplicate {
+                            Outcome::Duplicate { position }
+                        } else {
+                            Outcome::Accepted { position }
+                        },
+                    },
+                    Decision::Rejected { event, reasons } => MessageResult {
+                        message_id: event.data.get("message_id").and_then(Value::as_str).map(str::to_owned),
+                        event_id: event.event_id,
+                        outcome: Outcome::Rejected { reasons, position },
+                    },
+                }
+            })
+            .collect();
+        for result in &results {
+            let counter = match &result.outcome {
+                Outcome::Rejected { reasons, .. } => metrics::counter!(
+                    "onepd_ingest_messages_total",
+                    "source" => source.clone(),
+                    "outcome" => "rejected",
+                    "reason" => reasons.first().map(|r| r.rule.clone()).unwrap_or_default()
+                ),
+                _ => metrics::counter!(
+                    "onepd_ingest_messages_total",
+                    "source" => source.clone(),
+                    "outcome" => result.label(),
+                    "reason" => ""
+                ),
+            };
+            counter.increment(1);
+        }
+        Ok(results)
+    }
+
+    /// Appends `events` to the source's stream and returns, per event, its
+    /// position and whether it was stored before. A batch of which only some
+    /// events are stored is split: the stored ones are looked up one by one
+    /// (each reports its original position) and the rest appended together.
+    async fn append_each(&self, source: Uuid, events: Vec<NewEvent>) -> Result<Vec<(Position, bool)>, IngestError> {
+        let stream = source_stream(source);
+        let request = AppendRequest { stream_id: stream.clone(), expected: ExpectedVersion::Any, events };
+        let events = match self.log.append(request.clone()).await {
+            Ok(AppendOutcome { positions, duplicate, .. }) => {
+                return Ok(positions.into_iter().map(|position| (position, duplicate)).collect());
+            }
+            Err(AppendError::PartiallyStored { .. }) => request.events,
+            Err(AppendError::Store(err)) => return Err(IngestError::Store(err)),
+            Err(err) => return Err(IngestError::Append(err)),
+        };
+        // Rare: a client resent part of an earlier batch. Append each event
+        // alone; the store answers a stored one with its original position.
+        let appends = events.into_iter().map(|event| {
+            let request =
+                AppendRequest { stream_id: stream.clone(), expected: ExpectedVersion::Any, events: vec![event] };
+            async move { self.log.append(request).await }
+        });
+        let mut placed = Vec::new();
+        for outcome in futures::future::join_all(appends).await {
+            match outcome {
+                Ok(outcome) => placed.push((outcome.positions[0], outcome.duplicate)),
+                Err(AppendError::Store(err)) => return Err(IngestError::Store(err)),
+                Err(err) => return Err(IngestError::Append(err)),
+            }
+        }
+        Ok(placed)
+    }
+
+    /// The pipeline settings of `workspace`, compiled once per configuration
+    /// change.
+    fn settings(&self, workspace: WorkspaceId) -> Result<Arc<WorkspaceSettings>, IngestError> {
+        let entry = self
+            .directory
+            .read(|directory| directory.workspace(workspace).cloned())
+            .ok_or_else(|| IngestError::Configuration(format!("workspace {workspace}: not found")))?;
+        let mut cache = self.settings.lock().expect("settings lock");
+        if let Some((version, settings)) = cache.get(&workspace)
+            && *version == entry.settings_version
+        {
+            return Ok(settings.clone());
+        }
+        let plan = match &entry.plan {
+            Some((mode, plan)) => Some(Arc::new(
+                TrackingPlan::compile(*mode, plan).map_err(|err| IngestError::Configuration(err.to_string()))?,
+            )),
+            None => None,
+        };
+        let settings = Arc::new(WorkspaceSettings {
+            workspace,
+            industry: entry.industry,
+            default_region: entry.default_region.clone(),
+            plan,
+        });
+        cache.insert(workspace, (entry.settings_version, settings.clone()));
+        Ok(settings)
+    }
+}
+
+/// The wall clock, in the log's microseconds.
+pub fn now() -> Timestamp {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp(since.as_micros() as i64)
+}

@@ -1,0 +1,285 @@
+//! Enrichment: what onepd derives from how and when a message arrived.
+//!
+//! * `receivedAt`: when onepd received the message.
+//! * Timestamps: `timestamp`, `originalTimestamp` and `sentAt` are read as
+//!   RFC 3339 / ISO 8601 (with `Z` or an offset, with or without fractional
+//!   seconds) and stored as RFC 3339 UTC with milliseconds
+//!   (`2026-11-29T04:22:59.123Z`). `timestamp` is corrected for the client's
+//!   clock skew, as Segment does: with `original` = `originalTimestamp` if
+//!   present else `timestamp`, `timestamp = receivedAt − (sentAt − original)`
+//!   when both are known, else `original`, else `receivedAt`.
+//! * The client IP: `context.ip` when it is an IP address, else the address a
+//!   trusted proxy forwarded, else the connection's peer.
+//!
+//! **Invariants:** a timestamp that cannot be read is a fatal violation (rule
+//! `timestamp`), found by [`check_timestamps`] before anything is changed; an
+//! unreadable `context.ip` is not fatal (rule `ip`) and is replaced.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use onepd_domain::Timestamp;
+use onepd_domain::events::message::Violation;
+use serde_json::{Map, Value};
+
+use super::Received;
+use super::shape::describe;
+
+/// The timestamps a message carried, read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SentTimes {
+    /// `timestamp`, when sent.
+    pub timestamp: Option<Timestamp>,
+    /// `originalTimestamp`, when sent.
+    pub original_timestamp: Option<Timestamp>,
+    /// `sentAt`, when sent.
+    pub sent_at: Option<Timestamp>,
+}
+
+impl SentTimes {
+    /// When the event happened by the client's clock: `originalTimestamp`,
+    /// else `timestamp`.
+    pub fn original(&self) -> Option<Timestamp> {
+        self.original_timestamp.or(self.timestamp)
+    }
+
+    /// The event's time corrected for the client's clock skew (Segment's rule).
+    pub fn corrected(&self, received_at: Timestamp) -> Timestamp {
+        match (self.original(), self.sent_at) {
+            (Some(original), Some(sent_at)) => {
+                Timestamp(received_at.0.saturating_sub(sent_at.0.saturating_sub(original.0)))
+            }
+            (Some(original), None) => original,
+            (None, _) => received_at,
+        }
+    }
+}
+
+/// Reads the message's timestamps, or returns a violation for each one that
+/// is present (not `null`) but not RFC 3339.
+pub fn check_timestamps(message: &Map<String, Value>) -> Result<SentTimes, Vec<Violation>> {
+    let mut violations = Vec::new();
+    let mut read = |field: &str| match message.get(field) {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let at = value.as_str().and_then(parse_timestamp);
+            if at.is_none() {
+                violations.push(Violation::new(
+                    field,
+                    "timestamp",
+                    format!("{field}: expected RFC 3339, found {}", describe(value)),
+                ));
+            }
+            at
+        }
+    };
+    let times = SentTimes {
+        timestamp: read("timestamp"),
+        original_timestamp: read("originalTimestamp"),
+        sent_at: read("sentAt"),
+    };
+    if violations.is_empty() { Ok(times) } else { Err(violations) }
+}
+
+/// Adds `receivedAt`, the corrected `timestamp`, `originalTimestamp`, `sentAt`
+/// and `context.ip` to `message`, and `clockSkewMs`, `ip` and `ipSource` to
+/// `enrichment`. An unreadable `context.ip` is recorded in `violations` and
+/// its value in `originals`.
+pub fn apply(
+    message: &mut Map<String, Value>,
+    enrichment: &mut Map<String, Value>,
+    originals: &mut Map<String, Value>,
+    violations: &mut Vec<Violation>,
+    received: &Received,
+    times: SentTimes,
+) {
+    message.insert("receivedAt".to_owned(), Value::String(format_timestamp(received.at)));
+    message.insert("timestamp".to_owned(), Value::String(format_timestamp(times.corrected(received.at))));
+    match times.original() {
+        Some(original) => message.insert("originalTimestamp".to_owned(), Value::String(format_timestamp(original))),
+        None => message.remove("originalTimestamp"),
+    };
+    if let Some(sent_at) = times.sent_at {
+        message.insert("sentAt".to_owned(), Value::String(format_timestamp(sent_at)));
+        let skew_ms = sent_at.0.saturating_sub(received.at.0) / 1_000;
+        enrichment.insert("clockSkewMs".to_owned(), Value::from(skew_ms));
+    }
+    resolve_ip(message, enrichment, originals, violations, received);
+}
+
+/// Picks the client IP and writes it to `context.ip`.
+fn resolve_ip(
+    message: &mut Map<String, Value>,
+    enrichment: &mut Map<String, Value>,
+    originals: &mut Map<String, Value>,
+    violations: &mut Vec<Violation>,
+    received: &Received,
+) {
+    let sent = message.get("context").and_then(|context| context.get("ip")).filter(|ip| !ip.is_null());
+    let from_context = sent.and_then(Value::as_str).and_then(|text| text.trim().parse::<IpAddr>().ok());
+    if let (Some(sent), None) = (sent, from_context) {
+        violations.push(Violation::new(
+            "context.ip",
+            "ip",
+            format!("context.ip: expected an IP address, found {}", describe(sent)),
+        ));
+    }
+    let resolved = from_context
+        .map(|ip| (ip, "context"))
+        .or(received.forwarded_ip.map(|ip| (ip, "forwarded")))
+        .or(received.peer_ip.map(|ip| (ip, "peer")));
+    let Some((ip, source)) = resolved else {
+        // Nothing better is known: an unreadable value is still not stored.
+        if let Some(Value::Object(context)) = message.get_mut("context")
+            && let Some(sent) = context.remove("ip")
+            && !sent.is_null()
+        {
+            originals.insert("context.ip".to_owned(), sent);
+        }
+        return;
+    };
+    let text = ip.to_string();
+    let context = message.entry("context").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(context) = context {
+        let previous = context.insert("ip".to_owned(), Value::String(text.clone()));
+        if let Some(previous) = previous
+            && !previous.is_null()
+            && previous.as_str() != Some(text.as_str())
+        {
+            originals.insert("context.ip".to_owned(), previous);
+        }
+    }
+    enrichment.insert("ip".to_owned(), Value::String(text));
+    enrichment.insert("ipSource".to_owned(), Value::from(source));
+}
+
+/// Reads an RFC 3339 / ISO 8601 timestamp with `Z` or an offset; fractional
+/// seconds are optional, and `+hhmm` offsets are accepted too.
+pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
+        .ok()?;
+    Some(Timestamp(parsed.timestamp_micros()))
+}
+
+/// Formats a timestamp as stored: RFC 3339 UTC with milliseconds
+/// (`2026-11-29T04:22:59.123Z`).
+pub fn format_timestamp(at: Timestamp) -> String {
+    match DateTime::<Utc>::from_timestamp_micros(at.0) {
+        Some(at) => at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        // Out of chrono's range (±262,000 years): only reachable through
+        // absurd skew arithmetic; the epoch is an honest "unknown".
+        None => DateTime::<Utc>::UNIX_EPOCH.to_rfc3339_opts(SecondsFormat::Millis, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn received(at: &str) -> Received {
+        Received {
+            at: parse_timestamp(at).unwrap(),
+            source_id: Uuid::nil(),
+            peer_ip: Some("10.0.0.1".parse().unwrap()),
+            forwarded_ip: None,
+            request_id: "r1".into(),
+        }
+    }
+
+    /// The message, enrichment and originals after enrichment, and the violations.
+    type Enriched = (Map<String, Value>, Map<String, Value>, Map<String, Value>, Vec<Violation>);
+
+    fn enrich(message: Value, received: &Received) -> Enriched {
+        let mut message = message.as_object().cloned().unwrap();
+        let times = check_timestamps(&message).unwrap();
+        let (mut enrichment, mut originals, mut violations) = (Map::new(), Map::new(), Vec::new());
+        apply(&mut message, &mut enrichment, &mut originals, &mut violations, received, times);
+        (message, enrichment, originals, violations)
+    }
+
+    #[test]
+    fn timestamps_are_stored_as_utc_with_milliseconds() {
+        assert_eq!(
+            format_timestamp(parse_timestamp("2026-11-29T05:22:59.123456+01:00").unwrap()),
+            "2026-11-29T04:22:59.123Z"
+        );
+        assert_eq!(format_timestamp(parse_timestamp("2026-11-29T04:22:59Z").unwrap()), "2026-11-29T04:22:59.000Z");
+        assert_eq!(format_timestamp(parse_timestamp("2026-11-29T04:22:59+0000").unwrap()), "2026-11-29T04:22:59.000Z");
+    }
+
+    #[test]
+    fn a_timestamp_that_is_not_rfc3339_is_named() {
+        let message = json!({"timestamp": "yesterday", "sentAt": 5});
+        let violations = check_timestamps(message.as_object().unwrap()).unwrap_err();
+        assert_eq!(
+            violations,
+            vec![
+                Violation::new("timestamp", "timestamp", r#"timestamp: expected RFC 3339, found "yesterday""#),
+                Violation::new("sentAt", "timestamp", "sentAt: expected RFC 3339, found 5"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_clock_ten_seconds_fast_is_corrected() {
+        let received = received("2026-11-29T04:00:00.000Z");
+        let (message, enrichment, _, _) =
+            enrich(json!({"timestamp": "2026-11-29T03:59:55.000Z", "sentAt": "2026-11-29T04:00:10.000Z"}), &received);
+        assert_eq!(message["timestamp"], "2026-11-29T03:59:45.000Z");
+        assert_eq!(message["originalTimestamp"], "2026-11-29T03:59:55.000Z");
+        assert_eq!(message["receivedAt"], "2026-11-29T04:00:00.000Z");
+        assert_eq!(enrichment["clockSkewMs"], 10_000);
+    }
+
+    #[test]
+    fn original_timestamp_wins_over_timestamp() {
+        let times = SentTimes { timestamp: Some(Timestamp(1)), original_timestamp: Some(Timestamp(2)), sent_at: None };
+        assert_eq!(times.corrected(Timestamp(99)), Timestamp(2));
+    }
+
+    #[test]
+    fn without_timestamps_the_receive_time_is_used() {
+        let received = received("2026-11-29T04:22:59.123Z");
+        let (message, enrichment, _, _) = enrich(json!({}), &received);
+        assert_eq!(message["timestamp"], "2026-11-29T04:22:59.123Z");
+        assert!(message.get("originalTimestamp").is_none());
+        assert!(enrichment.get("clockSkewMs").is_none());
+    }
+
+    #[test]
+    fn the_ip_in_the_context_wins() {
+        let (message, enrichment, _, violations) =
+            enrich(json!({"context": {"ip": "203.0.113.9"}}), &received("2026-01-01T00:00:00Z"));
+        assert_eq!(message["context"]["ip"], "203.0.113.9");
+        assert_eq!(enrichment["ipSource"], "context");
+        assert!(violations.is_empty());
+    }
+
+    #[test]
+    fn a_forwarded_ip_wins_over_the_peer() {
+        let mut received = received("2026-01-01T00:00:00Z");
+        received.forwarded_ip = Some("198.51.100.7".parse().unwrap());
+        let (message, enrichment, _, _) = enrich(json!({}), &received);
+        assert_eq!(message["context"]["ip"], "198.51.100.7");
+        assert_eq!(enrichment["ip"], "198.51.100.7");
+        assert_eq!(enrichment["ipSource"], "forwarded");
+    }
+
+    #[test]
+    fn an_unreadable_context_ip_is_replaced_by_the_peer() {
+        let (message, enrichment, originals, violations) =
+            enrich(json!({"context": {"ip": "localhost"}}), &received("2026-01-01T00:00:00Z"));
+        assert_eq!(message["context"]["ip"], "10.0.0.1");
+        assert_eq!(enrichment["ipSource"], "peer");
+        assert_eq!(originals["context.ip"], "localhost");
+        assert_eq!(
+            violations,
+            vec![Violation::new("context.ip", "ip", r#"context.ip: expected an IP address, found "localhost""#)]
+        );
+    }
+}

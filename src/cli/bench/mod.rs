@@ -1,0 +1,47 @@
+//! `onepd bench`: measurements of onepd against the limits below it, one
+//! benchmark per file.
+//!
+//! * `append` ([`append`]): the event log's append rate beside the raw insert
+//!   rate of the same database.
+//! * `ingest` ([`ingest`]): the running server's ingest rate through its real
+//!   gRPC or HTTP API, beside `append` measured in the same run.
+
+mod append;
+mod ingest;
+
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Append rate of the event log against the raw insert rate of its database.
+    Append(append::AppendArgs),
+    /// Ingest rate of a running server through its gRPC or HTTP API, with
+    /// durable acknowledgements, against the append rate of the same run.
+    Ingest(ingest::IngestArgs),
+}
+
+/// The database a benchmark runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    super::init_tracing("warn");
+    match command {
+        BenchCommand::Append(args) => append::run(args).await,
+        BenchCommand::Ingest(args) => ingest::run(args).await,
+    }
+}

@@ -1,0 +1,63 @@
+//! What the configuration subcommands share: reading the workspace directory
+//! and one workspace's configuration from the log, and appending a decided
+//! change with optimistic concurrency.
+
+use anyhow::{Context, bail};
+use onepd_adapters::EventLog;
+use onepd_commands::workspace::WorkspaceConfig;
+use onepd_domain::events::workspace::workspace_stream;
+use onepd_domain::{AppendError, EventFilter, EventStore, NewEvent, Position, WorkspaceId};
+use onepd_projections::Fold;
+use onepd_projections::directory::{Directory, WorkspaceEntry};
+
+/// The directory of every workspace, folded from the whole log.
+pub async fn load(log: &EventLog) -> anyhow::Result<Directory> {
+    let filter = EventFilter {
+        event_types: Directory::EVENT_TYPES.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut directory = Directory::default();
+    let mut next = Position(1);
+    let head = log.head().await?;
+    while next <= head {
+        let page = log.read(next, Some(head), &filter, 1_000).await.context("reading the workspace directory")?;
+        for event in &page.events {
+            directory.apply(event);
+        }
+        next = page.next;
+    }
+    Ok(directory)
+}
+
+/// The workspace named by `id_or_name`, or an error listing those that exist.
+pub fn workspace<'a>(directory: &'a Directory, id_or_name: &str) -> anyhow::Result<&'a WorkspaceEntry> {
+    if let Some(entry) = directory.find_workspace(id_or_name) {
+        return Ok(entry);
+    }
+    let names: Vec<_> = directory.workspaces().iter().map(|entry| entry.name.clone()).collect();
+    bail!("workspace {id_or_name:?}: not found; the workspaces are: {}", names.join(", "))
+}
+
+/// One workspace's configuration aggregate, from its stream.
+pub async fn config(log: &EventLog, workspace: WorkspaceId) -> anyhow::Result<WorkspaceConfig> {
+    let stream = workspace_stream(workspace);
+    let events = log.read_stream(&stream, 1, 1_000_000).await.context("reading the workspace's configuration")?;
+    Ok(WorkspaceConfig::from_events(&events))
+}
+
+/// Appends events decided on `config`; refuses if the workspace changed
+/// meanwhile, so a decision is never taken on stale state.
+pub async fn append(
+    log: &EventLog,
+    workspace: WorkspaceId,
+    config: &WorkspaceConfig,
+    events: Vec<NewEvent>,
+) -> anyhow::Result<Position> {
+    match log.append(config.request(workspace, events)).await {
+        Ok(outcome) => Ok(*outcome.positions.last().expect("at least one event")),
+        Err(err @ AppendError::WrongExpectedVersion { .. }) => {
+            Err(err).context("the workspace changed while this command ran; run it again")
+        }
+        Err(err) => Err(err).context("appending the configuration change"),
+    }
+}
