@@ -275,6 +275,18 @@ async fn the_http_api_speaks_segment_and_names_what_is_wrong() {
     assert_eq!(data(&accepted[1])["message"]["sentAt"], "2026-11-29T00:00:00.000Z");
     let rejected = messages(&server, &token, "MessageRejected").await;
     assert_eq!(rejected.len(), 2, "the batch's bad track and the alias");
+
+    let metrics = reqwest::get(format!("{}/metrics", server.http)).await.unwrap().text().await.unwrap();
+    let counted = |outcome: &str, reason: &str| {
+        metrics.lines().any(|line| {
+            line.starts_with("onepd_ingest_messages_total{")
+                && line.contains(&format!("outcome=\"{outcome}\""))
+                && line.contains(&format!("reason=\"{reason}\""))
+        })
+    };
+    assert!(counted("accepted", "") && counted("rejected", "required"), "{metrics}");
+    assert!(metrics.contains("onepd_append_latency_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("onepd_ingest_batch_size_bucket"), "{metrics}");
     assert!(server.terminate().success());
 }
 

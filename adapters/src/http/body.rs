@@ -336,11 +336,114 @@ mod tests {
         assert_eq!(err.to_string(), "content-encoding: expected gzip, deflate or identity, found \"br\"");
     }
 
+    fn pipeline() -> &'static onepd_commands::ingest::Pipeline {
+        static PIPELINE: std::sync::OnceLock<onepd_commands::ingest::Pipeline> = std::sync::OnceLock::new();
+        PIPELINE.get_or_init(onepd_commands::ingest::Pipeline::new)
+    }
+
+    /// Drives decoding and then the whole pipeline: every input is decoded
+    /// or refused with a reason, and every decoded message gets a decision;
+    /// a rejection always names its rule.
+    fn decode_and_process(endpoint: Endpoint, encoding: Option<&str>, bytes: &[u8]) {
+        use onepd_commands::ingest::{Decision, Received, WorkspaceSettings};
+        let decoded = match decode(endpoint, encoding, bytes) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                assert!(!err.to_string().is_empty() && !err.code().is_empty());
+                return;
+            }
+        };
+        let settings = WorkspaceSettings {
+            workspace: onepd_domain::WorkspaceId(uuid::Uuid::from_u128(1)),
+            industry: Default::default(),
+            default_region: Some("US".into()),
+            plan: None,
+        };
+        let received = Received {
+            at: onepd_domain::Timestamp(1_800_000_000_000_000),
+            source_id: uuid::Uuid::from_u128(2),
+            peer_ip: Some("127.0.0.1".parse().unwrap()),
+            forwarded_ip: None,
+            request_id: "fuzz".into(),
+        };
+        for message in decoded.messages {
+            match pipeline().process(&settings, &received, message, || "generated".into()) {
+                Decision::Accepted { event, .. } => assert_eq!(event.event_type, "MessageAccepted"),
+                Decision::Rejected { reasons, .. } => {
+                    assert!(!reasons.is_empty() && reasons.iter().all(|r| !r.rule.is_empty()))
+                }
+            }
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "track",
+                "identify",
+                "page",
+                "screen",
+                "group",
+                "alias",
+                "2026-11-29T00:00:00Z",
+                "a@b.co",
+                "+14155552671"
+            ])
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            let keys = prop::sample::select(vec![
+                "type",
+                "userId",
+                "anonymousId",
+                "event",
+                "messageId",
+                "traits",
+                "properties",
+                "context",
+                "timestamp",
+                "sentAt",
+                "originalTimestamp",
+                "email",
+                "phone",
+                "ip",
+                "userAgent",
+                "groupId",
+                "previousId",
+                "batch",
+                "writeKey",
+                "address",
+                "country",
+                "firstName",
+            ]);
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(keys, inner, 0..8)
+                    .prop_map(|map| Value::Object(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
         #[test]
+        fn arbitrary_json_through_decoding_and_the_pipeline_gets_a_decision_or_a_reason(value in arbitrary_json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            decode_and_process(Endpoint::Batch, None, &bytes);
+            decode_and_process(Endpoint::Single("track"), None, &bytes);
+            let batch = serde_json::to_vec(&json!({ "batch": [value.clone(), value] })).unwrap();
+            decode_and_process(Endpoint::Batch, None, &batch);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), gz in proptest::bool::ANY) {
-            let _ = decode(Endpoint::Batch, gz.then_some("gzip"), &bytes);
-            let _ = decode(Endpoint::Single("identify"), None, &bytes);
+            decode_and_process(Endpoint::Batch, gz.then_some("gzip"), &bytes);
+            decode_and_process(Endpoint::Single("identify"), None, &bytes);
         }
     }
 }

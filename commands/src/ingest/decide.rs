@@ -476,23 +476,6 @@ mod tests {
         assert_eq!(event.subject.as_deref(), Some("u2"));
     }
 
-    #[test]
-    fn zz_timing() {
-        let message = json!({"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "m1",
-            "timestamp": "2026-11-29T03:59:00.000Z", "sentAt": "2026-11-29T04:00:10.000Z",
-            "properties": {"revenue": 12.5, "currency": "USD", "products": [{"sku": "a"}, {"sku": "b"}]},
-            "context": {"ip": "203.0.113.9", "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.130 Safari/537.36", "library": {"name": "analytics.js", "version": "4.1.0"}}});
-        let settings = settings();
-        let received = received();
-        let n = 20_000;
-        let messages: Vec<Value> = (0..n).map(|_| message.clone()).collect();
-        let start = std::time::Instant::now();
-        for m in messages {
-            std::hint::black_box(pipeline().process(&settings, &received, m, || unreachable!()));
-        }
-        eprintln!("TIMING per message: {:?}", start.elapsed() / n);
-    }
-
     /// Any JSON value, nested.
     fn any_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
