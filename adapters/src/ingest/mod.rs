@@ -27,8 +27,7 @@ use onepd_commands::workspace::token_sha256;
 use onepd_domain::events::message::Violation;
 use onepd_domain::events::workspace::source_stream;
 use onepd_domain::{
-    AppendError, AppendOutcome, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError,
-    Timestamp, WorkspaceId,
+    AppendError, AppendRequest, EventId, ExpectedVersion, Position, StoreError, Timestamp, WorkspaceId,
 };
 use onepd_projections::directory::{Directory, WriteGrant};
 use serde_json::Value;
@@ -284,52 +283,61 @@ impl Ingest {
             .collect();
 
         // A message sent twice in one batch is stored once; the second copy
-        // is reported as a duplicate of the first.
+        // is reported as a duplicate of the first. Events are moved into the
+        // append request; each message keeps only what its result needs.
         let mut first_index: HashMap<EventId, usize> = HashMap::with_capacity(decisions.len());
         let mut copy_of = vec![None; decisions.len()];
         let mut events = Vec::with_capacity(decisions.len());
-        let mut event_index = Vec::with_capacity(decisions.len());
-        for (index, decision) in decisions.iter().enumerate() {
-            match first_index.get(&decision.event_id()) {
+        let mut appended = Vec::with_capacity(decisions.len());
+        let mut pending = Vec::with_capacity(decisions.len());
+        for (index, decision) in decisions.into_iter().enumerate() {
+            let event_id = decision.event_id();
+            let (event, verdict) = match decision {
+                Decision::Accepted { event, message_id } => (event, Verdict::Accepted { message_id }),
+                Decision::Rejected { event, reasons } => {
+                    let message_id = event.data.get("message_id").and_then(Value::as_str).map(str::to_owned);
+                    (event, Verdict::Rejected { message_id, reasons })
+                }
+            };
+            pending.push((event_id, verdict));
+            match first_index.get(&event_id) {
                 Some(&first) => copy_of[index] = Some(first),
                 None => {
-                    first_index.insert(decision.event_id(), index);
-                    event_index.push(index);
-                    events.push(decision.event().clone());
+                    first_index.insert(event_id, index);
+                    appended.push(index);
+                    events.push(event);
                 }
             }
         }
         let started = Instant::now();
-        let stored = self.append_each(grant.source_id, events).await?;
+        let request = AppendRequest { stream_id: source_stream(grant.source_id), expected: ExpectedVersion::Any, events };
+        let stored = self.log.append_each(request).await.map_err(|err| match err {
+            AppendError::Store(err) => IngestError::Store(err),
+            err => IngestError::Append(err),
+        })?;
         metrics::histogram!("onepd_append_latency_seconds").record(started.elapsed().as_secs_f64());
 
-        let mut placed: Vec<Option<(Position, bool)>> = vec![None; decisions.len()];
-        for (slot, (position, duplicate)) in event_index.into_iter().zip(stored) {
+        let mut placed: Vec<Option<(Position, bool)>> = vec![None; pending.len()];
+        for (slot, (position, duplicate)) in appended.into_iter().zip(stored) {
             placed[slot] = Some((position, duplicate));
         }
-        let results: Vec<MessageResult> = decisions
+        let results: Vec<MessageResult> = pending
             .into_iter()
             .enumerate()
-            .map(|(index, decision)| {
+            .map(|(index, (event_id, verdict))| {
                 let (position, duplicate) = match copy_of[index] {
                     Some(first) => (placed[first].expect("every first copy was appended").0, true),
                     None => placed[index].expect("every first copy was appended"),
                 };
-                match decision {
-                    Decision::Accepted { event, message_id } => MessageResult {
+                match verdict {
+                    Verdict::Accepted { message_id } => MessageResult {
                         message_id: Some(message_id),
-                        event_id: event.event_id,
-                        outcome: if duplicate {
-                            Outcome::Duplicate { position }
-                        } else {
-                            Outcome::Accepted { position }
-                        },
+                        event_id,
+                        outcome: if duplicate { Outcome::Duplicate { position } } else { Outcome::Accepted { position } },
                     },
-                    Decision::Rejected { event, reasons } => MessageResult {
-                        message_id: event.data.get("message_id").and_then(Value::as_str).map(str::to_owned),
-                        event_id: event.event_id,
-                        outcome: Outcome::Rejected { reasons, position },
-                    },
+                    Verdict::Rejected { message_id, reasons } => {
+                        MessageResult { message_id, event_id, outcome: Outcome::Rejected { reasons, position } }
+                    }
                 }
             })
             .collect();
@@ -351,39 +359,6 @@ impl Ingest {
             counter.increment(1);
         }
         Ok(results)
-    }
-
-    /// Appends `events` to the source's stream and returns, per event, its
-    /// position and whether it was stored before. A batch of which only some
-    /// events are stored is split: the stored ones are looked up one by one
-    /// (each reports its original position) and the rest appended together.
-    async fn append_each(&self, source: Uuid, events: Vec<NewEvent>) -> Result<Vec<(Position, bool)>, IngestError> {
-        let stream = source_stream(source);
-        let request = AppendRequest { stream_id: stream.clone(), expected: ExpectedVersion::Any, events };
-        let events = match self.log.append(request.clone()).await {
-            Ok(AppendOutcome { positions, duplicate, .. }) => {
-                return Ok(positions.into_iter().map(|position| (position, duplicate)).collect());
-            }
-            Err(AppendError::PartiallyStored { .. }) => request.events,
-            Err(AppendError::Store(err)) => return Err(IngestError::Store(err)),
-            Err(err) => return Err(IngestError::Append(err)),
-        };
-        // Rare: a client resent part of an earlier batch. Append each event
-        // alone; the store answers a stored one with its original position.
-        let appends = events.into_iter().map(|event| {
-            let request =
-                AppendRequest { stream_id: stream.clone(), expected: ExpectedVersion::Any, events: vec![event] };
-            async move { self.log.append(request).await }
-        });
-        let mut placed = Vec::new();
-        for outcome in futures::future::join_all(appends).await {
-            match outcome {
-                Ok(outcome) => placed.push((outcome.positions[0], outcome.duplicate)),
-                Err(AppendError::Store(err)) => return Err(IngestError::Store(err)),
-                Err(err) => return Err(IngestError::Append(err)),
-            }
-        }
-        Ok(placed)
     }
 
     /// The pipeline settings of `workspace`, compiled once per configuration
@@ -414,6 +389,12 @@ impl Ingest {
         cache.insert(workspace, (entry.settings_version, settings.clone()));
         Ok(settings)
     }
+}
+
+/// What a message's result needs once its event is handed to the store.
+enum Verdict {
+    Accepted { message_id: String },
+    Rejected { message_id: Option<String>, reasons: Vec<Violation> },
 }
 
 /// The wall clock, in the log's microseconds.

@@ -35,6 +35,7 @@ use super::sealing::{MasterKey, SubjectKey};
 const MAX_GROUP_EVENTS: usize = 20_000;
 
 /// An event ready to store, but for its position, hash and sealing.
+#[derive(Clone)]
 pub(crate) struct PreparedEvent {
     pub event_id: Uuid,
     pub workspace_id: Uuid,

@@ -115,6 +115,54 @@ struct Inner {
 }
 
 impl EventLog {
+    /// Appends `request` with one answer per event: its position and whether
+    /// it was stored before. Unlike [`EventStore::append`], a batch of which
+    /// only some events are stored is not refused: each event is then
+    /// appended alone, so stored ones report their original positions and
+    /// the rest are stored. (Ingest uses this: a client may resend part of an
+    /// earlier batch.) Events are serialized once; only their bytes are kept
+    /// for the rare split.
+    pub async fn append_each(&self, request: AppendRequest) -> Result<Vec<(Position, bool)>, AppendError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(AppendError::Store(StoreError::ShuttingDown));
+        }
+        let (stream, expected, events) = prepare(request, self.inner.master.as_ref())?;
+        let kept = events.clone();
+        match self.send(stream.clone(), expected, events).await {
+            Ok(outcome) => Ok(outcome.positions.into_iter().map(|position| (position, outcome.duplicate)).collect()),
+            Err(AppendError::PartiallyStored { .. }) => {
+                let alone = kept.into_iter().map(|event| self.send(stream.clone(), expected, vec![event]));
+                futures::future::join_all(alone)
+                    .await
+                    .into_iter()
+                    .map(|outcome| outcome.map(|outcome| (outcome.positions[0], outcome.duplicate)))
+                    .collect()
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Hands prepared events to the appender and waits for its answer.
+    async fn send(
+        &self,
+        stream: StreamId,
+        expected: onepd_domain::ExpectedVersion,
+        events: Vec<PreparedEvent>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingAppend { stream, expected, events, reply };
+        self.inner
+            .commands
+            .send(Command::Append(pending))
+            .await
+            .map_err(|_| AppendError::Store(StoreError::ShuttingDown))?;
+        // A dropped reply means the appender stopped before answering: the
+        // batch was not acknowledged, and a retry with the same ids is safe.
+        answer.await.map_err(|_| AppendError::Store(StoreError::ShuttingDown))?
+    }
+}
+
+impl EventLog {
     /// Opens the log named by `config.database_url`, bringing its schema up to
     /// date and loading the event id index, and starts its appender task.
     pub async fn open(config: StoreConfig) -> Result<EventLog, StoreError> {
@@ -348,16 +396,7 @@ impl EventStore for EventLog {
             return Err(AppendError::Store(StoreError::ShuttingDown));
         }
         let (stream, expected, events) = prepare(request, self.inner.master.as_ref())?;
-        let (reply, answer) = oneshot::channel();
-        let pending = PendingAppend { stream, expected, events, reply };
-        self.inner
-            .commands
-            .send(Command::Append(pending))
-            .await
-            .map_err(|_| AppendError::Store(StoreError::ShuttingDown))?;
-        // A dropped reply means the appender stopped before answering: the
-        // batch was not acknowledged, and a retry with the same ids is safe.
-        answer.await.map_err(|_| AppendError::Store(StoreError::ShuttingDown))?
+        self.send(stream, expected, events).await
     }
 
     async fn read(
