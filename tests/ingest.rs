@@ -466,3 +466,26 @@ async fn a_full_server_answers_429_with_retry_after_and_stores_exactly_what_it_a
     assert_eq!(messages(&server, &token, "MessageAccepted").await.len(), ok * 2);
     assert!(server.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+    async fn stored_ip(extra: &[&str]) -> (Value, Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), extra);
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/page", server.http))
+            .basic_auth(server.write_key.clone().unwrap(), Some(""))
+            .header("x-forwarded-for", "203.0.113.50, 198.51.100.7")
+            .json(&json!({ "anonymousId": "a1", "name": "Home" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let accepted = messages(&server, server.admin_token.as_deref().unwrap(), "MessageAccepted").await;
+        let data = data(&accepted[0]);
+        assert!(server.terminate().success());
+        (data["message"]["context"]["ip"].clone(), data["enrichment"]["ipSource"].clone())
+    }
+    assert_eq!(stored_ip(&[]).await, (json!("127.0.0.1"), json!("peer")));
+    assert_eq!(stored_ip(&["--trusted-proxies", "127.0.0.1"]).await, (json!("198.51.100.7"), json!("forwarded")));
+}

@@ -310,7 +310,8 @@ impl Ingest {
             }
         }
         let started = Instant::now();
-        let request = AppendRequest { stream_id: source_stream(grant.source_id), expected: ExpectedVersion::Any, events };
+        let request =
+            AppendRequest { stream_id: source_stream(grant.source_id), expected: ExpectedVersion::Any, events };
         let stored = self.log.append_each(request).await.map_err(|err| match err {
             AppendError::Store(err) => IngestError::Store(err),
             err => IngestError::Append(err),
@@ -333,7 +334,11 @@ impl Ingest {
                     Verdict::Accepted { message_id } => MessageResult {
                         message_id: Some(message_id),
                         event_id,
-                        outcome: if duplicate { Outcome::Duplicate { position } } else { Outcome::Accepted { position } },
+                        outcome: if duplicate {
+                            Outcome::Duplicate { position }
+                        } else {
+                            Outcome::Accepted { position }
+                        },
                     },
                     Verdict::Rejected { message_id, reasons } => {
                         MessageResult { message_id, event_id, outcome: Outcome::Rejected { reasons, position } }
