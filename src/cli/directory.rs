@@ -3,12 +3,23 @@
 //! change with optimistic concurrency.
 
 use anyhow::{Context, bail};
+use clap::Args;
 use onepd_adapters::EventLog;
 use onepd_commands::workspace::WorkspaceConfig;
 use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::{AppendError, EventFilter, EventStore, NewEvent, Position, WorkspaceId};
 use onepd_projections::Fold;
 use onepd_projections::directory::{Directory, WorkspaceEntry};
+
+/// The store and the workspace a configuration subcommand works on.
+#[derive(Debug, Args)]
+pub struct Scope {
+    #[command(flatten)]
+    pub store: crate::config::StoreArgs,
+    /// The workspace (name or id).
+    #[arg(long, default_value = "default")]
+    pub workspace: String,
+}
 
 /// The directory of every workspace, folded from the whole log.
 pub async fn load(log: &EventLog) -> anyhow::Result<Directory> {

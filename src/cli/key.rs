@@ -8,7 +8,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::directory;
-use crate::config::StoreArgs;
 use crate::output;
 
 #[derive(Debug, Subcommand)]
@@ -24,10 +23,7 @@ pub enum KeyCommand {
 #[derive(Debug, Args)]
 pub struct IssueArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
     /// The source (name or id) a write key writes to.
     #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
     source: Option<String>,
@@ -62,10 +58,7 @@ impl From<Scope> for TokenScope {
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
     /// The id of the key or token, as printed when it was issued or by `onepd key list`.
     key_id: Uuid,
     /// Print the result as JSON.
@@ -76,10 +69,7 @@ pub struct RevokeArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
     /// Print the result as JSON (one object per line).
     #[arg(long)]
     json: bool,
@@ -95,9 +85,9 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn issue(args: IssueArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     let config = directory::config(&log, workspace).await?;
     let key_id = Uuid::now_v7();
     let actor = "onepd key issue";
@@ -105,7 +95,9 @@ async fn issue(args: IssueArgs) -> anyhow::Result<ExitCode> {
         Some(source) => {
             let source_id = directory
                 .find_source(workspace, source)
-                .ok_or_else(|| anyhow::anyhow!("source {source:?}: not found in workspace {:?}", args.workspace))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("source {source:?}: not found in workspace {:?}", args.target.workspace)
+                })?
                 .id;
             (config.issue_write_key(workspace, key_id, source_id, rand::random(), actor)?, Some(source_id))
         }
@@ -134,9 +126,9 @@ async fn issue(args: IssueArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     let config = directory::config(&log, workspace).await?;
     let revoked = config.revoke(workspace, args.key_id, "onepd key revoke")?;
     let position = directory::append(&log, workspace, &config, vec![revoked]).await?;
@@ -153,9 +145,9 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     let config = directory::config(&log, workspace).await?;
     log.close().await;
     if !args.json {

@@ -9,7 +9,6 @@ use onepd_domain::events::workspace::PlanMode;
 use serde_json::json;
 
 use super::directory;
-use crate::config::StoreArgs;
 use crate::output;
 
 #[derive(Debug, Subcommand)]
@@ -31,10 +30,7 @@ enum Mode {
 #[derive(Debug, Args)]
 pub struct SetArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
     /// What to do with a message that breaks the plan.
     #[arg(long, value_enum, default_value = "allow")]
     mode: Mode,
@@ -49,10 +45,7 @@ pub struct SetArgs {
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
 }
 
 pub async fn run(command: PlanCommand) -> anyhow::Result<ExitCode> {
@@ -71,9 +64,9 @@ async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
         Mode::Allow => PlanMode::Allow,
         Mode::Block => PlanMode::Block,
     };
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     let config = directory::config(&log, workspace).await?;
     let event = config.set_tracking_plan(workspace, mode, plan, "onepd plan set")?;
     let position = directory::append(&log, workspace, &config, vec![event]).await?;
@@ -87,10 +80,10 @@ async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
     log.close().await;
-    let entry = directory::workspace(&directory, &args.workspace)?;
+    let entry = directory::workspace(&directory, &args.target.workspace)?;
     match &entry.plan {
         Some((mode, plan)) => output::json(&json!({ "mode": mode, "plan": plan })),
         None => output::json(&json!(null)),

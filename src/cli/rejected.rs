@@ -19,7 +19,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::directory;
-use crate::config::StoreArgs;
 use crate::output;
 
 #[derive(Debug, Subcommand)]
@@ -33,10 +32,7 @@ pub enum RejectedCommand {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
     /// Print the result as JSON (one object per line).
     #[arg(long)]
     json: bool,
@@ -109,9 +105,9 @@ fn reasons_text(reasons: &[Violation]) -> String {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     let open = open_rejections(&log, workspace).await?;
     log.close().await;
     if !args.json {
@@ -136,9 +132,9 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn replay(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     let open = open_rejections(&log, workspace).await?;
     let ingest = Ingest::start(log.clone(), IngestConfig::default()).await?;
     let (mut accepted, mut still) = (0u64, 0u64);

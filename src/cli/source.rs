@@ -8,7 +8,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::directory;
-use crate::config::StoreArgs;
 use crate::output;
 
 #[derive(Debug, Subcommand)]
@@ -22,10 +21,7 @@ pub enum SourceCommand {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
     /// The source's name, unique in the workspace.
     name: String,
     /// server, javascript, http, webhook or file.
@@ -39,10 +35,7 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    store: StoreArgs,
-    /// The workspace (name or id).
-    #[arg(long, default_value = "default")]
-    workspace: String,
+    target: directory::Scope,
     /// Print the result as JSON (one object per line).
     #[arg(long)]
     json: bool,
@@ -57,9 +50,9 @@ pub async fn run(command: SourceCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     let base = directory::config(&log, workspace).await?;
     let mut config = base.clone();
     let source_id = Uuid::now_v7();
@@ -88,10 +81,10 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    let log = super::open_log(&args.target.store, false).await?;
     let directory = directory::load(&log).await?;
     log.close().await;
-    let workspace = directory::workspace(&directory, &args.workspace)?.id;
+    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
     if !args.json {
         output::line(format!("{:<38}{:<24}{:<12}{}", "ID", "NAME", "KIND", "VALID KEYS"));
     }
