@@ -100,12 +100,13 @@ pub fn run(
 
     let subject = subject(&message, message_type);
     let metadata = metadata(received, Some(message_type));
-    let data = json!({
-        "message": message,
-        "enrichment": Value::Object(enrichment),
-        "originals": Value::Object(originals),
-        "violations": violations_value(&violations),
-    });
+    // Built by moving, not with `json!`, which would copy the whole message.
+    let mut data = Map::with_capacity(4);
+    data.insert("message".to_owned(), message);
+    data.insert("enrichment".to_owned(), Value::Object(enrichment));
+    data.insert("originals".to_owned(), Value::Object(originals));
+    data.insert("violations".to_owned(), violations_value(&violations));
+    let data = Value::Object(data);
     Decision::Accepted {
         event: NewEvent {
             event_id: EventId::for_message(settings.workspace, &message_id),
