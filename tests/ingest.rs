@@ -200,6 +200,15 @@ async fn the_http_api_speaks_segment_and_names_what_is_wrong() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.json::<Value>().await.unwrap(), json!({ "success": true }));
+    // A retry (as the Segment SDKs send one, with X-Retry-Count) is a duplicate, not a second event.
+    let retry = post("track")
+        .basic_auth(&key, Some(""))
+        .header("x-retry-count", "1")
+        .json(&json!({ "userId": "u1", "event": "Signed Up", "messageId": "not-a-uuid:1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 200);
 
     // writeKey in the body, a text/plain content type and a gzipped batch.
     let body = json!({
@@ -219,6 +228,16 @@ async fn the_http_api_speaks_segment_and_names_what_is_wrong() {
     assert_eq!(answer["success"], true);
     assert_eq!(answer["rejected"][0]["index"], 1);
     assert_eq!(answer["rejected"][0]["reasons"][0]["field"], "event");
+
+    // `/v1/import` takes a batch of historical messages; the timestamp is kept.
+    let import = post("import")
+        .basic_auth(&key, Some(""))
+        .json(&json!({ "batch": [{ "type": "identify", "userId": "u9", "timestamp": "2024-01-02T03:04:05Z",
+                                    "traits": { "country": "germany", "first_name": "Jo" } }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(import.status(), 200);
 
     // A single message that breaks a rule: 400 naming the field and the rule.
     let invalid = post("alias").basic_auth(&key, Some("")).json(&json!({ "userId": "u1" })).send().await.unwrap();
@@ -270,9 +289,14 @@ async fn the_http_api_speaks_segment_and_names_what_is_wrong() {
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
 
     let accepted = messages(&server, &token, "MessageAccepted").await;
-    assert_eq!(accepted.len(), 2, "the track and the page");
+    assert_eq!(accepted.len(), 3, "the track, the page and the import");
     assert_eq!(data(&accepted[0])["message"]["messageId"], "not-a-uuid:1");
     assert_eq!(data(&accepted[1])["message"]["sentAt"], "2026-11-29T00:00:00.000Z");
+    let imported = data(&accepted[2]);
+    assert_eq!(imported["message"]["timestamp"], "2024-01-02T03:04:05.000Z");
+    assert_eq!(imported["message"]["traits"]["country"], "DE");
+    assert_eq!(imported["message"]["traits"]["firstName"], "Jo");
+    assert_eq!(imported["originals"]["traits.first_name"], "Jo");
     let rejected = messages(&server, &token, "MessageRejected").await;
     assert_eq!(rejected.len(), 2, "the batch's bad track and the alias");
 
