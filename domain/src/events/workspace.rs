@@ -266,3 +266,35 @@ impl TrackingPlanSet {
     /// The stored event type.
     pub const TYPE: &'static str = "TrackingPlanSet";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_workspace_reads_as_general_with_no_region() {
+        let upcast = crate::events::upcasters()
+            .upcast(WorkspaceCreated::TYPE, 1, serde_json::json!({ "name": "default" }))
+            .unwrap();
+        assert_eq!(upcast.0, WorkspaceCreated::SCHEMA_VERSION);
+        let created: WorkspaceCreated = serde_json::from_value(upcast.1).unwrap();
+        assert_eq!(
+            created,
+            WorkspaceCreated { name: "default".into(), industry: Industry::General, default_region: None }
+        );
+    }
+
+    #[test]
+    fn kinds_and_industries_read_back_from_their_names_and_name_the_choices_otherwise() {
+        for kind in SourceKind::ALL {
+            assert_eq!(kind.as_str().parse::<SourceKind>(), Ok(kind));
+        }
+        for industry in Industry::ALL {
+            assert_eq!(industry.as_str().parse::<Industry>(), Ok(industry));
+        }
+        assert_eq!(
+            "mobile".parse::<SourceKind>(),
+            Err("kind: expected one of server, javascript, http, webhook, file, found \"mobile\"".into())
+        );
+    }
+}
