@@ -27,7 +27,6 @@ use clap::{Args, ValueEnum};
 use onepd_commands::ingest::enrich::format_timestamp;
 use onepd_domain::Timestamp;
 use onepd_proto::ingest::v1 as pb;
-use onepd_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -94,10 +93,10 @@ pub(super) async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batch > 0, "--batch: expected at least 1, found 0");
     anyhow::ensure!(args.concurrency > 0, "--concurrency: expected at least 1, found 0");
 
-    let messages = Arc::new(Messages::new(args.events));
+    let messages = Messages::new(args.events);
     let work = plan(&args, &messages)?;
     let store = Store::create(&args).await?;
-    let result = measure(&args, &store, &messages, work).await;
+    let result = measure(&args, &store, work).await;
     store.remove().await;
     let ingest = result?;
     let append = match args.skip_append {
@@ -447,14 +446,14 @@ fn to_value(value: &Value) -> prost_types::Value {
 struct Batch {
     /// The batch's number, for errors.
     index: usize,
-    /// Its first message's number.
-    first: u64,
     count: usize,
     payload: Payload,
 }
 
 enum Payload {
-    Grpc(pb::BatchRequest),
+    /// A `BatchRequest`, already protobuf-encoded.
+    Grpc(Bytes),
+    /// A `{"batch": [...]}` body, already serialized.
     Http(Bytes),
 }
 
@@ -466,7 +465,10 @@ fn plan(args: &IngestArgs, messages: &Messages) -> anyhow::Result<VecDeque<Batch
     while first < args.events {
         let count = (args.batch as u64).min(args.events - first) as usize;
         let payload = match args.via {
-            Via::Grpc => Payload::Grpc(messages.grpc_batch(first, count)),
+            // Encoded before the clock starts, as HTTP bodies are serialized:
+            // the load generator shares the machine with the server, and
+            // building `google.protobuf.Struct`s would take its cores.
+            Via::Grpc => Payload::Grpc(Bytes::from(prost::Message::encode_to_vec(&messages.grpc_batch(first, count)))),
             Via::Http => {
                 let body = messages.http_batch(first, count);
                 anyhow::ensure!(
@@ -479,7 +481,7 @@ fn plan(args: &IngestArgs, messages: &Messages) -> anyhow::Result<VecDeque<Batch
                 Payload::Http(body)
             }
         };
-        batches.push_back(Batch { index: batches.len(), first, count, payload });
+        batches.push_back(Batch { index: batches.len(), count, payload });
         first += count as u64;
         bar.inc(count as u64);
     }
@@ -488,14 +490,9 @@ fn plan(args: &IngestArgs, messages: &Messages) -> anyhow::Result<VecDeque<Batch
 }
 
 /// Starts the server on `store`, drives it with `work` and stops it.
-async fn measure(
-    args: &IngestArgs,
-    store: &Store,
-    messages: &Arc<Messages>,
-    work: VecDeque<Batch>,
-) -> anyhow::Result<Measured> {
+async fn measure(args: &IngestArgs, store: &Store, work: VecDeque<Batch>) -> anyhow::Result<Measured> {
     let server = Server::start(store).await?;
-    let result = drive(args, &server, messages, work).await;
+    let result = drive(args, &server, work).await;
     if let Err(err) = server.stop().await {
         eprintln!("warning: {err:#}");
     }
@@ -503,12 +500,7 @@ async fn measure(
 }
 
 /// The client side: `--concurrency` tasks sharing one queue of batches.
-async fn drive(
-    args: &IngestArgs,
-    server: &Server,
-    messages: &Arc<Messages>,
-    work: VecDeque<Batch>,
-) -> anyhow::Result<Measured> {
+async fn drive(args: &IngestArgs, server: &Server, work: VecDeque<Batch>) -> anyhow::Result<Measured> {
     let queue = Arc::new(Mutex::new(work));
     let bar = output::progress(args.events, args.json, "{spinner} ingest [{bar:40}] {pos}/{len} {per_sec}");
     // One connection for all tasks: over gRPC, HTTP/2 multiplexes their
@@ -521,7 +513,6 @@ async fn drive(
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let queue = queue.clone();
-        let messages = messages.clone();
         let sender = sender.clone();
         let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
@@ -532,7 +523,7 @@ async fn drive(
                 let Some(batch) = next else { break };
                 let count = batch.count as u64;
                 let sent = Instant::now();
-                retries += sender.send(batch, &messages).await?;
+                retries += sender.send(batch).await?;
                 latencies.push(sent.elapsed());
                 bar.inc(count);
             }
@@ -567,7 +558,7 @@ async fn drive(
 /// A client of the server's API; cheap to clone.
 #[derive(Clone)]
 enum Sender {
-    Grpc { client: IngestServiceClient<Channel>, authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii> },
+    Grpc { channel: Channel, authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii> },
     Http { client: reqwest::Client, url: String, write_key: String },
 }
 
@@ -581,7 +572,7 @@ impl Sender {
                     .with_context(|| format!("connecting to onepd serve's gRPC at {}", server.grpc))?;
                 let authorization =
                     format!("Bearer {}", server.write_key).parse().context("the write key as gRPC metadata")?;
-                Sender::Grpc { client: IngestServiceClient::new(channel), authorization }
+                Sender::Grpc { channel, authorization }
             }
             Via::Http => Sender::Http {
                 client: reqwest::Client::builder()
@@ -596,13 +587,16 @@ impl Sender {
 
     /// Sends `batch` until it is acknowledged, and returns how many times the
     /// server asked to retry; any other answer than "all accepted" is an error.
-    async fn send(&self, batch: Batch, messages: &Messages) -> anyhow::Result<u64> {
+    async fn send(&self, batch: Batch) -> anyhow::Result<u64> {
         let mut retries = 0;
         match (self, batch.payload) {
-            (Sender::Grpc { client, authorization }, Payload::Grpc(mut request)) => loop {
-                let mut call = tonic::Request::new(request);
+            (Sender::Grpc { channel, authorization }, Payload::Grpc(request)) => loop {
+                let mut call = tonic::Request::new(request.clone());
                 call.metadata_mut().insert("authorization", authorization.clone());
-                match client.clone().batch(call).await {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                grpc.ready().await.context("the gRPC channel")?;
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(BATCH_PATH);
+                match grpc.unary(call, path, PreEncoded).await {
                     Ok(response) => {
                         check_grpc(batch.index, batch.count, &response.into_inner())?;
                         return Ok(retries);
@@ -616,8 +610,6 @@ impl Sender {
                         retries += 1;
                         let seconds = status.metadata().get("retry-after").and_then(|value| value.to_str().ok());
                         tokio::time::sleep(retry_after(seconds)).await;
-                        // The request was moved into the call; build it again.
-                        request = messages.grpc_batch(batch.first, batch.count);
                     }
                     Err(status) => bail!(
                         "batch {} ({} messages): gRPC {:?}: {}",
@@ -653,6 +645,48 @@ impl Sender {
             },
             _ => unreachable!("batches are planned for the sender's API"),
         }
+    }
+}
+
+/// The `Batch` method of `onepd.ingest.v1.IngestService`.
+const BATCH_PATH: &str = "/onepd.ingest.v1.IngestService/Batch";
+
+/// A gRPC codec that sends requests already protobuf-encoded and decodes
+/// `BatchResponse`s: the wire bytes are exactly those of a generated client.
+#[derive(Debug, Clone, Copy, Default)]
+struct PreEncoded;
+
+impl tonic::codec::Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = pb::BatchResponse;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> PreEncoded {
+        PreEncoded
+    }
+}
+
+impl tonic::codec::Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for PreEncoded {
+    type Item = pb::BatchResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<pb::BatchResponse>, tonic::Status> {
+        prost::Message::decode(src).map(Some).map_err(|err| tonic::Status::internal(format!("BatchResponse: {err}")))
     }
 }
 
