@@ -24,3 +24,22 @@ pub mod ingest {
         tonic::include_proto!("onepd.ingest.v1");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    #[test]
+    fn the_descriptor_set_carries_every_file_a_reflection_client_needs() {
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let names: Vec<_> = set.file.iter().map(|file| file.name().to_owned()).collect();
+        for needed in [
+            "onepd/audit/v1/audit.proto",
+            "onepd/ingest/v1/ingest.proto",
+            "google/protobuf/struct.proto",
+            "google/protobuf/timestamp.proto",
+        ] {
+            assert!(names.iter().any(|name| name == needed), "{needed} missing from {names:?}");
+        }
+    }
+}
