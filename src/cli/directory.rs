@@ -21,6 +21,14 @@ pub struct Scope {
     pub workspace: String,
 }
 
+/// The log, the directory and the workspace a [`Scope`] names, opened.
+pub async fn open(scope: &Scope) -> anyhow::Result<(EventLog, Directory, WorkspaceId)> {
+    let log = super::open_log(&scope.store, false).await?;
+    let directory = load(&log).await?;
+    let workspace = workspace(&directory, &scope.workspace)?.id;
+    Ok((log, directory, workspace))
+}
+
 /// The directory of every workspace, folded from the whole log.
 pub async fn load(log: &EventLog) -> anyhow::Result<Directory> {
     let filter = EventFilter {

@@ -85,9 +85,7 @@ pub async fn run(command: KeyCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn issue(args: IssueArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.target.store, false).await?;
-    let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
+    let (log, directory, workspace) = directory::open(&args.target).await?;
     let config = directory::config(&log, workspace).await?;
     let key_id = Uuid::now_v7();
     let actor = "onepd key issue";
@@ -126,9 +124,7 @@ async fn issue(args: IssueArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.target.store, false).await?;
-    let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
+    let (log, _, workspace) = directory::open(&args.target).await?;
     let config = directory::config(&log, workspace).await?;
     let revoked = config.revoke(workspace, args.key_id, "onepd key revoke")?;
     let position = directory::append(&log, workspace, &config, vec![revoked]).await?;
@@ -145,9 +141,7 @@ async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.target.store, false).await?;
-    let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
+    let (log, directory, workspace) = directory::open(&args.target).await?;
     let config = directory::config(&log, workspace).await?;
     log.close().await;
     if !args.json {

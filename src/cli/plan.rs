@@ -64,9 +64,7 @@ async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
         Mode::Allow => PlanMode::Allow,
         Mode::Block => PlanMode::Block,
     };
-    let log = super::open_log(&args.target.store, false).await?;
-    let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
+    let (log, _, workspace) = directory::open(&args.target).await?;
     let config = directory::config(&log, workspace).await?;
     let event = config.set_tracking_plan(workspace, mode, plan, "onepd plan set")?;
     let position = directory::append(&log, workspace, &config, vec![event]).await?;

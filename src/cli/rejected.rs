@@ -105,9 +105,7 @@ fn reasons_text(reasons: &[Violation]) -> String {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.target.store, false).await?;
-    let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
+    let (log, _, workspace) = directory::open(&args.target).await?;
     let open = open_rejections(&log, workspace).await?;
     log.close().await;
     if !args.json {
@@ -132,9 +130,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn replay(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.target.store, false).await?;
-    let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
+    let (log, _, workspace) = directory::open(&args.target).await?;
     let open = open_rejections(&log, workspace).await?;
     let ingest = Ingest::start(log.clone(), IngestConfig::default()).await?;
     let (mut accepted, mut still) = (0u64, 0u64);

@@ -50,9 +50,7 @@ pub async fn run(command: SourceCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.target.store, false).await?;
-    let directory = directory::load(&log).await?;
-    let workspace = directory::workspace(&directory, &args.target.workspace)?.id;
+    let (log, _, workspace) = directory::open(&args.target).await?;
     let base = directory::config(&log, workspace).await?;
     let mut config = base.clone();
     let source_id = Uuid::now_v7();
