@@ -11,6 +11,8 @@
 //!   [`Subscription`]) and their errors.
 //! * [`normalize`] — canonical forms of emails, phone numbers (E.164),
 //!   countries (ISO 3166-1 alpha-2) and names (NFC).
+//! * [`identity`] — identifiers, identity-resolution rules (which kinds link,
+//!   priority, limits, blocked values) and deterministic profile ids.
 //!
 //! **Invariant:** pure. No runtime, no database, no clock: time and ids come in
 //! as arguments.
@@ -20,6 +22,7 @@
 pub mod chain;
 pub mod envelope;
 pub mod events;
+pub mod identity;
 pub mod normalize;
 pub mod ports;
 pub mod upcast;

@@ -1,6 +1,13 @@
 //! onepd's read side: projections, pure folds over the event log that can be
 //! dropped and rebuilt.
 //!
+//! # Layout
+//!
+//! * [`access`] — the valid admin tokens.
+//! * [`directory`] — workspaces, sources, write keys, tracking plans.
+//! * [`identity`] — the identity graph: profiles as connected components of
+//!   linked identifiers, with every merge explained.
+//!
 //! **Invariant:** a rebuild from position 0 equals the live projection.
 //! **Does not:** import `onepd-commands`, or know how events are stored.
 
@@ -8,6 +15,7 @@
 
 pub mod access;
 pub mod directory;
+pub mod identity;
 
 use onepd_domain::RecordedEvent;
 

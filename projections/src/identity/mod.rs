@@ -1,0 +1,473 @@
+//! The identity graph: a pure, deterministic fold over `MessageAccepted`
+//! events that links identifiers seen together and keeps, per workspace, the
+//! profiles (connected components of linked identifiers), every merge and
+//! the links that explain it.
+//!
+//! # How one event is folded
+//!
+//! 1. Its identifiers are read (`extract.rs`): `userId`, `anonymousId`,
+//!    `traits.email` / `context.traits.email`, `traits.phone` /
+//!    `context.traits.phone`, the workspace's declared custom kinds, and an
+//!    `alias`'s `previousId` (an `anonymous_id` unless that value is already a
+//!    known `user_id`). Blocked values, values flagged invalid by ingest and
+//!    kinds that may not link are left out; `group` calls are skipped. They
+//!    are ordered by priority, highest first.
+//! 2. **Limits.** Each identifier belongs to a *unit*: the profile that holds
+//!    it, or itself when it is new. Joining all units of the event would give
+//!    a profile holding, per kind, the sum of the units' identifiers of that
+//!    kind. While some kind would exceed its limit, one identifier is left out
+//!    of the event: among the identifiers whose unit holds an over-limit kind
+//!    (the *conflicting* ones), the one of lowest priority; ties go against
+//!    the younger unit (a new identifier is youngest), then the greater
+//!    value. The rest are checked again. A left-out identifier is untouched by
+//!    this event: it stays where it was, or, when new, is not stored.
+//!    So two users sharing an email never merge under a `user_id` limit of 1:
+//!    the email (lower priority than `user_id`) is left out, stays with the
+//!    profile that had it, and the second user gets a profile of its own.
+//! 3. **Linking.** The remaining identifiers' units become one profile. The
+//!    survivor is the oldest profile among them (created at the lowest
+//!    position); if none exists, the event creates one with id
+//!    [`ProfileId::created_by`] the event. Every other profile is absorbed,
+//!    oldest first, each recorded as a [`Merge`] naming the event, its source,
+//!    the rule (`alias`, or `shared <kind>`) and the shared identifier: the
+//!    higher-priority one of the survivor's first identifier in the event (its
+//!    *anchor*) and the absorbed profile's first identifier in the event. One
+//!    [`Link`] is recorded from the anchor to the first identifier of each
+//!    other unit, so the links of a profile form a tree over its identifiers
+//!    and [`WorkspaceIdentities::explain`] finds the one path between two of
+//!    them.
+//!
+//! An event creates at most one profile, so ids never collide.
+//!
+//! **Does not:** unmerge, rebuild under new rules, store or serve anything;
+//! the rules are fixed when the graph is built.
+
+mod extract;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules, ProfileId};
+use onepd_domain::{EventId, Position, RecordedEvent, WorkspaceId};
+use serde_json::Value;
+
+use crate::Fold;
+
+/// Two profiles became one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The profile that remains (the older one).
+    pub survivor: ProfileId,
+    /// The profile folded into it; its id now resolves to the survivor.
+    pub absorbed: ProfileId,
+    /// The event that joined them.
+    pub position: Position,
+    /// That event's id.
+    pub event_id: EventId,
+    /// The source that sent it, from the event's metadata.
+    pub source_id: Option<String>,
+    /// The identifier through which they were joined.
+    pub shared: Identifier,
+    /// Why: `alias`, or `shared <kind>` (`shared email`).
+    pub rule: String,
+}
+
+/// Two identifiers seen together in one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The event's anchor: the highest-priority identifier of the profile it
+    /// extended or created.
+    pub from: Identifier,
+    /// The identifier it brought in (new, or of an absorbed profile).
+    pub to: Identifier,
+    /// The event's position.
+    pub position: Position,
+    /// The event's id.
+    pub event_id: EventId,
+}
+
+/// The identity graph of every workspace.
+#[derive(Debug, Clone)]
+pub struct IdentityGraph {
+    default_rules: IdentityRules,
+    rules: HashMap<WorkspaceId, IdentityRules>,
+    workspaces: HashMap<WorkspaceId, WorkspaceIdentities>,
+}
+
+impl Default for IdentityGraph {
+    /// A graph under [`IdentityRules::default`].
+    fn default() -> IdentityGraph {
+        IdentityGraph::new(IdentityRules::default())
+    }
+}
+
+impl Fold for IdentityGraph {
+    const EVENT_TYPES: &'static [&'static str] = &[MessageAccepted::TYPE];
+
+    fn apply(&mut self, event: &RecordedEvent) {
+        if event.event_type != MessageAccepted::TYPE {
+            return;
+        }
+        // An erased payload no longer says who it was about.
+        let Some(data) = event.data.value() else { return };
+        let Some(message) = data.get("message") else { return };
+        let workspace = self.workspaces.entry(event.workspace_id).or_insert_with(|| {
+            let rules = self.rules.get(&event.workspace_id).unwrap_or(&self.default_rules).clone();
+            WorkspaceIdentities::new(event.workspace_id, rules)
+        });
+        workspace.apply(event, message, data.get("violations"));
+    }
+}
+
+impl IdentityGraph {
+    /// An empty graph applying `rules` in every workspace without rules of
+    /// its own.
+    pub fn new(rules: IdentityRules) -> IdentityGraph {
+        IdentityGraph { default_rules: rules, rules: HashMap::new(), workspaces: HashMap::new() }
+    }
+
+    /// This graph with `rules` for `workspace`. Takes effect for a workspace
+    /// only before its first event is folded.
+    pub fn with_rules(mut self, workspace: WorkspaceId, rules: IdentityRules) -> IdentityGraph {
+        self.rules.insert(workspace, rules);
+        self
+    }
+
+    /// Folds `events` in order; the same as applying them one by one.
+    pub fn apply_all(&mut self, events: &[RecordedEvent]) {
+        for event in events {
+            self.apply(event);
+        }
+    }
+
+    /// One workspace's identities, if it has seen an event.
+    pub fn workspace(&self, workspace: WorkspaceId) -> Option<&WorkspaceIdentities> {
+        self.workspaces.get(&workspace)
+    }
+}
+
+/// One workspace's profiles, merges and links.
+#[derive(Debug, Clone)]
+pub struct WorkspaceIdentities {
+    workspace: WorkspaceId,
+    rules: IdentityRules,
+    /// Which slot of `slots` holds each known identifier.
+    slot_of: HashMap<Identifier, usize>,
+    /// Live profiles; a merge moves the smaller identifier set into the
+    /// larger slot and empties the other, so a merge costs the smaller side.
+    slots: Vec<Option<ProfileState>>,
+    slot_by_id: HashMap<ProfileId, usize>,
+    /// Each absorbed profile's survivor at the time of its merge; follow the
+    /// chain to reach the live profile.
+    absorbed_into: HashMap<ProfileId, ProfileId>,
+    links: Vec<Link>,
+    /// Indices into `links` touching each identifier, in recording order.
+    adjacency: HashMap<Identifier, Vec<usize>>,
+}
+
+#[derive(Debug, Clone)]
+struct ProfileState {
+    id: ProfileId,
+    created_at: Position,
+    identifiers: Vec<Identifier>,
+    counts: BTreeMap<IdentifierKind, usize>,
+    /// Every merge that formed it, its absorbed profiles' included, by
+    /// position.
+    merges: Vec<Merge>,
+}
+
+impl ProfileState {
+    fn count(&self, kind: &IdentifierKind) -> usize {
+        self.counts.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// Where an identifier of the event stands before the event is folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Known(usize),
+    New,
+}
+
+impl WorkspaceIdentities {
+    fn new(workspace: WorkspaceId, rules: IdentityRules) -> WorkspaceIdentities {
+        WorkspaceIdentities {
+            workspace,
+            rules,
+            slot_of: HashMap::new(),
+            slots: Vec::new(),
+            slot_by_id: HashMap::new(),
+            absorbed_into: HashMap::new(),
+            links: Vec::new(),
+            adjacency: HashMap::new(),
+        }
+    }
+
+    /// The rules this workspace is folded under.
+    pub fn rules(&self) -> &IdentityRules {
+        &self.rules
+    }
+
+    /// The live profile holding `identifier`.
+    pub fn profile_of(&self, identifier: &Identifier) -> Option<ProfileId> {
+        self.slot_of.get(identifier).map(|&slot| self.profile(slot).id)
+    }
+
+    /// The live profile `profile` is now part of: itself, or the survivor of
+    /// the merges that absorbed it.
+    pub fn resolve(&self, mut profile: ProfileId) -> Option<ProfileId> {
+        while let Some(&survivor) = self.absorbed_into.get(&profile) {
+            profile = survivor;
+        }
+        self.slot_by_id.contains_key(&profile).then_some(profile)
+    }
+
+    /// The identifiers of `profile` (resolved as in [`Self::resolve`]),
+    /// sorted by kind, then value.
+    pub fn identifiers(&self, profile: ProfileId) -> Vec<Identifier> {
+        let Some(state) = self.state(profile) else { return Vec::new() };
+        let mut identifiers = state.identifiers.clone();
+        identifiers.sort();
+        identifiers
+    }
+
+    /// Every merge that formed `profile` (resolved as in [`Self::resolve`]),
+    /// by position.
+    pub fn merges(&self, profile: ProfileId) -> &[Merge] {
+        self.state(profile).map(|state| state.merges.as_slice()).unwrap_or_default()
+    }
+
+    /// The live profiles, oldest first.
+    pub fn profiles(&self) -> Vec<ProfileId> {
+        let mut live: Vec<&ProfileState> = self.slots.iter().flatten().collect();
+        live.sort_by_key(|state| state.created_at);
+        live.into_iter().map(|state| state.id).collect()
+    }
+
+    /// The links joining `a` to `b`, in order from `a`, or `None` when they
+    /// are not in one profile. Empty when `a` is `b`.
+    pub fn explain(&self, a: &Identifier, b: &Identifier) -> Option<Vec<Link>> {
+        let (&start, &goal) = (self.slot_of.get(a)?, self.slot_of.get(b)?);
+        if start != goal {
+            return None;
+        }
+        // Breadth-first from `a`, remembering the link that reached each
+        // identifier; a profile's links form a tree, so the path is unique.
+        let mut reached_by: HashMap<&Identifier, Option<usize>> = HashMap::from([(a, None)]);
+        let mut queue = VecDeque::from([a]);
+        while let Some(node) = queue.pop_front() {
+            if node == b {
+                break;
+            }
+            for &index in self.adjacency.get(node).into_iter().flatten() {
+                let link = &self.links[index];
+                let next = if &link.from == node { &link.to } else { &link.from };
+                if !reached_by.contains_key(next) {
+                    reached_by.insert(next, Some(index));
+                    queue.push_back(next);
+                }
+            }
+        }
+        let mut path = Vec::new();
+        let mut node = b;
+        while let Some(index) = *reached_by.get(node)? {
+            let link = &self.links[index];
+            path.push(link.clone());
+            node = if &link.from == node { &link.to } else { &link.from };
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    fn profile(&self, slot: usize) -> &ProfileState {
+        self.slots[slot].as_ref().expect("an identifier points at a live slot")
+    }
+
+    fn state(&self, profile: ProfileId) -> Option<&ProfileState> {
+        let live = self.resolve(profile)?;
+        self.slot_by_id.get(&live).map(|&slot| self.profile(slot))
+    }
+
+    fn unit(&self, identifier: &Identifier) -> Unit {
+        self.slot_of.get(identifier).map_or(Unit::New, |&slot| Unit::Known(slot))
+    }
+
+    fn apply(&mut self, event: &RecordedEvent, message: &Value, violations: Option<&Value>) {
+        let violations: Vec<(&str, &str)> = violations
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|violation| Some((violation.get("field")?.as_str()?, violation.get("rule")?.as_str()?)))
+            .collect();
+        let known_user_id = |value: &str| self.slot_of.contains_key(&Identifier::new(IdentifierKind::UserId, value));
+        let Some(observed) = extract::observed(message, &violations, &self.rules, known_user_id) else { return };
+        let mut identifiers = observed.identifiers;
+        self.leave_out_over_limit(&mut identifiers, event.position);
+        if identifiers.is_empty() {
+            return;
+        }
+
+        // The event's units, oldest profile first; the first is the survivor.
+        let mut profiles: Vec<usize> = Vec::new();
+        for identifier in &identifiers {
+            if let Unit::Known(slot) = self.unit(identifier)
+                && !profiles.contains(&slot)
+            {
+                profiles.push(slot);
+            }
+        }
+        profiles.sort_by_key(|&slot| self.profile(slot).created_at);
+        let anchor_of = |slot: usize, slot_of: &HashMap<Identifier, usize>| {
+            identifiers.iter().find(|identifier| slot_of.get(*identifier) == Some(&slot)).cloned()
+        };
+
+        let (mut survivor, anchor) = match profiles.first() {
+            Some(&oldest) => (oldest, anchor_of(oldest, &self.slot_of).expect("the oldest profile has an identifier")),
+            None => {
+                let id = ProfileId::created_by(self.workspace, event.event_id);
+                let slot = self.slots.len();
+                self.slots.push(Some(ProfileState {
+                    id,
+                    created_at: event.position,
+                    identifiers: Vec::new(),
+                    counts: BTreeMap::new(),
+                    merges: Vec::new(),
+                }));
+                self.slot_by_id.insert(id, slot);
+                let anchor = identifiers[0].clone();
+                self.attach(slot, anchor.clone());
+                (slot, anchor)
+            }
+        };
+
+        let source_id = event.metadata.get("source_id").and_then(Value::as_str).map(str::to_owned);
+        for &absorbed in profiles.iter().skip(1) {
+            let joined = anchor_of(absorbed, &self.slot_of).expect("an absorbed profile has an identifier");
+            let shared = if self.rules.rank(&anchor.kind) <= self.rules.rank(&joined.kind) {
+                anchor.clone()
+            } else {
+                joined.clone()
+            };
+            let rule = if observed.alias { "alias".to_owned() } else { format!("shared {}", shared.kind) };
+            let merge = Merge {
+                survivor: self.profile(survivor).id,
+                absorbed: self.profile(absorbed).id,
+                position: event.position,
+                event_id: event.event_id,
+                source_id: source_id.clone(),
+                shared,
+                rule,
+            };
+            self.link(&anchor, &joined, event);
+            survivor = self.merge(survivor, absorbed, merge);
+        }
+        for identifier in &identifiers {
+            if identifier != &anchor && self.unit(identifier) == Unit::New {
+                self.link(&anchor, identifier, event);
+                self.attach(survivor, identifier.clone());
+            }
+        }
+    }
+
+    /// Drops identifiers from `identifiers` (ordered by priority) until
+    /// joining the rest breaks no limit; see the module doc for the rule.
+    fn leave_out_over_limit(&self, identifiers: &mut Vec<Identifier>, position: Position) {
+        loop {
+            let units: Vec<Unit> = identifiers.iter().map(|identifier| self.unit(identifier)).collect();
+            let mut totals: BTreeMap<&IdentifierKind, usize> = BTreeMap::new();
+            let mut counted: Vec<usize> = Vec::new();
+            for (identifier, unit) in identifiers.iter().zip(&units) {
+                match *unit {
+                    Unit::New => *totals.entry(&identifier.kind).or_default() += 1,
+                    Unit::Known(slot) if !counted.contains(&slot) => {
+                        counted.push(slot);
+                        for (kind, count) in &self.profile(slot).counts {
+                            *totals.entry(kind).or_default() += count;
+                        }
+                    }
+                    Unit::Known(_) => {}
+                }
+            }
+            let over: Vec<&IdentifierKind> = totals
+                .into_iter()
+                .filter(|&(kind, total)| total > self.rules.limit(kind))
+                .map(|(kind, _)| kind)
+                .collect();
+            if over.is_empty() {
+                return;
+            }
+            let conflicting = identifiers.iter().zip(&units).enumerate().filter(|(_, (identifier, unit))| match unit {
+                Unit::New => over.contains(&&identifier.kind),
+                Unit::Known(slot) => over.iter().any(|kind| self.profile(*slot).count(kind) > 0),
+            });
+            let weakest = conflicting
+                .max_by(|(_, (a, a_unit)), (_, (b, b_unit))| {
+                    let age = |unit: &Unit| match unit {
+                        Unit::New => position,
+                        Unit::Known(slot) => self.profile(*slot).created_at,
+                    };
+                    (self.rules.rank(&a.kind), &a.kind, age(a_unit), &a.value).cmp(&(
+                        self.rules.rank(&b.kind),
+                        &b.kind,
+                        age(b_unit),
+                        &b.value,
+                    ))
+                })
+                .map(|(index, _)| index)
+                .expect("an over-limit kind has a conflicting identifier");
+            identifiers.remove(weakest);
+        }
+    }
+
+    fn attach(&mut self, slot: usize, identifier: Identifier) {
+        let state = self.slots[slot].as_mut().expect("attach to a live slot");
+        *state.counts.entry(identifier.kind.clone()).or_default() += 1;
+        state.identifiers.push(identifier.clone());
+        self.slot_of.insert(identifier, slot);
+    }
+
+    fn link(&mut self, from: &Identifier, to: &Identifier, event: &RecordedEvent) {
+        let index = self.links.len();
+        self.links.push(Link {
+            from: from.clone(),
+            to: to.clone(),
+            position: event.position,
+            event_id: event.event_id,
+        });
+        self.adjacency.entry(from.clone()).or_default().push(index);
+        self.adjacency.entry(to.clone()).or_default().push(index);
+    }
+
+    /// Folds `absorbed` into `survivor`, moving the smaller identifier set
+    /// into the larger slot; returns the slot that now holds the survivor.
+    fn merge(&mut self, survivor: usize, absorbed: usize, merge: Merge) -> usize {
+        let survivor_state = self.slots[survivor].take().expect("survivor is live");
+        let absorbed_state = self.slots[absorbed].take().expect("absorbed is live");
+        let (id, created_at) = (survivor_state.id, survivor_state.created_at);
+        let (mut kept, moved, kept_slot) = if survivor_state.identifiers.len() >= absorbed_state.identifiers.len() {
+            (survivor_state, absorbed_state, survivor)
+        } else {
+            (absorbed_state, survivor_state, absorbed)
+        };
+        for identifier in &moved.identifiers {
+            self.slot_of.insert(identifier.clone(), kept_slot);
+        }
+        kept.identifiers.extend(moved.identifiers);
+        for (kind, count) in moved.counts {
+            *kept.counts.entry(kind).or_default() += count;
+        }
+        kept.merges.extend(moved.merges);
+        kept.merges.push(merge.clone());
+        kept.merges.sort_by_key(|merge| merge.position);
+        kept.id = id;
+        kept.created_at = created_at;
+        self.slots[kept_slot] = Some(kept);
+        self.slot_by_id.remove(&merge.absorbed);
+        self.slot_by_id.insert(id, kept_slot);
+        self.absorbed_into.insert(merge.absorbed, id);
+        kept_slot
+    }
+}
+
+#[cfg(test)]
+mod tests;
