@@ -7,6 +7,8 @@
 //! * [`directory`] — workspaces, sources, write keys, tracking plans.
 //! * [`identity`] — the identity graph: profiles as connected components of
 //!   linked identifiers, with every merge explained.
+//! * [`profile`] — 360-degree profiles over the identity graph: traits with
+//!   provenance, activity, revenue, consent, timeline and merge history.
 //!
 //! **Invariant:** a rebuild from position 0 equals the live projection.
 //! **Does not:** import `onepd-commands`, or know how events are stored.
@@ -16,6 +18,7 @@
 pub mod access;
 pub mod directory;
 pub mod identity;
+pub mod profile;
 
 use onepd_domain::RecordedEvent;
 

@@ -105,21 +105,29 @@ impl Fold for IdentityGraph {
     const EVENT_TYPES: &'static [&'static str] = &[MessageAccepted::TYPE];
 
     fn apply(&mut self, event: &RecordedEvent) {
-        if event.event_type != MessageAccepted::TYPE {
-            return;
-        }
-        // An erased payload no longer says who it was about.
-        let Some(data) = event.data.value() else { return };
-        let Some(message) = data.get("message") else { return };
-        let workspace = self.workspaces.entry(event.workspace_id).or_insert_with(|| {
-            let rules = self.rules.get(&event.workspace_id).unwrap_or(&self.default_rules).clone();
-            WorkspaceIdentities::new(event.workspace_id, rules)
-        });
-        workspace.apply(event, message, data.get("violations"));
+        self.resolve_event(event);
     }
 }
 
 impl IdentityGraph {
+    /// Folds one event and returns the profile it resolved to: the profile
+    /// that now holds the identifiers the event linked, or `None` when it
+    /// linked none (every identifier blocked or left out, an erased payload,
+    /// another event type).
+    pub fn resolve_event(&mut self, event: &RecordedEvent) -> Option<ProfileId> {
+        if event.event_type != MessageAccepted::TYPE {
+            return None;
+        }
+        // An erased payload no longer says who it was about.
+        let data = event.data.value()?;
+        let message = data.get("message")?;
+        let workspace = self.workspaces.entry(event.workspace_id).or_insert_with(|| {
+            let rules = self.rules.get(&event.workspace_id).unwrap_or(&self.default_rules).clone();
+            WorkspaceIdentities::new(event.workspace_id, rules)
+        });
+        workspace.apply(event, message, data.get("violations"))
+    }
+
     /// An empty graph applying `rules` in every workspace without rules of
     /// its own.
     pub fn new(rules: IdentityRules) -> IdentityGraph {
@@ -292,7 +300,9 @@ impl WorkspaceIdentities {
         self.slot_of.get(identifier).map_or(Unit::New, |&slot| Unit::Known(slot))
     }
 
-    fn apply(&mut self, event: &RecordedEvent, message: &Value, violations: Option<&Value>) {
+    /// Folds one event; returns the profile it resolved to (the survivor of
+    /// its links), or `None` when it stored no identifier.
+    fn apply(&mut self, event: &RecordedEvent, message: &Value, violations: Option<&Value>) -> Option<ProfileId> {
         let violations: Vec<(&str, &str)> = violations
             .and_then(Value::as_array)
             .into_iter()
@@ -300,11 +310,11 @@ impl WorkspaceIdentities {
             .filter_map(|violation| Some((violation.get("field")?.as_str()?, violation.get("rule")?.as_str()?)))
             .collect();
         let known_user_id = |value: &str| self.slot_of.contains_key(&Identifier::new(IdentifierKind::UserId, value));
-        let Some(observed) = extract::observed(message, &violations, &self.rules, known_user_id) else { return };
+        let observed = extract::observed(message, &violations, &self.rules, known_user_id)?;
         let mut identifiers = observed.identifiers;
         self.leave_out_over_limit(&mut identifiers, event.position);
         if identifiers.is_empty() {
-            return;
+            return None;
         }
 
         // The event's units, oldest profile first; the first is the survivor.
@@ -367,6 +377,7 @@ impl WorkspaceIdentities {
                 self.attach(survivor, identifier.clone());
             }
         }
+        Some(self.profile(survivor).id)
     }
 
     /// Drops identifiers from `identifiers` (ordered by priority) until

@@ -1,0 +1,271 @@
+//! 360-degree profiles: a pure, deterministic fold over `MessageAccepted`
+//! events that keeps, per profile of the identity graph, its traits with
+//! provenance, activity, revenue, sources, groups, consent, timeline and
+//! merge history.
+//!
+//! # How one event is folded
+//!
+//! 1. It is applied to the wrapped [`IdentityGraph`] first.
+//! 2. If the graph merged profiles at this event, each absorbed profile's
+//!    state is folded into the survivor's (`state.rs`), so the survivor ends
+//!    up exactly as if every event had been attributed to it.
+//! 3. The event is *attributed* to the profile the graph resolved it to (the
+//!    one now holding the identifiers it linked). An event that linked
+//!    nothing — a `group` call, which the graph does not link, or one whose
+//!    every identifier was left out by a limit — goes to the profile already
+//!    holding its highest-priority identifier (`message.rs`); if there is
+//!    none (every identifier blocked, or none at all), it is attributed to
+//!    nobody and counted nowhere.
+//!
+//! # What is read, where the issue is silent
+//!
+//! * **Time.** An event's time is its `timestamp` (RFC 3339, skew-corrected
+//!   at ingest), else its `receivedAt`, else when it was recorded.
+//! * **Traits:** `traits` of `identify` calls and `context.traits` of every
+//!   call; the last write by event time wins, position breaks ties, so a
+//!   late-arriving older event does not overwrite a newer value. Within one
+//!   identify, `traits` win over `context.traits`. A trait set to `null`
+//!   keeps `null` as its value.
+//! * **Event counts** are keyed by the track's `event` (or `"track"` when it
+//!   has none) and by the call type for every other call: `"page"`,
+//!   `"screen"`, `"identify"`, `"group"`, `"alias"`. Page and screen names
+//!   are kept in the timeline instead, so that free-form page names do not
+//!   mix with track event names. Every attributed event is counted once.
+//! * **Revenue:** `properties.revenue` when it is a JSON number, per
+//!   `properties.currency` upper-cased (default `"USD"`), from any call.
+//!   `properties.total` is not added: it includes tax and shipping and would
+//!   count an order twice. Sums are exact to a millionth.
+//! * **Groups:** the `groupId` of `group` calls, each with its `traits`,
+//!   newest per trait name like profile traits.
+//! * **Consent:** the whole `context.consent` object of the newest event
+//!   that has one (an object), e.g. Segment's
+//!   `{"categoryPreferences": {"marketing": true, "analytics": false}}`,
+//!   kept as sent; it is not merged key by key.
+//!
+//! **Does not:** unmerge (a split is a rebuild), store or serve anything, or
+//! keep erased payloads: an erased event is attributed to nobody.
+
+mod message;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::identity::{Identifier, IdentityRules, ProfileId};
+use onepd_domain::{EventId, Position, RecordedEvent, Timestamp, WorkspaceId};
+use serde_json::Value;
+
+use crate::Fold;
+use crate::identity::{IdentityGraph, Merge};
+use state::ProfileState;
+
+/// A value with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trait {
+    /// The value as sent.
+    pub value: Value,
+    /// The position of the event that set it.
+    pub position: Position,
+    /// That event's id.
+    pub event_id: EventId,
+    /// The source that sent it, from the event's metadata.
+    pub source_id: Option<String>,
+    /// The event's time, which decides which write is the newest.
+    pub timestamp: Timestamp,
+}
+
+impl Trait {
+    /// Whether this write wins over `other`: a later event time, or the same
+    /// time at a later position.
+    pub fn is_newer_than(&self, other: &Trait) -> bool {
+        (self.timestamp, self.position) > (other.timestamp, other.position)
+    }
+}
+
+/// An account the profile was grouped into by a `group` call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Group {
+    /// The group's traits, the newest write per name.
+    pub traits: BTreeMap<String, Trait>,
+}
+
+/// One event of a profile's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    /// The event's position in the log.
+    pub position: Position,
+    /// The event's id.
+    pub event_id: EventId,
+    /// The message's `type`: `track`, `page`, `identify`, …
+    pub message_type: String,
+    /// A track's `event`, or a page's or screen's `name`.
+    pub name: Option<String>,
+    /// The event's time.
+    pub timestamp: Timestamp,
+}
+
+/// A profile as read: everything known about one person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// The live profile's id (the survivor of every merge).
+    pub id: ProfileId,
+    /// Its identifiers, sorted by kind, then value.
+    pub identifiers: Vec<Identifier>,
+    /// The newest value of each trait, with provenance.
+    pub traits: BTreeMap<String, Trait>,
+    /// The time of its earliest event, if any was attributed.
+    pub first_seen: Option<Timestamp>,
+    /// The time of its latest event.
+    pub last_seen: Option<Timestamp>,
+    /// How many of its events bear each name (see the module doc).
+    pub event_counts: BTreeMap<String, u64>,
+    /// Revenue totals by currency code.
+    pub revenue: BTreeMap<String, f64>,
+    /// The ids of the sources its events came from.
+    pub sources: BTreeSet<String>,
+    /// The groups it joined, by `groupId`.
+    pub groups: BTreeMap<String, Group>,
+    /// The newest `context.consent` object, with provenance.
+    pub consent: Option<Trait>,
+    /// How many events the timeline holds.
+    pub events: usize,
+    /// Every merge that formed it, by position.
+    pub merges: Vec<Merge>,
+}
+
+/// The 360-degree profiles of every workspace, over its identity graph.
+#[derive(Debug, Clone, Default)]
+pub struct Profiles {
+    graph: IdentityGraph,
+    /// Per workspace, the state of each live profile with events attributed
+    /// to it; absorbed profiles are removed when merged.
+    workspaces: HashMap<WorkspaceId, HashMap<ProfileId, ProfileState>>,
+}
+
+impl Fold for Profiles {
+    const EVENT_TYPES: &'static [&'static str] = &[MessageAccepted::TYPE];
+
+    fn apply(&mut self, event: &RecordedEvent) {
+        self.attribute(event);
+    }
+}
+
+impl Profiles {
+    /// Empty profiles over a graph applying `rules` in every workspace
+    /// without rules of its own.
+    pub fn new(rules: IdentityRules) -> Profiles {
+        Profiles { graph: IdentityGraph::new(rules), workspaces: HashMap::new() }
+    }
+
+    /// These profiles with `rules` for `workspace`; see
+    /// [`IdentityGraph::with_rules`].
+    pub fn with_rules(mut self, workspace: WorkspaceId, rules: IdentityRules) -> Profiles {
+        self.graph = self.graph.with_rules(workspace, rules);
+        self
+    }
+
+    /// The identity graph the profiles are built on.
+    pub fn graph(&self) -> &IdentityGraph {
+        &self.graph
+    }
+
+    /// Folds `events` in order; the same as applying them one by one.
+    pub fn apply_all(&mut self, events: &[RecordedEvent]) {
+        for event in events {
+            self.attribute(event);
+        }
+    }
+
+    /// Folds one event in and returns the profile it was attributed to, if
+    /// any (see the module doc).
+    pub fn attribute(&mut self, event: &RecordedEvent) -> Option<ProfileId> {
+        if event.event_type != MessageAccepted::TYPE {
+            return None;
+        }
+        let resolved = self.graph.resolve_event(event);
+        let message = event.data.value()?.get("message")?;
+        let identities = self.graph.workspace(event.workspace_id)?;
+        // An event that linked nothing (a `group` call, or one whose every
+        // identifier was left out) still belongs to whoever holds its
+        // highest-priority identifier already.
+        let profile = match resolved {
+            Some(profile) => profile,
+            None => message::identifiers(message, identities.rules())
+                .iter()
+                .find_map(|identifier| identities.profile_of(identifier))?,
+        };
+        let states = self.workspaces.entry(event.workspace_id).or_default();
+        // Merges are kept by position, so this event's are the last ones of
+        // the profile that survived them: the one the event resolved to.
+        let mut merged: Vec<&Merge> =
+            identities.merges(profile).iter().rev().take_while(|merge| merge.position == event.position).collect();
+        merged.reverse();
+        for merge in merged {
+            if let Some(absorbed) = states.remove(&merge.absorbed) {
+                states.entry(merge.survivor).or_default().absorb(absorbed);
+            }
+        }
+        states.entry(profile).or_default().record(event, message);
+        Some(profile)
+    }
+
+    /// The profile holding `identifier` in `workspace`.
+    pub fn profile(&self, workspace: WorkspaceId, identifier: &Identifier) -> Option<Profile> {
+        let profile = self.graph.workspace(workspace)?.profile_of(identifier)?;
+        self.profile_by_id(workspace, profile)
+    }
+
+    /// The live profile `profile` is part of: itself, or the survivor of the
+    /// merges that absorbed it.
+    pub fn profile_by_id(&self, workspace: WorkspaceId, profile: ProfileId) -> Option<Profile> {
+        let identities = self.graph.workspace(workspace)?;
+        let id = identities.resolve(profile)?;
+        let empty = ProfileState::default();
+        let state = self.state(workspace, id).unwrap_or(&empty);
+        Some(Profile {
+            id,
+            identifiers: identities.identifiers(id),
+            traits: state.traits.clone(),
+            first_seen: state.first_seen,
+            last_seen: state.last_seen,
+            event_counts: state.event_counts.clone(),
+            revenue: state
+                .revenue_micros
+                .iter()
+                .map(|(currency, &micros)| (currency.clone(), micros as f64 / 1e6))
+                .collect(),
+            sources: state.sources.clone(),
+            groups: state.groups.clone(),
+            consent: state.consent.clone(),
+            events: state.timeline.len(),
+            merges: identities.merges(id).to_vec(),
+        })
+    }
+
+    /// Up to `limit` events of `profile` (resolved as in
+    /// [`Self::profile_by_id`]), newest first, starting below position
+    /// `before` when given: pass the last entry's position to get the next
+    /// page.
+    pub fn timeline(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        before: Option<Position>,
+        limit: usize,
+    ) -> Vec<TimelineEntry> {
+        let Some(id) = self.graph.workspace(workspace).and_then(|identities| identities.resolve(profile)) else {
+            return Vec::new();
+        };
+        let Some(state) = self.state(workspace, id) else { return Vec::new() };
+        let end = before
+            .map_or(state.timeline.len(), |before| state.timeline.partition_point(|entry| entry.position < before));
+        state.timeline[..end].iter().rev().take(limit).cloned().collect()
+    }
+
+    fn state(&self, workspace: WorkspaceId, profile: ProfileId) -> Option<&ProfileState> {
+        self.workspaces.get(&workspace)?.get(&profile)
+    }
+}
+
+#[cfg(test)]
+mod tests;
