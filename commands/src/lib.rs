@@ -10,4 +10,5 @@
 #![warn(missing_docs)]
 
 pub mod ingest;
+pub mod webhook;
 pub mod workspace;
