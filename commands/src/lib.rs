@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod import;
 pub mod ingest;
 pub mod webhook;
 pub mod workspace;
