@@ -513,3 +513,44 @@ async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
     assert_eq!(stored_ip(&[]).await, (json!("127.0.0.1"), json!("peer")));
     assert_eq!(stored_ip(&["--trusted-proxies", "127.0.0.1"]).await, (json!("198.51.100.7"), json!("forwarded")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_a_csv_twice_stores_each_row_once_and_names_the_bad_rows_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let token = server.admin_token.clone().unwrap();
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(
+        &csv,
+        "customer_id,email,plan,signed_up\nc1, Ann@Example.COM ,pro,2024-01-02\nc2,bob@example.com,free,2024-02-03\n,,free,2024-03-04\n",
+    )
+    .unwrap();
+    let mapping = dir.path().join("mapping.json");
+    std::fs::write(
+        &mapping,
+        json!({
+            "type": "identify", "user_id": "customer_id",
+            "traits": { "email": "email", "plan": "plan" },
+            "timestamp": { "column": "signed_up", "format": "date" },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let args = ["import", csv.to_str().unwrap(), "--source", "http", "--mapping", mapping.to_str().unwrap()];
+    let first = onepd_json(dir.path(), &args);
+    assert_eq!(
+        (first["rows"].as_u64(), first["accepted"].as_u64(), first["rejected"].as_u64()),
+        (Some(3), Some(2), Some(1))
+    );
+    assert_eq!(first["rejections"][0]["line"], 4);
+    assert!(first["rejections"][0]["reasons"][0].as_str().unwrap().contains("user_id or anonymous_id"), "{first}");
+    let again = onepd_json(dir.path(), &args);
+    assert_eq!((again["accepted"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(2)), "{again}");
+
+    let accepted = messages(&server, &token, "MessageAccepted").await;
+    assert_eq!(accepted.len(), 2);
+    let ann = data(&accepted[0]);
+    assert_eq!(ann["message"]["traits"]["email"], "ann@example.com");
+    assert_eq!(ann["message"]["timestamp"], "2024-01-02T00:00:00.000Z");
+    assert!(server.terminate().success());
+}

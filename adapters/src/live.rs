@@ -37,10 +37,14 @@ impl<T: Fold> Live<T> {
         }
         let mut subscription = log.subscribe(next, filter).await?;
         let follower = Arc::downgrade(&live);
+        let log = log.clone();
         tokio::spawn(async move {
             loop {
                 let batch = match subscription.next_batch().await {
                     Ok(batch) => batch,
+                    // The log was closed (the process is stopping): nothing
+                    // more will come.
+                    Err(_) if log.is_closed() => return,
                     Err(err) => {
                         // Changes from here on are not seen until this
                         // clears: make it loud and countable.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod directory;
+mod import;
 mod key;
 mod plan;
 mod rejected;
@@ -40,6 +41,8 @@ enum Command {
     /// Issue, revoke and list write keys and admin tokens.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Import a CSV or NDJSON file (gzip too) through the ingest pipeline.
+    Import(import::ImportArgs),
     /// Set or show a workspace's tracking plan.
     #[command(subcommand)]
     Plan(plan::PlanCommand),
@@ -59,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workspace(command) => workspace::run(command).await,
         Command::Source(command) => source::run(command).await,
         Command::Key(command) => key::run(command).await,
+        Command::Import(args) => import::run(args).await,
         Command::Plan(command) => plan::run(command).await,
         Command::Rejected(command) => rejected::run(command).await,
         Command::Bench(command) => bench::run(command).await,

@@ -212,6 +212,11 @@ impl EventLog {
         })
     }
 
+    /// Whether [`EventLog::close`] has been called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
     /// Stops taking appends, commits every append already queued, answers its
     /// caller, and closes the database connections. Appends after this fail
     /// with [`StoreError::ShuttingDown`].
