@@ -43,12 +43,60 @@ pub struct ImportArgs {
 }
 
 /// What became of the file's rows.
-#[derive(Default)]
-struct Summary {
-    rows: u64,
-    accepted: u64,
-    duplicates: u64,
-    rejections: Vec<(u64, Vec<String>)>,
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub rows: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    /// Rejected rows by line, with their reasons.
+    pub rejections: Vec<(u64, Vec<String>)>,
+}
+
+/// Sends every row of `rows` through `ingest` in batches of `batch`,
+/// advancing `bar` by rows read.
+pub async fn import_rows(
+    ingest: &Ingest,
+    grant: WriteGrant,
+    caller: &Caller,
+    rows: &mut ImportReader<'_>,
+    batch: usize,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Summary> {
+    let mut summary = Summary::default();
+    loop {
+        let before = summary.rows;
+        let mut lines = Vec::with_capacity(batch);
+        let mut messages = Vec::with_capacity(batch);
+        for row in rows.by_ref().take(batch) {
+            let row = row?;
+            summary.rows += 1;
+            match row.result {
+                Ok(message) => {
+                    lines.push(row.line);
+                    messages.push(message);
+                }
+                Err(err) => summary.rejections.push((row.line, vec![err.to_string()])),
+            }
+        }
+        if summary.rows == before {
+            return Ok(summary);
+        }
+        bar.set_position(summary.rows);
+        if messages.is_empty() {
+            continue;
+        }
+        let _admission = ingest.admit(messages.len()).await?;
+        let results = ingest.ingest(grant, caller, messages).await.context("ingesting the rows")?;
+        for (line, result) in lines.into_iter().zip(results) {
+            match result.outcome {
+                Outcome::Accepted { .. } => summary.accepted += 1,
+                Outcome::Duplicate { .. } => summary.duplicates += 1,
+                Outcome::Rejected { reasons, .. } => {
+                    summary.rejections.push((line, reasons.into_iter().map(|r| r.message).collect()))
+                }
+            }
+        }
+    }
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
@@ -75,41 +123,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
 
     let bar = output::progress(0, args.json, "{spinner} importing {pos} rows ({per_sec})");
     let started = Instant::now();
-    let mut summary = Summary::default();
-    loop {
-        let before = summary.rows;
-        let mut lines = Vec::with_capacity(args.batch);
-        let mut messages = Vec::with_capacity(args.batch);
-        for row in rows.by_ref().take(args.batch) {
-            let row = row.with_context(|| format!("reading {}", args.file.display()))?;
-            summary.rows += 1;
-            match row.result {
-                Ok(message) => {
-                    lines.push(row.line);
-                    messages.push(message);
-                }
-                Err(err) => summary.rejections.push((row.line, vec![err.to_string()])),
-            }
-        }
-        if summary.rows == before {
-            break;
-        }
-        bar.set_position(summary.rows);
-        if messages.is_empty() {
-            continue;
-        }
-        let _admission = ingest.admit(messages.len()).await?;
-        let results = ingest.ingest(grant, &caller, messages).await.context("ingesting the rows")?;
-        for (line, result) in lines.into_iter().zip(results) {
-            match result.outcome {
-                Outcome::Accepted { .. } => summary.accepted += 1,
-                Outcome::Duplicate { .. } => summary.duplicates += 1,
-                Outcome::Rejected { reasons, .. } => {
-                    summary.rejections.push((line, reasons.into_iter().map(|r| r.message).collect()))
-                }
-            }
-        }
-    }
+    let mut summary = import_rows(&ingest, grant, &caller, &mut rows, args.batch, &bar)
+        .await
+        .with_context(|| format!("importing {}", args.file.display()))?;
     bar.finish_and_clear();
     log.close().await;
     let seconds = started.elapsed().as_secs_f64();

@@ -2,7 +2,7 @@
 
 mod bench;
 mod directory;
-mod import;
+pub(crate) mod import;
 mod key;
 mod plan;
 mod rejected;

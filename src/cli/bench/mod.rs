@@ -5,8 +5,11 @@
 //!   rate of the same database.
 //! * `ingest` ([`ingest`]): the running server's ingest rate through its real
 //!   gRPC or HTTP API, beside `append` measured in the same run.
+//! * `import` ([`import`]): rows/s of a CSV import through the pipeline, and
+//!   peak memory.
 
 mod append;
+mod import;
 mod ingest;
 
 use std::process::ExitCode;
@@ -20,6 +23,8 @@ pub enum BenchCommand {
     /// Ingest rate of a running server through its gRPC or HTTP API, with
     /// durable acknowledgements, against the append rate of the same run.
     Ingest(ingest::IngestArgs),
+    /// Rows/s of a CSV import through the whole ingest pipeline, and peak memory.
+    Import(import::ImportArgs),
 }
 
 /// The database a benchmark runs on.
@@ -43,5 +48,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Append(args) => append::run(args).await,
         BenchCommand::Ingest(args) => ingest::run(args).await,
+        BenchCommand::Import(args) => import::run(args).await,
     }
 }
