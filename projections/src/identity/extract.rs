@@ -31,6 +31,28 @@ pub(crate) fn observed(
         return None;
     }
     let alias = message_type == "alias";
+    let invalid =
+        |path: &str| violations.iter().any(|&(field, rule)| field == path && matches!(rule, "email" | "phone"));
+    // A previousId is an anonymous id unless that exact value already names
+    // a user.
+    let previous_id =
+        |value: &str| vec![if known_user_id(value) { IdentifierKind::UserId } else { IdentifierKind::AnonymousId }];
+    let mut found = named(message, rules, previous_id, invalid);
+    found.retain(|identifier| rules.links(&identifier.kind) && !rules.is_blocked(identifier));
+    by_priority(&mut found, rules);
+    Some(Observed { identifiers: found, alias })
+}
+
+/// Every identifier `message` names, unfiltered: `userId`, `anonymousId`, an
+/// alias's `previousId` (as each kind `previous_id` gives for its value),
+/// emails and phones under `traits` and `context.traits` (but for paths
+/// `invalid` names), and the rules' custom kinds.
+pub(crate) fn named(
+    message: &Value,
+    rules: &IdentityRules,
+    previous_id: impl Fn(&str) -> Vec<IdentifierKind>,
+    invalid: impl Fn(&str) -> bool,
+) -> Vec<Identifier> {
     let mut found = Vec::new();
     if let Some(value) = message.get("userId").and_then(scalar) {
         found.push(Identifier::new(IdentifierKind::UserId, value));
@@ -38,14 +60,13 @@ pub(crate) fn observed(
     if let Some(value) = message.get("anonymousId").and_then(scalar) {
         found.push(Identifier::new(IdentifierKind::AnonymousId, value));
     }
-    if alias && let Some(value) = message.get("previousId").and_then(scalar) {
-        // A previousId is an anonymous id unless that exact value already
-        // names a user.
-        let kind = if known_user_id(&value) { IdentifierKind::UserId } else { IdentifierKind::AnonymousId };
-        found.push(Identifier::new(kind, value));
+    if message.get("type").and_then(Value::as_str) == Some("alias")
+        && let Some(value) = message.get("previousId").and_then(scalar)
+    {
+        for kind in previous_id(&value) {
+            found.push(Identifier::new(kind, value.clone()));
+        }
     }
-    let invalid =
-        |path: &str| violations.iter().any(|&(field, rule)| field == path && matches!(rule, "email" | "phone"));
     for (kind, name) in [(IdentifierKind::Email, "email"), (IdentifierKind::Phone, "phone")] {
         for (root, prefix) in [(message.get("traits"), "traits"), (context_traits(message), "context.traits")] {
             let Some(value) = root.and_then(|traits| traits.get(name)).and_then(scalar) else { continue };
@@ -76,10 +97,14 @@ pub(crate) fn observed(
             }
         }
     }
-    found.retain(|identifier| rules.links(&identifier.kind) && !rules.is_blocked(identifier));
+    found
+}
+
+/// Sorts `found` highest priority first (ties by kind, then value) and drops
+/// repeats.
+pub(crate) fn by_priority(found: &mut Vec<Identifier>, rules: &IdentityRules) {
     found.sort_by(|a, b| (rules.rank(&a.kind), &a.kind, &a.value).cmp(&(rules.rank(&b.kind), &b.kind, &b.value)));
     found.dedup();
-    Some(Observed { identifiers: found, alias })
 }
 
 fn context_traits(message: &Value) -> Option<&Value> {

@@ -42,7 +42,7 @@
 //! **Does not:** unmerge, rebuild under new rules, store or serve anything;
 //! the rules are fixed when the graph is built.
 
-mod extract;
+pub(crate) mod extract;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 

@@ -5,7 +5,9 @@
 //! an identifier only counts here once the graph has stored it.
 
 use onepd_domain::Timestamp;
-use onepd_domain::identity::{CustomSource, Identifier, IdentifierKind, IdentityRules};
+use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules};
+
+use crate::identity::extract;
 use serde_json::Value;
 
 /// Every identifier `message` names, highest priority first (ties by kind,
@@ -16,51 +18,9 @@ use serde_json::Value;
 /// group call is attributed through the ids an earlier call stored. An
 /// alias's `previousId` is tried as both a `user_id` and an `anonymous_id`.
 pub(super) fn identifiers(message: &Value, rules: &IdentityRules) -> Vec<Identifier> {
-    let mut found = Vec::new();
-    if let Some(value) = message.get("userId").and_then(scalar) {
-        found.push(Identifier::new(IdentifierKind::UserId, value));
-    }
-    if let Some(value) = message.get("anonymousId").and_then(scalar) {
-        found.push(Identifier::new(IdentifierKind::AnonymousId, value));
-    }
-    if message.get("type").and_then(Value::as_str) == Some("alias")
-        && let Some(value) = message.get("previousId").and_then(scalar)
-    {
-        found.push(Identifier::new(IdentifierKind::UserId, value.clone()));
-        found.push(Identifier::new(IdentifierKind::AnonymousId, value));
-    }
-    let roots = [message.get("traits"), message.pointer("/context/traits")];
-    for (kind, name) in [(IdentifierKind::Email, "email"), (IdentifierKind::Phone, "phone")] {
-        for root in roots {
-            if let Some(value) = root.and_then(|traits| traits.get(name)).and_then(scalar) {
-                found.push(Identifier::new(kind.clone(), value));
-            }
-        }
-    }
-    for custom in &rules.custom {
-        let kind = IdentifierKind::from_name(&custom.name);
-        match &custom.from {
-            CustomSource::ExternalId => {
-                let entries = message.pointer("/context/externalIds").and_then(Value::as_array);
-                for entry in entries.into_iter().flatten() {
-                    if entry.get("type").and_then(Value::as_str) == Some(custom.name.as_str())
-                        && let Some(value) = entry.get("id").and_then(scalar)
-                    {
-                        found.push(Identifier::new(kind.clone(), value));
-                    }
-                }
-            }
-            CustomSource::Trait(name) => {
-                for root in roots {
-                    if let Some(value) = root.and_then(|traits| traits.get(name)).and_then(scalar) {
-                        found.push(Identifier::new(kind.clone(), value));
-                    }
-                }
-            }
-        }
-    }
-    found.sort_by(|a, b| (rules.rank(&a.kind), &a.kind, &a.value).cmp(&(rules.rank(&b.kind), &b.kind, &b.value)));
-    found.dedup();
+    let both = |_: &str| vec![IdentifierKind::UserId, IdentifierKind::AnonymousId];
+    let mut found = extract::named(message, rules, both, |_| false);
+    extract::by_priority(&mut found, rules);
     found
 }
 
@@ -124,15 +84,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
-}
-
-/// A string as is, a number as written; anything else is no identifier.
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(text) => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
