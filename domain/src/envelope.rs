@@ -145,6 +145,47 @@ impl Timestamp {
     pub fn from_seconds_nanos(secs: i64, nanos: i32) -> Timestamp {
         Timestamp(secs.saturating_mul(1_000_000).saturating_add(i64::from(nanos) / 1_000))
     }
+
+    /// Reads an RFC 3339 time with `Z` or an offset (`2026-11-29T04:22:59.123Z`);
+    /// digits past the microsecond are dropped.
+    pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+        chrono::DateTime::parse_from_rfc3339(text).ok().map(|at| Timestamp(at.timestamp_micros()))
+    }
+
+    /// The form every stored time takes: RFC 3339 UTC with milliseconds
+    /// (`2026-11-29T04:22:59.123Z`). A time outside the calendar's range
+    /// (±262,000 years, reachable only through absurd arithmetic) shows as the
+    /// epoch, an honest "unknown".
+    pub fn to_rfc3339(self) -> String {
+        let at = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(self.0).unwrap_or_default();
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::Timestamp;
+
+    #[test]
+    fn rfc3339_timestamps_parse_to_microseconds_since_the_epoch() {
+        let parse_rfc3339 = Timestamp::parse_rfc3339;
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(Timestamp(0)));
+        assert_eq!(parse_rfc3339("2000-03-01T00:00:00.5Z"), Some(Timestamp(11_017 * 86_400 * 1_000_000 + 500_000)));
+        assert_eq!(parse_rfc3339("2024-02-29T12:00:00.123Z"), parse_rfc3339("2024-02-29T14:00:00.123+02:00"));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59.999999999Z"), Some(Timestamp(-1)));
+        for bad in ["yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00", "2024-01-01T00:00:00.Z"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stored_times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(Timestamp(1_764_390_179_123_456).to_rfc3339(), "2025-11-29T04:22:59.123Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339(&Timestamp(1_764_390_179_123_000).to_rfc3339()),
+            Some(Timestamp(1_764_390_179_123_000))
+        );
+    }
 }
 
 /// An event to append. The store assigns its position, stream version,

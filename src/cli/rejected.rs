@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use onepd_adapters::EventLog;
 use onepd_adapters::ingest::{Caller, Ingest, IngestConfig, Outcome};
-use onepd_commands::ingest::enrich::parse_timestamp;
 use onepd_domain::events::message::{MessageRejected, RejectionReplayed, Violation};
 use onepd_domain::{
-    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, WorkspaceId,
+    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, Timestamp,
+    WorkspaceId,
 };
 use onepd_projections::directory::WriteGrant;
 use serde_json::json;
@@ -184,7 +184,8 @@ async fn replay_one(log: &EventLog, ingest: &Ingest, workspace: WorkspaceId, ope
         .and_then(|s| s.as_str())
         .and_then(|s| s.parse::<Uuid>().ok())
         .ok_or("the rejection names no source")?;
-    let received_at = open.event.metadata.get("received_at").and_then(|at| at.as_str()).and_then(parse_timestamp);
+    let received_at =
+        open.event.metadata.get("received_at").and_then(|at| at.as_str()).and_then(Timestamp::parse_rfc3339);
     let grant = WriteGrant { workspace, source_id, key_id: Uuid::nil() };
     let caller = Caller { request_id: format!("replay-{}", open.event.event_id), received_at, ..Caller::default() };
     let results = ingest.ingest(grant, &caller, vec![message]).await.map_err(|err| err.to_string())?;

@@ -194,7 +194,7 @@ fn subject(message: &Value, message_type: MessageType) -> Option<String> {
 fn metadata(received: &Received, message_type: Option<MessageType>) -> Value {
     json!({
         "source_id": received.source_id.to_string(),
-        "received_at": enrich::format_timestamp(received.at),
+        "received_at": received.at.to_rfc3339(),
         "request_id": received.request_id,
         "message_type": message_type.map(MessageType::as_str),
     })

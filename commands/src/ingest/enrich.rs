@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::DateTime;
 use onepd_domain::Timestamp;
 use onepd_domain::events::message::Violation;
 use serde_json::{Map, Value};
@@ -93,14 +93,14 @@ pub fn apply(
     received: &Received,
     times: SentTimes,
 ) {
-    message.insert("receivedAt".to_owned(), Value::String(format_timestamp(received.at)));
-    message.insert("timestamp".to_owned(), Value::String(format_timestamp(times.corrected(received.at))));
+    message.insert("receivedAt".to_owned(), Value::String(received.at.to_rfc3339()));
+    message.insert("timestamp".to_owned(), Value::String(times.corrected(received.at).to_rfc3339()));
     match times.original() {
-        Some(original) => message.insert("originalTimestamp".to_owned(), Value::String(format_timestamp(original))),
+        Some(original) => message.insert("originalTimestamp".to_owned(), Value::String(original.to_rfc3339())),
         None => message.remove("originalTimestamp"),
     };
     if let Some(sent_at) = times.sent_at {
-        message.insert("sentAt".to_owned(), Value::String(format_timestamp(sent_at)));
+        message.insert("sentAt".to_owned(), Value::String(sent_at.to_rfc3339()));
         let skew_ms = sent_at.0.saturating_sub(received.at.0) / 1_000;
         enrichment.insert("clockSkewMs".to_owned(), Value::from(skew_ms));
     }
@@ -157,21 +157,10 @@ fn resolve_ip(
 /// seconds are optional, and `+hhmm` offsets are accepted too.
 pub fn parse_timestamp(text: &str) -> Option<Timestamp> {
     let text = text.trim();
-    let parsed = DateTime::parse_from_rfc3339(text)
-        .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
-        .ok()?;
-    Some(Timestamp(parsed.timestamp_micros()))
-}
-
-/// Formats a timestamp as stored: RFC 3339 UTC with milliseconds
-/// (`2026-11-29T04:22:59.123Z`).
-pub fn format_timestamp(at: Timestamp) -> String {
-    match DateTime::<Utc>::from_timestamp_micros(at.0) {
-        Some(at) => at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        // Out of chrono's range (±262,000 years): only reachable through
-        // absurd skew arithmetic; the epoch is an honest "unknown".
-        None => DateTime::<Utc>::UNIX_EPOCH.to_rfc3339_opts(SecondsFormat::Millis, true),
-    }
+    Timestamp::parse_rfc3339(text).or_else(|| {
+        let parsed = DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z").ok()?;
+        Some(Timestamp(parsed.timestamp_micros()))
+    })
 }
 
 #[cfg(test)]
@@ -205,11 +194,11 @@ mod tests {
     #[test]
     fn timestamps_are_stored_as_utc_with_milliseconds() {
         assert_eq!(
-            format_timestamp(parse_timestamp("2026-11-29T05:22:59.123456+01:00").unwrap()),
+            parse_timestamp("2026-11-29T05:22:59.123456+01:00").unwrap().to_rfc3339(),
             "2026-11-29T04:22:59.123Z"
         );
-        assert_eq!(format_timestamp(parse_timestamp("2026-11-29T04:22:59Z").unwrap()), "2026-11-29T04:22:59.000Z");
-        assert_eq!(format_timestamp(parse_timestamp("2026-11-29T04:22:59+0000").unwrap()), "2026-11-29T04:22:59.000Z");
+        assert_eq!(parse_timestamp("2026-11-29T04:22:59Z").unwrap().to_rfc3339(), "2026-11-29T04:22:59.000Z");
+        assert_eq!(parse_timestamp("2026-11-29T04:22:59+0000").unwrap().to_rfc3339(), "2026-11-29T04:22:59.000Z");
     }
 
     #[test]

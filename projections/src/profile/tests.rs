@@ -49,7 +49,7 @@ fn at(second: u32) -> String {
 }
 
 fn time(second: u32) -> Timestamp {
-    message::parse_rfc3339(&at(second)).unwrap()
+    Timestamp::parse_rfc3339(&at(second)).unwrap()
 }
 
 fn user(value: &str) -> Identifier {

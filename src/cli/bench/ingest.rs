@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use onepd_commands::ingest::enrich::format_timestamp;
 use onepd_domain::Timestamp;
 use onepd_proto::ingest::v1 as pb;
 use serde_json::{Map, Value, json};
@@ -385,7 +384,7 @@ impl Messages {
                 "ip": format!("198.51.100.{}", n % 254 + 1),
                 "library": { "name": "analytics-node", "version": "2.1.2" },
             },
-            "timestamp": format_timestamp(self.at(n)),
+            "timestamp": self.at(n).to_rfc3339(),
         })
     }
 
