@@ -12,6 +12,27 @@ use tokio::sync::watch;
 
 use crate::EventLog;
 
+/// The filter for `T`'s event types.
+fn filter<T: Fold>() -> EventFilter {
+    EventFilter { event_types: T::EVENT_TYPES.iter().map(|t| t.to_string()).collect(), ..EventFilter::default() }
+}
+
+/// Folds every event of `T`'s types up to the log's head into `state` and
+/// returns that head.
+pub async fn fold_to_head<T: Fold>(log: &EventLog, state: &mut T) -> Result<Position, StoreError> {
+    let filter = filter::<T>();
+    let head = log.head().await?;
+    let mut next = Position(1);
+    while next <= head {
+        let page = log.read(next, Some(head), &filter, 1_000).await?;
+        for event in &page.events {
+            state.apply(event);
+        }
+        next = page.next;
+    }
+    Ok(head)
+}
+
 /// A fold kept current by a task that follows the log.
 #[derive(Debug)]
 pub struct Live<T> {
@@ -23,19 +44,10 @@ impl<T: Fold> Live<T> {
     /// Folds every event up to the head, then follows the log until the
     /// returned `Arc` is dropped.
     pub async fn follow(log: &EventLog, name: &'static str) -> Result<Arc<Live<T>>, StoreError> {
-        let filter = EventFilter {
-            event_types: T::EVENT_TYPES.iter().map(|t| t.to_string()).collect(),
-            ..EventFilter::default()
-        };
-        let live = Arc::new(Live { state: RwLock::new(T::default()), applied: watch::channel(Position(0)).0 });
-        let mut next = Position(1);
-        let head = log.head().await?;
-        while next <= head {
-            let page = log.read(next, Some(head), &filter, 1_000).await?;
-            live.apply(&page.events, Position(page.next.0 - 1));
-            next = page.next;
-        }
-        let mut subscription = log.subscribe(next, filter).await?;
+        let mut state = T::default();
+        let head = fold_to_head(log, &mut state).await?;
+        let live = Arc::new(Live { state: RwLock::new(state), applied: watch::channel(head).0 });
+        let mut subscription = log.subscribe(head.next(), filter::<T>()).await?;
         let follower = Arc::downgrade(&live);
         let log = log.clone();
         tokio::spawn(async move {

@@ -7,8 +7,7 @@ use clap::Args;
 use onepd_adapters::EventLog;
 use onepd_commands::workspace::WorkspaceConfig;
 use onepd_domain::events::workspace::workspace_stream;
-use onepd_domain::{AppendError, EventFilter, EventStore, NewEvent, Position, WorkspaceId};
-use onepd_projections::Fold;
+use onepd_domain::{AppendError, EventStore, NewEvent, Position, WorkspaceId};
 use onepd_projections::directory::{Directory, WorkspaceEntry};
 
 /// The store and the workspace a configuration subcommand works on.
@@ -31,20 +30,8 @@ pub async fn open(scope: &Scope) -> anyhow::Result<(EventLog, Directory, Workspa
 
 /// The directory of every workspace, folded from the whole log.
 pub async fn load(log: &EventLog) -> anyhow::Result<Directory> {
-    let filter = EventFilter {
-        event_types: Directory::EVENT_TYPES.iter().map(|t| t.to_string()).collect(),
-        ..Default::default()
-    };
     let mut directory = Directory::default();
-    let mut next = Position(1);
-    let head = log.head().await?;
-    while next <= head {
-        let page = log.read(next, Some(head), &filter, 1_000).await.context("reading the workspace directory")?;
-        for event in &page.events {
-            directory.apply(event);
-        }
-        next = page.next;
-    }
+    onepd_adapters::live::fold_to_head(log, &mut directory).await.context("reading the workspace directory")?;
     Ok(directory)
 }
 

@@ -172,10 +172,7 @@ fn write_key(metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> 
         return Ok(credential.trim().to_owned());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(credential.trim()).map_err(|_| missing())?;
-        let text = String::from_utf8(decoded).map_err(|_| missing())?;
-        return Ok(text.split_once(':').map_or(text.as_str(), |(user, _)| user).to_owned());
+        return crate::ingest::basic_user(credential).ok_or_else(missing);
     }
     Err(missing())
 }

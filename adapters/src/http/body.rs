@@ -161,7 +161,7 @@ fn decode_single(message_type: &'static str, body: &[u8]) -> Result<Decoded, Bod
     let Value::Object(mut message) = value else {
         return Err(BodyError::Malformed {
             field: "body".into(),
-            message: format!("expected a JSON object, found {}", kind(&value)),
+            message: format!("expected a JSON object, found {}", onepd_commands::ingest::shape::kind(&value)),
         });
     };
     let write_key = take_write_key(&mut message);
@@ -254,17 +254,6 @@ fn object(value: Value) -> Option<Map<String, Value>> {
     match value {
         Value::Object(map) => Some(map),
         _ => None,
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

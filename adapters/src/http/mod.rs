@@ -24,7 +24,6 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use base64::Engine as _;
 use serde_json::{Value, json};
 use tower_http::cors::{Any, CorsLayer};
 use uuid::Uuid;
@@ -102,33 +101,29 @@ async fn handle(
         received_at: None,
     };
     let results = ingest.ingest(grant, &caller, decoded.messages).await?;
-    let rejected: Vec<Value> = results
-        .iter()
-        .enumerate()
-        .filter_map(|(index, result)| match &result.outcome {
-            Outcome::Rejected { reasons, .. } => Some(json!({
-                "index": index,
-                "messageId": result.message_id,
-                "reasons": reasons,
-            })),
-            _ => None,
-        })
-        .collect();
-    if rejected.is_empty() {
-        return Ok((StatusCode::OK, Json(json!({ "success": true }))).into_response());
-    }
-    if let Endpoint::Single(_) = endpoint {
-        let reasons = &rejected[0]["reasons"];
-        let message = reasons[0]["message"].as_str().unwrap_or("message rejected").to_owned();
-        let field = reasons[0]["field"].as_str().unwrap_or_default().to_owned();
+    let mut rejected = results.iter().enumerate().filter_map(|(index, result)| match &result.outcome {
+        Outcome::Rejected { reasons, .. } => Some((index, result, reasons)),
+        _ => None,
+    });
+    // A single message that is rejected answers 400 with its reasons.
+    if let Endpoint::Single(_) = endpoint
+        && let Some((_, _, reasons)) = rejected.next()
+    {
+        let first = reasons.first();
         let body = json!({
             "success": false,
             "code": "invalid_message",
-            "message": message,
-            "field": field,
+            "message": first.map_or("message rejected", |reason| reason.message.as_str()),
+            "field": first.map_or("", |reason| reason.field.as_str()),
             "reasons": reasons,
         });
         return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+    let rejected: Vec<Value> = rejected
+        .map(|(index, result, reasons)| json!({ "index": index, "messageId": result.message_id, "reasons": reasons }))
+        .collect();
+    if rejected.is_empty() {
+        return Ok((StatusCode::OK, Json(json!({ "success": true }))).into_response());
     }
     Ok((StatusCode::OK, Json(json!({ "success": true, "rejected": rejected }))).into_response())
 }
@@ -141,10 +136,7 @@ fn basic_user(headers: &HeaderMap) -> Option<String> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
-    (!user.is_empty()).then(|| user.to_owned())
+    crate::ingest::basic_user(encoded)
 }
 
 /// Why a request failed as a whole.

@@ -346,22 +346,24 @@ impl Ingest {
                 }
             })
             .collect();
+        // Counted per outcome and reason, not per message: a label lookup
+        // per message would cost more than the rest of the bookkeeping.
+        let mut counts: HashMap<(&'static str, &str), u64> = HashMap::new();
         for result in &results {
-            let counter = match &result.outcome {
-                Outcome::Rejected { reasons, .. } => metrics::counter!(
-                    "onepd_ingest_messages_total",
-                    "source" => source.clone(),
-                    "outcome" => "rejected",
-                    "reason" => reasons.first().map(|r| r.rule.clone()).unwrap_or_default()
-                ),
-                _ => metrics::counter!(
-                    "onepd_ingest_messages_total",
-                    "source" => source.clone(),
-                    "outcome" => result.label(),
-                    "reason" => ""
-                ),
+            let reason = match &result.outcome {
+                Outcome::Rejected { reasons, .. } => reasons.first().map_or("", |reason| reason.rule.as_str()),
+                _ => "",
             };
-            counter.increment(1);
+            *counts.entry((result.label(), reason)).or_default() += 1;
+        }
+        for ((outcome, reason), count) in counts {
+            metrics::counter!(
+                "onepd_ingest_messages_total",
+                "source" => source.clone(),
+                "outcome" => outcome,
+                "reason" => reason.to_owned()
+            )
+            .increment(count);
         }
         Ok(results)
     }
@@ -369,16 +371,18 @@ impl Ingest {
     /// The pipeline settings of `workspace`, compiled once per configuration
     /// change.
     fn settings(&self, workspace: WorkspaceId) -> Result<Arc<WorkspaceSettings>, IngestError> {
-        let entry = self
+        let not_found = || IngestError::Configuration(format!("workspace {workspace}: not found"));
+        let current = self
             .directory
-            .read(|directory| directory.workspace(workspace).cloned())
-            .ok_or_else(|| IngestError::Configuration(format!("workspace {workspace}: not found")))?;
-        let mut cache = self.settings.lock().expect("settings lock");
-        if let Some((version, settings)) = cache.get(&workspace)
-            && *version == entry.settings_version
+            .read(|directory| directory.workspace(workspace).map(|entry| entry.settings_version))
+            .ok_or_else(not_found)?;
+        if let Some((version, settings)) = self.settings.lock().expect("settings lock").get(&workspace)
+            && *version == current
         {
             return Ok(settings.clone());
         }
+        // Changed since last compiled (or never compiled): copy it out once.
+        let entry = self.directory.read(|directory| directory.workspace(workspace).cloned()).ok_or_else(not_found)?;
         let plan = match &entry.plan {
             Some((mode, plan)) => Some(Arc::new(
                 TrackingPlan::compile(*mode, plan).map_err(|err| IngestError::Configuration(err.to_string()))?,
@@ -391,9 +395,19 @@ impl Ingest {
             default_region: entry.default_region.clone(),
             plan,
         });
-        cache.insert(workspace, (entry.settings_version, settings.clone()));
+        self.settings.lock().expect("settings lock").insert(workspace, (entry.settings_version, settings.clone()));
         Ok(settings)
     }
+}
+
+/// The user name of HTTP Basic credentials (the base64 after `Basic `):
+/// Segment's way of sending a write key, over HTTP and gRPC alike.
+pub fn basic_user(credentials: &str) -> Option<String> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(credentials.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+    (!user.is_empty()).then(|| user.to_owned())
 }
 
 /// What a message's result needs once its event is handed to the store.

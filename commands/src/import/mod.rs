@@ -353,7 +353,7 @@ impl ImportReader<'_> {
             let message_id = message_id(&self.file_id, line, std::iter::once(bytes));
             let result = match serde_json::from_slice::<Value>(bytes) {
                 Ok(object @ Value::Object(_)) => self.plan.message(Record::Json(&object), line, message_id),
-                Ok(other) => Err(RowError::NotAnObject { line, found: json_kind(&other).to_owned() }),
+                Ok(other) => Err(RowError::NotAnObject { line, found: crate::ingest::shape::kind(&other).to_owned() }),
                 Err(error) => Err(RowError::NotAnObject { line, found: format!("invalid JSON ({error})") }),
             };
             return Some(Ok(Row { line, result }));
@@ -455,16 +455,5 @@ fn csv_io_error(error: csv::Error) -> io::Error {
         csv::ErrorKind::Io(error) => error,
         // With flexible rows and byte records, the reader reports only I/O errors.
         other => io::Error::other(format!("{other:?}")),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }

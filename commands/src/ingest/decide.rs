@@ -34,14 +34,7 @@ pub fn run(
     let mut input = match message {
         Value::Object(input) => input,
         other => {
-            let kind = match &other {
-                Value::Array(_) => "an array".to_owned(),
-                Value::Null => "null".to_owned(),
-                Value::Bool(_) => "a boolean".to_owned(),
-                Value::Number(_) => "a number".to_owned(),
-                Value::String(_) => "a string".to_owned(),
-                Value::Object(_) => unreachable!("objects are handled above"),
-            };
+            let kind = shape::kind(&other);
             let reasons = vec![Violation::new("", "type", format!("expected a JSON object, found {kind}"))];
             return reject(settings, received, &other, reasons);
         }

@@ -279,6 +279,19 @@ pub fn id(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// What kind of JSON value `value` is, as named after "found" in an error
+/// (`a number`, `an array`, `null`).
+pub fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// A JSON value as shown after "found" in a violation: strings quoted,
 /// objects and arrays named rather than printed, long text cut.
 pub fn describe(value: &Value) -> String {
