@@ -1,6 +1,7 @@
 //! onepd's adapters: everything that touches the outside world.
 //!
 //! * [`store`] — the event log on SQLite and PostgreSQL;
+//! * [`readstore`] — projections' documents, beside the log;
 //! * [`grpc`] — the tonic services;
 //! * [`http`] — the Segment-compatible HTTP API (axum);
 //! * [`ingest`] — the path every entrance takes into the log;
@@ -15,6 +16,8 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod live;
+pub mod profiles;
+pub mod readstore;
 pub mod store;
 
 pub use store::sealing::MasterKey;

@@ -22,6 +22,10 @@ use uuid::Uuid;
 
 use crate::ingest::TrackingPlan;
 
+mod identity;
+
+pub use identity::{check_identifier, check_rules};
+
 /// The prefix of every admin token, so a leaked one is recognizable in logs
 /// and by secret scanners.
 pub const ADMIN_TOKEN_PREFIX: &str = "onepd_admin_";
@@ -83,6 +87,15 @@ pub enum ConfigError {
     /// The tracking plan does not compile.
     #[error("tracking plan: {0}")]
     InvalidPlan(String),
+    /// An identifier is malformed, or its block state is already the one asked for.
+    #[error("{0}")]
+    Identifier(String),
+    /// Identity rules that cannot be applied.
+    #[error("identity rules: {0}")]
+    InvalidRules(String),
+    /// A split that would undo nothing.
+    #[error("profile split: {0}")]
+    InvalidSplit(String),
 }
 
 /// A key or token to hand to its owner once, and the event recording its hash.
@@ -123,6 +136,7 @@ pub struct WorkspaceConfig {
     created: Option<WorkspaceCreated>,
     sources: HashMap<Uuid, SourceCreated>,
     credentials: HashMap<Uuid, Credential>,
+    facts: onepd_domain::events::identity::IdentityFacts,
 }
 
 impl WorkspaceConfig {
@@ -185,7 +199,7 @@ impl WorkspaceConfig {
                     *flag = true;
                 }
             }
-            _ => {}
+            other => self.facts.apply_data(other, data),
         }
     }
 

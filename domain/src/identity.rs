@@ -8,7 +8,7 @@
 //! **Invariant:** pure and deterministic; the same rules judge the same
 //! identifier the same way on every replay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -170,6 +170,10 @@ pub struct IdentityRules {
     pub blocked_patterns: Vec<String>,
     /// The custom kinds the workspace declares.
     pub custom: Vec<CustomKind>,
+    /// Exact identifiers that are never identifiers, whatever their value
+    /// looks like (an operator's `IdentifierBlocked`).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub blocked_identifiers: BTreeSet<Identifier>,
 }
 
 impl Default for IdentityRules {
@@ -188,6 +192,7 @@ impl Default for IdentityRules {
             block_all_zeros: true,
             blocked_patterns: Vec::new(),
             custom: Vec::new(),
+            blocked_identifiers: BTreeSet::new(),
         }
     }
 }
@@ -233,9 +238,12 @@ impl IdentityRules {
         }
     }
 
-    /// Whether `identifier`'s value is blocked: a blocked value, all zeros, or
-    /// matching a blocked pattern.
+    /// Whether `identifier` is blocked: a blocked identifier, a blocked
+    /// value, all zeros, or matching a blocked pattern.
     pub fn is_blocked(&self, identifier: &Identifier) -> bool {
+        if self.blocked_identifiers.contains(identifier) {
+            return true;
+        }
         let value = identifier.value.trim().to_lowercase();
         if self.blocked_values.iter().any(|blocked| blocked.trim().to_lowercase() == value) {
             return true;

@@ -8,7 +8,7 @@
 //! * [`upcast`] — turning old `schema_version`s into the current shape on read.
 //! * [`events`] — the event types, past-tense facts, one module per area.
 //! * [`ports`] — the async traits the adapters implement ([`EventStore`],
-//!   [`Subscription`]) and their errors.
+//!   [`Subscription`], [`ProjectionStore`]) and their errors.
 //! * [`normalize`] — canonical forms of emails, phone numbers (E.164),
 //!   countries (ISO 3166-1 alpha-2) and names (NFC).
 //! * [`identity`] — identifiers, identity-resolution rules (which kinds link,
@@ -31,7 +31,7 @@ pub use envelope::{
     EventId, ExpectedVersion, NewEvent, Payload, Position, RecordedEvent, StreamId, Timestamp, WorkspaceId,
 };
 pub use ports::{
-    AppendError, AppendOutcome, AppendRequest, EventFilter, EventStore, ReadError, ReadPage, StoreError, Subscription,
-    VerifyReport,
+    AppendError, AppendOutcome, AppendRequest, DocWrite, EventFilter, EventStore, Generation, ProjectionError,
+    ProjectionStore, ReadError, ReadPage, StoreError, Subscription, VerifyReport,
 };
 pub use upcast::{UpcastError, Upcasters};

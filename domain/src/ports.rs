@@ -195,3 +195,111 @@ pub trait EventStore: Send + Sync {
     /// unreadable. Returns whether a key existed.
     async fn shred(&self, workspace: WorkspaceId, subject: &str) -> Result<bool, StoreError>;
 }
+
+/// One generation of a projection's read model: the projection built once,
+/// from position 0, by one version of its code. A rebuild makes a new
+/// generation beside the live one and promotes it when it has caught up
+/// (blue/green), so readers never see a half-built model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// Unique across projections; never reused.
+    pub id: u64,
+    /// The projection's name (`profiles`).
+    pub projection: String,
+    /// The version of the projection's code that built it.
+    pub version: u32,
+    /// Every event up to here is reflected in its documents.
+    pub checkpoint: Position,
+    /// Whether readers are served from it.
+    pub live: bool,
+}
+
+/// One change to a generation's documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocWrite {
+    /// Stores `doc` under (`workspace`, `collection`, `key`), replacing what
+    /// was there.
+    Put {
+        /// The workspace the document belongs to.
+        workspace: WorkspaceId,
+        /// The kind of document (`profile`, `identifier`, …).
+        collection: &'static str,
+        /// Its key within the collection.
+        key: String,
+        /// Its bytes.
+        doc: Vec<u8>,
+    },
+    /// Removes the document, if any.
+    Delete {
+        /// The workspace the document belongs to.
+        workspace: WorkspaceId,
+        /// The kind of document.
+        collection: &'static str,
+        /// Its key within the collection.
+        key: String,
+    },
+}
+
+/// Why a projection store refused a write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectionError {
+    /// The generation's checkpoint moved since the writer last saw it, or the
+    /// generation was dropped: another writer owns it now. Nothing was
+    /// written.
+    #[error("generation {generation}: expected checkpoint {expected}, found {found}")]
+    Fenced {
+        /// The generation written to.
+        generation: u64,
+        /// The checkpoint the writer expected.
+        expected: Position,
+        /// The checkpoint found (0 when the generation no longer exists).
+        found: Position,
+    },
+    /// The storage underneath failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The read models of projections: documents per generation, written
+/// together with the generation's checkpoint so each event takes effect
+/// exactly once.
+#[async_trait]
+pub trait ProjectionStore: Send + Sync {
+    /// The generation readers are served from, if one was promoted.
+    async fn live(&self, projection: &str) -> Result<Option<Generation>, StoreError>;
+
+    /// Every generation of `projection` that exists, oldest first.
+    async fn generations(&self, projection: &str) -> Result<Vec<Generation>, StoreError>;
+
+    /// Starts a new, empty generation at checkpoint 0, not live.
+    async fn create_generation(&self, projection: &str, version: u32) -> Result<Generation, StoreError>;
+
+    /// Applies `writes` in order and moves the generation's checkpoint from
+    /// `expected` to `checkpoint`, in one transaction. Refused with
+    /// [`ProjectionError::Fenced`] when the checkpoint is not `expected` or
+    /// the generation is gone.
+    async fn commit(
+        &self,
+        generation: u64,
+        expected: Position,
+        checkpoint: Position,
+        writes: Vec<DocWrite>,
+    ) -> Result<(), ProjectionError>;
+
+    /// Makes `generation` the live one of its projection and drops every
+    /// other generation of it, atomically for readers.
+    async fn promote(&self, generation: u64) -> Result<(), StoreError>;
+
+    /// Drops a generation and its documents (an abandoned rebuild).
+    async fn drop_generation(&self, generation: u64) -> Result<(), StoreError>;
+
+    /// The documents under `keys` in one collection of a generation, in the
+    /// order of `keys`; `None` where there is none.
+    async fn get(
+        &self,
+        generation: u64,
+        workspace: WorkspaceId,
+        collection: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+}

@@ -19,6 +19,7 @@ pub mod access;
 pub mod directory;
 pub mod identity;
 pub mod profile;
+pub mod runner;
 
 use onepd_domain::RecordedEvent;
 

@@ -25,6 +25,14 @@ pub mod ingest {
     }
 }
 
+/// `onepd.profiles.v1`: reading profiles, their timelines and merges.
+pub mod profiles {
+    /// Version 1 of the profiles protocol.
+    pub mod v1 {
+        tonic::include_proto!("onepd.profiles.v1");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
@@ -36,6 +44,7 @@ mod tests {
         for needed in [
             "onepd/audit/v1/audit.proto",
             "onepd/ingest/v1/ingest.proto",
+            "onepd/profiles/v1/profiles.proto",
             "google/protobuf/struct.proto",
             "google/protobuf/timestamp.proto",
         ] {

@@ -2,9 +2,12 @@
 
 mod bench;
 mod directory;
+mod identity;
 pub(crate) mod import;
 mod key;
 mod plan;
+mod profile;
+mod rebuild;
 mod rejected;
 mod serve;
 mod source;
@@ -49,6 +52,14 @@ enum Command {
     /// List rejected messages, or replay them once their cause is fixed.
     #[command(subcommand)]
     Rejected(rejected::RejectedCommand),
+    /// Read unified profiles: get one (now or as of a past point), explain a merge.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// Block or unblock identifiers, split profiles, change or try identity rules.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
+    /// Rebuild a projection beside the live one and switch readers over.
+    Rebuild(rebuild::RebuildArgs),
     /// Measure onepd against the raw limit of its database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +76,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => import::run(args).await,
         Command::Plan(command) => plan::run(command).await,
         Command::Rejected(command) => rejected::run(command).await,
+        Command::Profile(command) => profile::run(command).await,
+        Command::Identity(command) => identity::run(command).await,
+        Command::Rebuild(args) => rebuild::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }
 }

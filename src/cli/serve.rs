@@ -16,7 +16,11 @@ use clap::Args;
 use onepd_adapters::EventLog;
 use onepd_adapters::grpc::auth::TokenRegistry;
 use onepd_adapters::ingest::{Ingest, IngestConfig, TrustedProxies};
+use onepd_adapters::profiles::ProfileReader;
+use onepd_adapters::profiles::runner::ProfilesProjection;
+use onepd_adapters::readstore::ReadStore;
 use onepd_commands::workspace::{Bootstrap, BootstrapIds, NewWorkspace, bootstrap_workspace};
+use onepd_domain::ProjectionStore;
 use onepd_domain::events::workspace::{Industry, SourceKind, WorkspaceCreated};
 use onepd_domain::{AppendError, EventFilter, EventStore, Position, WorkspaceId};
 use tokio::net::TcpListener;
@@ -67,6 +71,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let log = super::open_log(&args.store, true).await?;
     let bootstrap = bootstrap(&log).await?;
     let tokens = TokenRegistry::follow(&log).await.context("loading admin tokens")?;
+    let read_store: Arc<dyn ProjectionStore> =
+        Arc::new(ReadStore::open(&url).await.context("opening the projections' read store")?);
+    let projection = ProfilesProjection::spawn(log.clone(), read_store.clone());
+    let profiles = ProfileReader::new(read_store.clone(), log.clone());
     let ingest = Ingest::start(
         log.clone(),
         IngestConfig { max_in_flight: args.max_in_flight, trusted_proxies: args.trusted_proxies.clone() },
@@ -99,8 +107,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let grpc = tokio::spawn(onepd_adapters::grpc::serve(
         grpc_listener,
         log.clone(),
-        tokens,
+        tokens.clone(),
         ingest.clone(),
+        profiles.clone(),
         stopping.clone(),
         wait_for(stopping.clone()),
     ));
@@ -108,7 +117,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .with_state(HttpState { log: log.clone(), metrics: Arc::new(metrics) })
-        .merge(onepd_adapters::http::router(ingest));
+        .merge(onepd_adapters::http::router(ingest))
+        .merge(onepd_adapters::http::profiles::profiles_router(profiles, tokens));
     let http = tokio::spawn(
         axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(wait_for(stopping.clone()))
@@ -131,6 +141,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         Err(_) => tracing::warn!("calls still open after 30 s; closing anyway"),
     }
+    projection.stop();
     log.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

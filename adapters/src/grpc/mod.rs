@@ -3,26 +3,32 @@
 //! * [`audit`] — `onepd.audit.v1.AuditService`: read, follow, verify the log;
 //! * [`auth`] — admin token checks shared by the services;
 //! * [`ingest`] — `onepd.ingest.v1.IngestService`: the gRPC ingest API;
+//! * [`profiles`] — `onepd.profiles.v1.ProfileService`: profiles, their
+//!   timelines and merges;
 //! * the standard `grpc.health.v1.Health` and reflection services.
 
 pub mod audit;
 pub mod auth;
 pub mod ingest;
+pub mod profiles;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use onepd_proto::audit::v1::audit_service_server::AuditServiceServer;
 use onepd_proto::ingest::v1::ingest_service_server::IngestServiceServer;
+use onepd_proto::profiles::v1::profile_service_server::ProfileServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::EventLog;
 use crate::ingest::Ingest;
+use crate::profiles::ProfileReader;
 use audit::AuditApi;
 use auth::TokenRegistry;
 use ingest::IngestApi;
+use profiles::ProfilesApi;
 
 /// A failure to start or run the gRPC server.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +49,14 @@ pub async fn serve(
     log: EventLog,
     tokens: Arc<TokenRegistry>,
     ingest: Arc<Ingest>,
+    profiles: ProfileReader,
     stopping: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<IngestServiceServer<IngestApi>>().await;
+    health.set_serving::<ProfileServiceServer<ProfilesApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -62,7 +70,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(AuditServiceServer::new(AuditApi::new(log, tokens, stopping)))
+        .add_service(AuditServiceServer::new(AuditApi::new(log, tokens.clone(), stopping)))
+        .add_service(ProfileServiceServer::new(ProfilesApi::new(profiles, tokens)))
         .add_service(IngestServiceServer::new(IngestApi::new(ingest)).max_decoding_message_size(64 * 1024 * 1024))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -1,4 +1,5 @@
-//! The Segment-compatible HTTP tracking API (axum).
+//! The Segment-compatible HTTP tracking API (axum), and beside it, in
+//! [`profiles`], the Segment-shaped profile read API.
 //!
 //! `POST /v1/track|identify|page|screen|group|alias|batch|import`, with the
 //! write key as the HTTP Basic user name (or `writeKey` in the body), answered
@@ -14,6 +15,7 @@
 //! call answers 400 with the reasons.
 
 pub mod body;
+pub mod profiles;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

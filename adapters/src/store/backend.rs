@@ -135,6 +135,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Vec<StoredRow>, StoreError>;
+    /// Rows of `workspace` at these positions, in order; positions of other
+    /// workspaces or past the head are left out.
+    async fn read_rows_at(&self, workspace: Uuid, positions: &[u64]) -> Result<Vec<StoredRow>, StoreError>;
     /// Rows of one stream from `from_version`, up to `limit`, in order.
     async fn read_stream_rows(
         &self,
@@ -155,6 +158,20 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn master_key_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Closes the connection pool.
     async fn close(&self);
+}
+
+/// The condition of the partial index of configuration events, as readers
+/// must repeat it.
+pub(crate) const CONFIGURATION_CONDITION: &str = " AND event_type NOT IN ('MessageAccepted', 'MessageRejected')";
+
+/// Whether `filter` asks only for configuration events (named types, none of
+/// them a message), which the partial index covers.
+pub(crate) fn configuration_only(filter: &EventFilter) -> bool {
+    !filter.event_types.is_empty()
+        && filter
+            .event_types
+            .iter()
+            .all(|event_type| event_type != "MessageAccepted" && event_type != "MessageRejected")
 }
 
 /// Turns a database error into the store's error, naming what was being done.

@@ -102,6 +102,9 @@ pub struct EventLog {
     inner: Arc<Inner>,
 }
 
+/// Pages at least this large are decoded on two threads.
+const PARALLEL_DECODE_ROWS: usize = 1_000;
+
 struct Inner {
     backend: Arc<dyn Backend>,
     commands: mpsc::Sender<Command>,
@@ -239,6 +242,20 @@ impl EventLog {
         self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await
     }
 
+    /// The events of `workspace` at `positions`, in log order; positions of
+    /// other workspaces or past the head are left out.
+    pub async fn read_at(
+        &self,
+        workspace: WorkspaceId,
+        positions: &[Position],
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let head = self.inner.backend.head().await?;
+        self.inner.open_keys.observe_epoch(head.key_epoch);
+        let positions: Vec<u64> = positions.iter().map(|position| position.0).collect();
+        let rows = self.inner.backend.read_rows_at(workspace.0, &positions).await?;
+        self.decode(rows, head.key_epoch).await
+    }
+
     /// A receiver that changes whenever a commit is known (this process's,
     /// or another's on PostgreSQL); its value is the highest position seen.
     pub fn commits(&self) -> watch::Receiver<u64> {
@@ -246,9 +263,23 @@ impl EventLog {
     }
 
     /// Decodes rows read under key epoch `epoch`.
-    async fn decode(&self, rows: Vec<StoredRow>, epoch: i64) -> Result<Vec<RecordedEvent>, ReadError> {
+    async fn decode(&self, mut rows: Vec<StoredRow>, epoch: i64) -> Result<Vec<RecordedEvent>, ReadError> {
         let keys = self.load_keys(&rows, epoch).await?;
-        rows.into_iter().map(|row| self.decode_row(row, &keys)).collect()
+        // Parsing and opening payloads is most of a big read's cost (a
+        // rebuild, an export): a large page is decoded on two threads.
+        if rows.len() < PARALLEL_DECODE_ROWS {
+            return rows.into_iter().map(|row| self.decode_row(row, &keys)).collect();
+        }
+        let keys = Arc::new(keys);
+        let second = rows.split_off(rows.len() / 2);
+        let (log, shared) = (self.clone(), keys.clone());
+        let other = tokio::task::spawn_blocking(move || {
+            second.into_iter().map(|row| log.decode_row(row, &shared)).collect::<Result<Vec<_>, _>>()
+        });
+        let mut events = rows.into_iter().map(|row| self.decode_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
+        let rest = other.await.map_err(|err| StoreError::Database(format!("decoding events: {err}")))??;
+        events.extend(rest);
+        Ok(events)
     }
 
     fn decode_row(&self, row: StoredRow, keys: &ReadKeys) -> Result<RecordedEvent, ReadError> {

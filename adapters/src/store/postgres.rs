@@ -356,8 +356,25 @@ impl Backend for PostgresBackend {
         if !filter.event_types.is_empty() {
             query.push(" AND event_type = ANY(").push_bind(filter.event_types.clone()).push(")");
         }
+        if super::backend::configuration_only(filter) {
+            query.push(super::backend::CONFIGURATION_CONDITION);
+        }
         query.push(" ORDER BY position LIMIT ").push_bind(limit as i64);
         let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading events"))?;
+        rows.iter().map(row_from).collect()
+    }
+
+    async fn read_rows_at(&self, workspace: Uuid, positions: &[u64]) -> Result<Vec<StoredRow>, StoreError> {
+        let positions: Vec<i64> = positions.iter().map(|&position| position as i64).collect();
+        let sql = format!(
+            "SELECT {ROW_COLUMNS} FROM events WHERE workspace_id = $1 AND position = ANY($2) ORDER BY position"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(workspace)
+            .bind(positions)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("reading events by position"))?;
         rows.iter().map(row_from).collect()
     }
 

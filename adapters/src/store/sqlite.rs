@@ -45,7 +45,9 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool,
         .synchronous(SqliteSynchronous::Full)
         .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .busy_timeout(Duration::from_secs(30))
-        .pragma("cache_size", "-65536")
+        // Per connection, and a pool has several: reads stream through the
+        // OS page cache, so a large private cache would only multiply memory.
+        .pragma("cache_size", "-16384")
         .pragma("temp_store", "memory")
         // Reading a page of thousands of events is normal here, not slow.
         .disable_statement_logging();
@@ -237,7 +239,15 @@ impl Backend for SqliteBackend {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Vec<StoredRow>, StoreError> {
-        let mut query = QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM events WHERE position >= "));
+        // Configuration reads go through the partial index of
+        // configuration events, not a scan of every message.
+        let index = if super::backend::configuration_only(filter) {
+            " INDEXED BY events_configuration_by_position"
+        } else {
+            ""
+        };
+        let mut query =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM events{index} WHERE position >= "));
         query.push_bind(from as i64).push(" AND position <= ").push_bind(to as i64);
         if let Some(workspace) = filter.workspace {
             query.push(" AND workspace_id = ").push_bind(workspace.0);
@@ -253,9 +263,32 @@ impl Backend for SqliteBackend {
             }
             query.push(")");
         }
+        if super::backend::configuration_only(filter) {
+            query.push(super::backend::CONFIGURATION_CONDITION);
+        }
         query.push(" ORDER BY position LIMIT ").push_bind(limit as i64);
         let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading events"))?;
         rows.iter().map(row_from).collect()
+    }
+
+    async fn read_rows_at(&self, workspace: Uuid, positions: &[u64]) -> Result<Vec<StoredRow>, StoreError> {
+        let mut found = Vec::with_capacity(positions.len());
+        for chunk in positions.chunks(INSERT_CHUNK) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM events WHERE workspace_id = "));
+            query.push_bind(workspace).push(" AND position IN (");
+            let mut list = query.separated(", ");
+            for &position in chunk {
+                list.push_bind(position as i64);
+            }
+            query.push(") ORDER BY position");
+            let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading events by position"))?;
+            for row in &rows {
+                found.push(row_from(row)?);
+            }
+        }
+        found.sort_by_key(|row| row.position);
+        Ok(found)
     }
 
     async fn read_stream_rows(

@@ -39,22 +39,32 @@
 //!
 //! An event creates at most one profile, so ids never collide.
 //!
-//! **Does not:** unmerge, rebuild under new rules, store or serve anything;
-//! the rules are fixed when the graph is built.
+//! # Operator facts
+//!
+//! A workspace's graph is built under its [`IdentityFacts`]: its rules (with
+//! blocked identifiers added) and the events a `ProfileSplit` unlinked. An
+//! unlinked event keeps only its highest-priority identifier after step 1,
+//! so it joins no two profiles. Facts are fixed when the graph is built: a
+//! change of facts is applied by building the graph again from the log.
+//!
+//! **Does not:** store or serve anything.
 
+pub mod compare;
 pub(crate) mod extract;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
+use onepd_domain::events::identity::IdentityFacts;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules, ProfileId};
 use onepd_domain::{EventId, Position, RecordedEvent, WorkspaceId};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Fold;
 
 /// Two profiles became one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Merge {
     /// The profile that remains (the older one).
     pub survivor: ProfileId,
@@ -73,7 +83,7 @@ pub struct Merge {
 }
 
 /// Two identifiers seen together in one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     /// The event's anchor: the highest-priority identifier of the profile it
     /// extended or created.
@@ -84,13 +94,40 @@ pub struct Link {
     pub position: Position,
     /// The event's id.
     pub event_id: EventId,
+    /// The source that sent it, from the event's metadata.
+    pub source_id: Option<String>,
+    /// Why they were linked: `seen together`, `alias`, or the rule of the
+    /// merge it made (`shared email`).
+    pub rule: String,
+}
+
+/// An identifier as a profile holds it: when it joined, and which profile
+/// it joined (the live profile at that moment, since absorbed or not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    /// The identifier.
+    pub identifier: Identifier,
+    /// The position of the event that brought it in.
+    pub position: Position,
+    /// The profile it joined then.
+    pub member: ProfileId,
+}
+
+/// A profile that is part of a live one: the live profile itself, or one it
+/// absorbed (directly or through others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: ProfileId,
+    /// The position of the event that created it.
+    pub created_at: Position,
 }
 
 /// The identity graph of every workspace.
 #[derive(Debug, Clone)]
 pub struct IdentityGraph {
     default_rules: IdentityRules,
-    rules: HashMap<WorkspaceId, IdentityRules>,
+    facts: HashMap<WorkspaceId, (IdentityRules, HashSet<EventId>)>,
     workspaces: HashMap<WorkspaceId, WorkspaceIdentities>,
 }
 
@@ -122,8 +159,11 @@ impl IdentityGraph {
         let data = event.data.value()?;
         let message = data.get("message")?;
         let workspace = self.workspaces.entry(event.workspace_id).or_insert_with(|| {
-            let rules = self.rules.get(&event.workspace_id).unwrap_or(&self.default_rules).clone();
-            WorkspaceIdentities::new(event.workspace_id, rules)
+            let (rules, unlinked) = match self.facts.get(&event.workspace_id) {
+                Some((rules, unlinked)) => (rules.clone(), unlinked.clone()),
+                None => (self.default_rules.clone(), HashSet::new()),
+            };
+            WorkspaceIdentities::new(event.workspace_id, rules, unlinked)
         });
         workspace.apply(event, message, data.get("violations"))
     }
@@ -131,13 +171,22 @@ impl IdentityGraph {
     /// An empty graph applying `rules` in every workspace without rules of
     /// its own.
     pub fn new(rules: IdentityRules) -> IdentityGraph {
-        IdentityGraph { default_rules: rules, rules: HashMap::new(), workspaces: HashMap::new() }
+        IdentityGraph { default_rules: rules, facts: HashMap::new(), workspaces: HashMap::new() }
     }
 
     /// This graph with `rules` for `workspace`. Takes effect for a workspace
     /// only before its first event is folded.
     pub fn with_rules(mut self, workspace: WorkspaceId, rules: IdentityRules) -> IdentityGraph {
-        self.rules.insert(workspace, rules);
+        self.facts.insert(workspace, (rules, HashSet::new()));
+        self
+    }
+
+    /// This graph under `facts` for `workspace`: its rules (or this graph's
+    /// defaults), blocked identifiers and unlinked events. Takes effect for
+    /// a workspace only before its first event is folded.
+    pub fn with_facts(mut self, workspace: WorkspaceId, facts: &IdentityFacts) -> IdentityGraph {
+        let rules = facts.effective_rules(&self.default_rules);
+        self.facts.insert(workspace, (rules, facts.unlinked.iter().copied().collect()));
         self
     }
 
@@ -159,6 +208,9 @@ impl IdentityGraph {
 pub struct WorkspaceIdentities {
     workspace: WorkspaceId,
     rules: IdentityRules,
+    /// Events a `ProfileSplit` unlinked: each keeps only its strongest
+    /// identifier.
+    unlinked: HashSet<EventId>,
     /// Which slot of `slots` holds each known identifier.
     slot_of: HashMap<Identifier, usize>,
     /// Live profiles; a merge moves the smaller identifier set into the
@@ -177,7 +229,9 @@ pub struct WorkspaceIdentities {
 struct ProfileState {
     id: ProfileId,
     created_at: Position,
-    identifiers: Vec<Identifier>,
+    identifiers: Vec<Attached>,
+    /// Itself and every profile it absorbed.
+    members: Vec<Member>,
     counts: BTreeMap<IdentifierKind, usize>,
     /// Every merge that formed it, its absorbed profiles' included, by
     /// position.
@@ -198,10 +252,11 @@ enum Unit {
 }
 
 impl WorkspaceIdentities {
-    fn new(workspace: WorkspaceId, rules: IdentityRules) -> WorkspaceIdentities {
+    fn new(workspace: WorkspaceId, rules: IdentityRules, unlinked: HashSet<EventId>) -> WorkspaceIdentities {
         WorkspaceIdentities {
             workspace,
             rules,
+            unlinked,
             slot_of: HashMap::new(),
             slots: Vec::new(),
             slot_by_id: HashMap::new(),
@@ -233,10 +288,35 @@ impl WorkspaceIdentities {
     /// The identifiers of `profile` (resolved as in [`Self::resolve`]),
     /// sorted by kind, then value.
     pub fn identifiers(&self, profile: ProfileId) -> Vec<Identifier> {
+        self.attached(profile).into_iter().map(|attached| attached.identifier).collect()
+    }
+
+    /// The identifiers of `profile` with when and where each joined, sorted
+    /// by identifier.
+    pub fn attached(&self, profile: ProfileId) -> Vec<Attached> {
         let Some(state) = self.state(profile) else { return Vec::new() };
-        let mut identifiers = state.identifiers.clone();
-        identifiers.sort();
-        identifiers
+        let mut attached = state.identifiers.clone();
+        attached.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+        attached
+    }
+
+    /// `profile` and every profile it absorbed, oldest first.
+    pub fn members(&self, profile: ProfileId) -> Vec<Member> {
+        let Some(state) = self.state(profile) else { return Vec::new() };
+        let mut members = state.members.clone();
+        members.sort_by_key(|member| member.created_at);
+        members
+    }
+
+    /// Every link between identifiers of `profile`, by position: a tree
+    /// over its identifiers.
+    pub fn links(&self, profile: ProfileId) -> Vec<Link> {
+        let Some(state) = self.state(profile) else { return Vec::new() };
+        let mut indices: BTreeSet<usize> = BTreeSet::new();
+        for attached in &state.identifiers {
+            indices.extend(self.adjacency.get(&attached.identifier).into_iter().flatten().copied());
+        }
+        indices.into_iter().map(|index| self.links[index].clone()).collect()
     }
 
     /// Every merge that formed `profile` (resolved as in [`Self::resolve`]),
@@ -312,6 +392,9 @@ impl WorkspaceIdentities {
         let known_user_id = |value: &str| self.slot_of.contains_key(&Identifier::new(IdentifierKind::UserId, value));
         let observed = extract::observed(message, &violations, &self.rules, known_user_id)?;
         let mut identifiers = observed.identifiers;
+        if self.unlinked.contains(&event.event_id) {
+            identifiers.truncate(1);
+        }
         self.leave_out_over_limit(&mut identifiers, event.position);
         if identifiers.is_empty() {
             return None;
@@ -340,12 +423,13 @@ impl WorkspaceIdentities {
                     id,
                     created_at: event.position,
                     identifiers: Vec::new(),
+                    members: vec![Member { id, created_at: event.position }],
                     counts: BTreeMap::new(),
                     merges: Vec::new(),
                 }));
                 self.slot_by_id.insert(id, slot);
                 let anchor = identifiers[0].clone();
-                self.attach(slot, anchor.clone());
+                self.attach(slot, anchor.clone(), event.position);
                 (slot, anchor)
             }
         };
@@ -359,6 +443,7 @@ impl WorkspaceIdentities {
                 joined.clone()
             };
             let rule = if observed.alias { "alias".to_owned() } else { format!("shared {}", shared.kind) };
+            self.link(&anchor, &joined, event, &source_id, &rule);
             let merge = Merge {
                 survivor: self.profile(survivor).id,
                 absorbed: self.profile(absorbed).id,
@@ -368,13 +453,13 @@ impl WorkspaceIdentities {
                 shared,
                 rule,
             };
-            self.link(&anchor, &joined, event);
             survivor = self.merge(survivor, absorbed, merge);
         }
+        let rule = if observed.alias { "alias" } else { "seen together" };
         for identifier in &identifiers {
             if identifier != &anchor && self.unit(identifier) == Unit::New {
-                self.link(&anchor, identifier, event);
-                self.attach(survivor, identifier.clone());
+                self.link(&anchor, identifier, event, &source_id, rule);
+                self.attach(survivor, identifier.clone(), event.position);
             }
         }
         Some(self.profile(survivor).id)
@@ -430,20 +515,29 @@ impl WorkspaceIdentities {
         }
     }
 
-    fn attach(&mut self, slot: usize, identifier: Identifier) {
+    fn attach(&mut self, slot: usize, identifier: Identifier, position: Position) {
         let state = self.slots[slot].as_mut().expect("attach to a live slot");
         *state.counts.entry(identifier.kind.clone()).or_default() += 1;
-        state.identifiers.push(identifier.clone());
+        state.identifiers.push(Attached { identifier: identifier.clone(), position, member: state.id });
         self.slot_of.insert(identifier, slot);
     }
 
-    fn link(&mut self, from: &Identifier, to: &Identifier, event: &RecordedEvent) {
+    fn link(
+        &mut self,
+        from: &Identifier,
+        to: &Identifier,
+        event: &RecordedEvent,
+        source_id: &Option<String>,
+        rule: &str,
+    ) {
         let index = self.links.len();
         self.links.push(Link {
             from: from.clone(),
             to: to.clone(),
             position: event.position,
             event_id: event.event_id,
+            source_id: source_id.clone(),
+            rule: rule.to_owned(),
         });
         self.adjacency.entry(from.clone()).or_default().push(index);
         self.adjacency.entry(to.clone()).or_default().push(index);
@@ -460,10 +554,11 @@ impl WorkspaceIdentities {
         } else {
             (absorbed_state, survivor_state, absorbed)
         };
-        for identifier in &moved.identifiers {
-            self.slot_of.insert(identifier.clone(), kept_slot);
+        for attached in &moved.identifiers {
+            self.slot_of.insert(attached.identifier.clone(), kept_slot);
         }
         kept.identifiers.extend(moved.identifiers);
+        kept.members.extend(moved.members);
         for (kind, count) in moved.counts {
             *kept.counts.entry(kind).or_default() += count;
         }

@@ -231,23 +231,28 @@ fn explain_names_the_exact_event_of_each_link() {
         ],
     );
     let ws = ws(&graph);
-    let link = |from: &str, to: &str, position: u64| Link {
+    let link = |from: &str, to: &str, position: u64, rule: &str| Link {
         from: id(from),
         to: id(to),
         position: Position(position),
         event_id: event_id(position),
+        source_id: Some("s1".into()),
+        rule: rule.into(),
     };
     assert_eq!(
         ws.explain(&id("anonymous_id:a1"), &id("anonymous_id:a2")),
         Some(vec![
-            link("anonymous_id:a1", "email:ann@example.com", 2),
-            link("email:ann@example.com", "user_id:u1", 4),
-            link("user_id:u1", "anonymous_id:a2", 5),
+            link("anonymous_id:a1", "email:ann@example.com", 2, "seen together"),
+            link("email:ann@example.com", "user_id:u1", 4, "seen together"),
+            link("user_id:u1", "anonymous_id:a2", 5, "shared user_id"),
         ])
     );
     assert_eq!(
         ws.explain(&id("user_id:u1"), &id("anonymous_id:a1")),
-        Some(vec![link("email:ann@example.com", "user_id:u1", 4), link("anonymous_id:a1", "email:ann@example.com", 2)])
+        Some(vec![
+            link("email:ann@example.com", "user_id:u1", 4, "seen together"),
+            link("anonymous_id:a1", "email:ann@example.com", 2, "seen together")
+        ])
     );
     assert_eq!(ws.explain(&id("user_id:u1"), &id("user_id:u1")), Some(vec![]));
     assert_eq!(ws.merges(created_by(1))[0].event_id, event_id(5));

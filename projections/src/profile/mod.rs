@@ -45,22 +45,25 @@
 //! **Does not:** unmerge (a split is a rebuild), store or serve anything, or
 //! keep erased payloads: an erased event is attributed to nobody.
 
+mod doc;
 mod message;
 mod state;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::identity::{Identifier, IdentityRules, ProfileId};
 use onepd_domain::{EventId, Position, RecordedEvent, Timestamp, WorkspaceId};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Fold;
 use crate::identity::{IdentityGraph, Merge};
+pub use doc::{Lookup, PastProfile, ProfileDoc, TimelineRef, timeline_entry_of};
 use state::ProfileState;
 
 /// A value with where it came from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trait {
     /// The value as sent.
     pub value: Value,
@@ -83,14 +86,14 @@ impl Trait {
 }
 
 /// An account the profile was grouped into by a `group` call.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     /// The group's traits, the newest write per name.
     pub traits: BTreeMap<String, Trait>,
 }
 
 /// One event of a profile's timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
     /// The event's position in the log.
     pub position: Position,
@@ -102,10 +105,13 @@ pub struct TimelineEntry {
     pub name: Option<String>,
     /// The event's time.
     pub timestamp: Timestamp,
+    /// The profile it was attributed to when it was folded: this one, or
+    /// one it absorbed since.
+    pub profile: ProfileId,
 }
 
 /// A profile as read: everything known about one person.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// The live profile's id (the survivor of every merge).
     pub id: ProfileId,
@@ -140,6 +146,18 @@ pub struct Profiles {
     /// Per workspace, the state of each live profile with events attributed
     /// to it; absorbed profiles are removed when merged.
     workspaces: HashMap<WorkspaceId, HashMap<ProfileId, ProfileState>>,
+    /// What changed since [`Profiles::take_changes`] was last called.
+    changes: Changes,
+}
+
+/// The profiles an event or a run of events changed, for a writer that
+/// keeps a copy of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Live profiles whose state changed.
+    pub touched: HashSet<(WorkspaceId, ProfileId)>,
+    /// Profiles merged into another: they no longer exist on their own.
+    pub absorbed: HashSet<(WorkspaceId, ProfileId)>,
 }
 
 impl Fold for Profiles {
@@ -154,7 +172,18 @@ impl Profiles {
     /// Empty profiles over a graph applying `rules` in every workspace
     /// without rules of its own.
     pub fn new(rules: IdentityRules) -> Profiles {
-        Profiles { graph: IdentityGraph::new(rules), workspaces: HashMap::new() }
+        Profiles { graph: IdentityGraph::new(rules), ..Profiles::default() }
+    }
+
+    /// These profiles with their graph replaced by `graph`, which must not
+    /// have folded any event yet (it carries the workspaces' facts).
+    pub fn over(graph: IdentityGraph) -> Profiles {
+        Profiles { graph, ..Profiles::default() }
+    }
+
+    /// What changed since the last call, emptied.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
     }
 
     /// These profiles with `rules` for `workspace`; see
@@ -162,6 +191,16 @@ impl Profiles {
     pub fn with_rules(mut self, workspace: WorkspaceId, rules: IdentityRules) -> Profiles {
         self.graph = self.graph.with_rules(workspace, rules);
         self
+    }
+
+    /// How many live profiles have events attributed, over every workspace.
+    pub fn len(&self) -> usize {
+        self.workspaces.values().map(HashMap::len).sum()
+    }
+
+    /// Whether no profile has an event attributed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The identity graph the profiles are built on.
@@ -204,8 +243,11 @@ impl Profiles {
             if let Some(absorbed) = states.remove(&merge.absorbed) {
                 states.entry(merge.survivor).or_default().absorb(absorbed);
             }
+            self.changes.touched.remove(&(event.workspace_id, merge.absorbed));
+            self.changes.absorbed.insert((event.workspace_id, merge.absorbed));
         }
-        states.entry(profile).or_default().record(event, message);
+        states.entry(profile).or_default().record(event, message, profile);
+        self.changes.touched.insert((event.workspace_id, profile));
         Some(profile)
     }
 

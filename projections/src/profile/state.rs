@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use onepd_domain::identity::ProfileId;
 use onepd_domain::{RecordedEvent, Timestamp};
 use serde_json::Value;
 
@@ -31,8 +32,9 @@ pub(super) struct ProfileState {
 }
 
 impl ProfileState {
-    /// Records one event attributed to this profile.
-    pub fn record(&mut self, event: &RecordedEvent, message: &Value) {
+    /// Records one event attributed to `profile` (this one, as it is
+    /// called when the event is folded).
+    pub fn record(&mut self, event: &RecordedEvent, message: &Value, profile: ProfileId) {
         let timestamp = message::timestamp(message).unwrap_or(event.recorded_at);
         let source_id = event.metadata.get("source_id").and_then(Value::as_str);
         let stamp = |value: &Value| Trait {
@@ -98,18 +100,7 @@ impl ProfileState {
             }
         }
 
-        let entry = TimelineEntry {
-            position: event.position,
-            event_id: event.event_id,
-            message_type: message_type.to_owned(),
-            name: match message_type {
-                "track" => text("event"),
-                "page" | "screen" => text("name"),
-                _ => None,
-            }
-            .map(str::to_owned),
-            timestamp,
-        };
+        let entry = timeline_entry(event, message, profile);
         // Events arrive in position order, except after a merge re-sorted
         // the list, which keeps it sorted too.
         match self.timeline.last() {
@@ -154,6 +145,25 @@ impl ProfileState {
         // Two sorted runs: the stable sort merges them in linear time.
         self.timeline.extend(other.timeline);
         self.timeline.sort_by_key(|entry| entry.position);
+    }
+}
+
+/// The timeline entry of `event`, attributed to `profile`.
+pub(super) fn timeline_entry(event: &RecordedEvent, message: &Value, profile: ProfileId) -> TimelineEntry {
+    let message_type = message.get("type").and_then(Value::as_str).unwrap_or("message");
+    let text = |field: &str| message.get(field).and_then(Value::as_str);
+    TimelineEntry {
+        position: event.position,
+        event_id: event.event_id,
+        message_type: message_type.to_owned(),
+        name: match message_type {
+            "track" => text("event"),
+            "page" | "screen" => text("name"),
+            _ => None,
+        }
+        .map(str::to_owned),
+        timestamp: message::timestamp(message).unwrap_or(event.recorded_at),
+        profile,
     }
 }
 

@@ -299,7 +299,7 @@ proptest! {
             if let Some(profile) = profile {
                 let live = ws.resolve(*profile).expect("an attributed profile stays live or absorbed");
                 let message = event.data.value().unwrap().get("message").unwrap();
-                replayed.entry(live).or_default().record(event, message);
+                replayed.entry(live).or_default().record(event, message, *profile);
             }
         }
         let empty = ProfileState::default();

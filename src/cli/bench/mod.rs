@@ -7,10 +7,13 @@
 //!   gRPC or HTTP API, beside `append` measured in the same run.
 //! * `import` ([`import`]): rows/s of a CSV import through the pipeline, and
 //!   peak memory.
+//! * `rebuild` and `profile-read` ([`profiles`]): the profiles projection's
+//!   rebuild rate and memory, and its read latencies.
 
 mod append;
 mod import;
 mod ingest;
+mod profiles;
 
 use std::process::ExitCode;
 
@@ -25,6 +28,10 @@ pub enum BenchCommand {
     Ingest(ingest::IngestArgs),
     /// Rows/s of a CSV import through the whole ingest pipeline, and peak memory.
     Import(import::ImportArgs),
+    /// Events/s of a full identity + profile rebuild on a synthetic workload, and peak memory.
+    Rebuild(profiles::WorkloadArgs),
+    /// p50/p99 of GetProfile and of a point-in-time read on a synthetic workload.
+    ProfileRead(profiles::ProfileReadArgs),
 }
 
 /// The database a benchmark runs on.
@@ -49,5 +56,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Append(args) => append::run(args).await,
         BenchCommand::Ingest(args) => ingest::run(args).await,
         BenchCommand::Import(args) => import::run(args).await,
+        BenchCommand::Rebuild(args) => profiles::rebuild(args).await,
+        BenchCommand::ProfileRead(args) => profiles::profile_read(args).await,
     }
 }

@@ -1,0 +1,173 @@
+//! The profiles projection at work: [`runner`] keeps its read model current
+//! in the background, and [`ProfileReader`] answers reads from the live
+//! generation of that read model, with the log for the events themselves.
+//!
+//! Every read is scoped to one workspace: a document of another workspace is
+//! never looked up, whatever id is asked for.
+
+pub mod runner;
+
+use std::sync::Arc;
+
+use onepd_domain::identity::{Identifier, ProfileId};
+use onepd_domain::{EventStore, Position, ProjectionStore, StoreError, Timestamp, WorkspaceId};
+use onepd_projections::identity::{Link, Merge};
+use onepd_projections::profile::{Lookup, Profile, ProfileDoc, TimelineEntry, timeline_entry_of};
+use onepd_projections::runner::{IDENTIFIER_DOCS, MEMBER_DOCS, PROFILE_DOCS, PROFILES, identifier_key};
+use uuid::Uuid;
+
+use crate::EventLog;
+
+/// When a point-in-time read looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// Just after the event at this position.
+    Position(Position),
+    /// Just before this time: after the last event recorded before it.
+    Time(Timestamp),
+}
+
+/// How two identifiers are joined.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Explanation {
+    /// Both are in `profile`; `links` is the path from the first to the
+    /// second, each link naming its event.
+    Linked {
+        /// The live profile holding both.
+        profile: ProfileId,
+        /// The path, in order from the first identifier.
+        links: Vec<Link>,
+    },
+    /// Each is known, in different profiles.
+    Apart {
+        /// The first identifier's profile.
+        a: ProfileId,
+        /// The second identifier's profile.
+        b: ProfileId,
+    },
+    /// This identifier is in no profile.
+    Unknown(Identifier),
+}
+
+/// Reads profiles from the live generation of the profiles read model.
+#[derive(Clone)]
+pub struct ProfileReader {
+    store: Arc<dyn ProjectionStore>,
+    log: EventLog,
+}
+
+impl std::fmt::Debug for ProfileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileReader").finish_non_exhaustive()
+    }
+}
+
+impl ProfileReader {
+    /// A reader over `store`'s read model and `log`'s events.
+    pub fn new(store: Arc<dyn ProjectionStore>, log: EventLog) -> ProfileReader {
+        ProfileReader { store, log }
+    }
+
+    /// The position the live read model reflects, or `None` before the
+    /// first build finished.
+    pub async fn checkpoint(&self) -> Result<Option<Position>, StoreError> {
+        Ok(self.store.live(PROFILES).await?.map(|generation| generation.checkpoint))
+    }
+
+    /// The document of the live profile `lookup` names now.
+    pub async fn doc(&self, workspace: WorkspaceId, lookup: &Lookup) -> Result<Option<ProfileDoc>, StoreError> {
+        let Some(generation) = self.store.live(PROFILES).await? else { return Ok(None) };
+        let (collection, key) = match lookup {
+            Lookup::Identifier(identifier) => (IDENTIFIER_DOCS, identifier_key(identifier)),
+            Lookup::Profile(profile) => (MEMBER_DOCS, profile.to_string()),
+        };
+        let Some(Some(id)) = self.store.get(generation.id, workspace, collection, &[key]).await?.pop() else {
+            return Ok(None);
+        };
+        let id = String::from_utf8(id).map_err(|_| corrupt("a profile id is not UTF-8"))?;
+        let Some(Some(doc)) = self.store.get(generation.id, workspace, PROFILE_DOCS, &[id]).await?.pop() else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&doc).map(Some).map_err(|err| corrupt(&format!("profile document: {err}")))
+    }
+
+    /// The profile `lookup` names: now, or as it stood at `as_of`.
+    pub async fn get(
+        &self,
+        workspace: WorkspaceId,
+        lookup: &Lookup,
+        as_of: Option<AsOf>,
+    ) -> Result<Option<Profile>, StoreError> {
+        let Some(doc) = self.doc(workspace, lookup).await? else { return Ok(None) };
+        let Some(as_of) = as_of else { return Ok(Some(doc.profile())) };
+        let position = self.position(as_of).await?;
+        let Some(past) = doc.as_of(position, lookup) else { return Ok(None) };
+        let events = self.log.read_at(workspace, &past.positions).await?;
+        Ok(Some(past.fold(&events)))
+    }
+
+    /// Up to `limit` events of the profile `lookup` names, newest first,
+    /// below `before` when given; `None` when there is no such profile.
+    pub async fn timeline(
+        &self,
+        workspace: WorkspaceId,
+        lookup: &Lookup,
+        before: Option<Position>,
+        limit: usize,
+    ) -> Result<Option<Vec<TimelineEntry>>, StoreError> {
+        let Some(doc) = self.doc(workspace, lookup).await? else { return Ok(None) };
+        let page = doc.timeline_page(before, limit);
+        let positions: Vec<Position> = page.iter().map(|(position, _)| *position).collect();
+        let events = self.log.read_at(workspace, &positions).await?;
+        let mut entries: Vec<TimelineEntry> = events
+            .iter()
+            .filter_map(|event| {
+                let member = page.iter().find(|(position, _)| *position == event.position)?.1;
+                timeline_entry_of(event, member)
+            })
+            .collect();
+        entries.reverse();
+        Ok(Some(entries))
+    }
+
+    /// Every merge that formed the profile `lookup` names, by position.
+    pub async fn merges(&self, workspace: WorkspaceId, lookup: &Lookup) -> Result<Option<Vec<Merge>>, StoreError> {
+        Ok(self.doc(workspace, lookup).await?.map(|doc| doc.merges))
+    }
+
+    /// How `a` and `b` are joined, if they are.
+    pub async fn explain(
+        &self,
+        workspace: WorkspaceId,
+        a: &Identifier,
+        b: &Identifier,
+    ) -> Result<Explanation, StoreError> {
+        let Some(doc_a) = self.doc(workspace, &Lookup::Identifier(a.clone())).await? else {
+            return Ok(Explanation::Unknown(a.clone()));
+        };
+        if let Some(links) = doc_a.explain(a, b) {
+            return Ok(Explanation::Linked { profile: doc_a.id, links });
+        }
+        match self.doc(workspace, &Lookup::Identifier(b.clone())).await? {
+            Some(doc_b) => Ok(Explanation::Apart { a: doc_a.id, b: doc_b.id }),
+            None => Ok(Explanation::Unknown(b.clone())),
+        }
+    }
+
+    /// The last position at or before `as_of`.
+    async fn position(&self, as_of: AsOf) -> Result<Position, StoreError> {
+        match as_of {
+            AsOf::Position(position) => Ok(position),
+            AsOf::Time(time) => Ok(Position(self.log.position_at(time).await?.0.saturating_sub(1))),
+        }
+    }
+}
+
+/// A profile id as text, if it is one.
+pub fn parse_profile_id(text: &str) -> Option<ProfileId> {
+    Uuid::parse_str(text).ok().map(ProfileId)
+}
+
+fn corrupt(reason: &str) -> StoreError {
+    StoreError::Database(format!("profiles read model: {reason}"))
+}

@@ -1,0 +1,122 @@
+//! Runs the profiles projection in the background of `onepd serve`, and
+//! exposes its checkpoint and lag.
+//!
+//! Metrics: `onepd_projection_checkpoint{projection}` (the last position
+//! the read model reflects) and `onepd_projection_lag_events{projection}`
+//! (positions between it and the log's head, or 0 when none of them is an
+//! event the projection reads), refreshed every second.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use onepd_domain::events::identity::FACT_TYPES;
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::{EventFilter, EventStore, Position, ProjectionStore};
+use onepd_projections::runner::{PROFILES, Runner};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::EventLog;
+
+/// The running projection.
+#[derive(Debug)]
+pub struct ProfilesProjection {
+    checkpoint: watch::Receiver<Position>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ProfilesProjection {
+    /// Starts the projection over `log` and `store`; it runs until
+    /// [`ProfilesProjection::stop`] or until the log is closed.
+    pub fn spawn(log: EventLog, store: Arc<dyn ProjectionStore>) -> ProfilesProjection {
+        let (sender, checkpoint) = watch::channel(Position::START);
+        let sender = Arc::new(sender);
+        let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store);
+        let on_checkpoint = {
+            let sender = sender.clone();
+            move |position: Position| {
+                sender.send_replace(position);
+                metrics::gauge!("onepd_projection_checkpoint", "projection" => PROFILES).set(position.0 as f64);
+            }
+        };
+        let run = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                loop {
+                    match runner.run(&on_checkpoint).await {
+                        Ok(()) => return,
+                        // The log was closed: the process is stopping.
+                        Err(_) if log.is_closed() => return,
+                        Err(err) => {
+                            tracing::error!(projection = PROFILES, cause = %err, "projection stopped; restarting");
+                            metrics::counter!("onepd_projection_errors_total", "projection" => PROFILES).increment(1);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        };
+        let lag = {
+            let checkpoint = checkpoint.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    if log.is_closed() {
+                        return;
+                    }
+                    let at = *checkpoint.borrow();
+                    if let Err(err) = record_lag(&log, at).await {
+                        tracing::warn!(projection = PROFILES, cause = %err, "cannot measure the projection's lag");
+                    }
+                }
+            })
+        };
+        ProfilesProjection { checkpoint, tasks: vec![run, lag] }
+    }
+
+    /// Waits until the read model reflects every event up to `position`.
+    pub async fn caught_up(&self, position: Position) {
+        let mut checkpoint = self.checkpoint.clone();
+        let _ = checkpoint.wait_for(|checkpoint| *checkpoint >= position).await;
+    }
+
+    /// The last position the read model reflects.
+    pub fn checkpoint(&self) -> Position {
+        *self.checkpoint.borrow()
+    }
+
+    /// Stops the projection; a commit in flight either lands whole or not
+    /// at all, and the next start resumes from the checkpoint.
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ProfilesProjection {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn record_lag(log: &EventLog, checkpoint: Position) -> Result<(), onepd_domain::StoreError> {
+    // The head as the database has it, so commits of other processes count.
+    let head = log.head().await?;
+    let mut lag = head.0.saturating_sub(checkpoint.0);
+    if lag > 0 {
+        // Events the projection does not read (rejections, configuration)
+        // are no backlog.
+        let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
+        types.push(MessageAccepted::TYPE.into());
+        let filter = EventFilter { event_types: types, ..EventFilter::default() };
+        let pending = log.read(checkpoint.next(), Some(head), &filter, 1).await?;
+        if pending.events.is_empty() {
+            lag = 0;
+        }
+    }
+    metrics::gauge!("onepd_projection_checkpoint", "projection" => PROFILES).set(checkpoint.0 as f64);
+    metrics::gauge!("onepd_projection_lag_events", "projection" => PROFILES).set(lag as f64);
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! A profile as a read store keeps it: one self-contained document per live
+//! profile, enough to answer every read about it — now, or as of any past
+//! position — with the help of the log for the events themselves.
+//!
+//! # Point in time
+//!
+//! Within one build of the graph, profiles only ever merge, so the profile
+//! an identifier belonged to at position *p* is a part of the one it belongs
+//! to now. The document keeps, for each identifier, when it joined and
+//! which member profile it joined; for each event of the timeline, the
+//! member it was attributed to; and every merge. The profile at *p* is the
+//! member's component under the merges made up to *p*: its identifiers,
+//! merges and events are those of that component, recorded up to *p*.
+//! Folding those events again gives its traits and activity then.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use onepd_domain::identity::{Identifier, ProfileId};
+use onepd_domain::{Position, RecordedEvent, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::state::{ProfileState, timeline_entry};
+use super::{Group, Profile, Profiles, TimelineEntry, Trait};
+use crate::identity::{Attached, Link, Member, Merge};
+
+/// One event of a profile's timeline, as its document keeps it: the
+/// position, and the index in `members` of the profile it was attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineRef(pub u64, pub u32);
+
+/// Everything about one live profile, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileDoc {
+    /// The live profile's id.
+    pub id: ProfileId,
+    /// It and every profile it absorbed, oldest first.
+    pub members: Vec<Member>,
+    /// Its identifiers, sorted, with when and where each joined.
+    pub identifiers: Vec<Attached>,
+    /// The links between its identifiers (a tree), by position.
+    pub links: Vec<Link>,
+    /// Every merge that formed it, by position.
+    pub merges: Vec<Merge>,
+    /// The newest value of each trait, with provenance.
+    pub traits: BTreeMap<String, Trait>,
+    /// The time of its earliest event.
+    pub first_seen: Option<Timestamp>,
+    /// The time of its latest event.
+    pub last_seen: Option<Timestamp>,
+    /// How many of its events bear each name.
+    pub event_counts: BTreeMap<String, u64>,
+    /// Revenue totals by currency code.
+    pub revenue: BTreeMap<String, f64>,
+    /// The ids of the sources its events came from.
+    pub sources: BTreeSet<String>,
+    /// The groups it joined, by `groupId`.
+    pub groups: BTreeMap<String, Group>,
+    /// The newest `context.consent` object, with provenance.
+    pub consent: Option<Trait>,
+    /// Its events, oldest first.
+    pub timeline: Vec<TimelineRef>,
+}
+
+/// How a read names a profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// By one of its identifiers.
+    Identifier(Identifier),
+    /// By its id, or the id of a profile it absorbed.
+    Profile(ProfileId),
+}
+
+/// A profile as it stood at a past position, before its events are folded
+/// again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastProfile {
+    /// Its id then: the oldest member of its component.
+    pub id: ProfileId,
+    /// The identifiers it held then, sorted.
+    pub identifiers: Vec<Identifier>,
+    /// The merges that had formed it, by position.
+    pub merges: Vec<Merge>,
+    /// The positions of its events up to then, oldest first.
+    pub positions: Vec<Position>,
+}
+
+impl Profiles {
+    /// The document of a live profile, or `None` when `profile` is not live
+    /// in `workspace`.
+    pub fn doc(&self, workspace: onepd_domain::WorkspaceId, profile: ProfileId) -> Option<ProfileDoc> {
+        let identities = self.graph.workspace(workspace)?;
+        if identities.resolve(profile) != Some(profile) {
+            return None;
+        }
+        let view = self.profile_by_id(workspace, profile)?;
+        let members = identities.members(profile);
+        let index: HashMap<ProfileId, u32> =
+            members.iter().enumerate().map(|(index, member)| (member.id, index as u32)).collect();
+        let timeline = self
+            .state(workspace, profile)
+            .map(|state| {
+                state.timeline.iter().map(|entry| TimelineRef(entry.position.0, index[&entry.profile])).collect()
+            })
+            .unwrap_or_default();
+        Some(ProfileDoc {
+            id: profile,
+            members,
+            identifiers: identities.attached(profile),
+            links: identities.links(profile),
+            merges: view.merges,
+            traits: view.traits,
+            first_seen: view.first_seen,
+            last_seen: view.last_seen,
+            event_counts: view.event_counts,
+            revenue: view.revenue,
+            sources: view.sources,
+            groups: view.groups,
+            consent: view.consent,
+            timeline,
+        })
+    }
+}
+
+impl ProfileDoc {
+    /// The profile as read now.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            id: self.id,
+            identifiers: self.identifiers.iter().map(|attached| attached.identifier.clone()).collect(),
+            traits: self.traits.clone(),
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            event_counts: self.event_counts.clone(),
+            revenue: self.revenue.clone(),
+            sources: self.sources.clone(),
+            groups: self.groups.clone(),
+            consent: self.consent.clone(),
+            events: self.timeline.len(),
+            merges: self.merges.clone(),
+        }
+    }
+
+    /// The links joining `a` to `b`, in order from `a`, or `None` when one
+    /// of them is not an identifier of this profile. Empty when `a` is `b`.
+    pub fn explain(&self, a: &Identifier, b: &Identifier) -> Option<Vec<Link>> {
+        let holds =
+            |identifier: &Identifier| self.identifiers.iter().any(|attached| &attached.identifier == identifier);
+        if !holds(a) || !holds(b) {
+            return None;
+        }
+        let mut reached_by: HashMap<&Identifier, Option<&Link>> = HashMap::from([(a, None)]);
+        let mut queue = VecDeque::from([a]);
+        while let Some(node) = queue.pop_front() {
+            if node == b {
+                break;
+            }
+            for link in &self.links {
+                let next = if &link.from == node {
+                    &link.to
+                } else if &link.to == node {
+                    &link.from
+                } else {
+                    continue;
+                };
+                if !reached_by.contains_key(next) {
+                    reached_by.insert(next, Some(link));
+                    queue.push_back(next);
+                }
+            }
+        }
+        let mut path = Vec::new();
+        let mut node = b;
+        while let Some(link) = *reached_by.get(node)? {
+            path.push(link.clone());
+            node = if &link.from == node { &link.to } else { &link.from };
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    /// Positions of the newest `limit` events below `before` (all when
+    /// `None`), newest first, each with the member it was attributed to.
+    pub fn timeline_page(&self, before: Option<Position>, limit: usize) -> Vec<(Position, ProfileId)> {
+        let end =
+            before.map_or(self.timeline.len(), |before| self.timeline.partition_point(|entry| entry.0 < before.0));
+        self.timeline[..end].iter().rev().take(limit).map(|entry| (Position(entry.0), self.member(entry.1))).collect()
+    }
+
+    /// The profile `lookup` named as it stood just after the event at
+    /// `position`, or `None` when it did not exist yet.
+    pub fn as_of(&self, position: Position, lookup: &Lookup) -> Option<PastProfile> {
+        let start = match lookup {
+            Lookup::Identifier(identifier) => {
+                let attached = self.identifiers.iter().find(|attached| &attached.identifier == identifier)?;
+                (attached.position <= position).then_some(attached.member)?
+            }
+            Lookup::Profile(id) => {
+                // An id may name a member, or the profile now (whose oldest
+                // member then stands for it).
+                let member = self.members.iter().find(|member| member.id == *id)?;
+                (member.created_at <= position).then_some(member.id)?
+            }
+        };
+        let absorbed_into: HashMap<ProfileId, (ProfileId, Position)> =
+            self.merges.iter().map(|merge| (merge.absorbed, (merge.survivor, merge.position))).collect();
+        let root = |mut member: ProfileId| {
+            while let Some(&(survivor, at)) = absorbed_into.get(&member) {
+                if at > position {
+                    break;
+                }
+                member = survivor;
+            }
+            member
+        };
+        let id = root(start);
+        let mut identifiers: Vec<Identifier> = self
+            .identifiers
+            .iter()
+            .filter(|attached| attached.position <= position && root(attached.member) == id)
+            .map(|attached| attached.identifier.clone())
+            .collect();
+        identifiers.sort();
+        let merges = self
+            .merges
+            .iter()
+            .filter(|merge| merge.position <= position && root(merge.survivor) == id)
+            .cloned()
+            .collect();
+        let positions = self
+            .timeline
+            .iter()
+            .filter(|entry| entry.0 <= position.0 && root(self.member(entry.1)) == id)
+            .map(|entry| Position(entry.0))
+            .collect();
+        Some(PastProfile { id, identifiers, merges, positions })
+    }
+
+    fn member(&self, index: u32) -> ProfileId {
+        self.members[index as usize].id
+    }
+}
+
+impl PastProfile {
+    /// The profile, with its traits and activity folded again from
+    /// `events`: the events at [`PastProfile::positions`], in log order.
+    /// Events whose payload was erased are skipped.
+    pub fn fold(self, events: &[RecordedEvent]) -> Profile {
+        let mut state = ProfileState::default();
+        for event in events {
+            if let Some(message) = event.data.value().and_then(|data| data.get("message")) {
+                state.record(event, message, self.id);
+            }
+        }
+        Profile {
+            id: self.id,
+            identifiers: self.identifiers,
+            traits: state.traits,
+            first_seen: state.first_seen,
+            last_seen: state.last_seen,
+            event_counts: state.event_counts,
+            revenue: state
+                .revenue_micros
+                .iter()
+                .map(|(currency, &micros)| (currency.clone(), micros as f64 / 1e6))
+                .collect(),
+            sources: state.sources,
+            groups: state.groups,
+            consent: state.consent,
+            events: state.timeline.len(),
+            merges: self.merges,
+        }
+    }
+}
+
+/// The timeline entry of an event read back from the log, attributed to
+/// `profile`; `None` when its payload was erased or holds no message.
+pub fn timeline_entry_of(event: &RecordedEvent, profile: ProfileId) -> Option<TimelineEntry> {
+    let message = event.data.value()?.get("message")?;
+    Some(timeline_entry(event, message, profile))
+}

@@ -1,0 +1,414 @@
+//! The projection runner for the identity graph and the 360-degree
+//! profiles: it folds the log in memory and keeps a read model of every
+//! live profile in a [`ProjectionStore`], writing each batch's documents and
+//! the checkpoint in one transaction, so every event takes effect in the
+//! read model exactly once.
+//!
+//! # Lifecycle
+//!
+//! 1. **Start.** If the store has a live generation built by this version,
+//!    the fold is re-derived in memory up to its checkpoint (no writes);
+//!    otherwise a new generation is built (step 3) and promoted.
+//! 2. **Follow.** A subscription from the checkpoint hands over batches of
+//!    accepted messages; each batch is folded and the documents of the
+//!    profiles it touched are committed with the batch's last position.
+//! 3. **Rebuild (blue/green).** A new generation is built from position 0
+//!    to the head beside the live one, then promoted atomically; readers use
+//!    the live generation until then. This happens on `onepd rebuild`, when
+//!    the code's version changed, and when an operator fact
+//!    (`IdentityRulesChanged`, `IdentifierBlocked`, `IdentifierUnblocked`,
+//!    `ProfileSplit`) arrives: facts apply to all history, so history is
+//!    re-derived under them. The batch before the fact is committed first,
+//!    and no checkpoint at or after a fact is ever written to a generation
+//!    built without it, so a crash mid-rebuild rebuilds again on restart.
+//! 4. **Fenced.** When another process promoted a newer generation (a
+//!    rebuild run from the CLI), the next commit is refused and the runner
+//!    starts over from step 1.
+//!
+//! **Invariant:** the documents of a generation at checkpoint *c* are
+//! exactly what a rebuild up to *c* writes, whatever the batch sizes.
+//! **Does not:** spawn tasks, sleep or know a database: the caller drives
+//! [`Runner::run`] and supplies the ports.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use onepd_domain::events::identity::{FACT_TYPES, IdentityFacts};
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::identity::{IdentityRules, ProfileId};
+use onepd_domain::{
+    DocWrite, EventFilter, EventStore, Generation, Position, ProjectionError, ProjectionStore, RecordedEvent,
+    StoreError, WorkspaceId,
+};
+
+use crate::identity::IdentityGraph;
+use crate::profile::{Changes, Profiles};
+
+/// The projection's name in the store.
+pub const PROFILES: &str = "profiles";
+/// The version of the code that builds it; a generation built by another
+/// version is rebuilt at start.
+pub const PROFILES_VERSION: u32 = 1;
+
+/// Collection of profile documents, keyed by live profile id.
+pub const PROFILE_DOCS: &str = "profile";
+/// Collection mapping `kind:value` to the live profile id holding it.
+pub const IDENTIFIER_DOCS: &str = "identifier";
+/// Collection mapping every member profile id (absorbed or not) to the live
+/// profile id it is part of.
+pub const MEMBER_DOCS: &str = "member";
+
+/// Events read per page while rebuilding.
+const REBUILD_PAGE: usize = 5_000;
+/// Profile documents per transaction while a rebuild writes, which bounds
+/// the memory the serialized documents take.
+const WRITE_CHUNK: usize = 20_000;
+
+/// The key of an identifier in [`IDENTIFIER_DOCS`].
+pub fn identifier_key(identifier: &onepd_domain::identity::Identifier) -> String {
+    format!("{}:{}", identifier.kind, identifier.value)
+}
+
+/// Why the runner stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The log or the read store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Called with (events folded, events to fold) while a fold runs.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// The fold of accepted messages under the operators' facts, and what it
+/// has not written yet.
+#[derive(Debug)]
+pub struct ProfilesFold {
+    profiles: Profiles,
+}
+
+impl ProfilesFold {
+    /// An empty fold under `facts` per workspace.
+    pub fn new(facts: &HashMap<WorkspaceId, IdentityFacts>) -> ProfilesFold {
+        let mut graph = IdentityGraph::new(IdentityRules::default());
+        for (workspace, facts) in facts {
+            graph = graph.with_facts(*workspace, facts);
+        }
+        ProfilesFold { profiles: Profiles::over(graph) }
+    }
+
+    /// The profiles folded so far.
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    /// Folds `events` (accepted messages; others are skipped).
+    pub fn apply(&mut self, events: &[RecordedEvent]) {
+        self.profiles.apply_all(events);
+    }
+
+    /// The writes that bring a read model up to this fold, for everything
+    /// changed since the last call, in chunks of at most `chunk` profiles.
+    pub fn take_writes(&mut self, chunk: usize) -> Vec<Vec<DocWrite>> {
+        let Changes { touched, absorbed } = self.profiles.take_changes();
+        let mut chunks = Vec::new();
+        let mut writes = Vec::new();
+        for (workspace, profile) in absorbed {
+            writes.push(DocWrite::Delete { workspace, collection: PROFILE_DOCS, key: profile.to_string() });
+        }
+        // Sorted, so the same changes always give the same writes.
+        let mut touched: Vec<(WorkspaceId, ProfileId)> = touched.into_iter().collect();
+        touched.sort();
+        for (count, (workspace, profile)) in touched.into_iter().enumerate() {
+            if count > 0 && count % chunk == 0 {
+                chunks.push(std::mem::take(&mut writes));
+            }
+            let Some(doc) = self.profiles.doc(workspace, profile) else { continue };
+            let id = profile.to_string();
+            for attached in &doc.identifiers {
+                writes.push(DocWrite::Put {
+                    workspace,
+                    collection: IDENTIFIER_DOCS,
+                    key: identifier_key(&attached.identifier),
+                    doc: id.clone().into_bytes(),
+                });
+            }
+            for member in &doc.members {
+                writes.push(DocWrite::Put {
+                    workspace,
+                    collection: MEMBER_DOCS,
+                    key: member.id.to_string(),
+                    doc: id.clone().into_bytes(),
+                });
+            }
+            let bytes = serde_json::to_vec(&doc).expect("a profile document serializes");
+            writes.push(DocWrite::Put { workspace, collection: PROFILE_DOCS, key: id, doc: bytes });
+        }
+        chunks.push(writes);
+        chunks
+    }
+}
+
+/// Reads every operator fact up to `until`, per workspace.
+pub async fn read_facts(
+    log: &dyn EventStore,
+    until: Position,
+) -> Result<HashMap<WorkspaceId, IdentityFacts>, StoreError> {
+    let filter = EventFilter { event_types: FACT_TYPES.map(String::from).to_vec(), ..EventFilter::default() };
+    let mut facts: HashMap<WorkspaceId, IdentityFacts> = HashMap::new();
+    let mut next = Position(1);
+    while next <= until {
+        let page = log.read(next, Some(until), &filter, 1_000).await?;
+        for event in &page.events {
+            facts.entry(event.workspace_id).or_default().apply(event);
+        }
+        next = page.next;
+    }
+    Ok(facts)
+}
+
+/// Folds every accepted message up to `until` into `fold`, reporting
+/// progress after each page.
+async fn fold_to(
+    log: &dyn EventStore,
+    fold: &mut ProfilesFold,
+    until: Position,
+    page_size: usize,
+    progress: Progress<'_>,
+) -> Result<(), StoreError> {
+    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    if until < Position(1) {
+        return Ok(());
+    }
+    let mut page = log.read(Position(1), Some(until), &filter, page_size).await?;
+    loop {
+        let next = page.next;
+        progress(next.0.saturating_sub(1).min(until.0), until.0);
+        if next > until {
+            fold.apply(&page.events);
+            return Ok(());
+        }
+        // The next page is read while this one is folded: the read's query
+        // runs in the database (or its driver's thread) meanwhile.
+        let (following, ()) =
+            futures::future::join(log.read(next, Some(until), &filter, page_size), async { fold.apply(&page.events) })
+                .await;
+        page = following?;
+    }
+}
+
+/// What a build produced: the generation, the fold it holds and the
+/// position it reached.
+#[derive(Debug)]
+pub struct Built {
+    /// The generation written.
+    pub generation: Generation,
+    /// The fold, ready to follow on.
+    pub fold: ProfilesFold,
+    /// Every event up to here is in it.
+    pub checkpoint: Position,
+}
+
+/// Drives the profiles projection over two ports.
+#[derive(Clone)]
+pub struct Runner {
+    log: Arc<dyn EventStore>,
+    store: Arc<dyn ProjectionStore>,
+    page: usize,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// A runner reading `log` and writing `store`.
+    pub fn new(log: Arc<dyn EventStore>, store: Arc<dyn ProjectionStore>) -> Runner {
+        Runner { log, store, page: REBUILD_PAGE }
+    }
+
+    /// This runner reading `page` events at a time when it builds or
+    /// catches up (the result does not depend on it).
+    pub fn with_page_size(mut self, page: usize) -> Runner {
+        self.page = page.max(1);
+        self
+    }
+
+    /// Builds a new generation from position 0 up to the log's head, beside
+    /// the live one, without promoting it.
+    pub async fn build(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
+        let head = self.log.head().await?;
+        let facts = read_facts(self.log.as_ref(), head).await?;
+        let mut fold = ProfilesFold::new(&facts);
+        let generation = self.store.create_generation(PROFILES, PROFILES_VERSION).await?;
+        fold_to(self.log.as_ref(), &mut fold, head, self.page, progress).await?;
+        let chunks = fold.take_writes(WRITE_CHUNK);
+        let last = chunks.len() - 1;
+        for (index, writes) in chunks.into_iter().enumerate() {
+            // The checkpoint moves with the last chunk only: a generation
+            // that is not live may hold a partial write, never a false
+            // checkpoint.
+            let checkpoint = if index == last { head } else { Position::START };
+            self.store.commit(generation.id, Position::START, checkpoint, writes).await.map_err(fenced_as_store)?;
+        }
+        Ok(Built { generation: Generation { checkpoint: head, ..generation }, fold, checkpoint: head })
+    }
+
+    /// Builds a new generation (see [`Runner::build`]), catches it up to the
+    /// head once more, and promotes it.
+    pub async fn rebuild(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
+        let mut built = self.build(progress).await?;
+        // Events committed while it was built.
+        loop {
+            let head = self.log.head().await?;
+            if head <= built.checkpoint {
+                break;
+            }
+            let (checkpoint, fact) = self.follow_once(&mut built, head).await?;
+            if fact {
+                self.store.drop_generation(built.generation.id).await?;
+                return Box::pin(self.rebuild(progress)).await;
+            }
+            built.checkpoint = checkpoint;
+        }
+        self.store.promote(built.generation.id).await?;
+        built.generation.live = true;
+        // A runner following the old generation may have committed events
+        // to it after the last look at the head above; the promotion cut it
+        // off (its next commit is fenced), so fold those here. If it has
+        // already moved on to this generation, it is the one keeping it.
+        match self.try_catch_up(&mut built, self.page).await {
+            Ok(false) | Err(ProjectionError::Fenced { .. }) => Ok(built),
+            Ok(true) => Box::pin(self.rebuild(progress)).await,
+            Err(ProjectionError::Store(err)) => Err(err),
+        }
+    }
+
+    /// Folds and commits, page by page of `page` events, everything after
+    /// `built.checkpoint` up to the log's head; stops before the first
+    /// operator fact and returns whether it met one (the generation must
+    /// then be rebuilt). Each page is one commit, like one batch of a live
+    /// subscription.
+    pub async fn catch_up(&self, built: &mut Built, page: usize) -> Result<bool, StoreError> {
+        self.try_catch_up(built, page).await.map_err(fenced_as_store)
+    }
+
+    async fn try_catch_up(&self, built: &mut Built, page: usize) -> Result<bool, ProjectionError> {
+        let head = self.log.head().await?;
+        while built.checkpoint < head {
+            let (_, fact) = self.follow_page(built, head, page).await?;
+            if fact {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Folds and commits the events after `built.checkpoint` up to `until`;
+    /// stops before the first operator fact and reports whether it met one.
+    async fn follow_once(&self, built: &mut Built, until: Position) -> Result<(Position, bool), StoreError> {
+        self.follow_page(built, until, self.page).await.map_err(fenced_as_store)
+    }
+
+    async fn follow_page(
+        &self,
+        built: &mut Built,
+        until: Position,
+        page_size: usize,
+    ) -> Result<(Position, bool), ProjectionError> {
+        let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
+        types.push(MessageAccepted::TYPE.into());
+        let filter = EventFilter { event_types: types, ..EventFilter::default() };
+        let page = self.log.read(built.checkpoint.next(), Some(until), &filter, page_size).await?;
+        let fact_at = page.events.iter().position(|event| event.event_type != MessageAccepted::TYPE);
+        let events = &page.events[..fact_at.unwrap_or(page.events.len())];
+        let reached = match fact_at {
+            Some(index) => Position(page.events[index].position.0 - 1),
+            None => Position(page.next.0 - 1),
+        };
+        built.fold.apply(events);
+        self.commit(built, reached).await?;
+        Ok((reached, fact_at.is_some()))
+    }
+
+    /// Commits the fold's pending writes with `checkpoint`.
+    async fn commit(&self, built: &mut Built, checkpoint: Position) -> Result<(), ProjectionError> {
+        let chunks = built.fold.take_writes(usize::MAX);
+        let writes = chunks.into_iter().flatten().collect();
+        self.store.commit(built.generation.id, built.checkpoint, checkpoint, writes).await?;
+        built.checkpoint = checkpoint;
+        built.generation.checkpoint = checkpoint;
+        Ok(())
+    }
+
+    /// Loads the live generation into memory (re-deriving the fold from the
+    /// log up to its checkpoint), or builds and promotes one when there is
+    /// none of this version.
+    pub async fn start(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
+        match self.store.live(PROFILES).await? {
+            Some(generation) if generation.version == PROFILES_VERSION => {
+                let facts = read_facts(self.log.as_ref(), generation.checkpoint).await?;
+                let mut fold = ProfilesFold::new(&facts);
+                fold_to(self.log.as_ref(), &mut fold, generation.checkpoint, self.page, progress).await?;
+                // Everything folded so far is in the store already.
+                fold.profiles.take_changes();
+                Ok(Built { checkpoint: generation.checkpoint, generation, fold })
+            }
+            _ => self.rebuild(progress).await,
+        }
+    }
+
+    /// Runs the projection until the log fails: start, then follow the log,
+    /// rebuilding on operator facts and starting over when fenced.
+    /// `on_checkpoint` is called after every commit.
+    pub async fn run(&self, on_checkpoint: &(dyn Fn(Position) + Send + Sync)) -> Result<(), RunnerError> {
+        let quiet = |_: u64, _: u64| {};
+        let mut built = self.start(&quiet).await?;
+        on_checkpoint(built.checkpoint);
+        loop {
+            let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
+            types.push(MessageAccepted::TYPE.into());
+            let filter = EventFilter { event_types: types, ..EventFilter::default() };
+            let mut subscription = self.log.subscribe(built.checkpoint.next(), filter).await?;
+            let restart = loop {
+                let batch = subscription.next_batch().await?;
+                let fact_at = batch.iter().position(|event| event.event_type != MessageAccepted::TYPE);
+                let events = &batch[..fact_at.unwrap_or(batch.len())];
+                let checkpoint = match fact_at {
+                    Some(index) => Position(batch[index].position.0 - 1),
+                    None => batch.last().expect("a batch is never empty").position,
+                };
+                built.fold.apply(events);
+                match self.commit(&mut built, checkpoint).await {
+                    Ok(()) => on_checkpoint(checkpoint),
+                    Err(ProjectionError::Fenced { .. }) => break Restart::Reload,
+                    Err(ProjectionError::Store(err)) => return Err(err.into()),
+                }
+                if fact_at.is_some() {
+                    break Restart::Rebuild;
+                }
+            };
+            built = match restart {
+                Restart::Reload => self.start(&quiet).await?,
+                Restart::Rebuild => self.rebuild(&quiet).await?,
+            };
+            on_checkpoint(built.checkpoint);
+        }
+    }
+}
+
+enum Restart {
+    /// Another process promoted a generation: load it.
+    Reload,
+    /// An operator fact arrived: build under it.
+    Rebuild,
+}
+
+fn fenced_as_store(err: ProjectionError) -> StoreError {
+    match err {
+        ProjectionError::Store(err) => err,
+        fenced => StoreError::Database(fenced.to_string()),
+    }
+}

@@ -1,0 +1,79 @@
+//! `onepd rebuild profiles`: build the identity graph and the 360-degree
+//! profiles again from position 0, beside the live read model (blue/green),
+//! then switch readers over atomically. A running `onepd serve` keeps
+//! answering from the old read model until the switch, then follows the new
+//! one.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use onepd_adapters::readstore::ReadStore;
+use onepd_domain::{EventStore, ProjectionStore};
+use onepd_projections::runner::{PROFILES, Runner};
+use serde_json::json;
+
+use crate::config::StoreArgs;
+use crate::output;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProjectionName {
+    /// The identity graph and the 360-degree profiles (one fold, one read model).
+    Profiles,
+    /// The same projection as `profiles`: the graph is built with the profiles.
+    Identity,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The projection to rebuild.
+    #[arg(value_enum)]
+    projection: ProjectionName,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
+    super::init_tracing("warn");
+    let log = super::open_log(&args.store, false).await?;
+    let store = ReadStore::open(&args.store.database_url()).await.context("opening the projections' read store")?;
+    let store: Arc<dyn ProjectionStore> = Arc::new(store);
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone());
+    let bar =
+        output::progress(0, args.json, "{spinner} rebuilding [{bar:40}] {pos}/{len} positions ({per_sec}, {eta})");
+    let progress = {
+        let bar = bar.clone();
+        move |done: u64, total: u64| {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
+    let started = Instant::now();
+    let built = runner.rebuild(&progress).await.context("rebuilding the profiles")?;
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    log.close().await;
+    let profiles: usize = built.fold.profiles().len();
+    let rate = built.checkpoint.0 as f64 / seconds.max(1e-9);
+    if args.json {
+        output::json(&json!({
+            "projection": PROFILES,
+            "generation": built.generation.id,
+            "checkpoint": built.checkpoint.0,
+            "profiles": profiles,
+            "seconds": seconds,
+            "positions_per_second": rate,
+        }));
+    } else {
+        output::line(format!(
+            "rebuilt {PROFILES} (generation {}) through position {}: {profiles} profiles in {seconds:.2}s ({rate:.0} positions/s); readers switched",
+            built.generation.id, built.checkpoint.0
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
