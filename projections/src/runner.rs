@@ -107,22 +107,27 @@ impl ProfilesFold {
         self.profiles.apply_all(events);
     }
 
-    /// The writes that bring a read model up to this fold, for everything
-    /// changed since the last call, in chunks of at most `chunk` profiles.
-    pub fn take_writes(&mut self, chunk: usize) -> Vec<Vec<DocWrite>> {
+    /// What changed since the last call, as the work of bringing a read
+    /// model up to this fold: write it chunk by chunk with
+    /// [`ProfilesFold::writes`], so only one chunk's documents are in memory.
+    pub fn take_pending(&mut self) -> Pending {
         let Changes { touched, absorbed } = self.profiles.take_changes();
-        let mut chunks = Vec::new();
-        let mut writes = Vec::new();
-        for (workspace, profile) in absorbed {
-            writes.push(DocWrite::Delete { workspace, collection: PROFILE_DOCS, key: profile.to_string() });
-        }
         // Sorted, so the same changes always give the same writes.
         let mut touched: Vec<(WorkspaceId, ProfileId)> = touched.into_iter().collect();
         touched.sort();
-        for (count, (workspace, profile)) in touched.into_iter().enumerate() {
-            if count > 0 && count % chunk == 0 {
-                chunks.push(std::mem::take(&mut writes));
-            }
+        let mut absorbed: Vec<(WorkspaceId, ProfileId)> = absorbed.into_iter().collect();
+        absorbed.sort();
+        Pending { touched, absorbed }
+    }
+
+    /// The writes for one chunk of pending work: deletes for the absorbed
+    /// profiles, and each touched profile's document, identifiers and members.
+    pub fn writes(&self, absorbed: &[(WorkspaceId, ProfileId)], touched: &[(WorkspaceId, ProfileId)]) -> Vec<DocWrite> {
+        let mut writes = Vec::new();
+        for &(workspace, profile) in absorbed {
+            writes.push(DocWrite::Delete { workspace, collection: PROFILE_DOCS, key: profile.to_string() });
+        }
+        for &(workspace, profile) in touched {
             let Some(doc) = self.profiles.doc(workspace, profile) else { continue };
             let id = profile.to_string();
             for attached in &doc.identifiers {
@@ -144,9 +149,17 @@ impl ProfilesFold {
             let bytes = serde_json::to_vec(&doc).expect("a profile document serializes");
             writes.push(DocWrite::Put { workspace, collection: PROFILE_DOCS, key: id, doc: bytes });
         }
-        chunks.push(writes);
-        chunks
+        writes
     }
+}
+
+/// Profiles whose documents a read model lacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Live profiles whose documents must be written, sorted.
+    pub touched: Vec<(WorkspaceId, ProfileId)>,
+    /// Profiles merged into others, whose documents must go, sorted.
+    pub absorbed: Vec<(WorkspaceId, ProfileId)>,
 }
 
 /// Reads every operator fact up to `until`, per workspace.
@@ -244,9 +257,12 @@ impl Runner {
         let mut fold = ProfilesFold::new(&facts);
         let generation = self.store.create_generation(PROFILES, PROFILES_VERSION).await?;
         fold_to(self.log.as_ref(), &mut fold, head, self.page, progress).await?;
-        let chunks = fold.take_writes(WRITE_CHUNK);
-        let last = chunks.len() - 1;
-        for (index, writes) in chunks.into_iter().enumerate() {
+        let pending = fold.take_pending();
+        let chunks: Vec<&[(WorkspaceId, ProfileId)]> = pending.touched.chunks(WRITE_CHUNK).collect();
+        let last = chunks.len().saturating_sub(1);
+        for index in 0..chunks.len().max(1) {
+            let absorbed = if index == 0 { &pending.absorbed[..] } else { &[] };
+            let writes = fold.writes(absorbed, chunks.get(index).copied().unwrap_or_default());
             // The checkpoint moves with the last chunk only: a generation
             // that is not live may hold a partial write, never a false
             // checkpoint.
@@ -335,8 +351,8 @@ impl Runner {
 
     /// Commits the fold's pending writes with `checkpoint`.
     async fn commit(&self, built: &mut Built, checkpoint: Position) -> Result<(), ProjectionError> {
-        let chunks = built.fold.take_writes(usize::MAX);
-        let writes = chunks.into_iter().flatten().collect();
+        let pending = built.fold.take_pending();
+        let writes = built.fold.writes(&pending.absorbed, &pending.touched);
         self.store.commit(built.generation.id, built.checkpoint, checkpoint, writes).await?;
         built.checkpoint = checkpoint;
         built.generation.checkpoint = checkpoint;

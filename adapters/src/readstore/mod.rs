@@ -9,12 +9,15 @@
 //!   log's appends must never queue behind a rebuild writing half a million
 //!   documents, so the read store gets a file, and a write lock, of its own.
 //!   The file is synced less often than the log (`synchronous = NORMAL`): a
-//!   crash may lose its last commits but never tears one, and the log still
-//!   holds every event they came from.
+//!   power cut may lose its last commits but never tears one, and the log
+//!   still holds every event they came from, so the projection catches up
+//!   from its checkpoint. It is derived data: deleting the file and
+//!   rebuilding loses nothing.
 //! * `postgres://…/DB` uses the same database, in its own schema
 //!   [`POSTGRES_SCHEMA`] (created if missing), so its tables and its
 //!   `_sqlx_migrations` never mix with the log's. Its commits do not wait for
-//!   the WAL flush (`synchronous_commit = off`), for the same reason.
+//!   the WAL flush (`synchronous_commit = off`), for the same reason: a
+//!   server crash may lose the last ones, never part of one.
 //!
 //! Both keep generations in `projection_generations` and documents in
 //! `projection_docs`, keyed by (generation, workspace, collection, key).
@@ -158,7 +161,6 @@ impl ProjectionStore for ReadStore {
         checkpoint: Position,
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError> {
-        let t0 = std::time::Instant::now();
         let writes = if writes.len() > BLOCKING_COLLAPSE {
             tokio::task::spawn_blocking(move || Collapsed::from(writes))
                 .await
@@ -166,7 +168,6 @@ impl ProjectionStore for ReadStore {
         } else {
             Collapsed::from(writes)
         };
-        eprintln!("  collapse {:?}", t0.elapsed());
         match &self.backend {
             Backend::Sqlite(store) => store.commit(generation, expected, checkpoint, writes).await,
             Backend::Postgres(store) => store.commit(generation, expected, checkpoint, writes).await,
@@ -215,7 +216,7 @@ fn sqlite_url(log_url: &str) -> Result<String, StoreError> {
     };
     let file_start = path.rfind('/').map_or_else(|| path.find(':').map_or(0, |colon| colon + 1), |slash| slash + 1);
     let file = &path[file_start..];
-    if file.is_empty() || file == ":memory:" || file.starts_with(":memory") {
+    if file.is_empty() || file.starts_with(":memory") {
         return Err(StoreError::Database(format!(
             "database url: expected a SQLite file beside which the read store can live, found {log_url:?}"
         )));
@@ -234,8 +235,8 @@ fn sqlite_url(log_url: &str) -> Result<String, StoreError> {
 /// generation go into the b-tree at its end.
 ///
 /// The writes stay where the caller put them and only their positions are
-/// sorted: documents are moved out while the statements are being sent,
-/// rather than copied into a sorted list first.
+/// sorted: the backends borrow documents, or move them out, while they send
+/// the statements, rather than having them copied into a sorted list first.
 pub(crate) struct Collapsed {
     writes: Vec<DocWrite>,
     /// Where the puts that count are in `writes`, in key order.

@@ -99,7 +99,7 @@ impl Profiles {
         let timeline = self
             .state(workspace, profile)
             .map(|state| {
-                state.timeline.iter().map(|entry| TimelineRef(entry.position.0, index[&entry.profile])).collect()
+                state.timeline.iter().map(|(position, profile)| TimelineRef(position.0, index[profile])).collect()
             })
             .unwrap_or_default();
         Some(ProfileDoc {

@@ -287,20 +287,21 @@ impl Profiles {
     /// Up to `limit` events of `profile` (resolved as in
     /// [`Self::profile_by_id`]), newest first, starting below position
     /// `before` when given: pass the last entry's position to get the next
-    /// page.
+    /// page. Each is its position and the profile it was attributed to; read
+    /// the event itself from the log ([`timeline_entry_of`]).
     pub fn timeline(
         &self,
         workspace: WorkspaceId,
         profile: ProfileId,
         before: Option<Position>,
         limit: usize,
-    ) -> Vec<TimelineEntry> {
+    ) -> Vec<(Position, ProfileId)> {
         let Some(id) = self.graph.workspace(workspace).and_then(|identities| identities.resolve(profile)) else {
             return Vec::new();
         };
         let Some(state) = self.state(workspace, id) else { return Vec::new() };
-        let end = before
-            .map_or(state.timeline.len(), |before| state.timeline.partition_point(|entry| entry.position < before));
+        let end =
+            before.map_or(state.timeline.len(), |before| state.timeline.partition_point(|entry| entry.0 < before));
         state.timeline[..end].iter().rev().take(limit).cloned().collect()
     }
 

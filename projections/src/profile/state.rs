@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use onepd_domain::identity::ProfileId;
-use onepd_domain::{RecordedEvent, Timestamp};
+use onepd_domain::{Position, RecordedEvent, Timestamp};
 use serde_json::Value;
 
 use super::{Group, TimelineEntry, Trait, message};
@@ -27,8 +27,11 @@ pub(super) struct ProfileState {
     pub sources: BTreeSet<String>,
     pub groups: BTreeMap<String, Group>,
     pub consent: Option<Trait>,
-    /// By position, oldest first.
-    pub timeline: Vec<TimelineEntry>,
+    /// Each event's position and the profile it was attributed to, by
+    /// position, oldest first. Only these two are kept: the rest of an entry
+    /// is read back from the log when asked for, so memory does not grow by
+    /// a whole entry per event.
+    pub timeline: Vec<(Position, ProfileId)>,
 }
 
 impl ProfileState {
@@ -100,12 +103,12 @@ impl ProfileState {
             }
         }
 
-        let entry = timeline_entry(event, message, profile);
+        let entry = (event.position, profile);
         // Events arrive in position order, except after a merge re-sorted
         // the list, which keeps it sorted too.
         match self.timeline.last() {
-            Some(last) if last.position > entry.position => {
-                let at = self.timeline.partition_point(|other| other.position < entry.position);
+            Some(last) if last.0 > entry.0 => {
+                let at = self.timeline.partition_point(|other| other.0 < entry.0);
                 self.timeline.insert(at, entry);
             }
             _ => self.timeline.push(entry),
@@ -144,7 +147,7 @@ impl ProfileState {
         }
         // Two sorted runs: the stable sort merges them in linear time.
         self.timeline.extend(other.timeline);
-        self.timeline.sort_by_key(|entry| entry.position);
+        self.timeline.sort_by_key(|entry| entry.0);
     }
 }
 

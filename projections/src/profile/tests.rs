@@ -123,8 +123,7 @@ fn a_merge_unites_counts_revenue_sources_timelines_and_keeps_the_newest_trait() 
     assert_eq!(merged.revenue, BTreeMap::from([("USD".into(), 12.5)]));
     assert_eq!(merged.sources, BTreeSet::from(["ios".into(), "web".into()]));
     assert_eq!((merged.first_seen, merged.last_seen), (Some(time(1)), Some(time(40))));
-    let positions: Vec<u64> =
-        profiles.timeline(WORKSPACE, merged.id, None, 10).iter().map(|entry| entry.position.0).collect();
+    let positions: Vec<u64> = profiles.timeline(WORKSPACE, merged.id, None, 10).iter().map(|entry| entry.0.0).collect();
     assert_eq!(positions, [6, 5, 4, 3, 2, 1]);
     assert_eq!(merged.merges.len(), 1);
     assert_eq!(merged.merges[0].position, Position(6));
@@ -170,16 +169,18 @@ fn the_timeline_is_newest_first_and_paginates_by_position() {
     let profiles =
         given((1..=5).map(|n| json!({"type": "track", "userId": "u1", "event": format!("E{n}"), "timestamp": at(n)})));
     let id = profile_of(&profiles, user("u1")).id;
-    let page = |before: Option<u64>| -> Vec<(u64, String)> {
+    let page = |before: Option<u64>| -> Vec<u64> {
         let entries = profiles.timeline(WORKSPACE, id, before.map(Position), 2);
-        entries.into_iter().map(|entry| (entry.position.0, entry.name.unwrap())).collect()
+        assert!(entries.iter().all(|entry| entry.1 == id));
+        entries.into_iter().map(|entry| entry.0.0).collect()
     };
-    assert_eq!(page(None), [(5, "E5".to_owned()), (4, "E4".to_owned())]);
-    assert_eq!(page(Some(4)), [(3, "E3".to_owned()), (2, "E2".to_owned())]);
-    assert_eq!(page(Some(2)), [(1, "E1".to_owned())]);
-    assert_eq!(page(Some(1)), []);
-    let first = &profiles.timeline(WORKSPACE, id, Some(Position(2)), 1)[0];
-    assert_eq!((first.message_type.as_str(), first.timestamp), ("track", time(1)));
+    assert_eq!(page(None), [5, 4]);
+    assert_eq!(page(Some(4)), [3, 2]);
+    assert_eq!(page(Some(2)), [1]);
+    assert_eq!(page(Some(1)), Vec::<u64>::new());
+    let event = accepted(1, "s1", json!({"type": "track", "userId": "u1", "event": "E1", "timestamp": at(1)}));
+    let first = timeline_entry_of(&event, id).unwrap();
+    assert_eq!((first.message_type.as_str(), first.name.as_deref(), first.timestamp), ("track", Some("E1"), time(1)));
 }
 
 #[test]
@@ -219,7 +220,7 @@ fn a_group_call_is_attributed_through_ids_stored_earlier_and_keeps_the_groups_ne
 }
 
 /// Every live profile of the workspace, oldest first, with its timeline.
-fn snapshot(profiles: &Profiles) -> Vec<(Profile, Vec<TimelineEntry>)> {
+fn snapshot(profiles: &Profiles) -> Vec<(Profile, Vec<(Position, ProfileId)>)> {
     let Some(ws) = profiles.graph().workspace(WORKSPACE) else { return Vec::new() };
     ws.profiles()
         .into_iter()

@@ -11,7 +11,8 @@
 //! * `rebuild` times a full blue/green rebuild (read, fold, write, promote)
 //!   beside the raw limit beneath it, reading and decoding the same events
 //!   from the log without folding, in the same run; and reports the peak
-//!   resident memory of the rebuild alone.
+//!   resident memory of the rebuild (the workload is written by a child
+//!   process, and the raw read runs after the peak is taken).
 //! * `profile-read` rebuilds untimed, then times `GetProfile`'s read path
 //!   (identifier → profile document) and a point-in-time read (the document
 //!   plus the profile's events up to a past position, folded again) for
@@ -63,6 +64,13 @@ pub struct WorkloadArgs {
     /// Keep the SQLite database afterwards and print where it is (for profiling).
     #[arg(long, hide = true)]
     keep: bool,
+    /// Only write the workload into this store (run as a child process, so
+    /// the measuring process's memory holds nothing of the writing).
+    #[arg(long, hide = true)]
+    fill_url: Option<String>,
+    /// The workspace the child writes the workload into.
+    #[arg(long, hide = true)]
+    fill_workspace: Option<Uuid>,
 }
 
 #[derive(Debug, Args)]
@@ -106,8 +114,34 @@ impl Workload {
         };
         let mut workload =
             Workload { url, postgres, _dir: dir, workspace: WorkspaceId(Uuid::now_v7()), sample: Vec::new() };
-        workload.fill(args).await?;
+        // The workload is written by a child process: the appender's memory
+        // would otherwise count in the peak measured afterwards.
+        let output = std::process::Command::new(std::env::current_exe()?)
+            .args(["bench", "rebuild", "--events", &args.events.to_string(), "--dir"])
+            .arg(&args.dir)
+            .args(["--fill-url", &workload.url, "--fill-workspace", &workload.workspace.0.to_string()])
+            .args(if args.json { &["--json"][..] } else { &[][..] })
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("starting the process that writes the workload")?;
+        anyhow::ensure!(output.status.success(), "writing the workload failed ({})", output.status);
+        workload.sample = serde_json::from_slice(&output.stdout).context("reading the workload's sample")?;
         Ok(workload)
+    }
+
+    /// Writes the workload into the store at `url` and prints its sample of
+    /// identifiers as JSON (the child process's whole job).
+    async fn fill_only(args: &WorkloadArgs, url: &str, workspace: Uuid) -> anyhow::Result<ExitCode> {
+        let mut workload = Workload {
+            url: url.to_owned(),
+            postgres: None,
+            _dir: tempfile::tempdir_in(&args.dir)?,
+            workspace: WorkspaceId(workspace),
+            sample: Vec::new(),
+        };
+        workload.fill(args).await?;
+        output::json(&serde_json::to_value(&workload.sample)?);
+        Ok(ExitCode::SUCCESS)
     }
 
     async fn remove(self, admin_url: &str) {
@@ -258,12 +292,6 @@ fn rss_mb(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Resets the peak resident set to the current one (Linux), so the peak
-/// measured next belongs to the phase that follows.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<dyn ProjectionStore>)> {
     let log = EventLog::open(workload.config()).await.context("opening the benchmark log")?;
     let store = ReadStore::open(&workload.url).await.context("opening the read store")?;
@@ -286,6 +314,9 @@ async fn read_all(log: &EventLog) -> anyhow::Result<(u64, f64)> {
 }
 
 pub(super) async fn rebuild(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(url), Some(workspace)) = (&args.fill_url, args.fill_workspace) {
+        return Workload::fill_only(&args, url, workspace).await;
+    }
     let workload = Workload::create(&args).await?;
     let result = measure_rebuild(&workload, &args).await;
     if args.keep {
@@ -321,8 +352,6 @@ async fn measure_rebuild(
     args: &WorkloadArgs,
 ) -> anyhow::Result<(u64, f64, f64, usize, Option<f64>)> {
     let (log, store) = open(workload).await?;
-    let (events, raw_seconds) = read_all(&log).await?;
-    reset_peak_rss();
     let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store);
     let bar = output::progress(0, args.json, "{spinner} rebuilding [{bar:40}] {pos}/{len} ({per_sec})");
     let progress = {
@@ -339,6 +368,8 @@ async fn measure_rebuild(
     let peak = rss_mb("VmHWM:");
     let profiles = built.fold.profiles().len();
     drop(built);
+    // The raw limit: the same events read and decoded, nothing folded.
+    let (events, raw_seconds) = read_all(&log).await?;
     log.close().await;
     Ok((events, raw_seconds, seconds, profiles, peak))
 }

@@ -1,0 +1,215 @@
+//! The profiles projection over the real stores: a projection kept live batch
+//! by batch equals one rebuilt from position 0, whatever the batch sizes, on
+//! SQLite and on PostgreSQL; operator facts re-derive history.
+
+mod support;
+
+use std::sync::Arc;
+
+use onepd_adapters::EventLog;
+use onepd_adapters::readstore::ReadStore;
+use onepd_domain::events::identity::{IdentifierBlocked, IdentityRulesChanged};
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::events::workspace::workspace_stream;
+use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules};
+use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, ProjectionStore, WorkspaceId};
+use onepd_projections::runner::{Built, Runner};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use support::{Backend, TestDb};
+use uuid::Uuid;
+
+const WORKSPACE: WorkspaceId = WorkspaceId(Uuid::from_u128(0x5eed));
+
+/// One thing that happens in the generated history.
+#[derive(Debug, Clone)]
+enum Step {
+    Message(Value),
+    Block(Identifier),
+    Rules(IdentityRules),
+}
+
+fn identifier_value(kind: u8, n: u8) -> (IdentifierKind, String) {
+    match kind % 4 {
+        0 => (IdentifierKind::UserId, format!("u{n}")),
+        1 => (IdentifierKind::AnonymousId, format!("a{n}")),
+        // e3 is a value blocked by default.
+        2 => (IdentifierKind::Email, if n == 3 { "test@test.com".into() } else { format!("e{n}@example.com") }),
+        _ => (IdentifierKind::Phone, format!("+1415555000{n}")),
+    }
+}
+
+fn message_strategy() -> impl Strategy<Value = Value> {
+    let ids = prop::collection::vec((0u8..4, 0u8..4), 1..4);
+    (0u8..6, ids, 0u32..600, 0u32..3).prop_map(|(kind, ids, second, plan)| {
+        let mut message = serde_json::Map::new();
+        let timestamp = format!("2024-01-01T00:{:02}:{:02}.000Z", second / 60, second % 60);
+        message.insert("timestamp".into(), json!(timestamp));
+        let mut traits = serde_json::Map::new();
+        for (kind, n) in ids {
+            match identifier_value(kind, n) {
+                (IdentifierKind::UserId, value) => {
+                    message.insert("userId".into(), json!(value));
+                }
+                (IdentifierKind::AnonymousId, value) => {
+                    message.insert("anonymousId".into(), json!(value));
+                }
+                (IdentifierKind::Email, value) => {
+                    traits.insert("email".into(), json!(value));
+                }
+                (_, value) => {
+                    traits.insert("phone".into(), json!(value));
+                }
+            }
+        }
+        traits.insert("plan".into(), json!(["free", "pro", "team"][plan as usize]));
+        let (message_type, extra) = match kind {
+            0 | 1 => ("identify", json!({"traits": traits})),
+            2 => (
+                "track",
+                json!({"event": "Order Completed", "properties": {"revenue": 10.5, "currency": "eur"},
+                                  "context": {"traits": traits}}),
+            ),
+            3 => ("page", json!({"name": "Home"})),
+            4 => ("alias", json!({"previousId": format!("a{}", plan)})),
+            _ => ("group", json!({"groupId": format!("g{plan}"), "traits": {"plan": "enterprise"}})),
+        };
+        message.insert("type".into(), json!(message_type));
+        for (key, value) in extra.as_object().unwrap() {
+            message.insert(key.clone(), value.clone());
+        }
+        Value::Object(message)
+    })
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        20 => message_strategy().prop_map(Step::Message),
+        1 => (0u8..4, 0u8..4).prop_map(|(kind, n)| {
+            let (kind, value) = identifier_value(kind, n);
+            Step::Block(Identifier::new(kind, value))
+        }),
+        1 => (1usize..3, 1usize..4).prop_map(|(users, others)| Step::Rules(
+            IdentityRules::default().with_limit(IdentifierKind::UserId, users).with_limit(IdentifierKind::Email, others)
+        )),
+    ]
+}
+
+fn new_event(n: usize, step: &Step) -> (String, NewEvent) {
+    let (stream, event_type, data, subject) = match step {
+        Step::Message(message) => (
+            "source-7".to_owned(),
+            MessageAccepted::TYPE,
+            json!({"message": message, "violations": []}),
+            message.get("userId").or(message.get("anonymousId")).and_then(Value::as_str).map(str::to_owned),
+        ),
+        Step::Block(identifier) => (
+            workspace_stream(WORKSPACE).as_str().to_owned(),
+            IdentifierBlocked::TYPE,
+            json!({"identifier": identifier}),
+            Some(identifier.value.clone()),
+        ),
+        Step::Rules(rules) => {
+            (workspace_stream(WORKSPACE).as_str().to_owned(), IdentityRulesChanged::TYPE, json!({"rules": rules}), None)
+        }
+    };
+    let event = NewEvent {
+        event_id: EventId(Uuid::new_v5(&WORKSPACE.0, format!("step-{n}").as_bytes())),
+        workspace_id: WORKSPACE,
+        event_type: event_type.into(),
+        schema_version: 1,
+        data,
+        metadata: json!({"source_id": "s7"}),
+        subject,
+    };
+    (stream, event)
+}
+
+async fn append(log: &EventLog, steps: &[(usize, Step)]) {
+    for (n, step) in steps {
+        let (stream, event) = new_event(*n, step);
+        let request = AppendRequest {
+            stream_id: onepd_domain::StreamId::new(stream).unwrap(),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+        };
+        log.append(request).await.expect("append");
+    }
+}
+
+/// Follows the log as `onepd serve` does: batch by batch, rebuilding when
+/// an operator fact arrives.
+async fn follow(runner: &Runner, built: &mut Option<Built>, page: usize) {
+    let quiet = |_: u64, _: u64| {};
+    let current = match built.take() {
+        Some(current) => current,
+        None => runner.start(&quiet).await.expect("start"),
+    };
+    let mut current = current;
+    while runner.catch_up(&mut current, page).await.expect("catch up") {
+        current = runner.rebuild(&quiet).await.expect("rebuild on a fact");
+    }
+    *built = Some(current);
+}
+
+async fn live_equals_rebuilt(backend: Backend, steps: Vec<Step>, chunks: Vec<usize>, pages: (usize, usize)) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let live_runner =
+        Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+            .with_page_size(pages.0);
+    let numbered: Vec<(usize, Step)> = steps.into_iter().enumerate().collect();
+    let mut built = None;
+    let mut rest = numbered.as_slice();
+    for &size in chunks.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, later) = rest.split_at(size.min(rest.len()));
+        append(&log, chunk).await;
+        follow(&live_runner, &mut built, pages.0).await;
+        rest = later;
+    }
+    let live = built.expect("followed at least once").generation;
+
+    let rebuild_runner =
+        Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+            .with_page_size(pages.1);
+    let quiet = |_: u64, _: u64| {};
+    let rebuilt = rebuild_runner.build(&quiet).await.expect("build").generation;
+    assert_eq!(rebuilt.checkpoint, log.head().await.unwrap());
+    let live_docs = store.documents(live.id).await.expect("live documents");
+    let rebuilt_docs = store.documents(rebuilt.id).await.expect("rebuilt documents");
+    assert!(!live_docs.is_empty() || numbered.iter().all(|(_, step)| !matches!(step, Step::Message(_))));
+    assert_eq!(live_docs, rebuilt_docs, "live generation {} differs from rebuilt {}", live.id, rebuilt.id);
+    log.close().await;
+    store.close().await;
+}
+
+fn run(backend: Backend, steps: Vec<Step>, chunks: Vec<usize>, pages: (usize, usize)) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(live_equals_rebuilt(backend, steps, chunks, pages));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_live_projection_equals_a_rebuild_on_sqlite_whatever_the_batch_sizes(
+        steps in prop::collection::vec(step_strategy(), 1..60),
+        chunks in prop::collection::vec(1usize..15, 1..5),
+        pages in (1usize..20, 1usize..50),
+    ) {
+        run(Backend::Sqlite, steps, chunks, pages);
+    }
+
+    #[test]
+    fn a_live_projection_equals_a_rebuild_on_postgres_whatever_the_batch_sizes(
+        steps in prop::collection::vec(step_strategy(), 1..60),
+        chunks in prop::collection::vec(1usize..15, 1..5),
+        pages in (1usize..20, 1usize..50),
+    ) {
+        run(Backend::Postgres, steps, chunks, pages);
+    }
+}
