@@ -35,3 +35,12 @@ pub fn progress(total: u64, json: bool, template: &str) -> indicatif::ProgressBa
     }
     bar
 }
+
+/// A `(done, total)` progress callback that drives `bar`.
+pub fn reporter(bar: &indicatif::ProgressBar) -> impl Fn(u64, u64) + Send + Sync + 'static {
+    let bar = bar.clone();
+    move |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}

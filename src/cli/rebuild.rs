@@ -46,13 +46,7 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone());
     let bar =
         output::progress(0, args.json, "{spinner} rebuilding [{bar:40}] {pos}/{len} positions ({per_sec}, {eta})");
-    let progress = {
-        let bar = bar.clone();
-        move |done: u64, total: u64| {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
+    let progress = output::reporter(&bar);
     let started = Instant::now();
     let built = runner.rebuild(&progress).await.context("rebuilding the profiles")?;
     let seconds = started.elapsed().as_secs_f64();

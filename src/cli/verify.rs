@@ -22,13 +22,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
     let log = super::open_log(&args.store, false).await?;
     let bar = output::progress(0, args.json, "{spinner} verifying [{bar:40}] {pos}/{len} events ({per_sec}, {eta})");
-    let progress = {
-        let bar = bar.clone();
-        move |done: u64, total: u64| {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
+    let progress = output::reporter(&bar);
     let report = log.verify(&progress).await;
     bar.finish_and_clear();
     log.close().await;

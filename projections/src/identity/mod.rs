@@ -82,6 +82,38 @@ pub struct Merge {
     pub rule: String,
 }
 
+/// The links joining `a` to `b`, in order from `a`, given the links touching
+/// each identifier; `None` when no path joins them. Breadth-first from `a`,
+/// remembering the link that reached each identifier; a profile's links form
+/// a tree, so the path is unique.
+pub(crate) fn path<'a, I>(a: &'a Identifier, b: &Identifier, touching: impl Fn(&Identifier) -> I) -> Option<Vec<Link>>
+where
+    I: Iterator<Item = &'a Link>,
+{
+    let mut reached_by: HashMap<&Identifier, Option<&Link>> = HashMap::from([(a, None)]);
+    let mut queue = VecDeque::from([a]);
+    while let Some(node) = queue.pop_front() {
+        if node == b {
+            break;
+        }
+        for link in touching(node) {
+            let next = if &link.from == node { &link.to } else { &link.from };
+            if !reached_by.contains_key(next) {
+                reached_by.insert(next, Some(link));
+                queue.push_back(next);
+            }
+        }
+    }
+    let mut path = Vec::new();
+    let mut node = b;
+    while let Some(link) = *reached_by.get(node)? {
+        path.push(link.clone());
+        node = if &link.from == node { &link.to } else { &link.from };
+    }
+    path.reverse();
+    Some(path)
+}
+
 /// Two identifiers seen together in one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
@@ -339,32 +371,7 @@ impl WorkspaceIdentities {
         if start != goal {
             return None;
         }
-        // Breadth-first from `a`, remembering the link that reached each
-        // identifier; a profile's links form a tree, so the path is unique.
-        let mut reached_by: HashMap<&Identifier, Option<usize>> = HashMap::from([(a, None)]);
-        let mut queue = VecDeque::from([a]);
-        while let Some(node) = queue.pop_front() {
-            if node == b {
-                break;
-            }
-            for &index in self.adjacency.get(node).into_iter().flatten() {
-                let link = &self.links[index];
-                let next = if &link.from == node { &link.to } else { &link.from };
-                if !reached_by.contains_key(next) {
-                    reached_by.insert(next, Some(index));
-                    queue.push_back(next);
-                }
-            }
-        }
-        let mut path = Vec::new();
-        let mut node = b;
-        while let Some(index) = *reached_by.get(node)? {
-            let link = &self.links[index];
-            path.push(link.clone());
-            node = if &link.from == node { &link.to } else { &link.from };
-        }
-        path.reverse();
-        Some(path)
+        path(a, b, |node| self.adjacency.get(node).into_iter().flatten().map(|&index| &self.links[index]))
     }
 
     fn profile(&self, slot: usize) -> &ProfileState {

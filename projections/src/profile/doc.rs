@@ -13,7 +13,7 @@
 //! merges and events are those of that component, recorded up to *p*.
 //! Folding those events again gives its traits and activity then.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use onepd_domain::identity::{Identifier, ProfileId};
 use onepd_domain::{Position, RecordedEvent, Timestamp};
@@ -148,34 +148,10 @@ impl ProfileDoc {
         if !holds(a) || !holds(b) {
             return None;
         }
-        let mut reached_by: HashMap<&Identifier, Option<&Link>> = HashMap::from([(a, None)]);
-        let mut queue = VecDeque::from([a]);
-        while let Some(node) = queue.pop_front() {
-            if node == b {
-                break;
-            }
-            for link in &self.links {
-                let next = if &link.from == node {
-                    &link.to
-                } else if &link.to == node {
-                    &link.from
-                } else {
-                    continue;
-                };
-                if !reached_by.contains_key(next) {
-                    reached_by.insert(next, Some(link));
-                    queue.push_back(next);
-                }
-            }
-        }
-        let mut path = Vec::new();
-        let mut node = b;
-        while let Some(link) = *reached_by.get(node)? {
-            path.push(link.clone());
-            node = if &link.from == node { &link.to } else { &link.from };
-        }
-        path.reverse();
-        Some(path)
+        crate::identity::path(a, b, |node| {
+            let node = node.clone();
+            self.links.iter().filter(move |link| link.from == node || link.to == node)
+        })
     }
 
     /// Positions of the newest `limit` events below `before` (all when

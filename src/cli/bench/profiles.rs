@@ -354,13 +354,7 @@ async fn measure_rebuild(
     let (log, store) = open(workload).await?;
     let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store);
     let bar = output::progress(0, args.json, "{spinner} rebuilding [{bar:40}] {pos}/{len} ({per_sec})");
-    let progress = {
-        let bar = bar.clone();
-        move |done: u64, total: u64| {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
+    let progress = output::reporter(&bar);
     let started = Instant::now();
     let built = runner.rebuild(&progress).await.context("rebuilding")?;
     let seconds = started.elapsed().as_secs_f64();
