@@ -113,6 +113,20 @@ impl Identifier {
     pub fn new(kind: IdentifierKind, value: impl Into<String>) -> Identifier {
         Identifier { kind, value: value.into() }
     }
+
+    /// An identifier a caller typed, with an email or phone number
+    /// normalized as ingest normalizes it (so `Ann@Example.COM` names
+    /// `ann@example.com`); the error says why it does not normalize.
+    pub fn normalized(kind: IdentifierKind, value: &str) -> Result<Identifier, String> {
+        let value = match kind {
+            IdentifierKind::Email => crate::normalize::normalize_email(value).map_err(|err| format!("email: {err}"))?,
+            IdentifierKind::Phone => {
+                crate::normalize::normalize_phone(value, None).map_err(|err| format!("phone: {err}"))?
+            }
+            _ => value.to_owned(),
+        };
+        Ok(Identifier { kind, value })
+    }
 }
 
 impl fmt::Display for Identifier {

@@ -162,6 +162,14 @@ pub struct Pending {
     pub absorbed: Vec<(WorkspaceId, ProfileId)>,
 }
 
+/// The events the profiles projection reads while it follows the log:
+/// accepted messages and operator facts.
+pub fn followed_filter() -> EventFilter {
+    let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
+    types.push(MessageAccepted::TYPE.into());
+    EventFilter { event_types: types, ..EventFilter::default() }
+}
+
 /// Reads every operator fact up to `until`, per workspace.
 pub async fn read_facts(
     log: &dyn EventStore,
@@ -277,17 +285,9 @@ impl Runner {
     pub async fn rebuild(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
         let mut built = self.build(progress).await?;
         // Events committed while it was built.
-        loop {
-            let head = self.log.head().await?;
-            if head <= built.checkpoint {
-                break;
-            }
-            let (checkpoint, fact) = self.follow_once(&mut built, head).await?;
-            if fact {
-                self.store.drop_generation(built.generation.id).await?;
-                return Box::pin(self.rebuild(progress)).await;
-            }
-            built.checkpoint = checkpoint;
+        if self.catch_up(&mut built, self.page).await? {
+            self.store.drop_generation(built.generation.id).await?;
+            return Box::pin(self.rebuild(progress)).await;
         }
         self.store.promote(built.generation.id).await?;
         built.generation.live = true;
@@ -314,39 +314,28 @@ impl Runner {
     async fn try_catch_up(&self, built: &mut Built, page: usize) -> Result<bool, ProjectionError> {
         let head = self.log.head().await?;
         while built.checkpoint < head {
-            let (_, fact) = self.follow_page(built, head, page).await?;
-            if fact {
+            let read = self.log.read(built.checkpoint.next(), Some(head), &followed_filter(), page).await?;
+            if self.apply_batch(built, &read.events, Position(read.next.0 - 1)).await? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// Folds and commits the events after `built.checkpoint` up to `until`;
-    /// stops before the first operator fact and reports whether it met one.
-    async fn follow_once(&self, built: &mut Built, until: Position) -> Result<(Position, bool), StoreError> {
-        self.follow_page(built, until, self.page).await.map_err(fenced_as_store)
-    }
-
-    async fn follow_page(
+    /// Folds and commits one batch of followed events that reaches `end`;
+    /// stops before the first operator fact, committing up to just before it,
+    /// and returns whether it met one.
+    async fn apply_batch(
         &self,
         built: &mut Built,
-        until: Position,
-        page_size: usize,
-    ) -> Result<(Position, bool), ProjectionError> {
-        let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
-        types.push(MessageAccepted::TYPE.into());
-        let filter = EventFilter { event_types: types, ..EventFilter::default() };
-        let page = self.log.read(built.checkpoint.next(), Some(until), &filter, page_size).await?;
-        let fact_at = page.events.iter().position(|event| event.event_type != MessageAccepted::TYPE);
-        let events = &page.events[..fact_at.unwrap_or(page.events.len())];
-        let reached = match fact_at {
-            Some(index) => Position(page.events[index].position.0 - 1),
-            None => Position(page.next.0 - 1),
-        };
-        built.fold.apply(events);
+        batch: &[RecordedEvent],
+        end: Position,
+    ) -> Result<bool, ProjectionError> {
+        let fact_at = batch.iter().position(|event| event.event_type != MessageAccepted::TYPE);
+        let reached = fact_at.map_or(end, |index| Position(batch[index].position.0 - 1));
+        built.fold.apply(&batch[..fact_at.unwrap_or(batch.len())]);
         self.commit(built, reached).await?;
-        Ok((reached, fact_at.is_some()))
+        Ok(fact_at.is_some())
     }
 
     /// Commits the fold's pending writes with `checkpoint`.
@@ -384,26 +373,19 @@ impl Runner {
         let mut built = self.start(&quiet).await?;
         on_checkpoint(built.checkpoint);
         loop {
-            let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
-            types.push(MessageAccepted::TYPE.into());
-            let filter = EventFilter { event_types: types, ..EventFilter::default() };
-            let mut subscription = self.log.subscribe(built.checkpoint.next(), filter).await?;
+            let mut subscription = self.log.subscribe(built.checkpoint.next(), followed_filter()).await?;
             let restart = loop {
                 let batch = subscription.next_batch().await?;
-                let fact_at = batch.iter().position(|event| event.event_type != MessageAccepted::TYPE);
-                let events = &batch[..fact_at.unwrap_or(batch.len())];
-                let checkpoint = match fact_at {
-                    Some(index) => Position(batch[index].position.0 - 1),
-                    None => batch.last().expect("a batch is never empty").position,
-                };
-                built.fold.apply(events);
-                match self.commit(&mut built, checkpoint).await {
-                    Ok(()) => on_checkpoint(checkpoint),
+                let end = batch.last().expect("a batch is never empty").position;
+                match self.apply_batch(&mut built, &batch, end).await {
+                    Ok(fact) => {
+                        on_checkpoint(built.checkpoint);
+                        if fact {
+                            break Restart::Rebuild;
+                        }
+                    }
                     Err(ProjectionError::Fenced { .. }) => break Restart::Reload,
                     Err(ProjectionError::Store(err)) => return Err(err.into()),
-                }
-                if fact_at.is_some() {
-                    break Restart::Rebuild;
                 }
             };
             built = match restart {

@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 use onepd_adapters::profiles::{AsOf, Explanation, ProfileReader, parse_profile_id};
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::identity::{Identifier, IdentifierKind};
-use onepd_domain::normalize::{normalize_email, normalize_phone};
 use onepd_domain::{Position, ProjectionStore, Timestamp};
 use onepd_projections::profile::{Lookup, Profile};
 use serde_json::json;
@@ -98,15 +97,15 @@ pub fn parse_identifier(text: &str) -> anyhow::Result<Identifier> {
 }
 
 fn identifier(kind: IdentifierKind, value: &str) -> anyhow::Result<Identifier> {
-    let value = match kind {
-        IdentifierKind::Email => normalize_email(value).map_err(|err| anyhow::anyhow!("email: {err}"))?,
-        IdentifierKind::Phone => normalize_phone(value, None).map_err(|err| anyhow::anyhow!("phone: {err}"))?,
-        _ => value.to_owned(),
-    };
-    if value.trim().is_empty() || kind.name().is_empty() {
-        bail!("identifier: expected KIND:VALUE with both parts, found {}:{value:?}", kind.name());
+    let identifier = Identifier::normalized(kind, value).map_err(anyhow::Error::msg)?;
+    if identifier.value.trim().is_empty() || identifier.kind.name().is_empty() {
+        bail!(
+            "identifier: expected KIND:VALUE with both parts, found {}:{:?}",
+            identifier.kind.name(),
+            identifier.value
+        );
     }
-    Ok(Identifier::new(kind, value))
+    Ok(identifier)
 }
 
 fn lookup(which: &Which) -> anyhow::Result<Lookup> {

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use onepd_domain::events::workspace::TokenScope;
 use onepd_domain::identity::{Identifier, IdentifierKind};
-use onepd_domain::normalize::{normalize_email, normalize_phone};
 use onepd_domain::{Position, StoreError, Timestamp, WorkspaceId};
 use onepd_projections::identity::{Link, Merge};
 use onepd_projections::profile::{Lookup, Profile, TimelineEntry, Trait};
@@ -208,12 +207,7 @@ pub fn parse_identifier(kind: &str, value: &str) -> Result<Identifier, InvalidFi
         return Err(InvalidField::new("value", format!("expected a value, found {value:?}")));
     }
     let kind = IdentifierKind::from_name(kind);
-    let value = match kind {
-        IdentifierKind::Email => normalize_email(value).unwrap_or_else(|_| value.to_owned()),
-        IdentifierKind::Phone => normalize_phone(value, None).unwrap_or_else(|_| value.to_owned()),
-        _ => value.to_owned(),
-    };
-    Ok(Identifier::new(kind, value))
+    Ok(Identifier::normalized(kind.clone(), value).unwrap_or_else(|_| Identifier::new(kind, value)))
 }
 
 /// How a request names a profile, before it is checked.

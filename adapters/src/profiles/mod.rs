@@ -119,13 +119,9 @@ impl ProfileReader {
         let page = doc.timeline_page(before, limit);
         let positions: Vec<Position> = page.iter().map(|(position, _)| *position).collect();
         let events = self.log.read_at(workspace, &positions).await?;
-        let mut entries: Vec<TimelineEntry> = events
-            .iter()
-            .filter_map(|event| {
-                let member = page.iter().find(|(position, _)| *position == event.position)?.1;
-                timeline_entry_of(event, member)
-            })
-            .collect();
+        let members: std::collections::HashMap<Position, ProfileId> = page.into_iter().collect();
+        let mut entries: Vec<TimelineEntry> =
+            events.iter().filter_map(|event| timeline_entry_of(event, *members.get(&event.position)?)).collect();
         entries.reverse();
         Ok(Some(entries))
     }

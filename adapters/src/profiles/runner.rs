@@ -9,10 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use onepd_domain::events::identity::FACT_TYPES;
-use onepd_domain::events::message::MessageAccepted;
-use onepd_domain::{EventFilter, EventStore, Position, ProjectionStore};
-use onepd_projections::runner::{PROFILES, Runner};
+use onepd_domain::{EventStore, Position, ProjectionStore};
+use onepd_projections::runner::{PROFILES, Runner, followed_filter};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -108,10 +106,7 @@ async fn record_lag(log: &EventLog, checkpoint: Position) -> Result<(), onepd_do
     if lag > 0 {
         // Events the projection does not read (rejections, configuration)
         // are no backlog.
-        let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
-        types.push(MessageAccepted::TYPE.into());
-        let filter = EventFilter { event_types: types, ..EventFilter::default() };
-        let pending = log.read(checkpoint.next(), Some(head), &filter, 1).await?;
+        let pending = log.read(checkpoint.next(), Some(head), &followed_filter(), 1).await?;
         if pending.events.is_empty() {
             lag = 0;
         }

@@ -65,22 +65,11 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let csv = dir.path().join("orders.csv");
     write_csv(&csv, args.rows, args.json)?;
 
-    let database = match args.backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
-            let name = format!("onepd_bench_import_{}", Uuid::new_v4().simple());
-            let url = onepd_adapters::store::postgres::create_database(&args.postgres_url, &name)
-                .await
-                .with_context(|| format!("creating database {name}"))?;
-            Some((name, url))
-        }
-    };
-    let url = match &database {
-        Some((_, url)) => url.clone(),
-        None => format!("sqlite://{}", dir.path().join("store.db").display()),
-    };
+    let (url, database) =
+        super::scratch_store(args.backend, &args.postgres_url, "onepd_bench_import", &dir.path().join("store.db"))
+            .await?;
     let result = measure(&args, &url, &csv).await;
-    if let Some((name, _)) = database
+    if let Some(name) = database
         && let Err(err) = onepd_adapters::store::postgres::drop_database(&args.postgres_url, &name).await
     {
         eprintln!("warning: dropping database {name}: {err}");

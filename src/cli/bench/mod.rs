@@ -50,6 +50,28 @@ impl Backend {
     }
 }
 
+/// The store a benchmark runs on: on PostgreSQL a fresh database named
+/// `<prefix>_<random>` on `admin_url` (its name and url; drop it afterwards),
+/// on SQLite `file` in the benchmark's directory.
+async fn scratch_store(
+    backend: Backend,
+    admin_url: &str,
+    prefix: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<(String, Option<String>)> {
+    use anyhow::Context;
+    match backend {
+        Backend::Sqlite => Ok((format!("sqlite://{}", file.display()), None)),
+        Backend::Postgres => {
+            let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+            let url = onepd_adapters::store::postgres::create_database(admin_url, &name)
+                .await
+                .with_context(|| format!("creating database {name}"))?;
+            Ok((url, Some(name)))
+        }
+    }
+}
+
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
     match command {

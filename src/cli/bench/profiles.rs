@@ -86,7 +86,8 @@ pub struct ProfileReadArgs {
 /// [`Workload::remove`]).
 struct Workload {
     url: String,
-    postgres: Option<(String, String)>,
+    /// The PostgreSQL database to drop afterwards.
+    postgres: Option<String>,
     _dir: tempfile::TempDir,
     workspace: WorkspaceId,
     /// A sample of identifiers the workload used, for reads.
@@ -98,20 +99,13 @@ impl Workload {
         anyhow::ensure!(args.events > 0, "--events: expected at least 1, found 0");
         std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
         let dir = tempfile::tempdir_in(&args.dir).context("creating the benchmark directory")?;
-        let postgres = match args.backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let name = format!("onepd_bench_profiles_{}", Uuid::new_v4().simple());
-                let url = onepd_adapters::store::postgres::create_database(&args.postgres_url, &name)
-                    .await
-                    .with_context(|| format!("creating database {name}"))?;
-                Some((name, url))
-            }
-        };
-        let url = match &postgres {
-            Some((_, url)) => url.clone(),
-            None => format!("sqlite://{}", dir.path().join("onepd.db").display()),
-        };
+        let (url, postgres) = super::scratch_store(
+            args.backend,
+            &args.postgres_url,
+            "onepd_bench_profiles",
+            &dir.path().join("onepd.db"),
+        )
+        .await?;
         let mut workload =
             Workload { url, postgres, _dir: dir, workspace: WorkspaceId(Uuid::now_v7()), sample: Vec::new() };
         // The workload is written by a child process: the appender's memory
@@ -145,7 +139,7 @@ impl Workload {
     }
 
     async fn remove(self, admin_url: &str) {
-        if let Some((name, _)) = &self.postgres
+        if let Some(name) = &self.postgres
             && let Err(err) = onepd_adapters::store::postgres::drop_database(admin_url, name).await
         {
             eprintln!("warning: dropping database {name}: {err}");
