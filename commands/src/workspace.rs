@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::ingest::TrackingPlan;
 
 mod identity;
+mod webhook;
 
 pub use identity::{check_identifier, check_rules};
 
@@ -96,6 +97,9 @@ pub enum ConfigError {
     /// A split that would undo nothing.
     #[error("profile split: {0}")]
     InvalidSplit(String),
+    /// A webhook configuration that cannot be used.
+    #[error("webhook: {0}")]
+    InvalidWebhook(String),
 }
 
 /// A key or token to hand to its owner once, and the event recording its hash.

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use onepd_domain::events::workspace::{
-    Industry, PlanMode, SourceCreated, SourceKind, TrackingPlanSet, WorkspaceCreated, WriteKeyIssued, WriteKeyRevoked,
+    Industry, PlanMode, SourceCreated, SourceKind, TrackingPlanSet, WebhookConfigured, WorkspaceCreated,
+    WriteKeyIssued, WriteKeyRevoked,
 };
 use onepd_domain::{RecordedEvent, Timestamp, WorkspaceId};
 use serde_json::Value;
@@ -66,6 +67,7 @@ pub struct Directory {
     sources: HashMap<Uuid, SourceEntry>,
     keys_by_hash: HashMap<String, WriteGrant>,
     hash_by_key: HashMap<Uuid, String>,
+    webhooks: HashMap<Uuid, WebhookConfigured>,
 }
 
 impl Fold for Directory {
@@ -75,6 +77,7 @@ impl Fold for Directory {
         WriteKeyIssued::TYPE,
         WriteKeyRevoked::TYPE,
         TrackingPlanSet::TYPE,
+        WebhookConfigured::TYPE,
     ];
 
     fn apply(&mut self, event: &RecordedEvent) {
@@ -140,12 +143,24 @@ impl Fold for Directory {
                     entry.settings_version = event.position.0;
                 }
             }
+            WebhookConfigured::TYPE => {
+                if let Ok(configured) = serde_json::from_value::<WebhookConfigured>(data.clone())
+                    && self.sources.get(&configured.source_id).is_some_and(|source| source.workspace == workspace)
+                {
+                    self.webhooks.insert(configured.source_id, configured);
+                }
+            }
             _ => {}
         }
     }
 }
 
 impl Directory {
+    /// The webhook configuration of `source_id`, if one was set.
+    pub fn webhook(&self, source_id: Uuid) -> Option<&WebhookConfigured> {
+        self.webhooks.get(&source_id)
+    }
+
     /// What the write key whose SHA-256 is `key_sha256` writes to, if valid.
     pub fn write_grant(&self, key_sha256: &str) -> Option<WriteGrant> {
         self.keys_by_hash.get(key_sha256).copied()

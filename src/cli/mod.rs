@@ -12,6 +12,7 @@ mod rejected;
 mod serve;
 mod source;
 mod verify;
+mod webhook;
 mod workspace;
 
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// Issue, revoke and list write keys and admin tokens.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Configure webhook sources: platform, signing secret, mappings.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
     /// Import a CSV or NDJSON file (gzip too) through the ingest pipeline.
     Import(import::ImportArgs),
     /// Set or show a workspace's tracking plan.
@@ -73,6 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workspace(command) => workspace::run(command).await,
         Command::Source(command) => source::run(command).await,
         Command::Key(command) => key::run(command).await,
+        Command::Webhook(command) => webhook::run(command).await,
         Command::Import(args) => import::run(args).await,
         Command::Plan(command) => plan::run(command).await,
         Command::Rejected(command) => rejected::run(command).await,

@@ -175,6 +175,11 @@ async fn replay_one(log: &EventLog, ingest: &Ingest, workspace: WorkspaceId, ope
     if rejected.truncated {
         return Err("the raw payload was cut at 32 KB when it was rejected; it cannot be replayed".into());
     }
+    // A platform's webhook payload is not a message: the platform's own retry
+    // (or a re-send from its dashboard) runs it through the fixed mapping.
+    if rejected.reasons.iter().any(|reason| reason.rule.starts_with("webhook_")) {
+        return Err("a webhook payload, not a message: re-send it from the platform once the cause is fixed".into());
+    }
     let message: serde_json::Value =
         serde_json::from_str(&rejected.raw).map_err(|err| format!("the raw payload is not JSON ({err})"))?;
     let source_id = open

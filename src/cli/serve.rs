@@ -117,6 +117,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .with_state(HttpState { log: log.clone(), metrics: Arc::new(metrics) })
+        .merge(onepd_adapters::http::webhooks::webhooks_router(ingest.clone()))
         .merge(onepd_adapters::http::router(ingest))
         .merge(onepd_adapters::http::profiles::profiles_router(profiles, tokens));
     let http = tokio::spawn(

@@ -16,6 +16,7 @@
 
 pub mod body;
 pub mod profiles;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -145,6 +146,13 @@ fn basic_user(headers: &HeaderMap) -> Option<String> {
 #[derive(Debug)]
 enum ApiError {
     NotFound(String),
+    /// Refused with a status of its own and a body naming the field.
+    Refused {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        field: String,
+    },
     Body(BodyError),
     Ingest(IngestError),
 }
@@ -168,6 +176,7 @@ impl ApiError {
                 .into_response()
         };
         match self {
+            ApiError::Refused { status, code, message, field } => error(status, code, message, field),
             ApiError::NotFound(endpoint) => error(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -265,23 +265,39 @@ impl Ingest {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let source = grant.source_id.to_string();
         metrics::histogram!("onepd_ingest_batch_size").record(messages.len() as f64);
-        metrics::counter!("onepd_ingest_messages_received_total", "source" => source.clone())
-            .increment(messages.len() as u64);
         let settings = self.settings(grant.workspace)?;
-        let received = Received {
-            at: caller.received_at.unwrap_or_else(now),
-            source_id: grant.source_id,
-            peer_ip: caller.peer_ip,
-            forwarded_ip: caller.forwarded_ip,
-            request_id: caller.request_id.clone(),
-        };
+        let received = received(grant, caller);
         let decisions: Vec<Decision> = messages
             .into_iter()
             .map(|message| self.pipeline.process(&settings, &received, message, || Uuid::now_v7().to_string()))
             .collect();
+        self.append(grant, decisions).await
+    }
 
+    /// Records a payload that never became a message (a webhook that failed
+    /// verification or mapping) as a `MessageRejected` with `reasons`; a
+    /// payload rejected before is recorded once. Call with an [`Admission`]
+    /// held.
+    pub async fn reject(
+        &self,
+        grant: WriteGrant,
+        caller: &Caller,
+        raw: String,
+        reasons: Vec<Violation>,
+    ) -> Result<MessageResult, IngestError> {
+        let settings = self.settings(grant.workspace)?;
+        let decision = self.pipeline.reject_payload(&settings, &received(grant, caller), raw, reasons);
+        let mut results = self.append(grant, vec![decision]).await?;
+        Ok(results.pop().expect("one result per decision"))
+    }
+
+    /// Appends the events of `decisions` to the source's stream in one
+    /// request; one result per decision, in order.
+    async fn append(&self, grant: WriteGrant, decisions: Vec<Decision>) -> Result<Vec<MessageResult>, IngestError> {
+        let source = grant.source_id.to_string();
+        metrics::counter!("onepd_ingest_messages_received_total", "source" => source.clone())
+            .increment(decisions.len() as u64);
         // A message sent twice in one batch is stored once; the second copy
         // is reported as a duplicate of the first. Events are moved into the
         // append request; each message keeps only what its result needs.
@@ -408,6 +424,17 @@ pub fn basic_user(credentials: &str) -> Option<String> {
     let text = String::from_utf8(decoded).ok()?;
     let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
     (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// Where and when `caller`'s messages for `grant`'s source arrived.
+fn received(grant: WriteGrant, caller: &Caller) -> Received {
+    Received {
+        at: caller.received_at.unwrap_or_else(now),
+        source_id: grant.source_id,
+        peer_ip: caller.peer_ip,
+        forwarded_ip: caller.forwarded_ip,
+        request_id: caller.request_id.clone(),
+    }
 }
 
 /// What a message's result needs once its event is handed to the store.

@@ -135,6 +135,16 @@ fn reject(settings: &WorkspaceSettings, received: &Received, input: &Value, reas
     reject_raw(settings, received, raw, reasons, message_type, message_id, input)
 }
 
+/// Rejects a raw payload that is not a message; see [`Pipeline::reject_payload`].
+pub(super) fn reject_payload(
+    settings: &WorkspaceSettings,
+    received: &Received,
+    raw: String,
+    reasons: Vec<Violation>,
+) -> Decision {
+    reject_raw(settings, received, Raw { json: raw }, reasons, None, None, &Value::Null)
+}
+
 /// Builds the `MessageRejected` decision. `readable` is where the subject is
 /// read from (the input, or the reshaped message in block mode).
 fn reject_raw(

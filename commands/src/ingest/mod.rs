@@ -113,6 +113,19 @@ impl Pipeline {
     ) -> Decision {
         decide::run(self, settings, received, message, new_message_id)
     }
+
+    /// Rejects a payload that never became a message (a webhook that failed
+    /// verification or mapping): a `MessageRejected` keeping `raw` as
+    /// received, with the same idempotent event id as any rejection.
+    pub fn reject_payload(
+        &self,
+        settings: &WorkspaceSettings,
+        received: &Received,
+        raw: String,
+        reasons: Vec<Violation>,
+    ) -> Decision {
+        decide::reject_payload(settings, received, raw, reasons)
+    }
 }
 
 impl Default for Pipeline {

@@ -4,12 +4,13 @@
 //! Two steps, one module each:
 //! signature verification ([`mod@verify`]) → declarative mapping of the payload
 //! to Segment-spec messages ([`mapping`]). [`mod@shipped`] holds the mappings
-//! onepd ships for common platforms and topics.
+//! onepd ships for common platforms and topics; [`mod@source`] is a source's
+//! whole configuration (platform, verification, mappings by topic).
 //!
-//! The HTTP handler (`POST /v1/webhooks/{source_id}`) calls [`verify()`], parses
-//! the body as JSON, applies the source's [`Mapping`] and sends each resulting
-//! message through the ordinary ingest pipeline. A failure at either step
-//! becomes a `MessageRejected` with the error's text as the reason.
+//! The HTTP handler (`POST /v1/webhooks/{source_id}`) calls
+//! [`WebhookSource::handle`] and sends each resulting message through the
+//! ordinary ingest pipeline. A failure at any step becomes a
+//! `MessageRejected` with the error's text as the reason.
 //!
 //! **Invariant:** pure: no HTTP, no storage, no clock. The current time comes
 //! in as an argument, and every message id is derived from the platform's
@@ -21,10 +22,12 @@
 
 pub mod mapping;
 pub mod shipped;
+pub mod source;
 pub mod verify;
 
 pub use mapping::{Mapping, MappingError};
 pub use shipped::{SHIPPED, ShippedMapping, shipped};
+pub use source::{Mapped, WebhookError, WebhookSource};
 pub use verify::{Algorithm, Encoding, GenericHmac, VerifyConfig, VerifyError, verify};
 
 /// A platform whose signature scheme onepd knows.

@@ -267,6 +267,67 @@ impl TrackingPlanSet {
     pub const TYPE: &'static str = "TrackingPlanSet";
 }
 
+/// A webhook source's configuration was set (replacing any earlier one):
+/// how its requests are verified and how its payloads become messages.
+///
+/// The event names the subject [`WebhookConfigured::subject`], so its data —
+/// the signing secret included — is stored sealed with that subject's key,
+/// never in clear. `platform`, `verification` and the mappings are checked
+/// when the configuration is decided (`onepd_commands::webhook`); they are
+/// kept here as JSON so the domain need not know every platform.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookConfigured {
+    /// The source (of kind `webhook`) the configuration belongs to.
+    pub source_id: Uuid,
+    /// Whose signature scheme verifies requests: `shopify`, `stripe`,
+    /// `hubspot` or `generic`.
+    pub platform: String,
+    /// How requests are verified: a signature secret and its settings, or
+    /// `null` for a generic source authenticated by its write key instead.
+    pub verification: Option<serde_json::Value>,
+    /// The mappings, tried in order; each applies to the topics it names.
+    pub mappings: Vec<WebhookMapping>,
+    /// The address the platform calls, scheme and host included
+    /// (`https://cdp.example.com`), for platforms that sign the URL (HubSpot);
+    /// when absent, the request's `X-Forwarded-Proto` (else `http`) and
+    /// `Host` are used.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+/// One mapping of a webhook source and the topics it serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookMapping {
+    /// The platform's topic names this mapping serves (Shopify's
+    /// `X-Shopify-Topic`, Stripe's event `type`); empty means every topic.
+    pub topics: Vec<String>,
+    /// The mapping document (see `onepd_commands::webhook::mapping`).
+    pub mapping: serde_json::Value,
+}
+
+// The verification holds the secret: left out so logging cannot leak it.
+impl std::fmt::Debug for WebhookConfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfigured")
+            .field("source_id", &self.source_id)
+            .field("platform", &self.platform)
+            .field("verification", &self.verification.as_ref().map(|_| "<redacted>"))
+            .field("mappings", &self.mappings.len())
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
+impl WebhookConfigured {
+    /// The stored event type.
+    pub const TYPE: &'static str = "WebhookConfigured";
+
+    /// The subject whose key seals a source's webhook configuration.
+    pub fn subject(source_id: Uuid) -> String {
+        format!("webhook-source:{source_id}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
