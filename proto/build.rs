@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] =
-    &["onepd/audit/v1/audit.proto", "onepd/ingest/v1/ingest.proto", "onepd/profiles/v1/profiles.proto"];
+const PROTOS: &[&str] = &[
+    "onepd/audit/v1/audit.proto",
+    "onepd/import/v1/import.proto",
+    "onepd/ingest/v1/ingest.proto",
+    "onepd/profiles/v1/profiles.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

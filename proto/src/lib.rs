@@ -17,6 +17,14 @@ pub mod audit {
     }
 }
 
+/// `onepd.import.v1`: importing a whole CSV or NDJSON file, streamed in chunks.
+pub mod import {
+    /// Version 1 of the import protocol.
+    pub mod v1 {
+        tonic::include_proto!("onepd.import.v1");
+    }
+}
+
 /// `onepd.ingest.v1`: the gRPC ingest API, the Segment tracking spec typed.
 pub mod ingest {
     /// Version 1 of the ingest protocol.
@@ -43,6 +51,7 @@ mod tests {
         let names: Vec<_> = set.file.iter().map(|file| file.name().to_owned()).collect();
         for needed in [
             "onepd/audit/v1/audit.proto",
+            "onepd/import/v1/import.proto",
             "onepd/ingest/v1/ingest.proto",
             "onepd/profiles/v1/profiles.proto",
             "google/protobuf/struct.proto",

@@ -2,7 +2,9 @@
 //! too) becomes messages through the ordinary ingest pipeline, streamed in
 //! batches, so memory stays flat however large the file is. Each row's
 //! `messageId` comes from the file and the row, so importing the same file
-//! again stores nothing twice.
+//! again stores nothing twice. The import loop itself is
+//! `onepd_adapters::ingest::import`, shared with the HTTP and gRPC uploads;
+//! this file opens the file, finds the source and prints the summary.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -11,7 +13,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use onepd_adapters::ingest::{Caller, Ingest, IngestConfig, Outcome};
+use onepd_adapters::ingest::import::{ImportOptions, ImportSummary, import_rows};
+use onepd_adapters::ingest::{Caller, Ingest, IngestConfig, MAX_BATCH_MESSAGES};
 use onepd_commands::import::{FILE_ID_PREFIX_LEN, ImportMapping, ImportReader, file_id};
 use onepd_projections::directory::WriteGrant;
 use serde_json::{Value, json};
@@ -42,66 +45,13 @@ pub struct ImportArgs {
     json: bool,
 }
 
-/// What became of the file's rows.
-#[derive(Debug, Default)]
-pub struct Summary {
-    pub rows: u64,
-    pub accepted: u64,
-    pub duplicates: u64,
-    /// Rejected rows by line, with their reasons.
-    pub rejections: Vec<(u64, Vec<String>)>,
-}
-
-/// Sends every row of `rows` through `ingest` in batches of `batch`,
-/// advancing `bar` by rows read.
-pub async fn import_rows(
-    ingest: &Ingest,
-    grant: WriteGrant,
-    caller: &Caller,
-    rows: &mut ImportReader<'_>,
-    batch: usize,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Summary> {
-    let mut summary = Summary::default();
-    loop {
-        let before = summary.rows;
-        let mut lines = Vec::with_capacity(batch);
-        let mut messages = Vec::with_capacity(batch);
-        for row in rows.by_ref().take(batch) {
-            let row = row?;
-            summary.rows += 1;
-            match row.result {
-                Ok(message) => {
-                    lines.push(row.line);
-                    messages.push(message);
-                }
-                Err(err) => summary.rejections.push((row.line, vec![err.to_string()])),
-            }
-        }
-        if summary.rows == before {
-            return Ok(summary);
-        }
-        bar.set_position(summary.rows);
-        if messages.is_empty() {
-            continue;
-        }
-        let _admission = ingest.admit(messages.len()).await?;
-        let results = ingest.ingest(grant, caller, messages).await.context("ingesting the rows")?;
-        for (line, result) in lines.into_iter().zip(results) {
-            match result.outcome {
-                Outcome::Accepted { .. } => summary.accepted += 1,
-                Outcome::Duplicate { .. } => summary.duplicates += 1,
-                Outcome::Rejected { reasons, .. } => {
-                    summary.rejections.push((line, reasons.into_iter().map(|r| r.message).collect()))
-                }
-            }
-        }
-    }
-}
-
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
-    anyhow::ensure!(args.batch > 0, "--batch: expected at least 1, found 0");
+    anyhow::ensure!(
+        (1..=MAX_BATCH_MESSAGES).contains(&args.batch),
+        "--batch: expected 1 to {MAX_BATCH_MESSAGES}, found {}",
+        args.batch
+    );
     let text = std::fs::read_to_string(&args.mapping).with_context(|| format!("reading {}", args.mapping.display()))?;
     let mut mapping = ImportMapping::from_json(&text).with_context(|| format!("{}", args.mapping.display()))?;
     let name = args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -110,7 +60,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let mut prefix = Vec::with_capacity(FILE_ID_PREFIX_LEN);
     open()?.take(FILE_ID_PREFIX_LEN as u64).read_to_end(&mut prefix)?;
     let id = file_id(&mapping, &prefix);
-    let mut rows = ImportReader::new(std::io::BufReader::with_capacity(1 << 20, open()?), &mapping, &id)
+    let rows = ImportReader::new(std::io::BufReader::with_capacity(1 << 20, open()?), &mapping, &id)
         .with_context(|| format!("{}", args.file.display()))?;
 
     let (log, directory, workspace) = directory::open(&args.target).await?;
@@ -123,28 +73,32 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
 
     let bar = output::progress(0, args.json, "{spinner} importing {pos} rows ({per_sec})");
     let started = Instant::now();
-    let mut summary = import_rows(&ingest, grant, &caller, &mut rows, args.batch, &bar)
+    // The CLI lists every rejected row (`--json` is the complete report).
+    let options = ImportOptions { batch_rows: args.batch, listed_rejections: usize::MAX };
+    let summary = import_rows(&ingest, grant, &caller, rows, options, |rows| bar.set_position(rows))
         .await
         .with_context(|| format!("importing {}", args.file.display()))?;
     bar.finish_and_clear();
     log.close().await;
     let seconds = started.elapsed().as_secs_f64();
-    summary.rejections.sort_by_key(|(line, _)| *line);
     print(&args, &summary, seconds);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print(args: &ImportArgs, summary: &Summary, seconds: f64) {
+fn print(args: &ImportArgs, summary: &ImportSummary, seconds: f64) {
     let rate = summary.rows as f64 / seconds.max(1e-9);
     if args.json {
-        let rejections: Vec<Value> =
-            summary.rejections.iter().map(|(line, reasons)| json!({ "line": line, "reasons": reasons })).collect();
+        let rejections: Vec<Value> = summary
+            .rejections
+            .iter()
+            .map(|rejection| json!({ "line": rejection.line, "reasons": rejection.reasons }))
+            .collect();
         output::json(&json!({
             "file": args.file.display().to_string(),
             "rows": summary.rows,
             "accepted": summary.accepted,
             "duplicates": summary.duplicates,
-            "rejected": summary.rejections.len(),
+            "rejected": summary.rejected,
             "seconds": seconds,
             "rows_per_second": rate,
             "rejections": rejections,
@@ -157,13 +111,13 @@ fn print(args: &ImportArgs, summary: &Summary, seconds: f64) {
         summary.rows,
         summary.accepted,
         summary.duplicates,
-        summary.rejections.len()
+        summary.rejected
     ));
     const SHOWN: usize = 100;
-    for (line, reasons) in summary.rejections.iter().take(SHOWN) {
-        output::line(format!("  line {line}: {}", reasons.join("; ")));
+    for rejection in summary.rejections.iter().take(SHOWN) {
+        output::line(format!("  line {}: {}", rejection.line, rejection.reasons.join("; ")));
     }
-    if summary.rejections.len() > SHOWN {
-        output::line(format!("  … and {} more (--json lists them all)", summary.rejections.len() - SHOWN));
+    if summary.rejected > SHOWN as u64 {
+        output::line(format!("  … and {} more (--json lists them all)", summary.rejected - SHOWN as u64));
     }
 }

@@ -28,7 +28,7 @@ impl IngestApi {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> (Result<WriteGrant, Status>, Caller) {
-        let grant = write_key(request.metadata()).and_then(|key| self.ingest.authenticate(&key).map_err(status));
+        let grant = authenticate(&self.ingest, request.metadata());
         let peer_ip = request.remote_addr().map(|addr| addr.ip());
         let forwarded = request.metadata().get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok());
         let caller = Caller {
@@ -163,6 +163,12 @@ fn check_size(message: &pb::Message, field: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// What the write key in `metadata` writes to: the one check of every gRPC
+/// entrance that takes a write key.
+pub(crate) fn authenticate(ingest: &Ingest, metadata: &tonic::metadata::MetadataMap) -> Result<WriteGrant, Status> {
+    write_key(metadata).and_then(|key| ingest.authenticate(&key).map_err(status))
+}
+
 /// The write key from `authorization: Bearer <key>` (or `Basic`, as over HTTP).
 fn write_key(metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
     let missing = || Status::unauthenticated("authorization: expected \"Bearer <write key>\", found none");
@@ -178,7 +184,7 @@ fn write_key(metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> 
 }
 
 /// The gRPC status of an ingest failure.
-fn status(err: IngestError) -> Status {
+pub(crate) fn status(err: IngestError) -> Status {
     match err {
         IngestError::Unauthenticated(message) => Status::unauthenticated(message),
         IngestError::Overloaded { .. } => {

@@ -2,6 +2,8 @@
 //!
 //! * [`audit`] — `onepd.audit.v1.AuditService`: read, follow, verify the log;
 //! * [`auth`] — admin token checks shared by the services;
+//! * [`import`] — `onepd.import.v1.ImportService`: a whole file, streamed in
+//!   chunks;
 //! * [`ingest`] — `onepd.ingest.v1.IngestService`: the gRPC ingest API;
 //! * [`profiles`] — `onepd.profiles.v1.ProfileService`: profiles, their
 //!   timelines and merges;
@@ -9,6 +11,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod import;
 pub mod ingest;
 pub mod profiles;
 
@@ -16,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use onepd_proto::audit::v1::audit_service_server::AuditServiceServer;
+use onepd_proto::import::v1::import_service_server::ImportServiceServer;
 use onepd_proto::ingest::v1::ingest_service_server::IngestServiceServer;
 use onepd_proto::profiles::v1::profile_service_server::ProfileServiceServer;
 use tokio::net::TcpListener;
@@ -27,6 +31,7 @@ use crate::ingest::Ingest;
 use crate::profiles::ProfileReader;
 use audit::AuditApi;
 use auth::TokenRegistry;
+use import::ImportApi;
 use ingest::IngestApi;
 use profiles::ProfilesApi;
 
@@ -56,6 +61,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<IngestServiceServer<IngestApi>>().await;
+    health.set_serving::<ImportServiceServer<ImportApi>>().await;
     health.set_serving::<ProfileServiceServer<ProfilesApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
@@ -72,7 +78,10 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(AuditServiceServer::new(AuditApi::new(log, tokens.clone(), stopping)))
         .add_service(ProfileServiceServer::new(ProfilesApi::new(profiles, tokens)))
-        .add_service(IngestServiceServer::new(IngestApi::new(ingest)).max_decoding_message_size(64 * 1024 * 1024))
+        .add_service(
+            IngestServiceServer::new(IngestApi::new(ingest.clone())).max_decoding_message_size(64 * 1024 * 1024),
+        )
+        .add_service(ImportServiceServer::new(ImportApi::new(ingest)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

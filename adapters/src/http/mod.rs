@@ -13,8 +13,12 @@
 //! Messages the pipeline rejects are recorded as `MessageRejected` events, so
 //! a batch still answers 200, listing them under `rejected`; a single-message
 //! call answers 400 with the reasons.
+//!
+//! `POST /v1/import-files` ([`import`]) takes a whole CSV or NDJSON file as
+//! `multipart/form-data`, with the same key, CORS and error shape.
 
 pub mod body;
+pub mod import;
 pub mod profiles;
 pub mod webhooks;
 
@@ -47,6 +51,10 @@ pub fn router(ingest: Arc<Ingest>) -> axum::Router {
         // Compressed bodies are checked against the limit after inflating;
         // this bounds what is read off the socket.
         .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES + 64 * 1024))
+        // Added after that limit, which therefore does not apply: an upload
+        // streams in constant memory whatever its size. A static segment
+        // wins over `{endpoint}`, so this is never taken for a message type.
+        .route("/v1/import-files", post(import::import_file).layer(DefaultBodyLimit::disable()))
         .layer(cors)
         .with_state(ingest)
 }
@@ -70,11 +78,16 @@ async fn track_api(
             message: format!("expected a readable body, found an error ({})", rejection.body_text()),
         })),
     };
-    let mut response = match handled {
+    let response = match handled {
         Ok(response) => response,
         Err(err) => err.into_response_with(&request_id),
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    with_request_id(response, &request_id)
+}
+
+/// Names the request in its response, so a caller can quote it.
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
@@ -155,6 +168,14 @@ enum ApiError {
     },
     Body(BodyError),
     Ingest(IngestError),
+    /// A request the caller must fix (answered 400), naming its field.
+    BadRequest {
+        code: &'static str,
+        field: String,
+        message: String,
+    },
+    /// A fault of onepd's, logged in full; the caller sees only the request id.
+    Internal(String),
 }
 
 impl From<BodyError> for ApiError {
@@ -208,6 +229,16 @@ impl ApiError {
             }
             ApiError::Ingest(IngestError::Invalid(message)) => {
                 error(StatusCode::BAD_REQUEST, "invalid_request", message, String::new())
+            }
+            ApiError::BadRequest { code, field, message } => error(StatusCode::BAD_REQUEST, code, message, field),
+            ApiError::Internal(cause) => {
+                tracing::error!(request_id, cause = %cause, "request failed");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("onepd could not finish the request; retry it (request id {request_id})"),
+                    String::new(),
+                )
             }
             ApiError::Ingest(err) => {
                 tracing::error!(request_id, cause = %err, "ingest failed");

@@ -14,7 +14,11 @@
 //!
 //! **Acknowledged means committed:** results are returned only after the
 //! append has committed.
+//!
+//! [`import`] streams a file's rows through the same path, for the CLI, the
+//! HTTP upload and the gRPC `ImportService` alike.
 
+pub mod import;
 pub mod proxies;
 
 use std::collections::HashMap;

@@ -231,13 +231,13 @@ pub struct ImportReader<'a> {
 
 enum Source<'a> {
     Csv {
-        reader: csv::Reader<Box<dyn BufRead + 'a>>,
+        reader: csv::Reader<Box<dyn BufRead + Send + 'a>>,
         /// Reused for every row, so reading allocates nothing per row.
         record: csv::ByteRecord,
         columns: usize,
     },
     Ndjson {
-        reader: Box<dyn BufRead + 'a>,
+        reader: Box<dyn BufRead + Send + 'a>,
         /// Reused for every line; shrunk again after an unusually long line.
         buffer: Vec<u8>,
         line: u64,
@@ -249,8 +249,11 @@ impl<'a> ImportReader<'a> {
     /// [`ImportMapping::detect_format`]). Gzip is detected by its magic bytes.
     /// Reads the CSV header, or the first block of an NDJSON file, so an
     /// unreadable file fails here rather than on the first row.
+    ///
+    /// The reader must be `Send`, so an entrance can parse on a blocking
+    /// thread while its async side appends the previous batch.
     pub fn new(
-        reader: impl Read + 'a,
+        reader: impl Read + Send + 'a,
         mapping: &ImportMapping,
         file_id: &str,
     ) -> Result<ImportReader<'a>, ImportError> {
@@ -362,7 +365,7 @@ impl ImportReader<'_> {
 }
 
 /// Wraps `reader` in a gzip decoder when its first two bytes are gzip's magic.
-fn open<'a>(mut reader: impl Read + 'a) -> Result<(Box<dyn BufRead + 'a>, bool), ImportError> {
+fn open<'a>(mut reader: impl Read + Send + 'a) -> Result<(Box<dyn BufRead + Send + 'a>, bool), ImportError> {
     const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
     let mut magic = [0u8; 2];
     let mut filled = 0;
@@ -385,7 +388,7 @@ fn open<'a>(mut reader: impl Read + 'a) -> Result<(Box<dyn BufRead + 'a>, bool),
 }
 
 fn open_csv<'a>(
-    reader: Box<dyn BufRead + 'a>,
+    reader: Box<dyn BufRead + Send + 'a>,
     mapping: &ImportMapping,
     gzip: bool,
 ) -> Result<(Plan, Source<'a>), ImportError> {
@@ -431,7 +434,10 @@ fn open_csv<'a>(
     Ok((plan, Source::Csv { reader, record: csv::ByteRecord::new(), columns: names.len() }))
 }
 
-fn open_ndjson<'a>(reader: Box<dyn BufRead + 'a>, mapping: &ImportMapping) -> Result<(Plan, Source<'a>), ImportError> {
+fn open_ndjson<'a>(
+    reader: Box<dyn BufRead + Send + 'a>,
+    mapping: &ImportMapping,
+) -> Result<(Plan, Source<'a>), ImportError> {
     let plan = Plan::new(mapping, |field, column| {
         if column.is_empty() || column.starts_with('/') {
             Ok(Locator::Pointer(column.to_owned()))

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use onepd_adapters::ingest::import::{ImportOptions, import_rows};
 use onepd_adapters::ingest::{Caller, Ingest, IngestConfig};
 use onepd_adapters::{EventLog, MasterKey, StoreConfig};
 use onepd_commands::import::{ImportMapping, ImportReader, file_id};
@@ -24,7 +25,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::Backend;
-use crate::cli::import::import_rows;
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -117,17 +117,18 @@ async fn measure(args: &ImportArgs, url: &str, csv: &std::path::Path) -> anyhow:
 
     let started = Instant::now();
     let file = std::fs::File::open(csv)?;
-    let mut rows =
+    let rows =
         ImportReader::new(std::io::BufReader::with_capacity(1 << 20, file), &mapping, &file_id(&mapping, b"bench"))?;
-    let summary = import_rows(&ingest, grant, &caller, &mut rows, args.batch, &bar).await?;
+    let options = ImportOptions { batch_rows: args.batch, ..ImportOptions::default() };
+    let summary = import_rows(&ingest, grant, &caller, rows, options, |rows| bar.set_position(rows)).await?;
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     log.close().await;
     anyhow::ensure!(
-        summary.rejections.is_empty() && summary.accepted == args.rows,
+        summary.rejected == 0 && summary.accepted == args.rows,
         "expected every row accepted, found {} accepted and {} rejected (first: {:?})",
         summary.accepted,
-        summary.rejections.len(),
+        summary.rejected,
         summary.rejections.first()
     );
     Ok((summary.rows, summary.accepted, seconds))
