@@ -100,6 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         output::line(format!("  admin token  {}", boot.admin_token));
         output::line("  (shown once: only their hashes are stored)");
     }
+    let signal = shutdown_signal();
     output::line("ready; stop with Ctrl-C or SIGTERM");
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "listening");
 
@@ -126,7 +127,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .into_future(),
     );
 
-    let signal = shutdown_signal().await;
+    let signal = signal.await;
     tracing::info!(signal, "shutting down");
     let _ = stopping_tx.send(true);
     let drained = tokio::time::timeout(Duration::from_secs(30), async {
@@ -202,24 +203,29 @@ async fn wait_for(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 
-/// Waits for SIGINT or SIGTERM and names it.
-async fn shutdown_signal() -> &'static str {
+/// Listens for SIGINT and SIGTERM from the call on (so a signal sent right
+/// after "ready" is never missed); the future resolves with the first, named.
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = terminate.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                    _ = interrupt.recv() => "SIGINT",
+                    _ = terminate.recv() => "SIGTERM",
+                },
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    "SIGINT"
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
         "ctrl-c"
     }

@@ -6,7 +6,7 @@
 //! bytes ──(bounded channel)──► ImportReader on a blocking thread
 //!                                   │ batches of rows (bounded channel)
 //!                                   ▼
-//!                   admit ──► Ingest::ingest ──► ImportSummary
+//!                   admit ──► Ingest::ingest (3 batches in flight) ──► ImportSummary
 //! ```
 //!
 //! [`ImportReader`] is synchronous and parsing is CPU work, so it runs on a
@@ -30,6 +30,7 @@
 use std::io::{self, Read};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use onepd_commands::import::{FILE_ID_PREFIX_LEN, ImportError, ImportMapping, ImportReader, Row, file_id};
 use onepd_projections::directory::WriteGrant;
@@ -244,6 +245,10 @@ fn parse(mut rows: ImportReader<'_>, batch_rows: usize, batches: &mpsc::Sender<B
 }
 
 /// Admits and ingests each batch as it arrives, and sums up the outcomes.
+///
+/// Up to [`APPENDS_IN_FLIGHT`] batches are in flight at once, in file order:
+/// the pipeline runs over one batch while earlier ones wait for their
+/// commit, and the appender commits waiting batches together.
 async fn ingest_batches(
     ingest: &Ingest,
     grant: WriteGrant,
@@ -254,45 +259,80 @@ async fn ingest_batches(
     mut progress: impl FnMut(u64) + Send,
 ) -> Result<ImportSummary, FileImportError> {
     let mut summary = ImportSummary::default();
-    while let Some(batch) = batches.recv().await {
-        let rows = batch?;
-        summary.rows += rows.len() as u64;
-        let mut rejections = Vec::new();
-        let mut lines = Vec::with_capacity(rows.len());
-        let mut messages: Vec<Value> = Vec::with_capacity(rows.len());
-        for row in rows {
-            match row.result {
-                Ok(message) => {
-                    lines.push(row.line);
-                    messages.push(message);
-                }
-                Err(err) => rejections.push(RowRejection { line: row.line, reasons: vec![err.to_string()] }),
+    let mut in_flight = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            batch = batches.recv(), if open && in_flight.len() < APPENDS_IN_FLIGHT => match batch {
+                Some(rows) => in_flight.push_back(ingest_batch(ingest, grant, caller, rows?)),
+                None => open = false,
+            },
+            done = in_flight.next(), if !in_flight.is_empty() => {
+                let done = done.expect("a non-empty set yields")?;
+                summary.rows += done.rows;
+                summary.accepted += done.accepted;
+                summary.duplicates += done.duplicates;
+                summary.record(done.rejections, options.listed_rejections);
+                progress(summary.rows);
             }
+            else => break,
         }
-        if !messages.is_empty() {
-            let _admission = ingest.admit(messages.len()).await?;
-            let results = ingest.ingest(grant, caller, messages).await?;
-            for (line, result) in lines.into_iter().zip(results) {
-                match result.outcome {
-                    Outcome::Accepted { .. } => summary.accepted += 1,
-                    Outcome::Duplicate { .. } => summary.duplicates += 1,
-                    Outcome::Rejected { reasons, .. } => rejections.push(RowRejection {
-                        line,
-                        reasons: reasons.into_iter().map(|reason| reason.message).collect(),
-                    }),
-                }
-            }
-        }
-        // Batches arrive in line order, so sorting each one keeps the whole
-        // list in line order and the listed rejections the first ones.
-        rejections.sort_by_key(|rejection| rejection.line);
-        summary.record(rejections, options.listed_rejections);
-        progress(summary.rows);
     }
     // The channel also closes when the parser panics: only a parser that
     // returned has read the whole file.
     parser.await.map_err(|_| FileImportError::ReaderStopped)?;
     Ok(summary)
+}
+
+/// Batches of rows being ingested at once by one import.
+const APPENDS_IN_FLIGHT: usize = 3;
+
+/// What became of one batch of rows.
+struct BatchOutcome {
+    rows: u64,
+    accepted: u64,
+    duplicates: u64,
+    /// In line order.
+    rejections: Vec<RowRejection>,
+}
+
+/// Admits and ingests one batch of rows.
+async fn ingest_batch(
+    ingest: &Ingest,
+    grant: WriteGrant,
+    caller: &Caller,
+    rows: Vec<Row>,
+) -> Result<BatchOutcome, FileImportError> {
+    let mut outcome = BatchOutcome { rows: rows.len() as u64, accepted: 0, duplicates: 0, rejections: Vec::new() };
+    let mut lines = Vec::with_capacity(rows.len());
+    let mut messages: Vec<Value> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.result {
+            Ok(message) => {
+                lines.push(row.line);
+                messages.push(message);
+            }
+            Err(err) => outcome.rejections.push(RowRejection { line: row.line, reasons: vec![err.to_string()] }),
+        }
+    }
+    if !messages.is_empty() {
+        let _admission = ingest.admit(messages.len()).await?;
+        let results = ingest.ingest(grant, caller, messages).await?;
+        for (line, result) in lines.into_iter().zip(results) {
+            match result.outcome {
+                Outcome::Accepted { .. } => outcome.accepted += 1,
+                Outcome::Duplicate { .. } => outcome.duplicates += 1,
+                Outcome::Rejected { reasons, .. } => outcome.rejections.push(RowRejection {
+                    line,
+                    reasons: reasons.into_iter().map(|reason| reason.message).collect(),
+                }),
+            }
+        }
+    }
+    // Batches are summed in line order, so sorting each one keeps the whole
+    // list in line order and the listed rejections the first ones.
+    outcome.rejections.sort_by_key(|rejection| rejection.line);
+    Ok(outcome)
 }
 
 impl ImportSummary {
