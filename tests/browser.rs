@@ -34,17 +34,17 @@ const LANDING_QUERY: &str = "?utm_source=newsletter&utm_campaign=spring&fbclid=A
 /// A visit, step by step: landing from an ad, identifying, buying, consenting,
 /// navigating a single-page app, losing the network (with a reload while
 /// offline), getting it back, clicking and submitting a form. Each call must
-/// be stored exactly once, with the context the brief promises.
+/// be stored exactly once, with the context the README documents.
 #[tokio::test]
 async fn every_call_of_a_visit_arrives_once_with_its_context_even_across_an_offline_reload() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let write_key = server.write_key.clone().expect("the banner prints a write key");
     let token = server.admin_token.clone().expect("the banner prints an admin token");
+    let relay = Relay::start(&server.http).await;
     // Short flushes keep the test fast; a minute-long backoff makes sure that
     // what arrives after going back online was sent because of the `online`
     // event, not because a retry timer happened to fire.
-    let relay = Relay::start(&server.http).await;
     let options = json!({ "host": relay.url, "flushInterval": 50, "retryBase": 60_000, "retryMax": 60_000 });
     let pages = PageServer::start(&write_key, &options).await;
     let browser = Browser::start().await;
@@ -74,9 +74,9 @@ async fn every_call_of_a_visit_arrives_once_with_its_context_even_across_an_offl
     let url = browser.execute("return location.href").await;
     assert!(!url.as_str().unwrap().starts_with(&pages.origin), "the offline reload did not load the page: {url}");
 
-    let stored = messages(&server, &token, "MessageAccepted").await;
+    let during_outage = messages(&server, &token, "MessageAccepted").await;
     assert!(
-        !stored.iter().any(|event| event.data_json.contains("Offline Event")),
+        !during_outage.iter().any(|event| event.data_json.contains("Offline Event")),
         "nothing reached the server during the outage"
     );
 
