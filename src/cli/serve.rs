@@ -120,7 +120,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_state(HttpState { log: log.clone(), metrics: Arc::new(metrics) })
         .merge(onepd_adapters::http::webhooks::webhooks_router(ingest.clone()))
         .merge(onepd_adapters::http::router(ingest))
-        .merge(onepd_adapters::http::profiles::profiles_router(profiles, tokens));
+        .merge(onepd_adapters::http::profiles::profiles_router(profiles, tokens))
+        .merge(onepd_adapters::http::js::js_router());
     let http = tokio::spawn(
         axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(wait_for(stopping.clone()))

@@ -1,5 +1,6 @@
 //! The Segment-compatible HTTP tracking API (axum), and beside it, in
-//! [`profiles`], the Segment-shaped profile read API.
+//! [`profiles`], the Segment-shaped profile read API and, in [`js`], the
+//! browser JavaScript library that posts to it.
 //!
 //! `POST /v1/track|identify|page|screen|group|alias|batch|import`, with the
 //! write key as the HTTP Basic user name (or `writeKey` in the body), answered
@@ -19,6 +20,7 @@
 
 pub mod body;
 pub mod import;
+pub mod js;
 pub mod profiles;
 pub mod webhooks;
 
@@ -45,6 +47,8 @@ pub fn router(ingest: Arc<Ingest>) -> axum::Router {
         .allow_origin(Any)
         .allow_methods([Method::POST, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        // onepd.js honours Retry-After; cross-origin it must be exposed to be read.
+        .expose_headers([header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(86_400));
     axum::Router::new()
         .route("/v1/{endpoint}", post(track_api))
