@@ -47,6 +47,10 @@ pub struct ImportArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Do not measure `bench append` (the log's append rate and the raw
+    /// insert limit) for reference.
+    #[arg(long)]
+    skip_append: bool,
 }
 
 const MAPPING: &str = r#"{
@@ -74,29 +78,74 @@ pub(super) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     {
         eprintln!("warning: dropping database {name}: {err}");
     }
-    let (rows, accepted, seconds) = result?;
-    let rate = rows as f64 / seconds;
+    let measured = result?;
+    // Read before the reference runs, which has memory of its own.
     let peak_rss_mb = peak_rss_bytes().map(|bytes| bytes as f64 / (1024.0 * 1024.0));
-    if args.json {
-        output::json(&json!({
-            "backend": args.backend.name(),
-            "rows": rows,
-            "accepted": accepted,
-            "seconds": seconds,
-            "rows_per_second": rate,
-            "peak_rss_mb": peak_rss_mb,
-        }));
-    } else {
-        output::line(format!(
-            "import on {}: {rate:.0} rows/s; {rows} rows in {seconds:.1} s ({accepted} accepted); peak RSS {}",
-            args.backend.name(),
-            peak_rss_mb.map_or_else(|| "unknown".to_owned(), |mb| format!("{mb:.0} MB"))
-        ));
-    }
+    let reference = match args.skip_append {
+        true => None,
+        false => Some(
+            super::append::reference(args.backend, args.rows, args.batch, &args.postgres_url, &args.dir, args.json)
+                .await
+                .context("measuring bench append for reference")?,
+        ),
+    };
+    print(&args, &measured, peak_rss_mb, reference.as_ref());
     Ok(ExitCode::SUCCESS)
 }
 
-async fn measure(args: &ImportArgs, url: &str, csv: &std::path::Path) -> anyhow::Result<(u64, u64, f64)> {
+/// What the two imports of the file measured.
+struct Measured {
+    rows: u64,
+    accepted: u64,
+    seconds: f64,
+    /// The second import of the same file: rows accepted (must be 0),
+    /// duplicates, seconds.
+    again: (u64, u64, f64),
+}
+
+fn print(args: &ImportArgs, measured: &Measured, peak_rss_mb: Option<f64>, reference: Option<&serde_json::Value>) {
+    let rate = measured.rows as f64 / measured.seconds;
+    let field = |name: &str| reference.and_then(|report| report[name].as_f64());
+    let (append_rate, raw_rate) = (field("store_events_per_sec"), field("raw_events_per_sec"));
+    let ratio = |limit: Option<f64>| limit.map(|limit| (rate / limit * 1000.0).round() / 1000.0);
+    let (again_accepted, again_duplicates, again_seconds) = measured.again;
+    if args.json {
+        output::json(&json!({
+            "backend": args.backend.name(),
+            "rows": measured.rows,
+            "accepted": measured.accepted,
+            "seconds": measured.seconds,
+            "rows_per_second": rate.round(),
+            "peak_rss_mb": peak_rss_mb.map(f64::round),
+            "second_import": { "accepted": again_accepted, "duplicates": again_duplicates, "seconds": again_seconds },
+            "append_events_per_second": append_rate,
+            "raw_insert_events_per_second": raw_rate,
+            "ratio_to_append": ratio(append_rate),
+            "ratio_to_raw_insert": ratio(raw_rate),
+        }));
+        return;
+    }
+    output::line(format!(
+        "import on {}: {rate:.0} rows/s; {} rows in {:.1} s ({} accepted); peak RSS {}",
+        args.backend.name(),
+        measured.rows,
+        measured.seconds,
+        measured.accepted,
+        peak_rss_mb.map_or_else(|| "unknown".to_owned(), |mb| format!("{mb:.0} MB"))
+    ));
+    output::line(format!(
+        "  second import of the same file: {again_accepted} accepted, {again_duplicates} duplicates in {again_seconds:.1} s"
+    ));
+    if let (Some(append_rate), Some(raw_rate)) = (append_rate, raw_rate) {
+        output::line(format!(
+            "  event log append {append_rate:.0} events/s, raw insert {raw_rate:.0} events/s; import ÷ append {:.2}, import ÷ raw {:.2}",
+            rate / append_rate,
+            rate / raw_rate
+        ));
+    }
+}
+
+async fn measure(args: &ImportArgs, url: &str, csv: &std::path::Path) -> anyhow::Result<Measured> {
     let log = EventLog::open(StoreConfig::new(url, Some(MasterKey::generate()))).await?;
     let workspace = WorkspaceId(Uuid::now_v7());
     let spec = NewWorkspace { name: "bench".into(), industry: Industry::General, default_region: Some("US".into()) };
@@ -115,23 +164,42 @@ async fn measure(args: &ImportArgs, url: &str, csv: &std::path::Path) -> anyhow:
     let mapping = ImportMapping::from_json(MAPPING)?;
     let bar = output::progress(args.rows, args.json, "{spinner} importing [{bar:40}] {pos}/{len} rows ({per_sec})");
 
-    let started = Instant::now();
-    let file = std::fs::File::open(csv)?;
-    let rows =
-        ImportReader::new(std::io::BufReader::with_capacity(1 << 20, file), &mapping, &file_id(&mapping, b"bench"))?;
     let options = ImportOptions { batch_rows: args.batch, ..ImportOptions::default() };
-    let summary = import_rows(&ingest, grant, &caller, rows, options, |rows| bar.set_position(rows)).await?;
-    let seconds = started.elapsed().as_secs_f64();
+    let import = || async {
+        let started = Instant::now();
+        let file = std::fs::File::open(csv)?;
+        let rows = ImportReader::new(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            &mapping,
+            &file_id(&mapping, b"bench"),
+        )?;
+        bar.reset();
+        let summary = import_rows(&ingest, grant, &caller, rows, options, |rows| bar.set_position(rows)).await?;
+        anyhow::Ok((summary, started.elapsed().as_secs_f64()))
+    };
+    let (first, seconds) = import().await?;
+    let (second, again_seconds) = import().await?;
     bar.finish_and_clear();
     log.close().await;
     anyhow::ensure!(
-        summary.rejected == 0 && summary.accepted == args.rows,
+        first.rejected == 0 && first.accepted == args.rows,
         "expected every row accepted, found {} accepted and {} rejected (first: {:?})",
-        summary.accepted,
-        summary.rejected,
-        summary.rejections.first()
+        first.accepted,
+        first.rejected,
+        first.rejections.first()
     );
-    Ok((summary.rows, summary.accepted, seconds))
+    anyhow::ensure!(
+        second.accepted == 0 && second.duplicates == args.rows,
+        "expected the second import to add nothing, found {} accepted and {} duplicates",
+        second.accepted,
+        second.duplicates
+    );
+    Ok(Measured {
+        rows: first.rows,
+        accepted: first.accepted,
+        seconds,
+        again: (second.accepted, second.duplicates, again_seconds),
+    })
 }
 
 /// Writes `rows` order rows: a few thousand customers, several orders each.
