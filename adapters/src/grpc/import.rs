@@ -90,14 +90,7 @@ impl ImportService for ImportApi {
                     Status::internal(format!("onepd could not finish the import; retry it (request id {request_id})"))
                 }
             })?;
-        tracing::info!(
-            request_id,
-            rows = summary.rows,
-            accepted = summary.accepted,
-            duplicates = summary.duplicates,
-            rejected = summary.rejected,
-            "file imported"
-        );
+        summary.log(&request_id);
         Ok(Response::new(to_response(summary)))
     }
 }

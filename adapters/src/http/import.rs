@@ -48,14 +48,7 @@ pub(super) async fn import_file(
     let request_id = Uuid::now_v7().to_string();
     let response = match upload(&ingest, &headers, multipart, &request_id).await {
         Ok(summary) => {
-            tracing::info!(
-                request_id,
-                rows = summary.rows,
-                accepted = summary.accepted,
-                duplicates = summary.duplicates,
-                rejected = summary.rejected,
-                "file imported"
-            );
+            summary.log(&request_id);
             (StatusCode::OK, Json(summary_json(&summary))).into_response()
         }
         Err(err) => err.into_response_with(&request_id),

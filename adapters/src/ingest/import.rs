@@ -322,10 +322,9 @@ async fn ingest_batch(
             match result.outcome {
                 Outcome::Accepted { .. } => outcome.accepted += 1,
                 Outcome::Duplicate { .. } => outcome.duplicates += 1,
-                Outcome::Rejected { reasons, .. } => outcome.rejections.push(RowRejection {
-                    line,
-                    reasons: reasons.into_iter().map(|reason| reason.message).collect(),
-                }),
+                Outcome::Rejected { reasons, .. } => outcome
+                    .rejections
+                    .push(RowRejection { line, reasons: reasons.into_iter().map(|reason| reason.message).collect() }),
             }
         }
     }
@@ -336,6 +335,18 @@ async fn ingest_batch(
 }
 
 impl ImportSummary {
+    /// Logs the summary of an import that ran for request `request_id`.
+    pub fn log(&self, request_id: &str) {
+        tracing::info!(
+            request_id,
+            rows = self.rows,
+            accepted = self.accepted,
+            duplicates = self.duplicates,
+            rejected = self.rejected,
+            "file imported"
+        );
+    }
+
     fn record(&mut self, rejections: Vec<RowRejection>, listed: usize) {
         self.rejected += rejections.len() as u64;
         for rejection in rejections {
