@@ -2,6 +2,7 @@
 //! over a backend; the macro at the bottom stamps each out for SQLite and for
 //! PostgreSQL, so both backends pass the very same checks.
 
+#[macro_use]
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -709,27 +710,6 @@ async fn a_sqlite_row_of_the_wrong_type_is_reported_as_corrupt() {
     let append = log.append(request("s", ExpectedVersion::Any, vec![event(workspace(1), "c")])).await;
     assert!(append.is_err(), "the id index cannot load past a corrupt row");
     log.close().await;
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 conformance!(

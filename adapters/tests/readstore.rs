@@ -2,6 +2,7 @@
 //! over a backend; the macro at the bottom stamps each out for SQLite and for
 //! PostgreSQL, so both backends pass the very same checks.
 
+#[macro_use]
 mod support;
 
 use onepd_adapters::readstore::ReadStore;
@@ -357,27 +358,6 @@ async fn the_read_store_shares_the_logs_url_but_none_of_its_tables(backend: Back
     }
     store.close().await;
     log.close().await;
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 conformance!(

@@ -98,3 +98,27 @@ pub fn event(workspace_id: WorkspaceId, name: &str) -> NewEvent {
 pub fn request(stream_id: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
     AppendRequest { stream_id: stream(stream_id), expected, events }
 }
+
+/// Stamps out each named behaviour (an `async fn(Backend)` of the test file)
+/// as two tests, `sqlite::<name>` and `postgres::<name>`.
+#[allow(unused_macros)]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}

@@ -32,7 +32,7 @@ pub struct ConfigureArgs {
     /// The source (name or id), of kind webhook.
     source: String,
     /// shopify, stripe, hubspot or generic.
-    #[arg(long, value_parser = parse_platform)]
+    #[arg(long)]
     platform: Platform,
     /// The platform's signing secret (Shopify's app secret, Stripe's
     /// `whsec_…`, HubSpot's client secret, or a generic HMAC key). A generic
@@ -78,16 +78,11 @@ pub struct ShowArgs {
 #[derive(Debug, Args)]
 pub struct MappingsArgs {
     /// Print the shipped mapping for this platform...
-    #[arg(long, value_parser = parse_platform, requires = "topic")]
+    #[arg(long, requires = "topic")]
     platform: Option<Platform>,
     /// ...and this topic.
     #[arg(long, requires = "platform")]
     topic: Option<String>,
-}
-
-fn parse_platform(text: &str) -> Result<Platform, String> {
-    serde_json::from_value(Value::String(text.to_owned()))
-        .map_err(|_| format!("expected one of shopify, stripe, hubspot, generic, found {text:?}"))
 }
 
 fn parse_encoding(text: &str) -> Result<Encoding, String> {

@@ -69,6 +69,13 @@ pub struct Document {
     pub doc: Vec<u8>,
 }
 
+impl From<(Uuid, String, String, Vec<u8>)> for Document {
+    /// A row as both backends select it: workspace, collection, key, doc.
+    fn from((workspace, collection, key, doc): (Uuid, String, String, Vec<u8>)) -> Document {
+        Document { workspace: WorkspaceId(workspace), collection, key, doc }
+    }
+}
+
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteReadStore),

@@ -273,15 +273,7 @@ impl PostgresReadStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error("reading a generation's documents"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(workspace, collection, key, doc)| Document {
-                workspace: WorkspaceId(workspace),
-                collection,
-                key,
-                doc,
-            })
-            .collect())
+        Ok(rows.into_iter().map(Document::from).collect())
     }
 
     pub(crate) async fn get(

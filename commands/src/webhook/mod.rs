@@ -56,6 +56,18 @@ impl Platform {
     }
 }
 
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    /// Reads a platform from its lowercase name.
+    fn from_str(name: &str) -> Result<Platform, String> {
+        [Platform::Shopify, Platform::Stripe, Platform::HubSpot, Platform::Generic]
+            .into_iter()
+            .find(|platform| platform.name() == name)
+            .ok_or_else(|| format!("platform: expected one of shopify, stripe, hubspot, generic, found {name:?}"))
+    }
+}
+
 /// One webhook request as it arrived, before any parsing.
 ///
 /// Signatures are computed over the raw body bytes, so the body must be

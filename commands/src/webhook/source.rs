@@ -84,9 +84,7 @@ pub struct Mapped {
 impl WebhookSource {
     /// Checks a stored configuration.
     pub fn from_configured(configured: &WebhookConfigured) -> Result<WebhookSource, String> {
-        let platform: Platform = serde_json::from_value(Value::String(configured.platform.clone())).map_err(|_| {
-            format!("platform: expected one of shopify, stripe, hubspot, generic, found {:?}", configured.platform)
-        })?;
+        let platform: Platform = configured.platform.parse()?;
         let verification = match &configured.verification {
             None | Some(Value::Null) => None,
             Some(value) => Some(

@@ -24,7 +24,7 @@ use onepd_projections::directory::WriteGrant;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::Backend;
+use super::{Backend, ScratchStore};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -64,20 +64,13 @@ const MAPPING: &str = r#"{
 
 pub(super) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.rows > 0, "--rows: expected at least 1, found 0");
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    let dir = tempfile::tempdir_in(&args.dir).context("creating the benchmark directory")?;
-    let csv = dir.path().join("orders.csv");
-    write_csv(&csv, args.rows, args.json)?;
-
-    let (url, database) =
-        super::scratch_store(args.backend, &args.postgres_url, "onepd_bench_import", &dir.path().join("store.db"))
-            .await?;
-    let result = measure(&args, &url, &csv).await;
-    if let Some(name) = database
-        && let Err(err) = onepd_adapters::store::postgres::drop_database(&args.postgres_url, &name).await
-    {
-        eprintln!("warning: dropping database {name}: {err}");
-    }
+    let store = ScratchStore::create(args.backend, &args.postgres_url, &args.dir, "onepd_bench_import").await?;
+    let csv = store.path().join("orders.csv");
+    let result = match write_csv(&csv, args.rows, args.json) {
+        Ok(()) => measure(&args, &store.url, &csv).await,
+        Err(err) => Err(err),
+    };
+    store.remove().await;
     let measured = result?;
     // Read before the reference runs, which has memory of its own.
     let peak_rss_mb = peak_rss_bytes().map(|bytes| bytes as f64 / (1024.0 * 1024.0));

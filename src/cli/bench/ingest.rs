@@ -30,10 +30,8 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
-use uuid::Uuid;
 
-use super::{Backend, append};
-use crate::cli::redact;
+use super::{Backend, ScratchStore, append};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -94,7 +92,7 @@ pub(super) async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
 
     let messages = Messages::new(args.events);
     let work = plan(&args, &messages)?;
-    let store = Store::create(&args).await?;
+    let store = ScratchStore::create(args.backend, &args.postgres_url, &args.dir, "onepd_bench_ingest").await?;
     let result = measure(&args, &store, work).await;
     store.remove().await;
     let ingest = result?;
@@ -200,46 +198,6 @@ fn grouped(value: f64) -> String {
     out
 }
 
-/// The store the server runs on: a directory for its SQLite file and master
-/// key (removed when dropped), and for PostgreSQL a fresh database.
-struct Store {
-    dir: tempfile::TempDir,
-    postgres: Option<Database>,
-}
-
-/// A PostgreSQL database created for one run.
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Store {
-    async fn create(args: &IngestArgs) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-        let dir = tempfile::Builder::new().prefix("bench-ingest-").tempdir_in(&args.dir)?;
-        let postgres = match args.backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let name = format!("onepd_bench_ingest_{}", Uuid::new_v4().simple());
-                let url = onepd_adapters::store::postgres::create_database(&args.postgres_url, &name)
-                    .await
-                    .with_context(|| format!("creating database {name} on {}", redact(&args.postgres_url)))?;
-                Some(Database { admin_url: args.postgres_url.clone(), name, url })
-            }
-        };
-        Ok(Store { dir, postgres })
-    }
-
-    async fn remove(self) {
-        if let Some(database) = &self.postgres
-            && let Err(err) = onepd_adapters::store::postgres::drop_database(&database.admin_url, &database.name).await
-        {
-            eprintln!("warning: dropping the benchmark database {}: {err}", database.name);
-        }
-    }
-}
-
 /// A running `onepd serve`, killed if dropped without [`Server::stop`].
 struct Server {
     child: Child,
@@ -251,14 +209,14 @@ struct Server {
 impl Server {
     /// Starts this binary's `serve` on `store` on free ports and waits until it
     /// says it is ready.
-    async fn start(store: &Store) -> anyhow::Result<Server> {
+    async fn start(store: &ScratchStore) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("finding the onepd binary")?;
         let mut command = Command::new(&exe);
         command
             .arg("serve")
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(store.dir.path())
+            .arg(store.path())
             .env_remove("ONEPD_DATABASE_URL")
             .env_remove("ONEPD_MASTER_KEY")
             .env("ONEPD_LOG", "warn")
@@ -266,8 +224,8 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some(database) = &store.postgres {
-            command.arg("--database-url").arg(&database.url);
+        if store.is_postgres() {
+            command.arg("--database-url").arg(&store.url);
         }
         let mut child = command.spawn().with_context(|| format!("starting {} serve", exe.display()))?;
         let stdout = child.stdout.take().context("reading onepd serve's output")?;
@@ -489,7 +447,7 @@ fn plan(args: &IngestArgs, messages: &Messages) -> anyhow::Result<VecDeque<Batch
 }
 
 /// Starts the server on `store`, drives it with `work` and stops it.
-async fn measure(args: &IngestArgs, store: &Store, work: VecDeque<Batch>) -> anyhow::Result<Measured> {
+async fn measure(args: &IngestArgs, store: &ScratchStore, work: VecDeque<Batch>) -> anyhow::Result<Measured> {
     let server = Server::start(store).await?;
     let result = drive(args, &server, work).await;
     if let Err(err) = server.stop().await {

@@ -50,24 +50,60 @@ impl Backend {
     }
 }
 
-/// The store a benchmark runs on: on PostgreSQL a fresh database named
-/// `<prefix>_<random>` on `admin_url` (its name and url; drop it afterwards),
-/// on SQLite `file` in the benchmark's directory.
-async fn scratch_store(
-    backend: Backend,
-    admin_url: &str,
-    prefix: &str,
-    file: &std::path::Path,
-) -> anyhow::Result<(String, Option<String>)> {
-    use anyhow::Context;
-    match backend {
-        Backend::Sqlite => Ok((format!("sqlite://{}", file.display()), None)),
-        Backend::Postgres => {
-            let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
-            let url = onepd_adapters::store::postgres::create_database(admin_url, &name)
-                .await
-                .with_context(|| format!("creating database {name}"))?;
-            Ok((url, Some(name)))
+/// The store a benchmark runs on: a fresh directory under `--dir` (removed
+/// when dropped) for its SQLite file and anything else the run writes, and
+/// on PostgreSQL a fresh database named `<prefix>_<random>`, dropped by
+/// [`ScratchStore::remove`].
+struct ScratchStore {
+    /// The store's url: `onepd.db` in the directory, or the database.
+    url: String,
+    dir: tempfile::TempDir,
+    /// The admin url and name of the PostgreSQL database to drop.
+    postgres: Option<(String, String)>,
+}
+
+impl ScratchStore {
+    async fn create(
+        backend: Backend,
+        admin_url: &str,
+        parent: &std::path::Path,
+        prefix: &str,
+    ) -> anyhow::Result<ScratchStore> {
+        use anyhow::Context;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(parent)
+            .context("creating the benchmark directory")?;
+        let (url, postgres) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}", dir.path().join("onepd.db").display()), None),
+            Backend::Postgres => {
+                let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+                let url = onepd_adapters::store::postgres::create_database(admin_url, &name)
+                    .await
+                    .with_context(|| format!("creating database {name} on {}", super::redact(admin_url)))?;
+                (url, Some((admin_url.to_owned(), name)))
+            }
+        };
+        Ok(ScratchStore { url, dir, postgres })
+    }
+
+    /// The run's directory.
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Whether the store is a PostgreSQL database.
+    fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// Drops the PostgreSQL database, if any; the directory goes when dropped.
+    async fn remove(self) {
+        if let Some((admin_url, name)) = &self.postgres
+            && let Err(err) = onepd_adapters::store::postgres::drop_database(admin_url, name).await
+        {
+            eprintln!("warning: dropping the benchmark database {name}: {err}");
         }
     }
 }

@@ -41,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::Backend;
+use super::{Backend, ScratchStore};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -86,9 +86,9 @@ pub struct ProfileReadArgs {
 /// [`Workload::remove`]).
 struct Workload {
     url: String,
-    /// The PostgreSQL database to drop afterwards.
-    postgres: Option<String>,
-    _dir: tempfile::TempDir,
+    /// Where the workload was created; `None` in the child process that
+    /// only fills a store it was given.
+    store: Option<ScratchStore>,
     workspace: WorkspaceId,
     /// A sample of identifiers the workload used, for reads.
     sample: Vec<Identifier>,
@@ -97,17 +97,13 @@ struct Workload {
 impl Workload {
     async fn create(args: &WorkloadArgs) -> anyhow::Result<Workload> {
         anyhow::ensure!(args.events > 0, "--events: expected at least 1, found 0");
-        std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-        let dir = tempfile::tempdir_in(&args.dir).context("creating the benchmark directory")?;
-        let (url, postgres) = super::scratch_store(
-            args.backend,
-            &args.postgres_url,
-            "onepd_bench_profiles",
-            &dir.path().join("onepd.db"),
-        )
-        .await?;
-        let mut workload =
-            Workload { url, postgres, _dir: dir, workspace: WorkspaceId(Uuid::now_v7()), sample: Vec::new() };
+        let store = ScratchStore::create(args.backend, &args.postgres_url, &args.dir, "onepd_bench_profiles").await?;
+        let mut workload = Workload {
+            url: store.url.clone(),
+            store: Some(store),
+            workspace: WorkspaceId(Uuid::now_v7()),
+            sample: Vec::new(),
+        };
         // The workload is written by a child process: the appender's memory
         // would otherwise count in the peak measured afterwards.
         let output = std::process::Command::new(std::env::current_exe()?)
@@ -126,23 +122,16 @@ impl Workload {
     /// Writes the workload into the store at `url` and prints its sample of
     /// identifiers as JSON (the child process's whole job).
     async fn fill_only(args: &WorkloadArgs, url: &str, workspace: Uuid) -> anyhow::Result<ExitCode> {
-        let mut workload = Workload {
-            url: url.to_owned(),
-            postgres: None,
-            _dir: tempfile::tempdir_in(&args.dir)?,
-            workspace: WorkspaceId(workspace),
-            sample: Vec::new(),
-        };
+        let mut workload =
+            Workload { url: url.to_owned(), store: None, workspace: WorkspaceId(workspace), sample: Vec::new() };
         workload.fill(args).await?;
         output::json(&serde_json::to_value(&workload.sample)?);
         Ok(ExitCode::SUCCESS)
     }
 
-    async fn remove(self, admin_url: &str) {
-        if let Some(name) = &self.postgres
-            && let Err(err) = onepd_adapters::store::postgres::drop_database(admin_url, name).await
-        {
-            eprintln!("warning: dropping database {name}: {err}");
+    async fn remove(self) {
+        if let Some(store) = self.store {
+            store.remove().await;
         }
     }
 
@@ -318,7 +307,7 @@ pub(super) async fn rebuild(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
         std::mem::forget(workload);
         return Ok(ExitCode::SUCCESS);
     }
-    workload.remove(&args.postgres_url).await;
+    workload.remove().await;
     let (events, raw_seconds, seconds, profiles, peak) = result?;
     let raw_rate = events as f64 / raw_seconds;
     let rate = events as f64 / seconds;
@@ -365,7 +354,7 @@ async fn measure_rebuild(
 pub(super) async fn profile_read(args: ProfileReadArgs) -> anyhow::Result<ExitCode> {
     let workload = Workload::create(&args.workload).await?;
     let result = measure_reads(&workload, &args).await;
-    workload.remove(&args.workload.postgres_url).await;
+    workload.remove().await;
     let (now, past) = result?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     if args.workload.json {
