@@ -2,6 +2,7 @@
 //!
 //! * [`store`] — the event log on SQLite and PostgreSQL;
 //! * [`readstore`] — projections' documents, beside the log;
+//! * [`destinations`] — the built-in destination adapters;
 //! * [`grpc`] — the tonic services;
 //! * [`http`] — the Segment-compatible HTTP API (axum);
 //! * [`ingest`] — the path every entrance takes into the log;
@@ -12,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod destinations;
 pub mod grpc;
 pub mod http;
 pub mod ingest;

@@ -11,6 +11,10 @@
 //!   [`Subscription`], [`ProjectionStore`]) and their errors.
 //! * [`normalize`] — canonical forms of emails, phone numbers (E.164),
 //!   countries (ISO 3166-1 alpha-2) and names (NFC).
+//! * [`destination`] — the `Destination` port activation adapters implement:
+//!   what an adapter accepts and how a batch's events fare.
+//! * [`hashing`] — identifier normalization and SHA-256 hashing to each ad
+//!   platform's published rules.
 //! * [`identity`] — identifiers, identity-resolution rules (which kinds link,
 //!   priority, limits, blocked values) and deterministic profile ids.
 //!
@@ -20,8 +24,10 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod destination;
 pub mod envelope;
 pub mod events;
+pub mod hashing;
 pub mod identity;
 pub mod normalize;
 pub mod ports;
