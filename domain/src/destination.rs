@@ -201,7 +201,8 @@ impl std::str::FromStr for IdentifierSource {
 }
 
 /// How a raw identifier is put in canonical form before it is (maybe)
-/// hashed. Each platform documents its own; see [`crate::hashing`].
+/// hashed. Each platform documents its own; see [`crate::hashing`]. A value
+/// that is empty or only whitespace is dropped whatever the normalization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Normalization {
@@ -216,25 +217,39 @@ pub enum Normalization {
     /// An email as Google Ads wants it: trimmed, lowercased, and for
     /// `gmail.com` and `googlemail.com` every `.` before the `@` removed.
     EmailGoogle,
-    /// A phone as digits only, country code first, no `+` (Meta).
+    /// A phone as digits only, country code first, no `+` and no leading
+    /// zeros (Meta). The number must carry its country code (`+…` or `00…`).
     PhoneDigits,
-    /// A phone in E.164 with its `+` (Google Ads, TikTok).
+    /// A phone in E.164 with its `+` (Google Ads, TikTok). The number must
+    /// carry its country code (`+…` or `00…`).
     PhoneE164,
-    /// A first or last name: lowercased, trimmed, punctuation removed.
+    /// A first or last name: lowercased, composed (NFC), punctuation and
+    /// symbols removed, runs of whitespace cut to one space and trimmed
+    /// (Meta's `fn` and `ln`, Google Ads' `hashed_last_name`).
     Name,
-    /// `f` or `m`.
+    /// A first name as Google Ads wants it (`hashed_first_name`): lowercased,
+    /// composed (NFC), runs of whitespace cut to one space and trimmed;
+    /// punctuation kept.
+    FirstNameGoogle,
+    /// `f` or `m` (from `f`, `female`, `woman`, `m`, `male`, `man`, any case).
     Gender,
-    /// A date as `YYYYMMDD`.
+    /// A date as `YYYYMMDD`, from `YYYY-MM-DD` (or an ISO 8601 date-time),
+    /// `YYYY/MM/DD`, `YYYY.MM.DD` or `YYYYMMDD`; a real date from 1900 on.
     DateYyyymmdd,
-    /// A city: lowercased, spaces and punctuation removed.
+    /// A city: lowercased, composed (NFC), spaces, punctuation and symbols
+    /// removed.
     City,
-    /// A state or province code: lowercased, letters only.
+    /// A state or province: a US state, district or territory as its
+    /// two-letter code, lowercased; any other region as [`Normalization::City`].
     State,
     /// A postal code: lowercased, spaces and dashes removed; a US ZIP+4 cut
     /// to its first five digits.
     PostalCode,
-    /// An ISO 3166-1 alpha-2 country code, lowercased.
+    /// An ISO 3166-1 alpha-2 country code, lowercased (Meta's `country`).
     Country,
+    /// An ISO 3166-1 alpha-2 country code as ISO writes it, uppercase
+    /// (Google Ads' `country_code`, sent in clear).
+    CountryUppercase,
 }
 
 /// How a normalized identifier is sent.
