@@ -2,6 +2,7 @@
 //!
 //! * [`store`] — the event log on SQLite and PostgreSQL;
 //! * [`readstore`] — projections' documents, beside the log;
+//! * [`activation`] — the activation engine: a subscriber per destination;
 //! * [`destinations`] — the built-in destination adapters;
 //! * [`grpc`] — the tonic services;
 //! * [`http`] — the Segment-compatible HTTP API (axum);
@@ -13,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod destinations;
 pub mod grpc;
 pub mod http;

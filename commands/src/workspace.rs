@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use onepd_domain::events::destination::{DestinationCreated, DestinationPaused, DestinationResumed};
 use onepd_domain::events::workspace::{
     AdminTokenIssued, AdminTokenRevoked, Industry, PlanMode, SourceCreated, SourceKind, TokenScope, TrackingPlanSet,
     WorkspaceCreated, WriteKeyIssued, WriteKeyRevoked, workspace_stream,
@@ -22,8 +23,11 @@ use uuid::Uuid;
 
 use crate::ingest::TrackingPlan;
 
+mod destination;
 mod identity;
 mod webhook;
+
+pub use destination::{DestinationState, EXTERNAL_ADAPTER};
 
 pub use identity::{check_identifier, check_rules};
 
@@ -100,6 +104,12 @@ pub enum ConfigError {
     /// A webhook configuration that cannot be used.
     #[error("webhook: {0}")]
     InvalidWebhook(String),
+    /// No such destination in the workspace.
+    #[error("destination {0}: not found in this workspace")]
+    NoSuchDestination(Uuid),
+    /// A destination configuration or change that cannot be made.
+    #[error("destination: {0}")]
+    InvalidDestination(String),
 }
 
 /// A key or token to hand to its owner once, and the event recording its hash.
@@ -141,6 +151,7 @@ pub struct WorkspaceConfig {
     sources: HashMap<Uuid, SourceCreated>,
     credentials: HashMap<Uuid, Credential>,
     facts: onepd_domain::events::identity::IdentityFacts,
+    destinations: HashMap<Uuid, DestinationState>,
 }
 
 impl WorkspaceConfig {
@@ -201,6 +212,21 @@ impl WorkspaceConfig {
                         self.credentials.get_mut(&revoked.token_id)
                 {
                     *flag = true;
+                }
+            }
+            DestinationCreated::TYPE => {
+                if let Ok(created) = serde_json::from_value::<DestinationCreated>(data.clone()) {
+                    self.destinations
+                        .insert(created.destination_id, DestinationState { name: created.name, paused: false });
+                }
+            }
+            DestinationPaused::TYPE | DestinationResumed::TYPE => {
+                if let Some(destination) = data
+                    .get("destination_id")
+                    .and_then(|id| serde_json::from_value::<Uuid>(id.clone()).ok())
+                    .and_then(|id| self.destinations.get_mut(&id))
+                {
+                    destination.paused = event_type == DestinationPaused::TYPE;
                 }
             }
             other => self.facts.apply_data(other, data),

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use onepd_domain::events::destination::{DestinationCreated, DestinationPaused, DestinationResumed};
 use onepd_domain::events::workspace::{
     Industry, PlanMode, SourceCreated, SourceKind, TrackingPlanSet, WebhookConfigured, WorkspaceCreated,
     WriteKeyIssued, WriteKeyRevoked,
@@ -68,6 +69,20 @@ pub struct Directory {
     keys_by_hash: HashMap<String, WriteGrant>,
     hash_by_key: HashMap<Uuid, String>,
     webhooks: HashMap<Uuid, WebhookConfigured>,
+    destinations: HashMap<Uuid, DestinationEntry>,
+}
+
+/// A destination as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationEntry {
+    /// The workspace it belongs to.
+    pub workspace: WorkspaceId,
+    /// Its configuration.
+    pub created: DestinationCreated,
+    /// Whether it is paused.
+    pub paused: bool,
+    /// Bumped whenever it is paused or resumed.
+    pub version: u64,
 }
 
 impl Fold for Directory {
@@ -78,6 +93,9 @@ impl Fold for Directory {
         WriteKeyRevoked::TYPE,
         TrackingPlanSet::TYPE,
         WebhookConfigured::TYPE,
+        DestinationCreated::TYPE,
+        DestinationPaused::TYPE,
+        DestinationResumed::TYPE,
     ];
 
     fn apply(&mut self, event: &RecordedEvent) {
@@ -150,12 +168,58 @@ impl Fold for Directory {
                     self.webhooks.insert(configured.source_id, configured);
                 }
             }
+            DestinationCreated::TYPE => {
+                if let Ok(created) = serde_json::from_value::<DestinationCreated>(data.clone()) {
+                    self.destinations.entry(created.destination_id).or_insert(DestinationEntry {
+                        workspace,
+                        created,
+                        paused: false,
+                        version: event.position.0,
+                    });
+                }
+            }
+            DestinationPaused::TYPE | DestinationResumed::TYPE => {
+                if let Some(id) = data.get("destination_id").and_then(|id| serde_json::from_value::<Uuid>(id.clone()).ok())
+                    && let Some(entry) = self.destinations.get_mut(&id)
+                    // A workspace only ever switches its own destinations.
+                    && entry.workspace == workspace
+                {
+                    entry.paused = event.event_type == DestinationPaused::TYPE;
+                    entry.version = event.position.0;
+                }
+            }
             _ => {}
         }
     }
 }
 
 impl Directory {
+    /// A destination by id.
+    pub fn destination(&self, id: Uuid) -> Option<&DestinationEntry> {
+        self.destinations.get(&id)
+    }
+
+    /// Every destination of every workspace.
+    pub fn all_destinations(&self) -> impl Iterator<Item = &DestinationEntry> {
+        self.destinations.values()
+    }
+
+    /// A destination of `workspace` by id or by name.
+    pub fn find_destination(&self, workspace: WorkspaceId, id_or_name: &str) -> Option<&DestinationEntry> {
+        let id = id_or_name.parse::<Uuid>().ok();
+        self.destinations.values().find(|entry| {
+            entry.workspace == workspace
+                && (Some(entry.created.destination_id) == id || entry.created.name == id_or_name)
+        })
+    }
+
+    /// The destinations of `workspace`, by name.
+    pub fn destinations(&self, workspace: WorkspaceId) -> Vec<&DestinationEntry> {
+        let mut all: Vec<_> = self.destinations.values().filter(|entry| entry.workspace == workspace).collect();
+        all.sort_by(|a, b| a.created.name.cmp(&b.created.name));
+        all
+    }
+
     /// The webhook configuration of `source_id`, if one was set.
     pub fn webhook(&self, source_id: Uuid) -> Option<&WebhookConfigured> {
         self.webhooks.get(&source_id)

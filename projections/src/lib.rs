@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! * [`access`] — the valid admin tokens.
+//! * [`activation`] — which events a destination receives and in what form,
+//!   and its delivery ledger folded.
 //! * [`directory`] — workspaces, sources, write keys, tracking plans.
 //! * [`identity`] — the identity graph: profiles as connected components of
 //!   linked identifiers, with every merge explained.
@@ -16,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod activation;
 pub mod directory;
 pub mod identity;
 pub mod profile;

@@ -107,6 +107,18 @@ impl ProfilesFold {
         self.profiles.apply_all(events);
     }
 
+    /// Folds one event and returns the profile it was attributed to, for a
+    /// reader that needs the profile as of each event (activation). Call
+    /// [`ProfilesFold::forget_changes`] now and then when nothing is written.
+    pub fn attribute(&mut self, event: &RecordedEvent) -> Option<ProfileId> {
+        self.profiles.attribute(event)
+    }
+
+    /// Drops the record of what changed, for a fold that writes nothing.
+    pub fn forget_changes(&mut self) {
+        self.profiles.take_changes();
+    }
+
     /// What changed since the last call, as the work of bringing a read
     /// model up to this fold: write it chunk by chunk with
     /// [`ProfilesFold::writes`], so only one chunk's documents are in memory.
@@ -190,7 +202,7 @@ pub async fn read_facts(
 
 /// Folds every accepted message up to `until` into `fold`, reporting
 /// progress after each page.
-async fn fold_to(
+pub async fn fold_to(
     log: &dyn EventStore,
     fold: &mut ProfilesFold,
     until: Position,

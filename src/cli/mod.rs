@@ -1,6 +1,8 @@
 //! The subcommands, one per file.
 
 mod bench;
+mod deliveries;
+mod destination;
 mod directory;
 mod identity;
 pub(crate) mod import;
@@ -64,6 +66,14 @@ enum Command {
     Identity(identity::IdentityCommand),
     /// Rebuild a projection beside the live one and switch readers over.
     Rebuild(rebuild::RebuildArgs),
+    /// Add, list, pause and resume destinations.
+    #[command(subcommand)]
+    Destination(destination::DestinationCommand),
+    /// Read the delivery ledger; send dead letters again.
+    #[command(subcommand)]
+    Deliveries(deliveries::DeliveriesCommand),
+    /// Re-send a range of the log to a destination, beside its live delivery.
+    Replay(deliveries::ReplayArgs),
     /// Measure onepd against the raw limit of its database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -84,6 +94,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(command) => profile::run(command).await,
         Command::Identity(command) => identity::run(command).await,
         Command::Rebuild(args) => rebuild::run(args).await,
+        Command::Destination(command) => destination::run(command).await,
+        Command::Deliveries(command) => deliveries::run(command).await,
+        Command::Replay(args) => deliveries::replay(args).await,
         Command::Bench(command) => bench::run(command).await,
     }
 }

@@ -82,6 +82,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("loading the workspace directory")?;
 
+    let activation = onepd_adapters::activation::Activation::spawn(
+        log.clone(),
+        ingest.directory().clone(),
+        onepd_adapters::activation::connect(),
+        onepd_adapters::activation::ActivationOptions::default(),
+    )
+    .await
+    .context("starting activation")?;
+
     let grpc_listener =
         TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
     let http_listener =
@@ -145,6 +154,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(_) => tracing::warn!("calls still open after 30 s; closing anyway"),
     }
     projection.stop();
+    activation.stop();
     log.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

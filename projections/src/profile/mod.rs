@@ -305,6 +305,18 @@ impl Profiles {
         state.timeline[..end].iter().rev().take(limit).cloned().collect()
     }
 
+    /// The live profile `profile` is part of, with only its identifiers and
+    /// traits: what activation sends, without copying the rest.
+    pub fn identifiers_and_traits(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+    ) -> Option<(ProfileId, Vec<Identifier>, Option<&BTreeMap<String, Trait>>)> {
+        let identities = self.graph.workspace(workspace)?;
+        let id = identities.resolve(profile)?;
+        Some((id, identities.identifiers(id), self.state(workspace, id).map(|state| &state.traits)))
+    }
+
     fn state(&self, workspace: WorkspaceId, profile: ProfileId) -> Option<&ProfileState> {
         self.workspaces.get(&workspace)?.get(&profile)
     }

@@ -1,0 +1,238 @@
+//! Operating destinations: creating, pausing and resuming them, reading
+//! their ledgers, asking for replays and dead-letter retries. The CLI and
+//! the gRPC `onepd.admin.v1.AdminService` both call these, so they behave
+//! the same.
+
+use onepd_commands::workspace::{ConfigError, WorkspaceConfig};
+use onepd_domain::events::destination::{DeliveryAttempted, DestinationCreated, ReplayRequested, destination_stream};
+use onepd_domain::events::workspace::workspace_stream;
+use onepd_domain::{
+    AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError, Timestamp,
+    WorkspaceId,
+};
+use onepd_projections::activation::Ledger;
+use onepd_projections::directory::{DestinationEntry, Directory};
+use uuid::Uuid;
+
+use super::ledger_entries;
+use crate::EventLog;
+
+/// Why an operation on destinations failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The change cannot be made.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// What it names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A request that cannot be run.
+    #[error("{0}")]
+    Invalid(String),
+    /// The workspace changed meanwhile; run it again.
+    #[error("the workspace changed while this ran; run it again")]
+    Conflict,
+    /// The log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One workspace's configuration aggregate, from its stream.
+async fn config(log: &EventLog, workspace: WorkspaceId) -> Result<WorkspaceConfig, StoreError> {
+    let events = log.read_stream(&workspace_stream(workspace), 1, 1_000_000).await?;
+    Ok(WorkspaceConfig::from_events(&events))
+}
+
+async fn append(log: &EventLog, request: AppendRequest) -> Result<Position, AdminError> {
+    match log.append(request).await {
+        Ok(outcome) => Ok(*outcome.positions.last().expect("at least one event")),
+        Err(AppendError::WrongExpectedVersion { .. }) => Err(AdminError::Conflict),
+        Err(AppendError::Store(err)) => Err(AdminError::Store(err)),
+        Err(err) => Err(AdminError::Invalid(err.to_string())),
+    }
+}
+
+/// Adds a destination. `created.start` of 0 means "from now": the position
+/// after the head. The adapter's settings must have been checked by the
+/// caller, which can build it.
+pub async fn create_destination(
+    log: &EventLog,
+    workspace: WorkspaceId,
+    mut created: DestinationCreated,
+    actor: &str,
+) -> Result<DestinationCreated, AdminError> {
+    if created.start == Position(0) {
+        created.start = log.head().await?.next();
+    }
+    let config = config(log, workspace).await?;
+    let event = config.create_destination(workspace, created.clone(), actor)?;
+    append(log, config.request(workspace, vec![event])).await?;
+    Ok(created)
+}
+
+/// Pauses (`pause`) or resumes a destination.
+pub async fn switch_destination(
+    log: &EventLog,
+    workspace: WorkspaceId,
+    destination: Uuid,
+    pause: bool,
+    actor: &str,
+) -> Result<(), AdminError> {
+    let config = config(log, workspace).await?;
+    let event = if pause {
+        config.pause_destination(workspace, destination, actor)?
+    } else {
+        config.resume_destination(workspace, destination, actor)?
+    };
+    append(log, config.request(workspace, vec![event])).await?;
+    Ok(())
+}
+
+/// The destination of `workspace` named `id_or_name`.
+pub fn find<'a>(
+    directory: &'a Directory,
+    workspace: WorkspaceId,
+    id_or_name: &str,
+) -> Result<&'a DestinationEntry, AdminError> {
+    directory.find_destination(workspace, id_or_name).ok_or_else(|| {
+        let names: Vec<_> = directory.destinations(workspace).iter().map(|d| d.created.name.clone()).collect();
+        AdminError::NotFound(format!(
+            "destination {id_or_name:?}: not found; the destinations are: {}",
+            if names.is_empty() { "(none)".to_owned() } else { names.join(", ") }
+        ))
+    })
+}
+
+/// A destination's ledger, folded.
+pub async fn ledger(log: &EventLog, destination: Uuid) -> Result<Ledger, StoreError> {
+    let mut ledger = Ledger::default();
+    for event in ledger_entries(log, destination).await? {
+        ledger.apply(&event);
+    }
+    Ok(ledger)
+}
+
+/// Asks for a replay of `from..=to` (the head when `to` is `None`), or of
+/// exactly the positions `only`, to a destination; the running server picks
+/// it up. Returns the job.
+pub async fn request_replay(
+    log: &EventLog,
+    entry: &DestinationEntry,
+    from: Position,
+    to: Option<Position>,
+    only: Vec<Position>,
+    actor: &str,
+) -> Result<ReplayRequested, AdminError> {
+    let to = match to {
+        Some(to) => to,
+        None => log.head().await?,
+    };
+    if from == Position(0) || from > to {
+        return Err(AdminError::Invalid(format!(
+            "replay range: expected 1 ≤ from ≤ to, found from {} to {}",
+            from.0, to.0
+        )));
+    }
+    let job = ReplayRequested { job_id: Uuid::new_v4(), destination_id: entry.created.destination_id, from, to, only };
+    let event = NewEvent {
+        event_id: EventId(job.job_id),
+        workspace_id: entry.workspace,
+        event_type: ReplayRequested::TYPE.into(),
+        schema_version: 1,
+        data: serde_json::to_value(&job).expect("serializable"),
+        metadata: serde_json::json!({ "actor": actor }),
+        subject: None,
+    };
+    let request = AppendRequest {
+        stream_id: destination_stream(entry.created.destination_id),
+        expected: ExpectedVersion::Any,
+        events: vec![event],
+    };
+    append(log, request).await?;
+    Ok(job)
+}
+
+/// Asks for every dead letter of a destination to be sent again; `None`
+/// when there are none.
+pub async fn retry_dead(
+    log: &EventLog,
+    entry: &DestinationEntry,
+    actor: &str,
+) -> Result<Option<ReplayRequested>, AdminError> {
+    let ledger = ledger(log, entry.created.destination_id).await?;
+    let only: Vec<Position> = ledger.dead.keys().copied().collect();
+    let (Some(&from), Some(&to)) = (only.first(), only.last()) else { return Ok(None) };
+    request_replay(log, entry, from, Some(to), only, actor).await.map(Some)
+}
+
+/// One ledger entry with when it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Its position in the log.
+    pub position: Position,
+    /// When it was recorded.
+    pub at: Timestamp,
+    /// The attempt.
+    pub attempt: DeliveryAttempted,
+}
+
+/// The newest `limit` delivery attempts of a destination, newest first.
+pub async fn attempts(log: &EventLog, destination: Uuid, limit: usize) -> Result<Vec<Attempt>, StoreError> {
+    let mut all: Vec<Attempt> = ledger_entries(log, destination)
+        .await?
+        .into_iter()
+        .filter(|event| event.event_type == DeliveryAttempted::TYPE)
+        .filter_map(|event| {
+            let attempt = serde_json::from_value(event.data.value()?.clone()).ok()?;
+            Some(Attempt { position: event.position, at: event.recorded_at, attempt })
+        })
+        .collect();
+    all.reverse();
+    all.truncate(limit);
+    Ok(all)
+}
+
+/// Every attempt, to any destination of the workspace, that carried
+/// `event_id`, oldest first, with the destination's name.
+pub async fn event_attempts(
+    log: &EventLog,
+    directory: &Directory,
+    workspace: WorkspaceId,
+    event_id: EventId,
+) -> Result<Vec<(String, Attempt)>, StoreError> {
+    let mut found = Vec::new();
+    for entry in directory.destinations(workspace) {
+        let mut attempts = attempts(log, entry.created.destination_id, usize::MAX).await?;
+        attempts.reverse();
+        for attempt in attempts {
+            if attempt.attempt.events.iter().any(|(id, _)| *id == event_id) {
+                found.push((entry.created.name.clone(), attempt));
+            }
+        }
+    }
+    found.sort_by_key(|(_, attempt)| attempt.position);
+    Ok(found)
+}
+
+/// A destination with where its delivery stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationStatus {
+    /// Its configuration.
+    pub entry: DestinationEntry,
+    /// Its ledger, folded.
+    pub ledger: Ledger,
+}
+
+/// Every destination of `workspace` with its ledger, by name.
+pub async fn statuses(
+    log: &EventLog,
+    directory: &Directory,
+    workspace: WorkspaceId,
+) -> Result<Vec<DestinationStatus>, StoreError> {
+    let mut all = Vec::new();
+    for entry in directory.destinations(workspace) {
+        let ledger = ledger(log, entry.created.destination_id).await?;
+        all.push(DestinationStatus { entry: entry.clone(), ledger });
+    }
+    Ok(all)
+}

@@ -1,0 +1,658 @@
+//! The activation engine: one subscriber per destination, each with its own
+//! checkpoint, replaying the log to the destination's adapter.
+//!
+//! A **run** reads the log from a position, folds profiles as it goes (so
+//! each event is enriched with the profile as of that event), prepares the
+//! events the destination receives ([`onepd_projections::activation::prepare`]),
+//! and delivers them in batches of the adapter's size:
+//!
+//! * **delivered** → the ledger records it; for the live run, the
+//!   checkpoint moves past the batch;
+//! * **retryable** (timeout, 408, 429, 5xx, connection refused) → exponential
+//!   backoff with jitter, never less than the destination's `Retry-After`,
+//!   until the retry window (4 h by default) is over; then dead-letter;
+//! * **permanent** (another 4xx) → dead-letter;
+//! * a batch **rejected as a whole** is split in halves, recursively, to
+//!   find the bad events.
+//!
+//! Every attempt is one `DeliveryAttempted` in the destination's ledger
+//! stream. Runs never share a task, so a slow or failing destination delays
+//! only itself. The live run of each destination that is not paused is
+//! kept running by a supervisor; replay jobs (`ReplayRequested`) run beside it
+//! and never move its checkpoint.
+//!
+//! Delivery is at least once: a crash between a delivery and its ledger entry
+//! sends the batch again, with the same event ids.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use onepd_domain::destination::{DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent};
+use onepd_domain::events::destination::{
+    DeliveryAttempted, FailedDelivery, ReplayCompleted, ReplayRequested, Run, destination_stream,
+};
+use onepd_domain::events::identity::FACT_TYPES;
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::{
+    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
+    Timestamp,
+};
+use onepd_projections::activation::{Ledgers, Notes, ProfileAsOf, Target, prepare};
+use onepd_projections::directory::{DestinationEntry, Directory};
+use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
+use rand::Rng;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::EventLog;
+use crate::live::Live;
+
+pub mod admin;
+
+/// Builds the adapter of a destination (a built-in, or a remote one over gRPC).
+pub type Connect = Arc<dyn Fn(&DestinationEntry) -> Result<Arc<dyn Destination>, String> + Send + Sync>;
+
+/// The adapter of each destination: its built-in adapter, or for `grpc` the
+/// external adapter at its URL.
+pub fn connect() -> Connect {
+    Arc::new(|entry: &DestinationEntry| {
+        let created = &entry.created;
+        match (created.adapter.as_str(), &created.url) {
+            (onepd_commands::workspace::EXTERNAL_ADAPTER, Some(url)) => remote(url, created),
+            (adapter, _) => crate::destinations::built_in(adapter, &created.settings).map_err(|err| err.to_string()),
+        }
+    })
+}
+
+/// The external adapter at `url` (until the gRPC client is in, refused).
+fn remote(
+    url: &str,
+    created: &onepd_domain::events::destination::DestinationCreated,
+) -> Result<Arc<dyn Destination>, String> {
+    let _ = created;
+    Err(format!("external adapter at {url}: not supported by this build"))
+}
+
+/// Called with every delivered event: (recorded at, delivered at), for lag.
+pub type OnDelivered = Arc<dyn Fn(&[Timestamp], Timestamp) + Send + Sync>;
+
+/// How the engine reads the log.
+#[derive(Clone)]
+pub struct ActivationOptions {
+    /// Events read per page.
+    pub page: usize,
+    /// How often the supervisor looks for destinations and jobs to start.
+    pub tick: Duration,
+    /// Told about every delivered event (the benchmark's lag).
+    pub on_delivered: Option<OnDelivered>,
+}
+
+impl Default for ActivationOptions {
+    fn default() -> ActivationOptions {
+        ActivationOptions { page: 1_000, tick: Duration::from_millis(200), on_delivered: None }
+    }
+}
+
+/// The running engine; dropping it (or [`Activation::stop`]) stops every run.
+pub struct Activation {
+    supervisor: JoinHandle<()>,
+}
+
+impl Activation {
+    /// Starts the supervisor over `log`, following the directory for
+    /// destinations (and their pauses) and the ledgers for replay jobs.
+    pub async fn spawn(
+        log: EventLog,
+        directory: Arc<Live<Directory>>,
+        connect: Connect,
+        options: ActivationOptions,
+    ) -> Result<Activation, StoreError> {
+        let ledgers = Live::<Ledgers>::follow(&log, "ledgers").await?;
+        let supervisor = tokio::spawn(supervise(log, directory, ledgers, connect, options));
+        Ok(Activation { supervisor })
+    }
+
+    /// Stops every run; an interrupted delivery is sent again next time.
+    pub fn stop(&self) {
+        self.supervisor.abort();
+    }
+}
+
+impl Drop for Activation {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+/// Aborts its task when dropped, so the supervisor's maps own their runs.
+struct Running(JoinHandle<()>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn supervise(
+    log: EventLog,
+    directory: Arc<Live<Directory>>,
+    ledgers: Arc<Live<Ledgers>>,
+    connect: Connect,
+    options: ActivationOptions,
+) {
+    let mut live: HashMap<Uuid, Running> = HashMap::new();
+    let mut jobs: HashMap<Uuid, Running> = HashMap::new();
+    let mut tick = tokio::time::interval(options.tick);
+    loop {
+        tick.tick().await;
+        if log.is_closed() {
+            return;
+        }
+        let entries: Vec<DestinationEntry> = directory.read(|d| d.all_destinations().cloned().collect());
+        let by_id: HashMap<Uuid, &DestinationEntry> =
+            entries.iter().map(|entry| (entry.created.destination_id, entry)).collect();
+        live.retain(|id, run| by_id.get(id).is_some_and(|entry| !entry.paused) && !run.0.is_finished());
+        for entry in &entries {
+            let id = entry.created.destination_id;
+            if !entry.paused && !live.contains_key(&id) {
+                let engine = Engine::new(log.clone(), entry.clone(), connect.clone(), options.clone());
+                live.insert(id, Running(tokio::spawn(engine.run_forever(None))));
+            }
+        }
+        let open = ledgers.read(Ledgers::open_jobs);
+        let open_ids: BTreeSet<Uuid> = open.iter().map(|job| job.job_id).collect();
+        jobs.retain(|id, run| open_ids.contains(id) && !run.0.is_finished());
+        for job in open {
+            if jobs.contains_key(&job.job_id) {
+                continue;
+            }
+            let Some(entry) = by_id.get(&job.destination_id) else { continue };
+            let engine = Engine::new(log.clone(), (*entry).clone(), connect.clone(), options.clone());
+            jobs.insert(job.job_id, Running(tokio::spawn(engine.run_forever(Some(job)))));
+        }
+    }
+}
+
+/// Why a run stopped before its end.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("adapter: {0}")]
+    Adapter(String),
+    #[error("the identity facts changed; folding again under them")]
+    FactsChanged,
+}
+
+/// One run of one destination: the live subscription or a replay job.
+struct Engine {
+    log: EventLog,
+    entry: DestinationEntry,
+    connect: Connect,
+    options: ActivationOptions,
+}
+
+/// An event ready to send, with what preparing it did.
+struct Ready {
+    event: PreparedEvent,
+    notes: Notes,
+    recorded_at: Timestamp,
+}
+
+/// Totals of a run or a batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    delivered: u64,
+    dead: u64,
+}
+
+impl Engine {
+    fn new(log: EventLog, entry: DestinationEntry, connect: Connect, options: ActivationOptions) -> Engine {
+        Engine { log, entry, connect, options }
+    }
+
+    fn id(&self) -> Uuid {
+        self.entry.created.destination_id
+    }
+
+    /// Runs until done (a job) or stopped (the live run), starting again
+    /// after a failure.
+    async fn run_forever(self, job: Option<ReplayRequested>) {
+        let name = self.entry.created.name.clone();
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.run(job.as_ref()).await {
+                Ok(()) => return,
+                Err(_) if self.log.is_closed() => return,
+                Err(RunError::FactsChanged) => {
+                    tracing::info!(destination = %name, "identity facts changed; folding profiles again");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::error!(destination = %name, cause = %err, "activation run stopped; starting again");
+                    metrics::counter!("onepd_activation_errors_total", "destination" => name.clone()).increment(1);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn run(&self, job: Option<&ReplayRequested>) -> Result<(), RunError> {
+        let adapter = (self.connect)(&self.entry).map_err(RunError::Adapter)?;
+        let description = self.describe(adapter.as_ref()).await?;
+        let ledger = admin::ledger(&self.log, self.id()).await?;
+        let created = &self.entry.created;
+        let (start, end) = match job {
+            Some(job) => (job.from.max(Position(1)), Some(job.to)),
+            None => (ledger.checkpoint.unwrap_or(created.start).max(created.start), None),
+        };
+        let only: BTreeSet<Position> = job.map(|job| job.only.iter().copied().collect()).unwrap_or_default();
+        let head = self.log.head().await?;
+        let facts = read_facts(&self.log, head).await?;
+        let mut fold = ProfilesFold::new(&facts);
+        let before = Position(start.0 - 1);
+        fold_to(&self.log, &mut fold, before, self.options.page, &|_, _| {}).await?;
+        fold.forget_changes();
+        let workspace = self.entry.workspace;
+        let mut types: Vec<String> = vec![MessageAccepted::TYPE.into()];
+        if job.is_none() {
+            types.extend(FACT_TYPES.map(String::from));
+        }
+        let filter = EventFilter { workspace: Some(workspace), event_types: types, ..EventFilter::default() };
+        let target = Target { destination: created, description: &description };
+        let run = job.map_or(Run::Live, |job| Run::Job { job_id: job.job_id });
+        let batch_size = description.max_batch_size as usize;
+        let mut tally = Tally::default();
+        let mut pending: Vec<Ready> = Vec::new();
+        let mut limiter = RateLimiter::new(description.rate_limit_per_second);
+        let mut subscription = self.log.subscribe(start, filter).await?;
+        if end.is_some_and(|end| end < start) {
+            return self.complete(job, tally).await;
+        }
+        loop {
+            let events = subscription.next_batch().await?;
+            let mut reached_end = false;
+            for event in &events {
+                if end.is_some_and(|end| event.position > end) {
+                    reached_end = true;
+                    break;
+                }
+                if FACT_TYPES.contains(&event.event_type.as_str()) {
+                    if !pending.is_empty() {
+                        let batch = std::mem::take(&mut pending);
+                        self.settle(adapter.as_ref(), run, batch, Some(event.position), &mut limiter, &mut tally)
+                            .await?;
+                    }
+                    return Err(RunError::FactsChanged);
+                }
+                let profile = fold.attribute(event);
+                if !only.is_empty() && !only.contains(&event.position) {
+                    continue;
+                }
+                let view = profile.and_then(|p| fold.profiles().identifiers_and_traits(event.workspace_id, p));
+                let as_of = view.as_ref().map(|(id, identifiers, traits)| ProfileAsOf {
+                    id: *id,
+                    identifiers,
+                    traits: *traits,
+                });
+                if let Some((prepared, notes)) = prepare(event, as_of, target) {
+                    pending.push(Ready { event: prepared, notes, recorded_at: event.recorded_at });
+                }
+                if pending.len() >= batch_size {
+                    let batch = std::mem::take(&mut pending);
+                    let checkpoint = Some(event.position.next());
+                    self.settle(adapter.as_ref(), run, batch, checkpoint, &mut limiter, &mut tally).await?;
+                }
+            }
+            fold.forget_changes();
+            if !pending.is_empty() {
+                let batch = std::mem::take(&mut pending);
+                let through = match (reached_end, end) {
+                    (true, Some(end)) => end.next(),
+                    _ => subscription.next_position(),
+                };
+                self.settle(adapter.as_ref(), run, batch, Some(through), &mut limiter, &mut tally).await?;
+            }
+            let done = reached_end || end.is_some_and(|end| subscription.next_position() > end);
+            if done {
+                return self.complete(job, tally).await;
+            }
+        }
+    }
+
+    /// Asks the adapter what it accepts, until it answers with a valid
+    /// description.
+    async fn describe(&self, adapter: &dyn Destination) -> Result<Description, RunError> {
+        let timeout = Duration::from_millis(self.entry.created.retry.timeout_ms);
+        let answer = tokio::time::timeout(timeout, adapter.describe())
+            .await
+            .map_err(|_| RunError::Adapter(format!("describe timed out after {} ms", timeout.as_millis())))?
+            .map_err(|err| RunError::Adapter(err.to_string()))?;
+        answer.validate().map_err(RunError::Adapter)?;
+        Ok(answer)
+    }
+
+    async fn complete(&self, job: Option<&ReplayRequested>, tally: Tally) -> Result<(), RunError> {
+        let Some(job) = job else { return Ok(()) };
+        let completed = ReplayCompleted {
+            job_id: job.job_id,
+            destination_id: self.id(),
+            delivered: tally.delivered,
+            dead: tally.dead,
+        };
+        self.record(ReplayCompleted::TYPE, serde_json::to_value(&completed).expect("serializable")).await?;
+        tracing::info!(destination = %self.entry.created.name, job = %job.job_id, delivered = tally.delivered, dead = tally.dead, "replay job done");
+        Ok(())
+    }
+
+    /// Delivers `batch` until every event is delivered or dead-lettered,
+    /// splitting it when the destination refuses it as a whole. The last
+    /// ledger entry carries `checkpoint` (for the live run).
+    async fn settle(
+        &self,
+        adapter: &dyn Destination,
+        run: Run,
+        batch: Vec<Ready>,
+        checkpoint: Option<Position>,
+        limiter: &mut RateLimiter,
+        tally: &mut Tally,
+    ) -> Result<(), RunError> {
+        let mut stack = vec![batch];
+        while let Some(piece) = stack.pop() {
+            let last = stack.is_empty();
+            let checkpoint = if last && run == Run::Live { checkpoint } else { None };
+            if let Some((first, second)) = self.attempt(adapter, run, piece, checkpoint, limiter, tally).await? {
+                stack.push(second);
+                stack.push(first);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attempts one batch until it is settled; returns its halves when the
+    /// destination refused it as a whole and it has more than one event.
+    async fn attempt(
+        &self,
+        adapter: &dyn Destination,
+        run: Run,
+        mut batch: Vec<Ready>,
+        checkpoint: Option<Position>,
+        limiter: &mut RateLimiter,
+        tally: &mut Tally,
+    ) -> Result<Option<(Vec<Ready>, Vec<Ready>)>, RunError> {
+        let policy = self.entry.created.retry;
+        let window = Duration::from_secs(policy.window_secs);
+        let mut first_failure: Option<Instant> = None;
+        let mut number = 1;
+        loop {
+            limiter.wait(batch.len()).await;
+            let events: Vec<PreparedEvent> = batch.iter().map(|ready| ready.event.clone()).collect();
+            let started = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_millis(policy.timeout_ms), adapter.deliver(&events)).await;
+            let elapsed = started.elapsed();
+            let (mut outcomes, response, rejected_whole) = classify(&events, answer, policy.timeout_ms);
+            if rejected_whole && batch.len() > 1 {
+                let reason = format!("{response}; split to find the bad events");
+                for outcome in outcomes.values_mut() {
+                    *outcome = Outcome::retryable(reason.clone(), None);
+                }
+                self.record_attempt(run, number, &batch, &outcomes, &reason, None, elapsed).await?;
+                let second = batch.split_off(batch.len() / 2);
+                return Ok(Some((batch, second)));
+            }
+            let retrying = outcomes.values().any(|outcome| matches!(outcome, Outcome::Retryable { .. }));
+            if retrying && first_failure.is_none() {
+                first_failure = Some(Instant::now());
+            }
+            let exhausted = first_failure.is_some_and(|at| at.elapsed() >= window);
+            if exhausted {
+                for outcome in outcomes.values_mut() {
+                    if let Outcome::Retryable { reason, .. } = outcome {
+                        *outcome = Outcome::permanent(format!(
+                            "retry window of {} s exhausted; last: {reason}",
+                            policy.window_secs
+                        ));
+                    }
+                }
+            }
+            let settled = !outcomes.values().any(|outcome| matches!(outcome, Outcome::Retryable { .. }));
+            let entry_checkpoint = if settled { checkpoint } else { None };
+            self.record_attempt(run, number, &batch, &outcomes, &response, entry_checkpoint, elapsed).await?;
+            let now = crate::ingest::now();
+            let mut delivered_at = Vec::new();
+            let mut retry_after = Duration::ZERO;
+            let mut next = Vec::new();
+            for ready in batch {
+                match outcomes.remove(&ready.event.event_id) {
+                    Some(Outcome::Delivered) => {
+                        tally.delivered += 1;
+                        delivered_at.push(ready.recorded_at);
+                    }
+                    Some(Outcome::Permanent { .. }) => tally.dead += 1,
+                    Some(Outcome::Retryable { retry_after_ms, .. }) | None => {
+                        retry_after = retry_after.max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
+                        next.push(ready);
+                    }
+                }
+            }
+            let name = self.entry.created.name.clone();
+            metrics::counter!("onepd_activation_delivered_total", "destination" => name)
+                .increment(delivered_at.len() as u64);
+            if let Some(on_delivered) = &self.options.on_delivered
+                && !delivered_at.is_empty()
+            {
+                on_delivered(&delivered_at, now);
+            }
+            if next.is_empty() {
+                return Ok(None);
+            }
+            let wait = backoff(number, policy.initial_backoff_ms, policy.max_backoff_ms).max(retry_after);
+            tracing::warn!(
+                destination = %self.entry.created.name,
+                events = next.len(),
+                attempt = number,
+                wait_ms = wait.as_millis() as u64,
+                cause = %response,
+                "delivery failed; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            batch = next;
+            number += 1;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_attempt(
+        &self,
+        run: Run,
+        number: u32,
+        batch: &[Ready],
+        outcomes: &HashMap<EventId, Outcome>,
+        response: &str,
+        checkpoint: Option<Position>,
+        elapsed: Duration,
+    ) -> Result<(), StoreError> {
+        let mut hashed = BTreeSet::new();
+        let mut scrubbed = BTreeSet::new();
+        let mut failed = Vec::new();
+        for ready in batch {
+            hashed.extend(ready.notes.hashed.iter().cloned());
+            scrubbed.extend(ready.notes.scrubbed.iter().cloned());
+            let (outcome, reason) = match outcomes.get(&ready.event.event_id) {
+                Some(Outcome::Delivered) => continue,
+                Some(Outcome::Permanent { reason }) => ("permanent", reason.clone()),
+                Some(Outcome::Retryable { reason, .. }) => ("retryable", reason.clone()),
+                None => ("retryable", "no result for the event".to_owned()),
+            };
+            failed.push(FailedDelivery {
+                event_id: ready.event.event_id,
+                position: ready.event.position,
+                outcome: outcome.into(),
+                reason,
+            });
+        }
+        let attempt = DeliveryAttempted {
+            destination_id: self.id(),
+            run,
+            attempt: number,
+            events: batch.iter().map(|ready| (ready.event.event_id, ready.event.position)).collect(),
+            failed,
+            response: response.to_owned(),
+            hashed: hashed.into_iter().collect(),
+            scrubbed: scrubbed.into_iter().collect(),
+            checkpoint,
+            duration_ms: elapsed.as_millis() as u64,
+        };
+        self.record(DeliveryAttempted::TYPE, serde_json::to_value(&attempt).expect("serializable")).await
+    }
+
+    /// Appends one event to the destination's ledger stream.
+    async fn record(&self, event_type: &str, data: serde_json::Value) -> Result<(), StoreError> {
+        let event = NewEvent {
+            event_id: EventId(Uuid::new_v4()),
+            workspace_id: self.entry.workspace,
+            event_type: event_type.into(),
+            schema_version: 1,
+            data,
+            metadata: serde_json::json!({ "actor": "activation" }),
+            subject: None,
+        };
+        let request = AppendRequest {
+            stream_id: destination_stream(self.id()),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+        };
+        match self.log.append(request).await {
+            Ok(_) => Ok(()),
+            Err(onepd_domain::AppendError::Store(err)) => Err(err),
+            Err(err) => Err(StoreError::Database(err.to_string())),
+        }
+    }
+}
+
+/// Each event's outcome from the adapter's answer, a summary of the answer,
+/// and whether the batch was refused as a whole.
+fn classify(
+    events: &[PreparedEvent],
+    answer: Result<Result<Vec<EventResult>, DeliverError>, tokio::time::error::Elapsed>,
+    timeout_ms: u64,
+) -> (HashMap<EventId, Outcome>, String, bool) {
+    let all = |outcome: Outcome| events.iter().map(|event| (event.event_id, outcome.clone())).collect();
+    match answer {
+        Err(_) => {
+            let reason = format!("timed out after {timeout_ms} ms");
+            (all(Outcome::retryable(reason.clone(), None)), reason, false)
+        }
+        Ok(Err(DeliverError::Retryable { reason, retry_after })) => {
+            (all(Outcome::retryable(reason.clone(), retry_after)), reason, false)
+        }
+        Ok(Err(DeliverError::Adapter(reason))) => {
+            let reason = format!("adapter: {reason}");
+            (all(Outcome::retryable(reason.clone(), None)), reason, false)
+        }
+        Ok(Err(DeliverError::BatchRejected { reason })) => {
+            let reason = format!("batch rejected: {reason}");
+            (all(Outcome::permanent(reason.clone())), reason, true)
+        }
+        Ok(Ok(results)) => {
+            let mut outcomes: HashMap<EventId, Outcome> = all(Outcome::retryable("no result for the event", None));
+            for result in results {
+                if let Some(slot) = outcomes.get_mut(&result.event_id) {
+                    *slot = result.outcome;
+                }
+            }
+            let count = |name: &str| outcomes.values().filter(|o| o.as_str() == name).count();
+            let summary = format!(
+                "delivered {}, retryable {}, permanent {}",
+                count("delivered"),
+                count("retryable"),
+                count("permanent")
+            );
+            let reasons: BTreeSet<&str> = outcomes
+                .values()
+                .filter_map(|o| match o {
+                    Outcome::Retryable { reason, .. } | Outcome::Permanent { reason } => Some(reason.as_str()),
+                    Outcome::Delivered => None,
+                })
+                .take(3)
+                .collect();
+            let summary = if reasons.is_empty() {
+                summary
+            } else {
+                format!("{summary}: {}", reasons.into_iter().collect::<Vec<_>>().join("; "))
+            };
+            (outcomes, summary, false)
+        }
+    }
+}
+
+/// The wait before attempt `attempt + 1`: `initial · 2^(attempt-1)`, capped,
+/// with full jitter over its upper half.
+fn backoff(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
+    let exp = initial_ms.saturating_mul(1u64 << (attempt - 1).min(30)).min(max_ms);
+    let jittered = exp / 2 + rand::thread_rng().gen_range(0..=exp / 2);
+    Duration::from_millis(jittered.max(1))
+}
+
+/// Keeps deliveries under a destination's events-per-second limit.
+struct RateLimiter {
+    per_second: Option<f64>,
+    next_free: Instant,
+}
+
+impl RateLimiter {
+    fn new(per_second: Option<f64>) -> RateLimiter {
+        RateLimiter { per_second, next_free: Instant::now() }
+    }
+
+    async fn wait(&mut self, events: usize) {
+        let Some(rate) = self.per_second else { return };
+        let now = Instant::now();
+        if self.next_free > now {
+            tokio::time::sleep_until(self.next_free.into()).await;
+        }
+        self.next_free = self.next_free.max(now) + Duration::from_secs_f64(events as f64 / rate);
+    }
+}
+
+/// Reads every ledger up to the head (for the CLI's listings).
+pub async fn ledgers(log: &EventLog) -> Result<Ledgers, StoreError> {
+    let mut ledgers = Ledgers::default();
+    crate::live::fold_to_head(log, &mut ledgers).await?;
+    Ok(ledgers)
+}
+
+/// Reads one destination's ledger entries (attempts and jobs) in order.
+pub async fn ledger_entries(log: &EventLog, destination: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
+    let stream = destination_stream(destination);
+    let mut all = Vec::new();
+    let mut from = 1;
+    loop {
+        let events = log.read_stream(&stream, from, 1_000).await?;
+        let full = events.len() == 1_000;
+        if let Some(last) = events.last() {
+            from = last.stream_version + 1;
+        }
+        all.extend(events);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_its_jitter_and_stops_at_the_cap() {
+        for attempt in 1..6 {
+            let wait = backoff(attempt, 100, 1_000).as_millis() as u64;
+            let exp = (100u64 << (attempt - 1)).min(1_000);
+            assert!(wait >= exp / 2 && wait <= exp, "attempt {attempt}: {wait} ms");
+        }
+        assert!(backoff(40, 100, 1_000) <= Duration::from_millis(1_000));
+    }
+}

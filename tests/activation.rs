@@ -1,0 +1,412 @@
+//! Activation through the real server: messages sent to `onepd serve` reach
+//! local stub servers standing in for Meta and for a webhook receiver, in
+//! the platforms' formats, with identifiers hashed, never lost when a
+//! destination fails, hangs, or onepd is killed mid-delivery, and replayed
+//! in full to a new destination.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use onepd_domain::{EventId, WorkspaceId};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::{PgDatabase, Server, onepd, onepd_json};
+use uuid::Uuid;
+
+/// How a stub answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// 200 to everything.
+    Accept,
+    /// 500 to everything.
+    Fail,
+    /// 400 to any batch holding an event whose properties say `"bad": true`.
+    RefuseBad,
+    /// Never answers.
+    Hang,
+}
+
+/// A local HTTP server standing in for a destination: it records every
+/// request body it accepted and answers as its mode says.
+#[derive(Clone)]
+struct Stub {
+    addr: SocketAddr,
+    state: Arc<StubState>,
+}
+
+struct StubState {
+    mode: Mutex<Mode>,
+    accepted: Mutex<Vec<(String, Value)>>,
+    requests: Mutex<u64>,
+}
+
+impl Stub {
+    async fn start(mode: Mode) -> Stub {
+        let state = Arc::new(StubState { mode: Mutex::new(mode), accepted: Mutex::default(), requests: Mutex::new(0) });
+        async fn handle(
+            State(state): State<Arc<StubState>>,
+            uri: axum::http::Uri,
+            body: axum::body::Bytes,
+        ) -> (StatusCode, String) {
+            *state.requests.lock().unwrap() += 1;
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let mode = *state.mode.lock().unwrap();
+            match mode {
+                Mode::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    (StatusCode::OK, String::new())
+                }
+                Mode::Fail => (StatusCode::INTERNAL_SERVER_ERROR, "upstream down".into()),
+                Mode::RefuseBad if body.to_string().contains("\"bad\":true") => {
+                    (StatusCode::BAD_REQUEST, "{\"error\":\"bad event\"}".into())
+                }
+                _ => {
+                    state.accepted.lock().unwrap().push((uri.to_string(), body));
+                    (StatusCode::OK, "{\"events_received\":1}".into())
+                }
+            }
+        }
+        let app = Router::new().fallback(post(handle)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Stub { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    fn bodies(&self) -> Vec<(String, Value)> {
+        self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// Every event id the stub accepted from the generic webhook, with how
+    /// many times.
+    fn webhook_ids(&self) -> BTreeMap<String, usize> {
+        let mut ids = BTreeMap::new();
+        for (_, body) in self.bodies() {
+            for event in body["batch"].as_array().into_iter().flatten() {
+                *ids.entry(event["eventId"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+            }
+        }
+        ids
+    }
+
+    /// Waits until `done` holds for the stub, failing after `within`.
+    async fn wait_for(&self, within: Duration, what: &str, done: impl Fn(&Stub) -> bool) {
+        let deadline = Instant::now() + within;
+        while !done(self) {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}; stub accepted {:?}", self.webhook_ids());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn sha256_hex(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+/// Sends `messages` to `/v1/batch` with the server's write key.
+async fn send(server: &Server, messages: Vec<Value>) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/batch", server.http))
+        .basic_auth(server.write_key.as_ref().unwrap(), Some(""))
+        .json(&json!({ "batch": messages }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+fn track(n: usize, extra: Value) -> Value {
+    let mut properties = json!({ "n": n });
+    properties.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    json!({
+        "type": "track",
+        "messageId": format!("m-{n}"),
+        "userId": format!("user-{}", n % 7),
+        "event": "Item Viewed",
+        "properties": properties,
+    })
+}
+
+/// The event id onepd gives a message of the default workspace.
+fn event_id(server: &Server, message_id: &str) -> String {
+    let workspace = WorkspaceId(server.workspace.as_ref().unwrap().parse::<Uuid>().unwrap());
+    EventId::for_message(workspace, message_id).to_string()
+}
+
+fn store_args(url: Option<&str>) -> Vec<String> {
+    url.map(|url| vec!["--database-url".to_owned(), url.to_owned()]).unwrap_or_default()
+}
+
+/// `onepd destination create NAME ARGS…` against the store.
+fn create_destination(dir: &std::path::Path, store: &[String], name: &str, args: &[&str]) -> Value {
+    let mut all: Vec<&str> = vec!["destination", "create", name];
+    all.extend_from_slice(args);
+    all.extend(store.iter().map(String::as_str));
+    onepd_json(dir, &all)
+}
+
+fn webhook_destination(dir: &std::path::Path, store: &[String], name: &str, stub: &Stub, extra: &[&str]) -> Value {
+    let url = format!("url={}/hook", stub.url());
+    let mut args =
+        vec!["--adapter", "webhook", "--setting", &url, "--initial-backoff-ms", "50", "--max-backoff-ms", "200"];
+    args.extend_from_slice(extra);
+    create_destination(dir, store, name, &args)
+}
+
+async fn meta_receives_an_order_with_hashed_identifiers_and_its_event_id(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let meta = Stub::start(Mode::Accept).await;
+    let endpoint = format!("endpoint={}", meta.url());
+    create_destination(
+        dir.path(),
+        &store,
+        "meta",
+        &[
+            "--adapter",
+            "meta_capi",
+            "--setting",
+            "pixel_id=123",
+            "--setting",
+            "access_token=EAAtoken",
+            "--setting",
+            &endpoint,
+        ],
+    );
+    send(
+        &server,
+        vec![
+            json!({"type": "identify", "messageId": "id-1", "userId": "u-42",
+                   "traits": {"email": " Ann.Lee@Example.COM ", "phone": "+1 (650) 555-1212", "firstName": "Ann"}}),
+            json!({"type": "track", "messageId": "order-1", "userId": "u-42", "event": "Order Completed",
+                   "properties": {"order_id": "o-1", "revenue": 42.5, "currency": "USD", "email": "ann.lee@example.com"}}),
+        ],
+    )
+    .await;
+    meta.wait_for(Duration::from_secs(20), "the order reaches Meta", |stub| {
+        stub.bodies().iter().any(|(_, body)| body.to_string().contains("Purchase"))
+    })
+    .await;
+    let (path, body) = meta.bodies().into_iter().find(|(_, body)| body.to_string().contains("Purchase")).unwrap();
+    assert!(path.starts_with("/v21.0/123/events"), "{path}");
+    assert!(path.contains("access_token=EAAtoken"), "{path}");
+    let event = body["data"].as_array().unwrap().iter().find(|e| e["event_name"] == "Purchase").unwrap();
+    assert_eq!(event["event_id"], event_id(&server, "order-1"));
+    let user = &event["user_data"];
+    assert_eq!(user["em"], json!([sha256_hex("ann.lee@example.com")]));
+    assert_eq!(user["ph"], json!([sha256_hex("16505551212")]));
+    assert_eq!(user["external_id"], json!([sha256_hex("u-42")]));
+    let text = body.to_string().to_lowercase();
+    for raw in ["ann.lee@example.com", "555-1212", "16505551212\"", "\"ann\""] {
+        assert!(!text.contains(raw), "raw identifier {raw:?} left for Meta: {body}");
+    }
+    // The ledger says what was sent and in what form.
+    let shown = onepd(
+        dir.path(),
+        &[&["deliveries", "show", "--event-id", &event_id(&server, "order-1"), "--json"][..], &store_refs[..]].concat(),
+    );
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let shown: Value = serde_json::from_slice(shown.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(shown["destination"], "meta");
+    assert_eq!(shown["outcome"], "delivered");
+    assert!(shown["hashed"].as_array().unwrap().contains(&json!("em")), "{shown}");
+    assert!(shown["scrubbed"].as_array().unwrap().contains(&json!("properties.email")), "{shown}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_receives_an_order_with_hashed_identifiers_and_its_event_id_on_sqlite() {
+    meta_receives_an_order_with_hashed_identifiers_and_its_event_id(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_receives_an_order_with_hashed_identifiers_and_its_event_id_on_postgres() {
+    let db = PgDatabase::create().await;
+    meta_receives_an_order_with_hashed_identifiers_and_its_event_id(Some(&db.url)).await;
+}
+
+async fn failures_lose_nothing_and_dead_letters_are_retried(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let flaky = Stub::start(Mode::Fail).await;
+    webhook_destination(dir.path(), &store, "flaky", &flaky, &["--setting", "batch_size=4"]);
+    send(&server, (0..20).map(|n| track(n, json!({}))).collect()).await;
+    // Failing for a while: attempts are made and nothing is accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *flaky.state.requests.lock().unwrap() < 3 {
+        assert!(Instant::now() < deadline, "no retries were made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flaky.set(Mode::Accept);
+    let expected: BTreeSet<String> = (0..20).map(|n| event_id(&server, &format!("m-{n}"))).collect();
+    flaky
+        .wait_for(Duration::from_secs(20), "every event once the destination recovers", |stub| {
+            stub.webhook_ids().keys().cloned().collect::<BTreeSet<_>>() == expected
+        })
+        .await;
+
+    // A 400 for one event of a batch: the batch is split, the others are
+    // delivered and the bad one is dead-lettered until retried.
+    flaky.set(Mode::RefuseBad);
+    send(&server, (20..24).map(|n| track(n, json!({ "bad": n == 22 }))).collect()).await;
+    let good: BTreeSet<String> = [20, 21, 23].iter().map(|n| event_id(&server, &format!("m-{n}"))).collect();
+    flaky
+        .wait_for(Duration::from_secs(20), "the good events of a refused batch", |stub| {
+            good.iter().all(|id| stub.webhook_ids().contains_key(id))
+        })
+        .await;
+    let bad = event_id(&server, "m-22");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dead = onepd(
+            dir.path(),
+            &[&["deliveries", "list", "--destination", "flaky", "--dead", "--json"][..], &store_refs[..]].concat(),
+        );
+        let text = String::from_utf8_lossy(&dead.stdout).to_string();
+        if text.contains(&bad) {
+            assert!(text.contains("400"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bad event was not dead-lettered: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!flaky.webhook_ids().contains_key(&bad));
+    flaky.set(Mode::Accept);
+    let retried = onepd_json(
+        dir.path(),
+        &[&["deliveries", "retry-dead", "--destination", "flaky", "--wait"][..], &store_refs[..]].concat(),
+    );
+    assert_eq!(retried["delivered"], 1, "{retried}");
+    assert_eq!(flaky.webhook_ids()[&bad], 1);
+    let listed = onepd(
+        dir.path(),
+        &[&["deliveries", "list", "--destination", "flaky", "--dead", "--json"][..], &store_refs[..]].concat(),
+    );
+    assert!(listed.stdout.is_empty(), "dead letters left: {}", String::from_utf8_lossy(&listed.stdout));
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_gets_every_event_once_it_recovers_and_a_refused_one_after_retry_dead_on_sqlite() {
+    failures_lose_nothing_and_dead_letters_are_retried(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_destination_gets_every_event_once_it_recovers_and_a_refused_one_after_retry_dead_on_postgres() {
+    let db = PgDatabase::create().await;
+    failures_lose_nothing_and_dead_letters_are_retried(Some(&db.url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_destination_does_not_delay_a_healthy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let hung = Stub::start(Mode::Hang).await;
+    let healthy = Stub::start(Mode::Accept).await;
+    webhook_destination(dir.path(), &[], "hung", &hung, &["--timeout-ms", "60000"]);
+    webhook_destination(dir.path(), &[], "healthy", &healthy, &[]);
+    let started = Instant::now();
+    send(&server, (0..10).map(|n| track(n, json!({}))).collect()).await;
+    let expected: BTreeSet<String> = (0..10).map(|n| event_id(&server, &format!("m-{n}"))).collect();
+    healthy
+        .wait_for(Duration::from_secs(10), "the healthy destination's events", |stub| {
+            stub.webhook_ids().keys().cloned().collect::<BTreeSet<_>>() == expected
+        })
+        .await;
+    assert!(*hung.state.requests.lock().unwrap() >= 1, "the hung destination was never called");
+    assert!(hung.webhook_ids().is_empty());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_onepd_mid_delivery_delivers_every_event_at_least_once_with_the_same_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let stub = Stub::start(Mode::Fail).await;
+    webhook_destination(dir.path(), &[], "hook", &stub, &["--setting", "batch_size=5"]);
+    send(&server, (0..60).map(|n| track(n, json!({}))).collect()).await;
+    let expected: BTreeSet<String> = (0..60).map(|n| event_id(&server, &format!("m-{n}"))).collect();
+    // Deliveries are in flight (failing) when onepd is killed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *stub.state.requests.lock().unwrap() < 2 {
+        assert!(Instant::now() < deadline, "no delivery was attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stub.set(Mode::Accept);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(server); // SIGKILL
+    let seen_before = stub.webhook_ids().len();
+    assert!(seen_before < 60, "everything was delivered before the kill; the test proves nothing");
+    let server = Server::start(dir.path(), &[]);
+    stub.wait_for(Duration::from_secs(20), "every event after the restart", |stub| {
+        stub.webhook_ids().keys().cloned().collect::<BTreeSet<_>>() == expected
+    })
+    .await;
+    // Duplicates carry the same event ids: nothing else arrived.
+    assert!(stub.webhook_ids().keys().all(|id| expected.contains(id)));
+    drop(server);
+}
+
+async fn a_new_destination_replays_the_whole_history(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    send(&server, (0..30).map(|n| track(n, json!({}))).collect()).await;
+    let expected: BTreeSet<String> = (0..30).map(|n| event_id(&server, &format!("m-{n}"))).collect();
+
+    let backfill = Stub::start(Mode::Accept).await;
+    webhook_destination(dir.path(), &store, "backfill", &backfill, &["--from", "beginning"]);
+    backfill
+        .wait_for(Duration::from_secs(20), "the backfill", |stub| {
+            stub.webhook_ids().keys().cloned().collect::<BTreeSet<_>>() == expected
+        })
+        .await;
+
+    // A destination created "from now" gets nothing old until a replay.
+    let later = Stub::start(Mode::Accept).await;
+    webhook_destination(dir.path(), &store, "later", &later, &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(later.webhook_ids().is_empty());
+    let job = onepd_json(
+        dir.path(),
+        &[&["replay", "--destination", "later", "--from", "1", "--wait"][..], &store_refs[..]].concat(),
+    );
+    assert_eq!(job["delivered"], 30, "{job}");
+    assert_eq!(later.webhook_ids().keys().cloned().collect::<BTreeSet<_>>(), expected);
+    let listed = onepd_json(dir.path(), &[&["destination", "list"][..], &store_refs[..]].concat());
+    assert_eq!(listed["name"], "backfill", "{listed}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_destination_replays_the_whole_history_on_sqlite() {
+    a_new_destination_replays_the_whole_history(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_destination_replays_the_whole_history_on_postgres() {
+    let db = PgDatabase::create().await;
+    a_new_destination_replays_the_whole_history(Some(&db.url)).await;
+}
