@@ -1,10 +1,40 @@
 //! The built-in destination adapters, each implementing the domain's
 //! [`Destination`] port in-process and producing its platform's real request
 //! format, with a configurable endpoint.
+//!
+//! Layout:
+//!
+//! - [`meta`]: Meta Conversions API (`meta_capi`);
+//! - [`google_ads`]: Google Ads enhanced conversions for leads (`google_ads`);
+//! - [`tiktok`]: TikTok Events API 2.0 (`tiktok`);
+//! - [`ga4`]: Google Analytics 4 Measurement Protocol (`ga4`);
+//! - [`webhook`]: a signed JSON webhook (`webhook`);
+//! - `http`: the one HTTP client and how an answer becomes a delivery
+//!   result; `mapping`: settings, times and Segment e-commerce properties.
+//!
+//! **Invariant:** an adapter never normalizes or hashes an identifier: the
+//! engine hands it identifiers prepared as its [`Description`] asks
+//! ([`onepd_domain::hashing`]), and for an ad platform a message without raw
+//! identifiers.
+//!
+//! **Does not:** retry, back off, split batches or keep time: the activation
+//! engine does, from the [`DeliverError`] and per-event outcomes an adapter
+//! returns.
+//!
+//! [`Description`]: onepd_domain::destination::Description
+//! [`DeliverError`]: onepd_domain::destination::DeliverError
 
 use std::sync::Arc;
 
 use onepd_domain::destination::Destination;
+
+pub mod ga4;
+pub mod google_ads;
+mod http;
+mod mapping;
+pub mod meta;
+pub mod tiktok;
+pub mod webhook;
 
 /// The names of the built-in adapters, as `onepd destination create --adapter` takes them.
 pub const BUILT_IN: [&str; 5] = ["meta_capi", "google_ads", "tiktok", "ga4", "webhook"];
@@ -27,6 +57,12 @@ pub enum AdapterError {
 
 /// The built-in adapter `adapter` configured with `settings` (a JSON object).
 pub fn built_in(adapter: &str, settings: &serde_json::Value) -> Result<Arc<dyn Destination>, AdapterError> {
-    let _ = settings;
-    Err(AdapterError::Unknown(adapter.to_owned()))
+    Ok(match adapter {
+        meta::NAME => Arc::new(meta::MetaCapi::new(settings)?),
+        google_ads::NAME => Arc::new(google_ads::GoogleAds::new(settings)?),
+        tiktok::NAME => Arc::new(tiktok::TikTok::new(settings)?),
+        ga4::NAME => Arc::new(ga4::Ga4::new(settings)?),
+        webhook::NAME => Arc::new(webhook::Webhook::new(settings)?),
+        _ => return Err(AdapterError::Unknown(adapter.to_owned())),
+    })
 }

@@ -1,0 +1,331 @@
+//! `google_ads`: Google Ads enhanced conversions for leads, uploaded as click
+//! conversions through the Google Ads API (REST).
+//!
+//! One batch is one request:
+//!
+//! ```text
+//! POST {endpoint}/{api_version}/customers/{customer_id}:uploadClickConversions
+//! Authorization: Bearer {access_token}
+//! developer-token: {developer_token}
+//! login-customer-id: {login_customer_id}        (when set)
+//! {"conversions": [{"conversionAction": "customers/{id}/conversionActions/{action}",
+//!                   "conversionDateTime": "2024-05-01 12:30:05+00:00",
+//!                   "conversionValue", "currencyCode", "orderId", "gclid"?,
+//!                   "userIdentifiers": [{"userIdentifierSource": "FIRST_PARTY",
+//!                                        "hashedEmail": …}, …]}],
+//!  "partialFailure": true}
+//! ```
+//!
+//! References: <https://developers.google.com/google-ads/api/rest/reference/rest/v18/customers/uploadClickConversions>,
+//! <https://developers.google.com/google-ads/api/reference/rpc/v18/ClickConversion>,
+//! <https://developers.google.com/google-ads/api/docs/conversions/upload-identifiers>.
+//!
+//! - Only track events whose name has a conversion action (the
+//!   `conversion_actions` map, else the `conversion_action` default) are
+//!   uploaded; every other event is answered [`Outcome::Delivered`] without
+//!   being sent: it is not a conversion of this account.
+//! - `ConversionUploadService` accepts only `hashedEmail` and
+//!   `hashedPhoneNumber` user identifiers, at most five per conversion, one
+//!   identifier per entry; so the adapter asks only for those and `gclid`
+//!   out of [`onepd_domain::hashing::google_ads_identifiers`] (address info
+//!   is for conversion adjustments and Customer Match, not click uploads).
+//! - `orderId` is the event's `order_id` when it has one, else onepd's event
+//!   id: Google deduplicates on it, so a retry or a replay is not counted
+//!   twice.
+//! - Partial failure is required for uploads. A failed conversion comes back
+//!   in `partialFailureError` with its index (`conversions[i]`); it becomes a
+//!   permanent outcome for that event, the others are delivered.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onepd_domain::destination::{
+    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+};
+use onepd_domain::hashing::google_ads_identifiers;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::AdapterError;
+use super::http;
+use super::mapping::{self, json_number};
+
+/// The adapter's name.
+pub const NAME: &str = "google_ads";
+
+/// The most conversions Google Ads takes in one upload request.
+pub const MAX_BATCH_SIZE: u32 = 2000;
+
+/// The most user identifiers one conversion may carry.
+const MAX_USER_IDENTIFIERS: usize = 5;
+
+/// The identifier fields this adapter sends.
+const SENT_IDENTIFIERS: [&str; 3] = ["hashed_email", "hashed_phone_number", "gclid"];
+
+/// The settings `onepd destination create --adapter google_ads` takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The Google Ads account the conversions belong to (dashes allowed).
+    customer_id: String,
+    /// The API developer token.
+    developer_token: String,
+    /// An OAuth 2.0 access token with the `adwords` scope.
+    access_token: String,
+    /// The manager account the access goes through, if any.
+    #[serde(default)]
+    login_customer_id: Option<String>,
+    /// The conversion action (id or resource name) for every track event
+    /// that `conversion_actions` does not name.
+    #[serde(default)]
+    conversion_action: Option<String>,
+    /// Conversion actions (id or resource name) by track event name.
+    #[serde(default)]
+    conversion_actions: BTreeMap<String, String>,
+    /// The API's base URL (a test server in tests).
+    #[serde(default = "default_endpoint")]
+    endpoint: String,
+    /// The API version.
+    #[serde(default = "default_api_version")]
+    api_version: String,
+    /// How long one request may take, in milliseconds.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn default_endpoint() -> String {
+    "https://googleads.googleapis.com".to_owned()
+}
+
+fn default_api_version() -> String {
+    "v18".to_owned()
+}
+
+/// The Google Ads enhanced-conversions adapter.
+#[derive(Debug, Clone)]
+pub struct GoogleAds {
+    url: String,
+    developer_token: String,
+    access_token: String,
+    login_customer_id: Option<String>,
+    default_action: Option<String>,
+    actions: BTreeMap<String, String>,
+    timeout: Duration,
+}
+
+impl GoogleAds {
+    /// The adapter configured with `settings`: `customer_id`,
+    /// `developer_token`, `access_token` and at least one conversion action
+    /// (`conversion_action` or `conversion_actions`) are required.
+    pub fn new(settings: &Value) -> Result<GoogleAds, AdapterError> {
+        let settings: Settings = mapping::parse_settings(NAME, settings)?;
+        let customer_id = customer_id_digits("customer_id", &settings.customer_id)?;
+        mapping::required(NAME, "developer_token", &settings.developer_token)?;
+        mapping::required(NAME, "access_token", &settings.access_token)?;
+        mapping::required(NAME, "api_version", &settings.api_version)?;
+        let login_customer_id =
+            settings.login_customer_id.as_deref().map(|id| customer_id_digits("login_customer_id", id)).transpose()?;
+        let default_action = settings
+            .conversion_action
+            .as_deref()
+            .map(|action| resource_name(&customer_id, "conversion_action", action))
+            .transpose()?;
+        let actions = settings
+            .conversion_actions
+            .iter()
+            .map(|(event, action)| {
+                Ok((event.clone(), resource_name(&customer_id, &format!("conversion_actions.{event}"), action)?))
+            })
+            .collect::<Result<BTreeMap<_, _>, AdapterError>>()?;
+        if default_action.is_none() && actions.is_empty() {
+            return Err(mapping::settings_error(
+                NAME,
+                "settings.conversion_action: expected a conversion action (or settings.conversion_actions by event name), found none",
+            ));
+        }
+        let endpoint = mapping::base_url(NAME, "endpoint", &settings.endpoint)?;
+        Ok(GoogleAds {
+            url: format!("{endpoint}/{}/customers/{customer_id}:uploadClickConversions", settings.api_version.trim()),
+            developer_token: settings.developer_token,
+            access_token: settings.access_token,
+            login_customer_id,
+            default_action,
+            actions,
+            timeout: mapping::timeout(NAME, settings.timeout_ms)?,
+        })
+    }
+
+    /// The conversion action for a track event named `name`, if it is a
+    /// conversion.
+    fn action_for(&self, name: &str) -> Option<&str> {
+        self.actions.get(name).or(self.default_action.as_ref()).map(String::as_str)
+    }
+
+    /// One `ClickConversion`, or why the event cannot be sent.
+    fn conversion(&self, action: &str, event: &PreparedEvent) -> Result<Value, String> {
+        let properties = mapping::properties(&event.message);
+        let mut conversion = Map::new();
+        conversion.insert("conversionAction".into(), json!(action));
+        conversion.insert("conversionDateTime".into(), json!(mapping::utc_date_time(&event.timestamp)?));
+        if let Some(value) = mapping::value(properties) {
+            conversion.insert("conversionValue".into(), json_number(value));
+        }
+        if let Some(currency) = mapping::currency(properties) {
+            conversion.insert("currencyCode".into(), json!(currency));
+        }
+        let order_id = mapping::order_id(properties).unwrap_or_else(|| event.event_id.to_string());
+        conversion.insert("orderId".into(), json!(order_id));
+        if let Some(gclid) = event.identifiers.get("gclid").and_then(|values| values.first()) {
+            conversion.insert("gclid".into(), json!(gclid));
+        }
+        let user_identifiers: Vec<Value> =
+            [("hashed_email", "hashedEmail"), ("hashed_phone_number", "hashedPhoneNumber")]
+                .iter()
+                .flat_map(|(field, key)| {
+                    event
+                        .identifiers
+                        .get(*field)
+                        .into_iter()
+                        .flatten()
+                        .map(move |value| json!({ "userIdentifierSource": "FIRST_PARTY", *key: value }))
+                })
+                .take(MAX_USER_IDENTIFIERS)
+                .collect();
+        if !user_identifiers.is_empty() {
+            conversion.insert("userIdentifiers".into(), json!(user_identifiers));
+        }
+        if !conversion.contains_key("gclid") && !conversion.contains_key("userIdentifiers") {
+            return Err("no gclid and no hashed email or phone to attribute the conversion with".to_owned());
+        }
+        Ok(Value::Object(conversion))
+    }
+}
+
+#[async_trait]
+impl Destination for GoogleAds {
+    async fn describe(&self) -> Result<Description, DeliverError> {
+        Ok(Description {
+            name: NAME.to_owned(),
+            category: Category::AdPlatform,
+            identifiers: google_ads_identifiers()
+                .into_iter()
+                .filter(|spec| SENT_IDENTIFIERS.contains(&spec.name.as_str()))
+                .collect(),
+            max_batch_size: MAX_BATCH_SIZE,
+            rate_limit_per_second: None,
+        })
+    }
+
+    async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
+        let mut results = Vec::with_capacity(events.len());
+        let mut sent = Vec::new();
+        let mut conversions = Vec::new();
+        for event in events {
+            let action = match (event.message_type.as_str(), event.name.as_deref()) {
+                ("track", Some(name)) => self.action_for(name),
+                _ => None,
+            };
+            let Some(action) = action else {
+                // Not a conversion of this account (see the module doc).
+                results.push(EventResult { event_id: event.event_id, outcome: Outcome::Delivered });
+                continue;
+            };
+            match self.conversion(action, event) {
+                Ok(conversion) => {
+                    conversions.push(conversion);
+                    sent.push(event.event_id);
+                }
+                Err(reason) => {
+                    results.push(EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) })
+                }
+            }
+        }
+        if conversions.is_empty() {
+            return Ok(results);
+        }
+        let body = json!({ "conversions": conversions, "partialFailure": true });
+        let body = serde_json::to_vec(&body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
+        let mut request = http::client()
+            .post(&self.url)
+            .bearer_auth(&self.access_token)
+            .header("developer-token", &self.developer_token);
+        if let Some(login) = &self.login_customer_id {
+            request = request.header("login-customer-id", login);
+        }
+        let answer = http::post_json(request, body, self.timeout).await?;
+        let failures = partial_failures(&answer.json(), sent.len())?;
+        results.extend(sent.iter().enumerate().map(|(index, event_id)| EventResult {
+            event_id: *event_id,
+            outcome: match failures.get(&index) {
+                Some(reason) => Outcome::permanent(reason.clone()),
+                None => Outcome::Delivered,
+            },
+        }));
+        Ok(results)
+    }
+}
+
+/// The failed conversions of a partial-failure answer, by index, with their
+/// reasons. A `partialFailureError` whose errors name no conversion refuses
+/// the batch: which events failed is unknown.
+fn partial_failures(answer: &Value, sent: usize) -> Result<BTreeMap<usize, String>, DeliverError> {
+    let error = &answer["partialFailureError"];
+    if error.is_null() || error.as_object().is_some_and(Map::is_empty) {
+        return Ok(BTreeMap::new());
+    }
+    let mut failures = BTreeMap::new();
+    let errors =
+        error["details"].as_array().into_iter().flatten().flat_map(|d| d["errors"].as_array().into_iter().flatten());
+    for failure in errors {
+        let index = failure["location"]["fieldPathElements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|element| element["fieldName"] == "conversions")
+            .and_then(|element| element["index"].as_u64())
+            .map(|index| index as usize)
+            .filter(|index| *index < sent);
+        let Some(index) = index else { continue };
+        let code = failure["errorCode"]
+            .as_object()
+            .and_then(|codes| codes.iter().next())
+            .map(|(kind, code)| format!("{kind} {}", code.as_str().unwrap_or_default()))
+            .unwrap_or_else(|| "error".to_owned());
+        let message = failure["message"].as_str().unwrap_or_default();
+        failures.entry(index).or_insert_with(|| format!("google ads {code}: {message}"));
+    }
+    if failures.is_empty() {
+        let message = error["message"].as_str().unwrap_or("partial failure without details");
+        return Err(DeliverError::BatchRejected { reason: format!("google ads partial failure: {message}") });
+    }
+    Ok(failures)
+}
+
+/// A customer id as digits (`123-456-7890` → `1234567890`).
+fn customer_id_digits(field: &str, value: &str) -> Result<String, AdapterError> {
+    let digits: String = value.trim().chars().filter(|c| *c != '-').collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(mapping::settings_error(
+            NAME,
+            format!("settings.{field}: expected a customer id like 123-456-7890, found \"{value}\""),
+        ));
+    }
+    Ok(digits)
+}
+
+/// A conversion action's resource name: an id becomes
+/// `customers/{customer_id}/conversionActions/{id}`; a resource name is kept.
+fn resource_name(customer_id: &str, field: &str, value: &str) -> Result<String, AdapterError> {
+    let value = value.trim();
+    if value.starts_with("customers/") && value.contains("/conversionActions/") {
+        return Ok(value.to_owned());
+    }
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(mapping::settings_error(
+            NAME,
+            format!("settings.{field}: expected a conversion action id or resource name, found \"{value}\""),
+        ));
+    }
+    Ok(format!("customers/{customer_id}/conversionActions/{value}"))
+}

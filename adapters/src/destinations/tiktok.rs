@@ -1,0 +1,269 @@
+//! `tiktok`: TikTok Events API 2.0, web events for a pixel.
+//!
+//! One batch is one request:
+//!
+//! ```text
+//! POST {endpoint}/open_api/v1.3/event/track/
+//! Access-Token: {access_token}
+//! {"event_source": "web", "event_source_id": "{pixel_code}", "test_event_code"?,
+//!  "data": [{"event", "event_time", "event_id",
+//!            "user": {"email", "phone", "external_id", "ip", "user_agent", "ttclid"},
+//!            "properties": {"currency", "value", "content_type", "contents": [...],
+//!                           "order_id", "query"},
+//!            "page": {"url", "referrer"}}]}
+//! ```
+//!
+//! Reference: <https://business-api.tiktok.com/portal/docs?id=1771101276978178>
+//! (Events API 2.0, `event/track`), and its error codes
+//! <https://business-api.tiktok.com/portal/docs?id=1737172488964097>.
+//!
+//! - `event`: Segment e-commerce events map to TikTok standard events
+//!   (`Order Completed` → `CompletePayment`, …, a page → `Pageview`); any
+//!   other track keeps its name as a custom event.
+//! - `event_id` is onepd's event id, TikTok's deduplication key.
+//! - `user`: `email`, `phone` and `external_id` arrive SHA-256 hashed,
+//!   `ip`, `user_agent` and `ttclid` as they are
+//!   ([`onepd_domain::hashing::tiktok_identifiers`]); each is sent as one
+//!   string (the first value), as the reference shows.
+//! - Identify, group, alias and screen messages are answered
+//!   [`Outcome::Delivered`] without being sent: TikTok takes events only.
+//!
+//! TikTok answers HTTP 200 with a `code`: 0 is success; 40100 (too many
+//! requests) and 5xxxx (TikTok's own faults) are retryable; any other code
+//! refuses the batch.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use onepd_domain::destination::{
+    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+};
+use onepd_domain::hashing::tiktok_identifiers;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::AdapterError;
+use super::http;
+use super::mapping::{self, json_number};
+
+/// The adapter's name.
+pub const NAME: &str = "tiktok";
+
+/// The most events one request carries.
+pub const MAX_BATCH_SIZE: u32 = 1000;
+
+/// TikTok's "too many requests" code.
+const RATE_LIMITED: i64 = 40100;
+
+/// The `user` fields, each sent as its first value.
+const USER_FIELDS: [&str; 6] = ["email", "phone", "external_id", "ip", "user_agent", "ttclid"];
+
+/// The settings `onepd destination create --adapter tiktok` takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// An Events API access token.
+    access_token: String,
+    /// The pixel the events are for (`event_source_id`).
+    pixel_code: String,
+    /// The Business API's base URL (a test server in tests).
+    #[serde(default = "default_endpoint")]
+    endpoint: String,
+    /// Routes events to Events Manager's Test Events tab.
+    #[serde(default)]
+    test_event_code: Option<String>,
+    /// How long one request may take, in milliseconds.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn default_endpoint() -> String {
+    "https://business-api.tiktok.com".to_owned()
+}
+
+/// The TikTok Events API adapter.
+#[derive(Debug, Clone)]
+pub struct TikTok {
+    url: String,
+    access_token: String,
+    pixel_code: String,
+    test_event_code: Option<String>,
+    timeout: Duration,
+}
+
+impl TikTok {
+    /// The adapter configured with `settings`: `access_token` and
+    /// `pixel_code` are required; `endpoint`, `test_event_code` and
+    /// `timeout_ms` are optional.
+    pub fn new(settings: &Value) -> Result<TikTok, AdapterError> {
+        let settings: Settings = mapping::parse_settings(NAME, settings)?;
+        mapping::required(NAME, "access_token", &settings.access_token)?;
+        mapping::required(NAME, "pixel_code", &settings.pixel_code)?;
+        let endpoint = mapping::base_url(NAME, "endpoint", &settings.endpoint)?;
+        Ok(TikTok {
+            url: format!("{endpoint}/open_api/v1.3/event/track/"),
+            access_token: settings.access_token,
+            pixel_code: settings.pixel_code.trim().to_owned(),
+            test_event_code: settings.test_event_code.filter(|code| !code.is_empty()),
+            timeout: mapping::timeout(NAME, settings.timeout_ms)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Destination for TikTok {
+    async fn describe(&self) -> Result<Description, DeliverError> {
+        Ok(Description {
+            name: NAME.to_owned(),
+            category: Category::AdPlatform,
+            identifiers: tiktok_identifiers(),
+            max_batch_size: MAX_BATCH_SIZE,
+            rate_limit_per_second: None,
+        })
+    }
+
+    async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
+        let mut results = Vec::with_capacity(events.len());
+        let mut sent = Vec::new();
+        let mut data = Vec::new();
+        for event in events {
+            if !matches!(event.message_type.as_str(), "track" | "page") {
+                // TikTok takes events only (see the module doc).
+                results.push(EventResult { event_id: event.event_id, outcome: Outcome::Delivered });
+                continue;
+            }
+            match web_event(event) {
+                Ok(web_event) => {
+                    data.push(web_event);
+                    sent.push(event.clone());
+                }
+                Err(reason) => {
+                    results.push(EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) })
+                }
+            }
+        }
+        if data.is_empty() {
+            return Ok(results);
+        }
+        let mut body = json!({ "event_source": "web", "event_source_id": self.pixel_code, "data": data });
+        if let Some(code) = &self.test_event_code {
+            body["test_event_code"] = json!(code);
+        }
+        let body = serde_json::to_vec(&body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
+        let request = http::client().post(&self.url).header("Access-Token", &self.access_token);
+        let answer = http::post_json(request, body, self.timeout).await?;
+        let answer = answer.json();
+        let code = answer["code"].as_i64();
+        match code {
+            Some(0) => {}
+            Some(code) => {
+                let message = answer["message"].as_str().unwrap_or_default();
+                let reason = format!("tiktok code {code}: {message}");
+                return Err(if code == RATE_LIMITED || (50000..60000).contains(&code) {
+                    DeliverError::Retryable { reason, retry_after: None }
+                } else {
+                    DeliverError::BatchRejected { reason }
+                });
+            }
+            None => {
+                return Err(DeliverError::Retryable {
+                    reason: "tiktok answered without a code".to_owned(),
+                    retry_after: None,
+                });
+            }
+        }
+        results.extend(http::every(&sent, &Outcome::Delivered));
+        Ok(results)
+    }
+}
+
+/// TikTok's standard event for a Segment event name.
+fn standard_event(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "Order Completed" => "CompletePayment",
+        "Product Added" => "AddToCart",
+        "Checkout Started" => "InitiateCheckout",
+        "Product Viewed" => "ViewContent",
+        "Products Searched" => "Search",
+        "Signed Up" => "CompleteRegistration",
+        "Product Added to Wishlist" => "AddToWishlist",
+        "Payment Info Entered" => "AddPaymentInfo",
+        "Order Placed" => "PlaceAnOrder",
+        _ => return None,
+    })
+}
+
+/// One entry of `data`, or why the event cannot be sent.
+fn web_event(event: &PreparedEvent) -> Result<Value, String> {
+    let name = match (event.message_type.as_str(), event.name.as_deref()) {
+        ("page", _) => "Pageview".to_owned(),
+        (_, Some(name)) if !name.trim().is_empty() => standard_event(name).unwrap_or(name).to_owned(),
+        _ => return Err("track without an event name".to_owned()),
+    };
+    let mut web_event = Map::new();
+    web_event.insert("event".into(), json!(name));
+    web_event.insert("event_time".into(), json!(mapping::unix_seconds(&event.timestamp)?));
+    web_event.insert("event_id".into(), json!(event.event_id.to_string()));
+    let user: Map<String, Value> = USER_FIELDS
+        .iter()
+        .filter_map(|field| Some((field.to_string(), json!(event.identifiers.get(*field)?.first()?))))
+        .collect();
+    web_event.insert("user".into(), Value::Object(user));
+    let properties = event_properties(mapping::properties(&event.message));
+    if !properties.is_empty() {
+        web_event.insert("properties".into(), Value::Object(properties));
+    }
+    let mut page = Map::new();
+    if let Some(url) = mapping::page_url(&event.message) {
+        page.insert("url".into(), json!(url));
+    }
+    if let Some(referrer) = mapping::page_referrer(&event.message) {
+        page.insert("referrer".into(), json!(referrer));
+    }
+    if !page.is_empty() {
+        web_event.insert("page".into(), Value::Object(page));
+    }
+    Ok(Value::Object(web_event))
+}
+
+/// `properties` from the Segment e-commerce properties.
+fn event_properties(properties: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    if let Some(currency) = mapping::currency(properties) {
+        out.insert("currency".into(), json!(currency));
+    }
+    if let Some(value) = mapping::value(properties) {
+        out.insert("value".into(), json_number(value));
+    }
+    if let Some(order_id) = mapping::order_id(properties) {
+        out.insert("order_id".into(), json!(order_id));
+    }
+    if let Some(query) = properties.get("query").and_then(mapping::text) {
+        out.insert("query".into(), json!(query));
+    }
+    let contents: Vec<Value> = mapping::products(properties)
+        .into_iter()
+        .filter_map(|product| {
+            let mut content = Map::new();
+            content.insert("content_id".into(), json!(product.id?));
+            if let Some(name) = product.name {
+                content.insert("content_name".into(), json!(name));
+            }
+            if let Some(category) = product.category {
+                content.insert("content_category".into(), json!(category));
+            }
+            if let Some(price) = product.price {
+                content.insert("price".into(), json_number(price));
+            }
+            if let Some(quantity) = product.quantity {
+                content.insert("quantity".into(), json_number(quantity));
+            }
+            Some(Value::Object(content))
+        })
+        .collect();
+    if !contents.is_empty() {
+        out.insert("content_type".into(), json!("product"));
+        out.insert("contents".into(), json!(contents));
+    }
+    out
+}

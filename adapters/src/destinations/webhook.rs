@@ -1,0 +1,199 @@
+//! `webhook`: the business's own HTTP receiver, signed.
+//!
+//! One batch is one request:
+//!
+//! ```text
+//! POST {url}
+//! Content-Type: application/json
+//! X-Onepd-Signature: t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}   (when a secret is set)
+//! {settings.headers…}
+//! {"batch": [{"eventId", "position", "type", "name", "timestamp", "message",
+//!             "identifiers", "traits", "profileId"}],
+//!  "sentAt": "2024-05-01T12:30:05.123Z"}
+//! ```
+//!
+//! A receiver verifies the signature by recomputing the HMAC over the
+//! timestamp, a `.` and the raw body, comparing in constant time, and
+//! refusing an old `t` (replays). `eventId` is the deduplication key: a
+//! retried or replayed batch carries the same ids.
+//!
+//! Any 2xx delivers the batch; 408, 429 and 5xx are retried, any other
+//! status refuses it. How often and how long to retry is the destination's
+//! retry policy in the activation engine, not a setting of this adapter.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use onepd_domain::destination::{
+    Category, DeliverError, Description, Destination, EventResult, Hashing, IdentifierSource, IdentifierSpec,
+    Normalization, Outcome, PreparedEvent,
+};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::AdapterError;
+use super::http;
+use super::mapping;
+
+/// The adapter's name.
+pub const NAME: &str = "webhook";
+
+/// The signature header.
+pub const SIGNATURE_HEADER: &str = "X-Onepd-Signature";
+
+/// The batch size when the settings do not say.
+const DEFAULT_BATCH_SIZE: u32 = 100;
+
+/// The largest batch size a setting may ask for.
+const MAX_BATCH_SIZE: u32 = 10_000;
+
+/// The settings `onepd destination create --adapter webhook` takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Where batches are POSTed.
+    url: String,
+    /// The HMAC key; without one, batches go unsigned.
+    #[serde(default)]
+    secret: Option<String>,
+    /// Extra headers for every request (an `Authorization`, say).
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// The most events per request.
+    #[serde(default = "default_batch_size")]
+    batch_size: u32,
+    /// The receiver's category, for the sensitive-data policy.
+    #[serde(default = "default_category")]
+    category: Category,
+    /// The identifiers to send; by default email, phone, user and anonymous
+    /// ids, unhashed.
+    #[serde(default)]
+    identifiers: Option<Vec<IdentifierSpec>>,
+    /// How long one request may take, in milliseconds.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn default_batch_size() -> u32 {
+    DEFAULT_BATCH_SIZE
+}
+
+fn default_category() -> Category {
+    Category::Warehouse
+}
+
+/// The identifiers a webhook gets unless its settings say otherwise.
+pub fn default_identifiers() -> Vec<IdentifierSpec> {
+    vec![
+        IdentifierSpec::new("email", IdentifierSource::Email, Normalization::Email, Hashing::None),
+        IdentifierSpec::new("phone", IdentifierSource::Phone, Normalization::PhoneE164, Hashing::None),
+        IdentifierSpec::new("user_id", IdentifierSource::UserId, Normalization::Trim, Hashing::None),
+        IdentifierSpec::new("anonymous_id", IdentifierSource::AnonymousId, Normalization::Trim, Hashing::None),
+    ]
+}
+
+/// The signed-webhook adapter.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    url: String,
+    secret: Option<String>,
+    headers: HeaderMap,
+    description: Description,
+    timeout: Duration,
+}
+
+impl Webhook {
+    /// The adapter configured with `settings`: `url` is required; `secret`,
+    /// `headers`, `batch_size`, `category`, `identifiers` and `timeout_ms`
+    /// are optional.
+    pub fn new(settings: &Value) -> Result<Webhook, AdapterError> {
+        let settings: Settings = mapping::parse_settings(NAME, settings)?;
+        let url = mapping::base_url(NAME, "url", &settings.url)?;
+        if let Some(secret) = &settings.secret {
+            mapping::required(NAME, "secret", secret)?;
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&settings.batch_size) {
+            return Err(mapping::settings_error(
+                NAME,
+                format!("settings.batch_size: expected 1 to {MAX_BATCH_SIZE}, found {}", settings.batch_size),
+            ));
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                mapping::settings_error(NAME, format!("settings.headers: \"{name}\" is not a header name"))
+            })?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| mapping::settings_error(NAME, format!("settings.headers.{name}: not a header value")))?;
+            headers.insert(header, value);
+        }
+        let description = Description {
+            name: NAME.to_owned(),
+            category: settings.category,
+            identifiers: settings.identifiers.unwrap_or_else(default_identifiers),
+            max_batch_size: settings.batch_size,
+            rate_limit_per_second: None,
+        };
+        description.validate().map_err(|reason| mapping::settings_error(NAME, format!("settings: {reason}")))?;
+        Ok(Webhook {
+            url,
+            secret: settings.secret,
+            headers,
+            description,
+            timeout: mapping::timeout(NAME, settings.timeout_ms)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Destination for Webhook {
+    async fn describe(&self) -> Result<Description, DeliverError> {
+        Ok(self.description.clone())
+    }
+
+    async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = SystemTime::now();
+        let batch: Vec<Value> = events
+            .iter()
+            .map(|event| {
+                json!({
+                    "eventId": event.event_id.to_string(),
+                    "position": event.position.0,
+                    "type": event.message_type,
+                    "name": event.name,
+                    "timestamp": event.timestamp,
+                    "message": event.message,
+                    "identifiers": event.identifiers,
+                    "traits": event.traits,
+                    "profileId": event.profile_id,
+                })
+            })
+            .collect();
+        let sent_at = chrono::DateTime::<chrono::Utc>::from(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let body = serde_json::to_vec(&json!({ "batch": batch, "sentAt": sent_at }))
+            .map_err(|err| DeliverError::Adapter(err.to_string()))?;
+        let mut request = http::client().post(&self.url).headers(self.headers.clone());
+        if let Some(secret) = &self.secret {
+            let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            request = request.header(SIGNATURE_HEADER, signature(secret, unix, &body));
+        }
+        http::post_json(request, body, self.timeout).await?;
+        Ok(http::every(events, &Outcome::Delivered))
+    }
+}
+
+/// `t={unix},v1={hex HMAC-SHA256(secret, "{unix}.{body}")}`.
+pub fn signature(secret: &str, unix: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(unix.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={unix},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
