@@ -431,10 +431,11 @@ impl Engine {
                         delivered_at.push(ready.recorded_at);
                     }
                     Some(Outcome::Permanent { .. }) => tally.dead += 1,
-                    Some(Outcome::Retryable { retry_after_ms, .. }) | None => {
+                    Some(Outcome::Retryable { retry_after_ms, .. }) => {
                         retry_after = retry_after.max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
                         next.push(ready);
                     }
+                    None => next.push(ready),
                 }
             }
             let name = self.entry.created.name.clone();
