@@ -1,5 +1,6 @@
 //! The subcommands, one per file.
 
+mod adapter;
 mod bench;
 mod directory;
 mod identity;
@@ -64,6 +65,9 @@ enum Command {
     Identity(identity::IdentityCommand),
     /// Rebuild a projection beside the live one and switch readers over.
     Rebuild(rebuild::RebuildArgs),
+    /// Run a built-in destination adapter as its own gRPC server.
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
     /// Measure onepd against the raw limit of its database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -84,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(command) => profile::run(command).await,
         Command::Identity(command) => identity::run(command).await,
         Command::Rebuild(args) => rebuild::run(args).await,
+        Command::Adapter(command) => adapter::run(command).await,
         Command::Bench(command) => bench::run(command).await,
     }
 }
