@@ -7,6 +7,7 @@ use prost::Message as _;
 
 const PROTOS: &[&str] = &[
     "onepd/audit/v1/audit.proto",
+    "onepd/destination/v1/destination.proto",
     "onepd/import/v1/import.proto",
     "onepd/ingest/v1/ingest.proto",
     "onepd/profiles/v1/profiles.proto",

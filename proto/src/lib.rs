@@ -17,6 +17,15 @@ pub mod audit {
     }
 }
 
+/// `onepd.destination.v1`: the destination adapter protocol, served by every
+/// adapter (built-in or third-party) and called by the activation engine.
+pub mod destination {
+    /// Version 1 of the destination adapter protocol.
+    pub mod v1 {
+        tonic::include_proto!("onepd.destination.v1");
+    }
+}
+
 /// `onepd.import.v1`: importing a whole CSV or NDJSON file, streamed in chunks.
 pub mod import {
     /// Version 1 of the import protocol.
@@ -51,6 +60,7 @@ mod tests {
         let names: Vec<_> = set.file.iter().map(|file| file.name().to_owned()).collect();
         for needed in [
             "onepd/audit/v1/audit.proto",
+            "onepd/destination/v1/destination.proto",
             "onepd/import/v1/import.proto",
             "onepd/ingest/v1/ingest.proto",
             "onepd/profiles/v1/profiles.proto",

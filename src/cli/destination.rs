@@ -41,10 +41,13 @@ pub struct CreateArgs {
     /// An external adapter's gRPC address (`http://127.0.0.1:50061`), for --adapter grpc.
     #[arg(long)]
     url: Option<String>,
-    /// An adapter setting, `KEY=VALUE` (a VALUE that parses as JSON is taken
-    /// as JSON). Repeat for several.
+    /// An adapter setting, `KEY=VALUE`, the value as a string. Repeat for several.
     #[arg(long = "setting", value_name = "KEY=VALUE")]
     settings: Vec<String>,
+    /// An adapter setting whose value is JSON (a number, a list, an object):
+    /// `KEY=JSON`. Repeat for several.
+    #[arg(long = "setting-json", value_name = "KEY=JSON")]
+    json_settings: Vec<String>,
     /// Only these message types (track, page, identify, …). Repeat for several.
     #[arg(long = "event-type")]
     event_types: Vec<String>,
@@ -104,21 +107,26 @@ pub async fn run(command: DestinationCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `KEY=VALUE` pairs as a JSON object; a value that parses as JSON is JSON.
-fn settings(pairs: &[String]) -> anyhow::Result<Value> {
+/// `KEY=VALUE` pairs (values as strings) and `KEY=JSON` pairs as one JSON object.
+fn settings(strings: &[String], json: &[String]) -> anyhow::Result<Value> {
     let mut settings = Map::new();
-    for pair in pairs {
+    let pairs = strings.iter().map(|pair| (pair, false)).chain(json.iter().map(|pair| (pair, true)));
+    for (pair, is_json) in pairs {
         let Some((key, value)) = pair.split_once('=') else {
-            bail!("--setting {pair:?}: expected KEY=VALUE");
+            bail!("setting {pair:?}: expected KEY=VALUE");
         };
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        let value = if is_json {
+            serde_json::from_str(value).with_context(|| format!("--setting-json {key}: expected JSON"))?
+        } else {
+            Value::String(value.to_owned())
+        };
         settings.insert(key.to_owned(), value);
     }
     Ok(Value::Object(settings))
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let settings = settings(&args.settings)?;
+    let settings = settings(&args.settings, &args.json_settings)?;
     if args.adapter != EXTERNAL_ADAPTER {
         if !BUILT_IN.contains(&args.adapter.as_str()) {
             bail!("adapter {:?}: expected one of {}, {EXTERNAL_ADAPTER}", args.adapter, BUILT_IN.join(", "));

@@ -1,5 +1,6 @@
 //! The subcommands, one per file.
 
+mod adapter;
 mod bench;
 mod deliveries;
 mod destination;
@@ -74,6 +75,9 @@ enum Command {
     Deliveries(deliveries::DeliveriesCommand),
     /// Re-send a range of the log to a destination, beside its live delivery.
     Replay(deliveries::ReplayArgs),
+    /// Run a built-in destination adapter as its own gRPC server.
+    #[command(subcommand)]
+    Adapter(adapter::AdapterCommand),
     /// Measure onepd against the raw limit of its database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -97,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Destination(command) => destination::run(command).await,
         Command::Deliveries(command) => deliveries::run(command).await,
         Command::Replay(args) => deliveries::replay(args).await,
+        Command::Adapter(command) => adapter::run(command).await,
         Command::Bench(command) => bench::run(command).await,
     }
 }

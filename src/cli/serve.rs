@@ -216,7 +216,7 @@ async fn wait_for(mut stopping: watch::Receiver<bool>) {
 
 /// Listens for SIGINT and SIGTERM from the call on (so a signal sent right
 /// after "ready" is never missed); the future resolves with the first, named.
-fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
+pub(super) fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

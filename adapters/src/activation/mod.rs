@@ -65,13 +65,14 @@ pub fn connect() -> Connect {
     })
 }
 
-/// The external adapter at `url` (until the gRPC client is in, refused).
+/// The external adapter at `url`, over gRPC.
 fn remote(
     url: &str,
     created: &onepd_domain::events::destination::DestinationCreated,
 ) -> Result<Arc<dyn Destination>, String> {
-    let _ = created;
-    Err(format!("external adapter at {url}: not supported by this build"))
+    crate::grpc::destination::RemoteDestination::new(url, created.destination_id, &created.settings)
+        .map(|remote| Arc::new(remote) as Arc<dyn Destination>)
+        .map_err(|err| err.to_string())
 }
 
 /// Called with every delivered event: (recorded at, delivered at), for lag.

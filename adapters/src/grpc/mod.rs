@@ -2,6 +2,8 @@
 //!
 //! * [`audit`] — `onepd.audit.v1.AuditService`: read, follow, verify the log;
 //! * [`auth`] — admin token checks shared by the services;
+//! * [`destination`] — `onepd.destination.v1.DestinationAdapter`: a remote
+//!   destination (the client) and the adapter server (`onepd adapter serve`);
 //! * [`import`] — `onepd.import.v1.ImportService`: a whole file, streamed in
 //!   chunks;
 //! * [`ingest`] — `onepd.ingest.v1.IngestService`: the gRPC ingest API;
@@ -11,6 +13,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod destination;
 pub mod import;
 pub mod ingest;
 pub mod profiles;
