@@ -9,7 +9,10 @@
 //!   peak memory.
 //! * `rebuild` and `profile-read` ([`profiles`]): the profiles projection's
 //!   rebuild rate and memory, and its read latencies.
+//! * `activate` ([`activate`]): events/s delivered to an adapter process,
+//!   and the lag from append to delivery.
 
+mod activate;
 mod append;
 mod import;
 mod ingest;
@@ -32,6 +35,9 @@ pub enum BenchCommand {
     Rebuild(profiles::WorkloadArgs),
     /// p50/p99 of GetProfile and of a point-in-time read on a synthetic workload.
     ProfileRead(profiles::ProfileReadArgs),
+    /// Events/s of activation to an adapter in its own process (Meta's, with
+    /// hashing), beside the log's read rate, and end-to-end lag p99.
+    Activate(activate::ActivateArgs),
 }
 
 /// The database a benchmark runs on.
@@ -116,5 +122,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Import(args) => import::run(args).await,
         BenchCommand::Rebuild(args) => profiles::rebuild(args).await,
         BenchCommand::ProfileRead(args) => profiles::profile_read(args).await,
+        BenchCommand::Activate(args) => activate::run(args).await,
     }
 }

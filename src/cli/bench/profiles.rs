@@ -48,10 +48,10 @@ use crate::output;
 pub struct WorkloadArgs {
     /// Events in the synthetic workload.
     #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
+    pub(super) events: u64,
     /// Which database.
     #[arg(long, value_enum, default_value = "sqlite")]
-    backend: Backend,
+    pub(super) backend: Backend,
     /// The PostgreSQL server to create the benchmark's database on.
     #[arg(long, env = "ONEPD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres_url: String,
@@ -60,7 +60,7 @@ pub struct WorkloadArgs {
     dir: PathBuf,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Keep the SQLite database afterwards and print where it is (for profiling).
     #[arg(long, hide = true)]
     keep: bool,
@@ -84,18 +84,18 @@ pub struct ProfileReadArgs {
 
 /// A store holding the workload, removed when dropped (PostgreSQL: call
 /// [`Workload::remove`]).
-struct Workload {
+pub(super) struct Workload {
     url: String,
     /// Where the workload was created; `None` in the child process that
     /// only fills a store it was given.
     store: Option<ScratchStore>,
-    workspace: WorkspaceId,
+    pub(super) workspace: WorkspaceId,
     /// A sample of identifiers the workload used, for reads.
     sample: Vec<Identifier>,
 }
 
 impl Workload {
-    async fn create(args: &WorkloadArgs) -> anyhow::Result<Workload> {
+    pub(super) async fn create(args: &WorkloadArgs) -> anyhow::Result<Workload> {
         anyhow::ensure!(args.events > 0, "--events: expected at least 1, found 0");
         let store = ScratchStore::create(args.backend, &args.postgres_url, &args.dir, "onepd_bench_profiles").await?;
         let mut workload = Workload {
@@ -129,13 +129,13 @@ impl Workload {
         Ok(ExitCode::SUCCESS)
     }
 
-    async fn remove(self) {
+    pub(super) async fn remove(self) {
         if let Some(store) = self.store {
             store.remove().await;
         }
     }
 
-    fn config(&self) -> StoreConfig {
+    pub(super) fn config(&self) -> StoreConfig {
         // The key is kept in the directory so a second open reads the same
         // sealed payloads.
         StoreConfig::new(self.url.clone(), Some(self.master()))
@@ -168,7 +168,7 @@ impl Workload {
 }
 
 /// Synthetic visitors, deterministic for a given run.
-struct Generator {
+pub(super) struct Generator {
     workspace: WorkspaceId,
     source: Uuid,
     rng: StdRng,
@@ -179,11 +179,11 @@ struct Generator {
 }
 
 impl Generator {
-    fn new(workspace: WorkspaceId, source: Uuid) -> Generator {
+    pub(super) fn new(workspace: WorkspaceId, source: Uuid) -> Generator {
         Generator { workspace, source, rng: StdRng::seed_from_u64(42), n: 0, visitor: 0, left: 0, sample: Vec::new() }
     }
 
-    fn next(&mut self) -> NewEvent {
+    pub(super) fn next(&mut self) -> NewEvent {
         if self.left == 0 {
             self.visitor += 1;
             self.left = self.rng.gen_range(3..18);
@@ -283,7 +283,7 @@ async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<dyn Projecti
 
 /// Reads and decodes every message of the log, as the rebuild does, without
 /// folding or writing: the limit the rebuild stands on.
-async fn read_all(log: &EventLog) -> anyhow::Result<(u64, f64)> {
+pub(super) async fn read_all(log: &EventLog) -> anyhow::Result<(u64, f64)> {
     let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     let head = log.head().await?;
     let started = Instant::now();
@@ -407,7 +407,7 @@ async fn measure_reads(workload: &Workload, args: &ProfileReadArgs) -> anyhow::R
     Ok((now, past))
 }
 
-fn percentile(samples: &[Duration], quantile: f64) -> Duration {
+pub(super) fn percentile(samples: &[Duration], quantile: f64) -> Duration {
     let mut sorted = samples.to_vec();
     sorted.sort();
     sorted[((sorted.len() as f64 - 1.0) * quantile).round() as usize]
