@@ -302,3 +302,155 @@ fn strip_identifiers(message: &mut Value, scrubbed: &mut BTreeSet<String>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use onepd_domain::destination::{Category, Description, Hashing, IdentifierSource, IdentifierSpec, Normalization};
+    use onepd_domain::events::destination::{DestinationFilters, RetryPolicy};
+    use onepd_domain::identity::ProfileId;
+    use onepd_domain::{EventId, Payload, Position, StreamId, Timestamp, WorkspaceId};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn event(message: Value) -> RecordedEvent {
+        RecordedEvent {
+            position: Position(7),
+            event_id: EventId(Uuid::from_u128(7)),
+            workspace_id: WorkspaceId(Uuid::from_u128(1)),
+            stream_id: StreamId::new("source-x").unwrap(),
+            stream_version: 1,
+            event_type: MessageAccepted::TYPE.into(),
+            schema_version: 1,
+            data: Payload::Data(json!({ "message": message })),
+            metadata: json!({}),
+            sealed: true,
+            recorded_at: Timestamp(0),
+            hash: [0; 32],
+        }
+    }
+
+    fn destination(filters: DestinationFilters) -> DestinationCreated {
+        DestinationCreated {
+            destination_id: Uuid::from_u128(9),
+            name: "meta".into(),
+            adapter: "meta_capi".into(),
+            url: None,
+            settings: json!({}),
+            filters,
+            traits: vec!["plan".into()],
+            start: Position(1),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    fn description(category: Category) -> Description {
+        Description {
+            name: "t".into(),
+            category,
+            identifiers: vec![
+                IdentifierSpec::new("em", IdentifierSource::Email, Normalization::Email, Hashing::Sha256),
+                IdentifierSpec::new("ip", IdentifierSource::Ip, Normalization::Trim, Hashing::None),
+                IdentifierSpec::new("fn", IdentifierSource::FirstName, Normalization::Name, Hashing::Sha256),
+            ],
+            max_batch_size: 10,
+            rate_limit_per_second: None,
+        }
+    }
+
+    fn order() -> Value {
+        json!({
+            "type": "track", "event": "Order Completed", "userId": "u1", "anonymousId": "a1",
+            "properties": {"revenue": 10, "email": "ann@example.com"},
+            "context": {"ip": "203.0.113.7", "traits": {"email": "ann@example.com"}},
+            "timestamp": "2026-11-29T10:00:00.000Z",
+        })
+    }
+
+    fn trait_of(value: Value) -> Trait {
+        Trait {
+            value,
+            position: Position(1),
+            event_id: EventId(Uuid::from_u128(1)),
+            source_id: None,
+            timestamp: Timestamp(0),
+        }
+    }
+
+    #[test]
+    fn an_ad_platform_gets_the_profiles_identifiers_hashed_and_no_raw_identifier_in_the_message() {
+        let identifiers = vec![
+            Identifier::new(IdentifierKind::Email, "ann@example.com"),
+            Identifier::new(IdentifierKind::Email, "ann.work@example.com"),
+        ];
+        let traits: BTreeMap<String, Trait> =
+            [("firstName".to_owned(), trait_of(json!("Ann"))), ("plan".to_owned(), trait_of(json!("pro")))].into();
+        let profile =
+            ProfileAsOf { id: ProfileId(Uuid::from_u128(3)), identifiers: &identifiers, traits: Some(&traits) };
+        let created = destination(DestinationFilters::default());
+        let described = description(Category::AdPlatform);
+        let (prepared, notes) =
+            prepare(&event(order()), Some(profile), Target { destination: &created, description: &described }).unwrap();
+        assert_eq!(prepared.event_id, EventId(Uuid::from_u128(7)));
+        assert_eq!(
+            prepared.identifiers["em"],
+            vec![hashing::sha256_hex("ann@example.com"), hashing::sha256_hex("ann.work@example.com")]
+        );
+        assert_eq!(prepared.identifiers["fn"], vec![hashing::sha256_hex("ann")]);
+        assert_eq!(prepared.identifiers["ip"], vec!["203.0.113.7".to_owned()]);
+        let sent = prepared.message.to_string();
+        assert!(!sent.contains("ann@example.com") && !sent.contains("u1") && !sent.contains("203.0.113.7"), "{sent}");
+        assert!(prepared.traits.is_empty(), "traits never go to an ad platform");
+        assert_eq!(notes.hashed.iter().map(String::as_str).collect::<Vec<_>>(), ["em", "fn"]);
+        assert!(notes.scrubbed.contains("properties.email") && notes.scrubbed.contains("userId"), "{notes:?}");
+    }
+
+    #[test]
+    fn an_analytics_tool_gets_the_message_whole_and_the_chosen_traits() {
+        let traits: BTreeMap<String, Trait> =
+            [("plan".to_owned(), trait_of(json!("pro"))), ("secret".to_owned(), trait_of(json!("x")))].into();
+        let profile = ProfileAsOf { id: ProfileId(Uuid::from_u128(3)), identifiers: &[], traits: Some(&traits) };
+        let created = destination(DestinationFilters::default());
+        let described = description(Category::Analytics);
+        let (prepared, notes) =
+            prepare(&event(order()), Some(profile), Target { destination: &created, description: &described }).unwrap();
+        assert_eq!(prepared.message, order());
+        assert_eq!(Value::Object(prepared.traits), json!({"plan": "pro"}));
+        assert!(notes.scrubbed.is_empty());
+        // Without a profile, the message's own values are used.
+        assert_eq!(prepared.identifiers["em"], vec![hashing::sha256_hex("ann@example.com")]);
+    }
+
+    #[test]
+    fn filters_integrations_and_consent_decide_what_is_sent() {
+        let described = description(Category::AdPlatform);
+        let admitted = |filters: DestinationFilters, message: Value| {
+            let created = destination(filters);
+            prepare(&event(message), None, Target { destination: &created, description: &described }).is_some()
+        };
+        assert!(admitted(DestinationFilters::default(), order()));
+        let only_pages = DestinationFilters { event_types: vec!["page".into()], ..DestinationFilters::default() };
+        assert!(!admitted(only_pages, order()));
+        let only_signups =
+            DestinationFilters { event_names: vec!["Signed Up".into()], ..DestinationFilters::default() };
+        assert!(!admitted(only_signups, order()));
+        let mut off = order();
+        off["integrations"] = json!({"All": false});
+        assert!(!admitted(DestinationFilters::default(), off.clone()));
+        off["integrations"]["meta"] = json!(true);
+        assert!(admitted(DestinationFilters::default(), off));
+        let mut named_off = order();
+        named_off["integrations"] = json!({"meta_capi": false});
+        assert!(!admitted(DestinationFilters::default(), named_off));
+        let marketing =
+            DestinationFilters { consent_categories: vec!["marketing".into()], ..DestinationFilters::default() };
+        assert!(!admitted(marketing.clone(), order()), "no consent given");
+        let mut refused = order();
+        refused["context"]["consent"] = json!({"categoryPreferences": {"marketing": false}});
+        assert!(!admitted(marketing.clone(), refused));
+        let mut granted = order();
+        granted["context"]["consent"] = json!({"categoryPreferences": {"marketing": true}});
+        assert!(admitted(marketing, granted));
+    }
+}
