@@ -20,7 +20,7 @@ use crate::output;
 pub enum DestinationCommand {
     /// Add a destination: a built-in adapter (meta_capi, google_ads, tiktok,
     /// ga4, webhook) or an external one over gRPC (--adapter grpc --url …).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List the workspace's destinations with where delivery stands.
     List(ListArgs),
     /// Stop sending to a destination; its checkpoint stays where it is.
@@ -100,7 +100,7 @@ pub struct SwitchArgs {
 pub async fn run(command: DestinationCommand) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
     match command {
-        DestinationCommand::Create(args) => create(args).await,
+        DestinationCommand::Create(args) => create(*args).await,
         DestinationCommand::List(args) => list(args).await,
         DestinationCommand::Pause(args) => switch(args, true).await,
         DestinationCommand::Resume(args) => switch(args, false).await,

@@ -38,7 +38,7 @@ use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
     Timestamp,
 };
-use onepd_projections::activation::{Ledgers, Notes, ProfileAsOf, Target, prepare};
+use onepd_projections::activation::{Ledgers, Notes, Target, prepare};
 use onepd_projections::directory::{DestinationEntry, Directory};
 use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
 use rand::Rng;
@@ -163,7 +163,9 @@ async fn supervise(
         }
         let open = ledgers.read(Ledgers::open_jobs);
         let open_ids: BTreeSet<Uuid> = open.iter().map(|job| job.job_id).collect();
-        jobs.retain(|id, run| open_ids.contains(id) && !run.0.is_finished());
+        // A finished job stays in the map until the ledger shows it
+        // completed, so it is never started twice.
+        jobs.retain(|id, _| open_ids.contains(id));
         for job in open {
             if jobs.contains_key(&job.job_id) {
                 continue;
@@ -268,18 +270,14 @@ impl Engine {
         let mut tally = Tally::default();
         let mut pending: Vec<Ready> = Vec::new();
         let mut limiter = RateLimiter::new(description.rate_limit_per_second);
-        let mut subscription = self.log.subscribe(start, filter).await?;
-        if end.is_some_and(|end| end < start) {
-            return self.complete(job, tally).await;
-        }
-        loop {
-            let events = subscription.next_batch().await?;
-            let mut reached_end = false;
+        let mut source = match end {
+            // A job reads its range page by page: a subscription would wait
+            // for a matching event after the range's last one.
+            Some(end) => Source::Range { next: start, end, filter },
+            None => Source::Live(self.log.subscribe(start, filter).await?),
+        };
+        while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
             for event in &events {
-                if end.is_some_and(|end| event.position > end) {
-                    reached_end = true;
-                    break;
-                }
                 if FACT_TYPES.contains(&event.event_type.as_str()) {
                     if !pending.is_empty() {
                         let batch = std::mem::take(&mut pending);
@@ -292,13 +290,8 @@ impl Engine {
                 if !only.is_empty() && !only.contains(&event.position) {
                     continue;
                 }
-                let view = profile.and_then(|p| fold.profiles().identifiers_and_traits(event.workspace_id, p));
-                let as_of = view.as_ref().map(|(id, identifiers, traits)| ProfileAsOf {
-                    id: *id,
-                    identifiers,
-                    traits: *traits,
-                });
-                if let Some((prepared, notes)) = prepare(event, as_of, target) {
+                let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
+                if let Some((prepared, notes)) = prepare(event, view.as_ref(), target) {
                     pending.push(Ready { event: prepared, notes, recorded_at: event.recorded_at });
                 }
                 if pending.len() >= batch_size {
@@ -310,17 +303,10 @@ impl Engine {
             fold.forget_changes();
             if !pending.is_empty() {
                 let batch = std::mem::take(&mut pending);
-                let through = match (reached_end, end) {
-                    (true, Some(end)) => end.next(),
-                    _ => subscription.next_position(),
-                };
-                self.settle(adapter.as_ref(), run, batch, Some(through), &mut limiter, &mut tally).await?;
-            }
-            let done = reached_end || end.is_some_and(|end| subscription.next_position() > end);
-            if done {
-                return self.complete(job, tally).await;
+                self.settle(adapter.as_ref(), run, batch, Some(next), &mut limiter, &mut tally).await?;
             }
         }
+        self.complete(job, tally).await
     }
 
     /// Asks the adapter what it accepts, until it answers with a valid
@@ -596,6 +582,37 @@ fn backoff(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
     let exp = initial_ms.saturating_mul(1u64 << (attempt - 1).min(30)).min(max_ms);
     let jittered = exp / 2 + rand::thread_rng().gen_range(0..=exp / 2);
     Duration::from_millis(jittered.max(1))
+}
+
+/// Where a run reads: the log from a position on, live, or a closed range.
+enum Source {
+    Live(Box<dyn onepd_domain::Subscription>),
+    Range { next: Position, end: Position, filter: EventFilter },
+}
+
+impl Source {
+    /// The next events and the position after them; `None` once a range is
+    /// read to its end.
+    async fn next(
+        &mut self,
+        log: &EventLog,
+        page: usize,
+    ) -> Result<Option<(Vec<RecordedEvent>, Position)>, StoreError> {
+        match self {
+            Source::Live(subscription) => {
+                let events = subscription.next_batch().await?;
+                Ok(Some((events, subscription.next_position())))
+            }
+            Source::Range { next, end, filter } => {
+                if *next > *end {
+                    return Ok(None);
+                }
+                let read = log.read(*next, Some(*end), filter, page).await?;
+                *next = read.next;
+                Ok(Some((read.events, read.next)))
+            }
+        }
+    }
 }
 
 /// Keeps deliveries under a destination's events-per-second limit.

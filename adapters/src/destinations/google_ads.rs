@@ -218,29 +218,14 @@ impl Destination for GoogleAds {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let mut results = Vec::with_capacity(events.len());
-        let mut sent = Vec::new();
-        let mut conversions = Vec::new();
-        for event in events {
+        // Not a conversion of this account (see the module doc).
+        let mapping::Mapped { mut results, sent, records: conversions } = mapping::map_events(events, |event| {
             let action = match (event.message_type.as_str(), event.name.as_deref()) {
-                ("track", Some(name)) => self.action_for(name),
-                _ => None,
+                ("track", Some(name)) => self.action_for(name)?,
+                _ => return None,
             };
-            let Some(action) = action else {
-                // Not a conversion of this account (see the module doc).
-                results.push(EventResult { event_id: event.event_id, outcome: Outcome::Delivered });
-                continue;
-            };
-            match self.conversion(action, event) {
-                Ok(conversion) => {
-                    conversions.push(conversion);
-                    sent.push(event.event_id);
-                }
-                Err(reason) => {
-                    results.push(EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) })
-                }
-            }
-        }
+            Some(self.conversion(action, event))
+        });
         if conversions.is_empty() {
             return Ok(results);
         }
@@ -255,8 +240,8 @@ impl Destination for GoogleAds {
         }
         let answer = http::post_json(request, body, self.timeout).await?;
         let failures = partial_failures(&answer.json(), sent.len())?;
-        results.extend(sent.iter().enumerate().map(|(index, event_id)| EventResult {
-            event_id: *event_id,
+        results.extend(sent.iter().enumerate().map(|(index, event)| EventResult {
+            event_id: event.event_id,
             outcome: match failures.get(&index) {
                 Some(reason) => Outcome::permanent(reason.clone()),
                 None => Outcome::Delivered,

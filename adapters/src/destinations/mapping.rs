@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use onepd_domain::destination::{EventResult, Outcome, PreparedEvent};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -183,6 +184,40 @@ pub(crate) fn json_number(n: f64) -> Value {
     } else {
         serde_json::Number::from_f64(n).map(Value::Number).unwrap_or(Value::Null)
     }
+}
+
+/// A batch mapped to a platform's records.
+pub(super) struct Mapped<T> {
+    /// The results known before sending: events the platform takes no such
+    /// thing as (delivered without sending) and events that cannot be mapped
+    /// (permanent).
+    pub results: Vec<EventResult>,
+    /// The events to send, in the order of `records`.
+    pub sent: Vec<PreparedEvent>,
+    /// The platform's records.
+    pub records: Vec<T>,
+}
+
+/// Maps each event with `map`: `None` skips it (answered delivered without
+/// sending), `Some(Err(reason))` refuses it for good.
+pub(super) fn map_events<T>(
+    events: &[PreparedEvent],
+    mut map: impl FnMut(&PreparedEvent) -> Option<Result<T, String>>,
+) -> Mapped<T> {
+    let mut mapped = Mapped { results: Vec::with_capacity(events.len()), sent: Vec::new(), records: Vec::new() };
+    for event in events {
+        match map(event) {
+            None => mapped.results.push(EventResult { event_id: event.event_id, outcome: Outcome::Delivered }),
+            Some(Ok(record)) => {
+                mapped.records.push(record);
+                mapped.sent.push(event.clone());
+            }
+            Some(Err(reason)) => {
+                mapped.results.push(EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) })
+            }
+        }
+    }
+    mapped
 }
 
 #[cfg(test)]

@@ -173,25 +173,11 @@ impl Destination for MetaCapi {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let mut results = Vec::with_capacity(events.len());
-        let mut sent = Vec::new();
-        let mut data = Vec::new();
-        for event in events {
-            if !matches!(event.message_type.as_str(), "track" | "page") {
-                // Not a conversion: nothing for Meta to take (see the module doc).
-                results.push(EventResult { event_id: event.event_id, outcome: Outcome::Delivered });
-                continue;
-            }
-            match self.server_event(event) {
-                Ok(server_event) => {
-                    data.push(server_event);
-                    sent.push(event.clone());
-                }
-                Err(reason) => {
-                    results.push(EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) })
-                }
-            }
-        }
+        // Not a conversion (identify, group, alias): nothing for Meta to take
+        // (see the module doc).
+        let mapping::Mapped { mut results, sent, records: data } = mapping::map_events(events, |event| {
+            matches!(event.message_type.as_str(), "track" | "page").then(|| self.server_event(event))
+        });
         if data.is_empty() {
             return Ok(results);
         }

@@ -123,25 +123,10 @@ impl Destination for TikTok {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let mut results = Vec::with_capacity(events.len());
-        let mut sent = Vec::new();
-        let mut data = Vec::new();
-        for event in events {
-            if !matches!(event.message_type.as_str(), "track" | "page") {
-                // TikTok takes events only (see the module doc).
-                results.push(EventResult { event_id: event.event_id, outcome: Outcome::Delivered });
-                continue;
-            }
-            match web_event(event) {
-                Ok(web_event) => {
-                    data.push(web_event);
-                    sent.push(event.clone());
-                }
-                Err(reason) => {
-                    results.push(EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) })
-                }
-            }
-        }
+        // TikTok takes events only (see the module doc).
+        let mapping::Mapped { mut results, sent, records: data } = mapping::map_events(events, |event| {
+            matches!(event.message_type.as_str(), "track" | "page").then(|| web_event(event))
+        });
         if data.is_empty() {
             return Ok(results);
         }

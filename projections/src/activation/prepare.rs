@@ -33,10 +33,10 @@ use onepd_domain::destination::{Category, Description, Hashing, IdentifierSource
 use onepd_domain::events::destination::DestinationCreated;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::hashing;
-use onepd_domain::identity::{Identifier, IdentifierKind};
+use onepd_domain::identity::IdentifierKind;
 use serde_json::{Map, Value};
 
-use crate::profile::Trait;
+use crate::profile::ProfileView;
 
 /// A destination as the preparation needs it: its configuration and what
 /// its adapter described.
@@ -55,17 +55,6 @@ pub struct Notes {
     pub hashed: BTreeSet<String>,
     /// Fields removed from the message (`userId`, `properties.email`).
     pub scrubbed: BTreeSet<String>,
-}
-
-/// The profile an event was attributed to, as of that event.
-#[derive(Debug, Clone, Copy)]
-pub struct ProfileAsOf<'a> {
-    /// The profile's id.
-    pub id: onepd_domain::identity::ProfileId,
-    /// Its identifiers.
-    pub identifiers: &'a [Identifier],
-    /// Its traits, newest value each.
-    pub traits: Option<&'a BTreeMap<String, Trait>>,
 }
 
 /// Top-level message fields that name a person.
@@ -95,7 +84,7 @@ const IDENTIFYING_PROPERTIES: [&str; 14] = [
 /// message, an erased payload, or filtered out).
 pub fn prepare(
     event: &RecordedEvent,
-    profile: Option<ProfileAsOf<'_>>,
+    profile: Option<&ProfileView<'_>>,
     target: Target<'_>,
 ) -> Option<(PreparedEvent, Notes)> {
     if event.event_type != MessageAccepted::TYPE {
@@ -205,7 +194,7 @@ fn admits(message: &Value, message_type: &str, name: Option<&str>, target: Targe
 /// Every raw value of `source` for this event: the profile's (the message's
 /// own first) for identifiers, traits for personal details, the context for
 /// network and click ids.
-fn raw_values(source: IdentifierSource, message: &Value, profile: Option<ProfileAsOf<'_>>) -> Vec<String> {
+fn raw_values(source: IdentifierSource, message: &Value, profile: Option<&ProfileView<'_>>) -> Vec<String> {
     let kind = match source {
         IdentifierSource::Email => Some((IdentifierKind::Email, "/traits/email", "/context/traits/email")),
         IdentifierSource::Phone => Some((IdentifierKind::Phone, "/traits/phone", "/context/traits/phone")),
@@ -259,7 +248,7 @@ fn raw_values(source: IdentifierSource, message: &Value, profile: Option<Profile
 
 /// A trait (`address.city` reads into an `address` object) from the profile
 /// as of the event, else from the message's own traits.
-fn trait_value(name: &str, message: &Value, profile: Option<ProfileAsOf<'_>>) -> Option<String> {
+fn trait_value(name: &str, message: &Value, profile: Option<&ProfileView<'_>>) -> Option<String> {
     let (head, tail) = name.split_once('.').map_or((name, None), |(head, tail)| (head, Some(tail)));
     let pick = |value: &Value| -> Option<String> {
         let value = match tail {
@@ -313,6 +302,8 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::profile::Trait;
+    use onepd_domain::identity::Identifier;
 
     fn event(message: Value) -> RecordedEvent {
         RecordedEvent {
@@ -386,12 +377,12 @@ mod tests {
         ];
         let traits: BTreeMap<String, Trait> =
             [("firstName".to_owned(), trait_of(json!("Ann"))), ("plan".to_owned(), trait_of(json!("pro")))].into();
-        let profile =
-            ProfileAsOf { id: ProfileId(Uuid::from_u128(3)), identifiers: &identifiers, traits: Some(&traits) };
+        let profile = ProfileView { id: ProfileId(Uuid::from_u128(3)), identifiers, traits: Some(&traits) };
         let created = destination(DestinationFilters::default());
         let described = description(Category::AdPlatform);
         let (prepared, notes) =
-            prepare(&event(order()), Some(profile), Target { destination: &created, description: &described }).unwrap();
+            prepare(&event(order()), Some(&profile), Target { destination: &created, description: &described })
+                .unwrap();
         assert_eq!(prepared.event_id, EventId(Uuid::from_u128(7)));
         assert_eq!(
             prepared.identifiers["em"],
@@ -410,11 +401,12 @@ mod tests {
     fn an_analytics_tool_gets_the_message_whole_and_the_chosen_traits() {
         let traits: BTreeMap<String, Trait> =
             [("plan".to_owned(), trait_of(json!("pro"))), ("secret".to_owned(), trait_of(json!("x")))].into();
-        let profile = ProfileAsOf { id: ProfileId(Uuid::from_u128(3)), identifiers: &[], traits: Some(&traits) };
+        let profile = ProfileView { id: ProfileId(Uuid::from_u128(3)), identifiers: vec![], traits: Some(&traits) };
         let created = destination(DestinationFilters::default());
         let described = description(Category::Analytics);
         let (prepared, notes) =
-            prepare(&event(order()), Some(profile), Target { destination: &created, description: &described }).unwrap();
+            prepare(&event(order()), Some(&profile), Target { destination: &created, description: &described })
+                .unwrap();
         assert_eq!(prepared.message, order());
         assert_eq!(Value::Object(prepared.traits), json!({"plan": "pro"}));
         assert!(notes.scrubbed.is_empty());

@@ -139,6 +139,18 @@ pub struct Profile {
     pub merges: Vec<Merge>,
 }
 
+/// A live profile's identifiers and traits, borrowed from the fold as it
+/// stands (for activation, "as of" the event just folded).
+#[derive(Debug, Clone)]
+pub struct ProfileView<'a> {
+    /// The live profile's id.
+    pub id: ProfileId,
+    /// Its identifiers.
+    pub identifiers: Vec<Identifier>,
+    /// Its traits, newest value each, if any event was attributed to it.
+    pub traits: Option<&'a BTreeMap<String, Trait>>,
+}
+
 /// The 360-degree profiles of every workspace, over its identity graph.
 #[derive(Debug, Clone, Default)]
 pub struct Profiles {
@@ -307,14 +319,14 @@ impl Profiles {
 
     /// The live profile `profile` is part of, with only its identifiers and
     /// traits: what activation sends, without copying the rest.
-    pub fn identifiers_and_traits(
-        &self,
-        workspace: WorkspaceId,
-        profile: ProfileId,
-    ) -> Option<(ProfileId, Vec<Identifier>, Option<&BTreeMap<String, Trait>>)> {
+    pub fn view(&self, workspace: WorkspaceId, profile: ProfileId) -> Option<ProfileView<'_>> {
         let identities = self.graph.workspace(workspace)?;
         let id = identities.resolve(profile)?;
-        Some((id, identities.identifiers(id), self.state(workspace, id).map(|state| &state.traits)))
+        Some(ProfileView {
+            id,
+            identifiers: identities.identifiers(id),
+            traits: self.state(workspace, id).map(|state| &state.traits),
+        })
     }
 
     fn state(&self, workspace: WorkspaceId, profile: ProfileId) -> Option<&ProfileState> {
