@@ -267,45 +267,59 @@ impl Engine {
         let target = Target { destination: created, description: &description };
         let run = job.map_or(Run::Live, |job| Run::Job { job_id: job.job_id });
         let batch_size = description.max_batch_size as usize;
-        let mut tally = Tally::default();
-        let mut pending: Vec<Ready> = Vec::new();
-        let mut limiter = RateLimiter::new(description.rate_limit_per_second);
         let mut source = match end {
             // A job reads its range page by page: a subscription would wait
             // for a matching event after the range's last one.
             Some(end) => Source::Range { next: start, end, filter },
             None => Source::Live(self.log.subscribe(start, filter).await?),
         };
-        while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
-            for event in &events {
-                if FACT_TYPES.contains(&event.event_type.as_str()) {
-                    if !pending.is_empty() {
-                        let batch = std::mem::take(&mut pending);
-                        self.settle(adapter.as_ref(), run, batch, Some(event.position), &mut limiter, &mut tally)
-                            .await?;
+        // Batches are prepared while the one before is being delivered: the
+        // reader hands them over in order (at most two waiting), and the
+        // deliverer settles them one at a time, so order and checkpoints hold.
+        let (batches, mut to_deliver) = tokio::sync::mpsc::channel::<(Vec<Ready>, Position)>(2);
+        let deliverer = async {
+            let mut tally = Tally::default();
+            let mut limiter = RateLimiter::new(description.rate_limit_per_second);
+            while let Some((batch, through)) = to_deliver.recv().await {
+                self.settle(adapter.as_ref(), run, batch, Some(through), &mut limiter, &mut tally).await?;
+            }
+            Ok::<Tally, RunError>(tally)
+        };
+        let reader = async move {
+            let mut pending: Vec<Ready> = Vec::new();
+            // A send fails only when the deliverer stopped; its error is the one reported.
+            while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
+                for event in &events {
+                    if FACT_TYPES.contains(&event.event_type.as_str()) {
+                        if !pending.is_empty() {
+                            let _ = batches.send((std::mem::take(&mut pending), event.position)).await;
+                        }
+                        return Err(RunError::FactsChanged);
                     }
-                    return Err(RunError::FactsChanged);
+                    let profile = fold.attribute(event);
+                    if !only.is_empty() && !only.contains(&event.position) {
+                        continue;
+                    }
+                    let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
+                    if let Some((prepared, notes)) = prepare(event, view.as_ref(), target) {
+                        pending.push(Ready { event: prepared, notes, recorded_at: event.recorded_at });
+                    }
+                    if pending.len() >= batch_size
+                        && batches.send((std::mem::take(&mut pending), event.position.next())).await.is_err()
+                    {
+                        return Ok(());
+                    }
                 }
-                let profile = fold.attribute(event);
-                if !only.is_empty() && !only.contains(&event.position) {
-                    continue;
-                }
-                let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
-                if let Some((prepared, notes)) = prepare(event, view.as_ref(), target) {
-                    pending.push(Ready { event: prepared, notes, recorded_at: event.recorded_at });
-                }
-                if pending.len() >= batch_size {
-                    let batch = std::mem::take(&mut pending);
-                    let checkpoint = Some(event.position.next());
-                    self.settle(adapter.as_ref(), run, batch, checkpoint, &mut limiter, &mut tally).await?;
+                fold.forget_changes();
+                if !pending.is_empty() && batches.send((std::mem::take(&mut pending), next)).await.is_err() {
+                    return Ok(());
                 }
             }
-            fold.forget_changes();
-            if !pending.is_empty() {
-                let batch = std::mem::take(&mut pending);
-                self.settle(adapter.as_ref(), run, batch, Some(next), &mut limiter, &mut tally).await?;
-            }
-        }
+            Ok(())
+        };
+        let (read, delivered) = tokio::join!(reader, deliverer);
+        let tally = delivered?;
+        read?;
         self.complete(job, tally).await
     }
 
