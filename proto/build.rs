@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use prost::Message as _;
 
 const PROTOS: &[&str] = &[
+    "onepd/admin/v1/admin.proto",
     "onepd/audit/v1/audit.proto",
     "onepd/destination/v1/destination.proto",
     "onepd/import/v1/import.proto",

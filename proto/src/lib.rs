@@ -9,6 +9,15 @@
 /// The serialized descriptors of every onepd `.proto` file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/onepd_descriptor.bin"));
 
+/// `onepd.admin.v1`: operating destinations and reading their delivery
+/// ledgers, as `onepd destination`, `onepd deliveries` and `onepd replay` do.
+pub mod admin {
+    /// Version 1 of the admin protocol.
+    pub mod v1 {
+        tonic::include_proto!("onepd.admin.v1");
+    }
+}
+
 /// `onepd.audit.v1`: reading, following and verifying the event log.
 pub mod audit {
     /// Version 1 of the audit protocol.
@@ -59,6 +68,7 @@ mod tests {
         let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
         let names: Vec<_> = set.file.iter().map(|file| file.name().to_owned()).collect();
         for needed in [
+            "onepd/admin/v1/admin.proto",
             "onepd/audit/v1/audit.proto",
             "onepd/destination/v1/destination.proto",
             "onepd/import/v1/import.proto",

@@ -1,5 +1,7 @@
 //! The tonic gRPC services and the server that hosts them.
 //!
+//! * [`admin`] — `onepd.admin.v1.AdminService`: destinations, their delivery
+//!   ledgers, dead letters and replays;
 //! * [`audit`] — `onepd.audit.v1.AuditService`: read, follow, verify the log;
 //! * [`auth`] — admin token checks shared by the services;
 //! * [`destination`] — `onepd.destination.v1.DestinationAdapter`: a remote
@@ -11,6 +13,7 @@
 //!   timelines and merges;
 //! * the standard `grpc.health.v1.Health` and reflection services.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod destination;
@@ -21,6 +24,7 @@ pub mod profiles;
 use std::future::Future;
 use std::sync::Arc;
 
+use onepd_proto::admin::v1::admin_service_server::AdminServiceServer;
 use onepd_proto::audit::v1::audit_service_server::AuditServiceServer;
 use onepd_proto::import::v1::import_service_server::ImportServiceServer;
 use onepd_proto::ingest::v1::ingest_service_server::IngestServiceServer;
@@ -32,6 +36,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::EventLog;
 use crate::ingest::Ingest;
 use crate::profiles::ProfileReader;
+use admin::AdminApi;
 use audit::AuditApi;
 use auth::TokenRegistry;
 use import::ImportApi;
@@ -49,6 +54,30 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// The services [`serve`] serves besides reflection, as reflection lists
+/// them. The descriptor set holds every onepd protocol, including the
+/// destination adapter protocol, which only adapters serve; reflection must
+/// not advertise what this server does not answer.
+pub const SERVED: [&str; 6] = [
+    "onepd.admin.v1.AdminService",
+    "onepd.audit.v1.AuditService",
+    "onepd.import.v1.ImportService",
+    "onepd.ingest.v1.IngestService",
+    "onepd.profiles.v1.ProfileService",
+    "grpc.health.v1.Health",
+];
+
+/// A reflection service's builder listing [`SERVED`] and `itself` (its own
+/// service name).
+fn reflection_of(itself: &str) -> tonic_reflection::server::Builder<'static> {
+    SERVED.iter().chain([&itself]).fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+        |builder, name| builder.with_service_name(*name),
+    )
+}
+
 /// Serves every gRPC service on `listener` until `shutdown` completes; then
 /// waits for in-flight calls to finish. Open streams end when `stopping`
 /// turns true.
@@ -62,23 +91,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<IngestServiceServer<IngestApi>>().await;
     health.set_serving::<ImportServiceServer<ImportApi>>().await;
     health.set_serving::<ProfileServiceServer<ProfilesApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(onepd_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = reflection_of("grpc.reflection.v1.ServerReflection").build_v1()?;
+    let reflection_alpha = reflection_of("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
+        .add_service(AdminServiceServer::new(AdminApi::new(log.clone(), ingest.directory().clone(), tokens.clone())))
         .add_service(AuditServiceServer::new(AuditApi::new(log, tokens.clone(), stopping)))
         .add_service(ProfileServiceServer::new(ProfilesApi::new(profiles, tokens)))
         .add_service(
