@@ -332,17 +332,24 @@ async fn a_hung_destination_does_not_delay_a_healthy_one() {
     let healthy = Stub::start(Mode::Accept).await;
     webhook_destination(dir.path(), &[], "hung", &hung, &["--timeout-ms", "60000"]);
     webhook_destination(dir.path(), &[], "healthy", &healthy, &[]);
-    let started = Instant::now();
     send(&server, (0..10).map(|n| track(n, json!({}))).collect()).await;
-    let expected: BTreeSet<String> = (0..10).map(|n| event_id(&server, &format!("m-{n}"))).collect();
+    // The hung destination is stuck on its first batch …
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *hung.state.requests.lock().unwrap() < 1 {
+        assert!(Instant::now() < deadline, "the hung destination was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // … while the healthy one takes everything, including what comes after.
+    let started = Instant::now();
+    send(&server, (10..20).map(|n| track(n, json!({}))).collect()).await;
+    let expected: BTreeSet<String> = (0..20).map(|n| event_id(&server, &format!("m-{n}"))).collect();
     healthy
         .wait_for(Duration::from_secs(10), "the healthy destination's events", |stub| {
             stub.webhook_ids().keys().cloned().collect::<BTreeSet<_>>() == expected
         })
         .await;
-    assert!(*hung.state.requests.lock().unwrap() >= 1, "the hung destination was never called");
-    assert!(hung.webhook_ids().is_empty());
     assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(hung.webhook_ids().is_empty());
     drop(server);
 }
 
