@@ -71,22 +71,7 @@ fn answer(event: &PreparedEvent) -> Outcome {
 /// A description using every identifier source, every normalization and
 /// both hashings, so a field lost or renamed on the way shows.
 fn description(category: Category) -> Description {
-    let normalizations = [
-        Normalization::None,
-        Normalization::Trim,
-        Normalization::Lowercase,
-        Normalization::Email,
-        Normalization::EmailGoogle,
-        Normalization::PhoneDigits,
-        Normalization::PhoneE164,
-        Normalization::Name,
-        Normalization::Gender,
-        Normalization::DateYyyymmdd,
-        Normalization::City,
-        Normalization::State,
-        Normalization::PostalCode,
-        Normalization::Country,
-    ];
+    let normalizations = Normalization::ALL;
     let identifiers = IdentifierSource::ALL
         .into_iter()
         .enumerate()

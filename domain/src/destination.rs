@@ -252,6 +252,28 @@ pub enum Normalization {
     CountryUppercase,
 }
 
+impl Normalization {
+    /// Every normalization, in declaration order.
+    pub const ALL: [Normalization; 16] = [
+        Normalization::None,
+        Normalization::Trim,
+        Normalization::Lowercase,
+        Normalization::Email,
+        Normalization::EmailGoogle,
+        Normalization::PhoneDigits,
+        Normalization::PhoneE164,
+        Normalization::Name,
+        Normalization::FirstNameGoogle,
+        Normalization::Gender,
+        Normalization::DateYyyymmdd,
+        Normalization::City,
+        Normalization::State,
+        Normalization::PostalCode,
+        Normalization::Country,
+        Normalization::CountryUppercase,
+    ];
+}
+
 /// How a normalized identifier is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -342,25 +342,6 @@ mod tests {
     use super::*;
     use crate::destination::{Category, Description};
 
-    const ALL_NORMALIZATIONS: [Normalization; 16] = [
-        Normalization::None,
-        Normalization::Trim,
-        Normalization::Lowercase,
-        Normalization::Email,
-        Normalization::EmailGoogle,
-        Normalization::PhoneDigits,
-        Normalization::PhoneE164,
-        Normalization::Name,
-        Normalization::FirstNameGoogle,
-        Normalization::Gender,
-        Normalization::DateYyyymmdd,
-        Normalization::City,
-        Normalization::State,
-        Normalization::PostalCode,
-        Normalization::Country,
-        Normalization::CountryUppercase,
-    ];
-
     fn meta(field: &str) -> IdentifierSpec {
         meta_identifiers().into_iter().find(|spec| spec.name == field).unwrap()
     }
@@ -680,7 +661,7 @@ mod tests {
 
     #[test]
     fn empty_or_whitespace_values_are_dropped() {
-        for normalization in ALL_NORMALIZATIONS {
+        for normalization in Normalization::ALL {
             for raw in ["", " ", " \t\n "] {
                 assert_eq!(normalize(normalization, raw), None, "{normalization:?} {raw:?}");
                 for hashing in [Hashing::None, Hashing::Sha256] {
@@ -777,7 +758,7 @@ mod tests {
     }
 
     fn any_normalization() -> impl Strategy<Value = Normalization> {
-        prop::sample::select(ALL_NORMALIZATIONS.to_vec())
+        prop::sample::select(Normalization::ALL.to_vec())
     }
 
     fn any_raw_value() -> impl Strategy<Value = String> {
@@ -808,7 +789,7 @@ mod tests {
             // Meta's phone digits carry no `+`, so they cannot be read again
             // as a number with its country code.
             normalization in prop::sample::select(
-                ALL_NORMALIZATIONS.into_iter().filter(|n| *n != Normalization::PhoneDigits).collect::<Vec<_>>(),
+                Normalization::ALL.into_iter().filter(|n| *n != Normalization::PhoneDigits).collect::<Vec<_>>(),
             ),
             raw in any_raw_value(),
         ) {

@@ -81,8 +81,6 @@ pub struct DestinationEntry {
     pub created: DestinationCreated,
     /// Whether it is paused.
     pub paused: bool,
-    /// Bumped whenever it is paused or resumed.
-    pub version: u64,
 }
 
 impl Fold for Directory {
@@ -174,7 +172,6 @@ impl Fold for Directory {
                         workspace,
                         created,
                         paused: false,
-                        version: event.position.0,
                     });
                 }
             }
@@ -185,7 +182,6 @@ impl Fold for Directory {
                     && entry.workspace == workspace
                 {
                     entry.paused = event.event_type == DestinationPaused::TYPE;
-                    entry.version = event.position.0;
                 }
             }
             _ => {}

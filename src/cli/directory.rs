@@ -6,7 +6,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use onepd_adapters::EventLog;
 use onepd_commands::workspace::WorkspaceConfig;
-use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::{AppendError, EventStore, NewEvent, Position, WorkspaceId};
 use onepd_projections::directory::{Directory, WorkspaceEntry};
 
@@ -46,9 +45,9 @@ pub fn workspace<'a>(directory: &'a Directory, id_or_name: &str) -> anyhow::Resu
 
 /// One workspace's configuration aggregate, from its stream.
 pub async fn config(log: &EventLog, workspace: WorkspaceId) -> anyhow::Result<WorkspaceConfig> {
-    let stream = workspace_stream(workspace);
-    let events = log.read_stream(&stream, 1, 1_000_000).await.context("reading the workspace's configuration")?;
-    Ok(WorkspaceConfig::from_events(&events))
+    onepd_adapters::activation::admin::workspace_config(log, workspace)
+        .await
+        .context("reading the workspace's configuration")
 }
 
 /// Appends events decided on `config`; refuses if the workspace changed

@@ -38,7 +38,7 @@ pub enum AdminError {
 }
 
 /// One workspace's configuration aggregate, from its stream.
-async fn config(log: &EventLog, workspace: WorkspaceId) -> Result<WorkspaceConfig, StoreError> {
+pub async fn workspace_config(log: &EventLog, workspace: WorkspaceId) -> Result<WorkspaceConfig, StoreError> {
     let events = log.read_stream(&workspace_stream(workspace), 1, 1_000_000).await?;
     Ok(WorkspaceConfig::from_events(&events))
 }
@@ -64,7 +64,7 @@ pub async fn create_destination(
     if created.start == Position(0) {
         created.start = log.head().await?.next();
     }
-    let config = config(log, workspace).await?;
+    let config = workspace_config(log, workspace).await?;
     let event = config.create_destination(workspace, created.clone(), actor)?;
     append(log, config.request(workspace, vec![event])).await?;
     Ok(created)
@@ -78,7 +78,7 @@ pub async fn switch_destination(
     pause: bool,
     actor: &str,
 ) -> Result<(), AdminError> {
-    let config = config(log, workspace).await?;
+    let config = workspace_config(log, workspace).await?;
     let event = if pause {
         config.pause_destination(workspace, destination, actor)?
     } else {
@@ -176,9 +176,9 @@ pub struct Attempt {
     pub attempt: DeliveryAttempted,
 }
 
-/// The newest `limit` delivery attempts of a destination, newest first.
-pub async fn attempts(log: &EventLog, destination: Uuid, limit: usize) -> Result<Vec<Attempt>, StoreError> {
-    let mut all: Vec<Attempt> = ledger_entries(log, destination)
+/// Every delivery attempt of a destination, oldest first.
+async fn all_attempts(log: &EventLog, destination: Uuid) -> Result<Vec<Attempt>, StoreError> {
+    Ok(ledger_entries(log, destination)
         .await?
         .into_iter()
         .filter(|event| event.event_type == DeliveryAttempted::TYPE)
@@ -186,7 +186,12 @@ pub async fn attempts(log: &EventLog, destination: Uuid, limit: usize) -> Result
             let attempt = serde_json::from_value(event.data.value()?.clone()).ok()?;
             Some(Attempt { position: event.position, at: event.recorded_at, attempt })
         })
-        .collect();
+        .collect())
+}
+
+/// The newest `limit` delivery attempts of a destination, newest first.
+pub async fn attempts(log: &EventLog, destination: Uuid, limit: usize) -> Result<Vec<Attempt>, StoreError> {
+    let mut all = all_attempts(log, destination).await?;
     all.reverse();
     all.truncate(limit);
     Ok(all)
@@ -202,9 +207,7 @@ pub async fn event_attempts(
 ) -> Result<Vec<(String, Attempt)>, StoreError> {
     let mut found = Vec::new();
     for entry in directory.destinations(workspace) {
-        let mut attempts = attempts(log, entry.created.destination_id, usize::MAX).await?;
-        attempts.reverse();
-        for attempt in attempts {
+        for attempt in all_attempts(log, entry.created.destination_id).await? {
             if attempt.attempt.events.iter().any(|(id, _)| *id == event_id) {
                 found.push((entry.created.name.clone(), attempt));
             }

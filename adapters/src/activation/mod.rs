@@ -196,11 +196,39 @@ struct Engine {
     options: ActivationOptions,
 }
 
-/// An event ready to send, with what preparing it did.
-struct Ready {
-    event: PreparedEvent,
-    notes: Notes,
-    recorded_at: Timestamp,
+/// Events ready to send, with what preparing each did and when it was
+/// recorded. The events are kept together so every attempt hands the
+/// adapter the same slice, with nothing copied.
+#[derive(Default)]
+struct Batch {
+    events: Vec<PreparedEvent>,
+    notes: Vec<Notes>,
+    recorded_at: Vec<Timestamp>,
+}
+
+impl Batch {
+    fn push(&mut self, event: PreparedEvent, notes: Notes, recorded_at: Timestamp) {
+        self.events.push(event);
+        self.notes.push(notes);
+        self.recorded_at.push(recorded_at);
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Splits off the events from `at` on.
+    fn split_off(&mut self, at: usize) -> Batch {
+        Batch {
+            events: self.events.split_off(at),
+            notes: self.notes.split_off(at),
+            recorded_at: self.recorded_at.split_off(at),
+        }
+    }
 }
 
 /// Totals of a run or a batch.
@@ -276,7 +304,7 @@ impl Engine {
         // Batches are prepared while the one before is being delivered: the
         // reader hands them over in order (at most two waiting), and the
         // deliverer settles them one at a time, so order and checkpoints hold.
-        let (batches, mut to_deliver) = tokio::sync::mpsc::channel::<(Vec<Ready>, Position)>(2);
+        let (batches, mut to_deliver) = tokio::sync::mpsc::channel::<(Batch, Position)>(2);
         let deliverer = async {
             let mut tally = Tally::default();
             let mut limiter = RateLimiter::new(description.rate_limit_per_second);
@@ -286,7 +314,7 @@ impl Engine {
             Ok::<Tally, RunError>(tally)
         };
         let reader = async move {
-            let mut pending: Vec<Ready> = Vec::new();
+            let mut pending = Batch::default();
             // A send fails only when the deliverer stopped; its error is the one reported.
             while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
                 for event in &events {
@@ -302,7 +330,7 @@ impl Engine {
                     }
                     let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
                     if let Some((prepared, notes)) = prepare(event, view.as_ref(), target) {
-                        pending.push(Ready { event: prepared, notes, recorded_at: event.recorded_at });
+                        pending.push(prepared, notes, event.recorded_at);
                     }
                     if pending.len() >= batch_size
                         && batches.send((std::mem::take(&mut pending), event.position.next())).await.is_err()
@@ -355,7 +383,7 @@ impl Engine {
         &self,
         adapter: &dyn Destination,
         run: Run,
-        batch: Vec<Ready>,
+        batch: Batch,
         checkpoint: Option<Position>,
         limiter: &mut RateLimiter,
         tally: &mut Tally,
@@ -378,22 +406,22 @@ impl Engine {
         &self,
         adapter: &dyn Destination,
         run: Run,
-        mut batch: Vec<Ready>,
+        mut batch: Batch,
         checkpoint: Option<Position>,
         limiter: &mut RateLimiter,
         tally: &mut Tally,
-    ) -> Result<Option<(Vec<Ready>, Vec<Ready>)>, RunError> {
+    ) -> Result<Option<(Batch, Batch)>, RunError> {
         let policy = self.entry.created.retry;
         let window = Duration::from_secs(policy.window_secs);
         let mut first_failure: Option<Instant> = None;
         let mut number = 1;
         loop {
             limiter.wait(batch.len()).await;
-            let events: Vec<PreparedEvent> = batch.iter().map(|ready| ready.event.clone()).collect();
             let started = Instant::now();
-            let answer = tokio::time::timeout(Duration::from_millis(policy.timeout_ms), adapter.deliver(&events)).await;
+            let answer =
+                tokio::time::timeout(Duration::from_millis(policy.timeout_ms), adapter.deliver(&batch.events)).await;
             let elapsed = started.elapsed();
-            let (mut outcomes, response, rejected_whole) = classify(&events, answer, policy.timeout_ms);
+            let (mut outcomes, response, rejected_whole) = classify(&batch.events, answer, policy.timeout_ms);
             if rejected_whole && batch.len() > 1 {
                 let reason = format!("{response}; split to find the bad events");
                 for outcome in outcomes.values_mut() {
@@ -424,19 +452,20 @@ impl Engine {
             let now = crate::ingest::now();
             let mut delivered_at = Vec::new();
             let mut retry_after = Duration::ZERO;
-            let mut next = Vec::new();
-            for ready in batch {
-                match outcomes.remove(&ready.event.event_id) {
+            let mut next = Batch::default();
+            let Batch { events, notes, recorded_at } = batch;
+            for ((event, notes), recorded_at) in events.into_iter().zip(notes).zip(recorded_at) {
+                match outcomes.remove(&event.event_id) {
                     Some(Outcome::Delivered) => {
                         tally.delivered += 1;
-                        delivered_at.push(ready.recorded_at);
+                        delivered_at.push(recorded_at);
                     }
                     Some(Outcome::Permanent { .. }) => tally.dead += 1,
                     Some(Outcome::Retryable { retry_after_ms, .. }) => {
                         retry_after = retry_after.max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
-                        next.push(ready);
+                        next.push(event, notes, recorded_at);
                     }
-                    None => next.push(ready),
+                    None => next.push(event, notes, recorded_at),
                 }
             }
             let name = self.entry.created.name.clone();
@@ -470,7 +499,7 @@ impl Engine {
         &self,
         run: Run,
         number: u32,
-        batch: &[Ready],
+        batch: &Batch,
         outcomes: &HashMap<EventId, Outcome>,
         response: &str,
         checkpoint: Option<Position>,
@@ -479,18 +508,18 @@ impl Engine {
         let mut hashed = BTreeSet::new();
         let mut scrubbed = BTreeSet::new();
         let mut failed = Vec::new();
-        for ready in batch {
-            hashed.extend(ready.notes.hashed.iter().cloned());
-            scrubbed.extend(ready.notes.scrubbed.iter().cloned());
-            let (outcome, reason) = match outcomes.get(&ready.event.event_id) {
+        for (event, notes) in batch.events.iter().zip(&batch.notes) {
+            hashed.extend(notes.hashed.iter().cloned());
+            scrubbed.extend(notes.scrubbed.iter().cloned());
+            let (outcome, reason) = match outcomes.get(&event.event_id) {
                 Some(Outcome::Delivered) => continue,
                 Some(Outcome::Permanent { reason }) => ("permanent", reason.clone()),
                 Some(Outcome::Retryable { reason, .. }) => ("retryable", reason.clone()),
                 None => ("retryable", "no result for the event".to_owned()),
             };
             failed.push(FailedDelivery {
-                event_id: ready.event.event_id,
-                position: ready.event.position,
+                event_id: event.event_id,
+                position: event.position,
                 outcome: outcome.into(),
                 reason,
             });
@@ -499,7 +528,7 @@ impl Engine {
             destination_id: self.id(),
             run,
             attempt: number,
-            events: batch.iter().map(|ready| (ready.event.event_id, ready.event.position)).collect(),
+            events: batch.events.iter().map(|event| (event.event_id, event.position)).collect(),
             failed,
             response: response.to_owned(),
             hashed: hashed.into_iter().collect(),

@@ -368,7 +368,7 @@ fn description_from_proto(answer: pb::DescribeResponse) -> Result<Description, S
                     expected(&format!("identifiers[{index}].source"), &names, &spec.source)
                 })?;
             let normalization = from_serde_name::<Normalization>(&spec.normalization).ok_or_else(|| {
-                let names: Vec<_> = NORMALIZATIONS.iter().map(serde_name).collect();
+                let names: Vec<_> = Normalization::ALL.iter().map(serde_name).collect();
                 let names: Vec<_> = names.iter().map(String::as_str).collect();
                 expected(&format!("identifiers[{index}].normalization"), &names, &spec.normalization)
             })?;
@@ -386,24 +386,6 @@ fn description_from_proto(answer: pb::DescribeResponse) -> Result<Description, S
         rate_limit_per_second: answer.rate_limit_per_second,
     })
 }
-
-/// Every normalization, for the error that lists them.
-const NORMALIZATIONS: [Normalization; 14] = [
-    Normalization::None,
-    Normalization::Trim,
-    Normalization::Lowercase,
-    Normalization::Email,
-    Normalization::EmailGoogle,
-    Normalization::PhoneDigits,
-    Normalization::PhoneE164,
-    Normalization::Name,
-    Normalization::Gender,
-    Normalization::DateYyyymmdd,
-    Normalization::City,
-    Normalization::State,
-    Normalization::PostalCode,
-    Normalization::Country,
-];
 
 /// The name serde gives a unit variant (`phone_e164`): the protocol uses the
 /// names events use, so they cannot drift apart.
@@ -542,7 +524,7 @@ mod tests {
 
     #[test]
     fn every_normalization_and_hashing_crosses_the_protocol_by_its_serde_name() {
-        for normalization in NORMALIZATIONS {
+        for normalization in Normalization::ALL {
             let name = serde_name(&normalization);
             assert_eq!(from_serde_name::<Normalization>(&name), Some(normalization), "{name}");
         }

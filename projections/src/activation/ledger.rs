@@ -44,8 +44,6 @@ pub struct Ledger {
     pub open_jobs: BTreeMap<Uuid, ReplayRequested>,
     /// Completed jobs: (delivered, dead).
     pub completed_jobs: HashMap<Uuid, (u64, u64)>,
-    /// When the last attempt was made.
-    pub last_attempt: Option<Timestamp>,
 }
 
 impl Ledger {
@@ -56,7 +54,6 @@ impl Ledger {
             DeliveryAttempted::TYPE => {
                 let Ok(attempt) = serde_json::from_value::<DeliveryAttempted>(data.clone()) else { return };
                 self.attempts += 1;
-                self.last_attempt = Some(event.recorded_at);
                 for (event_id, position) in &attempt.events {
                     match attempt.failed.iter().find(|failed| failed.event_id == *event_id) {
                         None => {
