@@ -17,6 +17,9 @@
 //!   platform's published rules.
 //! * [`identity`] — identifiers, identity-resolution rules (which kinds link,
 //!   priority, limits, blocked values) and deterministic profile ids.
+//! * [`policy`] — the sensitive-data policy: classifying fields (tracking-plan
+//!   annotations, key names, value shapes) and deciding what of a message may
+//!   go to one destination.
 //!
 //! **Invariant:** pure. No runtime, no database, no clock: time and ids come in
 //! as arguments.
@@ -30,6 +33,7 @@ pub mod events;
 pub mod hashing;
 pub mod identity;
 pub mod normalize;
+pub mod policy;
 pub mod ports;
 pub mod upcast;
 

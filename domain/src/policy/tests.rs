@@ -1,0 +1,521 @@
+//! Given a message and a policy, when it is applied, then this is what goes
+//! out and what the audit ledger says.
+
+use serde_json::json;
+
+use super::*;
+
+fn healthcare() -> WorkspacePolicy {
+    WorkspacePolicy { industry: Industry::Healthcare, allow_ip_user_agent: false }
+}
+
+fn appointment() -> Value {
+    json!({
+        "type": "track",
+        "event": "Appointment Booked",
+        "messageId": "550e8400-e29b-41d4-a716-446655440000",
+        "timestamp": "2024-05-01T10:00:00Z",
+        "userId": "u-123",
+        "properties": {
+            "diagnosis": "Type 2 diabetes",
+            "value": 120,
+            "currency": "USD",
+            "appointment_type": "cardiology",
+        },
+        "context": {
+            "ip": "203.0.113.7",
+            "userAgent": "Mozilla/5.0",
+            "library": {"name": "analytics.js", "version": "4.1.0"},
+            "page": {
+                "url": "https://clinic.example.com/appointments/diabetes?patient=123",
+                "path": "/appointments/diabetes",
+                "title": "Book a diabetes consultation",
+                "referrer": "https://search.example.com/?q=diabetes+clinic",
+            },
+            "campaign": {"name": "diabetes-spring", "source": "newsletter"},
+        },
+    })
+}
+
+fn mapped() -> DestinationPolicy {
+    DestinationPolicy {
+        event_names: [("Appointment Booked".to_owned(), "Schedule".to_owned())].into(),
+        ..DestinationPolicy::default()
+    }
+}
+
+fn sent(verdict: Verdict) -> (Value, Vec<Scrub>, bool) {
+    match verdict {
+        Verdict::Send { message, scrubs, withhold_ip_user_agent } => (message, scrubs, withhold_ip_user_agent),
+        Verdict::Withhold { reason } => panic!("withheld: {reason}"),
+    }
+}
+
+fn fields(scrubs: &[Scrub]) -> Vec<&str> {
+    scrubs.iter().map(|scrub| scrub.field.as_str()).collect()
+}
+
+fn scrub<'a>(scrubs: &'a [Scrub], field: &str) -> &'a Scrub {
+    scrubs.iter().find(|scrub| scrub.field == field).unwrap_or_else(|| panic!("no scrub of {field} in {scrubs:?}"))
+}
+
+#[test]
+fn every_industry_but_general_is_restricted() {
+    let restricted: Vec<_> = Industry::ALL.into_iter().filter(|industry| industry.is_restricted()).collect();
+    assert_eq!(restricted.len(), 5);
+    assert!(!Industry::General.is_restricted());
+    assert!(restricted_ad_platform(Category::AdPlatform, Industry::Insurance));
+    assert!(!restricted_ad_platform(Category::Analytics, Industry::Insurance));
+    assert!(!restricted_ad_platform(Category::AdPlatform, Industry::General));
+}
+
+#[test]
+fn a_classification_round_trips_through_its_name_and_a_wrong_name_lists_the_valid_ones() {
+    for class in Classification::ALL {
+        assert_eq!(class.as_str().parse::<Classification>(), Ok(class));
+        assert_eq!(serde_json::to_value(class).unwrap(), json!(class.as_str()));
+    }
+    assert_eq!(
+        "phii".parse::<Classification>().unwrap_err(),
+        "classification: expected one of identifier, phi, financial, free_text, url, device, location, \
+         other_sensitive, found \"phii\""
+    );
+}
+
+#[test]
+fn a_destination_policy_reads_from_partial_configuration() {
+    let policy: DestinationPolicy = serde_json::from_value(json!({"remove": ["phi", "free_text"]})).unwrap();
+    assert_eq!(policy.remove, [Classification::Phi, Classification::FreeText]);
+    assert_eq!(policy.allow_ip_user_agent, None);
+    assert!(policy.validate().is_ok());
+}
+
+#[test]
+fn a_destination_policy_with_a_malformed_path_or_an_unknown_generic_name_is_invalid() {
+    let policy = DestinationPolicy { allow_fields: vec!["properties..x".into()], ..DestinationPolicy::default() };
+    assert_eq!(
+        policy.validate().unwrap_err(),
+        "allow_fields[0]: expected a dotted path such as properties.plan, found \"properties..x\""
+    );
+    for path in ["", ".properties", "properties.", "properties.[]", "properties.a[0]"] {
+        let policy = DestinationPolicy { allow_fields: vec![path.into()], ..DestinationPolicy::default() };
+        assert!(policy.validate().is_err(), "{path}");
+    }
+    let policy = DestinationPolicy { allow_fields: vec!["properties.products[].sku".into()], ..mapped() };
+    assert!(policy.validate().is_ok());
+    let policy = DestinationPolicy {
+        event_names: [("Appointment Booked".to_owned(), "Booked".to_owned())].into(),
+        ..DestinationPolicy::default()
+    };
+    let error = policy.validate().unwrap_err();
+    assert!(error.starts_with("event_names.\"Appointment Booked\": expected one of Order Completed, "), "{error}");
+    assert!(error.ends_with(", found \"Booked\""), "{error}");
+}
+
+#[test]
+fn a_custom_event_of_a_restricted_industry_is_withheld_from_an_ad_platform_without_a_mapping() {
+    let verdict = apply(
+        &appointment(),
+        Category::AdPlatform,
+        &healthcare(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    );
+    assert_eq!(
+        verdict,
+        Verdict::Withhold { reason: "custom event name is not mapped to an allowed generic name".into() }
+    );
+}
+
+#[test]
+fn a_mapped_custom_event_goes_to_an_ad_platform_under_its_generic_name_with_only_the_allowlist() {
+    let verdict = apply(&appointment(), Category::AdPlatform, &healthcare(), &mapped(), &Annotations::default());
+    let (message, scrubs, withhold_ip_user_agent) = sent(verdict);
+    assert_eq!(
+        message,
+        json!({
+            "type": "track",
+            "event": "Schedule",
+            "messageId": "550e8400-e29b-41d4-a716-446655440000",
+            "timestamp": "2024-05-01T10:00:00Z",
+            "properties": {"value": 120, "currency": "USD"},
+            "context": {
+                "library": {"name": "analytics.js", "version": "4.1.0"},
+                "page": {"url": "https://clinic.example.com"},
+            },
+        })
+    );
+    assert!(withhold_ip_user_agent);
+    assert_eq!(
+        scrub(&scrubs, "event"),
+        &Scrub {
+            field: "event".into(),
+            action: Action::Renamed,
+            reason: "custom event name mapped to a generic name".into()
+        }
+    );
+    assert_eq!(scrub(&scrubs, "context.page.url").action, Action::ReducedToOrigin);
+    assert_eq!(scrub(&scrubs, "context.page.url").reason, "query string and path removed");
+    for field in [
+        "properties.diagnosis",
+        "properties.appointment_type",
+        "context.page.title",
+        "context.page.path",
+        "context.page.referrer",
+        "context.campaign",
+        "context.ip",
+        "context.userAgent",
+        "userId",
+    ] {
+        assert_eq!(scrub(&scrubs, field).action, Action::Removed);
+        assert_eq!(scrub(&scrubs, field).reason, NOT_ALLOWLISTED);
+    }
+    assert_eq!(scrubs.len(), 11, "{:?}", fields(&scrubs));
+}
+
+#[test]
+fn an_allowed_field_of_a_destination_reaches_a_restricted_ad_platform() {
+    let destination = DestinationPolicy { allow_fields: vec!["properties.appointment_type".into()], ..mapped() };
+    let (message, scrubs, _) =
+        sent(apply(&appointment(), Category::AdPlatform, &healthcare(), &destination, &Annotations::default()));
+    assert_eq!(message["properties"], json!({"value": 120, "currency": "USD", "appointment_type": "cardiology"}));
+    assert!(!fields(&scrubs).contains(&"properties.appointment_type"));
+}
+
+#[test]
+fn an_allowlisted_field_is_still_removed_when_the_plan_classifies_it_or_its_value_looks_sensitive() {
+    let annotations = Annotations {
+        events: [("Appointment Booked".to_owned(), [("value".to_owned(), Classification::Phi)].into())].into(),
+        ..Annotations::default()
+    };
+    let mut message = appointment();
+    message["properties"]["currency"] = json!("4111 1111 1111 1111");
+    let (output, scrubs, _) = sent(apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &annotations));
+    assert_eq!(output["properties"], json!({}));
+    assert_eq!(scrub(&scrubs, "properties.value").reason, "classified phi by the tracking plan");
+    assert_eq!(scrub(&scrubs, "properties.currency").reason, "card number by its value");
+}
+
+#[test]
+fn a_generic_event_name_reaches_a_restricted_ad_platform_unchanged() {
+    let mut message = appointment();
+    message["event"] = json!("Order Completed");
+    let (output, scrubs, _) = sent(apply(
+        &message,
+        Category::AdPlatform,
+        &WorkspacePolicy { industry: Industry::FinancialServices, allow_ip_user_agent: false },
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    ));
+    assert_eq!(output["event"], "Order Completed");
+    assert!(!fields(&scrubs).contains(&"event"));
+}
+
+#[test]
+fn a_page_call_reaches_a_restricted_ad_platform_without_its_name_and_with_the_url_reduced() {
+    let message = json!({
+        "type": "page",
+        "name": "Diabetes care",
+        "properties": {"url": "https://clinic.example.com/diabetes", "title": "Diabetes care", "search": "?q=x"},
+        "context": {"page": {"url": "https://user:secret@Clinic.Example.com:8443/diabetes#top", "search": "?q=x"}},
+    });
+    let (output, scrubs, _) = sent(apply(
+        &message,
+        Category::AdPlatform,
+        &healthcare(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    ));
+    assert_eq!(
+        output,
+        json!({"type": "page", "properties": {}, "context": {"page": {"url": "https://clinic.example.com:8443"}}})
+    );
+    assert_eq!(
+        fields(&scrubs),
+        ["context.page.search", "context.page.url", "name", "properties.search", "properties.title", "properties.url"]
+    );
+}
+
+#[test]
+fn a_page_url_that_is_not_a_web_url_is_removed_from_a_restricted_ad_platform() {
+    let message = json!({"type": "page", "context": {"page": {"url": "clinic/diabetes"}}});
+    let (output, scrubs, _) = sent(apply(
+        &message,
+        Category::AdPlatform,
+        &healthcare(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    ));
+    assert_eq!(output, json!({"type": "page", "context": {"page": {}}}));
+    assert_eq!(scrubs[0].field, "context.page.url");
+}
+
+#[test]
+fn an_array_of_objects_loses_a_field_in_every_element_and_records_it_once() {
+    let mut message = appointment();
+    message["event"] = json!("Order Completed");
+    message["properties"]["products"] = json!([{"sku": "a1", "name": "Insulin pen"}, {"sku": "b2", "name": "Lancets"}]);
+    let destination =
+        DestinationPolicy { allow_fields: vec!["properties.products[].sku".into()], ..DestinationPolicy::default() };
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::AdPlatform, &healthcare(), &destination, &Annotations::default()));
+    assert_eq!(output["properties"]["products"], json!([{"sku": "a1"}, {"sku": "b2"}]));
+    assert_eq!(fields(&scrubs).iter().filter(|field| **field == "properties.products[].name").count(), 1);
+}
+
+#[test]
+fn ip_address_and_user_agent_are_withheld_for_healthcare_unless_allowed() {
+    let withheld = |workspace: WorkspacePolicy, destination: DestinationPolicy, category: Category| {
+        sent(apply(&appointment(), category, &workspace, &destination, &Annotations::default())).2
+    };
+    assert!(withheld(healthcare(), mapped(), Category::AdPlatform));
+    let allowing = WorkspacePolicy { allow_ip_user_agent: true, ..healthcare() };
+    assert!(!withheld(allowing, mapped(), Category::AdPlatform));
+    let destination_refuses = DestinationPolicy { allow_ip_user_agent: Some(false), ..mapped() };
+    assert!(withheld(allowing, destination_refuses, Category::AdPlatform));
+    let destination_allows = DestinationPolicy { allow_ip_user_agent: Some(true), ..mapped() };
+    assert!(!withheld(healthcare(), destination_allows, Category::AdPlatform));
+    let insurance = WorkspacePolicy { industry: Industry::Insurance, allow_ip_user_agent: false };
+    assert!(!withheld(insurance, mapped(), Category::AdPlatform));
+    let destination_refuses = DestinationPolicy { allow_ip_user_agent: Some(false), ..mapped() };
+    assert!(withheld(insurance, destination_refuses, Category::AdPlatform));
+    assert!(!withheld(healthcare(), DestinationPolicy::default(), Category::Analytics));
+}
+
+#[test]
+fn an_analytics_destination_gets_the_message_unchanged() {
+    let verdict = apply(
+        &appointment(),
+        Category::Analytics,
+        &healthcare(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    );
+    assert_eq!(verdict, Verdict::Send { message: appointment(), scrubs: vec![], withhold_ip_user_agent: false });
+}
+
+#[test]
+fn an_analytics_destination_told_to_remove_phi_loses_the_diagnosis_only() {
+    let destination = DestinationPolicy { remove: vec![Classification::Phi], ..DestinationPolicy::default() };
+    let (output, scrubs, _) =
+        sent(apply(&appointment(), Category::Analytics, &healthcare(), &destination, &Annotations::default()));
+    let mut expected = appointment();
+    expected["properties"].as_object_mut().unwrap().remove("diagnosis");
+    assert_eq!(output, expected);
+    assert_eq!(
+        scrubs,
+        [Scrub { field: "properties.diagnosis".into(), action: Action::Removed, reason: "phi by its name".into() }]
+    );
+}
+
+#[test]
+fn a_warehouse_told_to_remove_identifiers_finds_them_by_plan_name_and_value_in_nested_fields() {
+    let annotations = Annotations {
+        traits: [("member.code".to_owned(), Classification::Identifier)].into(),
+        ..Annotations::default()
+    };
+    let message = json!({
+        "type": "identify",
+        "userId": "u-1",
+        "traits": {
+            "plan": "gold",
+            "member": {"code": "M-77", "since": "2019"},
+            "contacts": [{"email": "a@example.com", "label": "home"}, {"x1": "jane@example.com", "label": "work"}],
+            "joined": "2020-02-03",
+        },
+        "context": {"traits": {"firstName": "Jane"}},
+    });
+    let destination = DestinationPolicy { remove: vec![Classification::Identifier], ..DestinationPolicy::default() };
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::Warehouse, &WorkspacePolicy::default(), &destination, &annotations));
+    assert_eq!(
+        output,
+        json!({
+            "type": "identify",
+            "userId": "u-1",
+            "traits": {"plan": "gold", "member": {"since": "2019"}, "contacts": [{"label": "home"}, {"label": "work"}]},
+            "context": {"traits": {}},
+        })
+    );
+    let reasons: Vec<(&str, &str)> = scrubs.iter().map(|s| (s.field.as_str(), s.reason.as_str())).collect();
+    assert_eq!(
+        reasons,
+        [
+            ("context.traits.firstName", "identifier by its name"),
+            ("traits.contacts[].email", "identifier by its name"),
+            ("traits.contacts[].x1", "email address by its value"),
+            ("traits.joined", "date by its value"),
+            ("traits.member.code", "classified identifier by the tracking plan"),
+        ]
+    );
+}
+
+#[test]
+fn a_general_ad_platform_loses_identifiers_phi_financial_and_other_sensitive_fields_but_keeps_the_rest() {
+    let message = json!({
+        "type": "track",
+        "event": "Appointment Booked",
+        "timestamp": "2024-05-01T10:00:00Z",
+        "properties": {
+            "diagnosis": "flu",
+            "value": 120,
+            "note": "call me at 555-123-4567",
+            "contact": "555-123-4567",
+            "card": 4111111111111111u64,
+            "age": 34,
+            "products": [{"sku": "a1", "price": 3}],
+            "url": "https://shop.example.com/a?b=c",
+            "city": "Springfield",
+        },
+        "context": {"library": {"name": "analytics.js"}, "page": {"title": "Flu shots", "url": "https://shop.example.com/a"}},
+    });
+    let (output, scrubs, withhold) = sent(apply(
+        &message,
+        Category::AdPlatform,
+        &WorkspacePolicy::default(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    ));
+    assert_eq!(output["event"], "Appointment Booked");
+    assert_eq!(
+        output["properties"],
+        json!({
+            "value": 120,
+            "note": "call me at 555-123-4567",
+            "products": [{"sku": "a1", "price": 3}],
+            "url": "https://shop.example.com/a?b=c",
+            "city": "Springfield",
+        })
+    );
+    assert_eq!(output["context"], message["context"]);
+    assert_eq!(fields(&scrubs), ["properties.age", "properties.card", "properties.contact", "properties.diagnosis"]);
+    assert_eq!(scrub(&scrubs, "properties.contact").reason, "phone number by its value");
+    assert!(!withhold);
+}
+
+#[test]
+fn destination_removals_apply_on_top_of_the_general_ad_platform_rule() {
+    let message = json!({"type": "track", "event": "Signed Up", "properties": {"note": "hello", "plan": "pro"}});
+    let destination = DestinationPolicy { remove: vec![Classification::FreeText], ..DestinationPolicy::default() };
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::AdPlatform, &WorkspacePolicy::default(), &destination, &Annotations::default()));
+    assert_eq!(output["properties"], json!({"plan": "pro"}));
+    assert_eq!(scrubs[0].reason, "free text by its name");
+}
+
+#[test]
+fn destination_removals_apply_on_top_of_a_restricted_allowlist() {
+    let destination = DestinationPolicy {
+        allow_fields: vec!["properties.notes".into()],
+        remove: vec![Classification::FreeText],
+        ..mapped()
+    };
+    let mut message = appointment();
+    message["properties"]["notes"] = json!("bring results");
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::AdPlatform, &healthcare(), &destination, &Annotations::default()));
+    assert_eq!(output["properties"], json!({"value": 120, "currency": "USD"}));
+    assert_eq!(scrub(&scrubs, "properties.notes").reason, "free text by its name");
+}
+
+#[test]
+fn the_envelope_is_never_classified() {
+    let message =
+        json!({"type": "track", "event": "Signed Up", "timestamp": "2024-05-01T10:00:00Z", "sentAt": "2024-05-01"});
+    assert_eq!(classify(None, "timestamp", "timestamp", &message["timestamp"], &Annotations::default()), None);
+    let destination = DestinationPolicy { remove: Classification::ALL.to_vec(), ..DestinationPolicy::default() };
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::Warehouse, &WorkspacePolicy::default(), &destination, &Annotations::default()));
+    assert_eq!(output, message);
+    assert!(scrubs.is_empty());
+}
+
+#[test]
+fn classification_prefers_the_plan_then_the_name_then_the_value() {
+    let annotations = Annotations {
+        events: [("A".to_owned(), [("email".to_owned(), Classification::Phi)].into())].into(),
+        ..Annotations::default()
+    };
+    let email = json!("a@example.com");
+    assert_eq!(
+        classify(Some("A"), "properties.email", "email", &email, &annotations),
+        Some((Classification::Phi, Source::Annotation))
+    );
+    assert_eq!(
+        classify(Some("B"), "properties.email", "email", &email, &annotations),
+        Some((Classification::Identifier, Source::KeyName))
+    );
+    assert_eq!(
+        classify(Some("B"), "properties.x1", "x1", &email, &annotations),
+        Some((Classification::Identifier, Source::ValueShape))
+    );
+    assert_eq!(classify(Some("B"), "properties.x1", "x1", &json!("hello"), &annotations), None);
+    assert_eq!(Source::KeyName.as_str(), "key_name");
+    assert_eq!(Action::ReducedToOrigin.as_str(), "reduced_to_origin");
+}
+
+#[test]
+fn key_names_do_not_apply_to_a_page_name_or_the_descriptive_context() {
+    let annotations = Annotations::default();
+    let name = json!("Home");
+    assert_eq!(classify(None, "name", "name", &name, &annotations), None);
+    assert_eq!(classify(None, "context.library.name", "name", &name, &annotations), None);
+    assert_eq!(classify(None, "context.campaign.name", "name", &name, &annotations), None);
+    assert_eq!(
+        classify(None, "context.traits.name", "name", &name, &annotations),
+        Some((Classification::Identifier, Source::KeyName))
+    );
+    assert_eq!(
+        classify(None, "context.campaign.content", "content", &json!("a@example.com"), &annotations),
+        Some((Classification::Identifier, Source::ValueShape))
+    );
+}
+
+#[test]
+fn an_age_over_89_is_an_identifier() {
+    let annotations = Annotations::default();
+    assert_eq!(
+        classify(None, "traits.age", "age", &json!(34), &annotations),
+        Some((Classification::OtherSensitive, Source::KeyName))
+    );
+    assert_eq!(
+        classify(None, "traits.age", "age", &json!(92), &annotations),
+        Some((Classification::Identifier, Source::KeyName))
+    );
+}
+
+#[test]
+fn a_key_that_looks_like_a_value_is_redacted_in_the_record() {
+    let message = json!({"type": "identify", "traits": {"jane@example.com": true}});
+    let (_, scrubs, _) = sent(apply(
+        &message,
+        Category::AdPlatform,
+        &healthcare(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    ));
+    assert_eq!(fields(&scrubs), ["traits"]);
+    let destination = DestinationPolicy { remove: vec![Classification::Identifier], ..DestinationPolicy::default() };
+    let message = json!({"type": "identify", "traits": {"jane@example.com": "555-123-4567"}});
+    let (_, scrubs, _) =
+        sent(apply(&message, Category::Analytics, &healthcare(), &destination, &Annotations::default()));
+    assert_eq!(fields(&scrubs), ["traits.<redacted>"]);
+}
+
+#[test]
+fn a_message_that_is_not_an_object_is_withheld() {
+    let verdict =
+        apply(&json!([1]), Category::Analytics, &healthcare(), &DestinationPolicy::default(), &Annotations::default());
+    assert_eq!(verdict, Verdict::Withhold { reason: "message is not a json object".into() });
+}
+
+#[test]
+fn origins_keep_scheme_host_and_port_only() {
+    assert_eq!(origin("https://clinic.example.com/a?b#c").as_deref(), Some("https://clinic.example.com"));
+    assert_eq!(origin("HTTP://Example.com:8080").as_deref(), Some("http://example.com:8080"));
+    assert_eq!(origin("https://u:p@example.com/x").as_deref(), Some("https://example.com"));
+    assert_eq!(origin("https://[2001:db8::1]:443/x").as_deref(), Some("https://[2001:db8::1]:443"));
+    assert_eq!(origin("ftp://example.com"), None);
+    assert_eq!(origin("https:///x"), None);
+    assert_eq!(origin("https://exa mple.com"), None);
+}
