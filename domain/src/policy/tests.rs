@@ -5,6 +5,8 @@ use serde_json::json;
 
 use super::*;
 
+mod proptests;
+
 fn healthcare() -> WorkspacePolicy {
     WorkspacePolicy { industry: Industry::Healthcare, allow_ip_user_agent: false }
 }
