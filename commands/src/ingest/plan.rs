@@ -28,6 +28,11 @@
 //! without its remote resolvers, so a remote `$ref` is a [`PlanError`]).
 //! Violations carry rule `tracking_plan` and name the field as a dotted path
 //! (`properties.revenue`).
+//!
+//! A property's schema may carry `"classification": "phi"` (any
+//! [`onepd_domain::policy::Classification`] name) for the sensitive-data
+//! policy; validation ignores the keyword, and compiling refuses an unknown
+//! name ([`PlanError::Classification`]).
 
 use std::collections::HashMap;
 
@@ -36,6 +41,7 @@ use jsonschema::paths::LocationSegment;
 use jsonschema::{ValidationError, Validator};
 use onepd_domain::events::message::Violation;
 use onepd_domain::events::workspace::PlanMode;
+use onepd_domain::policy::Annotations;
 use serde_json::{Map, Value};
 
 use super::shape::describe;
@@ -79,6 +85,11 @@ pub enum PlanError {
         /// What the validator said.
         reason: String,
     },
+    /// A `"classification"` keyword names no classification, or sits on a
+    /// whole schema rather than a property (see
+    /// [`onepd_domain::policy::Annotations::from_plan`]).
+    #[error("tracking plan, {0}")]
+    Classification(String),
 }
 
 impl TrackingPlan {
@@ -109,6 +120,9 @@ impl TrackingPlan {
                 other => return Err(PlanError::UnknownKey(other.to_owned())),
             }
         }
+        // The sensitive-data policy reads the same document; a classification
+        // it cannot read would silently protect nothing.
+        Annotations::from_plan(plan).map_err(PlanError::Classification)?;
         Ok(compiled)
     }
 
@@ -309,6 +323,36 @@ mod tests {
     fn a_remote_reference_is_refused_without_reaching_the_network() {
         let plan = json!({"identify": {"$ref": "https://example.com/schema.json"}});
         assert!(matches!(TrackingPlan::compile(PlanMode::Allow, &plan), Err(PlanError::Schema { .. })));
+    }
+
+    #[test]
+    fn a_plan_with_an_unknown_classification_is_refused() {
+        let plan = json!({"events": {"Appointment Booked": {
+            "type": "object",
+            "properties": {"diagnosis": {"type": "string", "classification": "phii"}},
+        }}});
+        let error = TrackingPlan::compile(PlanMode::Allow, &plan).unwrap_err();
+        assert!(matches!(error, PlanError::Classification(_)), "{error}");
+        assert!(
+            error.to_string().starts_with(
+                r#"tracking plan, events."Appointment Booked".properties.diagnosis.classification: expected one of identifier, phi, "#
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().ends_with(r#", found "phii""#), "{error}");
+    }
+
+    #[test]
+    fn a_classified_property_still_validates_as_its_schema_says() {
+        let plan = json!({"events": {"Appointment Booked": {
+            "type": "object",
+            "properties": {"diagnosis": {"type": "string", "classification": "phi"}},
+        }}});
+        let plan = TrackingPlan::compile(PlanMode::Allow, &plan).unwrap();
+        let message = json!({"type": "track", "event": "Appointment Booked", "properties": {"diagnosis": 3}});
+        assert_eq!(plan.check(&message).len(), 1);
+        let message = json!({"type": "track", "event": "Appointment Booked", "properties": {"diagnosis": "flu"}});
+        assert!(plan.check(&message).is_empty());
     }
 
     #[test]
