@@ -607,18 +607,29 @@ impl Scrubber<'_> {
     }
 
     /// Keeps a generic track event name, maps a custom one, or gives the
-    /// reason to withhold the message.
+    /// reason to withhold the message; removes a custom `event` from any
+    /// other call.
     fn rename_event(&mut self, message: &mut Value, destination: &DestinationPolicy) -> Result<(), &'static str> {
         let is_track = message.get("type").and_then(Value::as_str) == Some("track");
         let Some(event) = message.get_mut("event") else {
             return if is_track { Err("track call without an event name") } else { Ok(()) };
         };
+        let name = event.as_str().filter(|name| ALLOWED_EVENT_NAMES.contains(name));
+        if name.is_some() {
+            return Ok(());
+        }
+        if !is_track {
+            // Only a track call is named by its event; a stray one elsewhere
+            // is dropped rather than withholding the call.
+            if let Some(object) = message.as_object_mut() {
+                object.remove("event");
+            }
+            self.record(&Path::root().child("event"), Action::Removed, NOT_ALLOWLISTED);
+            return Ok(());
+        }
         let Some(name) = event.as_str() else {
             return Err("event name is not a string");
         };
-        if ALLOWED_EVENT_NAMES.contains(&name) {
-            return Ok(());
-        }
         let generic =
             destination.event_names.get(name).ok_or("custom event name is not mapped to an allowed generic name")?;
         if !ALLOWED_EVENT_NAMES.contains(&generic.as_str()) {

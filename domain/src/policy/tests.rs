@@ -239,6 +239,32 @@ fn a_page_call_reaches_a_restricted_ad_platform_without_its_name_and_with_the_ur
 }
 
 #[test]
+fn a_custom_event_field_on_a_page_call_is_removed_rather_than_withholding_the_call() {
+    let message = json!({"type": "page", "event": "Diabetes care", "context": {"page": {"url": "https://a.example"}}});
+    let (output, scrubs, _) = sent(apply(
+        &message,
+        Category::AdPlatform,
+        &healthcare(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    ));
+    assert_eq!(output, json!({"type": "page", "context": {"page": {"url": "https://a.example"}}}));
+    assert_eq!(scrubs, [Scrub { field: "event".into(), action: Action::Removed, reason: NOT_ALLOWLISTED.into() }]);
+}
+
+#[test]
+fn a_track_call_without_an_event_name_is_withheld_from_a_restricted_ad_platform() {
+    let verdict = apply(
+        &json!({"type": "track"}),
+        Category::AdPlatform,
+        &healthcare(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    );
+    assert_eq!(verdict, Verdict::Withhold { reason: "track call without an event name".into() });
+}
+
+#[test]
 fn a_page_url_that_is_not_a_web_url_is_removed_from_a_restricted_ad_platform() {
     let message = json!({"type": "page", "context": {"page": {"url": "clinic/diabetes"}}});
     let (output, scrubs, _) = sent(apply(
