@@ -16,6 +16,7 @@
 
 pub mod activation;
 pub mod destinations;
+pub mod erasure;
 pub mod grpc;
 pub mod http;
 pub mod ingest;

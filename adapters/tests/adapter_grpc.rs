@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onepd_adapters::grpc::destination::{AdapterFactory, AdapterService, RemoteDestination};
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Hashing, IdentifierSource, IdentifierSpec,
-    Normalization, Outcome, PreparedEvent,
+    Category, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult, Hashing,
+    IdentifierSource, IdentifierSpec, Normalization, Outcome, PreparedEvent,
 };
 use onepd_domain::{EventId, Position};
 use onepd_proto::destination::v1 as pb;
@@ -56,6 +56,18 @@ impl Destination for TestAdapter {
                 .map(|event| EventResult { event_id: event.event_id, outcome: answer(event) })
                 .collect()),
         }
+    }
+
+    /// Records a deletion as a batch of one event named after the request,
+    /// holding the request as its message; `busy` asks to come back.
+    async fn delete(&self, request: &DeletionRequest) -> Result<DeletionAnswer, DeliverError> {
+        if self.mode == "busy" {
+            return Err(DeliverError::Retryable { reason: "HTTP 429: rate limited".into(), retry_after: None });
+        }
+        let mut recorded = event(&format!("delete {}", request.request_id), 0);
+        recorded.message = serde_json::to_value(request).unwrap();
+        self.batches.lock().unwrap().push(vec![recorded]);
+        Ok(DeletionAnswer::Requested)
     }
 }
 
@@ -290,7 +302,32 @@ async fn a_url_that_cannot_reach_an_adapter_is_refused_at_construction() {
     assert!(err.to_string().contains("no TLS"), "{err}");
 }
 
-/// A third-party adapter that breaks the protocol in what it answers.
+#[tokio::test]
+async fn a_deletion_request_crosses_the_protocol_intact() {
+    let adapter = Adapter::start().await;
+    let request = DeletionRequest {
+        request_id: Uuid::now_v7(),
+        profile_ids: vec!["prof_1".into(), "prof_2".into()],
+        identifiers: BTreeMap::from([("em".to_owned(), vec!["a".repeat(64)])]),
+    };
+    let answer = adapter.destination(json!({"mode": "per_event"})).delete(&request).await.unwrap();
+    assert_eq!(answer, DeletionAnswer::Requested);
+    let seen = adapter.batches.lock().unwrap().last().unwrap()[0].message.clone();
+    assert_eq!(serde_json::from_value::<DeletionRequest>(seen).unwrap(), request);
+    let err = adapter.destination(json!({"mode": "busy"})).delete(&request).await.unwrap_err();
+    assert!(matches!(err, DeliverError::Retryable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_adapter_without_deletion_answers_unsupported() {
+    let url = serve(DestinationAdapterServer::new(Misbehaving)).await;
+    let remote = RemoteDestination::new(&url, Uuid::now_v7(), &json!({})).unwrap();
+    let request = DeletionRequest { request_id: Uuid::now_v7(), profile_ids: vec![], identifiers: BTreeMap::new() };
+    assert_eq!(remote.delete(&request).await.unwrap(), DeletionAnswer::Unsupported);
+}
+
+/// A third-party adapter that breaks the protocol in what it answers (and,
+/// like many, has no deletion API).
 struct Misbehaving;
 
 #[tonic::async_trait]
@@ -319,6 +356,13 @@ impl DestinationAdapter for Misbehaving {
             max_batch_size: 100,
             rate_limit_per_second: None,
         }))
+    }
+
+    async fn delete_subjects(
+        &self,
+        _: tonic::Request<pb::DeleteSubjectsRequest>,
+    ) -> Result<tonic::Response<pb::DeleteSubjectsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no deletion API"))
     }
 
     async fn deliver(

@@ -464,6 +464,46 @@ pub trait Destination: Send + Sync {
     /// result per event, in any order; an event without a result counts as
     /// retryable.
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError>;
+
+    /// Asks the destination to delete what it holds about a person who was
+    /// erased. Adapters whose platform has no deletion API keep the default,
+    /// [`DeletionAnswer::Unsupported`].
+    async fn delete(&self, request: &DeletionRequest) -> Result<DeletionAnswer, DeliverError> {
+        let _ = request;
+        Ok(DeletionAnswer::Unsupported)
+    }
+}
+
+/// A person's erasure, as one destination is asked to honour it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionRequest {
+    /// The erasure request (the same for every destination).
+    pub request_id: uuid::Uuid,
+    /// The profiles erased, as onepd sent them in `PreparedEvent::profile_id`.
+    pub profile_ids: Vec<String>,
+    /// The person's identifiers under the adapter's names, normalized and
+    /// hashed exactly as on its events (so an ad platform gets only hashes).
+    pub identifiers: BTreeMap<String, Vec<String>>,
+}
+
+/// What a destination made of a deletion request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeletionAnswer {
+    /// The destination accepted the request.
+    Requested,
+    /// The destination has no way to delete data.
+    Unsupported,
+}
+
+impl DeletionAnswer {
+    /// `requested` or `unsupported`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeletionAnswer::Requested => "requested",
+            DeletionAnswer::Unsupported => "unsupported",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //!   [`Subscription`], [`ProjectionStore`]) and their errors.
 //! * [`normalize`] — canonical forms of emails, phone numbers (E.164),
 //!   countries (ISO 3166-1 alpha-2) and names (NFC).
+//! * [`consent`] — the consent categories a message states (Segment's and
+//!   RudderStack's shapes) and whether a destination may receive it.
 //! * [`destination`] — the `Destination` port activation adapters implement:
 //!   what an adapter accepts and how a batch's events fare.
 //! * [`hashing`] — identifier normalization and SHA-256 hashing to each ad
@@ -27,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod consent;
 pub mod destination;
 pub mod envelope;
 pub mod events;

@@ -2,12 +2,15 @@
 //! workspace configuration events, read by ingest (which workspace and source
 //! a write key writes to) and by the CLI's listings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use onepd_domain::events::destination::{DestinationCreated, DestinationPaused, DestinationResumed};
+use onepd_domain::events::destination::{
+    DestinationCreated, DestinationPaused, DestinationPolicySet, DestinationResumed,
+};
+use onepd_domain::events::erasure::SubjectErasureRequested;
 use onepd_domain::events::workspace::{
     Industry, PlanMode, SourceCreated, SourceKind, TrackingPlanSet, WebhookConfigured, WorkspaceCreated,
-    WriteKeyIssued, WriteKeyRevoked,
+    WorkspacePolicySet, WriteKeyIssued, WriteKeyRevoked,
 };
 use onepd_domain::{RecordedEvent, Timestamp, WorkspaceId};
 use serde_json::Value;
@@ -24,6 +27,9 @@ pub struct WorkspaceEntry {
     pub name: String,
     /// Its industry.
     pub industry: Industry,
+    /// Whether ad platforms may receive IP addresses and user agents in a
+    /// healthcare workspace.
+    pub allow_ip_user_agent: bool,
     /// Region for phone numbers without a country code.
     pub default_region: Option<String>,
     /// When it was created.
@@ -70,6 +76,8 @@ pub struct Directory {
     hash_by_key: HashMap<Uuid, String>,
     webhooks: HashMap<Uuid, WebhookConfigured>,
     destinations: HashMap<Uuid, DestinationEntry>,
+    /// Suppression hashes of erased people's identifiers, by workspace.
+    suppressed: HashMap<WorkspaceId, HashSet<String>>,
 }
 
 /// A destination as configured.
@@ -81,6 +89,9 @@ pub struct DestinationEntry {
     pub created: DestinationCreated,
     /// Whether it is paused.
     pub paused: bool,
+    /// The position of the last change to its configuration (creation or
+    /// policy), so a running subscriber can tell it changed.
+    pub changed_at: u64,
 }
 
 impl Fold for Directory {
@@ -94,6 +105,9 @@ impl Fold for Directory {
         DestinationCreated::TYPE,
         DestinationPaused::TYPE,
         DestinationResumed::TYPE,
+        WorkspacePolicySet::TYPE,
+        SubjectErasureRequested::TYPE,
+        DestinationPolicySet::TYPE,
     ];
 
     fn apply(&mut self, event: &RecordedEvent) {
@@ -106,6 +120,7 @@ impl Fold for Directory {
                         id: workspace,
                         name: created.name,
                         industry: created.industry,
+                        allow_ip_user_agent: false,
                         default_region: created.default_region,
                         created_at: event.recorded_at,
                         plan: None,
@@ -172,6 +187,7 @@ impl Fold for Directory {
                         workspace,
                         created,
                         paused: false,
+                        changed_at: event.position.0,
                     });
                 }
             }
@@ -184,12 +200,46 @@ impl Fold for Directory {
                     entry.paused = event.event_type == DestinationPaused::TYPE;
                 }
             }
+            DestinationPolicySet::TYPE => {
+                if let Ok(set) = serde_json::from_value::<DestinationPolicySet>(data.clone())
+                    && let Some(entry) = self.destinations.get_mut(&set.destination_id)
+                    && entry.workspace == workspace
+                {
+                    entry.created.policy = set.policy;
+                    entry.changed_at = event.position.0;
+                }
+            }
+            WorkspacePolicySet::TYPE => {
+                if let Ok(set) = serde_json::from_value::<WorkspacePolicySet>(data.clone())
+                    && let Some(entry) = self.workspaces.get_mut(&workspace)
+                {
+                    entry.industry = set.industry;
+                    entry.allow_ip_user_agent = set.allow_ip_user_agent;
+                    entry.settings_version = event.position.0;
+                }
+            }
+            SubjectErasureRequested::TYPE => {
+                if let Ok(requested) = serde_json::from_value::<SubjectErasureRequested>(data.clone()) {
+                    self.suppressed.entry(workspace).or_default().extend(requested.suppressed);
+                }
+            }
             _ => {}
         }
     }
 }
 
 impl Directory {
+    /// Whether `workspace` has erased anyone (so ingest must check messages
+    /// against its suppression list).
+    pub fn has_suppressions(&self, workspace: WorkspaceId) -> bool {
+        self.suppressed.get(&workspace).is_some_and(|hashes| !hashes.is_empty())
+    }
+
+    /// Whether the suppression hash `hash` is on `workspace`'s list.
+    pub fn is_suppressed(&self, workspace: WorkspaceId, hash: &str) -> bool {
+        self.suppressed.get(&workspace).is_some_and(|hashes| hashes.contains(hash))
+    }
+
     /// A destination by id.
     pub fn destination(&self, id: Uuid) -> Option<&DestinationEntry> {
         self.destinations.get(&id)

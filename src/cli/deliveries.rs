@@ -181,9 +181,34 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let event_id = EventId(args.event_id);
     let found =
         admin::event_attempts(&log, &directory, workspace, event_id).await.context("reading the delivery ledgers")?;
+    let withheld = admin::event_withholdings(&log, &directory, workspace, event_id)
+        .await
+        .context("reading the delivery ledgers")?;
     log.close().await;
-    if found.is_empty() {
-        bail!("event {}: no delivery attempt carried it", args.event_id);
+    if found.is_empty() && withheld.is_empty() {
+        bail!("event {}: no delivery attempt carried it, and no destination withheld it", args.event_id);
+    }
+    for withholding in &withheld {
+        let one = &withholding.withheld;
+        if args.json {
+            output::json(&json!({
+                "destination": withholding.destination,
+                "at": withholding.at.to_rfc3339(),
+                "run": run_name(withholding.run),
+                "outcome": "withheld",
+                "rule": one.rule,
+                "reason": one.reason,
+            }));
+        } else {
+            output::line(format!(
+                "{} {} ({}): withheld by {}: {}",
+                withholding.at.to_rfc3339(),
+                withholding.destination,
+                run_name(withholding.run),
+                one.rule,
+                one.reason
+            ));
+        }
     }
     for (destination, attempt) in &found {
         let a = &attempt.attempt;

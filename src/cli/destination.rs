@@ -75,6 +75,8 @@ pub struct CreateArgs {
     /// How long one delivery may take, in milliseconds.
     #[arg(long, default_value_t = RetryPolicy::default().timeout_ms)]
     timeout_ms: u64,
+    #[command(flatten)]
+    policy: super::policy::PolicyArgs,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -138,6 +140,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         "now" => Position(0),
         other => bail!("--from: expected beginning or now, found {other:?}"),
     };
+    let policy = args.policy.policy()?;
     let (log, _, workspace) = directory::open(&args.target).await?;
     let created = DestinationCreated {
         destination_id: Uuid::now_v7(),
@@ -158,6 +161,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
             max_backoff_ms: args.max_backoff_ms,
             timeout_ms: args.timeout_ms,
         },
+        policy,
     };
     let created = admin::create_destination(&log, workspace, created, "onepd destination create").await?;
     log.close().await;

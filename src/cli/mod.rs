@@ -5,10 +5,12 @@ mod bench;
 mod deliveries;
 mod destination;
 mod directory;
+mod forget;
 mod identity;
 pub(crate) mod import;
 mod key;
 mod plan;
+mod policy;
 mod profile;
 mod rebuild;
 mod rejected;
@@ -59,6 +61,9 @@ enum Command {
     /// List rejected messages, or replay them once their cause is fixed.
     #[command(subcommand)]
     Rejected(rejected::RejectedCommand),
+    /// The sensitive-data policy: industry, per-destination rules, explain an event.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Read unified profiles: get one (now or as of a past point), explain a merge.
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
@@ -75,6 +80,8 @@ enum Command {
     Deliveries(deliveries::DeliveriesCommand),
     /// Re-send a range of the log to a destination, beside its live delivery.
     Replay(deliveries::ReplayArgs),
+    /// Erase a person: destroy their keys, suppress them, ask destinations to delete them.
+    Forget(forget::ForgetArgs),
     /// Run a built-in destination adapter as its own gRPC server.
     #[command(subcommand)]
     Adapter(adapter::AdapterCommand),
@@ -95,12 +102,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => import::run(args).await,
         Command::Plan(command) => plan::run(command).await,
         Command::Rejected(command) => rejected::run(command).await,
+        Command::Policy(command) => policy::run(command).await,
         Command::Profile(command) => profile::run(command).await,
         Command::Identity(command) => identity::run(command).await,
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Destination(command) => destination::run(command).await,
         Command::Deliveries(command) => deliveries::run(command).await,
         Command::Replay(args) => deliveries::replay(args).await,
+        Command::Forget(args) => forget::run(args).await,
         Command::Adapter(command) => adapter::run(command).await,
         Command::Bench(command) => bench::run(command).await,
     }

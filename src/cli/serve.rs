@@ -128,6 +128,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .route("/metrics", get(render_metrics))
         .with_state(HttpState { log: log.clone(), metrics: Arc::new(metrics) })
         .merge(onepd_adapters::http::webhooks::webhooks_router(ingest.clone()))
+        .merge(onepd_adapters::http::regulations::regulations_router(
+            log.clone(),
+            ingest.directory().clone(),
+            tokens.clone(),
+        ))
         .merge(onepd_adapters::http::router(ingest))
         .merge(onepd_adapters::http::profiles::profiles_router(profiles, tokens))
         .merge(onepd_adapters::http::js::js_router());

@@ -4,7 +4,9 @@
 //! the same.
 
 use onepd_commands::workspace::{ConfigError, WorkspaceConfig};
-use onepd_domain::events::destination::{DeliveryAttempted, DestinationCreated, ReplayRequested, destination_stream};
+use onepd_domain::events::destination::{
+    DeliveryAttempted, DestinationCreated, EventsWithheld, ReplayRequested, Run, WithheldEvent, destination_stream,
+};
 use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::{
     AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError, Timestamp,
@@ -215,6 +217,53 @@ pub async fn event_attempts(
     }
     found.sort_by_key(|(_, attempt)| attempt.position);
     Ok(found)
+}
+
+/// A ledger's record that one event was not sent (consent, `integrations`,
+/// the sensitive-data policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withholding {
+    /// The destination's name.
+    pub destination: String,
+    /// When it was recorded.
+    pub at: Timestamp,
+    /// Which run withheld it.
+    pub run: Run,
+    /// The event and why.
+    pub withheld: WithheldEvent,
+}
+
+/// Every record, in any destination of the workspace, that `event_id` was
+/// withheld, oldest first.
+pub async fn event_withholdings(
+    log: &EventLog,
+    directory: &Directory,
+    workspace: WorkspaceId,
+    event_id: EventId,
+) -> Result<Vec<Withholding>, StoreError> {
+    let mut found = Vec::new();
+    for entry in directory.destinations(workspace) {
+        for event in ledger_entries(log, entry.created.destination_id).await? {
+            if event.event_type != EventsWithheld::TYPE {
+                continue;
+            }
+            let Some(entry_data) = event.data.value() else { continue };
+            let Ok(withheld) = serde_json::from_value::<EventsWithheld>(entry_data.clone()) else { continue };
+            for one in withheld.events.into_iter().filter(|one| one.event_id == event_id) {
+                found.push((
+                    event.position,
+                    Withholding {
+                        destination: entry.created.name.clone(),
+                        at: event.recorded_at,
+                        run: withheld.run,
+                        withheld: one,
+                    },
+                ));
+            }
+        }
+    }
+    found.sort_by_key(|(position, _)| *position);
+    Ok(found.into_iter().map(|(_, withholding)| withholding).collect())
 }
 
 /// A destination with where its delivery stands.

@@ -30,15 +30,17 @@ use std::time::{Duration, Instant};
 
 use onepd_domain::destination::{DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent};
 use onepd_domain::events::destination::{
-    DeliveryAttempted, FailedDelivery, ReplayCompleted, ReplayRequested, Run, destination_stream,
+    DeliveryAttempted, DestinationCreated, EventsWithheld, FailedDelivery, ReplayCompleted, ReplayRequested, Run,
+    WithheldEvent, destination_stream,
 };
 use onepd_domain::events::identity::FACT_TYPES;
 use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::policy::{Annotations, WorkspacePolicy};
 use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
-    Timestamp,
+    Timestamp, WorkspaceId,
 };
-use onepd_projections::activation::{Ledgers, Notes, Target, prepare};
+use onepd_projections::activation::{Ledgers, Notes, Prepared, Target, prepare};
 use onepd_projections::directory::{DestinationEntry, Directory};
 use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
 use rand::Rng;
@@ -49,6 +51,7 @@ use crate::EventLog;
 use crate::live::Live;
 
 pub mod admin;
+pub mod explain;
 
 /// Builds the adapter of a destination (a built-in, or a remote one over gRPC).
 pub type Connect = Arc<dyn Fn(&DestinationEntry) -> Result<Arc<dyn Destination>, String> + Send + Sync>;
@@ -142,7 +145,10 @@ async fn supervise(
     connect: Connect,
     options: ActivationOptions,
 ) {
-    let mut live: HashMap<Uuid, Running> = HashMap::new();
+    // Each live run with the configuration it started under: a run whose
+    // destination policy, workspace policy or tracking plan changed is
+    // started again (from its durable checkpoint) under the new one.
+    let mut live: HashMap<Uuid, (Running, Stamp)> = HashMap::new();
     let mut jobs: HashMap<Uuid, Running> = HashMap::new();
     let mut tick = tokio::time::interval(options.tick);
     loop {
@@ -150,15 +156,24 @@ async fn supervise(
         if log.is_closed() {
             return;
         }
-        let entries: Vec<DestinationEntry> = directory.read(|d| d.all_destinations().cloned().collect());
-        let by_id: HashMap<Uuid, &DestinationEntry> =
-            entries.iter().map(|entry| (entry.created.destination_id, entry)).collect();
-        live.retain(|id, run| by_id.get(id).is_some_and(|entry| !entry.paused) && !run.0.is_finished());
-        for entry in &entries {
+        let entries: Vec<(DestinationEntry, Arc<Privacy>, Stamp)> = directory.read(|d| {
+            d.all_destinations()
+                .map(|entry| {
+                    let settings = d.workspace(entry.workspace).map_or(0, |workspace| workspace.settings_version);
+                    (entry.clone(), Arc::new(Privacy::of(d, entry.workspace)), (entry.changed_at, settings))
+                })
+                .collect()
+        });
+        let by_id: HashMap<Uuid, &(DestinationEntry, Arc<Privacy>, Stamp)> =
+            entries.iter().map(|found| (found.0.created.destination_id, found)).collect();
+        live.retain(|id, (run, stamp)| {
+            by_id.get(id).is_some_and(|(entry, _, now)| !entry.paused && now == stamp) && !run.0.is_finished()
+        });
+        for (entry, privacy, stamp) in &entries {
             let id = entry.created.destination_id;
             if !entry.paused && !live.contains_key(&id) {
-                let engine = Engine::new(log.clone(), entry.clone(), connect.clone(), options.clone());
-                live.insert(id, Running(tokio::spawn(engine.run_forever(None))));
+                let engine = Engine::new(log.clone(), entry.clone(), privacy.clone(), connect.clone(), options.clone());
+                live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp));
             }
         }
         let open = ledgers.read(Ledgers::open_jobs);
@@ -170,10 +185,46 @@ async fn supervise(
             if jobs.contains_key(&job.job_id) {
                 continue;
             }
-            let Some(entry) = by_id.get(&job.destination_id) else { continue };
-            let engine = Engine::new(log.clone(), (*entry).clone(), connect.clone(), options.clone());
+            let Some((entry, privacy, _)) = by_id.get(&job.destination_id) else { continue };
+            let engine = Engine::new(log.clone(), entry.clone(), privacy.clone(), connect.clone(), options.clone());
             jobs.insert(job.job_id, Running(tokio::spawn(engine.run_forever(Some(job)))));
         }
+    }
+}
+
+/// When a destination's configuration (its own, and its workspace's
+/// settings) last changed.
+type Stamp = (u64, u64);
+
+/// A workspace's part of the sensitive-data policy, as a run applies it:
+/// its industry and settings, and the classifications of its tracking plan.
+#[derive(Debug, Clone, Default)]
+pub struct Privacy {
+    /// Industry and settings.
+    pub workspace: WorkspacePolicy,
+    /// Classifications from the tracking plan.
+    pub annotations: Annotations,
+}
+
+impl Privacy {
+    /// `workspace`'s policy as the directory has it now.
+    pub fn of(directory: &Directory, workspace: WorkspaceId) -> Privacy {
+        let Some(entry) = directory.workspace(workspace) else { return Privacy::default() };
+        Privacy {
+            workspace: WorkspacePolicy { industry: entry.industry, allow_ip_user_agent: entry.allow_ip_user_agent },
+            // A plan is checked when it is set, so one that does not read
+            // here can only be older than classifications: it has none.
+            annotations: entry
+                .plan
+                .as_ref()
+                .and_then(|(_, plan)| Annotations::from_plan(plan).ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The target a run prepares events for.
+    pub fn target<'a>(&'a self, created: &'a DestinationCreated, description: &'a Description) -> Target<'a> {
+        Target { destination: created, description, workspace: &self.workspace, annotations: &self.annotations }
     }
 }
 
@@ -192,6 +243,7 @@ enum RunError {
 struct Engine {
     log: EventLog,
     entry: DestinationEntry,
+    privacy: Arc<Privacy>,
     connect: Connect,
     options: ActivationOptions,
 }
@@ -205,6 +257,12 @@ struct Batch {
     notes: Vec<Notes>,
     recorded_at: Vec<Timestamp>,
 }
+
+/// Events withheld while a batch was prepared, recorded before it is sent.
+type Withheld = Vec<WithheldEvent>;
+
+/// The most withheld events one ledger entry lists.
+const WITHHELD_PER_ENTRY: usize = 1_000;
 
 impl Batch {
     fn push(&mut self, event: PreparedEvent, notes: Notes, recorded_at: Timestamp) {
@@ -239,8 +297,14 @@ struct Tally {
 }
 
 impl Engine {
-    fn new(log: EventLog, entry: DestinationEntry, connect: Connect, options: ActivationOptions) -> Engine {
-        Engine { log, entry, connect, options }
+    fn new(
+        log: EventLog,
+        entry: DestinationEntry,
+        privacy: Arc<Privacy>,
+        connect: Connect,
+        options: ActivationOptions,
+    ) -> Engine {
+        Engine { log, entry, privacy, connect, options }
     }
 
     fn id(&self) -> Uuid {
@@ -292,7 +356,7 @@ impl Engine {
             types.extend(FACT_TYPES.map(String::from));
         }
         let filter = EventFilter { workspace: Some(workspace), event_types: types, ..EventFilter::default() };
-        let target = Target { destination: created, description: &description };
+        let target = self.privacy.target(created, &description);
         let run = job.map_or(Run::Live, |job| Run::Job { job_id: job.job_id });
         let batch_size = description.max_batch_size as usize;
         let mut source = match end {
@@ -304,23 +368,32 @@ impl Engine {
         // Batches are prepared while the one before is being delivered: the
         // reader hands them over in order (at most two waiting), and the
         // deliverer settles them one at a time, so order and checkpoints hold.
-        let (batches, mut to_deliver) = tokio::sync::mpsc::channel::<(Batch, Position)>(2);
+        let (batches, mut to_deliver) = tokio::sync::mpsc::channel::<(Batch, Withheld, Position)>(2);
         let deliverer = async {
             let mut tally = Tally::default();
             let mut limiter = RateLimiter::new(description.rate_limit_per_second);
-            while let Some((batch, through)) = to_deliver.recv().await {
-                self.settle(adapter.as_ref(), run, batch, Some(through), &mut limiter, &mut tally).await?;
+            while let Some((batch, withheld, through)) = to_deliver.recv().await {
+                if !withheld.is_empty() {
+                    // With nothing to deliver, the withheld entry settles the range.
+                    let checkpoint = (batch.is_empty() && run == Run::Live).then_some(through);
+                    self.record_withheld(run, withheld, checkpoint).await?;
+                }
+                if !batch.is_empty() {
+                    self.settle(adapter.as_ref(), run, batch, Some(through), &mut limiter, &mut tally).await?;
+                }
             }
             Ok::<Tally, RunError>(tally)
         };
         let reader = async move {
             let mut pending = Batch::default();
+            let mut withheld: Withheld = Vec::new();
             // A send fails only when the deliverer stopped; its error is the one reported.
             while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
                 for event in &events {
                     if FACT_TYPES.contains(&event.event_type.as_str()) {
-                        if !pending.is_empty() {
-                            let _ = batches.send((std::mem::take(&mut pending), event.position)).await;
+                        if !pending.is_empty() || !withheld.is_empty() {
+                            let batch = (std::mem::take(&mut pending), std::mem::take(&mut withheld), event.position);
+                            let _ = batches.send(batch).await;
                         }
                         return Err(RunError::FactsChanged);
                     }
@@ -329,17 +402,29 @@ impl Engine {
                         continue;
                     }
                     let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
-                    if let Some((prepared, notes)) = prepare(event, view.as_ref(), target) {
-                        pending.push(prepared, notes, event.recorded_at);
+                    match prepare(event, view.as_ref(), target) {
+                        Prepared::Send(prepared, notes) => pending.push(prepared, notes, event.recorded_at),
+                        Prepared::Withheld { rule, reason } => withheld.push(WithheldEvent {
+                            event_id: event.event_id,
+                            position: event.position,
+                            rule: rule.to_owned(),
+                            reason,
+                        }),
+                        Prepared::Skipped => {}
                     }
-                    if pending.len() >= batch_size
-                        && batches.send((std::mem::take(&mut pending), event.position.next())).await.is_err()
+                    if (pending.len() >= batch_size || withheld.len() >= WITHHELD_PER_ENTRY)
+                        && batches
+                            .send((std::mem::take(&mut pending), std::mem::take(&mut withheld), event.position.next()))
+                            .await
+                            .is_err()
                     {
                         return Ok(());
                     }
                 }
                 fold.forget_changes();
-                if !pending.is_empty() && batches.send((std::mem::take(&mut pending), next)).await.is_err() {
+                if (!pending.is_empty() || !withheld.is_empty())
+                    && batches.send((std::mem::take(&mut pending), std::mem::take(&mut withheld), next)).await.is_err()
+                {
                     return Ok(());
                 }
             }
@@ -510,7 +595,7 @@ impl Engine {
         let mut failed = Vec::new();
         for (event, notes) in batch.events.iter().zip(&batch.notes) {
             hashed.extend(notes.hashed.iter().cloned());
-            scrubbed.extend(notes.scrubbed.iter().cloned());
+            scrubbed.extend(notes.scrubbed.keys().cloned());
             let (outcome, reason) = match outcomes.get(&event.event_id) {
                 Some(Outcome::Delivered) => continue,
                 Some(Outcome::Permanent { reason }) => ("permanent", reason.clone()),
@@ -537,6 +622,18 @@ impl Engine {
             duration_ms: elapsed.as_millis() as u64,
         };
         self.record(DeliveryAttempted::TYPE, serde_json::to_value(&attempt).expect("serializable")).await
+    }
+
+    /// Records events the destination's filters admitted but that were not
+    /// sent, with why.
+    async fn record_withheld(
+        &self,
+        run: Run,
+        events: Withheld,
+        checkpoint: Option<Position>,
+    ) -> Result<(), StoreError> {
+        let withheld = EventsWithheld { destination_id: self.id(), run, events, checkpoint };
+        self.record(EventsWithheld::TYPE, serde_json::to_value(&withheld).expect("serializable")).await
     }
 
     /// Appends one event to the destination's ledger stream.

@@ -12,6 +12,14 @@
 //!  "sentAt": "2024-05-01T12:30:05.123Z"}
 //! ```
 //!
+//! When a person is erased, the receiver gets one more request, signed the
+//! same way, asking it to delete them:
+//!
+//! ```text
+//! {"type": "delete", "requestId", "profileIds": [...],
+//!  "identifiers": {"email": [...], "user_id": [...], ...}, "sentAt"}
+//! ```
+//!
 //! A receiver verifies the signature by recomputing the HMAC over the
 //! timestamp, a `.` and the raw body, comparing in constant time, and
 //! refusing an old `t` (replays). `eventId` is the deduplication key: a
@@ -27,8 +35,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Hashing, IdentifierSource, IdentifierSpec,
-    Normalization, Outcome, PreparedEvent,
+    Category, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult, Hashing,
+    IdentifierSource, IdentifierSpec, Normalization, Outcome, PreparedEvent,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -186,6 +194,26 @@ impl Destination for Webhook {
         }
         http::post_json(request, body, self.timeout).await?;
         Ok(http::every(events, &Outcome::Delivered))
+    }
+
+    async fn delete(&self, deletion: &DeletionRequest) -> Result<DeletionAnswer, DeliverError> {
+        let now = SystemTime::now();
+        let sent_at = chrono::DateTime::<chrono::Utc>::from(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let body = serde_json::to_vec(&json!({
+            "type": "delete",
+            "requestId": deletion.request_id.to_string(),
+            "profileIds": deletion.profile_ids,
+            "identifiers": deletion.identifiers,
+            "sentAt": sent_at,
+        }))
+        .map_err(|err| DeliverError::Adapter(err.to_string()))?;
+        let mut request = http::client().post(&self.url).headers(self.headers.clone());
+        if let Some(secret) = &self.secret {
+            let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            request = request.header(SIGNATURE_HEADER, signature(secret, unix, &body));
+        }
+        http::post_json(request, body, self.timeout).await?;
+        Ok(DeletionAnswer::Requested)
     }
 }
 

@@ -1,5 +1,5 @@
-//! `onepd.admin.v1.AdminService`: destinations and their delivery ledgers
-//! over gRPC. Every call goes through [`crate::activation::admin`], the code
+//! `onepd.admin.v1.AdminService`: destinations and their delivery ledgers,
+//! and erasure, over gRPC. Every call goes through [`crate::activation::admin`], the code
 //! behind `onepd destination`, `onepd deliveries` and `onepd replay`, so the
 //! service and the CLI accept, refuse and answer alike.
 //!
@@ -24,6 +24,7 @@ use std::time::Duration;
 use onepd_commands::workspace::{ConfigError, EXTERNAL_ADAPTER};
 use onepd_domain::events::destination::{DestinationCreated, DestinationFilters, ReplayRequested, RetryPolicy, Run};
 use onepd_domain::events::workspace::TokenScope;
+use onepd_domain::identity::ProfileId;
 use onepd_domain::{EventId, EventStore, Position, Timestamp};
 use onepd_projections::access::Grant;
 use onepd_projections::directory::{DestinationEntry, Directory};
@@ -38,7 +39,9 @@ use super::audit::store_status;
 use super::auth::TokenRegistry;
 use crate::EventLog;
 use crate::activation::admin::{self, AdminError, Attempt};
+use crate::activation::connect;
 use crate::destinations::{BUILT_IN, built_in};
+use crate::erasure::{self, ErasureError, Lookup};
 use crate::live::Live;
 
 /// Attempts listed when the request does not say, as the CLI lists.
@@ -144,6 +147,14 @@ impl AdminService for AdminApi {
             }
         };
         let defaults = RetryPolicy::default();
+        let policy = match request.policy_json.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
+            None => Default::default(),
+            Some(text) => serde_json::from_str(text).map_err(|err| {
+                Status::invalid_argument(format!(
+                    "policy_json: expected {{\"allow_fields\", \"event_names\", \"remove\", \"allow_ip_user_agent\"}}: {err}"
+                ))
+            })?,
+        };
         let created = DestinationCreated {
             destination_id: Uuid::now_v7(),
             name: request.name,
@@ -163,6 +174,7 @@ impl AdminService for AdminApi {
                 max_backoff_ms: request.max_backoff_ms.unwrap_or(defaults.max_backoff_ms),
                 timeout_ms: request.timeout_ms.unwrap_or(defaults.timeout_ms),
             },
+            policy,
         };
         let created = admin::create_destination(&self.log, grant.workspace, created, &actor(&grant))
             .await
@@ -332,6 +344,55 @@ impl AdminService for AdminApi {
             .await
             .map_err(admin_status)?;
         Ok(Response::new(job_message(job)))
+    }
+
+    #[tracing::instrument(skip_all, name = "forget", fields(workspace = field::Empty))]
+    async fn forget(&self, request: Request<proto::ForgetRequest>) -> Result<Response<proto::ForgetResponse>, Status> {
+        use proto::forget_request::Subject;
+        let grant = self.grant(&request, TokenScope::Admin)?;
+        let lookup = match request.into_inner().subject {
+            Some(Subject::Email(value)) => Lookup::Email(value),
+            Some(Subject::UserId(value)) => Lookup::UserId(value),
+            Some(Subject::AnonymousId(value)) => Lookup::AnonymousId(value),
+            Some(Subject::Phone(value)) => Lookup::Phone(value),
+            Some(Subject::ProfileId(value)) => Lookup::Profile(ProfileId(
+                value.parse().map_err(|_| Status::invalid_argument("profile_id: expected a UUID"))?,
+            )),
+            None => {
+                return Err(Status::invalid_argument(
+                    "subject: expected one of email, user_id, anonymous_id, phone, profile_id, found none",
+                ));
+            }
+        };
+        let destinations: Vec<DestinationEntry> =
+            self.directory.read(|directory| directory.destinations(grant.workspace).into_iter().cloned().collect());
+        let report = erasure::forget(&self.log, grant.workspace, &[lookup], &destinations, &connect(), "grpc")
+            .await
+            .map_err(erasure_status)?;
+        Ok(Response::new(proto::ForgetResponse {
+            request_id: report.request_id.to_string(),
+            profile_ids: report.profiles.iter().map(|id| id.0.to_string()).collect(),
+            subjects: report.subjects,
+            keys_shredded: report.keys_shredded,
+            deletions: report
+                .deletions
+                .into_iter()
+                .map(|deletion| proto::DeletionOutcome {
+                    destination: deletion.destination,
+                    outcome: deletion.outcome,
+                    response: deletion.response,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// The status an [`ErasureError`] becomes.
+pub fn erasure_status(err: ErasureError) -> Status {
+    match err {
+        ErasureError::Invalid(reason) => Status::invalid_argument(reason),
+        ErasureError::NotFound(reason) => Status::not_found(reason),
+        ErasureError::Store(err) => store_status(err),
     }
 }
 

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Hashing, IdentifierSource, IdentifierSpec,
-    Normalization, Outcome, PreparedEvent,
+    Category, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult, Hashing,
+    IdentifierSource, IdentifierSpec, Normalization, Outcome, PreparedEvent,
 };
 use onepd_domain::{EventId, Position};
 use onepd_proto::destination::v1 as pb;
@@ -172,6 +172,25 @@ impl Destination for RemoteDestination {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|field| DeliverError::Adapter(format!("deliver to {}: answer {field}", self.url)))
     }
+
+    async fn delete(&self, deletion: &DeletionRequest) -> Result<DeletionAnswer, DeliverError> {
+        let request = pb::DeleteSubjectsRequest {
+            settings_json: self.settings_json.clone(),
+            destination_id: self.destination_id.clone(),
+            request_id: deletion.request_id.to_string(),
+            profile_ids: deletion.profile_ids.clone(),
+            identifiers: deletion
+                .identifiers
+                .iter()
+                .map(|(name, values)| (name.clone(), pb::IdentifierValues { values: values.clone() }))
+                .collect(),
+        };
+        match self.client.clone().delete_subjects(request).await {
+            Ok(_) => Ok(DeletionAnswer::Requested),
+            Err(status) if status.code() == Code::Unimplemented => Ok(DeletionAnswer::Unsupported),
+            Err(status) => Err(error_from_status(&format!("delete subjects at {}", self.url), &status)),
+        }
+    }
 }
 
 /// Builds the [`Destination`] for one settings object (the JSON a request's
@@ -269,6 +288,25 @@ impl DestinationAdapter for AdapterService {
         })?;
         tracing::debug!(destination = %request.destination_id, events = events.len(), "batch delivered");
         Ok(Response::new(pb::DeliverResponse { results: results.iter().map(result_to_proto).collect() }))
+    }
+
+    async fn delete_subjects(
+        &self,
+        request: Request<pb::DeleteSubjectsRequest>,
+    ) -> Result<Response<pb::DeleteSubjectsResponse>, Status> {
+        let request = request.into_inner();
+        let adapter = self.adapter(&request.settings_json)?;
+        let request_id =
+            request.request_id.parse().map_err(|_| Status::invalid_argument("request_id: expected a UUID"))?;
+        let deletion = DeletionRequest {
+            request_id,
+            profile_ids: request.profile_ids,
+            identifiers: request.identifiers.into_iter().map(|(name, values)| (name, values.values)).collect(),
+        };
+        match adapter.delete(&deletion).await.map_err(status_from_error)? {
+            DeletionAnswer::Requested => Ok(Response::new(pb::DeleteSubjectsResponse {})),
+            DeletionAnswer::Unsupported => Err(Status::unimplemented("this adapter's platform has no deletion API")),
+        }
     }
 }
 

@@ -24,7 +24,17 @@ pub enum Endpoint {
     Single(&'static str),
     /// `/v1/batch` and `/v1/import`: `{"batch": [...]}`.
     Batch,
+    /// `/v1/consent`: a person's consent choice, `{"userId" | "anonymousId",
+    /// "categoryPreferences": {"marketing": true, …}, …}`, recorded as
+    /// Segment's `Segment Consent Preference Updated` track with the
+    /// preferences in `context.consent`, so it holds for the person's later
+    /// messages.
+    Consent,
 }
+
+/// The track event a consent call becomes (the name Segment's consent
+/// tooling sends).
+pub const CONSENT_EVENT: &str = "Segment Consent Preference Updated";
 
 impl Endpoint {
     /// The endpoint of a path segment after `/v1/`.
@@ -37,6 +47,7 @@ impl Endpoint {
             "group" | "g" => Endpoint::Single("group"),
             "alias" | "a" => Endpoint::Single("alias"),
             "batch" | "import" | "b" | "m" => Endpoint::Batch,
+            "consent" => Endpoint::Consent,
             _ => return None,
         })
     }
@@ -120,7 +131,40 @@ pub fn decode(endpoint: Endpoint, content_encoding: Option<&str>, body: &[u8]) -
     match endpoint {
         Endpoint::Single(message_type) => decode_single(message_type, &body),
         Endpoint::Batch => decode_batch(&body),
+        Endpoint::Consent => decode_consent(&body),
     }
+}
+
+/// A consent call as the track message it stands for.
+fn decode_consent(body: &[u8]) -> Result<Decoded, BodyError> {
+    let mut decoded = decode_single("track", body)?;
+    let message = decoded.messages[0].as_object_mut().expect("decode_single gives an object");
+    let preferences = match message.remove("categoryPreferences") {
+        Some(Value::Object(preferences)) if preferences.values().all(Value::is_boolean) => preferences,
+        other => {
+            return Err(BodyError::Malformed {
+                field: "categoryPreferences".into(),
+                message: format!(
+                    "expected an object of category names to true or false, found {}",
+                    other.as_ref().map_or("nothing", onepd_commands::ingest::shape::kind)
+                ),
+            });
+        }
+    };
+    message.insert("event".into(), Value::String(CONSENT_EVENT.into()));
+    let context = message.entry("context").or_insert_with(|| Value::Object(Default::default()));
+    match context {
+        Value::Object(context) => {
+            context.insert("consent".into(), serde_json::json!({ "categoryPreferences": preferences }));
+        }
+        _ => {
+            return Err(BodyError::Malformed {
+                field: "context".into(),
+                message: format!("expected an object, found {}", onepd_commands::ingest::shape::kind(context)),
+            });
+        }
+    }
+    Ok(decoded)
 }
 
 fn decompress<'a>(content_encoding: Option<&str>, body: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, BodyError> {

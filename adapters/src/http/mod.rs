@@ -22,6 +22,7 @@ pub mod body;
 pub mod import;
 pub mod js;
 pub mod profiles;
+pub mod regulations;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -126,7 +127,7 @@ async fn handle(
         _ => None,
     });
     // A single message that is rejected answers 400 with its reasons.
-    if let Endpoint::Single(_) = endpoint
+    if let Endpoint::Single(_) | Endpoint::Consent = endpoint
         && let Some((_, _, reasons)) = rejected.next()
     {
         let first = reasons.first();

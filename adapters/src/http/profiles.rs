@@ -312,7 +312,7 @@ impl QueryParams<'_> {
 
 /// The admin token: the user name of HTTP Basic credentials, or a bearer
 /// token.
-fn admin_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn admin_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, credentials) = value.trim().split_once(' ')?;
     if scheme.eq_ignore_ascii_case("basic") {

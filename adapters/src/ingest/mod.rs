@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use onepd_commands::ingest::{Decision, Pipeline, Received, TrackingPlan, WorkspaceSettings};
 use onepd_commands::workspace::token_sha256;
+use onepd_domain::events::erasure::message_identifiers;
 use onepd_domain::events::message::Violation;
 use onepd_domain::events::workspace::source_stream;
 use onepd_domain::{
@@ -276,7 +277,34 @@ impl Ingest {
             .into_iter()
             .map(|message| self.pipeline.process(&settings, &received, message, || Uuid::now_v7().to_string()))
             .collect();
+        let decisions = self.suppress(grant.workspace, decisions)?;
         self.append(grant, decisions).await
+    }
+
+    /// Turns each accepted message about an erased person (one of its
+    /// identifiers on the workspace's suppression list) into a rejection
+    /// that keeps nothing of it. Free when the workspace has erased no one.
+    fn suppress(&self, workspace: WorkspaceId, decisions: Vec<Decision>) -> Result<Vec<Decision>, IngestError> {
+        if !self.directory.read(|directory| directory.has_suppressions(workspace)) {
+            return Ok(decisions);
+        }
+        let mut checked = Vec::with_capacity(decisions.len());
+        for decision in decisions {
+            let identifiers = match &decision {
+                Decision::Accepted { event, .. } => {
+                    event.data.get("message").map(message_identifiers).unwrap_or_default()
+                }
+                Decision::Rejected { .. } => Vec::new(),
+            };
+            let mut hashes = Vec::with_capacity(identifiers.len());
+            for identifier in &identifiers {
+                hashes.push(self.log.suppression_hash(workspace, identifier).map_err(IngestError::Store)?);
+            }
+            let suppressed = !hashes.is_empty()
+                && self.directory.read(|directory| hashes.iter().any(|hash| directory.is_suppressed(workspace, hash)));
+            checked.push(if suppressed { decision.suppress() } else { decision });
+        }
+        Ok(checked)
     }
 
     /// Records a payload that never became a message (a webhook that failed

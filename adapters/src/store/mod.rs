@@ -215,6 +215,27 @@ impl EventLog {
         })
     }
 
+    /// The suppression hash (hex) of `identifier` in `workspace`: a hash
+    /// keyed with the master key, so the suppression list in the log names
+    /// no one to a reader without the key. Fails without a master key.
+    pub fn suppression_hash(
+        &self,
+        workspace: WorkspaceId,
+        identifier: &onepd_domain::identity::Identifier,
+    ) -> Result<String, StoreError> {
+        let master =
+            self.inner.master.as_ref().ok_or_else(|| {
+                StoreError::Database("no master key configured to hash suppressed identifiers".into())
+            })?;
+        let subject = onepd_domain::events::erasure::suppression_subject(identifier);
+        Ok(hex::encode(master.suppression_hash(workspace.0, &subject)))
+    }
+
+    /// Whether the log has a master key (needed to seal, open and shred).
+    pub fn has_master_key(&self) -> bool {
+        self.inner.master.is_some()
+    }
+
     /// Whether [`EventLog::close`] has been called.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)

@@ -81,6 +81,18 @@ impl MasterKey {
         hasher.finalize().into()
     }
 
+    /// The keyed hash under which an erased person's identifier is kept on
+    /// the suppression list: without the master key it cannot be reversed
+    /// by trying candidate emails.
+    pub(crate) fn suppression_hash(&self, workspace: Uuid, subject: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"onepd suppression v1");
+        hasher.update(self.bytes);
+        hasher.update(workspace.as_bytes());
+        hasher.update(subject.as_bytes());
+        hasher.finalize().into()
+    }
+
     /// Makes a new subject key; returns the cipher and the key wrapped for storage.
     pub(crate) fn new_subject_key(&self, key_id: Uuid) -> (SubjectKey, Vec<u8>) {
         let key: [u8; 32] = rand::random();

@@ -18,7 +18,7 @@ pub mod useragent;
 
 use std::net::IpAddr;
 
-use onepd_domain::events::message::Violation;
+use onepd_domain::events::message::{MessageRejected, Violation};
 use onepd_domain::events::workspace::Industry;
 use onepd_domain::{EventId, NewEvent, Timestamp, WorkspaceId};
 use serde_json::Value;
@@ -85,6 +85,30 @@ impl Decision {
     /// The event id.
     pub fn event_id(&self) -> EventId {
         self.event().event_id
+    }
+
+    /// The message is about a person who was erased: an accepted decision
+    /// becomes a rejection (rule `suppressed`) that keeps nothing of the
+    /// message — no raw payload, no `messageId`, no subject — under the same
+    /// event id, so a retry is still a duplicate. A rejection stays as it is.
+    pub fn suppress(self) -> Decision {
+        let Decision::Accepted { mut event, .. } = self else { return self };
+        let reasons = vec![Violation::new(
+            "",
+            "suppressed",
+            "the person this message is about was erased; onepd no longer accepts data about them",
+        )];
+        let message_type = event.data.pointer("/message/type").cloned().unwrap_or(Value::Null);
+        event.event_type = MessageRejected::TYPE.to_owned();
+        event.data = serde_json::json!({
+            "reasons": reasons,
+            "raw": "",
+            "truncated": false,
+            "message_type": message_type,
+            "message_id": null,
+        });
+        event.subject = None;
+        Decision::Rejected { event, reasons }
     }
 }
 

@@ -1,6 +1,11 @@
-//! Configuring destinations: creating one, pausing and resuming it.
+//! Configuring destinations: creating one, pausing and resuming it, setting
+//! its part of the sensitive-data policy (and the workspace's).
 
-use onepd_domain::events::destination::{DestinationCreated, DestinationPaused, DestinationResumed};
+use onepd_domain::events::destination::{
+    DestinationCreated, DestinationPaused, DestinationPolicySet, DestinationResumed,
+};
+use onepd_domain::events::workspace::WorkspacePolicySet;
+use onepd_domain::policy::DestinationPolicy;
 use onepd_domain::{EventId, NewEvent, WorkspaceId};
 use uuid::Uuid;
 
@@ -73,6 +78,7 @@ impl WorkspaceConfig {
         if created.start.0 == 0 {
             return Err(ConfigError::InvalidDestination("start: positions start at 1".into()));
         }
+        created.policy.validate().map_err(|reason| ConfigError::InvalidDestination(format!("policy.{reason}")))?;
         let mut event = event(
             EventId(Uuid::new_v5(
                 &workspace.0,
@@ -141,6 +147,51 @@ impl WorkspaceConfig {
         ))
     }
 
+    /// Decides the event that replaces a destination's part of the
+    /// sensitive-data policy.
+    pub fn set_destination_policy(
+        &self,
+        workspace: WorkspaceId,
+        destination_id: Uuid,
+        policy: DestinationPolicy,
+        actor: &str,
+    ) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        if !self.destinations.contains_key(&destination_id) {
+            return Err(ConfigError::NoSuchDestination(destination_id));
+        }
+        policy.validate().map_err(|reason| ConfigError::InvalidDestination(format!("policy.{reason}")))?;
+        let id = format!("{}/{}", DestinationPolicySet::TYPE, self.version + 1);
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            DestinationPolicySet::TYPE,
+            1,
+            serde_json::to_value(DestinationPolicySet { destination_id, policy }).expect("serializable"),
+            actor,
+        ))
+    }
+
+    /// Decides the event that sets the workspace's industry and whether its
+    /// ad platforms may receive IP addresses and user agents (healthcare).
+    pub fn set_workspace_policy(
+        &self,
+        workspace: WorkspaceId,
+        policy: WorkspacePolicySet,
+        actor: &str,
+    ) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        let id = format!("{}/{}", WorkspacePolicySet::TYPE, self.version + 1);
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            WorkspacePolicySet::TYPE,
+            1,
+            serde_json::to_value(policy).expect("serializable"),
+            actor,
+        ))
+    }
+
     /// The workspace's destinations, by id.
     pub fn destinations(&self) -> &std::collections::HashMap<Uuid, DestinationState> {
         &self.destinations
@@ -177,6 +228,7 @@ mod tests {
             traits: vec![],
             start: Position(1),
             retry: RetryPolicy::default(),
+            policy: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::envelope::{EventId, Position, StreamId};
+use crate::policy::DestinationPolicy;
 
 /// The stream holding a destination's delivery ledger.
 pub fn destination_stream(destination: Uuid) -> StreamId {
@@ -87,6 +88,10 @@ pub struct DestinationCreated {
     /// How failures are retried.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Its part of the sensitive-data policy (allowed fields, event name
+    /// mapping, classes removed); replaced by `DestinationPolicySet`.
+    #[serde(default)]
+    pub policy: DestinationPolicy,
 }
 
 // The settings hold tokens and secrets: left out so logging cannot leak them.
@@ -102,6 +107,7 @@ impl std::fmt::Debug for DestinationCreated {
             .field("traits", &self.traits)
             .field("start", &self.start)
             .field("retry", &self.retry)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -114,6 +120,21 @@ impl DestinationCreated {
     pub fn subject(destination_id: Uuid) -> String {
         format!("destination:{destination_id}")
     }
+}
+
+/// A destination's part of the sensitive-data policy was replaced; it
+/// applies to every event sent from then on (replays included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationPolicySet {
+    /// The destination.
+    pub destination_id: Uuid,
+    /// The policy from now on.
+    pub policy: DestinationPolicy,
+}
+
+impl DestinationPolicySet {
+    /// The stored event type.
+    pub const TYPE: &'static str = "DestinationPolicySet";
 }
 
 /// A destination stopped receiving events; its subscription keeps its
@@ -248,5 +269,66 @@ impl ReplayCompleted {
     pub const TYPE: &'static str = "ReplayCompleted";
 }
 
+/// Events the destination's filters admitted but that were not sent: the
+/// consent it needs was not given, the message's `integrations` turned it
+/// off, or the sensitive-data policy withheld it. Recorded so the ledger
+/// accounts for every event; reasons never hold a value from the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsWithheld {
+    /// The destination.
+    pub destination_id: Uuid,
+    /// Which subscriber withheld them.
+    pub run: Run,
+    /// The events, each with why.
+    pub events: Vec<WithheldEvent>,
+    /// For the live run, when no delivery follows in the same batch: every
+    /// position below this one is done.
+    #[serde(default)]
+    pub checkpoint: Option<Position>,
+}
+
+impl EventsWithheld {
+    /// The stored event type.
+    pub const TYPE: &'static str = "EventsWithheld";
+}
+
+/// One event not sent, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithheldEvent {
+    /// The event.
+    pub event_id: EventId,
+    /// Where it is in the log.
+    pub position: Position,
+    /// The rule: `consent`, `integrations` or `policy`.
+    pub rule: String,
+    /// Why, without any value from the event (`consent "marketing" not
+    /// granted`).
+    pub reason: String,
+}
+
+/// A destination was asked to delete what it holds about an erased person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionRequested {
+    /// The destination.
+    pub destination_id: Uuid,
+    /// The erasure request (`SubjectErasureRequested`).
+    pub request_id: Uuid,
+    /// `requested`, `unsupported` or `failed`.
+    pub outcome: String,
+    /// A short summary of the destination's answer.
+    pub response: String,
+}
+
+impl DeletionRequested {
+    /// The stored event type.
+    pub const TYPE: &'static str = "DeletionRequested";
+}
+
 /// Every event type of the delivery ledger.
-pub const LEDGER_TYPES: [&str; 3] = [DeliveryAttempted::TYPE, ReplayRequested::TYPE, ReplayCompleted::TYPE];
+pub const LEDGER_TYPES: [&str; 5] = [
+    DeliveryAttempted::TYPE,
+    ReplayRequested::TYPE,
+    ReplayCompleted::TYPE,
+    EventsWithheld::TYPE,
+    DeletionRequested::TYPE,
+];

@@ -71,9 +71,16 @@ impl ProfileSplit {
     pub const TYPE: &'static str = "ProfileSplit";
 }
 
-/// The event types that change [`IdentityFacts`].
-pub const FACT_TYPES: [&str; 4] =
-    [IdentityRulesChanged::TYPE, IdentifierBlocked::TYPE, IdentifierUnblocked::TYPE, ProfileSplit::TYPE];
+/// The event types after which the profiles are derived again from the
+/// whole log: the ones that change [`IdentityFacts`], and an erasure
+/// (`SubjectErased`), after which a person's payloads can no longer be read.
+pub const FACT_TYPES: [&str; 5] = [
+    IdentityRulesChanged::TYPE,
+    IdentifierBlocked::TYPE,
+    IdentifierUnblocked::TYPE,
+    ProfileSplit::TYPE,
+    crate::events::erasure::SubjectErased::TYPE,
+];
 
 /// Everything the operators decided about one workspace's identity
 /// resolution: its rules, blocked identifiers and unlinked events. A fold of

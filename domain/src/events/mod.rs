@@ -3,6 +3,7 @@
 //! `schema_version` and an upcaster.
 
 pub mod destination;
+pub mod erasure;
 pub mod identity;
 pub mod message;
 pub mod workspace;

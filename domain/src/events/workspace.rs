@@ -267,6 +267,25 @@ impl TrackingPlanSet {
     pub const TYPE: &'static str = "TrackingPlanSet";
 }
 
+/// A workspace's sensitive-data settings were set (replacing earlier ones):
+/// its industry, which decides whether ad platforms get deny-by-default
+/// scrubbing, and whether IP addresses and user agents may reach ad
+/// platforms in healthcare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspacePolicySet {
+    /// The business's industry from now on.
+    pub industry: Industry,
+    /// Whether a healthcare workspace lets ad platforms receive the client's
+    /// IP address and user agent (withheld by default).
+    #[serde(default)]
+    pub allow_ip_user_agent: bool,
+}
+
+impl WorkspacePolicySet {
+    /// The stored event type.
+    pub const TYPE: &'static str = "WorkspacePolicySet";
+}
+
 /// A webhook source's configuration was set (replacing any earlier one):
 /// how its requests are verified and how its payloads become messages.
 ///

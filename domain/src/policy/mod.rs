@@ -688,7 +688,12 @@ impl Scrubber<'_> {
                 }
             },
             Allowance::None => {
-                self.record(path, Action::Removed, NOT_ALLOWLISTED);
+                // The classification, when there is one, says why it matters.
+                let found = classifications(self.event_name, &path.raw, key, value, self.annotations);
+                match found.into_iter().next() {
+                    Some((_, _, why)) => self.record(path, Action::Removed, format!("{why}; {NOT_ALLOWLISTED}")),
+                    None => self.record(path, Action::Removed, NOT_ALLOWLISTED),
+                }
                 false
             }
         }

@@ -7,10 +7,15 @@
 //! * **Dead letters:** events whose last outcome in any run is `permanent`;
 //!   an event delivered later (by `retry-dead` or a replay) leaves the list.
 //! * **Jobs:** every `ReplayRequested`, open until its `ReplayCompleted`.
+//! * **Withheld:** events not sent because of consent, `integrations` or
+//!   the sensitive-data policy (`EventsWithheld`, which carries the
+//!   checkpoint when a batch held nothing to deliver).
 
 use std::collections::{BTreeMap, HashMap};
 
-use onepd_domain::events::destination::{DeliveryAttempted, LEDGER_TYPES, ReplayCompleted, ReplayRequested, Run};
+use onepd_domain::events::destination::{
+    DeliveryAttempted, EventsWithheld, LEDGER_TYPES, ReplayCompleted, ReplayRequested, Run,
+};
 use onepd_domain::{EventId, Position, RecordedEvent, Timestamp};
 use uuid::Uuid;
 
@@ -44,6 +49,9 @@ pub struct Ledger {
     pub open_jobs: BTreeMap<Uuid, ReplayRequested>,
     /// Completed jobs: (delivered, dead).
     pub completed_jobs: HashMap<Uuid, (u64, u64)>,
+    /// Events withheld (consent, `integrations`, the sensitive-data policy),
+    /// over every run.
+    pub withheld: u64,
 }
 
 impl Ledger {
@@ -76,6 +84,15 @@ impl Ledger {
                 }
                 if attempt.run == Run::Live
                     && let Some(checkpoint) = attempt.checkpoint
+                {
+                    self.checkpoint = Some(self.checkpoint.map_or(checkpoint, |at| at.max(checkpoint)));
+                }
+            }
+            EventsWithheld::TYPE => {
+                let Ok(withheld) = serde_json::from_value::<EventsWithheld>(data.clone()) else { return };
+                self.withheld += withheld.events.len() as u64;
+                if withheld.run == Run::Live
+                    && let Some(checkpoint) = withheld.checkpoint
                 {
                     self.checkpoint = Some(self.checkpoint.map_or(checkpoint, |at| at.max(checkpoint)));
                 }

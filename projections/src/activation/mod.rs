@@ -7,4 +7,4 @@ pub mod ledger;
 pub mod prepare;
 
 pub use ledger::{DeadLetter, Ledger, Ledgers};
-pub use prepare::{Notes, Target, prepare};
+pub use prepare::{Notes, Prepared, Target, prepare};

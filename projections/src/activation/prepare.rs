@@ -1,60 +1,98 @@
 //! One event, as one destination receives it.
 //!
 //! [`prepare`] decides, for an accepted message and the profile it was
-//! attributed to (as of that event), whether the destination receives it
-//! and, if so, the [`PreparedEvent`] its adapter gets:
+//! attributed to (as of that event), what the destination gets
+//! ([`Prepared`]):
 //!
-//! 1. **Filters.** Message types and track names the destination asks for;
-//!    the message's `integrations` switches (Segment's semantics: the
-//!    destination's name or adapter name, else `All`, else on); the consent
-//!    categories the destination needs, each granted (`true`) in
-//!    `context.consent.categoryPreferences`.
-//! 2. **Identifiers.** Each identifier the adapter accepts, read from the
+//! 1. **Subscription.** Message types and track names the destination asks
+//!    for; anything else is [`Prepared::Skipped`] (not recorded).
+//! 2. **Switches and consent** ([`Prepared::Withheld`], recorded in the
+//!    ledger): the message's `integrations` (Segment's semantics: the
+//!    destination's name or adapter name, else `All`, else on), and the
+//!    consent categories the destination needs — each granted in the
+//!    message's own consent, else in the person's latest consent as of the
+//!    event ([`onepd_domain::consent`]).
+//! 3. **Raw identifiers never leave for an ad platform.** Its message loses
+//!    `userId`, `anonymousId`, `previousId`, `traits`, `context.traits`,
+//!    `context.ip`, `context.userAgent` and properties named after an
+//!    identifier.
+//! 4. **The sensitive-data policy** ([`onepd_domain::policy::apply`]): for a
+//!    restricted industry's ad platform, deny by default (the allowlist,
+//!    URLs reduced to their origin, custom event names mapped or the event
+//!    withheld); classified fields removed where the destination's policy
+//!    says so. In a restricted industry an ad platform gets no unhashed
+//!    identifier but network and click ids, state, country and gender, and
+//!    in healthcare no IP address or user agent unless allowed.
+//! 5. **Identifiers.** Each identifier the adapter accepts, read from the
 //!    profile as of the event (every email, phone and id it held then; the
 //!    message's own ids first), its traits (names, birthday, address) or the
 //!    message's context (IP, user agent, click ids), then normalized and
 //!    hashed to the adapter's rules ([`onepd_domain::hashing::prepare`]).
-//!    Without a profile, the message's own values are used.
-//! 3. **Raw identifiers never leave for an ad platform.** Its message is sent
-//!    without `userId`, `anonymousId`, `previousId`, `traits`,
-//!    `context.traits`, `context.ip`, `context.userAgent` and properties
-//!    named after an identifier (`email`, `phone`, names, address); its
-//!    identifiers are the hashed ones (and the network ids the platform
-//!    needs in clear). Other categories get the message whole, with the
-//!    destination's chosen traits.
+//!    Without a profile, the message's own values are used. Other
+//!    categories also get the destination's chosen traits.
 //!
-//! What was hashed and what was removed are returned by field name (never
-//! by value) for the delivery ledger.
+//! What was hashed, removed, reduced or renamed is returned by field name
+//! with the reason (never a value) for the delivery ledger and `onepd
+//! policy explain`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use onepd_domain::RecordedEvent;
+use onepd_domain::consent;
 use onepd_domain::destination::{Category, Description, Hashing, IdentifierSource, PreparedEvent};
 use onepd_domain::events::destination::DestinationCreated;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::hashing;
 use onepd_domain::identity::IdentifierKind;
+use onepd_domain::policy::{self, Annotations, Verdict, WorkspacePolicy};
 use serde_json::{Map, Value};
 
 use crate::profile::ProfileView;
 
-/// A destination as the preparation needs it: its configuration and what
-/// its adapter described.
+/// A destination as the preparation needs it: its configuration, what its
+/// adapter described, and the sensitive-data policy of its workspace.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    /// The destination's configuration.
+    /// The destination's configuration (its policy included).
     pub destination: &'a DestinationCreated,
     /// Its adapter's description.
     pub description: &'a Description,
+    /// The workspace's industry and settings.
+    pub workspace: &'a WorkspacePolicy,
+    /// Classifications from the workspace's tracking plan.
+    pub annotations: &'a Annotations,
 }
 
 /// What the preparation did to an event, by field name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Notes {
     /// Identifier fields sent hashed (`em`).
-    pub hashed: BTreeSet<String>,
-    /// Fields removed from the message (`userId`, `properties.email`).
-    pub scrubbed: BTreeSet<String>,
+    pub hashed: std::collections::BTreeSet<String>,
+    /// Fields removed, reduced or renamed (`userId`, `properties.diagnosis`,
+    /// `context.page.url`), each with why; names and reasons only, never
+    /// values.
+    pub scrubbed: BTreeMap<String, String>,
+}
+
+/// What becomes of one event for one destination.
+// Made once per event and consumed at once: boxing the common variant would
+// only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    /// Send it, in this form.
+    Send(PreparedEvent, Notes),
+    /// The destination's filters admit it, but it is not sent; the ledger
+    /// records why.
+    Withheld {
+        /// `integrations`, `consent` or `policy`.
+        rule: &'static str,
+        /// Why, without any value from the event.
+        reason: String,
+    },
+    /// Not for this destination: not an accepted message, an erased
+    /// payload, or a type or name the destination does not subscribe to.
+    Skipped,
 }
 
 /// Top-level message fields that name a person.
@@ -79,31 +117,80 @@ const IDENTIFYING_PROPERTIES: [&str; 14] = [
     "ip",
 ];
 
-/// The event as `target` receives it with what was hashed and removed, or
-/// `None` when the destination does not receive it (not an accepted
-/// message, an erased payload, or filtered out).
-pub fn prepare(
-    event: &RecordedEvent,
-    profile: Option<&ProfileView<'_>>,
-    target: Target<'_>,
-) -> Option<(PreparedEvent, Notes)> {
+/// Why an identifier is not sent to an ad platform of a restricted industry.
+const WITHHELD_IP_USER_AGENT: &str = "IP address and user agent withheld for healthcare";
+/// Why an unhashed identifier is not sent to a restricted industry's ad platform.
+const UNHASHED_IN_RESTRICTED: &str = "sent unhashed, which a restricted industry's ad platform may not receive";
+
+/// The event as `target` receives it (see the module doc).
+pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target: Target<'_>) -> Prepared {
     if event.event_type != MessageAccepted::TYPE {
-        return None;
+        return Prepared::Skipped;
     }
-    let message = event.data.value()?.get("message")?;
-    let message_type = message.get("type").and_then(Value::as_str)?.to_owned();
+    let Some(message) = event.data.value().and_then(|data| data.get("message")) else { return Prepared::Skipped };
+    let Some(message_type) = message.get("type").and_then(Value::as_str).map(str::to_owned) else {
+        return Prepared::Skipped;
+    };
     let name = match message_type.as_str() {
         "track" => message.get("event"),
         _ => message.get("name"),
     }
     .and_then(Value::as_str)
     .map(str::to_owned);
-    if !admits(message, &message_type, name.as_deref(), target) {
-        return None;
+    if !subscribed(&message_type, name.as_deref(), target) {
+        return Prepared::Skipped;
     }
+    if switched_off(message, target) {
+        return Prepared::Withheld { rule: "integrations", reason: "turned off by the message's integrations".into() };
+    }
+    let required = &target.destination.filters.consent_categories;
+    if !required.is_empty() {
+        // The message's own consent, else the person's latest as of it.
+        let granted = consent::stated(message).or_else(|| {
+            profile.and_then(|profile| profile.consent).and_then(|found| consent::categories(&found.value))
+        });
+        if let Err(reason) = consent::check(required, granted.as_ref()) {
+            return Prepared::Withheld { rule: "consent", reason };
+        }
+    }
+
+    let category = target.description.category;
+    let ad_platform = category == Category::AdPlatform;
     let mut notes = Notes::default();
+    let mut sent = message.clone();
+    if ad_platform {
+        strip_identifiers(&mut sent, &mut notes.scrubbed);
+    }
+    let policy = &target.destination.policy;
+    let withhold_ip_user_agent = match policy::apply(&sent, category, target.workspace, policy, target.annotations) {
+        Verdict::Withhold { reason } => return Prepared::Withheld { rule: "policy", reason },
+        Verdict::Send { message, scrubs, withhold_ip_user_agent } => {
+            sent = message;
+            for scrub in scrubs {
+                notes.scrubbed.entry(scrub.field).or_insert(scrub.reason);
+            }
+            withhold_ip_user_agent
+        }
+    };
+    let name = match message_type.as_str() {
+        "track" => sent.get("event"),
+        _ => sent.get("name"),
+    }
+    .and_then(Value::as_str)
+    .map(str::to_owned);
+
+    let restricted = policy::restricted_ad_platform(category, target.workspace.industry);
     let mut identifiers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for spec in &target.description.identifiers {
+        let network = matches!(spec.source, IdentifierSource::Ip | IdentifierSource::UserAgent);
+        if network && withhold_ip_user_agent {
+            note_withheld(&mut notes, &spec.name, spec.source, message, profile, WITHHELD_IP_USER_AGENT);
+            continue;
+        }
+        if restricted && spec.hashing == Hashing::None && !allowed_unhashed(spec.source) {
+            note_withheld(&mut notes, &spec.name, spec.source, message, profile, UNHASHED_IN_RESTRICTED);
+            continue;
+        }
         let mut values: Vec<String> = Vec::new();
         for raw in raw_values(spec.source, message, profile) {
             if let Some(value) = hashing::prepare(spec, &raw)
@@ -119,15 +206,22 @@ pub fn prepare(
             identifiers.insert(spec.name.clone(), values);
         }
     }
-    let ad_platform = target.description.category == Category::AdPlatform;
-    let mut sent = message.clone();
     let mut traits = Map::new();
-    if ad_platform {
-        strip_identifiers(&mut sent, &mut notes.scrubbed);
-    } else if let Some(profile) = profile.and_then(|profile| profile.traits) {
-        for name in &target.destination.traits {
-            if let Some(found) = profile.get(name) {
-                traits.insert(name.clone(), found.value.clone());
+    if !ad_platform && let Some(profile) = profile.and_then(|profile| profile.traits) {
+        for trait_name in &target.destination.traits {
+            let Some(found) = profile.get(trait_name) else { continue };
+            let path = format!("traits.{trait_name}");
+            let removed = policy::classify(None, &path, trait_name, &found.value, target.annotations)
+                .filter(|(class, _)| policy.remove.contains(class));
+            match removed {
+                Some((class, _)) => {
+                    notes
+                        .scrubbed
+                        .insert(path, format!("classified {} and removed for this destination", class.as_str()));
+                }
+                None => {
+                    traits.insert(trait_name.clone(), found.value.clone());
+                }
             }
         }
     }
@@ -135,7 +229,7 @@ pub fn prepare(
         .iter()
         .find_map(|field| message.get(*field)?.as_str())
         .map_or_else(|| event.recorded_at.to_rfc3339(), str::to_owned);
-    Some((
+    Prepared::Send(
         PreparedEvent {
             event_id: event.event_id,
             position: event.position,
@@ -148,47 +242,66 @@ pub fn prepare(
             profile_id: profile.map(|profile| profile.id.to_string()),
         },
         notes,
-    ))
+    )
 }
 
-/// Whether the destination's filters, the message's `integrations` and its
-/// consent admit it.
-fn admits(message: &Value, message_type: &str, name: Option<&str>, target: Target<'_>) -> bool {
+/// Unhashed identifiers a restricted industry's ad platform may still
+/// receive: the network and click ids platforms match on (IP and user agent
+/// subject to the healthcare rule), and state, country and gender, which are
+/// not below-state geography or identifying on their own.
+fn allowed_unhashed(source: IdentifierSource) -> bool {
+    matches!(
+        source,
+        IdentifierSource::Ip
+            | IdentifierSource::UserAgent
+            | IdentifierSource::Fbc
+            | IdentifierSource::Fbp
+            | IdentifierSource::Gclid
+            | IdentifierSource::Ttclid
+            | IdentifierSource::State
+            | IdentifierSource::Country
+            | IdentifierSource::Gender
+    )
+}
+
+/// Notes an identifier left out, when the event had a value for it.
+fn note_withheld(
+    notes: &mut Notes,
+    name: &str,
+    source: IdentifierSource,
+    message: &Value,
+    profile: Option<&ProfileView<'_>>,
+    reason: &str,
+) {
+    if !raw_values(source, message, profile).is_empty() {
+        notes.scrubbed.insert(format!("identifiers.{name}"), reason.to_owned());
+    }
+}
+
+/// Whether the destination subscribes to the message's type and name.
+fn subscribed(message_type: &str, name: Option<&str>, target: Target<'_>) -> bool {
     let filters = &target.destination.filters;
     if !filters.event_types.is_empty() && !filters.event_types.iter().any(|t| t == message_type) {
         return false;
     }
-    if message_type == "track"
+    !(message_type == "track"
         && !filters.event_names.is_empty()
-        && !name.is_some_and(|name| filters.event_names.iter().any(|n| n == name))
-    {
-        return false;
-    }
-    if let Some(integrations) = message.get("integrations").and_then(Value::as_object) {
-        let switch =
-            [target.destination.name.as_str(), target.destination.adapter.as_str(), "All"].iter().find_map(|key| {
-                match integrations.get(*key) {
-                    Some(Value::Bool(on)) => Some(*on),
-                    // An object (per-destination options) means "on".
-                    Some(Value::Object(_)) => Some(true),
-                    _ => None,
-                }
-            });
-        if switch == Some(false) {
-            return false;
-        }
-    }
-    if !filters.consent_categories.is_empty() {
-        let granted = message.pointer("/context/consent/categoryPreferences").and_then(Value::as_object);
-        let all_granted = filters
-            .consent_categories
-            .iter()
-            .all(|category| granted.and_then(|g| g.get(category)).and_then(Value::as_bool) == Some(true));
-        if !all_granted {
-            return false;
-        }
-    }
-    true
+        && !name.is_some_and(|name| filters.event_names.iter().any(|n| n == name)))
+}
+
+/// Whether the message's `integrations` turn this destination off.
+fn switched_off(message: &Value, target: Target<'_>) -> bool {
+    let Some(integrations) = message.get("integrations").and_then(Value::as_object) else { return false };
+    let switch =
+        [target.destination.name.as_str(), target.destination.adapter.as_str(), "All"].iter().find_map(|key| {
+            match integrations.get(*key) {
+                Some(Value::Bool(on)) => Some(*on),
+                // An object (per-destination options) means "on".
+                Some(Value::Object(_)) => Some(true),
+                _ => None,
+            }
+        });
+    switch == Some(false)
 }
 
 /// Every raw value of `source` for this event: the profile's (the message's
@@ -269,24 +382,25 @@ fn trait_value(name: &str, message: &Value, profile: Option<&ProfileView<'_>>) -
 
 /// Removes what names a person from a message bound for an ad platform,
 /// noting each field removed.
-fn strip_identifiers(message: &mut Value, scrubbed: &mut BTreeSet<String>) {
+fn strip_identifiers(message: &mut Value, scrubbed: &mut BTreeMap<String, String>) {
+    const WHY: &str = "raw identifiers never go to an ad platform";
     let Some(object) = message.as_object_mut() else { return };
     for field in IDENTIFYING_FIELDS {
         if object.remove(field).is_some() {
-            scrubbed.insert(field.to_owned());
+            scrubbed.insert(field.to_owned(), WHY.into());
         }
     }
     if let Some(context) = object.get_mut("context").and_then(Value::as_object_mut) {
         for field in IDENTIFYING_CONTEXT {
             if context.remove(field).is_some() {
-                scrubbed.insert(format!("context.{field}"));
+                scrubbed.insert(format!("context.{field}"), WHY.into());
             }
         }
     }
     if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
         for field in IDENTIFYING_PROPERTIES {
             if properties.remove(field).is_some() {
-                scrubbed.insert(format!("properties.{field}"));
+                scrubbed.insert(format!("properties.{field}"), WHY.into());
             }
         }
     }
@@ -296,14 +410,16 @@ fn strip_identifiers(message: &mut Value, scrubbed: &mut BTreeSet<String>) {
 mod tests {
     use onepd_domain::destination::{Category, Description, Hashing, IdentifierSource, IdentifierSpec, Normalization};
     use onepd_domain::events::destination::{DestinationFilters, RetryPolicy};
-    use onepd_domain::identity::ProfileId;
+    use onepd_domain::events::workspace::Industry;
+    use onepd_domain::identity::{Identifier, ProfileId};
+    use onepd_domain::policy::DestinationPolicy;
     use onepd_domain::{EventId, Payload, Position, StreamId, Timestamp, WorkspaceId};
+    use proptest::prelude::*;
     use serde_json::json;
     use uuid::Uuid;
 
     use super::*;
     use crate::profile::Trait;
-    use onepd_domain::identity::Identifier;
 
     fn event(message: Value) -> RecordedEvent {
         RecordedEvent {
@@ -333,6 +449,7 @@ mod tests {
             traits: vec!["plan".into()],
             start: Position(1),
             retry: RetryPolicy::default(),
+            policy: Default::default(),
         }
     }
 
@@ -369,6 +486,29 @@ mod tests {
         }
     }
 
+    /// Prepares with the general industry and no plan.
+    fn prepared(
+        message: Value,
+        profile: Option<&ProfileView<'_>>,
+        created: &DestinationCreated,
+        described: &Description,
+    ) -> Prepared {
+        let workspace = WorkspacePolicy::default();
+        let annotations = Annotations::default();
+        prepare(
+            &event(message),
+            profile,
+            Target { destination: created, description: described, workspace: &workspace, annotations: &annotations },
+        )
+    }
+
+    fn sent(outcome: Prepared) -> (PreparedEvent, Notes) {
+        match outcome {
+            Prepared::Send(event, notes) => (event, notes),
+            other => panic!("expected the event to be sent, found {other:?}"),
+        }
+    }
+
     #[test]
     fn an_ad_platform_gets_the_profiles_identifiers_hashed_and_no_raw_identifier_in_the_message() {
         let identifiers = vec![
@@ -377,12 +517,11 @@ mod tests {
         ];
         let traits: BTreeMap<String, Trait> =
             [("firstName".to_owned(), trait_of(json!("Ann"))), ("plan".to_owned(), trait_of(json!("pro")))].into();
-        let profile = ProfileView { id: ProfileId(Uuid::from_u128(3)), identifiers, traits: Some(&traits) };
+        let profile =
+            ProfileView { id: ProfileId(Uuid::from_u128(3)), identifiers, traits: Some(&traits), consent: None };
         let created = destination(DestinationFilters::default());
         let described = description(Category::AdPlatform);
-        let (prepared, notes) =
-            prepare(&event(order()), Some(&profile), Target { destination: &created, description: &described })
-                .unwrap();
+        let (prepared, notes) = sent(prepared(order(), Some(&profile), &created, &described));
         assert_eq!(prepared.event_id, EventId(Uuid::from_u128(7)));
         assert_eq!(
             prepared.identifiers["em"],
@@ -390,23 +529,26 @@ mod tests {
         );
         assert_eq!(prepared.identifiers["fn"], vec![hashing::sha256_hex("ann")]);
         assert_eq!(prepared.identifiers["ip"], vec!["203.0.113.7".to_owned()]);
-        let sent = prepared.message.to_string();
-        assert!(!sent.contains("ann@example.com") && !sent.contains("u1") && !sent.contains("203.0.113.7"), "{sent}");
+        let text = prepared.message.to_string();
+        assert!(!text.contains("ann@example.com") && !text.contains("u1") && !text.contains("203.0.113.7"), "{text}");
         assert!(prepared.traits.is_empty(), "traits never go to an ad platform");
         assert_eq!(notes.hashed.iter().map(String::as_str).collect::<Vec<_>>(), ["em", "fn"]);
-        assert!(notes.scrubbed.contains("properties.email") && notes.scrubbed.contains("userId"), "{notes:?}");
+        assert!(notes.scrubbed.contains_key("properties.email") && notes.scrubbed.contains_key("userId"), "{notes:?}");
     }
 
     #[test]
     fn an_analytics_tool_gets_the_message_whole_and_the_chosen_traits() {
         let traits: BTreeMap<String, Trait> =
             [("plan".to_owned(), trait_of(json!("pro"))), ("secret".to_owned(), trait_of(json!("x")))].into();
-        let profile = ProfileView { id: ProfileId(Uuid::from_u128(3)), identifiers: vec![], traits: Some(&traits) };
+        let profile = ProfileView {
+            id: ProfileId(Uuid::from_u128(3)),
+            identifiers: vec![],
+            traits: Some(&traits),
+            consent: None,
+        };
         let created = destination(DestinationFilters::default());
         let described = description(Category::Analytics);
-        let (prepared, notes) =
-            prepare(&event(order()), Some(&profile), Target { destination: &created, description: &described })
-                .unwrap();
+        let (prepared, notes) = sent(prepared(order(), Some(&profile), &created, &described));
         assert_eq!(prepared.message, order());
         assert_eq!(Value::Object(prepared.traits), json!({"plan": "pro"}));
         assert!(notes.scrubbed.is_empty());
@@ -415,34 +557,192 @@ mod tests {
     }
 
     #[test]
-    fn filters_integrations_and_consent_decide_what_is_sent() {
+    fn subscriptions_skip_and_integrations_and_consent_withhold() {
         let described = description(Category::AdPlatform);
-        let admitted = |filters: DestinationFilters, message: Value| {
+        let outcome = |filters: DestinationFilters, message: Value| {
             let created = destination(filters);
-            prepare(&event(message), None, Target { destination: &created, description: &described }).is_some()
+            prepared(message, None, &created, &described)
         };
-        assert!(admitted(DestinationFilters::default(), order()));
+        let is_sent = |outcome: &Prepared| matches!(outcome, Prepared::Send(..));
+        assert!(is_sent(&outcome(DestinationFilters::default(), order())));
         let only_pages = DestinationFilters { event_types: vec!["page".into()], ..DestinationFilters::default() };
-        assert!(!admitted(only_pages, order()));
+        assert_eq!(outcome(only_pages, order()), Prepared::Skipped);
         let only_signups =
             DestinationFilters { event_names: vec!["Signed Up".into()], ..DestinationFilters::default() };
-        assert!(!admitted(only_signups, order()));
+        assert_eq!(outcome(only_signups, order()), Prepared::Skipped);
         let mut off = order();
         off["integrations"] = json!({"All": false});
-        assert!(!admitted(DestinationFilters::default(), off.clone()));
+        assert!(matches!(
+            outcome(DestinationFilters::default(), off.clone()),
+            Prepared::Withheld { rule: "integrations", .. }
+        ));
         off["integrations"]["meta"] = json!(true);
-        assert!(admitted(DestinationFilters::default(), off));
+        assert!(is_sent(&outcome(DestinationFilters::default(), off)));
         let mut named_off = order();
         named_off["integrations"] = json!({"meta_capi": false});
-        assert!(!admitted(DestinationFilters::default(), named_off));
+        assert!(!is_sent(&outcome(DestinationFilters::default(), named_off)));
         let marketing =
             DestinationFilters { consent_categories: vec!["marketing".into()], ..DestinationFilters::default() };
-        assert!(!admitted(marketing.clone(), order()), "no consent given");
+        assert!(matches!(outcome(marketing.clone(), order()), Prepared::Withheld { rule: "consent", .. }));
         let mut refused = order();
         refused["context"]["consent"] = json!({"categoryPreferences": {"marketing": false}});
-        assert!(!admitted(marketing.clone(), refused));
+        assert_eq!(
+            outcome(marketing.clone(), refused),
+            Prepared::Withheld { rule: "consent", reason: "consent \"marketing\" refused".into() }
+        );
         let mut granted = order();
         granted["context"]["consent"] = json!({"categoryPreferences": {"marketing": true}});
-        assert!(admitted(marketing, granted));
+        assert!(is_sent(&outcome(marketing, granted)));
+    }
+
+    #[test]
+    fn an_event_without_consent_of_its_own_takes_the_persons_latest() {
+        let described = description(Category::Analytics);
+        let created = destination(DestinationFilters {
+            consent_categories: vec!["marketing".into()],
+            ..DestinationFilters::default()
+        });
+        let granted = trait_of(json!({"categoryPreferences": {"marketing": true}}));
+        let profile = ProfileView {
+            id: ProfileId(Uuid::from_u128(3)),
+            identifiers: vec![],
+            traits: None,
+            consent: Some(&granted),
+        };
+        assert!(matches!(prepared(order(), Some(&profile), &created, &described), Prepared::Send(..)));
+        // The message's own refusal wins over the profile's grant.
+        let mut refused = order();
+        refused["context"]["consentManagement"] = json!({"deniedConsentIds": ["marketing"]});
+        assert!(matches!(prepared(refused, Some(&profile), &created, &described), Prepared::Withheld { .. }));
+    }
+
+    #[test]
+    fn healthcare_withholds_ip_and_user_agent_from_ad_platforms_unless_allowed() {
+        let described = description(Category::AdPlatform);
+        let created = destination(DestinationFilters::default());
+        let annotations = Annotations::default();
+        let mut workspace = WorkspacePolicy { industry: Industry::Healthcare, allow_ip_user_agent: false };
+        let target = |workspace: &WorkspacePolicy| {
+            let target =
+                Target { destination: &created, description: &described, workspace, annotations: &annotations };
+            sent(prepare(&event(order()), None, target))
+        };
+        let (withheld, notes) = target(&workspace);
+        assert!(!withheld.identifiers.contains_key("ip"), "{withheld:?}");
+        assert_eq!(notes.scrubbed["identifiers.ip"], WITHHELD_IP_USER_AGENT);
+        workspace.allow_ip_user_agent = true;
+        let (allowed, _) = target(&workspace);
+        assert_eq!(allowed.identifiers["ip"], vec!["203.0.113.7".to_owned()]);
+    }
+
+    /// Markers planted as sensitive values: no hex digits only, so a SHA-256
+    /// can never contain one.
+    const MARKERS: [&str; 8] = [
+        "zq-diagnosis-marker",
+        "zq-doctor-marker",
+        "zq-note-marker",
+        "zq-title-marker",
+        "zq-path-marker",
+        "zq-query-marker",
+        "zq-event-marker",
+        "zq-trait-marker",
+    ];
+
+    fn planted(event_named: bool, key: &str, card: bool) -> Value {
+        let mut properties = json!({
+            "diagnosis": MARKERS[0], "doctor": MARKERS[1], key: MARKERS[2],
+            "value": 99, "currency": "USD",
+            "nested": {"details": MARKERS[2]},
+        });
+        if card {
+            properties["payment"] = json!("4111 1111 1111 1111");
+        }
+        json!({
+            "type": "track",
+            "event": if event_named { MARKERS[6].to_owned() } else { "Order Completed".to_owned() },
+            "userId": "zq-user", "messageId": "m-1", "timestamp": "2026-11-29T10:00:00.000Z",
+            "properties": properties,
+            "traits": {"condition": MARKERS[7]},
+            "context": {
+                "traits": {"email": "zq-person@example.com", "illness": MARKERS[7]},
+                "page": {
+                    "url": format!("https://clinic.example.com/{}/?q={}", MARKERS[4], MARKERS[5]),
+                    "title": MARKERS[3], "path": format!("/{}", MARKERS[4]),
+                    "referrer": format!("https://search.example.com/?q={}", MARKERS[5]),
+                    "search": format!("?q={}", MARKERS[5]),
+                },
+                "ip": "198.51.100.23", "userAgent": "zq-agent",
+            },
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn no_sensitive_value_reaches_a_restricted_industrys_ad_platform_while_analytics_gets_it(
+            industry in prop::sample::select(vec![
+                Industry::Healthcare, Industry::Pharmaceutical, Industry::FinancialServices,
+                Industry::Insurance, Industry::Cryptocurrency,
+            ]),
+            event_named in any::<bool>(),
+            key in prop::sample::select(vec!["note", "x1", "details", "freeform", "memo"]),
+            card in any::<bool>(),
+            mapped in any::<bool>(),
+        ) {
+            let message = planted(event_named, key, card);
+            let workspace = WorkspacePolicy { industry, allow_ip_user_agent: false };
+            let annotations = Annotations::default();
+            let mut created = destination(DestinationFilters::default());
+            if mapped {
+                created.policy = DestinationPolicy {
+                    event_names: [(MARKERS[6].to_owned(), "Purchase".to_owned())].into(),
+                    ..DestinationPolicy::default()
+                };
+            }
+            let meta = Description {
+                identifiers: onepd_domain::hashing::meta_identifiers(),
+                ..description(Category::AdPlatform)
+            };
+            let target = Target { destination: &created, description: &meta, workspace: &workspace, annotations: &annotations };
+            let profile_traits: BTreeMap<String, Trait> = [("condition".to_owned(), trait_of(json!(MARKERS[7])))].into();
+            let profile = ProfileView {
+                id: ProfileId(Uuid::from_u128(3)),
+                identifiers: vec![Identifier::new(IdentifierKind::Email, "zq-person@example.com")],
+                traits: Some(&profile_traits),
+                consent: None,
+            };
+            let outcome = prepare(&event(message.clone()), Some(&profile), target);
+            let text = match &outcome {
+                Prepared::Send(prepared, notes) => format!(
+                    "{} {:?} {:?} {:?} {:?}",
+                    prepared.message, prepared.identifiers, prepared.traits, prepared.name, notes
+                ),
+                Prepared::Withheld { reason, .. } => reason.clone(),
+                Prepared::Skipped => String::new(),
+            };
+            for marker in MARKERS.iter().chain(&["zq-person", "zq-user", "4111"]) {
+                prop_assert!(!text.contains(marker), "{marker} reached the ad platform: {text}");
+            }
+            // The IP address and user agent are withheld in healthcare only;
+            // elsewhere they are the platform's matching fields, in clear.
+            if industry == Industry::Healthcare {
+                for marker in ["zq-agent", "198.51.100.23"] {
+                    prop_assert!(!text.contains(marker), "{marker} reached a healthcare ad platform: {text}");
+                }
+            }
+            if event_named && !mapped {
+                prop_assert!(matches!(outcome, Prepared::Withheld { rule: "policy", .. }), "{outcome:?}");
+            } else {
+                prop_assert!(matches!(outcome, Prepared::Send(..)), "{outcome:?}");
+            }
+
+            // An analytics destination of the same workspace gets everything.
+            let analytics = description(Category::Analytics);
+            let target = Target { destination: &created, description: &analytics, workspace: &workspace, annotations: &annotations };
+            let (whole, notes) = sent(prepare(&event(message.clone()), Some(&profile), target));
+            prop_assert_eq!(&whole.message, &message);
+            prop_assert!(notes.scrubbed.is_empty());
+        }
     }
 }

@@ -149,6 +149,9 @@ pub struct ProfileView<'a> {
     pub identifiers: Vec<Identifier>,
     /// Its traits, newest value each, if any event was attributed to it.
     pub traits: Option<&'a BTreeMap<String, Trait>>,
+    /// Its newest consent (`{"categoryPreferences": {...}}`), if any was
+    /// stated.
+    pub consent: Option<&'a Trait>,
 }
 
 /// The 360-degree profiles of every workspace, over its identity graph.
@@ -326,6 +329,7 @@ impl Profiles {
             id,
             identifiers: identities.identifiers(id),
             traits: self.state(workspace, id).map(|state| &state.traits),
+            consent: self.state(workspace, id).and_then(|state| state.consent.as_ref()),
         })
     }
 

@@ -96,8 +96,8 @@ impl ProfileState {
             }
         }
 
-        if let Some(consent) = message.pointer("/context/consent").filter(|consent| consent.is_object()) {
-            let consent = stamp(consent);
+        if let Some(consent) = onepd_domain::consent::profile_consent(message) {
+            let consent = stamp(&consent);
             if self.consent.as_ref().is_none_or(|current| consent.is_newer_than(current)) {
                 self.consent = Some(consent);
             }

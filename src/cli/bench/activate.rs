@@ -152,6 +152,7 @@ async fn measure(workload: &Workload, args: &ActivateArgs) -> anyhow::Result<Mea
             traits: Vec::new(),
             start: Position(1),
             retry: RetryPolicy::default(),
+            policy: Default::default(),
         },
         "onepd bench activate",
     )

@@ -1,0 +1,80 @@
+//! `onepd policy explain`: what one destination would receive for one event,
+//! what the sensitive-data policy scrubbed, and why — computed exactly as a
+//! delivery computes it (the profile folded up to the event, the adapter's
+//! own description, the same [`prepare`]).
+
+use std::time::Duration;
+
+use onepd_domain::destination::Description;
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::{EventFilter, EventId, EventStore, Position};
+use onepd_projections::activation::{Prepared, prepare};
+use onepd_projections::directory::DestinationEntry;
+use onepd_projections::runner::{ProfilesFold, read_facts};
+
+use super::admin::AdminError;
+use super::{Connect, Privacy};
+use crate::EventLog;
+
+/// How long the adapter has to describe itself.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One event as one destination would receive it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// What the adapter described (category, identifiers).
+    pub description: Description,
+    /// Where the event is.
+    pub position: Position,
+    /// What the destination would get.
+    pub prepared: Prepared,
+}
+
+/// Explains `event_id` for the destination `entry` under `privacy`.
+/// Reads the log from its start to the event (the profile as of the event is
+/// part of what is sent), so it takes as long as a replay up to there.
+pub async fn explain(
+    log: &EventLog,
+    entry: &DestinationEntry,
+    privacy: &Privacy,
+    connect: &Connect,
+    event_id: EventId,
+) -> Result<Explanation, AdminError> {
+    let adapter = connect(entry).map_err(AdminError::Invalid)?;
+    let description = tokio::time::timeout(DESCRIBE_TIMEOUT, adapter.describe())
+        .await
+        .map_err(|_| AdminError::Invalid(format!("adapter {}: describe timed out", entry.created.adapter)))?
+        .map_err(|err| AdminError::Invalid(err.to_string()))?;
+    description.validate().map_err(AdminError::Invalid)?;
+    let head = log.head().await?;
+    let facts = read_facts(log, head).await?;
+    let mut fold = ProfilesFold::new(&facts);
+    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    let mut next = Position(1);
+    while next <= head {
+        let page = log.read(next, Some(head), &filter, 1_000).await?;
+        for event in &page.events {
+            let profile = fold.attribute(event);
+            if event.event_id != event_id {
+                continue;
+            }
+            if event.workspace_id != entry.workspace {
+                break;
+            }
+            if event.data.value().is_none() {
+                return Err(AdminError::NotFound(format!(
+                    "event {event_id}: its payload was erased; nothing of it can be sent"
+                )));
+            }
+            let view = profile.and_then(|profile| fold.profiles().view(event.workspace_id, profile));
+            let target = privacy.target(&entry.created, &description);
+            let prepared = prepare(event, view.as_ref(), target);
+            return Ok(Explanation { description, position: event.position, prepared });
+        }
+        if page.events.is_empty() {
+            break;
+        }
+        next = page.next;
+    }
+    Err(AdminError::NotFound(format!("event {event_id}: no accepted message of this workspace has this id")))
+}

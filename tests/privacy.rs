@@ -1,0 +1,520 @@
+//! Sensitive data through the real server: a healthcare workspace's
+//! appointment reaches the Meta stub scrubbed (hashed identifiers and allowed
+//! fields only) while an analytics receiver gets it whole; consent decides
+//! what a destination gets and the ledger says why; and erasure (`onepd
+//! forget`, gRPC `Forget`, `POST /v1/regulations`) leaves no trace of a
+//! person in rebuilt profiles or full replays, rejects their later messages,
+//! asks destinations to delete them, and keeps `onepd verify` passing — on
+//! SQLite and PostgreSQL.
+
+#[path = "support/stub.rs"]
+mod stub;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use onepd_domain::{EventId, WorkspaceId};
+use onepd_proto::admin::v1::ForgetRequest;
+use onepd_proto::admin::v1::admin_service_client::AdminServiceClient;
+use onepd_proto::admin::v1::forget_request::Subject;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use stub::{Mode, Stub};
+use support::{PgDatabase, Server, onepd, onepd_json, with_token};
+use uuid::Uuid;
+
+fn sha256_hex(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+fn store_args(url: Option<&str>) -> Vec<String> {
+    url.map(|url| vec!["--database-url".to_owned(), url.to_owned()]).unwrap_or_default()
+}
+
+/// Runs `onepd ARGS… STORE…`, failing with its stderr unless it succeeds.
+fn run(dir: &std::path::Path, args: &[&str], store: &[String]) -> String {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(store.iter().map(String::as_str));
+    let output = onepd(dir, &all);
+    assert!(output.status.success(), "onepd {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Each line of `onepd … --json` output, parsed.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().filter(|line| !line.trim().is_empty()).map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// Sends one request to the tracking API; returns status and body.
+async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", server.http))
+        .basic_auth(server.write_key.as_ref().unwrap(), Some(""))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn send(server: &Server, messages: Vec<Value>) {
+    let (status, body) = post(server, "/v1/batch", json!({ "batch": messages })).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("rejected").is_none_or(|rejected| rejected.as_array().is_some_and(Vec::is_empty)), "{body}");
+}
+
+fn event_id(server: &Server, message_id: &str) -> String {
+    let workspace = WorkspaceId(server.workspace.as_ref().unwrap().parse::<Uuid>().unwrap());
+    EventId::for_message(workspace, message_id).to_string()
+}
+
+/// Waits until `done` holds, failing with `what` after `within`.
+async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event a webhook stub accepted, flattened from its batches.
+fn webhook_events(stub: &Stub) -> Vec<Value> {
+    stub.bodies().into_iter().flat_map(|(_, body)| body["batch"].as_array().cloned().unwrap_or_default()).collect()
+}
+
+const DIAGNOSIS: &str = "Type 2 diabetes mellitus";
+const DOCTOR: &str = "Dr. Imelda Quarterman";
+
+async fn a_healthcare_appointment_reaches_meta_scrubbed_and_analytics_whole(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    run(dir.path(), &["policy", "set", "--industry", "healthcare"], &store);
+    // The plan classifies the diagnosis; the detectors find the rest.
+    let plan = dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        json!({"events": {"Appointment Booked": {"type": "object", "properties": {
+            "diagnosis": {"type": "string", "classification": "phi"}}}}})
+        .to_string(),
+    )
+    .unwrap();
+    run(dir.path(), &["plan", "set", plan.to_str().unwrap()], &store);
+    let meta = Stub::start(Mode::Accept).await;
+    let analytics = Stub::start(Mode::Accept).await;
+    let endpoint = format!("endpoint={}", meta.url());
+    run(
+        dir.path(),
+        &[
+            "destination",
+            "create",
+            "meta",
+            "--adapter",
+            "meta_capi",
+            "--setting",
+            "pixel_id=123",
+            "--setting",
+            "access_token=EAAtoken",
+            "--setting",
+            &endpoint,
+            "--map-event",
+            "Appointment Booked=Schedule",
+        ],
+        &store,
+    );
+    let hook = format!("url={}/hook", analytics.url());
+    run(
+        dir.path(),
+        &[
+            "destination",
+            "create",
+            "analytics",
+            "--adapter",
+            "webhook",
+            "--setting",
+            &hook,
+            "--setting",
+            "category=analytics",
+        ],
+        &store,
+    );
+    let page = json!({
+        "url": "https://clinic.example.com/book/endocrinology?condition=diabetes&patient=7781",
+        "path": "/book/endocrinology",
+        "title": "Diabetes care | Book with Dr. Quarterman",
+        "referrer": "https://www.google.com/search?q=diabetes+clinic+near+me",
+        "search": "?condition=diabetes&patient=7781",
+    });
+    send(
+        &server,
+        vec![
+            json!({"type": "identify", "messageId": "hc-id", "userId": "patient-7781",
+                   "traits": {"email": "Pat.Doe@Example.com", "phone": "+1 415 555 0100", "firstName": "Pat"}}),
+            json!({"type": "track", "messageId": "hc-appt", "userId": "patient-7781", "event": "Appointment Booked",
+                   "properties": {"diagnosis": DIAGNOSIS, "doctor": DOCTOR, "value": 150, "currency": "USD",
+                                  "notes": "follow-up on HbA1c results", "member_id": "HP-99812"},
+                   "context": {"page": page, "ip": "203.0.113.9", "userAgent": "Mozilla/5.0 (X11; Linux x86_64)"}}),
+            json!({"type": "track", "messageId": "hc-lab", "userId": "patient-7781", "event": "Lab Result Viewed",
+                   "properties": {"test": "HbA1c"}}),
+        ],
+    )
+    .await;
+    meta.wait_for(Duration::from_secs(30), "the appointment reaches Meta", |stub| {
+        stub.bodies().iter().any(|(_, body)| body.to_string().contains("Schedule"))
+    })
+    .await;
+    let (_, body) = meta.bodies().into_iter().find(|(_, body)| body.to_string().contains("Schedule")).unwrap();
+    let event = body["data"].as_array().unwrap().iter().find(|e| e["event_name"] == "Schedule").unwrap().clone();
+    assert_eq!(event["event_id"], event_id(&server, "hc-appt"));
+    assert_eq!(event["event_source_url"], "https://clinic.example.com", "{event}");
+    assert_eq!(event["custom_data"], json!({"value": 150, "currency": "USD"}), "{event}");
+    let user = event["user_data"].as_object().unwrap();
+    assert_eq!(user["em"], json!([sha256_hex("pat.doe@example.com")]));
+    assert_eq!(user["ph"], json!([sha256_hex("14155550100")]));
+    assert!(!user.contains_key("client_ip_address") && !user.contains_key("client_user_agent"), "{event}");
+    for (name, value) in user {
+        for item in value.as_array().into_iter().flatten() {
+            assert_eq!(item.as_str().map(str::len), Some(64), "{name} is not a SHA-256: {event}");
+        }
+    }
+    let sent = body.to_string().to_lowercase();
+    for secret in [
+        "diabetes",
+        "endocrinology",
+        "quarterman",
+        "hba1c",
+        "hp-99812",
+        "7781",
+        "pat.doe",
+        "203.0.113.9",
+        "mozilla",
+        "appointment booked",
+        "lab result",
+        "google.com",
+    ] {
+        assert!(!sent.contains(secret), "{secret:?} reached Meta: {body}");
+    }
+    // The unmapped custom event never reaches Meta.
+    assert!(!meta.bodies().iter().any(|(_, body)| body.to_string().contains("Lab")));
+
+    // The analytics receiver gets everything.
+    analytics
+        .wait_for(Duration::from_secs(30), "the analytics receiver gets the events", |stub| {
+            webhook_events(stub).len() >= 3
+        })
+        .await;
+    let appointment = webhook_events(&analytics).into_iter().find(|e| e["name"] == "Appointment Booked").unwrap();
+    assert_eq!(appointment["message"]["properties"]["diagnosis"], DIAGNOSIS);
+    assert_eq!(appointment["message"]["context"]["page"], page);
+
+    // The ledger names what was scrubbed (never the values) and what was
+    // withheld; an attempt is recorded just after the delivery.
+    let ledger_of = |message_id: &str| {
+        let id = event_id(&server, message_id);
+        let mut args = vec!["deliveries", "show", "--event-id", id.as_str(), "--json"];
+        args.extend(store_refs.iter().copied());
+        let output = onepd(dir.path(), &args);
+        json_lines(&String::from_utf8_lossy(&output.stdout))
+    };
+    eventually(Duration::from_secs(30), "meta's ledger records the appointment and the lab event", || {
+        ["hc-appt", "hc-lab"]
+            .iter()
+            .all(|message_id| ledger_of(message_id).iter().any(|entry| entry["destination"] == "meta"))
+    })
+    .await;
+    let shown = ledger_of("hc-appt");
+    let to_meta = shown.iter().find(|entry| entry["destination"] == "meta").expect("an attempt to meta");
+    let scrubbed: Vec<&str> = to_meta["scrubbed"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for field in [
+        "properties.diagnosis",
+        "properties.doctor",
+        "properties.notes",
+        "properties.member_id",
+        "context.page.title",
+        "context.page.referrer",
+        "context.page.url",
+        "identifiers.client_ip_address",
+    ] {
+        assert!(scrubbed.contains(&field), "{field} not in the ledger's scrubbed list {scrubbed:?}");
+    }
+    assert!(!to_meta.to_string().to_lowercase().contains("diabetes"), "a value in the ledger: {to_meta}");
+    let lab = ledger_of("hc-lab");
+    let withheld = lab.iter().find(|entry| entry["destination"] == "meta").expect("meta's ledger names the lab event");
+    assert_eq!(withheld["outcome"], "withheld");
+    assert_eq!(withheld["rule"], "policy");
+    assert!(!withheld.to_string().contains("Lab Result"), "the event name is not in the ledger: {withheld}");
+
+    // The audit view explains the same decision, with reasons.
+    let explained = onepd_json(
+        dir.path(),
+        &[
+            &["policy", "explain", "--destination", "meta", "--event-id", &event_id(&server, "hc-appt")][..],
+            &store_refs[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(explained["verdict"], "sent");
+    assert_eq!(explained["category"], "ad_platform");
+    let reasons: Vec<Value> = explained["details"]["scrubbed"].as_array().unwrap().clone();
+    let diagnosis = reasons.iter().find(|r| r["field"] == "properties.diagnosis").expect("the diagnosis is explained");
+    assert!(diagnosis["reason"].as_str().unwrap().starts_with("classified phi by the tracking plan"), "{diagnosis}");
+    assert_eq!(explained["details"]["message"]["event"], "Schedule");
+    let lab = onepd_json(
+        dir.path(),
+        &[
+            &["policy", "explain", "--destination", "meta", "--event-id", &event_id(&server, "hc-lab")][..],
+            &store_refs[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(lab["verdict"], "withheld");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthcare_appointment_reaches_meta_scrubbed_and_analytics_whole_on_sqlite() {
+    a_healthcare_appointment_reaches_meta_scrubbed_and_analytics_whole(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthcare_appointment_reaches_meta_scrubbed_and_analytics_whole_on_postgres() {
+    let db = PgDatabase::create().await;
+    a_healthcare_appointment_reaches_meta_scrubbed_and_analytics_whole(Some(&db.url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_needing_consent_gets_only_what_the_person_consented_to_and_the_ledger_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let receiver = Stub::start(Mode::Accept).await;
+    let hook = format!("url={}/hook", receiver.url());
+    run(
+        dir.path(),
+        &["destination", "create", "crm", "--adapter", "webhook", "--setting", &hook, "--consent", "marketing"],
+        &[],
+    );
+    // No consent stated yet.
+    send(&server, vec![json!({"type": "track", "messageId": "c-0", "userId": "u-c", "event": "Viewed"})]).await;
+    // A consent call (trackConsent-style) refusing marketing, then an event.
+    let (status, body) =
+        post(&server, "/v1/consent", json!({"userId": "u-c", "categoryPreferences": {"marketing": false}})).await;
+    assert_eq!(status, 200, "{body}");
+    send(&server, vec![json!({"type": "track", "messageId": "c-1", "userId": "u-c", "event": "Viewed"})]).await;
+    // Granted: later events without consent of their own inherit it.
+    let (status, _) =
+        post(&server, "/v1/consent", json!({"userId": "u-c", "categoryPreferences": {"marketing": true}})).await;
+    assert_eq!(status, 200);
+    send(&server, vec![json!({"type": "track", "messageId": "c-2", "userId": "u-c", "event": "Viewed"})]).await;
+    // RudderStack's consent shape works the same.
+    send(
+        &server,
+        vec![json!({"type": "track", "messageId": "c-3", "userId": "u-r", "event": "Viewed",
+                    "context": {"consentManagement": {"deniedConsentIds": ["marketing"]}}})],
+    )
+    .await;
+    receiver
+        .wait_for(Duration::from_secs(30), "the consented event arrives", |stub| {
+            webhook_events(stub).iter().any(|e| e["eventId"] == event_id(&server, "c-2"))
+        })
+        .await;
+    // Give the later event time to be (not) delivered.
+    eventually(Duration::from_secs(30), "the RudderStack-shaped refusal is in the ledger", || {
+        let out = onepd(dir.path(), &["deliveries", "show", "--event-id", &event_id(&server, "c-3"), "--json"]);
+        out.status.success()
+    })
+    .await;
+    let delivered: Vec<String> =
+        webhook_events(&receiver).iter().map(|e| e["eventId"].as_str().unwrap().to_owned()).collect();
+    for refused in ["c-0", "c-1", "c-3"] {
+        assert!(!delivered.contains(&event_id(&server, refused)), "{refused} was sent without consent");
+    }
+    let reason = |message_id: &str| {
+        let lines = json_lines(&run(
+            dir.path(),
+            &["deliveries", "show", "--event-id", &event_id(&server, message_id), "--json"],
+            &[],
+        ));
+        let entry = lines.into_iter().find(|entry| entry["outcome"] == "withheld").expect("withheld in the ledger");
+        assert_eq!(entry["rule"], "consent");
+        entry["reason"].as_str().unwrap().to_owned()
+    };
+    assert!(reason("c-0").starts_with("no consent stated"), "{}", reason("c-0"));
+    assert_eq!(reason("c-1"), "consent \"marketing\" refused");
+    assert_eq!(reason("c-3"), "consent \"marketing\" refused");
+    drop(server);
+}
+
+async fn erasure_leaves_no_trace_of_the_person(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let warehouse = Stub::start(Mode::Accept).await;
+    let meta = Stub::start(Mode::Accept).await;
+    let hook = format!("url={}/hook", warehouse.url());
+    run(dir.path(), &["destination", "create", "warehouse", "--adapter", "webhook", "--setting", &hook], &store);
+    let endpoint = format!("endpoint={}", meta.url());
+    run(
+        dir.path(),
+        &[
+            "destination",
+            "create",
+            "meta",
+            "--adapter",
+            "meta_capi",
+            "--setting",
+            "pixel_id=1",
+            "--setting",
+            "access_token=t",
+            "--setting",
+            &endpoint,
+        ],
+        &store,
+    );
+    let person = |name: &str| {
+        vec![
+            json!({"type": "page", "messageId": format!("{name}-p"), "anonymousId": format!("anon-{name}"), "name": "Home",
+                   "context": {"page": {"url": format!("https://shop.example.com/?ref={name}")}}}),
+            json!({"type": "identify", "messageId": format!("{name}-i"), "anonymousId": format!("anon-{name}"),
+                   "userId": format!("user-{name}"), "traits": {"email": format!("{name}@example.com"), "name": name}}),
+            json!({"type": "track", "messageId": format!("{name}-t"), "userId": format!("user-{name}"),
+                   "event": "Order Completed", "properties": {"revenue": 10, "note": format!("gift for {name}")}}),
+        ]
+    };
+    for name in ["annabel", "bartholomew", "cordelia", "dagobert"] {
+        send(&server, person(name)).await;
+    }
+    warehouse
+        .wait_for(Duration::from_secs(30), "every event reaches the warehouse", |stub| webhook_events(stub).len() >= 12)
+        .await;
+
+    // The CLI erases Annabel by email.
+    let report = onepd_json(dir.path(), &[&["forget", "--email", "Annabel@Example.com"][..], &store_refs[..]].concat());
+    assert_eq!(report["profiles"].as_array().unwrap().len(), 1, "{report}");
+    assert!(report["keys_shredded"].as_u64().unwrap() >= 2, "user and anonymous ids had keys: {report}");
+    let deletions = report["deletions"].as_array().unwrap();
+    let outcome = |name: &str| deletions.iter().find(|d| d["destination"] == name).unwrap()["outcome"].clone();
+    assert_eq!(outcome("warehouse"), "requested");
+    assert_eq!(outcome("meta"), "unsupported");
+    let deletion = warehouse
+        .bodies()
+        .into_iter()
+        .map(|(_, body)| body)
+        .find(|body| body["type"] == "delete")
+        .expect("the warehouse was asked to delete her");
+    assert_eq!(deletion["requestId"], report["request_id"]);
+    assert_eq!(deletion["identifiers"]["email"], json!(["annabel@example.com"]));
+    assert_eq!(deletion["identifiers"]["user_id"], json!(["user-annabel"]));
+
+    // gRPC erases Bartholomew by user id; the Segment-style HTTP API erases Cordelia.
+    let token = server.admin_token.clone().unwrap();
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let forgotten = admin
+        .forget(with_token(ForgetRequest { subject: Some(Subject::UserId("user-bartholomew".into())) }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forgotten.profile_ids.len(), 1);
+    let denied = admin.forget(with_token(ForgetRequest { subject: None }, &token)).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::InvalidArgument);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/regulations", server.http))
+        .basic_auth(&token, Some(""))
+        .json(&json!({"regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["user-cordelia"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let regulated: Value = response.json().await.unwrap();
+    assert!(regulated["data"]["regulateId"].as_str().is_some_and(|id| id.parse::<Uuid>().is_ok()), "{regulated}");
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/regulations", server.http))
+        .basic_auth(&token, Some(""))
+        .json(&json!({"regulationType": "UNSUPPRESS", "subjectType": "USER_ID", "subjectIds": ["x"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"]["field"], "regulationType");
+    let unauthenticated = reqwest::Client::new()
+        .post(format!("{}/v1/regulations", server.http))
+        .json(&json!({"regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["x"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+
+    // The erased people's later messages are refused and keep nothing of them.
+    let (status, body) = post(
+        &server,
+        "/v1/track",
+        json!({"messageId": "annabel-late", "userId": "user-annabel", "event": "Came Back",
+               "properties": {"note": "annabel again"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("erased"), "{body}");
+    let (status, _) = post(
+        &server,
+        "/v1/identify",
+        json!({"messageId": "annabel-late-2", "anonymousId": "fresh-device", "traits": {"email": "annabel@example.com"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "her email is suppressed too");
+    let rejected = run(dir.path(), &["rejected", "list", "--json"], &store);
+    assert!(rejected.contains("suppressed"), "{rejected}");
+    assert!(!rejected.to_lowercase().contains("annabel"), "a rejection kept her data: {rejected}");
+
+    // Profiles, rebuilt, know only Dagobert.
+    let profile = |email: &str| {
+        let mut args = vec!["profile", "get", "--email", email, "--json"];
+        args.extend(store_refs.iter().copied());
+        onepd(dir.path(), &args)
+    };
+    eventually(Duration::from_secs(30), "the server's profiles forget the three", || {
+        ["annabel", "bartholomew", "cordelia"]
+            .iter()
+            .all(|name| !profile(&format!("{name}@example.com")).status.success())
+    })
+    .await;
+    assert!(profile("dagobert@example.com").status.success());
+    run(dir.path(), &["rebuild", "profiles", "--json"], &store);
+    for name in ["annabel", "bartholomew", "cordelia"] {
+        assert!(!profile(&format!("{name}@example.com")).status.success(), "{name} is back after a rebuild");
+    }
+
+    // A full replay to a new destination carries nothing of them.
+    let replayed = Stub::start(Mode::Accept).await;
+    let hook = format!("url={}/hook", replayed.url());
+    run(
+        dir.path(),
+        &["destination", "create", "replayed", "--adapter", "webhook", "--setting", &hook, "--from", "beginning"],
+        &store,
+    );
+    replayed
+        .wait_for(Duration::from_secs(30), "Dagobert's events are replayed", |stub| {
+            webhook_events(stub).iter().filter(|e| e.to_string().contains("dagobert")).count() >= 3
+        })
+        .await;
+    let everything = serde_json::to_string(&replayed.bodies()).unwrap().to_lowercase();
+    for name in ["annabel", "bartholomew", "cordelia"] {
+        assert!(!everything.contains(name), "{name} is in the replay: {everything}");
+    }
+    // The hash chain, computed over what is stored, still verifies.
+    let verified = onepd(dir.path(), &[&["verify"][..], &store_refs[..]].concat());
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_leaves_no_trace_of_the_person_on_sqlite() {
+    erasure_leaves_no_trace_of_the_person(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_leaves_no_trace_of_the_person_on_postgres() {
+    let db = PgDatabase::create().await;
+    erasure_leaves_no_trace_of_the_person(Some(&db.url)).await;
+}
