@@ -518,3 +518,39 @@ async fn erasure_leaves_no_trace_of_the_person_on_postgres() {
     let db = PgDatabase::create().await;
     erasure_leaves_no_trace_of_the_person(Some(&db.url)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_person_in_one_workspace_leaves_the_same_ids_in_another_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    onepd_json(dir.path(), &["workspace", "create", "other"]);
+    let source = onepd_json(dir.path(), &["source", "create", "--workspace", "other", "web", "--kind", "http"]);
+    let other_key = source["write_key"].as_str().unwrap().to_owned();
+    let message = |id: &str| json!({"type": "identify", "messageId": id, "userId": "shared-user", "traits": {"email": "same@example.com"}});
+    send(&server, vec![message("mine-1")]).await;
+    let post_other = |id: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/identify", server.http))
+            .basic_auth(&other_key, Some(""))
+            .json(&message(id))
+            .send()
+    };
+    assert_eq!(post_other("theirs-1").await.unwrap().status(), 200);
+    eventually(Duration::from_secs(30), "both workspaces know the person", || {
+        ["default", "other"].iter().all(|workspace| {
+            onepd(dir.path(), &["profile", "get", "--workspace", workspace, "--user-id", "shared-user", "--json"])
+                .status
+                .success()
+        })
+    })
+    .await;
+    onepd_json(dir.path(), &["forget", "--user-id", "shared-user"]);
+    // The default workspace forgot them and refuses them; the other did not.
+    let (status, _) = post(&server, "/v1/identify", message("mine-2")).await;
+    assert_eq!(status, 400);
+    assert_eq!(post_other("theirs-2").await.unwrap().status(), 200);
+    let theirs = onepd_json(dir.path(), &["profile", "get", "--workspace", "other", "--email", "same@example.com"]);
+    assert!(theirs.to_string().contains("shared-user"), "{theirs}");
+    assert!(!onepd(dir.path(), &["profile", "get", "--user-id", "shared-user", "--json"]).status.success());
+    drop(server);
+}

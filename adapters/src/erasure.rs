@@ -10,7 +10,9 @@
 //! 2. **Suppress.** `SubjectErasureRequested` goes to the workspace's
 //!    stream with each identifier as a suppression hash (keyed with the
 //!    master key); from then on ingest rejects any message about them,
-//!    keeping nothing of it.
+//!    keeping nothing of it. Erasure then waits a moment longer than the
+//!    log's poll interval, so ingest in every process (the server, when the
+//!    CLI erases) applies the suppression before any key is destroyed.
 //! 3. **Shred.** Every identifier value is a subject whose key is
 //!    destroyed: the person's messages (sealed under their user or
 //!    anonymous id), rejections and identifier blocks (sealed under the
@@ -46,6 +48,11 @@ use uuid::Uuid;
 
 use crate::EventLog;
 use crate::activation::Connect;
+
+/// How long erasure waits between suppressing and shredding: longer than
+/// the log's poll interval (1 s), so ingest in every process applies the
+/// suppression first.
+const SUPPRESSION_SETTLE: Duration = Duration::from_millis(1_500);
 
 /// How long a destination has to answer `Describe` and a deletion request.
 const DESTINATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -215,6 +222,10 @@ pub async fn forget(
         requested_via: via.to_owned(),
     };
     append(log, workspace, workspace_stream(workspace), SubjectErasureRequested::TYPE, json!(requested)).await?;
+    // Every process's ingest follows the log (at worst by polling it): once
+    // they all see the suppression, no new message about the person can be
+    // sealed with a key created after the shredding below.
+    tokio::time::sleep(SUPPRESSION_SETTLE).await;
 
     // 3. Shred every subject the person's payloads may be sealed under.
     let mut keys_shredded = 0;

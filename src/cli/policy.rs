@@ -43,7 +43,7 @@ pub struct SetArgs {
     #[command(flatten)]
     target: directory::Scope,
     /// The business's industry; every one but general is restricted.
-    #[arg(long, value_parser = parse_industry)]
+    #[arg(long)]
     industry: Industry,
     /// Let ad platforms receive the visitor's IP address and user agent in
     /// healthcare (withheld by default).
@@ -145,13 +145,6 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Show(args) => show(args).await,
         PolicyCommand::Explain(args) => run_explain(args).await,
     }
-}
-
-fn parse_industry(text: &str) -> Result<Industry, String> {
-    Industry::ALL.into_iter().find(|industry| industry.as_str() == text).ok_or_else(|| {
-        let names: Vec<&str> = Industry::ALL.iter().map(|industry| industry.as_str()).collect();
-        format!("expected one of {}, found {text:?}", names.join(", "))
-    })
 }
 
 async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {

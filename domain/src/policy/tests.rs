@@ -548,3 +548,25 @@ fn origins_keep_scheme_host_and_port_only() {
     assert_eq!(origin("https:///x"), None);
     assert_eq!(origin("https://exa mple.com"), None);
 }
+
+#[test]
+fn a_general_industrys_ad_platform_keeps_the_segment_ecommerce_properties() {
+    let order = json!({
+        "type": "track", "event": "Order Completed", "messageId": "m-1",
+        "properties": {
+            "order_id": "50314b8e9bcf000000000000", "checkout_id": "c-1", "affiliation": "Google Store",
+            "total": 27.5, "subtotal": 22.5, "revenue": 25.0, "shipping": 3, "tax": 2, "discount": 2.5,
+            "coupon": "hasbros", "currency": "USD", "value": 27.5,
+            "products": [{"product_id": "507f1f77bcf86cd799439011", "sku": "45790-32", "category": "Games",
+                          "brand": "Hasbro", "variant": "200 pieces", "price": 19, "quantity": 1, "position": 3}],
+        },
+    });
+    let (message, scrubs, _) = sent(apply(
+        &order,
+        Category::AdPlatform,
+        &WorkspacePolicy::default(),
+        &DestinationPolicy::default(),
+        &Annotations::default(),
+    ));
+    assert_eq!(message, order, "removed: {:?}", fields(&scrubs));
+}

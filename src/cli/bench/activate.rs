@@ -46,6 +46,10 @@ pub struct ActivateArgs {
     /// The rate those events are appended at, per second.
     #[arg(long, default_value_t = 5_000)]
     live_rate: u64,
+    /// The workspace's industry: `healthcare` (or any restricted one)
+    /// measures deny-by-default scrubbing for the ad platform.
+    #[arg(long, default_value = "general")]
+    industry: Industry,
 }
 
 pub(super) async fn run(args: ActivateArgs) -> anyhow::Result<ExitCode> {
@@ -134,7 +138,7 @@ async fn measure(workload: &Workload, args: &ActivateArgs) -> anyhow::Result<Mea
     let (events, read_seconds) = read_all(&log).await?;
     let workspace = workload.workspace;
     let config = WorkspaceConfig::default();
-    let spec = NewWorkspace { name: "bench".into(), industry: Industry::General, default_region: None };
+    let spec = NewWorkspace { name: "bench".into(), industry: args.industry, default_region: None };
     let created = config.create(workspace, &spec, "onepd bench activate")?;
     log.append(config.request(workspace, vec![created])).await.context("creating the workspace")?;
     let (sink_url, posted) = sink().await?;
