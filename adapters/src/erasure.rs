@@ -4,9 +4,9 @@
 //! Segment-style `POST /v1/regulations` share:
 //!
 //! 1. **Find the person.** The profiles are folded from the log (as of its
-//!    head) and each lookup (an email, a user or anonymous id, a phone, or a
-//!    profile id) names a profile; its identifiers, and the ones given, are
-//!    the person.
+//!    head) and each [`Lookup`] (an identifier, normalized as at ingest, or
+//!    a profile id) names a profile; its identifiers, and the ones given,
+//!    are the person.
 //! 2. **Suppress.** `SubjectErasureRequested` goes to the workspace's
 //!    stream with each identifier as a suppression hash (keyed with the
 //!    master key); from then on ingest rejects any message about them,
@@ -42,6 +42,7 @@ use onepd_domain::{
     AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError, WorkspaceId,
 };
 use onepd_projections::directory::DestinationEntry;
+pub use onepd_projections::profile::Lookup;
 use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
 use serde_json::json;
 use uuid::Uuid;
@@ -56,52 +57,6 @@ const SUPPRESSION_SETTLE: Duration = Duration::from_millis(1_500);
 
 /// How long a destination has to answer `Describe` and a deletion request.
 const DESTINATION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How a person to erase is named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    /// An email address (normalized as at ingest).
-    Email(String),
-    /// A phone number (normalized to E.164 as at ingest).
-    Phone(String),
-    /// A `userId`.
-    UserId(String),
-    /// An `anonymousId`.
-    AnonymousId(String),
-    /// A profile id.
-    Profile(ProfileId),
-}
-
-impl Lookup {
-    /// The lookup's kind: `email`, `phone`, `user_id`, `anonymous_id` or
-    /// `profile`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Lookup::Email(_) => "email",
-            Lookup::Phone(_) => "phone",
-            Lookup::UserId(_) => "user_id",
-            Lookup::AnonymousId(_) => "anonymous_id",
-            Lookup::Profile(_) => "profile",
-        }
-    }
-
-    /// The identifier named, normalized; `None` for a profile id.
-    fn identifier(&self) -> Result<Option<Identifier>, ErasureError> {
-        let (kind, value) = match self {
-            Lookup::Email(value) => (IdentifierKind::Email, value),
-            Lookup::Phone(value) => (IdentifierKind::Phone, value),
-            Lookup::UserId(value) => (IdentifierKind::UserId, value),
-            Lookup::AnonymousId(value) => (IdentifierKind::AnonymousId, value),
-            Lookup::Profile(_) => return Ok(None),
-        };
-        let identifier = Identifier::normalized(kind, value)
-            .map_err(|reason| ErasureError::Invalid(format!("{}: {reason}", self.kind())))?;
-        if identifier.value.is_empty() {
-            return Err(ErasureError::Invalid(format!("{}: expected a value, found an empty one", self.kind())));
-        }
-        Ok(Some(identifier))
-    }
-}
 
 /// Why an erasure could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -159,19 +114,13 @@ pub async fn forget(
     via: &str,
 ) -> Result<ErasureReport, ErasureError> {
     if lookups.is_empty() {
-        return Err(ErasureError::Invalid(
-            "expected an email, a user id, an anonymous id, a phone or a profile id to erase, found none".into(),
-        ));
+        return Err(ErasureError::Invalid("expected an identifier or a profile id to erase, found none".into()));
     }
     if !log.has_master_key() {
         return Err(ErasureError::Invalid(
             "erasure destroys subject keys, which needs the master key (ONEPD_MASTER_KEY or <data dir>/master.key)"
                 .into(),
         ));
-    }
-    let mut named = Vec::new();
-    for lookup in lookups {
-        named.push((lookup, lookup.identifier()?));
     }
 
     // 1. The person, as the log says as of now.
@@ -183,19 +132,18 @@ pub async fn forget(
     let mut found: BTreeSet<ProfileId> = BTreeSet::new();
     let mut members: BTreeSet<ProfileId> = BTreeSet::new();
     let mut identifiers: BTreeSet<Identifier> = BTreeSet::new();
-    for (lookup, identifier) in &named {
-        let profile = match (lookup, identifier) {
-            (Lookup::Profile(id), _) => Some(
+    for lookup in lookups {
+        let profile = match lookup {
+            Lookup::Profile(id) => Some(
                 profiles
                     .profile_by_id(workspace, *id)
                     .ok_or_else(|| ErasureError::NotFound(format!("profile {}: not found", id.0)))?,
             ),
-            (_, Some(identifier)) => profiles.profile(workspace, identifier),
-            (_, None) => None,
+            Lookup::Identifier(identifier) => {
+                identifiers.insert(identifier.clone());
+                profiles.profile(workspace, identifier)
+            }
         };
-        if let Some(identifier) = identifier {
-            identifiers.insert(identifier.clone());
-        }
         if let Some(profile) = profile {
             found.insert(profile.id);
             identifiers.extend(profile.identifiers);
@@ -216,7 +164,13 @@ pub async fn forget(
     }
     let requested = SubjectErasureRequested {
         request_id,
-        lookups: named.iter().map(|(lookup, _)| lookup.kind().to_owned()).collect(),
+        lookups: lookups
+            .iter()
+            .map(|lookup| match lookup {
+                Lookup::Identifier(identifier) => identifier.kind.name().to_owned(),
+                Lookup::Profile(_) => "profile".to_owned(),
+            })
+            .collect(),
         profiles: profile_ids.clone(),
         suppressed,
         requested_via: via.to_owned(),
@@ -260,6 +214,7 @@ pub async fn forget(
     let subjects = identifiers.len() as u32;
     let erased = SubjectErased { request_id, profiles: profile_ids.clone(), subjects, keys_shredded };
     let erased_at = append(log, workspace, workspace_stream(workspace), SubjectErased::TYPE, json!(erased)).await?;
+    metrics::counter!("onepd_erasures_total", "via" => via.to_owned()).increment(1);
     tracing::info!(
         workspace = %workspace.0,
         request = %request_id,

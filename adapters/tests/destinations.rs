@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use onepd_adapters::destinations::{AdapterError, BUILT_IN, built_in};
 use onepd_domain::destination::{
-    Category, DeliverError, Destination, EventResult, IdentifierSpec, Outcome, PreparedEvent,
+    Category, DeletionAnswer, DeletionRequest, DeliverError, Destination, EventResult, IdentifierSpec, Outcome,
+    PreparedEvent,
 };
 use onepd_domain::hashing::{google_ads_identifiers, meta_identifiers, prepare, sha256_hex, tiktok_identifiers};
 use onepd_domain::{EventId, Position};
@@ -606,6 +607,36 @@ async fn a_webhook_without_a_secret_sends_no_signature() {
     webhook.deliver(&[identify(1)]).await.unwrap();
 
     assert_eq!(stub.only_request().header("x-onepd-signature"), None);
+}
+
+#[tokio::test]
+async fn a_webhook_is_asked_to_delete_an_erased_person_in_a_signed_request_and_ad_platforms_say_unsupported() {
+    let stub = Stub::start(Reply::status(200, "")).await;
+    let webhook = adapter("webhook", json!({"url": stub.url, "secret": "whsec"})).await;
+    let request = DeletionRequest {
+        request_id: Uuid::now_v7(),
+        profile_ids: vec!["profile-1".into()],
+        identifiers: BTreeMap::from([("email".to_owned(), vec!["ann@example.com".to_owned()])]),
+    };
+
+    assert_eq!(webhook.delete(&request).await.unwrap(), DeletionAnswer::Requested);
+
+    let sent = stub.only_request();
+    let signature = sent.header("x-onepd-signature").expect("signed");
+    let (t, v1) = signature.trim_start_matches("t=").split_once(",v1=").unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec").unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&sent.body);
+    mac.verify_slice(&hex::decode(v1).unwrap()).expect("the signature verifies");
+    let body = sent.json();
+    assert_eq!(body["type"], "delete");
+    assert_eq!(body["requestId"], request.request_id.to_string());
+    assert_eq!(body["profileIds"], json!(["profile-1"]));
+    assert_eq!(body["identifiers"], json!({"email": ["ann@example.com"]}));
+    for name in ["meta_capi", "tiktok", "google_ads", "ga4"] {
+        let platform = adapter(name, settings_for(name, "http://127.0.0.1:9", None)).await;
+        assert_eq!(platform.delete(&request).await.unwrap(), DeletionAnswer::Unsupported, "{name}");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -7,38 +7,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{ArgGroup, Args};
-use onepd_adapters::erasure::{self, Lookup};
+use clap::Args;
+use onepd_adapters::erasure;
 use onepd_adapters::readstore::ReadStore;
-use onepd_domain::identity::ProfileId;
 use onepd_domain::{EventStore, ProjectionStore};
 use onepd_projections::runner::{PROFILES, Runner};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::directory;
 use crate::output;
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("subject").required(true).args(["email", "user_id", "anonymous_id", "phone", "profile"])))]
 pub struct ForgetArgs {
     #[command(flatten)]
     target: directory::Scope,
-    /// The person's email (normalized as at ingest).
-    #[arg(long)]
-    email: Option<String>,
-    /// The person's userId.
-    #[arg(long)]
-    user_id: Option<String>,
-    /// An anonymousId of the person.
-    #[arg(long)]
-    anonymous_id: Option<String>,
-    /// The person's phone number (normalized to E.164 as at ingest).
-    #[arg(long)]
-    phone: Option<String>,
-    /// The person's profile id.
-    #[arg(long)]
-    profile: Option<Uuid>,
+    /// The person, by any of their identifiers or their profile id.
+    #[command(flatten)]
+    which: super::profile::Which,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -47,14 +32,7 @@ pub struct ForgetArgs {
 pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
     let (log, directory, workspace) = directory::open(&args.target).await?;
-    let lookup = match (&args.email, &args.user_id, &args.anonymous_id, &args.phone, args.profile) {
-        (Some(email), ..) => Lookup::Email(email.clone()),
-        (_, Some(user_id), ..) => Lookup::UserId(user_id.clone()),
-        (_, _, Some(anonymous_id), ..) => Lookup::AnonymousId(anonymous_id.clone()),
-        (_, _, _, Some(phone), _) => Lookup::Phone(phone.clone()),
-        (.., Some(profile)) => Lookup::Profile(ProfileId(profile)),
-        _ => unreachable!("clap requires one subject"),
-    };
+    let lookup = super::profile::lookup(&args.which)?;
     let destinations: Vec<_> = directory.destinations(workspace).into_iter().cloned().collect();
     let connect = onepd_adapters::activation::connect();
     let report = erasure::forget(&log, workspace, &[lookup], &destinations, &connect, "cli")

@@ -108,7 +108,7 @@ fn identifier(kind: IdentifierKind, value: &str) -> anyhow::Result<Identifier> {
     Ok(identifier)
 }
 
-fn lookup(which: &Which) -> anyhow::Result<Lookup> {
+pub(super) fn lookup(which: &Which) -> anyhow::Result<Lookup> {
     let pairs = [
         (IdentifierKind::Email, &which.email),
         (IdentifierKind::UserId, &which.user_id),

@@ -632,6 +632,18 @@ impl Engine {
         events: Withheld,
         checkpoint: Option<Position>,
     ) -> Result<(), StoreError> {
+        let mut by_rule: HashMap<&str, u64> = HashMap::new();
+        for event in &events {
+            *by_rule.entry(event.rule.as_str()).or_default() += 1;
+        }
+        for (rule, count) in by_rule {
+            metrics::counter!(
+                "onepd_activation_withheld_total",
+                "destination" => self.entry.created.name.clone(),
+                "rule" => rule.to_owned()
+            )
+            .increment(count);
+        }
         let withheld = EventsWithheld { destination_id: self.id(), run, events, checkpoint };
         self.record(EventsWithheld::TYPE, serde_json::to_value(&withheld).expect("serializable")).await
     }

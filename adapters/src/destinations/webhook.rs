@@ -157,6 +157,20 @@ impl Webhook {
     }
 }
 
+impl Webhook {
+    /// POSTs `body` to the receiver, signed when a secret is set.
+    async fn post(&self, body: &Value, now: SystemTime) -> Result<(), DeliverError> {
+        let body = serde_json::to_vec(body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
+        let mut request = http::client().post(&self.url).headers(self.headers.clone());
+        if let Some(secret) = &self.secret {
+            let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            request = request.header(SIGNATURE_HEADER, signature(secret, unix, &body));
+        }
+        http::post_json(request, body, self.timeout).await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Destination for Webhook {
     async fn describe(&self) -> Result<Description, DeliverError> {
@@ -185,34 +199,21 @@ impl Destination for Webhook {
             })
             .collect();
         let sent_at = chrono::DateTime::<chrono::Utc>::from(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let body = serde_json::to_vec(&json!({ "batch": batch, "sentAt": sent_at }))
-            .map_err(|err| DeliverError::Adapter(err.to_string()))?;
-        let mut request = http::client().post(&self.url).headers(self.headers.clone());
-        if let Some(secret) = &self.secret {
-            let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-            request = request.header(SIGNATURE_HEADER, signature(secret, unix, &body));
-        }
-        http::post_json(request, body, self.timeout).await?;
+        self.post(&json!({ "batch": batch, "sentAt": sent_at }), now).await?;
         Ok(http::every(events, &Outcome::Delivered))
     }
 
     async fn delete(&self, deletion: &DeletionRequest) -> Result<DeletionAnswer, DeliverError> {
         let now = SystemTime::now();
         let sent_at = chrono::DateTime::<chrono::Utc>::from(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let body = serde_json::to_vec(&json!({
+        let body = json!({
             "type": "delete",
             "requestId": deletion.request_id.to_string(),
             "profileIds": deletion.profile_ids,
             "identifiers": deletion.identifiers,
             "sentAt": sent_at,
-        }))
-        .map_err(|err| DeliverError::Adapter(err.to_string()))?;
-        let mut request = http::client().post(&self.url).headers(self.headers.clone());
-        if let Some(secret) = &self.secret {
-            let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-            request = request.header(SIGNATURE_HEADER, signature(secret, unix, &body));
-        }
-        http::post_json(request, body, self.timeout).await?;
+        });
+        self.post(&body, now).await?;
         Ok(DeletionAnswer::Requested)
     }
 }

@@ -24,7 +24,6 @@ use std::time::Duration;
 use onepd_commands::workspace::{ConfigError, EXTERNAL_ADAPTER};
 use onepd_domain::events::destination::{DestinationCreated, DestinationFilters, ReplayRequested, RetryPolicy, Run};
 use onepd_domain::events::workspace::TokenScope;
-use onepd_domain::identity::ProfileId;
 use onepd_domain::{EventId, EventStore, Position, Timestamp};
 use onepd_projections::access::Grant;
 use onepd_projections::directory::{DestinationEntry, Directory};
@@ -37,6 +36,7 @@ use uuid::Uuid;
 
 use super::audit::store_status;
 use super::auth::TokenRegistry;
+use super::profiles::{ProfileRef, parse_identifier, parse_profile_ref};
 use crate::EventLog;
 use crate::activation::admin::{self, AdminError, Attempt};
 use crate::activation::connect;
@@ -351,13 +351,11 @@ impl AdminService for AdminApi {
         use proto::forget_request::Subject;
         let grant = self.grant(&request, TokenScope::Admin)?;
         let lookup = match request.into_inner().subject {
-            Some(Subject::Email(value)) => Lookup::Email(value),
-            Some(Subject::UserId(value)) => Lookup::UserId(value),
-            Some(Subject::AnonymousId(value)) => Lookup::AnonymousId(value),
-            Some(Subject::Phone(value)) => Lookup::Phone(value),
-            Some(Subject::ProfileId(value)) => Lookup::Profile(ProfileId(
-                value.parse().map_err(|_| Status::invalid_argument("profile_id: expected a UUID"))?,
-            )),
+            Some(Subject::Email(value)) => identifier("email", &value)?,
+            Some(Subject::UserId(value)) => identifier("user_id", &value)?,
+            Some(Subject::AnonymousId(value)) => identifier("anonymous_id", &value)?,
+            Some(Subject::Phone(value)) => identifier("phone", &value)?,
+            Some(Subject::ProfileId(text)) => parse_profile_ref(ProfileRef::ProfileId(text))?,
             None => {
                 return Err(Status::invalid_argument(
                     "subject: expected one of email, user_id, anonymous_id, phone, profile_id, found none",
@@ -385,6 +383,13 @@ impl AdminService for AdminApi {
                 .collect(),
         }))
     }
+}
+
+/// The lookup of an identifier of `kind`; an error names the field.
+fn identifier(kind: &str, value: &str) -> Result<Lookup, Status> {
+    parse_identifier(kind, value)
+        .map(Lookup::Identifier)
+        .map_err(|_| Status::invalid_argument(format!("{kind}: expected a value, found {value:?}")))
 }
 
 /// The status an [`ErasureError`] becomes.

@@ -26,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, body::Bytes};
 use onepd_domain::events::workspace::TokenScope;
-use onepd_domain::identity::ProfileId;
 use onepd_projections::directory::{DestinationEntry, Directory};
 use serde_json::{Value, json};
 
@@ -34,6 +33,7 @@ use crate::EventLog;
 use crate::activation::connect;
 use crate::erasure::{self, ErasureError, Lookup};
 use crate::grpc::auth::TokenRegistry;
+use crate::grpc::profiles::{ProfileRef, parse_identifier, parse_profile_ref};
 use crate::live::Live;
 
 /// The largest number of subject ids one request may name.
@@ -123,24 +123,26 @@ async fn run(api: &Regulations, headers: &HeaderMap, body: &[u8]) -> Result<Valu
         .ok_or_else(|| {
             invalid("subjectIds", format!("subjectIds: expected 1 to {MAX_SUBJECT_IDS} non-empty strings"))
         })?;
+    let kind = match subject_type {
+        "USER_ID" => Some("user_id"),
+        "ANONYMOUS_ID" => Some("anonymous_id"),
+        "EMAIL" => Some("email"),
+        "PHONE" => Some("phone"),
+        "PROFILE_ID" => None,
+        other => {
+            return Err(invalid(
+                "subjectType",
+                format!("subjectType: expected USER_ID, ANONYMOUS_ID, EMAIL, PHONE or PROFILE_ID, found {other:?}"),
+            ));
+        }
+    };
     let mut lookups = Vec::with_capacity(ids.len());
     for id in ids {
-        let id = id.to_owned();
-        lookups.push(match subject_type {
-            "USER_ID" => Lookup::UserId(id),
-            "ANONYMOUS_ID" => Lookup::AnonymousId(id),
-            "EMAIL" => Lookup::Email(id),
-            "PHONE" => Lookup::Phone(id),
-            "PROFILE_ID" => Lookup::Profile(ProfileId(
-                id.parse().map_err(|_| invalid("subjectIds", "subjectIds: expected profile ids (UUIDs)".into()))?,
-            )),
-            other => {
-                return Err(invalid(
-                    "subjectType",
-                    format!("subjectType: expected USER_ID, ANONYMOUS_ID, EMAIL, PHONE or PROFILE_ID, found {other:?}"),
-                ));
-            }
-        });
+        let lookup = match kind {
+            Some(kind) => parse_identifier(kind, id).map(Lookup::Identifier),
+            None => parse_profile_ref(ProfileRef::ProfileId(id.to_owned())),
+        };
+        lookups.push(lookup.map_err(|err| invalid("subjectIds", format!("subjectIds: {err}")))?);
     }
     let destinations: Vec<DestinationEntry> =
         api.directory.read(|directory| directory.destinations(grant.workspace).into_iter().cloned().collect());
