@@ -466,6 +466,12 @@ async fn erasure_leaves_no_trace_of_the_person(url: Option<&str>) {
     let rejected = run(dir.path(), &["rejected", "list", "--json"], &store);
     assert!(rejected.contains("suppressed"), "{rejected}");
     assert!(!rejected.to_lowercase().contains("annabel"), "a rejection kept her data: {rejected}");
+    let replayed = json_lines(&run(dir.path(), &["rejected", "replay", "--json"], &store));
+    assert!(!replayed.is_empty());
+    for line in &replayed {
+        assert_eq!(line["replay"]["status"], "skipped", "{line}");
+        assert!(line["replay"]["detail"].as_str().unwrap().contains("erased"), "{line}");
+    }
 
     // Profiles, rebuilt, know only Dagobert.
     let profile = |email: &str| {

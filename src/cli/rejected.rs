@@ -180,6 +180,10 @@ async fn replay_one(log: &EventLog, ingest: &Ingest, workspace: WorkspaceId, ope
     if rejected.reasons.iter().any(|reason| reason.rule.starts_with("webhook_")) {
         return Err("a webhook payload, not a message: re-send it from the platform once the cause is fixed".into());
     }
+    // Nothing of a suppressed message was kept, and its person asked to be forgotten.
+    if rejected.reasons.iter().any(|reason| reason.rule == "suppressed") {
+        return Err("about a person who was erased: nothing of it was kept, and it is never replayed".into());
+    }
     let message: serde_json::Value =
         serde_json::from_str(&rejected.raw).map_err(|err| format!("the raw payload is not JSON ({err})"))?;
     let source_id = open
