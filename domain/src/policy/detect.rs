@@ -12,7 +12,10 @@
 //! Neither looks at anything but its argument: where a field sits in a
 //! message is [`super::classify`]'s business.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use super::Classification;
 
@@ -35,25 +38,70 @@ use super::Classification;
 /// (but not `payment_provider` or `item_condition`); longer entries cover the
 /// sensitive compounds (`first_name`, `credit_card`, `health_provider`).
 pub fn classify_key(key: &str) -> Option<Classification> {
-    let words = words(key);
+    // Messages repeat the same few dozen keys: each is read once per thread.
+    thread_local! {
+        static SEEN: RefCell<HashMap<String, Option<Classification>>> = RefCell::new(HashMap::new());
+    }
+    if let Some(found) = SEEN.with(|seen| seen.borrow().get(key).copied()) {
+        return found;
+    }
+    let found = classify_key_words(&words(key));
+    SEEN.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        // Bounded: keys chosen by clients could otherwise grow it forever.
+        if seen.len() >= MAX_REMEMBERED_KEYS {
+            seen.clear();
+        }
+        seen.insert(key.to_owned(), found);
+    });
+    found
+}
+
+/// How many keys [`classify_key`] remembers per thread.
+const MAX_REMEMBERED_KEYS: usize = 4_096;
+
+/// One entry of [`KEY_NAMES`], split into words.
+struct KeyEntry {
+    words: Vec<&'static str>,
+    whole_key_only: bool,
+    class: Classification,
+}
+
+/// [`KEY_NAMES`] by the last word of each entry: a key can only match an
+/// entry ending in its own last word (or, before a generic suffix, in the
+/// word before it).
+fn entries_by_last_word() -> &'static HashMap<&'static str, Vec<KeyEntry>> {
+    static INDEX: OnceLock<HashMap<&'static str, Vec<KeyEntry>>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index: HashMap<&'static str, Vec<KeyEntry>> = HashMap::new();
+        for &(entry, class) in KEY_NAMES {
+            let (entry, whole_key_only) = match entry.strip_prefix('=') {
+                Some(entry) => (entry, true),
+                None => (entry, false),
+            };
+            let words: Vec<&'static str> = entry.split(' ').collect();
+            let last = *words.last().expect("split gives at least one word");
+            index.entry(last).or_default().push(KeyEntry { words, whole_key_only, class });
+        }
+        index
+    })
+}
+
+fn classify_key_words(words: &[String]) -> Option<Classification> {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let index = entries_by_last_word();
+    let (last, rest) = words.split_last()?;
+    let before_suffix = rest.last().filter(|_| GENERIC_SUFFIXES.contains(last));
+    let candidates = [Some(last), before_suffix].into_iter().flatten().filter_map(|word| index.get(word)).flatten();
     let mut best: Option<(usize, Classification)> = None;
-    for &(entry, class) in KEY_NAMES {
-        let (entry, whole_key_only) = match entry.strip_prefix('=') {
-            Some(entry) => (entry, true),
-            None => (entry, false),
-        };
-        let entry: Vec<&str> = entry.split(' ').collect();
-        let matches = if whole_key_only {
-            words == entry
+    for entry in candidates {
+        let matches = if entry.whole_key_only {
+            words == entry.words
         } else {
-            words.ends_with(&entry)
-                || words
-                    .split_last()
-                    .is_some_and(|(last, rest)| GENERIC_SUFFIXES.contains(last) && rest.ends_with(&entry))
+            words.ends_with(&entry.words) || (GENERIC_SUFFIXES.contains(last) && rest.ends_with(&entry.words))
         };
-        if matches && best.is_none_or(|(length, _)| entry.len() > length) {
-            best = Some((entry.len(), class));
+        if matches && best.is_none_or(|(length, _)| entry.words.len() > length) {
+            best = Some((entry.words.len(), entry.class));
         }
     }
     best.map(|(_, class)| class)
