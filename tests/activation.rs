@@ -121,11 +121,18 @@ async fn meta_receives_an_order_with_hashed_identifiers_and_its_event_id(url: Op
     for raw in ["ann.lee@example.com", "555-1212", "16505551212\"", "\"ann\""] {
         assert!(!text.contains(raw), "raw identifier {raw:?} left for Meta: {body}");
     }
-    // The ledger says what was sent and in what form.
-    let shown = onepd(
-        dir.path(),
-        &[&["deliveries", "show", "--event-id", &event_id(&server, "order-1"), "--json"][..], &store_refs[..]].concat(),
-    );
+    // The ledger says what was sent and in what form (recorded just after
+    // the delivery).
+    let args =
+        [&["deliveries", "show", "--event-id", &event_id(&server, "order-1"), "--json"][..], &store_refs[..]].concat();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let shown = onepd(dir.path(), &args);
+        if shown.status.success() || Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
     let shown: Value = serde_json::from_slice(shown.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(shown["destination"], "meta");

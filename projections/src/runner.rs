@@ -47,8 +47,9 @@ use crate::profile::{Changes, Profiles};
 /// The projection's name in the store.
 pub const PROFILES: &str = "profiles";
 /// The version of the code that builds it; a generation built by another
-/// version is rebuilt at start.
-pub const PROFILES_VERSION: u32 = 1;
+/// version is rebuilt at start. 2: consent is also read from RudderStack's
+/// `context.consentManagement`.
+pub const PROFILES_VERSION: u32 = 2;
 
 /// Collection of profile documents, keyed by live profile id.
 pub const PROFILE_DOCS: &str = "profile";

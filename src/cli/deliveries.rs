@@ -227,7 +227,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
                 a.attempt
             ));
             output::line(format!("  hashed    {}", a.hashed.join(", ")));
-            output::line(format!("  removed   {}", a.scrubbed.join(", ")));
+            output::line(format!("  scrubbed  {}", a.scrubbed.join(", ")));
         }
     }
     Ok(ExitCode::SUCCESS)

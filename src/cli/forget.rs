@@ -91,7 +91,7 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
             }
         ));
         output::line(format!(
-            "  {} identifiers suppressed, {} subject keys destroyed",
+            "  identifiers suppressed: {}, subject keys destroyed: {}",
             report.subjects, report.keys_shredded
         ));
         for deletion in &report.deletions {
