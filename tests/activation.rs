@@ -123,8 +123,8 @@ async fn meta_receives_an_order_with_hashed_identifiers_and_its_event_id(url: Op
     }
     // The ledger says what was sent and in what form (recorded just after
     // the delivery).
-    let args =
-        [&["deliveries", "show", "--event-id", &event_id(&server, "order-1"), "--json"][..], &store_refs[..]].concat();
+    let id = event_id(&server, "order-1");
+    let args = [&["deliveries", "show", "--event-id", &id, "--json"][..], &store_refs[..]].concat();
     let deadline = Instant::now() + Duration::from_secs(10);
     let shown = loop {
         let shown = onepd(dir.path(), &args);
