@@ -53,7 +53,7 @@ use crate::activation::Connect;
 /// How long erasure waits between suppressing and shredding: longer than
 /// the log's poll interval (1 s), so ingest in every process applies the
 /// suppression first.
-const SUPPRESSION_SETTLE: Duration = Duration::from_millis(1_500);
+const SUPPRESSION_SETTLE: Duration = Duration::from_secs(2);
 
 /// How long a destination has to answer `Describe` and a deletion request.
 const DESTINATION_TIMEOUT: Duration = Duration::from_secs(30);

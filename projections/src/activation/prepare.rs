@@ -44,7 +44,7 @@ use onepd_domain::events::destination::DestinationCreated;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::hashing;
 use onepd_domain::identity::IdentifierKind;
-use onepd_domain::policy::{self, Annotations, Verdict, WorkspacePolicy};
+use onepd_domain::policy::{self, Annotations, Classification, Verdict, WorkspacePolicy};
 use serde_json::{Map, Value};
 
 use crate::profile::ProfileView;
@@ -191,6 +191,12 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
             note_withheld(&mut notes, &spec.name, spec.source, message, profile, UNHASHED_IN_RESTRICTED);
             continue;
         }
+        let class = class_of(spec.source);
+        if policy.remove.contains(&class) {
+            let reason = format!("{} removed for this destination", class.as_str());
+            note_withheld(&mut notes, &spec.name, spec.source, message, profile, &reason);
+            continue;
+        }
         let mut values: Vec<String> = Vec::new();
         for raw in raw_values(spec.source, message, profile) {
             if let Some(value) = hashing::prepare(spec, &raw)
@@ -262,6 +268,33 @@ fn allowed_unhashed(source: IdentifierSource) -> bool {
             | IdentifierSource::Country
             | IdentifierSource::Gender
     )
+}
+
+/// What an identifier source holds, for a destination that removes
+/// classes of data (`--remove identifier` leaves out emails, phones, ids and
+/// names, hashed or not).
+fn class_of(source: IdentifierSource) -> Classification {
+    match source {
+        IdentifierSource::Email
+        | IdentifierSource::Phone
+        | IdentifierSource::UserId
+        | IdentifierSource::AnonymousId
+        | IdentifierSource::FirstName
+        | IdentifierSource::LastName
+        | IdentifierSource::DateOfBirth => Classification::Identifier,
+        IdentifierSource::City
+        | IdentifierSource::State
+        | IdentifierSource::PostalCode
+        | IdentifierSource::Country
+        | IdentifierSource::Street => Classification::Location,
+        IdentifierSource::Gender => Classification::OtherSensitive,
+        IdentifierSource::Ip
+        | IdentifierSource::UserAgent
+        | IdentifierSource::Fbc
+        | IdentifierSource::Fbp
+        | IdentifierSource::Gclid
+        | IdentifierSource::Ttclid => Classification::Device,
+    }
 }
 
 /// Notes an identifier left out, when the event had a value for it.
@@ -633,6 +666,18 @@ mod tests {
         workspace.allow_ip_user_agent = true;
         let (allowed, _) = target(&workspace);
         assert_eq!(allowed.identifiers["ip"], vec!["203.0.113.7".to_owned()]);
+    }
+
+    #[test]
+    fn a_destination_removing_a_class_gets_no_identifier_of_it_hashed_or_not() {
+        let described = description(Category::Warehouse);
+        let mut created = destination(DestinationFilters::default());
+        created.policy = DestinationPolicy { remove: vec![Classification::Identifier], ..DestinationPolicy::default() };
+        let (prepared, notes) = sent(prepared(order(), None, &created, &described));
+        assert!(!prepared.identifiers.contains_key("em") && !prepared.identifiers.contains_key("fn"), "{prepared:?}");
+        assert_eq!(prepared.identifiers["ip"], vec!["203.0.113.7".to_owned()], "IP is a device id, not removed");
+        assert_eq!(notes.scrubbed["identifiers.em"], "identifier removed for this destination");
+        assert!(!prepared.message.to_string().contains("ann@example.com"), "{}", prepared.message);
     }
 
     /// Markers planted as sensitive values: no hex digits only, so a SHA-256
