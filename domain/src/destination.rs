@@ -496,16 +496,6 @@ pub enum DeletionAnswer {
     Unsupported,
 }
 
-impl DeletionAnswer {
-    /// `requested` or `unsupported`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeletionAnswer::Requested => "requested",
-            DeletionAnswer::Unsupported => "unsupported",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

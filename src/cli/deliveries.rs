@@ -179,11 +179,8 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let (log, directory, workspace) = directory::open(&args.target).await?;
     let event_id = EventId(args.event_id);
-    let found =
-        admin::event_attempts(&log, &directory, workspace, event_id).await.context("reading the delivery ledgers")?;
-    let withheld = admin::event_withholdings(&log, &directory, workspace, event_id)
-        .await
-        .context("reading the delivery ledgers")?;
+    let (found, withheld) =
+        admin::event_history(&log, &directory, workspace, event_id).await.context("reading the delivery ledgers")?;
     log.close().await;
     if found.is_empty() && withheld.is_empty() {
         bail!("event {}: no delivery attempt carried it, and no destination withheld it", args.event_id);

@@ -9,8 +9,8 @@ use onepd_domain::events::destination::{
 };
 use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::{
-    AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError, Timestamp,
-    WorkspaceId,
+    AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
+    Timestamp, WorkspaceId,
 };
 use onepd_projections::activation::Ledger;
 use onepd_projections::directory::{DestinationEntry, Directory};
@@ -180,15 +180,19 @@ pub struct Attempt {
 
 /// Every delivery attempt of a destination, oldest first.
 async fn all_attempts(log: &EventLog, destination: Uuid) -> Result<Vec<Attempt>, StoreError> {
-    Ok(ledger_entries(log, destination)
-        .await?
-        .into_iter()
+    Ok(attempts_in(&ledger_entries(log, destination).await?))
+}
+
+/// The delivery attempts among a ledger's entries, in order.
+fn attempts_in(entries: &[RecordedEvent]) -> Vec<Attempt> {
+    entries
+        .iter()
         .filter(|event| event.event_type == DeliveryAttempted::TYPE)
         .filter_map(|event| {
             let attempt = serde_json::from_value(event.data.value()?.clone()).ok()?;
             Some(Attempt { position: event.position, at: event.recorded_at, attempt })
         })
-        .collect())
+        .collect()
 }
 
 /// The newest `limit` delivery attempts of a destination, newest first.
@@ -207,16 +211,7 @@ pub async fn event_attempts(
     workspace: WorkspaceId,
     event_id: EventId,
 ) -> Result<Vec<(String, Attempt)>, StoreError> {
-    let mut found = Vec::new();
-    for entry in directory.destinations(workspace) {
-        for attempt in all_attempts(log, entry.created.destination_id).await? {
-            if attempt.attempt.events.iter().any(|(id, _)| *id == event_id) {
-                found.push((entry.created.name.clone(), attempt));
-            }
-        }
-    }
-    found.sort_by_key(|(_, attempt)| attempt.position);
-    Ok(found)
+    Ok(event_history(log, directory, workspace, event_id).await?.0)
 }
 
 /// A ledger's record that one event was not sent (consent, `integrations`,
@@ -233,37 +228,38 @@ pub struct Withholding {
     pub withheld: WithheldEvent,
 }
 
-/// Every record, in any destination of the workspace, that `event_id` was
-/// withheld, oldest first.
-pub async fn event_withholdings(
+/// What every destination of the workspace did with `event_id`, each
+/// ledger read once: the attempts that carried it and the records that it
+/// was withheld, each oldest first.
+pub async fn event_history(
     log: &EventLog,
     directory: &Directory,
     workspace: WorkspaceId,
     event_id: EventId,
-) -> Result<Vec<Withholding>, StoreError> {
-    let mut found = Vec::new();
+) -> Result<(Vec<(String, Attempt)>, Vec<Withholding>), StoreError> {
+    let mut attempts = Vec::new();
+    let mut withheld = Vec::new();
     for entry in directory.destinations(workspace) {
-        for event in ledger_entries(log, entry.created.destination_id).await? {
-            if event.event_type != EventsWithheld::TYPE {
-                continue;
+        let name = &entry.created.name;
+        let entries = ledger_entries(log, entry.created.destination_id).await?;
+        for attempt in attempts_in(&entries) {
+            if attempt.attempt.events.iter().any(|(id, _)| *id == event_id) {
+                attempts.push((name.clone(), attempt));
             }
-            let Some(entry_data) = event.data.value() else { continue };
-            let Ok(withheld) = serde_json::from_value::<EventsWithheld>(entry_data.clone()) else { continue };
-            for one in withheld.events.into_iter().filter(|one| one.event_id == event_id) {
-                found.push((
-                    event.position,
-                    Withholding {
-                        destination: entry.created.name.clone(),
-                        at: event.recorded_at,
-                        run: withheld.run,
-                        withheld: one,
-                    },
-                ));
+        }
+        for event in entries.iter().filter(|event| event.event_type == EventsWithheld::TYPE) {
+            let Some(data) = event.data.value() else { continue };
+            let Ok(record) = serde_json::from_value::<EventsWithheld>(data.clone()) else { continue };
+            for one in record.events.into_iter().filter(|one| one.event_id == event_id) {
+                let withholding =
+                    Withholding { destination: name.clone(), at: event.recorded_at, run: record.run, withheld: one };
+                withheld.push((event.position, withholding));
             }
         }
     }
-    found.sort_by_key(|(position, _)| *position);
-    Ok(found.into_iter().map(|(_, withholding)| withholding).collect())
+    attempts.sort_by_key(|(_, attempt)| attempt.position);
+    withheld.sort_by_key(|(position, _)| *position);
+    Ok((attempts, withheld.into_iter().map(|(_, withholding)| withholding).collect()))
 }
 
 /// A destination with where its delivery stands.

@@ -156,23 +156,29 @@ async fn supervise(
         if log.is_closed() {
             return;
         }
-        let entries: Vec<(DestinationEntry, Arc<Privacy>, Stamp)> = directory.read(|d| {
+        let entries: Vec<(DestinationEntry, Stamp)> = directory.read(|d| {
             d.all_destinations()
                 .map(|entry| {
                     let settings = d.workspace(entry.workspace).map_or(0, |workspace| workspace.settings_version);
-                    (entry.clone(), Arc::new(Privacy::of(d, entry.workspace)), (entry.changed_at, settings))
+                    (entry.clone(), (entry.changed_at, settings))
                 })
                 .collect()
         });
-        let by_id: HashMap<Uuid, &(DestinationEntry, Arc<Privacy>, Stamp)> =
-            entries.iter().map(|found| (found.0.created.destination_id, found)).collect();
+        let by_id: HashMap<Uuid, &DestinationEntry> =
+            entries.iter().map(|(entry, _)| (entry.created.destination_id, entry)).collect();
+        let stamps: HashMap<Uuid, Stamp> =
+            entries.iter().map(|(entry, stamp)| (entry.created.destination_id, *stamp)).collect();
         live.retain(|id, (run, stamp)| {
-            by_id.get(id).is_some_and(|(entry, _, now)| !entry.paused && now == stamp) && !run.0.is_finished()
+            by_id.get(id).is_some_and(|entry| !entry.paused && stamps.get(id) == Some(stamp)) && !run.0.is_finished()
         });
-        for (entry, privacy, stamp) in &entries {
+        // The policy (tracking plan annotations included) is read only when
+        // a run starts: it is fixed for the run's life.
+        let privacy = |workspace: WorkspaceId| Arc::new(directory.read(|d| Privacy::of(d, workspace)));
+        for (entry, stamp) in &entries {
             let id = entry.created.destination_id;
             if !entry.paused && !live.contains_key(&id) {
-                let engine = Engine::new(log.clone(), entry.clone(), privacy.clone(), connect.clone(), options.clone());
+                let engine =
+                    Engine::new(log.clone(), entry.clone(), privacy(entry.workspace), connect.clone(), options.clone());
                 live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp));
             }
         }
@@ -185,8 +191,9 @@ async fn supervise(
             if jobs.contains_key(&job.job_id) {
                 continue;
             }
-            let Some((entry, privacy, _)) = by_id.get(&job.destination_id) else { continue };
-            let engine = Engine::new(log.clone(), entry.clone(), privacy.clone(), connect.clone(), options.clone());
+            let Some(entry) = by_id.get(&job.destination_id) else { continue };
+            let engine =
+                Engine::new(log.clone(), (*entry).clone(), privacy(entry.workspace), connect.clone(), options.clone());
             jobs.insert(job.job_id, Running(tokio::spawn(engine.run_forever(Some(job)))));
         }
     }

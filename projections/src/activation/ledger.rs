@@ -49,9 +49,6 @@ pub struct Ledger {
     pub open_jobs: BTreeMap<Uuid, ReplayRequested>,
     /// Completed jobs: (delivered, dead).
     pub completed_jobs: HashMap<Uuid, (u64, u64)>,
-    /// Events withheld (consent, `integrations`, the sensitive-data policy),
-    /// over every run.
-    pub withheld: u64,
 }
 
 impl Ledger {
@@ -90,7 +87,6 @@ impl Ledger {
             }
             EventsWithheld::TYPE => {
                 let Ok(withheld) = serde_json::from_value::<EventsWithheld>(data.clone()) else { return };
-                self.withheld += withheld.events.len() as u64;
                 if withheld.run == Run::Live
                     && let Some(checkpoint) = withheld.checkpoint
                 {
