@@ -7,7 +7,8 @@
 //! * [`grpc`] — the tonic services;
 //! * [`http`] — the Segment-compatible HTTP API (axum);
 //! * [`ingest`] — the path every entrance takes into the log;
-//! * [`live`] — in-memory projections that follow the log.
+//! * [`live`] — in-memory projections that follow the log;
+//! * [`quarantine`] — events readers could not read: listing and retrying.
 //!
 //! **Invariant:** the only crate (with the binary) that knows sqlx, tonic or
 //! a clock; the domain sees these only through its ports.
@@ -22,6 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod profiles;
+pub mod quarantine;
 pub mod readstore;
 pub mod store;
 

@@ -217,14 +217,27 @@ pub enum Payload {
     Data(Value),
     /// The payload was sealed for a subject whose key has been shredded.
     Erased,
+    /// The stored payload cannot be decoded (not JSON, nested deeper than
+    /// readers decode, an upcast that fails, a sealed payload that does not
+    /// open): the reason. Readers quarantine such an event and go on; the
+    /// store never fails a read because of one.
+    Unreadable(String),
 }
 
 impl Payload {
-    /// The payload, or `None` when erased.
+    /// The payload, or `None` when erased or unreadable.
     pub fn value(&self) -> Option<&Value> {
         match self {
             Payload::Data(value) => Some(value),
-            Payload::Erased => None,
+            Payload::Erased | Payload::Unreadable(_) => None,
+        }
+    }
+
+    /// Why the payload cannot be read, when it cannot.
+    pub fn unreadable(&self) -> Option<&str> {
+        match self {
+            Payload::Unreadable(reason) => Some(reason),
+            Payload::Data(_) | Payload::Erased => None,
         }
     }
 }

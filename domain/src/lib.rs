@@ -19,6 +19,8 @@
 //!   platform's published rules.
 //! * [`identity`] — identifiers, identity-resolution rules (which kinds link,
 //!   priority, limits, blocked values) and deterministic profile ids.
+//! * [`limits`] — the nesting and identifier limits ingest enforces and
+//!   every reader relies on.
 //! * [`policy`] — the sensitive-data policy: classifying fields (tracking-plan
 //!   annotations, key names, value shapes) and deciding what of a message may
 //!   go to one destination.
@@ -35,6 +37,7 @@ pub mod envelope;
 pub mod events;
 pub mod hashing;
 pub mod identity;
+pub mod limits;
 pub mod normalize;
 pub mod policy;
 pub mod ports;

@@ -11,6 +11,8 @@
 //!   linked identifiers, with every merge explained.
 //! * [`profile`] — 360-degree profiles over the identity graph: traits with
 //!   provenance, activity, revenue, consent, timeline and merge history.
+//! * [`quarantine`] — the events readers could not read and went on
+//!   without, until released.
 //!
 //! **Invariant:** a rebuild from position 0 equals the live projection.
 //! **Does not:** import `onepd-commands`, or know how events are stored.
@@ -22,6 +24,7 @@ pub mod activation;
 pub mod directory;
 pub mod identity;
 pub mod profile;
+pub mod quarantine;
 pub mod runner;
 
 use onepd_domain::RecordedEvent;

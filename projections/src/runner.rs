@@ -35,10 +35,11 @@ use std::sync::Arc;
 
 use onepd_domain::events::identity::{FACT_TYPES, IdentityFacts};
 use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::events::quarantine::{EventQuarantined, PROFILES_READER, quarantine_stream};
 use onepd_domain::identity::{IdentityRules, ProfileId};
 use onepd_domain::{
-    DocWrite, EventFilter, EventStore, Generation, Position, ProjectionError, ProjectionStore, RecordedEvent,
-    StoreError, WorkspaceId,
+    AppendError, AppendRequest, DocWrite, EventFilter, EventStore, ExpectedVersion, Generation, NewEvent, Position,
+    ProjectionError, ProjectionStore, RecordedEvent, StoreError, WorkspaceId,
 };
 
 use crate::identity::IdentityGraph;
@@ -48,8 +49,10 @@ use crate::profile::{Changes, Profiles};
 pub const PROFILES: &str = "profiles";
 /// The version of the code that builds it; a generation built by another
 /// version is rebuilt at start. 2: consent is also read from RudderStack's
-/// `context.consentManagement`.
-pub const PROFILES_VERSION: u32 = 2;
+/// `context.consentManagement`. 3: identifier values with control
+/// characters or over 1,024 bytes are no identifiers; unreadable events
+/// are quarantined.
+pub const PROFILES_VERSION: u32 = 3;
 
 /// Collection of profile documents, keyed by live profile id.
 pub const PROFILE_DOCS: &str = "profile";
@@ -86,6 +89,8 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 #[derive(Debug)]
 pub struct ProfilesFold {
     profiles: Profiles,
+    /// Events [`ProfilesFold::apply`] could not read, not yet recorded.
+    quarantined: Vec<(WorkspaceId, EventQuarantined)>,
 }
 
 impl ProfilesFold {
@@ -95,7 +100,7 @@ impl ProfilesFold {
         for (workspace, facts) in facts {
             graph = graph.with_facts(*workspace, facts);
         }
-        ProfilesFold { profiles: Profiles::over(graph) }
+        ProfilesFold { profiles: Profiles::over(graph), quarantined: Vec::new() }
     }
 
     /// The profiles folded so far.
@@ -103,9 +108,22 @@ impl ProfilesFold {
         &self.profiles
     }
 
-    /// Folds `events` (accepted messages; others are skipped).
+    /// Folds `events` (accepted messages; others are skipped). An event
+    /// whose payload cannot be read is left out and kept for
+    /// [`ProfilesFold::take_quarantined`].
     pub fn apply(&mut self, events: &[RecordedEvent]) {
-        self.profiles.apply_all(events);
+        for event in events {
+            if let Some(record) = quarantine(event) {
+                self.quarantined.push((event.workspace_id, record));
+                continue;
+            }
+            self.profiles.attribute(event);
+        }
+    }
+
+    /// The events left out since the last call, to record.
+    pub fn take_quarantined(&mut self) -> Vec<(WorkspaceId, EventQuarantined)> {
+        std::mem::take(&mut self.quarantined)
     }
 
     /// Folds one event and returns the profile it was attributed to, for a
@@ -115,9 +133,11 @@ impl ProfilesFold {
         self.profiles.attribute(event)
     }
 
-    /// Drops the record of what changed, for a fold that writes nothing.
+    /// Drops the record of what changed (and what was left out), for a
+    /// fold that writes nothing.
     pub fn forget_changes(&mut self) {
         self.profiles.take_changes();
+        self.quarantined.clear();
     }
 
     /// What changed since the last call, as the work of bringing a read
@@ -182,6 +202,57 @@ pub fn followed_filter() -> EventFilter {
     types.push(MessageAccepted::TYPE.into());
     EventFilter { event_types: types, ..EventFilter::default() }
 }
+
+/// The profiles projection's quarantine record of `event`, when its payload
+/// cannot be read.
+pub fn quarantine(event: &RecordedEvent) -> Option<EventQuarantined> {
+    let reason = event.data.unreadable()?;
+    Some(EventQuarantined {
+        position: event.position,
+        event_id: event.event_id,
+        event_type: event.event_type.clone(),
+        reader: PROFILES_READER.into(),
+        destination_id: None,
+        reason: reason.to_owned(),
+    })
+}
+
+/// Appends quarantine records to their workspaces' `quarantine-<workspace>`
+/// streams, one append each (they are rare); a record already stored is a
+/// duplicate, so meeting an event again records nothing new. Returns the
+/// records that are new.
+pub async fn record_quarantined(
+    log: &dyn EventStore,
+    records: Vec<(WorkspaceId, EventQuarantined)>,
+) -> Result<Vec<(WorkspaceId, EventQuarantined)>, StoreError> {
+    let mut new = Vec::new();
+    for (workspace, record) in records {
+        let event = NewEvent {
+            event_id: record.record_id(),
+            workspace_id: workspace,
+            event_type: EventQuarantined::TYPE.into(),
+            schema_version: 1,
+            data: serde_json::to_value(&record).expect("a quarantine record serializes"),
+            metadata: serde_json::json!({ "actor": record.reader }),
+            subject: None,
+        };
+        let request = AppendRequest {
+            stream_id: quarantine_stream(workspace),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+        };
+        match log.append(request).await {
+            Ok(outcome) if outcome.duplicate => {}
+            Ok(_) => new.push((workspace, record)),
+            Err(AppendError::Store(err)) => return Err(err),
+            Err(err) => return Err(StoreError::Database(err.to_string())),
+        }
+    }
+    Ok(new)
+}
+
+/// Told of every event the projection newly quarantined (to log and count it).
+pub type OnQuarantine = Arc<dyn Fn(WorkspaceId, &EventQuarantined) + Send + Sync>;
 
 /// Reads every operator fact up to `until`, per workspace.
 pub async fn read_facts(
@@ -249,6 +320,7 @@ pub struct Runner {
     log: Arc<dyn EventStore>,
     store: Arc<dyn ProjectionStore>,
     page: usize,
+    on_quarantine: Option<OnQuarantine>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -260,7 +332,29 @@ impl std::fmt::Debug for Runner {
 impl Runner {
     /// A runner reading `log` and writing `store`.
     pub fn new(log: Arc<dyn EventStore>, store: Arc<dyn ProjectionStore>) -> Runner {
-        Runner { log, store, page: REBUILD_PAGE }
+        Runner { log, store, page: REBUILD_PAGE, on_quarantine: None }
+    }
+
+    /// This runner telling `on_quarantine` of every event it newly
+    /// quarantines.
+    pub fn with_quarantine_observer(mut self, on_quarantine: OnQuarantine) -> Runner {
+        self.on_quarantine = Some(on_quarantine);
+        self
+    }
+
+    /// Records what `fold` left out, before a commit moves past it: a crash
+    /// in between records it again, as a duplicate.
+    async fn record_quarantined(&self, fold: &mut ProfilesFold) -> Result<(), StoreError> {
+        let records = fold.take_quarantined();
+        if records.is_empty() {
+            return Ok(());
+        }
+        for (workspace, record) in record_quarantined(self.log.as_ref(), records).await? {
+            if let Some(observer) = &self.on_quarantine {
+                observer(workspace, &record);
+            }
+        }
+        Ok(())
     }
 
     /// This runner reading `page` events at a time when it builds or
@@ -278,6 +372,7 @@ impl Runner {
         let mut fold = ProfilesFold::new(&facts);
         let generation = self.store.create_generation(PROFILES, PROFILES_VERSION).await?;
         fold_to(self.log.as_ref(), &mut fold, head, self.page, progress).await?;
+        self.record_quarantined(&mut fold).await?;
         let pending = fold.take_pending();
         let chunks: Vec<&[(WorkspaceId, ProfileId)]> = pending.touched.chunks(WRITE_CHUNK).collect();
         let last = chunks.len().saturating_sub(1);
@@ -344,7 +439,11 @@ impl Runner {
         batch: &[RecordedEvent],
         end: Position,
     ) -> Result<bool, ProjectionError> {
-        let fact_at = batch.iter().position(|event| event.event_type != MessageAccepted::TYPE);
+        // An operator fact that cannot be read changes nothing: the fold
+        // quarantines it like any unreadable event.
+        let fact_at = batch
+            .iter()
+            .position(|event| event.event_type != MessageAccepted::TYPE && event.data.unreadable().is_none());
         let reached = fact_at.map_or(end, |index| Position(batch[index].position.0 - 1));
         built.fold.apply(&batch[..fact_at.unwrap_or(batch.len())]);
         self.commit(built, reached).await?;
@@ -353,6 +452,7 @@ impl Runner {
 
     /// Commits the fold's pending writes with `checkpoint`.
     async fn commit(&self, built: &mut Built, checkpoint: Position) -> Result<(), ProjectionError> {
+        self.record_quarantined(&mut built.fold).await?;
         let pending = built.fold.take_pending();
         let writes = built.fold.writes(&pending.absorbed, &pending.touched);
         self.store.commit(built.generation.id, built.checkpoint, checkpoint, writes).await?;
@@ -370,8 +470,8 @@ impl Runner {
                 let facts = read_facts(self.log.as_ref(), generation.checkpoint).await?;
                 let mut fold = ProfilesFold::new(&facts);
                 fold_to(self.log.as_ref(), &mut fold, generation.checkpoint, self.page, progress).await?;
-                // Everything folded so far is in the store already.
-                fold.profiles.take_changes();
+                // Everything folded so far is in the store (and recorded) already.
+                fold.forget_changes();
                 Ok(Built { checkpoint: generation.checkpoint, generation, fold })
             }
             _ => self.rebuild(progress).await,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use onepd_adapters::activation::admin;
+use onepd_adapters::activation::admin::{self, DeliveryState};
 use onepd_adapters::destinations::BUILT_IN;
 use onepd_commands::workspace::EXTERNAL_ADAPTER;
 use onepd_domain::Position;
@@ -187,14 +187,16 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     for status in statuses {
         let created = &status.entry.created;
         let ledger = &status.ledger;
-        let state = if status.entry.paused { "paused" } else { "running" };
+        let state = ledger.state(status.entry.paused);
         if args.json {
             output::json(&json!({
                 "destination_id": created.destination_id,
                 "name": created.name,
                 "adapter": created.adapter,
                 "url": created.url,
-                "state": state,
+                "state": state.name(),
+                "state_detail": state.to_string(),
+                "quarantined": ledger.quarantined.len(),
                 "checkpoint": ledger.checkpoint.unwrap_or(created.start).0,
                 "delivered": ledger.delivered,
                 "attempts": ledger.attempts,
@@ -203,15 +205,19 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             }));
         } else {
             output::line(format!(
-                "{:<20} {:<10} {:<8} checkpoint {:<8} delivered {:<8} dead {:<5} {}",
+                "{:<20} {:<10} {:<8} checkpoint {:<8} delivered {:<8} dead {:<5} quarantined {:<4} {}",
                 created.name,
                 created.adapter,
-                state,
+                state.name(),
                 ledger.checkpoint.unwrap_or(created.start).0,
                 ledger.delivered,
                 ledger.dead.len(),
+                ledger.quarantined.len(),
                 created.destination_id
             ));
+            if !matches!(state, DeliveryState::Running | DeliveryState::Paused) {
+                output::line(format!("  {state}"));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

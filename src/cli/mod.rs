@@ -12,6 +12,7 @@ mod key;
 mod plan;
 mod policy;
 mod profile;
+mod quarantine;
 mod rebuild;
 mod rejected;
 mod serve;
@@ -72,6 +73,9 @@ enum Command {
     Identity(identity::IdentityCommand),
     /// Rebuild a projection beside the live one and switch readers over.
     Rebuild(rebuild::RebuildArgs),
+    /// List events readers could not read, or retry them after an upgrade.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
     /// Add, list, pause and resume destinations.
     #[command(subcommand)]
     Destination(destination::DestinationCommand),
@@ -106,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(command) => profile::run(command).await,
         Command::Identity(command) => identity::run(command).await,
         Command::Rebuild(args) => rebuild::run(args).await,
+        Command::Quarantine(command) => quarantine::run(command).await,
         Command::Destination(command) => destination::run(command).await,
         Command::Deliveries(command) => deliveries::run(command).await,
         Command::Replay(args) => deliveries::replay(args).await,

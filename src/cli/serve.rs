@@ -73,7 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tokens = TokenRegistry::follow(&log).await.context("loading admin tokens")?;
     let read_store: Arc<dyn ProjectionStore> =
         Arc::new(ReadStore::open(&url).await.context("opening the projections' read store")?);
-    let projection = ProfilesProjection::spawn(log.clone(), read_store.clone());
+    let projection = Arc::new(ProfilesProjection::spawn(log.clone(), read_store.clone()));
     let profiles = ProfileReader::new(read_store.clone(), log.clone());
     let ingest = Ingest::start(
         log.clone(),
@@ -82,14 +82,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("loading the workspace directory")?;
 
-    let activation = onepd_adapters::activation::Activation::spawn(
-        log.clone(),
-        ingest.directory().clone(),
-        onepd_adapters::activation::connect(),
-        onepd_adapters::activation::ActivationOptions::default(),
-    )
-    .await
-    .context("starting activation")?;
+    let activation = Arc::new(
+        onepd_adapters::activation::Activation::spawn(
+            log.clone(),
+            ingest.directory().clone(),
+            onepd_adapters::activation::connect(),
+            onepd_adapters::activation::ActivationOptions::default(),
+        )
+        .await
+        .context("starting activation")?,
+    );
 
     let grpc_listener =
         TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
@@ -126,7 +128,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
-        .with_state(HttpState { log: log.clone(), metrics: Arc::new(metrics) })
+        .with_state(HttpState {
+            log: log.clone(),
+            metrics: Arc::new(metrics),
+            projection: projection.clone(),
+            activation: activation.clone(),
+        })
         .merge(onepd_adapters::http::webhooks::webhooks_router(ingest.clone()))
         .merge(onepd_adapters::http::regulations::regulations_router(
             log.clone(),
@@ -196,11 +203,44 @@ async fn bootstrap(log: &EventLog) -> anyhow::Result<Option<(WorkspaceId, Bootst
 struct HttpState {
     log: EventLog,
     metrics: Arc<metrics_exporter_prometheus::PrometheusHandle>,
+    projection: Arc<ProfilesProjection>,
+    activation: Arc<onepd_adapters::activation::Activation>,
 }
 
+/// `200 {"status": "ok"}` when everything follows the log; `200 {"status":
+/// "degraded", …}` naming the stalled projection or destinations (the
+/// process still serves: ingest and reads work); `503` only when the log
+/// cannot be read at all.
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     match state.log.head().await {
-        Ok(head) => (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok", "head": head.0 }))),
+        Ok(head) => {
+            let stalled: Vec<serde_json::Value> = state
+                .activation
+                .health()
+                .into_iter()
+                .filter(|health| health.state.name() == "stalled")
+                .map(|health| {
+                    serde_json::json!({
+                        "workspace": health.workspace.0,
+                        "destination": health.name,
+                        "state": health.state.to_string(),
+                        "lag": health.lag,
+                    })
+                })
+                .collect();
+            let projection = state.projection.stalled();
+            let degraded = projection.is_some() || !stalled.is_empty();
+            let body = serde_json::json!({
+                "status": if degraded { "degraded" } else { "ok" },
+                "head": head.0,
+                "projection": {
+                    "checkpoint": state.projection.checkpoint().0,
+                    "state": projection.unwrap_or_else(|| "running".into()),
+                },
+                "stalled_destinations": stalled,
+            });
+            (StatusCode::OK, axum::Json(body))
+        }
         Err(err) => {
             tracing::error!(cause = %err, "health check cannot read the log head");
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "unavailable" })))

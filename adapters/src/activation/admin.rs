@@ -12,6 +12,7 @@ use onepd_domain::{
     AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
     Timestamp, WorkspaceId,
 };
+pub use onepd_projections::activation::DeliveryState;
 use onepd_projections::activation::Ledger;
 use onepd_projections::directory::{DestinationEntry, Directory};
 use uuid::Uuid;

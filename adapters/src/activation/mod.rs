@@ -30,17 +30,18 @@ use std::time::{Duration, Instant};
 
 use onepd_domain::destination::{DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent};
 use onepd_domain::events::destination::{
-    DeliveryAttempted, DestinationCreated, EventsWithheld, FailedDelivery, ReplayCompleted, ReplayRequested, Run,
-    WithheldEvent, destination_stream,
+    DeliveryAttempted, DestinationCreated, DestinationRecovered, DestinationStalled, EventsWithheld, FailedDelivery,
+    ReplayCompleted, ReplayRequested, Run, WithheldEvent, destination_stream,
 };
 use onepd_domain::events::identity::FACT_TYPES;
 use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::events::quarantine::{DESTINATION_READER, EventQuarantined};
 use onepd_domain::policy::{Annotations, WorkspacePolicy};
 use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
     Timestamp, WorkspaceId,
 };
-use onepd_projections::activation::{Ledgers, Notes, Prepared, Target, prepare};
+use onepd_projections::activation::{DeliveryState, Ledger, Ledgers, Notes, Prepared, Target, prepare};
 use onepd_projections::directory::{DestinationEntry, Directory};
 use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
 use rand::Rng;
@@ -101,6 +102,24 @@ impl Default for ActivationOptions {
 /// The running engine; dropping it (or [`Activation::stop`]) stops every run.
 pub struct Activation {
     supervisor: JoinHandle<()>,
+    health: Arc<std::sync::Mutex<Vec<DestinationHealth>>>,
+}
+
+/// Where one destination's live delivery stands, refreshed every second by
+/// the supervisor (also exported as `onepd_activation_lag_events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationHealth {
+    /// Its workspace.
+    pub workspace: WorkspaceId,
+    /// Its name.
+    pub name: String,
+    /// Its state, from its ledger and the directory.
+    pub state: DeliveryState,
+    /// Every position below it is settled.
+    pub checkpoint: Position,
+    /// Positions from the checkpoint to the head, or 0 when none of them is
+    /// an event it reads.
+    pub lag: u64,
 }
 
 impl Activation {
@@ -113,8 +132,14 @@ impl Activation {
         options: ActivationOptions,
     ) -> Result<Activation, StoreError> {
         let ledgers = Live::<Ledgers>::follow(&log, "ledgers").await?;
-        let supervisor = tokio::spawn(supervise(log, directory, ledgers, connect, options));
-        Ok(Activation { supervisor })
+        let health: Arc<std::sync::Mutex<Vec<DestinationHealth>>> = Arc::default();
+        let supervisor = tokio::spawn(supervise(log, directory, ledgers, connect, options, health.clone()));
+        Ok(Activation { supervisor, health })
+    }
+
+    /// Every destination's state, checkpoint and lag, as last measured.
+    pub fn health(&self) -> Vec<DestinationHealth> {
+        self.health.lock().expect("not poisoned").clone()
     }
 
     /// Stops every run; an interrupted delivery is sent again next time.
@@ -144,7 +169,9 @@ async fn supervise(
     ledgers: Arc<Live<Ledgers>>,
     connect: Connect,
     options: ActivationOptions,
+    health: Arc<std::sync::Mutex<Vec<DestinationHealth>>>,
 ) {
+    let mut last_measured = Instant::now() - Duration::from_secs(60);
     // Each live run with the configuration it started under: a run whose
     // destination policy, workspace policy or tracking plan changed is
     // started again (from its durable checkpoint) under the new one.
@@ -182,6 +209,13 @@ async fn supervise(
                 live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp));
             }
         }
+        if last_measured.elapsed() >= Duration::from_secs(1) {
+            last_measured = Instant::now();
+            match measure(&log, &ledgers, &entries).await {
+                Ok(measured) => *health.lock().expect("not poisoned") = measured,
+                Err(err) => tracing::warn!(cause = %err, "cannot measure the destinations' lag"),
+            }
+        }
         let open = ledgers.read(Ledgers::open_jobs);
         let open_ids: BTreeSet<Uuid> = open.iter().map(|job| job.job_id).collect();
         // A finished job stays in the map until the ledger shows it
@@ -197,6 +231,44 @@ async fn supervise(
             jobs.insert(job.job_id, Running(tokio::spawn(engine.run_forever(Some(job)))));
         }
     }
+}
+
+/// Each destination's state, checkpoint and lag now; exports the lag.
+async fn measure(
+    log: &EventLog,
+    ledgers: &Live<Ledgers>,
+    entries: &[(DestinationEntry, Stamp)],
+) -> Result<Vec<DestinationHealth>, StoreError> {
+    let head = log.head().await?;
+    let mut measured = Vec::with_capacity(entries.len());
+    for (entry, _) in entries {
+        let created = &entry.created;
+        let (checkpoint, state) = ledgers.read(|ledgers| match ledgers.get(created.destination_id) {
+            Some(ledger) => (ledger.checkpoint, ledger.state(entry.paused)),
+            None => (None, Ledger::default().state(entry.paused)),
+        });
+        let checkpoint = checkpoint.unwrap_or(created.start).max(created.start);
+        let mut lag = (head.0 + 1).saturating_sub(checkpoint.0);
+        if lag > 0 {
+            let filter = EventFilter {
+                workspace: Some(entry.workspace),
+                event_types: vec![MessageAccepted::TYPE.into()],
+                ..EventFilter::default()
+            };
+            if log.read(checkpoint, Some(head), &filter, 1).await?.events.is_empty() {
+                lag = 0;
+            }
+        }
+        metrics::gauge!("onepd_activation_lag_events", "destination" => created.name.clone()).set(lag as f64);
+        measured.push(DestinationHealth {
+            workspace: entry.workspace,
+            name: created.name.clone(),
+            state,
+            checkpoint,
+            lag,
+        });
+    }
+    Ok(measured)
 }
 
 /// When a destination's configuration (its own, and its workspace's
@@ -253,6 +325,9 @@ struct Engine {
     privacy: Arc<Privacy>,
     connect: Connect,
     options: ActivationOptions,
+    /// The reason last recorded in a `DestinationStalled`, until the run
+    /// recovers.
+    stall: tokio::sync::Mutex<Option<String>>,
 }
 
 /// Events ready to send, with what preparing each did and when it was
@@ -311,7 +386,7 @@ impl Engine {
         connect: Connect,
         options: ActivationOptions,
     ) -> Engine {
-        Engine { log, entry, privacy, connect, options }
+        Engine { log, entry, privacy, connect, options, stall: tokio::sync::Mutex::new(None) }
     }
 
     fn id(&self) -> Uuid {
@@ -322,6 +397,7 @@ impl Engine {
     /// after a failure.
     async fn run_forever(self, job: Option<ReplayRequested>) {
         let name = self.entry.created.name.clone();
+        let run = job.as_ref().map_or(Run::Live, |job| Run::Job { job_id: job.job_id });
         let mut wait = Duration::from_millis(500);
         loop {
             match self.run(job.as_ref()).await {
@@ -334,11 +410,64 @@ impl Engine {
                 Err(err) => {
                     tracing::error!(destination = %name, cause = %err, "activation run stopped; starting again");
                     metrics::counter!("onepd_activation_errors_total", "destination" => name.clone()).increment(1);
+                    self.stalled(run, &err).await;
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
                 }
             }
         }
+    }
+
+    /// Records that the run stalled, once per reason (not once per retry), so
+    /// `destination list` and `/healthz` can say why.
+    async fn stalled(&self, run: Run, err: &RunError) {
+        let reason = err.to_string();
+        let mut last = self.stall.lock().await;
+        if last.as_deref() == Some(reason.as_str()) {
+            return;
+        }
+        let stalled = DestinationStalled { destination_id: self.id(), run, reason: reason.clone() };
+        let data = serde_json::to_value(&stalled).expect("serializable");
+        if self.record(DestinationStalled::TYPE, data).await.is_ok() {
+            *last = Some(reason);
+        }
+    }
+
+    /// Records that a run which had stalled (by this engine, or as its
+    /// ledger says: `stalled_before`) is delivering again.
+    async fn recovered(&self, run: Run, stalled_before: bool) -> Result<(), StoreError> {
+        let mut last = self.stall.lock().await;
+        if last.is_none() && !stalled_before {
+            return Ok(());
+        }
+        let recovered = DestinationRecovered { destination_id: self.id(), run };
+        self.record(DestinationRecovered::TYPE, serde_json::to_value(&recovered).expect("serializable")).await?;
+        *last = None;
+        Ok(())
+    }
+
+    /// Records that the run could not read `event` and goes on without it.
+    async fn quarantine(&self, event: &RecordedEvent, reason: &str) -> Result<(), StoreError> {
+        let record = EventQuarantined {
+            position: event.position,
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            reader: DESTINATION_READER.into(),
+            destination_id: Some(self.id()),
+            reason: reason.to_owned(),
+        };
+        let data = serde_json::to_value(&record).expect("serializable");
+        if self.record_as(record.record_id(), EventQuarantined::TYPE, data).await? {
+            tracing::warn!(
+                destination = %self.entry.created.name,
+                position = event.position.0,
+                reason,
+                "event quarantined; the destination goes on without it"
+            );
+            metrics::counter!("onepd_quarantined_events_total", "reader" => format!("destination:{}", self.entry.created.name))
+                .increment(1);
+        }
+        Ok(())
     }
 
     async fn run(&self, job: Option<&ReplayRequested>) -> Result<(), RunError> {
@@ -351,6 +480,8 @@ impl Engine {
             None => (ledger.checkpoint.unwrap_or(created.start).max(created.start), None),
         };
         let only: BTreeSet<Position> = job.map(|job| job.only.iter().copied().collect()).unwrap_or_default();
+        // Every fact up to here is folded in before the run reads anything:
+        // meeting one of them again while reading is no news.
         let head = self.log.head().await?;
         let facts = read_facts(&self.log, head).await?;
         let mut fold = ProfilesFold::new(&facts);
@@ -372,6 +503,7 @@ impl Engine {
             Some(end) => Source::Range { next: start, end, filter },
             None => Source::Live(self.log.subscribe(start, filter).await?),
         };
+        self.recovered(run, job.is_none() && ledger.stalled.is_some()).await?;
         // Batches are prepared while the one before is being delivered: the
         // reader hands them over in order (at most two waiting), and the
         // deliverer settles them one at a time, so order and checkpoints hold.
@@ -398,6 +530,12 @@ impl Engine {
             while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
                 for event in &events {
                     if FACT_TYPES.contains(&event.event_type.as_str()) {
+                        // A fact folded in at the start, or one that cannot
+                        // be read (it changes nothing), is passed over; a new
+                        // one means folding again under it.
+                        if event.position <= head || event.data.unreadable().is_some() {
+                            continue;
+                        }
                         if !pending.is_empty() || !withheld.is_empty() {
                             let batch = (std::mem::take(&mut pending), std::mem::take(&mut withheld), event.position);
                             let _ = batches.send(batch).await;
@@ -406,6 +544,10 @@ impl Engine {
                     }
                     let profile = fold.attribute(event);
                     if !only.is_empty() && !only.contains(&event.position) {
+                        continue;
+                    }
+                    if let Some(reason) = event.data.unreadable() {
+                        self.quarantine(event, reason).await?;
                         continue;
                     }
                     let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
@@ -552,7 +694,21 @@ impl Engine {
                         tally.delivered += 1;
                         delivered_at.push(recorded_at);
                     }
-                    Some(Outcome::Permanent { .. }) => tally.dead += 1,
+                    Some(Outcome::Permanent { reason }) => {
+                        tally.dead += 1;
+                        // Once per dead letter, with why, never with values.
+                        tracing::warn!(
+                            destination = %self.entry.created.name,
+                            position = event.position.0,
+                            reason = %reason,
+                            "event dead-lettered"
+                        );
+                        metrics::counter!(
+                            "onepd_activation_dead_letters_total",
+                            "destination" => self.entry.created.name.clone()
+                        )
+                        .increment(1);
+                    }
                     Some(Outcome::Retryable { retry_after_ms, .. }) => {
                         retry_after = retry_after.max(Duration::from_millis(retry_after_ms.unwrap_or(0)));
                         next.push(event, notes, recorded_at);
@@ -616,6 +772,7 @@ impl Engine {
                 reason,
             });
         }
+        self.checkpoint_moved(run, checkpoint);
         let attempt = DeliveryAttempted {
             destination_id: self.id(),
             run,
@@ -651,14 +808,34 @@ impl Engine {
             )
             .increment(count);
         }
+        self.checkpoint_moved(run, checkpoint);
         let withheld = EventsWithheld { destination_id: self.id(), run, events, checkpoint };
         self.record(EventsWithheld::TYPE, serde_json::to_value(&withheld).expect("serializable")).await
     }
 
+    /// Exports the live run's checkpoint when an entry carries one.
+    fn checkpoint_moved(&self, run: Run, checkpoint: Option<Position>) {
+        if let (Run::Live, Some(checkpoint)) = (run, checkpoint) {
+            metrics::gauge!("onepd_activation_checkpoint", "destination" => self.entry.created.name.clone())
+                .set(checkpoint.0 as f64);
+        }
+    }
+
     /// Appends one event to the destination's ledger stream.
     async fn record(&self, event_type: &str, data: serde_json::Value) -> Result<(), StoreError> {
+        self.record_as(EventId(Uuid::new_v4()), event_type, data).await.map(|_| ())
+    }
+
+    /// Appends one event with id `event_id` to the destination's ledger
+    /// stream; returns whether it is new (not a duplicate).
+    async fn record_as(
+        &self,
+        event_id: EventId,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<bool, StoreError> {
         let event = NewEvent {
-            event_id: EventId(Uuid::new_v4()),
+            event_id,
             workspace_id: self.entry.workspace,
             event_type: event_type.into(),
             schema_version: 1,
@@ -672,7 +849,7 @@ impl Engine {
             events: vec![event],
         };
         match self.log.append(request).await {
-            Ok(_) => Ok(()),
+            Ok(outcome) => Ok(!outcome.duplicate),
             Err(onepd_domain::AppendError::Store(err)) => Err(err),
             Err(err) => Err(StoreError::Database(err.to_string())),
         }

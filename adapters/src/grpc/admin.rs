@@ -38,7 +38,7 @@ use super::audit::store_status;
 use super::auth::TokenRegistry;
 use super::profiles::{ProfileRef, parse_identifier, parse_profile_ref};
 use crate::EventLog;
-use crate::activation::admin::{self, AdminError, Attempt};
+use crate::activation::admin::{self, AdminError, Attempt, DeliveryState};
 use crate::activation::connect;
 use crate::destinations::{BUILT_IN, built_in};
 use crate::erasure::{self, ErasureError, Lookup};
@@ -201,7 +201,13 @@ impl AdminService for AdminApi {
             .map(|status| {
                 let created = status.entry.created;
                 let ledger = status.ledger;
-                let state = if status.entry.paused { DestinationState::Paused } else { DestinationState::Running };
+                let detail = ledger.state(status.entry.paused);
+                let state = match detail {
+                    DeliveryState::Running => DestinationState::Running,
+                    DeliveryState::Paused => DestinationState::Paused,
+                    DeliveryState::Retrying { .. } => DestinationState::Retrying,
+                    DeliveryState::Stalled { .. } => DestinationState::Stalled,
+                };
                 proto::DestinationStatus {
                     destination_id: created.destination_id.to_string(),
                     name: created.name,
@@ -213,6 +219,8 @@ impl AdminService for AdminApi {
                     attempts: ledger.attempts,
                     dead_letters: ledger.dead.len() as u64,
                     open_job_ids: ledger.open_jobs.keys().map(Uuid::to_string).collect(),
+                    state_detail: detail.to_string(),
+                    quarantined: ledger.quarantined.len() as u64,
                 }
             })
             .collect();

@@ -93,9 +93,10 @@ async fn until_stopping(stopping: &mut watch::Receiver<bool>) {
 /// The wire form of a stored event.
 pub fn event_message(event: RecordedEvent) -> Event {
     let (seconds, nanos) = event.recorded_at.to_seconds_nanos();
-    let (data_json, erased) = match &event.data {
-        Payload::Data(value) => (value.to_string(), false),
-        Payload::Erased => (String::new(), true),
+    let (data_json, erased, unreadable) = match &event.data {
+        Payload::Data(value) => (value.to_string(), false, String::new()),
+        Payload::Erased => (String::new(), true, String::new()),
+        Payload::Unreadable(reason) => (String::new(), false, reason.clone()),
     };
     Event {
         position: event.position.0,
@@ -111,6 +112,7 @@ pub fn event_message(event: RecordedEvent) -> Event {
         hash: hex::encode(event.hash),
         erased,
         sealed: event.sealed,
+        unreadable,
     }
 }
 

@@ -303,33 +303,41 @@ impl EventLog {
         Ok(events)
     }
 
+    /// Decodes one stored row. A payload or metadata that cannot be decoded
+    /// makes the event [`Payload::Unreadable`], never a failed read: one bad
+    /// event must not stop every reader at its position.
     fn decode_row(&self, row: StoredRow, keys: &ReadKeys) -> Result<RecordedEvent, ReadError> {
         let corrupt = |reason: String| StoreError::Corrupt { position: row.position, reason };
         let plaintext = match row.key_id {
-            None => Some(row.data),
+            None => Ok(Some(row.data)),
             // Only a key the database no longer holds means erased.
             Some(key_id) => match keys.get(&key_id) {
-                Some(Some(key)) => Some(
-                    key.open(row.event_id, &row.data)
-                        .map_err(|_| corrupt("sealed payload does not open with its subject key".into()))?,
-                ),
-                Some(None) => None,
+                Some(Some(key)) => key
+                    .open(row.event_id, &row.data)
+                    .map(Some)
+                    .map_err(|_| "sealed payload does not open with its subject key".to_owned()),
+                Some(None) => Ok(None),
                 None => return Err(corrupt(format!("subject key {key_id} was not loaded"))),
             },
         };
-        let (schema_version, data) = match plaintext {
-            Some(bytes) => {
-                let value = serde_json::from_slice(&bytes).map_err(|err| corrupt(format!("payload: {err}")))?;
-                let (version, value) = self
-                    .inner
-                    .upcasters
-                    .upcast(&row.event_type, row.schema_version, value)
-                    .map_err(|err| corrupt(err.to_string()))?;
-                (version, Payload::Data(value))
-            }
-            None => (row.schema_version, Payload::Erased),
+        let (schema_version, mut data) = match plaintext {
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(value) => match self.inner.upcasters.upcast(&row.event_type, row.schema_version, value) {
+                    Ok((version, value)) => (version, Payload::Data(value)),
+                    Err(err) => (row.schema_version, Payload::Unreadable(err.to_string())),
+                },
+                Err(err) => (row.schema_version, Payload::Unreadable(format!("payload: {err}"))),
+            },
+            Ok(None) => (row.schema_version, Payload::Erased),
+            Err(reason) => (row.schema_version, Payload::Unreadable(reason)),
         };
-        let metadata = serde_json::from_slice(&row.metadata).map_err(|err| corrupt(format!("metadata: {err}")))?;
+        let metadata = match serde_json::from_slice(&row.metadata) {
+            Ok(metadata) => metadata,
+            Err(err) => {
+                data = Payload::Unreadable(format!("metadata: {err}"));
+                serde_json::Value::Null
+            }
+        };
         let stream_id = StreamId::new(row.stream_id).map_err(|err| corrupt(err.to_string()))?;
         Ok(RecordedEvent {
             position: Position(row.position),

@@ -16,6 +16,7 @@
 //! before either pass, and [`store`] drops it again defensively.
 
 use onepd_domain::events::message::Violation;
+use onepd_domain::limits;
 use serde_json::{Map, Value};
 
 /// The message types onepd accepts, as sent in `type`.
@@ -159,6 +160,40 @@ pub fn check(message: &Map<String, Value>) -> Vec<Violation> {
             ));
         }
     }
+    for field in ID_FIELDS {
+        match message.get(field) {
+            Some(Value::Number(number)) if !limits::is_exact_id_number(number) => violations.push(Violation::new(
+                field,
+                "id",
+                format!(
+                    "{field}: expected a whole number of at most 64 bits or a string, found a number that \
+                     cannot be kept exactly (send large ids as strings)"
+                ),
+            )),
+            Some(Value::String(text)) => {
+                if let Some(problem) = limits::identifier_problem(text.trim()) {
+                    violations.push(Violation::new(field, "id", format!("{field}: {problem}")));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (path, value) in identifier_values(message) {
+        if let Some(problem) = limits::identifier_problem(value) {
+            violations.push(Violation::new(&path, "id", format!("{path}: {problem}")));
+        }
+    }
+    // Readers decode what is stored within a fixed depth: nothing deeper is
+    // admitted (onepd_domain::limits).
+    for (field, value) in message {
+        if limits::nesting(value) > limits::MAX_FIELD_NESTING {
+            violations.push(Violation::new(
+                field,
+                "nesting",
+                format!("{field}: nesting deeper than {} levels", limits::MAX_FIELD_NESTING),
+            ));
+        }
+    }
     for field in OBJECT_FIELDS {
         if let Some(value) = message.get(field)
             && !matches!(value, Value::Null | Value::Object(_))
@@ -227,6 +262,27 @@ pub fn check(message: &Map<String, Value>) -> Vec<Violation> {
         None => {}
     }
     violations
+}
+
+/// Identifier values inside a message's objects, by dotted path: the email
+/// and phone of `traits` and `context.traits`, and `context.externalIds[n].id`.
+fn identifier_values(message: &Map<String, Value>) -> Vec<(String, &str)> {
+    let mut found = Vec::new();
+    let context_traits = message.get("context").and_then(|context| context.get("traits"));
+    for (root, prefix) in [(message.get("traits"), "traits"), (context_traits, "context.traits")] {
+        for name in ["email", "phone"] {
+            if let Some(value) = root.and_then(|traits| traits.get(name)).and_then(Value::as_str) {
+                found.push((format!("{prefix}.{name}"), value));
+            }
+        }
+    }
+    let external = message.get("context").and_then(|context| context.get("externalIds")).and_then(Value::as_array);
+    for (index, entry) in external.into_iter().flatten().enumerate() {
+        if let Some(value) = entry.get("id").and_then(Value::as_str) {
+            found.push((format!("context.externalIds[{index}].id"), value));
+        }
+    }
+    found
 }
 
 /// Turns a message that passed [`check`] into its stored shape, calling
@@ -347,6 +403,52 @@ mod tests {
             violations,
             vec![Violation::new("event", "required", "event: expected a non-empty string, found nothing")]
         );
+    }
+
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(json!(1), |inner, _| json!({ "a": inner }))
+    }
+
+    #[test]
+    fn fields_nested_deeper_than_readers_read_are_refused_naming_the_field() {
+        let limit = onepd_domain::limits::MAX_FIELD_NESTING;
+        for field in ["properties", "context", "traits", "integrations"] {
+            let mut message = object(json!({"type": "identify", "userId": "u1"}));
+            message.insert(field.into(), nested(limit));
+            assert_eq!(check(&message), vec![], "{field} at the limit");
+            message.insert(field.into(), nested(limit + 1));
+            assert_eq!(
+                check(&message),
+                vec![Violation::new(field, "nesting", format!("{field}: nesting deeper than {limit} levels"))]
+            );
+        }
+        let arrays = (0..limit).fold(json!([]), |inner, _| json!([inner]));
+        let violations = check(&object(json!({"type": "identify", "userId": "u1", "traits": {"a": arrays}})));
+        assert_eq!(violations[0].field, "traits");
+    }
+
+    #[test]
+    fn ids_with_control_characters_or_too_long_are_refused() {
+        let violations = check(&object(json!({"type": "track", "event": "E", "userId": "a\u{0}b"})));
+        assert_eq!(violations, vec![Violation::new("userId", "id", "userId: contains the control character U+0000")]);
+        let long = "x".repeat(onepd_domain::limits::MAX_IDENTIFIER_BYTES + 1);
+        let violations = check(&object(json!({"type": "track", "event": "E", "anonymousId": long})));
+        assert_eq!(violations[0].field, "anonymousId");
+        let violations = check(&object(json!({"type": "identify", "userId": "u1",
+            "traits": {"email": "a\u{7}@b.c"}, "context": {"externalIds": [{"id": "x\ny", "type": "crm_id"}]}})));
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["traits.email", "context.externalIds[0].id"]);
+    }
+
+    #[test]
+    fn numeric_ids_beyond_64_bits_are_refused_rather_than_rounded() {
+        let message: Map<String, Value> =
+            serde_json::from_str(r#"{"type": "track", "event": "E", "userId": 12345678901234567890123}"#).unwrap();
+        let violations = check(&message);
+        assert_eq!(violations.len(), 1);
+        assert_eq!((violations[0].field.as_str(), violations[0].rule.as_str()), ("userId", "id"));
+        assert!(violations[0].message.contains("send large ids as strings"), "{}", violations[0].message);
+        assert_eq!(check(&object(json!({"type": "track", "event": "E", "userId": 18446744073709551615u64}))), vec![]);
     }
 
     #[test]

@@ -324,11 +324,45 @@ impl DeletionRequested {
     pub const TYPE: &'static str = "DeletionRequested";
 }
 
+/// A destination's run stopped short of delivering (its adapter cannot be
+/// built or does not describe itself, the log cannot be read) and is
+/// starting again with backoff. Recorded once per reason, not per attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationStalled {
+    /// The destination.
+    pub destination_id: Uuid,
+    /// Which subscriber stalled.
+    pub run: Run,
+    /// Why, without any value from an event.
+    pub reason: String,
+}
+
+impl DestinationStalled {
+    /// The stored event type.
+    pub const TYPE: &'static str = "DestinationStalled";
+}
+
+/// A run that had stalled is delivering again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationRecovered {
+    /// The destination.
+    pub destination_id: Uuid,
+    /// Which subscriber recovered.
+    pub run: Run,
+}
+
+impl DestinationRecovered {
+    /// The stored event type.
+    pub const TYPE: &'static str = "DestinationRecovered";
+}
+
 /// Every event type of the delivery ledger.
-pub const LEDGER_TYPES: [&str; 5] = [
+pub const LEDGER_TYPES: [&str; 7] = [
     DeliveryAttempted::TYPE,
     ReplayRequested::TYPE,
     ReplayCompleted::TYPE,
     EventsWithheld::TYPE,
     DeletionRequested::TYPE,
+    DestinationStalled::TYPE,
+    DestinationRecovered::TYPE,
 ];

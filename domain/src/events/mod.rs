@@ -6,6 +6,7 @@ pub mod destination;
 pub mod erasure;
 pub mod identity;
 pub mod message;
+pub mod quarantine;
 pub mod workspace;
 
 use crate::upcast::Upcasters;

@@ -10,12 +10,20 @@
 //! * **Withheld:** events not sent because of consent, `integrations` or
 //!   the sensitive-data policy (`EventsWithheld`, which carries the
 //!   checkpoint when a batch held nothing to deliver).
+//! * **State:** `stalled` from `DestinationStalled` until the run recovers
+//!   (`DestinationRecovered`, or any later live attempt); `retrying` from
+//!   the first live attempt left with retryable failures until an attempt
+//!   settles its batch. See [`Ledger::state`].
+//! * **Quarantined:** events the destination could not read
+//!   (`EventQuarantined` in its ledger), until released.
 
 use std::collections::{BTreeMap, HashMap};
 
 use onepd_domain::events::destination::{
-    DeliveryAttempted, EventsWithheld, LEDGER_TYPES, ReplayCompleted, ReplayRequested, Run,
+    DeliveryAttempted, DestinationRecovered, DestinationStalled, EventsWithheld, LEDGER_TYPES, ReplayCompleted,
+    ReplayRequested, Run,
 };
+use onepd_domain::events::quarantine::{EventQuarantined, QuarantineReleased};
 use onepd_domain::{EventId, Position, RecordedEvent, Timestamp};
 use uuid::Uuid;
 
@@ -49,9 +57,76 @@ pub struct Ledger {
     pub open_jobs: BTreeMap<Uuid, ReplayRequested>,
     /// Completed jobs: (delivered, dead).
     pub completed_jobs: HashMap<Uuid, (u64, u64)>,
+    /// Since when and why the live run has stalled, if it has.
+    pub stalled: Option<(Timestamp, String)>,
+    /// Since when and why the live run has been retrying a batch, if it is.
+    pub retrying: Option<(Timestamp, String)>,
+    /// Events the destination could not read, by position, with why.
+    pub quarantined: BTreeMap<Position, String>,
+}
+
+/// Where a destination's live delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Delivering, or caught up.
+    Running,
+    /// A batch keeps failing with retryable errors.
+    Retrying {
+        /// The first failed attempt.
+        since: Timestamp,
+        /// The last failure.
+        reason: String,
+    },
+    /// The run cannot deliver at all and is starting again with backoff.
+    Stalled {
+        /// When it stalled.
+        since: Timestamp,
+        /// Why.
+        reason: String,
+    },
+    /// Paused by an operator.
+    Paused,
+}
+
+impl DeliveryState {
+    /// The state's name: `running`, `retrying`, `stalled` or `paused`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeliveryState::Running => "running",
+            DeliveryState::Retrying { .. } => "retrying",
+            DeliveryState::Stalled { .. } => "stalled",
+            DeliveryState::Paused => "paused",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliveryState::Retrying { since, reason } => {
+                write!(f, "retrying since {}: {reason}", since.to_rfc3339())
+            }
+            DeliveryState::Stalled { since, reason } => write!(f, "stalled since {}: {reason}", since.to_rfc3339()),
+            other => f.write_str(other.name()),
+        }
+    }
 }
 
 impl Ledger {
+    /// The live delivery's state; `paused` comes from the directory.
+    pub fn state(&self, paused: bool) -> DeliveryState {
+        if paused {
+            return DeliveryState::Paused;
+        }
+        if let Some((since, reason)) = &self.stalled {
+            return DeliveryState::Stalled { since: *since, reason: reason.clone() };
+        }
+        if let Some((since, reason)) = &self.retrying {
+            return DeliveryState::Retrying { since: *since, reason: reason.clone() };
+        }
+        DeliveryState::Running
+    }
+
     /// Folds one ledger event of this destination.
     pub fn apply(&mut self, event: &RecordedEvent) {
         let Some(data) = event.data.value() else { return };
@@ -59,6 +134,16 @@ impl Ledger {
             DeliveryAttempted::TYPE => {
                 let Ok(attempt) = serde_json::from_value::<DeliveryAttempted>(data.clone()) else { return };
                 self.attempts += 1;
+                if attempt.run == Run::Live {
+                    self.stalled = None;
+                    let retrying = attempt.failed.iter().any(|failed| failed.outcome == "retryable");
+                    if retrying && attempt.checkpoint.is_none() {
+                        let since = self.retrying.as_ref().map_or(event.recorded_at, |(since, _)| *since);
+                        self.retrying = Some((since, attempt.response.clone()));
+                    } else {
+                        self.retrying = None;
+                    }
+                }
                 for (event_id, position) in &attempt.events {
                     match attempt.failed.iter().find(|failed| failed.event_id == *event_id) {
                         None => {
@@ -87,6 +172,9 @@ impl Ledger {
             }
             EventsWithheld::TYPE => {
                 let Ok(withheld) = serde_json::from_value::<EventsWithheld>(data.clone()) else { return };
+                if withheld.run == Run::Live {
+                    self.stalled = None;
+                }
                 if withheld.run == Run::Live
                     && let Some(checkpoint) = withheld.checkpoint
                 {
@@ -104,6 +192,30 @@ impl Ledger {
                 if let Ok(completed) = serde_json::from_value::<ReplayCompleted>(data.clone()) {
                     self.open_jobs.remove(&completed.job_id);
                     self.completed_jobs.insert(completed.job_id, (completed.delivered, completed.dead));
+                }
+            }
+            DestinationStalled::TYPE => {
+                if let Ok(stalled) = serde_json::from_value::<DestinationStalled>(data.clone())
+                    && stalled.run == Run::Live
+                {
+                    self.stalled = Some((event.recorded_at, stalled.reason));
+                }
+            }
+            DestinationRecovered::TYPE => {
+                if let Ok(recovered) = serde_json::from_value::<DestinationRecovered>(data.clone())
+                    && recovered.run == Run::Live
+                {
+                    self.stalled = None;
+                }
+            }
+            EventQuarantined::TYPE => {
+                if let Ok(record) = serde_json::from_value::<EventQuarantined>(data.clone()) {
+                    self.quarantined.insert(record.position, record.reason);
+                }
+            }
+            QuarantineReleased::TYPE => {
+                if let Ok(released) = serde_json::from_value::<QuarantineReleased>(data.clone()) {
+                    self.quarantined.remove(&released.position);
                 }
             }
             _ => {}

@@ -6,5 +6,5 @@
 pub mod ledger;
 pub mod prepare;
 
-pub use ledger::{DeadLetter, Ledger, Ledgers};
+pub use ledger::{DeadLetter, DeliveryState, Ledger, Ledgers};
 pub use prepare::{Notes, Prepared, Target, prepare};

@@ -1,8 +1,10 @@
 //! The identifiers one accepted message carries, as the identity rules see
 //! them: blocked values, kinds that may not link and values the ingest
-//! pipeline flagged as invalid are already left out.
+//! pipeline flagged as invalid are already left out, and so are values no
+//! read store can key (`onepd_domain::limits::identifier_problem`).
 
 use onepd_domain::identity::{CustomSource, Identifier, IdentifierKind, IdentityRules};
+use onepd_domain::limits;
 use serde_json::Value;
 
 /// What one message says about identity.
@@ -97,6 +99,10 @@ pub(crate) fn named(
             }
         }
     }
+    // An identifier the read store cannot key (a control character, too
+    // long) is no identifier: ingest refuses them, but older events may
+    // hold them.
+    found.retain(|identifier| limits::identifier_problem(&identifier.value).is_none());
     found
 }
 
@@ -148,6 +154,14 @@ mod tests {
             "context": {"traits": {"phone": "12"}}});
         let violations = [("traits.email", "email"), ("context.traits.phone", "phone")];
         assert_eq!(names(message, &violations, &IdentityRules::default()), ["anonymous_id:a1"]);
+    }
+
+    #[test]
+    fn values_no_read_store_can_key_are_no_identifiers() {
+        let long = "x".repeat(onepd_domain::limits::MAX_IDENTIFIER_BYTES + 1);
+        let message = json!({"type": "track", "userId": "a\u{0}b", "anonymousId": long,
+            "context": {"traits": {"email": "ok@example.com"}}});
+        assert_eq!(names(message, &[], &IdentityRules::default()), ["email:ok@example.com"]);
     }
 
     #[test]
