@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("onepd_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // A request that does not decode is the caller's mistake: see src/codec.rs.
+    tonic_prost_build::configure().codec_path("crate::codec::Codec").compile_fds(descriptors)?;
     Ok(())
 }

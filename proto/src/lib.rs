@@ -6,6 +6,8 @@
 
 #![allow(missing_docs, clippy::all)]
 
+pub mod codec;
+
 /// The serialized descriptors of every onepd `.proto` file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/onepd_descriptor.bin"));
 

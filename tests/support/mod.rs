@@ -63,6 +63,20 @@ impl Server {
     /// Starts `onepd serve` in `dir` with `extra` arguments on free ports and
     /// waits until it says it is ready.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn(dir, extra, None)
+    }
+
+    /// Like [`Server::start`], with the server's log (at `info`) written
+    /// to `log`, for a test that reads what the server logged.
+    pub fn start_logging(dir: &Path, extra: &[&str], log: &Path) -> Server {
+        Server::spawn(dir, extra, Some(log))
+    }
+
+    fn spawn(dir: &Path, extra: &[&str], log: Option<&Path>) -> Server {
+        let (level, stderr) = match log {
+            Some(path) => ("info", Stdio::from(std::fs::File::create(path).expect("create the server's log file"))),
+            None => ("warn", Stdio::inherit()),
+        };
         let mut child = Command::new(BINARY)
             .current_dir(dir)
             .arg("serve")
@@ -70,9 +84,9 @@ impl Server {
             .args(extra)
             .env_remove("ONEPD_DATABASE_URL")
             .env_remove("ONEPD_MASTER_KEY")
-            .env("ONEPD_LOG", "warn")
+            .env("ONEPD_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start onepd serve");
         let stdout = child.stdout.take().unwrap();
