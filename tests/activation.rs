@@ -329,3 +329,103 @@ async fn a_new_destination_replays_the_whole_history_on_postgres() {
     let db = PgDatabase::create().await;
     a_new_destination_replays_the_whole_history(Some(&db.url)).await;
 }
+
+/// The ids of a stub's deliveries, each with how many times it came.
+fn delivered(stub: &Stub) -> std::collections::BTreeMap<String, usize> {
+    stub.webhook_ids()
+}
+
+/// After each operator fact (`identity block|unblock|split|rules set`,
+/// `forget`), a new event reaches every destination of the workspace exactly
+/// once, the server does not loop (its log stays small), and a destination
+/// created over that history delivers all of it.
+async fn operator_facts_apply_once_and_deliveries_go_on(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let log = dir.path().join("serve.log");
+    let server = Server::start_logging(dir.path(), &store_refs, &log);
+    let first = Stub::start(Mode::Accept).await;
+    let second = Stub::start(Mode::Accept).await;
+    webhook_destination(dir.path(), &store, "first", &first, &[]);
+    webhook_destination(dir.path(), &store, "second", &second, &[]);
+    let cli = |args: &[&str]| onepd_json(dir.path(), &[args, &store_refs[..]].concat());
+
+    // A visitor who later signs in: two profiles merged, for the split.
+    send(
+        &server,
+        vec![
+            json!({"type": "page", "messageId": "f-visit", "anonymousId": "a-facts", "name": "Home"}),
+            json!({"type": "identify", "messageId": "f-signup", "userId": "u-facts",
+                "traits": {"email": "facts@example.com"}}),
+            json!({"type": "identify", "messageId": "f-login", "userId": "u-facts", "anonymousId": "a-facts"}),
+            json!({"type": "identify", "messageId": "f-gone", "userId": "gone-user",
+                "traits": {"email": "gone@example.com"}}),
+        ],
+    )
+    .await;
+    let mut expected: BTreeSet<String> =
+        ["f-visit", "f-signup", "f-login"].iter().map(|id| event_id(&server, id)).collect();
+    let both_have = |ids: &BTreeSet<String>| {
+        let ids = ids.clone();
+        move |stub: &Stub| ids.iter().all(|id| stub.webhook_ids().contains_key(id))
+    };
+    first.wait_for(Duration::from_secs(30), "the first events", both_have(&expected)).await;
+    second.wait_for(Duration::from_secs(30), "the first events", both_have(&expected)).await;
+
+    let workspace = WorkspaceId(server.workspace.as_ref().unwrap().parse::<Uuid>().unwrap());
+    let profile =
+        onepd_domain::identity::ProfileId::created_by(workspace, EventId::for_message(workspace, "f-signup")).to_string();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, json!({"blocked_values": ["nobody@example.com"]}).to_string()).unwrap();
+    let facts: Vec<(&str, Vec<&str>)> = vec![
+        ("block", vec!["identity", "block", "email:facts@example.com"]),
+        ("unblock", vec!["identity", "unblock", "email:facts@example.com"]),
+        ("split", vec!["identity", "split", "--profile", &profile]),
+        ("rules", vec!["identity", "rules", "set", rules.to_str().unwrap()]),
+        ("forget", vec!["forget", "--user-id", "gone-user"]),
+    ];
+    for (name, args) in facts {
+        cli(&args);
+        let message_id = format!("after-{name}");
+        send(&server, vec![json!({"type": "track", "messageId": message_id, "userId": "u-facts", "event": "Item Viewed"})])
+            .await;
+        expected.insert(event_id(&server, &message_id));
+        let what = format!("the event after {name}");
+        first.wait_for(Duration::from_secs(30), &what, both_have(&expected)).await;
+        second.wait_for(Duration::from_secs(30), &what, both_have(&expected)).await;
+    }
+    // Nothing is sent twice, and the server is not folding in a loop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for stub in [&first, &second] {
+        let twice: Vec<_> = delivered(stub).into_iter().filter(|(_, count)| *count > 1).collect();
+        assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let refolds = logged.matches("folding profiles again").count();
+    assert!(refolds <= 20, "{refolds} refolds logged; the log is {} bytes", logged.len());
+    assert!(logged.len() < 256 * 1024, "the server logged {} bytes", logged.len());
+
+    // A destination created over that history delivers all of it, once.
+    let from_beginning = Stub::start(Mode::Accept).await;
+    webhook_destination(dir.path(), &store, "from-beginning", &from_beginning, &["--from", "beginning"]);
+    from_beginning.wait_for(Duration::from_secs(30), "the whole history", both_have(&expected)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(delivered(&from_beginning).values().all(|&count| count == 1), "{:?}", delivered(&from_beginning));
+    assert!(
+        !delivered(&from_beginning).contains_key(&event_id(&server, "f-gone")),
+        "the forgotten person's event is not replayed"
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_facts_apply_once_and_deliveries_go_on_on_sqlite() {
+    operator_facts_apply_once_and_deliveries_go_on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_facts_apply_once_and_deliveries_go_on_on_postgres() {
+    let db = PgDatabase::create().await;
+    operator_facts_apply_once_and_deliveries_go_on(Some(&db.url)).await;
+}
