@@ -374,8 +374,8 @@ async fn operator_facts_apply_once_and_deliveries_go_on(url: Option<&str>) {
     second.wait_for(Duration::from_secs(30), "the first events", both_have(&expected)).await;
 
     let workspace = WorkspaceId(server.workspace.as_ref().unwrap().parse::<Uuid>().unwrap());
-    let profile =
-        onepd_domain::identity::ProfileId::created_by(workspace, EventId::for_message(workspace, "f-signup")).to_string();
+    let profile = onepd_domain::identity::ProfileId::created_by(workspace, EventId::for_message(workspace, "f-signup"))
+        .to_string();
     let rules = dir.path().join("rules.json");
     std::fs::write(&rules, json!({"blocked_values": ["nobody@example.com"]}).to_string()).unwrap();
     let facts: Vec<(&str, Vec<&str>)> = vec![
@@ -388,8 +388,11 @@ async fn operator_facts_apply_once_and_deliveries_go_on(url: Option<&str>) {
     for (name, args) in facts {
         cli(&args);
         let message_id = format!("after-{name}");
-        send(&server, vec![json!({"type": "track", "messageId": message_id, "userId": "u-facts", "event": "Item Viewed"})])
-            .await;
+        send(
+            &server,
+            vec![json!({"type": "track", "messageId": message_id, "userId": "u-facts", "event": "Item Viewed"})],
+        )
+        .await;
         expected.insert(event_id(&server, &message_id));
         let what = format!("the event after {name}");
         first.wait_for(Duration::from_secs(30), &what, both_have(&expected)).await;

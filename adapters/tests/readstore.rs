@@ -302,6 +302,34 @@ async fn a_document_of_one_workspace_is_never_read_for_another(backend: Backend)
     store.close().await;
 }
 
+async fn replacing_a_workspace_removes_its_old_documents_and_leaves_others_alone(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let (a, b) = (workspace(1), workspace(2));
+    let generation = store.create_generation("profiles", 1).await.unwrap();
+    let before = vec![
+        put(a, "profile", "p1", "a1"),
+        put(a, "identifier", "user_id:u1", "p1"),
+        put(b, "profile", "p1", "b1"),
+        put(b, "identifier", "user_id:u1", "p1"),
+    ];
+    store.commit(generation.id, Position::START, Position(5), before).await.unwrap();
+    let stale = store.replace_workspace(generation.id, Position(4), Position(6), a, vec![]).await;
+    assert!(matches!(stale, Err(ProjectionError::Fenced { .. })), "{stale:?}");
+
+    store
+        .replace_workspace(generation.id, Position(5), Position(6), a, vec![put(a, "profile", "p2", "a2")])
+        .await
+        .unwrap();
+
+    assert_eq!(docs(&store, generation.id, a, "profile", &["p1", "p2"]).await, vec![None, some("a2")]);
+    assert_eq!(docs(&store, generation.id, a, "identifier", &["user_id:u1"]).await, vec![None]);
+    assert_eq!(docs(&store, generation.id, b, "profile", &["p1"]).await, vec![some("b1")]);
+    assert_eq!(docs(&store, generation.id, b, "identifier", &["user_id:u1"]).await, vec![some("p1")]);
+    assert_eq!(store.generations("profiles").await.unwrap()[0].checkpoint, Position(6));
+    store.close().await;
+}
+
 async fn a_commit_of_twenty_thousand_documents_round_trips(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
@@ -371,6 +399,7 @@ conformance!(
     promoting_a_generation_that_does_not_exist_is_an_error,
     generations_of_two_projections_are_independent,
     a_document_of_one_workspace_is_never_read_for_another,
+    replacing_a_workspace_removes_its_old_documents_and_leaves_others_alone,
     a_commit_of_twenty_thousand_documents_round_trips,
     the_read_store_shares_the_logs_url_but_none_of_its_tables,
 );

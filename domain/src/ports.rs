@@ -286,6 +286,19 @@ pub trait ProjectionStore: Send + Sync {
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError>;
 
+    /// Like [`ProjectionStore::commit`], but first removes every document
+    /// `workspace` has in the generation, in the same transaction: `writes`
+    /// then hold the workspace's whole new state (a workspace re-derived
+    /// under a new operator fact). Other workspaces' documents are untouched.
+    async fn replace_workspace(
+        &self,
+        generation: u64,
+        expected: Position,
+        checkpoint: Position,
+        workspace: WorkspaceId,
+        writes: Vec<DocWrite>,
+    ) -> Result<(), ProjectionError>;
+
     /// Makes `generation` the live one of its projection and drops every
     /// other generation of it, atomically for readers.
     async fn promote(&self, generation: u64) -> Result<(), StoreError>;

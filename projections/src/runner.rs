@@ -8,20 +8,27 @@
 //!
 //! 1. **Start.** If the store has a live generation built by this version,
 //!    the fold is re-derived in memory up to its checkpoint (no writes);
-//!    otherwise a new generation is built (step 3) and promoted.
+//!    otherwise a new generation is built (step 4) and promoted.
 //! 2. **Follow.** A subscription from the checkpoint hands over batches of
 //!    accepted messages; each batch is folded and the documents of the
 //!    profiles it touched are committed with the batch's last position.
-//! 3. **Rebuild (blue/green).** A new generation is built from position 0
+//! 3. **Operator facts** (`IdentityRulesChanged`, `IdentifierBlocked`,
+//!    `IdentifierUnblocked`, `ProfileSplit`, `SubjectErased`) apply to all
+//!    of their workspace's history. When one arrives, the batch before it is
+//!    committed, then that workspace alone is re-derived from the log under
+//!    its facts up to the fact, and its documents are replaced in one
+//!    transaction that also moves the checkpoint to the fact. Other
+//!    workspaces are not re-derived: one workspace's fact never holds up
+//!    another's profiles for longer than that commit. A fact is applied
+//!    once: the checkpoint passes it in the same transaction.
+//! 4. **Rebuild (blue/green).** A new generation is built from position 0
 //!    to the head beside the live one, then promoted atomically; readers use
-//!    the live generation until then. This happens on `onepd rebuild`, when
-//!    the code's version changed, and when an operator fact
-//!    (`IdentityRulesChanged`, `IdentifierBlocked`, `IdentifierUnblocked`,
-//!    `ProfileSplit`) arrives: facts apply to all history, so history is
-//!    re-derived under them. The batch before the fact is committed first,
-//!    and no checkpoint at or after a fact is ever written to a generation
-//!    built without it, so a crash mid-rebuild rebuilds again on restart.
-//! 4. **Fenced.** When another process promoted a newer generation (a
+//!    the live generation until then. This happens on `onepd rebuild` and
+//!    when the code's version changed.
+//! 5. **Quarantine.** An event whose payload cannot be read is left out and
+//!    recorded (`EventQuarantined`, once per position) before the commit
+//!    that passes it; a rebuild meets and leaves it out the same way.
+//! 6. **Fenced.** When another process promoted a newer generation (a
 //!    rebuild run from the CLI), the next commit is refused and the runner
 //!    starts over from step 1.
 //!
@@ -259,7 +266,18 @@ pub async fn read_facts(
     log: &dyn EventStore,
     until: Position,
 ) -> Result<HashMap<WorkspaceId, IdentityFacts>, StoreError> {
-    let filter = EventFilter { event_types: FACT_TYPES.map(String::from).to_vec(), ..EventFilter::default() };
+    read_facts_of(log, None, until).await
+}
+
+/// Reads the operator facts of `workspace` (of every workspace when `None`)
+/// up to `until`.
+async fn read_facts_of(
+    log: &dyn EventStore,
+    workspace: Option<WorkspaceId>,
+    until: Position,
+) -> Result<HashMap<WorkspaceId, IdentityFacts>, StoreError> {
+    let filter =
+        EventFilter { workspace, event_types: FACT_TYPES.map(String::from).to_vec(), ..EventFilter::default() };
     let mut facts: HashMap<WorkspaceId, IdentityFacts> = HashMap::new();
     let mut next = Position(1);
     while next <= until {
@@ -281,7 +299,20 @@ pub async fn fold_to(
     page_size: usize,
     progress: Progress<'_>,
 ) -> Result<(), StoreError> {
-    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    fold_workspace_to(log, fold, None, until, page_size, progress).await
+}
+
+/// Folds the accepted messages of `workspace` (of every workspace when
+/// `None`) up to `until` into `fold`, reporting progress after each page.
+async fn fold_workspace_to(
+    log: &dyn EventStore,
+    fold: &mut ProfilesFold,
+    workspace: Option<WorkspaceId>,
+    until: Position,
+    page_size: usize,
+    progress: Progress<'_>,
+) -> Result<(), StoreError> {
+    let filter = EventFilter { workspace, event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     if until < Position(1) {
         return Ok(());
     }
@@ -393,10 +424,7 @@ impl Runner {
     pub async fn rebuild(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
         let mut built = self.build(progress).await?;
         // Events committed while it was built.
-        if self.catch_up(&mut built, self.page).await? {
-            self.store.drop_generation(built.generation.id).await?;
-            return Box::pin(self.rebuild(progress)).await;
-        }
+        self.catch_up(&mut built, self.page).await?;
         self.store.promote(built.generation.id).await?;
         built.generation.live = true;
         // A runner following the old generation may have committed events
@@ -404,50 +432,77 @@ impl Runner {
         // off (its next commit is fenced), so fold those here. If it has
         // already moved on to this generation, it is the one keeping it.
         match self.try_catch_up(&mut built, self.page).await {
-            Ok(false) | Err(ProjectionError::Fenced { .. }) => Ok(built),
-            Ok(true) => Box::pin(self.rebuild(progress)).await,
+            Ok(()) | Err(ProjectionError::Fenced { .. }) => Ok(built),
             Err(ProjectionError::Store(err)) => Err(err),
         }
     }
 
     /// Folds and commits, page by page of `page` events, everything after
-    /// `built.checkpoint` up to the log's head; stops before the first
-    /// operator fact and returns whether it met one (the generation must
-    /// then be rebuilt). Each page is one commit, like one batch of a live
-    /// subscription.
-    pub async fn catch_up(&self, built: &mut Built, page: usize) -> Result<bool, StoreError> {
+    /// `built.checkpoint` up to the log's head, operator facts included
+    /// (see [`Runner::apply_batch`]). Each page is one commit, like one
+    /// batch of a live subscription.
+    pub async fn catch_up(&self, built: &mut Built, page: usize) -> Result<(), StoreError> {
         self.try_catch_up(built, page).await.map_err(fenced_as_store)
     }
 
-    async fn try_catch_up(&self, built: &mut Built, page: usize) -> Result<bool, ProjectionError> {
+    async fn try_catch_up(&self, built: &mut Built, page: usize) -> Result<(), ProjectionError> {
         let head = self.log.head().await?;
         while built.checkpoint < head {
             let read = self.log.read(built.checkpoint.next(), Some(head), &followed_filter(), page).await?;
-            if self.apply_batch(built, &read.events, Position(read.next.0 - 1)).await? {
-                return Ok(true);
-            }
+            self.apply_batch(built, &read.events, Position(read.next.0 - 1)).await?;
         }
-        Ok(false)
+        Ok(())
     }
 
-    /// Folds and commits one batch of followed events that reaches `end`;
-    /// stops before the first operator fact, committing up to just before it,
-    /// and returns whether it met one.
+    /// Folds and commits one batch of followed events that reaches `end`.
+    /// An operator fact splits the batch: what precedes it is committed,
+    /// then the fact's workspace alone is re-derived under it
+    /// ([`Runner::refold_workspace`]), then the rest follows. Other
+    /// workspaces are not re-derived, so one workspace's fact never holds
+    /// up another's profiles for longer than one commit.
     async fn apply_batch(
         &self,
         built: &mut Built,
         batch: &[RecordedEvent],
         end: Position,
-    ) -> Result<bool, ProjectionError> {
+    ) -> Result<(), ProjectionError> {
+        let mut rest = batch;
         // An operator fact that cannot be read changes nothing: the fold
         // quarantines it like any unreadable event.
-        let fact_at = batch
-            .iter()
-            .position(|event| event.event_type != MessageAccepted::TYPE && event.data.unreadable().is_none());
-        let reached = fact_at.map_or(end, |index| Position(batch[index].position.0 - 1));
-        built.fold.apply(&batch[..fact_at.unwrap_or(batch.len())]);
-        self.commit(built, reached).await?;
-        Ok(fact_at.is_some())
+        while let Some(at) =
+            rest.iter().position(|event| event.event_type != MessageAccepted::TYPE && event.data.unreadable().is_none())
+        {
+            let fact = &rest[at];
+            built.fold.apply(&rest[..at]);
+            self.commit(built, Position(fact.position.0 - 1)).await?;
+            self.refold_workspace(built, fact.workspace_id, fact.position).await?;
+            rest = &rest[at + 1..];
+        }
+        built.fold.apply(rest);
+        self.commit(built, end).await
+    }
+
+    /// Re-derives `workspace` from the log under its operator facts up to
+    /// `at` (the fact just met) and replaces its documents with the result,
+    /// moving the checkpoint to `at`, in one transaction. A crash before the
+    /// commit leaves the checkpoint before the fact, so it is met again.
+    async fn refold_workspace(
+        &self,
+        built: &mut Built,
+        workspace: WorkspaceId,
+        at: Position,
+    ) -> Result<(), ProjectionError> {
+        let facts = read_facts_of(self.log.as_ref(), Some(workspace), at).await?;
+        let mut fresh = ProfilesFold::new(&facts);
+        fold_workspace_to(self.log.as_ref(), &mut fresh, Some(workspace), at, self.page, &|_, _| {}).await?;
+        self.record_quarantined(&mut fresh).await?;
+        let pending = fresh.take_pending();
+        built.fold.profiles.replace_workspace(workspace, &mut fresh.profiles);
+        let writes = built.fold.writes(&[], &pending.touched);
+        self.store.replace_workspace(built.generation.id, built.checkpoint, at, workspace, writes).await?;
+        built.checkpoint = at;
+        built.generation.checkpoint = at;
+        Ok(())
     }
 
     /// Commits the fold's pending writes with `checkpoint`.
@@ -478,43 +533,30 @@ impl Runner {
         }
     }
 
-    /// Runs the projection until the log fails: start, then follow the log,
-    /// rebuilding on operator facts and starting over when fenced.
-    /// `on_checkpoint` is called after every commit.
+    /// Runs the projection until the log fails: start, then follow the log
+    /// (re-deriving a workspace when one of its operator facts arrives),
+    /// starting over when fenced. `on_checkpoint` is called after every
+    /// commit.
     pub async fn run(&self, on_checkpoint: &(dyn Fn(Position) + Send + Sync)) -> Result<(), RunnerError> {
         let quiet = |_: u64, _: u64| {};
         let mut built = self.start(&quiet).await?;
         on_checkpoint(built.checkpoint);
         loop {
             let mut subscription = self.log.subscribe(built.checkpoint.next(), followed_filter()).await?;
-            let restart = loop {
+            loop {
                 let batch = subscription.next_batch().await?;
                 let end = batch.last().expect("a batch is never empty").position;
                 match self.apply_batch(&mut built, &batch, end).await {
-                    Ok(fact) => {
-                        on_checkpoint(built.checkpoint);
-                        if fact {
-                            break Restart::Rebuild;
-                        }
-                    }
-                    Err(ProjectionError::Fenced { .. }) => break Restart::Reload,
+                    Ok(()) => on_checkpoint(built.checkpoint),
+                    // Another process promoted a generation: load it.
+                    Err(ProjectionError::Fenced { .. }) => break,
                     Err(ProjectionError::Store(err)) => return Err(err.into()),
                 }
-            };
-            built = match restart {
-                Restart::Reload => self.start(&quiet).await?,
-                Restart::Rebuild => self.rebuild(&quiet).await?,
-            };
+            }
+            built = self.start(&quiet).await?;
             on_checkpoint(built.checkpoint);
         }
     }
-}
-
-enum Restart {
-    /// Another process promoted a generation: load it.
-    Reload,
-    /// An operator fact arrived: build under it.
-    Rebuild,
 }
 
 fn fenced_as_store(err: ProjectionError) -> StoreError {

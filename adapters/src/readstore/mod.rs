@@ -168,17 +168,18 @@ impl ProjectionStore for ReadStore {
         checkpoint: Position,
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError> {
-        let writes = if writes.len() > BLOCKING_COLLAPSE {
-            tokio::task::spawn_blocking(move || Collapsed::from(writes))
-                .await
-                .map_err(|err| StoreError::Database(format!("sorting a commit's writes: {err}")))?
-        } else {
-            Collapsed::from(writes)
-        };
-        match &self.backend {
-            Backend::Sqlite(store) => store.commit(generation, expected, checkpoint, writes).await,
-            Backend::Postgres(store) => store.commit(generation, expected, checkpoint, writes).await,
-        }
+        self.commit_clearing(generation, expected, checkpoint, None, writes).await
+    }
+
+    async fn replace_workspace(
+        &self,
+        generation: u64,
+        expected: Position,
+        checkpoint: Position,
+        workspace: WorkspaceId,
+        writes: Vec<DocWrite>,
+    ) -> Result<(), ProjectionError> {
+        self.commit_clearing(generation, expected, checkpoint, Some(workspace.0), writes).await
     }
 
     async fn promote(&self, generation: u64) -> Result<(), StoreError> {
@@ -209,6 +210,30 @@ impl ProjectionStore for ReadStore {
         match &self.backend {
             Backend::Sqlite(store) => store.get(generation, workspace, collection, keys).await,
             Backend::Postgres(store) => store.get(generation, workspace, collection, keys).await,
+        }
+    }
+}
+
+impl ReadStore {
+    /// One commit, first removing every document of `clear` when given.
+    async fn commit_clearing(
+        &self,
+        generation: u64,
+        expected: Position,
+        checkpoint: Position,
+        clear: Option<Uuid>,
+        writes: Vec<DocWrite>,
+    ) -> Result<(), ProjectionError> {
+        let writes = if writes.len() > BLOCKING_COLLAPSE {
+            tokio::task::spawn_blocking(move || Collapsed::from(writes))
+                .await
+                .map_err(|err| StoreError::Database(format!("sorting a commit's writes: {err}")))?
+        } else {
+            Collapsed::from(writes)
+        };
+        match &self.backend {
+            Backend::Sqlite(store) => store.commit(generation, expected, checkpoint, clear, writes).await,
+            Backend::Postgres(store) => store.commit(generation, expected, checkpoint, clear, writes).await,
         }
     }
 }

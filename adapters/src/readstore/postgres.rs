@@ -149,6 +149,7 @@ impl PostgresReadStore {
         generation: u64,
         expected: Position,
         checkpoint: Position,
+        clear: Option<Uuid>,
         writes: Collapsed,
     ) -> Result<(), ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(db_error("starting a projection commit"))?;
@@ -160,6 +161,14 @@ impl PostgresReadStore {
                 .map_err(db_error("locking a generation"))?;
         if found != Some(expected.0 as i64) {
             return Err(fenced(generation, expected, found));
+        }
+        if let Some(workspace) = clear {
+            sqlx::query("DELETE FROM projection_docs WHERE generation = $1 AND workspace = $2")
+                .bind(generation as i64)
+                .bind(workspace)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("removing a workspace's documents"))?;
         }
         let deletes: Vec<_> = writes.deletes().collect();
         for chunk in deletes.chunks(CHUNK) {

@@ -210,6 +210,7 @@ impl SqliteReadStore {
         generation: u64,
         expected: Position,
         checkpoint: Position,
+        clear: Option<Uuid>,
         writes: Collapsed,
     ) -> Result<(), ProjectionError> {
         let (_writer, mut tx) = self.begin_write("starting a projection commit").await?;
@@ -220,6 +221,14 @@ impl SqliteReadStore {
             .map_err(db_error("reading a generation's checkpoint"))?;
         if found != Some(expected.0 as i64) {
             return Err(fenced(generation, expected, found));
+        }
+        if let Some(workspace) = clear {
+            sqlx::query("DELETE FROM projection_docs WHERE generation = ? AND workspace = ?")
+                .bind(generation as i64)
+                .bind(workspace)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("removing a workspace's documents"))?;
         }
         let deletes: Vec<_> = writes.deletes().collect();
         for chunk in deletes.chunks(DELETE_CHUNK) {

@@ -233,6 +233,20 @@ impl IdentityGraph {
     pub fn workspace(&self, workspace: WorkspaceId) -> Option<&WorkspaceIdentities> {
         self.workspaces.get(&workspace)
     }
+
+    /// Replaces everything this graph knows of `workspace` (its facts and
+    /// identities) with what `from` knows of it. Workspaces never share
+    /// identities, so the others are untouched.
+    pub fn replace_workspace(&mut self, workspace: WorkspaceId, from: &mut IdentityGraph) {
+        match from.facts.remove(&workspace) {
+            Some(facts) => self.facts.insert(workspace, facts),
+            None => self.facts.remove(&workspace),
+        };
+        match from.workspaces.remove(&workspace) {
+            Some(identities) => self.workspaces.insert(workspace, identities),
+            None => self.workspaces.remove(&workspace),
+        };
+    }
 }
 
 /// One workspace's profiles, merges and links.

@@ -223,6 +223,19 @@ impl Profiles {
         &self.graph
     }
 
+    /// Replaces everything known of `workspace` (graph and profiles) with
+    /// what `from` knows of it, and forgets this fold's pending changes of
+    /// that workspace: a writer replaces the workspace's documents whole.
+    pub fn replace_workspace(&mut self, workspace: WorkspaceId, from: &mut Profiles) {
+        self.graph.replace_workspace(workspace, &mut from.graph);
+        match from.workspaces.remove(&workspace) {
+            Some(states) => self.workspaces.insert(workspace, states),
+            None => self.workspaces.remove(&workspace),
+        };
+        self.changes.touched.retain(|(ws, _)| *ws != workspace);
+        self.changes.absorbed.retain(|(ws, _)| *ws != workspace);
+    }
+
     /// Folds `events` in order; the same as applying them one by one.
     pub fn apply_all(&mut self, events: &[RecordedEvent]) {
         for event in events {
