@@ -70,7 +70,9 @@ async fn a_fresh_server_answers_health_reflection_and_audit_calls(server: &Serve
 
     let healthz: serde_json::Value =
         reqwest::get(format!("{}/healthz", server.http)).await.unwrap().json().await.unwrap();
-    assert_eq!(healthz, json!({ "status": "ok", "head": 4 }));
+    assert_eq!((&healthz["status"], &healthz["head"]), (&json!("ok"), &json!(4)), "{healthz}");
+    assert_eq!(healthz["projection"]["state"], "running", "{healthz}");
+    assert_eq!(healthz["stalled_destinations"], json!([]), "{healthz}");
     let metrics = reqwest::get(format!("{}/metrics", server.http)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("onepd_log_head_position 4"), "{metrics}");
 }

@@ -61,6 +61,11 @@ pub async fn explain(
             if event.workspace_id != entry.workspace {
                 break;
             }
+            if let Some(reason) = event.data.unreadable() {
+                return Err(AdminError::NotFound(format!(
+                    "event {event_id}: its payload cannot be read ({reason}); it is quarantined, see onepd quarantine list"
+                )));
+            }
             if event.data.value().is_none() {
                 return Err(AdminError::NotFound(format!(
                     "event {event_id}: its payload was erased; nothing of it can be sent"

@@ -179,7 +179,14 @@ pub fn check(message: &Map<String, Value>) -> Vec<Violation> {
         }
     }
     for (path, value) in identifier_values(message) {
-        if let Some(problem) = limits::identifier_problem(value) {
+        let problem = match value {
+            Value::String(text) => limits::identifier_problem(text),
+            Value::Number(number) if !limits::is_exact_id_number(number) => {
+                Some("a number that cannot be kept exactly (send large ids as strings)".to_owned())
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
             violations.push(Violation::new(&path, "id", format!("{path}: {problem}")));
         }
     }
@@ -266,19 +273,19 @@ pub fn check(message: &Map<String, Value>) -> Vec<Violation> {
 
 /// Identifier values inside a message's objects, by dotted path: the email
 /// and phone of `traits` and `context.traits`, and `context.externalIds[n].id`.
-fn identifier_values(message: &Map<String, Value>) -> Vec<(String, &str)> {
+fn identifier_values(message: &Map<String, Value>) -> Vec<(String, &Value)> {
     let mut found = Vec::new();
     let context_traits = message.get("context").and_then(|context| context.get("traits"));
     for (root, prefix) in [(message.get("traits"), "traits"), (context_traits, "context.traits")] {
         for name in ["email", "phone"] {
-            if let Some(value) = root.and_then(|traits| traits.get(name)).and_then(Value::as_str) {
+            if let Some(value) = root.and_then(|traits| traits.get(name)) {
                 found.push((format!("{prefix}.{name}"), value));
             }
         }
     }
     let external = message.get("context").and_then(|context| context.get("externalIds")).and_then(Value::as_array);
     for (index, entry) in external.into_iter().flatten().enumerate() {
-        if let Some(value) = entry.get("id").and_then(Value::as_str) {
+        if let Some(value) = entry.get("id") {
             found.push((format!("context.externalIds[{index}].id"), value));
         }
     }
@@ -449,6 +456,11 @@ mod tests {
         assert_eq!((violations[0].field.as_str(), violations[0].rule.as_str()), ("userId", "id"));
         assert!(violations[0].message.contains("send large ids as strings"), "{}", violations[0].message);
         assert_eq!(check(&object(json!({"type": "track", "event": "E", "userId": 18446744073709551615u64}))), vec![]);
+        let message: Map<String, Value> = serde_json::from_str(
+            r#"{"type": "identify", "userId": "u", "context": {"externalIds": [{"id": 123456789012345678901234, "type": "crm_id"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(check(&message)[0].field, "context.externalIds[0].id");
     }
 
     #[test]
