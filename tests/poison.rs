@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use onepd_adapters::{EventLog, StoreConfig};
+use onepd_domain::identity::{CustomKind, CustomSource, IdentifierKind, IdentityRules};
 use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, StreamId, WorkspaceId};
 use onepd_proto::audit::v1::ReadEventsRequest;
 use onepd_proto::ingest::v1 as pb;
@@ -166,6 +167,35 @@ async fn plant_legacy_events(url: &str, workspace: WorkspaceId) -> u64 {
         events: vec![deep, nul],
     };
     let outcome = log.append(request).await.expect("append the legacy events");
+    // Identity rules set before kind names were checked: one with a NUL,
+    // one longer than a read-store key can hold.
+    let long_kind: String = (0..3_000).map(|n| char::from(b'a' + ((n * 7 + n / 26) % 26) as u8)).collect();
+    let rules = IdentityRules::default()
+        .with_custom(CustomKind { name: "k\u{0}x".into(), from: CustomSource::ExternalId })
+        .with_custom(CustomKind { name: long_kind.clone(), from: CustomSource::Trait("rk".into()) });
+    let rules = IdentityRules {
+        link_kinds: [
+            IdentityRules::default().link_kinds,
+            vec![IdentifierKind::from_name("k\u{0}x"), IdentifierKind::from_name(&long_kind)],
+        ]
+        .concat(),
+        ..rules
+    };
+    let changed = NewEvent {
+        event_id: EventId(Uuid::new_v4()),
+        workspace_id: workspace,
+        event_type: "IdentityRulesChanged".into(),
+        schema_version: 1,
+        data: json!({ "rules": rules }),
+        metadata: json!({ "actor": "an older onepd" }),
+        subject: None,
+    };
+    let request = AppendRequest {
+        stream_id: StreamId::new(format!("workspace-{workspace}")).unwrap(),
+        expected: ExpectedVersion::Any,
+        events: vec![changed],
+    };
+    log.append(request).await.expect("append the legacy rules");
     log.close().await;
     outcome.positions[0].0
 }
@@ -249,24 +279,19 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     }
     refused(&server, &key, "/v1/group", json!({"userId": "u", "groupId": "g\u{0}"}), "groupId", "control").await;
     refused(&server, &key, "/v1/alias", json!({"userId": "u", "previousId": "p\u{0}"}), "previousId", "control").await;
-    refused(
-        &server,
-        &key,
-        "/v1/identify",
-        json!({"userId": "u", "traits": {"email": "a\u{0}@b.co"}}),
-        "traits.email",
-        "control",
-    )
-    .await;
-    refused(
-        &server,
-        &key,
-        "/v1/identify",
-        json!({"userId": "u", "context": {"externalIds": [{"id": "c\u{0}", "type": "crm_id", "collection": "users"}]}}),
-        "context.externalIds[0].id",
-        "control",
-    )
-    .await;
+    let nested_identifiers = [
+        (json!({"userId": "u", "traits": {"email": "a\u{0}@b.co"}}), "traits.email"),
+        (json!({"userId": "u", "traits": {"phone": "+1\u{0}415"}}), "traits.phone"),
+        (json!({"userId": "u", "context": {"traits": {"email": "a\u{1b}@b.co"}}}), "context.traits.email"),
+        (json!({"userId": "u", "context": {"traits": {"phone": "+1\u{7f}"}}}), "context.traits.phone"),
+        (
+            json!({"userId": "u", "context": {"externalIds": [{"id": "c\u{0}", "type": "crm_id", "collection": "users"}]}}),
+            "context.externalIds[0].id",
+        ),
+    ];
+    for (message, field) in nested_identifiers {
+        refused(&server, &key, "/v1/identify", message, field, "control").await;
+    }
     // Integers beyond 64 bits would be rounded into one another: refused.
     for huge in ["12345678901234567890123", "12345678901234567890124"] {
         let (status, body) = post_raw(&server, &key, "/v1/track", format!(r#"{{"userId":{huge},"event":"E"}}"#)).await;
@@ -311,6 +336,22 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     let log_file = deployment.path().join("serve.log");
     let server = Server::start_logging(deployment.path(), &deployment.store_refs(), &log_file);
 
+    // Identifiers of the legacy rules' kinds no read store can key.
+    let (status, body) = post(
+        &server,
+        &key,
+        "/v1/identify",
+        json!({"userId": "kinds", "traits": {"rk": "v3"}, "context": {"externalIds": [{"id": "v1", "type": "k\u{0}x"}]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Such rules are refused today, naming the kind.
+    let rules_file = deployment.path().join("bad-rules.json");
+    std::fs::write(&rules_file, json!({"custom": [{"name": "k\u{0}x", "from": "external_id"}]}).to_string()).unwrap();
+    let refused_rules = deployment.cli_output(&["identity", "rules", "set", rules_file.to_str().unwrap()]);
+    assert_eq!(refused_rules.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused_rules.stderr).contains("control character"), "{refused_rules:?}");
+
     // An operator fact and an erasure.
     post(&server, &key, "/v1/identify", json!({"userId": "gone-user", "traits": {"email": "gone@example.com"}})).await;
     deployment.cli(&["identity", "block", "email:blocked@example.com"]);
@@ -345,6 +386,7 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
         profile_status(&server, &workspace, &token, "user_id:u-after").await == 200
             && profile_status(&server, &other_id, &other_token, "user_id:o-after").await == 200
             && profile_status(&server, &workspace, &token, "anonymous_id:anon-nul").await == 200
+            && profile_status(&server, &workspace, &token, "user_id:kinds").await == 200
     })
     .await;
     assert_eq!(hook.webhook_ids()[&after_id], 1, "delivered twice: {:?}", hook.webhook_ids());

@@ -13,9 +13,10 @@
 //! Identifier values become keys of the read store (`identifier/user_id:…`),
 //! which PostgreSQL keeps as `TEXT` in a b-tree: a NUL byte is refused by the
 //! database and a key longer than about 2,700 bytes does not fit an index
-//! entry. Ingest refuses such identifiers; the identity projection leaves
-//! out any it meets in events stored before this rule
-//! ([`identifier_problem`] decides both).
+//! entry. Ingest refuses such identifiers ([`identifier_problem`]) and
+//! custom kind names ([`kind_problem`]); the identity projection leaves out
+//! any identifier it cannot key ([`is_keyable`]) that events or rules
+//! stored before these rules hold.
 
 use serde_json::Value;
 
@@ -36,8 +37,22 @@ pub const READ_NESTING: usize = 127;
 /// `previousId`, `groupId`, `messageId`, emails, phones, custom ids).
 pub const MAX_IDENTIFIER_BYTES: usize = 1_024;
 
+/// The longest name of a custom identifier kind (`crm_id`), in bytes.
+pub const MAX_KIND_BYTES: usize = 64;
+
+/// The longest identifier value a reader keys, in bytes: twice what ingest
+/// admits, since normalization (lower-casing an email) may lengthen a value.
+pub const MAX_STORED_IDENTIFIER_BYTES: usize = 2 * MAX_IDENTIFIER_BYTES;
+
+/// The longest read-store key of an identifier (`kind:value`) that fits a
+/// PostgreSQL b-tree entry (2,704 bytes) with the rest of the key
+/// (generation, workspace, collection) and room to spare.
+pub const MAX_KEY_BYTES: usize = 2_400;
+
 // Whatever ingest admits, wrapped in the log's envelope, must decode.
 const _: () = assert!(MAX_FIELD_NESTING + ENVELOPE_NESTING <= READ_NESTING);
+// Whatever identifier a reader keys fits the read store's index.
+const _: () = assert!(MAX_KIND_BYTES + 1 + MAX_STORED_IDENTIFIER_BYTES <= MAX_KEY_BYTES);
 
 /// How deeply `value` nests: 0 for a scalar, 1 for `{}` or `[]`, one more
 /// per level inside. Iterative, so a hostile value cannot exhaust the stack.
@@ -71,6 +86,27 @@ pub fn identifier_problem(value: &str) -> Option<String> {
         return Some(format!("longer than {MAX_IDENTIFIER_BYTES} bytes ({} bytes)", value.len()));
     }
     None
+}
+
+/// Why `name` cannot name a custom identifier kind, if it cannot: a control
+/// character, or more than [`MAX_KIND_BYTES`].
+pub fn kind_problem(name: &str) -> Option<String> {
+    if let Some(found) = name.chars().find(|c| c.is_control()) {
+        return Some(format!("contains the control character U+{:04X}", found as u32));
+    }
+    if name.len() > MAX_KIND_BYTES {
+        return Some(format!("longer than {MAX_KIND_BYTES} bytes ({} bytes)", name.len()));
+    }
+    None
+}
+
+/// Whether a reader can key an identifier of kind `kind` with `value`: no
+/// control character in either, the kind at most [`MAX_KIND_BYTES`] and the
+/// value at most [`MAX_STORED_IDENTIFIER_BYTES`]. Ingest admits less
+/// ([`identifier_problem`]); this is what a reader holds events stored
+/// before those rules, and rules set before them, to.
+pub fn is_keyable(kind: &str, value: &str) -> bool {
+    kind_problem(kind).is_none() && !value.chars().any(char::is_control) && value.len() <= MAX_STORED_IDENTIFIER_BYTES
 }
 
 /// Whether a JSON number names an id exactly: an integer that fits 64 bits.
@@ -135,6 +171,17 @@ mod tests {
         assert!(identifier_problem(&"x".repeat(MAX_IDENTIFIER_BYTES + 1)).is_some());
         assert_eq!(identifier_problem(&"x".repeat(MAX_IDENTIFIER_BYTES)), None);
         assert_eq!(identifier_problem("user-42 é"), None);
+    }
+
+    #[test]
+    fn kinds_with_control_characters_or_too_long_are_refused_and_not_keyed() {
+        assert!(kind_problem("crm_id").is_none());
+        assert!(kind_problem("k\u{0}x").is_some());
+        assert!(kind_problem(&"k".repeat(MAX_KIND_BYTES + 1)).is_some());
+        assert!(is_keyable("crm_id", &"v".repeat(MAX_STORED_IDENTIFIER_BYTES)));
+        assert!(!is_keyable("crm_id", &"v".repeat(MAX_STORED_IDENTIFIER_BYTES + 1)));
+        assert!(!is_keyable("k\u{0}x", "v"));
+        assert!(!is_keyable("crm_id", "a\u{0}b"));
     }
 
     #[test]

@@ -44,16 +44,25 @@ impl SentTimes {
     }
 
     /// The event's time corrected for the client's clock skew (Segment's rule).
+    /// A correction that would leave RFC 3339's years 0000–9999 (a client
+    /// whose `sentAt` is centuries off) is not believed: the client's own
+    /// time is kept, so every stored time stays readable by any receiver.
     pub fn corrected(&self, received_at: Timestamp) -> Timestamp {
         match (self.original(), self.sent_at) {
             (Some(original), Some(sent_at)) => {
-                Timestamp(received_at.0.saturating_sub(sent_at.0.saturating_sub(original.0)))
+                let corrected = Timestamp(received_at.0.saturating_sub(sent_at.0.saturating_sub(original.0)));
+                if (RFC3339_FIRST..=RFC3339_LAST).contains(&corrected.0) { corrected } else { original }
             }
             (Some(original), None) => original,
             (None, _) => received_at,
         }
     }
 }
+
+/// 0000-01-01T00:00:00Z, in microseconds since the epoch.
+const RFC3339_FIRST: i64 = -62_167_219_200_000_000;
+/// 9999-12-31T23:59:59.999999Z, in microseconds since the epoch.
+const RFC3339_LAST: i64 = 253_402_300_799_999_999;
 
 /// Reads the message's timestamps, or returns a violation for each one that
 /// is present (not `null`) but not RFC 3339.
@@ -189,6 +198,25 @@ mod tests {
         let (mut enrichment, mut originals, mut violations) = (Map::new(), Map::new(), Vec::new());
         apply(&mut message, &mut enrichment, &mut originals, &mut violations, received, times);
         (message, enrichment, originals, violations)
+    }
+
+    #[test]
+    fn a_skew_correction_beyond_year_9999_keeps_the_clients_time() {
+        let times = SentTimes {
+            timestamp: None,
+            original_timestamp: parse_timestamp("9999-12-31T23:59:59Z"),
+            sent_at: parse_timestamp("0001-01-01T00:00:00Z"),
+        };
+        let received = parse_timestamp("2026-12-01T08:00:00Z").unwrap();
+        assert_eq!(times.corrected(received).to_rfc3339(), "9999-12-31T23:59:59.000Z");
+        let reverse = SentTimes { original_timestamp: times.sent_at, sent_at: times.original_timestamp, ..times };
+        assert_eq!(reverse.corrected(received).to_rfc3339(), "0001-01-01T00:00:00.000Z");
+        let sane = SentTimes {
+            timestamp: None,
+            original_timestamp: parse_timestamp("2026-12-01T07:59:00Z"),
+            sent_at: parse_timestamp("2026-12-01T08:00:30Z"),
+        };
+        assert_eq!(sane.corrected(received).to_rfc3339(), "2026-12-01T07:58:30.000Z");
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub fn check_rules(rules: &IdentityRules) -> Result<(), ConfigError> {
                 custom.name
             )));
         }
+        if let Some(problem) = onepd_domain::limits::kind_problem(&custom.name) {
+            return Err(ConfigError::InvalidRules(format!("custom kind {:?}: {problem}", custom.name)));
+        }
     }
     if let Some((kind, _)) = rules.limits.iter().find(|(_, limit)| **limit == 0) {
         return Err(ConfigError::InvalidRules(format!("limits.{kind}: expected at least 1, found 0")));

@@ -102,7 +102,7 @@ pub(crate) fn named(
     // An identifier the read store cannot key (a control character, too
     // long) is no identifier: ingest refuses them, but older events may
     // hold them.
-    found.retain(|identifier| limits::identifier_problem(&identifier.value).is_none());
+    found.retain(|identifier| limits::is_keyable(identifier.kind.name(), &identifier.value));
     found
 }
 
@@ -117,10 +117,11 @@ fn context_traits(message: &Value) -> Option<&Value> {
     message.get("context").and_then(|context| context.get("traits"))
 }
 
-/// A string as is, a number as written; anything else is no identifier.
+/// A string without surrounding whitespace (as ingest stores `userId`), a
+/// number as written; anything else, or nothing left, is no identifier.
 fn scalar(value: &Value) -> Option<String> {
     match value {
-        Value::String(text) => Some(text.clone()),
+        Value::String(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
         Value::Number(number) => Some(number.to_string()),
         _ => None,
     }
@@ -158,7 +159,7 @@ mod tests {
 
     #[test]
     fn values_no_read_store_can_key_are_no_identifiers() {
-        let long = "x".repeat(onepd_domain::limits::MAX_IDENTIFIER_BYTES + 1);
+        let long = "x".repeat(onepd_domain::limits::MAX_STORED_IDENTIFIER_BYTES + 1);
         let message = json!({"type": "track", "userId": "a\u{0}b", "anonymousId": long,
             "context": {"traits": {"email": "ok@example.com"}}});
         assert_eq!(names(message, &[], &IdentityRules::default()), ["email:ok@example.com"]);
@@ -189,6 +190,21 @@ mod tests {
         let message = json!({"type": "identify", "traits": {"shopId": 77},
             "context": {"externalIds": [{"id": "c-1", "type": "crm_id"}, {"id": "x", "type": "other"}]}});
         assert_eq!(names(message, &[], &rules), ["crm_id:c-1", "shop_id:77"]);
+    }
+
+    #[test]
+    fn custom_values_are_trimmed_and_kinds_no_store_can_key_are_left_out() {
+        let bad_kind = "k\u{0}x".to_owned();
+        let rules = IdentityRules::default()
+            .with_custom(CustomKind { name: "crm_id".into(), from: CustomSource::ExternalId })
+            .with_custom(CustomKind { name: bad_kind.clone(), from: CustomSource::ExternalId });
+        let rules = IdentityRules {
+            link_kinds: vec![IdentifierKind::from_name("crm_id"), IdentifierKind::from_name(&bad_kind)],
+            ..rules
+        };
+        let message = json!({"type": "identify", "context": {"externalIds": [
+            {"id": " c-2 ", "type": "crm_id"}, {"id": "v", "type": bad_kind}]}});
+        assert_eq!(names(message, &[], &rules), ["crm_id:c-2"]);
     }
 
     #[test]
