@@ -222,3 +222,61 @@ proptest! {
         run(Backend::Postgres, steps, chunks, pages);
     }
 }
+
+/// A stop between the commit that passed an operator fact (marking its
+/// workspace's documents stale) and the end of the workspace's
+/// re-derivation: the next start replaces them, so the read model equals a
+/// rebuild.
+async fn a_restart_finishes_an_interrupted_re_derivation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let runner =
+        || Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>);
+    let quiet = |_: u64, _: u64| {};
+    let merged =
+        json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"email": "e1@example.com"}});
+    let others = json!({"type": "identify", "userId": "u2", "traits": {"email": "e1@example.com"}});
+    // Steps 0, 1 (WORKSPACE) and 2 (OTHER): the email merges u1 and u2.
+    append(
+        &log,
+        &[
+            (0, Step::Message(merged)),
+            (1, Step::Message(others)),
+            (2, Step::Message(json!({"type": "identify", "userId": "o1"}))),
+        ],
+    )
+    .await;
+    let built = runner().rebuild(&quiet).await.expect("build");
+    // The block that splits them, and the commit that passed it with only
+    // the marker: the stop came before the re-derivation finished.
+    append(&log, &[(3, Step::Block(Identifier::new(IdentifierKind::Email, "e1@example.com")))]).await;
+    let head = log.head().await.unwrap();
+    let marker = onepd_domain::DocWrite::Put {
+        workspace: WORKSPACE,
+        collection: onepd_projections::runner::REFOLD_DOCS,
+        key: "pending".into(),
+        doc: Vec::new(),
+    };
+    store.commit(built.generation.id, built.checkpoint, head, vec![marker]).await.expect("the marker commit");
+
+    let restarted = runner().start(&quiet).await.expect("start");
+    let rebuilt = runner().build(&quiet).await.expect("build").generation;
+    let live_docs = store.documents(restarted.generation.id).await.unwrap();
+    assert_eq!(live_docs, store.documents(rebuilt.id).await.unwrap());
+    assert!(!live_docs.is_empty());
+    log.close().await;
+    store.close().await;
+}
+
+#[test]
+fn a_restart_finishes_an_interrupted_re_derivation_on_sqlite() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Sqlite));
+}
+
+#[test]
+fn a_restart_finishes_an_interrupted_re_derivation_on_postgres() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Postgres));
+}

@@ -14,13 +14,16 @@
 //!    profiles it touched are committed with the batch's last position.
 //! 3. **Operator facts** (`IdentityRulesChanged`, `IdentifierBlocked`,
 //!    `IdentifierUnblocked`, `ProfileSplit`, `SubjectErased`) apply to all
-//!    of their workspace's history. When one arrives, the batch before it is
-//!    committed, then that workspace alone is re-derived from the log under
-//!    its facts up to the fact, and its documents are replaced in one
-//!    transaction that also moves the checkpoint to the fact. Other
-//!    workspaces are not re-derived: one workspace's fact never holds up
-//!    another's profiles for longer than that commit. A fact is applied
-//!    once: the checkpoint passes it in the same transaction.
+//!    of their workspace's history. When one arrives, that workspace alone
+//!    is re-derived from the log under its facts up to the fact, in the
+//!    background of the follow loop: meanwhile its events are left to the
+//!    re-derivation, its documents (still the old ones) carry a marker
+//!    committed with the checkpoint that passes the fact, and every other
+//!    workspace follows on. When it is done, it is caught up to the
+//!    checkpoint, swapped into the fold, and its documents replaced in one
+//!    transaction (marker included). A start that finds a marker replaces
+//!    that workspace's documents from the fold it has just derived. A fact
+//!    is applied once.
 //! 4. **Rebuild (blue/green).** A new generation is built from position 0
 //!    to the head beside the live one, then promoted atomically; readers use
 //!    the live generation until then. This happens on `onepd rebuild` and
@@ -158,6 +161,15 @@ impl ProfilesFold {
         let mut absorbed: Vec<(WorkspaceId, ProfileId)> = absorbed.into_iter().collect();
         absorbed.sort();
         Pending { touched, absorbed }
+    }
+
+    /// Every live profile of `workspace` with events attributed, sorted:
+    /// the profiles a writer of the whole workspace writes.
+    pub fn live_profiles(&self, workspace: WorkspaceId) -> Vec<(WorkspaceId, ProfileId)> {
+        let mut profiles: Vec<(WorkspaceId, ProfileId)> =
+            self.profiles.live_profiles(workspace).map(|profile| (workspace, profile)).collect();
+        profiles.sort();
+        profiles
     }
 
     /// The writes for one chunk of pending work: deletes for the absorbed
@@ -299,7 +311,7 @@ pub async fn fold_to(
     page_size: usize,
     progress: Progress<'_>,
 ) -> Result<(), StoreError> {
-    fold_workspace_to(log, fold, None, until, page_size, progress).await
+    fold_workspace_to(log, fold, None, Position(1), until, page_size, progress).await
 }
 
 /// Folds the accepted messages of `workspace` (of every workspace when
@@ -308,15 +320,17 @@ async fn fold_workspace_to(
     log: &dyn EventStore,
     fold: &mut ProfilesFold,
     workspace: Option<WorkspaceId>,
+    from: Position,
     until: Position,
     page_size: usize,
     progress: Progress<'_>,
 ) -> Result<(), StoreError> {
     let filter = EventFilter { workspace, event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
-    if until < Position(1) {
+    let from = from.max(Position(1));
+    if until < from {
         return Ok(());
     }
-    let mut page = log.read(Position(1), Some(until), &filter, page_size).await?;
+    let mut page = log.read(from, Some(until), &filter, page_size).await?;
     loop {
         let next = page.next;
         progress(next.0.saturating_sub(1).min(until.0), until.0);
@@ -341,8 +355,60 @@ pub struct Built {
     pub generation: Generation,
     /// The fold, ready to follow on.
     pub fold: ProfilesFold,
-    /// Every event up to here is in it.
+    /// Every event up to here is in it, but for the workspaces being
+    /// re-derived in `refolds`.
     pub checkpoint: Position,
+    /// Workspaces being re-derived under a new operator fact.
+    refolds: Refolds,
+}
+
+/// The collection of the marker a workspace's documents carry while it is
+/// being re-derived: they are stale, and a restart must replace them.
+pub const REFOLD_DOCS: &str = "refold";
+/// The key of that marker.
+const REFOLD_MARKER: &str = "pending";
+
+/// A workspace's history re-derived under its facts up to a position.
+type Refolding = futures::future::BoxFuture<'static, Result<ProfilesFold, StoreError>>;
+
+/// Workspaces being re-derived under a new operator fact, one at a time, in
+/// the background of the follow loop: their events are left to the
+/// re-derivation while every other workspace follows on.
+#[derive(Default)]
+struct Refolds {
+    /// The one being re-derived: workspace, the fact's position, the work.
+    active: Option<(WorkspaceId, Position, Refolding)>,
+    /// Those waiting, each with its latest fact's position.
+    queued: Vec<(WorkspaceId, Position)>,
+}
+
+impl std::fmt::Debug for Refolds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refolds")
+            .field("active", &self.active.as_ref().map(|(workspace, at, _)| (workspace, at)))
+            .field("queued", &self.queued)
+            .finish()
+    }
+}
+
+impl Refolds {
+    /// Whether `workspace`'s events are left to a re-derivation.
+    fn covers(&self, workspace: WorkspaceId) -> bool {
+        self.active.as_ref().is_some_and(|(active, _, _)| *active == workspace)
+            || self.queued.iter().any(|(queued, _)| *queued == workspace)
+    }
+
+    /// Asks for `workspace` to be re-derived under its facts up to `at`: a
+    /// re-derivation under older facts is dropped and queued again.
+    fn request(&mut self, workspace: WorkspaceId, at: Position) {
+        if self.active.as_ref().is_some_and(|(active, _, _)| *active == workspace) {
+            self.active = None;
+        }
+        match self.queued.iter_mut().find(|(queued, _)| *queued == workspace) {
+            Some(queued) => queued.1 = at,
+            None => self.queued.push((workspace, at)),
+        }
+    }
 }
 
 /// Drives the profiles projection over two ports.
@@ -416,7 +482,12 @@ impl Runner {
             let checkpoint = if index == last { head } else { Position::START };
             self.store.commit(generation.id, Position::START, checkpoint, writes).await.map_err(fenced_as_store)?;
         }
-        Ok(Built { generation: Generation { checkpoint: head, ..generation }, fold, checkpoint: head })
+        Ok(Built {
+            generation: Generation { checkpoint: head, ..generation },
+            fold,
+            checkpoint: head,
+            refolds: Refolds::default(),
+        })
     }
 
     /// Builds a new generation (see [`Runner::build`]), catches it up to the
@@ -439,77 +510,137 @@ impl Runner {
 
     /// Folds and commits, page by page of `page` events, everything after
     /// `built.checkpoint` up to the log's head, operator facts included
-    /// (see [`Runner::apply_batch`]). Each page is one commit, like one
-    /// batch of a live subscription.
+    /// (see [`Runner::apply_batch`]), then finishes every re-derivation they
+    /// asked for. Each page is one commit, like one batch of a live
+    /// subscription.
     pub async fn catch_up(&self, built: &mut Built, page: usize) -> Result<(), StoreError> {
         self.try_catch_up(built, page).await.map_err(fenced_as_store)
     }
 
     async fn try_catch_up(&self, built: &mut Built, page: usize) -> Result<(), ProjectionError> {
-        let head = self.log.head().await?;
-        while built.checkpoint < head {
-            let read = self.log.read(built.checkpoint.next(), Some(head), &followed_filter(), page).await?;
-            self.apply_batch(built, &read.events, Position(read.next.0 - 1)).await?;
+        loop {
+            let head = self.log.head().await?;
+            while built.checkpoint < head {
+                let read = self.log.read(built.checkpoint.next(), Some(head), &followed_filter(), page).await?;
+                self.apply_batch(built, &read.events, Position(read.next.0 - 1)).await?;
+            }
+            self.start_refold(built);
+            let Some((_, _, work)) = built.refolds.active.as_mut() else { return Ok(()) };
+            let fresh = work.await?;
+            self.finish_refold(built, fresh).await?;
         }
-        Ok(())
     }
 
     /// Folds and commits one batch of followed events that reaches `end`.
-    /// An operator fact splits the batch: what precedes it is committed,
-    /// then the fact's workspace alone is re-derived under it
-    /// ([`Runner::refold_workspace`]), then the rest follows. Other
-    /// workspaces are not re-derived, so one workspace's fact never holds
-    /// up another's profiles for longer than one commit.
+    /// An operator fact asks for its workspace to be re-derived under it
+    /// (in the background: see [`Refolds`]); until that is done, the
+    /// workspace's events are left to the re-derivation and its documents
+    /// carry a marker, committed with the checkpoint that passes the fact,
+    /// so a restart replaces them. Other workspaces follow on meanwhile: one
+    /// workspace's fact never holds up another's profiles.
     async fn apply_batch(
         &self,
         built: &mut Built,
         batch: &[RecordedEvent],
         end: Position,
     ) -> Result<(), ProjectionError> {
-        let mut rest = batch;
-        // An operator fact that cannot be read changes nothing: the fold
-        // quarantines it like any unreadable event.
-        while let Some(at) =
-            rest.iter().position(|event| event.event_type != MessageAccepted::TYPE && event.data.unreadable().is_none())
-        {
-            let fact = &rest[at];
-            built.fold.apply(&rest[..at]);
-            self.commit(built, Position(fact.position.0 - 1)).await?;
-            self.refold_workspace(built, fact.workspace_id, fact.position).await?;
-            rest = &rest[at + 1..];
+        let mut marked = Vec::new();
+        for event in batch {
+            // An operator fact that cannot be read changes nothing: the fold
+            // quarantines it like any unreadable event.
+            if event.event_type != MessageAccepted::TYPE && event.data.unreadable().is_none() {
+                built.refolds.request(event.workspace_id, event.position);
+                marked.push(event.workspace_id);
+            } else if !built.refolds.covers(event.workspace_id) {
+                built.fold.apply(std::slice::from_ref(event));
+            }
         }
-        built.fold.apply(rest);
-        self.commit(built, end).await
+        let markers = marked.into_iter().map(|workspace| DocWrite::Put {
+            workspace,
+            collection: REFOLD_DOCS,
+            key: REFOLD_MARKER.into(),
+            doc: Vec::new(),
+        });
+        self.commit_with(built, end, markers.collect()).await
     }
 
-    /// Re-derives `workspace` from the log under its operator facts up to
-    /// `at` (the fact just met) and replaces its documents with the result,
-    /// moving the checkpoint to `at`, in one transaction. A crash before the
-    /// commit leaves the checkpoint before the fact, so it is met again.
-    async fn refold_workspace(
-        &self,
-        built: &mut Built,
-        workspace: WorkspaceId,
-        at: Position,
-    ) -> Result<(), ProjectionError> {
-        let facts = read_facts_of(self.log.as_ref(), Some(workspace), at).await?;
-        let mut fresh = ProfilesFold::new(&facts);
-        fold_workspace_to(self.log.as_ref(), &mut fresh, Some(workspace), at, self.page, &|_, _| {}).await?;
+    /// Starts the next queued re-derivation when none is running.
+    fn start_refold(&self, built: &mut Built) {
+        if built.refolds.active.is_some() || built.refolds.queued.is_empty() {
+            return;
+        }
+        let (workspace, at) = built.refolds.queued.remove(0);
+        let (log, page) = (self.log.clone(), self.page);
+        let work = async move {
+            let facts = read_facts_of(log.as_ref(), Some(workspace), at).await?;
+            let mut fresh = ProfilesFold::new(&facts);
+            fold_workspace_to(log.as_ref(), &mut fresh, Some(workspace), Position(1), at, page, &|_, _| {}).await?;
+            Ok(fresh)
+        };
+        built.refolds.active = Some((workspace, at, Box::pin(work)));
+    }
+
+    /// Brings a finished re-derivation up to the checkpoint (the
+    /// workspace's events after its fact, which the follow loop left to
+    /// it), swaps it into the fold and replaces the workspace's documents
+    /// (marker included) in one transaction.
+    async fn finish_refold(&self, built: &mut Built, mut fresh: ProfilesFold) -> Result<(), ProjectionError> {
+        let (workspace, at, _) = built.refolds.active.take().expect("a re-derivation was running");
+        let page = self.page;
+        fold_workspace_to(
+            self.log.as_ref(),
+            &mut fresh,
+            Some(workspace),
+            at.next(),
+            built.checkpoint,
+            page,
+            &|_, _| {},
+        )
+        .await?;
         self.record_quarantined(&mut fresh).await?;
         let pending = fresh.take_pending();
         built.fold.profiles.replace_workspace(workspace, &mut fresh.profiles);
         let writes = built.fold.writes(&[], &pending.touched);
-        self.store.replace_workspace(built.generation.id, built.checkpoint, at, workspace, writes).await?;
-        built.checkpoint = at;
-        built.generation.checkpoint = at;
+        self.store
+            .replace_workspace(built.generation.id, built.checkpoint, built.checkpoint, workspace, writes)
+            .await?;
+        self.start_refold(built);
         Ok(())
     }
 
-    /// Commits the fold's pending writes with `checkpoint`.
-    async fn commit(&self, built: &mut Built, checkpoint: Position) -> Result<(), ProjectionError> {
+    /// At start, replaces the documents of every workspace a re-derivation
+    /// was under way for (its marker is there) with the fold's, which is
+    /// whole: it was just derived from the log under every fact up to the
+    /// checkpoint.
+    async fn finish_interrupted_refolds(
+        &self,
+        built: &mut Built,
+        workspaces: impl Iterator<Item = WorkspaceId>,
+    ) -> Result<(), ProjectionError> {
+        for workspace in workspaces {
+            let marker = self.store.get(built.generation.id, workspace, REFOLD_DOCS, &[REFOLD_MARKER.into()]).await?;
+            if marker.first().is_some_and(Option::is_some) {
+                let profiles = built.fold.live_profiles(workspace);
+                let writes = built.fold.writes(&[], &profiles);
+                self.store
+                    .replace_workspace(built.generation.id, built.checkpoint, built.checkpoint, workspace, writes)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the fold's pending writes, and `extra`, with `checkpoint`.
+    async fn commit_with(
+        &self,
+        built: &mut Built,
+        checkpoint: Position,
+        extra: Vec<DocWrite>,
+    ) -> Result<(), ProjectionError> {
         self.record_quarantined(&mut built.fold).await?;
         let pending = built.fold.take_pending();
-        let writes = built.fold.writes(&pending.absorbed, &pending.touched);
+        let mut writes = built.fold.writes(&pending.absorbed, &pending.touched);
+        writes.extend(extra);
         self.store.commit(built.generation.id, built.checkpoint, checkpoint, writes).await?;
         built.checkpoint = checkpoint;
         built.generation.checkpoint = checkpoint;
@@ -525,9 +656,14 @@ impl Runner {
                 let facts = read_facts(self.log.as_ref(), generation.checkpoint).await?;
                 let mut fold = ProfilesFold::new(&facts);
                 fold_to(self.log.as_ref(), &mut fold, generation.checkpoint, self.page, progress).await?;
-                // Everything folded so far is in the store (and recorded) already.
+                // Everything folded so far is in the store (and recorded)
+                // already, but for workspaces whose re-derivation a stop
+                // interrupted.
                 fold.forget_changes();
-                Ok(Built { checkpoint: generation.checkpoint, generation, fold })
+                let mut built =
+                    Built { checkpoint: generation.checkpoint, generation, fold, refolds: Refolds::default() };
+                self.finish_interrupted_refolds(&mut built, facts.keys().copied()).await.map_err(fenced_as_store)?;
+                Ok(built)
             }
             _ => self.rebuild(progress).await,
         }
@@ -544,9 +680,26 @@ impl Runner {
         loop {
             let mut subscription = self.log.subscribe(built.checkpoint.next(), followed_filter()).await?;
             loop {
-                let batch = subscription.next_batch().await?;
-                let end = batch.last().expect("a batch is never empty").position;
-                match self.apply_batch(&mut built, &batch, end).await {
+                self.start_refold(&mut built);
+                let step = match built.refolds.active.as_mut() {
+                    None => Step::Batch(subscription.next_batch().await?),
+                    // Waiting for a batch is cancel-safe: a subscription moves
+                    // on only when it returns events.
+                    Some((_, _, work)) => {
+                        match futures::future::select(Box::pin(subscription.next_batch()), work.as_mut()).await {
+                            futures::future::Either::Left((batch, _)) => Step::Batch(batch?),
+                            futures::future::Either::Right((fresh, _)) => Step::Refolded(fresh?),
+                        }
+                    }
+                };
+                let applied = match step {
+                    Step::Batch(batch) => {
+                        let end = batch.last().expect("a batch is never empty").position;
+                        self.apply_batch(&mut built, &batch, end).await
+                    }
+                    Step::Refolded(fresh) => self.finish_refold(&mut built, fresh).await,
+                };
+                match applied {
                     Ok(()) => on_checkpoint(built.checkpoint),
                     // Another process promoted a generation: load it.
                     Err(ProjectionError::Fenced { .. }) => break,
@@ -557,6 +710,14 @@ impl Runner {
             on_checkpoint(built.checkpoint);
         }
     }
+}
+
+/// What the follow loop met next.
+enum Step {
+    /// Events to fold.
+    Batch(Vec<RecordedEvent>),
+    /// A workspace re-derived under a new fact.
+    Refolded(ProfilesFold),
 }
 
 fn fenced_as_store(err: ProjectionError) -> StoreError {

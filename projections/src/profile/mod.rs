@@ -218,6 +218,11 @@ impl Profiles {
         self.len() == 0
     }
 
+    /// The live profiles of `workspace` with events attributed.
+    pub fn live_profiles(&self, workspace: WorkspaceId) -> impl Iterator<Item = ProfileId> + '_ {
+        self.workspaces.get(&workspace).into_iter().flat_map(|states| states.keys().copied())
+    }
+
     /// The identity graph the profiles are built on.
     pub fn graph(&self) -> &IdentityGraph {
         &self.graph
