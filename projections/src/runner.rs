@@ -688,7 +688,7 @@ impl Runner {
                     Some((_, _, work)) => {
                         match futures::future::select(Box::pin(subscription.next_batch()), work.as_mut()).await {
                             futures::future::Either::Left((batch, _)) => Step::Batch(batch?),
-                            futures::future::Either::Right((fresh, _)) => Step::Refolded(fresh?),
+                            futures::future::Either::Right((fresh, _)) => Step::Refolded(Box::new(fresh?)),
                         }
                     }
                 };
@@ -697,7 +697,7 @@ impl Runner {
                         let end = batch.last().expect("a batch is never empty").position;
                         self.apply_batch(&mut built, &batch, end).await
                     }
-                    Step::Refolded(fresh) => self.finish_refold(&mut built, fresh).await,
+                    Step::Refolded(fresh) => self.finish_refold(&mut built, *fresh).await,
                 };
                 match applied {
                     Ok(()) => on_checkpoint(built.checkpoint),
@@ -717,7 +717,7 @@ enum Step {
     /// Events to fold.
     Batch(Vec<RecordedEvent>),
     /// A workspace re-derived under a new fact.
-    Refolded(ProfilesFold),
+    Refolded(Box<ProfilesFold>),
 }
 
 fn fenced_as_store(err: ProjectionError) -> StoreError {
