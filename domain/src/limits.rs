@@ -79,11 +79,17 @@ pub fn nesting(value: &Value) -> usize {
 /// (NUL and the rest of Unicode's `Cc`), or more than
 /// [`MAX_IDENTIFIER_BYTES`].
 pub fn identifier_problem(value: &str) -> Option<String> {
-    if let Some(found) = value.chars().find(|c| c.is_control()) {
+    key_text_problem(value, MAX_IDENTIFIER_BYTES)
+}
+
+/// Why `text` cannot be part of a read-store key: a control character, or
+/// more than `max` bytes.
+fn key_text_problem(text: &str, max: usize) -> Option<String> {
+    if let Some(found) = text.chars().find(|c| c.is_control()) {
         return Some(format!("contains the control character U+{:04X}", found as u32));
     }
-    if value.len() > MAX_IDENTIFIER_BYTES {
-        return Some(format!("longer than {MAX_IDENTIFIER_BYTES} bytes ({} bytes)", value.len()));
+    if text.len() > max {
+        return Some(format!("longer than {max} bytes ({} bytes)", text.len()));
     }
     None
 }
@@ -91,13 +97,7 @@ pub fn identifier_problem(value: &str) -> Option<String> {
 /// Why `name` cannot name a custom identifier kind, if it cannot: a control
 /// character, or more than [`MAX_KIND_BYTES`].
 pub fn kind_problem(name: &str) -> Option<String> {
-    if let Some(found) = name.chars().find(|c| c.is_control()) {
-        return Some(format!("contains the control character U+{:04X}", found as u32));
-    }
-    if name.len() > MAX_KIND_BYTES {
-        return Some(format!("longer than {MAX_KIND_BYTES} bytes ({} bytes)", name.len()));
-    }
-    None
+    key_text_problem(name, MAX_KIND_BYTES)
 }
 
 /// Whether a reader can key an identifier of kind `kind` with `value`: no
@@ -106,7 +106,7 @@ pub fn kind_problem(name: &str) -> Option<String> {
 /// ([`identifier_problem`]); this is what a reader holds events stored
 /// before those rules, and rules set before them, to.
 pub fn is_keyable(kind: &str, value: &str) -> bool {
-    kind_problem(kind).is_none() && !value.chars().any(char::is_control) && value.len() <= MAX_STORED_IDENTIFIER_BYTES
+    kind_problem(kind).is_none() && key_text_problem(value, MAX_STORED_IDENTIFIER_BYTES).is_none()
 }
 
 /// Whether a JSON number names an id exactly: an integer that fits 64 bits.
