@@ -418,6 +418,35 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     let retried = deployment.cli_output(&["quarantine", "retry"]);
     assert_eq!(retried.status.code(), Some(1), "{}", String::from_utf8_lossy(&retried.stderr));
     assert!(String::from_utf8_lossy(&retried.stdout).contains("still unreadable"));
+    // An event an older onepd could not read, but this one can: a retry
+    // releases it, rebuilds the profiles and replays it to the destination.
+    let readable = events.iter().find(|event| event.event_id == after_id).expect("after-1 is in the log").position;
+    let hook_id = deployment
+        .cli_json(&["destination", "list"])
+        .into_iter()
+        .find(|entry| entry["name"] == "hook")
+        .and_then(|entry| entry["destination_id"].as_str().map(str::to_owned))
+        .unwrap();
+    let readable_id = EventId::for_message(workspace_id, "after-1");
+    plant_quarantine_records(
+        &deployment.database_url(),
+        workspace_id,
+        (readable, readable_id),
+        hook_id.parse().unwrap(),
+    )
+    .await;
+    let retried = deployment.cli_output(&["quarantine", "retry", "--position", &readable.to_string()]);
+    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
+    let said = String::from_utf8_lossy(&retried.stdout).to_string();
+    assert!(said.contains("replay requested") && said.contains("released"), "{said}");
+    assert!(
+        !deployment.cli_json(&["quarantine", "list"]).iter().any(|entry| entry["position"] == readable),
+        "a released record is no longer listed"
+    );
+    hook.wait_for(Duration::from_secs(30), "the released event is replayed", |stub| {
+        stub.webhook_ids().get(&after_id) == Some(&2)
+    })
+    .await;
 
     // Health: lag back to 0, the quarantine counted, the stalled destination shown.
     eventually(Duration::from_secs(30), "lag returns to 0", || async {
@@ -450,6 +479,44 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     assert_eq!((read(&["--user-id", "u-after"]), read(&["--anonymous-id", "anon-nul"])), live);
     deployment.cli(&["verify"]);
     drop(server);
+}
+
+/// Records, as an older onepd would have, that the profiles projection and
+/// the destination `destination` could not read the event at `position`
+/// (whose id is `event_id`).
+async fn plant_quarantine_records(
+    url: &str,
+    workspace: WorkspaceId,
+    (position, event_id): (u64, EventId),
+    destination: Uuid,
+) {
+    use onepd_domain::events::quarantine::{DESTINATION_READER, EventQuarantined, PROFILES_READER, quarantine_stream};
+    let log = EventLog::open(StoreConfig::new(url, None)).await.expect("open the log");
+    for (reader, destination, stream) in [
+        (PROFILES_READER, None, quarantine_stream(workspace)),
+        (DESTINATION_READER, Some(destination), onepd_domain::events::destination::destination_stream(destination)),
+    ] {
+        let record = EventQuarantined {
+            position: onepd_domain::Position(position),
+            event_id,
+            event_type: "MessageAccepted".into(),
+            reader: reader.into(),
+            destination_id: destination,
+            reason: "payload: unknown variant, from an older onepd".into(),
+        };
+        let event = NewEvent {
+            event_id: record.record_id(),
+            workspace_id: workspace,
+            event_type: EventQuarantined::TYPE.into(),
+            schema_version: 1,
+            data: serde_json::to_value(&record).unwrap(),
+            metadata: json!({ "actor": reader }),
+            subject: None,
+        };
+        let request = AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: vec![event] };
+        log.append(request).await.expect("append a quarantine record");
+    }
+    log.close().await;
 }
 
 fn prost_struct(value: &Value) -> prost_types::Struct {
