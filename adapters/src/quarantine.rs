@@ -11,10 +11,8 @@
 //! rebuild, which the caller runs (it applies every released event at once).
 
 use onepd_domain::events::destination::destination_stream;
-use onepd_domain::events::quarantine::{DESTINATION_READER, PROFILES_READER, QuarantineReleased, quarantine_stream};
-use onepd_domain::{
-    AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError, WorkspaceId,
-};
+use onepd_domain::events::quarantine::{DESTINATION_READER, QuarantineReleased, quarantine_stream};
+use onepd_domain::{AppendRequest, EventId, ExpectedVersion, NewEvent, Position, StoreError, WorkspaceId};
 use onepd_projections::directory::Directory;
 pub use onepd_projections::quarantine::{Quarantine, Quarantined};
 use uuid::Uuid;
@@ -84,7 +82,7 @@ pub async fn retry(
         };
         let released = QuarantineReleased {
             position: record.position,
-            reader: if record.destination_id.is_some() { DESTINATION_READER } else { PROFILES_READER }.into(),
+            reader: record.reader.clone(),
             destination_id: record.destination_id,
             applied_by,
         };
@@ -98,11 +96,7 @@ pub async fn retry(
             subject: None,
         };
         let request = AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: vec![event] };
-        match log.append(request).await {
-            Ok(_) => {}
-            Err(AppendError::Store(err)) => return Err(err.into()),
-            Err(err) => return Err(AdminError::Invalid(err.to_string())),
-        }
+        admin::append(log, request).await?;
         results.push((entry.clone(), retried));
     }
     Ok(results)

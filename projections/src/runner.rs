@@ -225,15 +225,7 @@ pub fn followed_filter() -> EventFilter {
 /// The profiles projection's quarantine record of `event`, when its payload
 /// cannot be read.
 pub fn quarantine(event: &RecordedEvent) -> Option<EventQuarantined> {
-    let reason = event.data.unreadable()?;
-    Some(EventQuarantined {
-        position: event.position,
-        event_id: event.event_id,
-        event_type: event.event_type.clone(),
-        reader: PROFILES_READER.into(),
-        destination_id: None,
-        reason: reason.to_owned(),
-    })
+    EventQuarantined::of(event, PROFILES_READER, None)
 }
 
 /// Appends quarantine records to their workspaces' `quarantine-<workspace>`

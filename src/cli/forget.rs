@@ -4,14 +4,11 @@
 //! rebuilt without them (`onepd_adapters::erasure`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use onepd_adapters::erasure;
-use onepd_adapters::readstore::ReadStore;
-use onepd_domain::{EventStore, ProjectionStore};
-use onepd_projections::runner::{PROFILES, Runner};
+use onepd_projections::runner::PROFILES;
 use serde_json::json;
 
 use super::directory;
@@ -41,10 +38,7 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
 
     // Rebuild the profiles now, so a read right after this shows the person
     // gone; a running server rebuilds on its own when it meets the erasure.
-    let store =
-        ReadStore::open(&args.target.store.database_url()).await.context("opening the projections' read store")?;
-    let store: Arc<dyn ProjectionStore> = Arc::new(store);
-    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone());
+    let (runner, store) = super::rebuild::profiles_runner(&args.target.store, &log).await?;
     let bar = output::progress(0, args.json, "{spinner} rebuilding profiles [{bar:40}] {pos}/{len} positions");
     let progress = output::reporter(&bar);
     let mut tries = 0;

@@ -5,14 +5,11 @@
 //! position, which the running server delivers.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use onepd_adapters::quarantine::{self, Retried};
-use onepd_adapters::readstore::ReadStore;
-use onepd_domain::{EventStore, Position, ProjectionStore};
-use onepd_projections::runner::Runner;
+use onepd_domain::Position;
 use serde_json::json;
 
 use super::directory;
@@ -138,10 +135,7 @@ async fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if rebuild {
-        let store =
-            ReadStore::open(&args.target.store.database_url()).await.context("opening the projections' read store")?;
-        let store: Arc<dyn ProjectionStore> = Arc::new(store);
-        let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store);
+        let (runner, _) = super::rebuild::profiles_runner(&args.target.store, &log).await?;
         runner.rebuild(&|_, _| {}).await.context("rebuilding the profiles")?;
     }
     log.close().await;

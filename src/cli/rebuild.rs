@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use onepd_adapters::EventLog;
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::{EventStore, ProjectionStore};
 use onepd_projections::runner::{PROFILES, Runner};
@@ -38,12 +39,21 @@ pub struct RebuildArgs {
     json: bool,
 }
 
+/// The profiles projection's runner over `log` and the read store beside it
+/// (the commands that rebuild the profiles share it), with that store.
+pub(super) async fn profiles_runner(
+    store: &StoreArgs,
+    log: &EventLog,
+) -> anyhow::Result<(Runner, Arc<dyn ProjectionStore>)> {
+    let read_store = ReadStore::open(&store.database_url()).await.context("opening the projections' read store")?;
+    let read_store: Arc<dyn ProjectionStore> = Arc::new(read_store);
+    Ok((Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, read_store.clone()), read_store))
+}
+
 pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
     let log = super::open_log(&args.store, false).await?;
-    let store = ReadStore::open(&args.store.database_url()).await.context("opening the projections' read store")?;
-    let store: Arc<dyn ProjectionStore> = Arc::new(store);
-    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone());
+    let (runner, _) = profiles_runner(&args.store, &log).await?;
     let bar =
         output::progress(0, args.json, "{spinner} rebuilding [{bar:40}] {pos}/{len} positions ({per_sec}, {eta})");
     let progress = output::reporter(&bar);

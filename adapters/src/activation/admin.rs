@@ -46,7 +46,8 @@ pub async fn workspace_config(log: &EventLog, workspace: WorkspaceId) -> Result<
     Ok(WorkspaceConfig::from_events(&events))
 }
 
-async fn append(log: &EventLog, request: AppendRequest) -> Result<Position, AdminError> {
+/// Appends `request`, answering a refusal as an [`AdminError`].
+pub(crate) async fn append(log: &EventLog, request: AppendRequest) -> Result<Position, AdminError> {
     match log.append(request).await {
         Ok(outcome) => Ok(*outcome.positions.last().expect("at least one event")),
         Err(AppendError::WrongExpectedVersion { .. }) => Err(AdminError::Conflict),

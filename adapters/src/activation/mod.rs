@@ -239,7 +239,6 @@ async fn measure(
     ledgers: &Live<Ledgers>,
     entries: &[(DestinationEntry, Stamp)],
 ) -> Result<Vec<DestinationHealth>, StoreError> {
-    let head = log.head().await?;
     let mut measured = Vec::with_capacity(entries.len());
     for (entry, _) in entries {
         let created = &entry.created;
@@ -248,17 +247,12 @@ async fn measure(
             None => (None, Ledger::default().state(entry.paused)),
         });
         let checkpoint = checkpoint.unwrap_or(created.start).max(created.start);
-        let mut lag = (head.0 + 1).saturating_sub(checkpoint.0);
-        if lag > 0 {
-            let filter = EventFilter {
-                workspace: Some(entry.workspace),
-                event_types: vec![MessageAccepted::TYPE.into()],
-                ..EventFilter::default()
-            };
-            if log.read(checkpoint, Some(head), &filter, 1).await?.events.is_empty() {
-                lag = 0;
-            }
-        }
+        let filter = EventFilter {
+            workspace: Some(entry.workspace),
+            event_types: vec![MessageAccepted::TYPE.into()],
+            ..EventFilter::default()
+        };
+        let lag = log.backlog(checkpoint, &filter).await?;
         metrics::gauge!("onepd_activation_lag_events", "destination" => created.name.clone()).set(lag as f64);
         measured.push(DestinationHealth {
             workspace: entry.workspace,
@@ -446,22 +440,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Records that the run could not read `event` and goes on without it.
-    async fn quarantine(&self, event: &RecordedEvent, reason: &str) -> Result<(), StoreError> {
-        let record = EventQuarantined {
-            position: event.position,
-            event_id: event.event_id,
-            event_type: event.event_type.clone(),
-            reader: DESTINATION_READER.into(),
-            destination_id: Some(self.id()),
-            reason: reason.to_owned(),
-        };
+    /// Records that the run could not read an event and goes on without it.
+    async fn quarantine(&self, record: EventQuarantined) -> Result<(), StoreError> {
         let data = serde_json::to_value(&record).expect("serializable");
         if self.record_as(record.record_id(), EventQuarantined::TYPE, data).await? {
             tracing::warn!(
                 destination = %self.entry.created.name,
-                position = event.position.0,
-                reason,
+                position = record.position.0,
+                reason = %record.reason,
                 "event quarantined; the destination goes on without it"
             );
             metrics::counter!("onepd_quarantined_events_total", "reader" => format!("destination:{}", self.entry.created.name))
@@ -546,8 +532,8 @@ impl Engine {
                     if !only.is_empty() && !only.contains(&event.position) {
                         continue;
                     }
-                    if let Some(reason) = event.data.unreadable() {
-                        self.quarantine(event, reason).await?;
+                    if let Some(record) = EventQuarantined::of(event, DESTINATION_READER, Some(self.id())) {
+                        self.quarantine(record).await?;
                         continue;
                     }
                     let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));

@@ -139,17 +139,7 @@ impl Drop for ProfilesProjection {
 }
 
 async fn record_lag(log: &EventLog, checkpoint: Position) -> Result<(), onepd_domain::StoreError> {
-    // The head as the database has it, so commits of other processes count.
-    let head = log.head().await?;
-    let mut lag = head.0.saturating_sub(checkpoint.0);
-    if lag > 0 {
-        // Events the projection does not read (rejections, configuration)
-        // are no backlog.
-        let pending = log.read(checkpoint.next(), Some(head), &followed_filter(), 1).await?;
-        if pending.events.is_empty() {
-            lag = 0;
-        }
-    }
+    let lag = log.backlog(checkpoint.next(), &followed_filter()).await?;
     metrics::gauge!("onepd_projection_checkpoint", "projection" => PROFILES).set(checkpoint.0 as f64);
     metrics::gauge!("onepd_projection_lag_events", "projection" => PROFILES).set(lag as f64);
     Ok(())

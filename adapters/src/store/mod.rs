@@ -263,6 +263,19 @@ impl EventLog {
         self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await
     }
 
+    /// How far a reader whose next position is `next` is behind the head:
+    /// the positions from `next` to the head, or 0 when none of them is an
+    /// event `filter` admits (rejections and configuration are no backlog
+    /// for a reader of messages). The head is the database's, so commits of
+    /// other processes count.
+    pub async fn backlog(&self, next: Position, filter: &EventFilter) -> Result<u64, ReadError> {
+        let head = EventStore::head(self).await?;
+        if head < next || self.read(next, Some(head), filter, 1).await?.events.is_empty() {
+            return Ok(0);
+        }
+        Ok(head.0 + 1 - next.0)
+    }
+
     /// The events of `workspace` at `positions`, in log order; positions of
     /// other workspaces or past the head are left out.
     pub async fn read_at(

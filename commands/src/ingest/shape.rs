@@ -150,43 +150,22 @@ pub fn check(message: &Map<String, Value>) -> Vec<Violation> {
     };
 
     for field in ID_FIELDS {
-        if let Some(value) = message.get(field)
-            && !matches!(value, Value::Null | Value::String(_) | Value::Number(_))
-        {
-            violations.push(Violation::new(
-                field,
-                "type",
-                format!("{field}: expected a string or number, found {}", describe(value)),
-            ));
-        }
-    }
-    for field in ID_FIELDS {
         match message.get(field) {
-            Some(Value::Number(number)) if !limits::is_exact_id_number(number) => violations.push(Violation::new(
-                field,
-                "id",
-                format!(
-                    "{field}: expected a whole number of at most 64 bits or a string, found a number that \
-                     cannot be kept exactly (send large ids as strings)"
-                ),
-            )),
-            Some(Value::String(text)) => {
-                if let Some(problem) = limits::identifier_problem(text.trim()) {
+            None | Some(Value::Null) => {}
+            Some(value @ (Value::String(_) | Value::Number(_))) => {
+                if let Some(problem) = id_problem(value) {
                     violations.push(Violation::new(field, "id", format!("{field}: {problem}")));
                 }
             }
-            _ => {}
+            Some(value) => violations.push(Violation::new(
+                field,
+                "type",
+                format!("{field}: expected a string or number, found {}", describe(value)),
+            )),
         }
     }
     for (path, value) in identifier_values(message) {
-        let problem = match value {
-            Value::String(text) => limits::identifier_problem(text),
-            Value::Number(number) if !limits::is_exact_id_number(number) => {
-                Some("a number that cannot be kept exactly (send large ids as strings)".to_owned())
-            }
-            _ => None,
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = id_problem(value) {
             violations.push(Violation::new(&path, "id", format!("{path}: {problem}")));
         }
     }
@@ -269,6 +248,21 @@ pub fn check(message: &Map<String, Value>) -> Vec<Violation> {
         None => {}
     }
     violations
+}
+
+/// Why an id value cannot identify anyone, if it cannot: a number that
+/// cannot be kept exactly, or text a read store cannot key (trimmed first,
+/// as ids are stored).
+fn id_problem(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(number) if !limits::is_exact_id_number(number) => Some(
+            "expected a whole number of at most 64 bits or a string, found a number that cannot be kept exactly \
+             (send large ids as strings)"
+                .to_owned(),
+        ),
+        Value::String(text) => limits::identifier_problem(text.trim()),
+        _ => None,
+    }
 }
 
 /// Identifier values inside a message's objects, by dotted path: the email

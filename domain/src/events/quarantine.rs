@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{EventId, Position, StreamId, WorkspaceId};
+use crate::{EventId, Position, RecordedEvent, StreamId, WorkspaceId};
 
 /// The reader named `profiles` in quarantine records.
 pub const PROFILES_READER: &str = "profiles";
@@ -46,6 +46,20 @@ pub struct EventQuarantined {
 impl EventQuarantined {
     /// The stored event type.
     pub const TYPE: &'static str = "EventQuarantined";
+
+    /// The record of `reader` (a destination's: with its id) for `event`,
+    /// when its payload cannot be read.
+    pub fn of(event: &RecordedEvent, reader: &str, destination_id: Option<Uuid>) -> Option<EventQuarantined> {
+        let reason = event.data.unreadable()?;
+        Some(EventQuarantined {
+            position: event.position,
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            reader: reader.to_owned(),
+            destination_id,
+            reason: reason.to_owned(),
+        })
+    }
 
     /// The record's event id: one per reader and position.
     pub fn record_id(&self) -> EventId {
