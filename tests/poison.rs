@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use onepd_adapters::{EventLog, StoreConfig};
 use onepd_domain::identity::{CustomKind, CustomSource, IdentifierKind, IdentityRules};
 use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, StreamId, WorkspaceId};
+use onepd_proto::admin::v1::admin_service_client::AdminServiceClient;
+use onepd_proto::admin::v1::{DestinationState, ListDestinationsRequest};
 use onepd_proto::audit::v1::ReadEventsRequest;
 use onepd_proto::ingest::v1 as pb;
 use onepd_proto::ingest::v1::ingest_service_client::IngestServiceClient;
@@ -200,6 +202,46 @@ async fn plant_legacy_events(url: &str, workspace: WorkspaceId) -> u64 {
     outcome.positions[0].0
 }
 
+/// Both workspaces, as the canaries need them: after each kind of hostile
+/// input, an ordinary identify in each must still reach its webhook and the
+/// profile API.
+struct Canaries<'a> {
+    workspace: String,
+    other: String,
+    key: String,
+    other_key: String,
+    token: String,
+    other_token: String,
+    hook: &'a Stub,
+    other_hook: &'a Stub,
+}
+
+impl Canaries<'_> {
+    /// Sends `canary-<after>` in both workspaces and waits until both are
+    /// delivered and readable.
+    async fn still_flow(&self, server: &Server, after: &str) {
+        let id = format!("canary-{after}");
+        let mut expected = Vec::new();
+        for (workspace, key, stub) in
+            [(&self.workspace, &self.key, self.hook), (&self.other, &self.other_key, self.other_hook)]
+        {
+            let (status, body) = post(server, key, "/v1/identify", json!({"userId": id, "messageId": id})).await;
+            assert_eq!(status, 200, "{after}: {body}");
+            expected.push((EventId::for_message(WorkspaceId(workspace.parse().unwrap()), &id).to_string(), stub));
+        }
+        for (event_id, stub) in &expected {
+            let what = format!("the canary after {after} is delivered");
+            stub.wait_for(Duration::from_secs(30), &what, |stub| stub.webhook_ids().contains_key(event_id)).await;
+        }
+        let profile = format!("user_id:{id}");
+        eventually(Duration::from_secs(30), &format!("the canary after {after} is readable"), || async {
+            profile_status(server, &self.workspace, &self.token, &profile).await == 200
+                && profile_status(server, &self.other, &self.other_token, &profile).await == 200
+        })
+        .await;
+    }
+}
+
 async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     let deployment = Deployment::new(url);
     let server = Server::start(deployment.path(), &deployment.store_refs());
@@ -240,6 +282,18 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     })
     .await;
 
+    let canaries = Canaries {
+        workspace: workspace.clone(),
+        other: other_id.clone(),
+        key: key.clone(),
+        other_key: other_key.clone(),
+        token: token.clone(),
+        other_token: other_token.clone(),
+        hook: &hook,
+        other_hook: &other_hook,
+    };
+    canaries.still_flow(&server, "start").await;
+
     // Deep nesting, in every object field and in arrays: 400 naming the field.
     let limit = "nesting deeper than 64 levels";
     refused(
@@ -263,6 +317,7 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
         limit,
     )
     .await;
+    canaries.still_flow(&server, "nesting").await;
     // Control characters in every identifier field: 400 naming the field.
     for bad in ["a\u{0}b", "a\u{7}b", "a\u{1f}b", "a\u{7f}b", "a\u{85}b"] {
         refused(&server, &key, "/v1/track", json!({"userId": bad, "event": "E"}), "userId", "control character").await;
@@ -292,11 +347,13 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     for (message, field) in nested_identifiers {
         refused(&server, &key, "/v1/identify", message, field, "control").await;
     }
+    canaries.still_flow(&server, "control-characters").await;
     // Integers beyond 64 bits would be rounded into one another: refused.
     for huge in ["12345678901234567890123", "12345678901234567890124"] {
         let (status, body) = post_raw(&server, &key, "/v1/track", format!(r#"{{"userId":{huge},"event":"E"}}"#)).await;
         assert_eq!((status, body["field"].as_str()), (400, Some("userId")), "{body}");
     }
+    canaries.still_flow(&server, "huge-integers").await;
     // In a batch, the bad message is rejected and the good one kept.
     let (status, body) = post(
         &server,
@@ -310,6 +367,7 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rejected"].as_array().map(Vec::len), Some(1), "{body}");
+    canaries.still_flow(&server, "batch").await;
     // gRPC: a Struct deeper than protobuf decodes is INVALID_ARGUMENT naming
     // the field (each JSON level is two protobuf levels, so this is reached
     // before onepd's own limit).
@@ -327,6 +385,7 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
         matches!(answer.result.and_then(|r| r.outcome), Some(pb::message_result::Outcome::Accepted(_))),
         "a 20-level gRPC track is accepted"
     );
+    canaries.still_flow(&server, "grpc").await;
 
     // A log that already holds an undecodable event (and a NUL id), written
     // by an older onepd: planted while the server is stopped.
@@ -335,6 +394,7 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     let deep_position = plant_legacy_events(&deployment.database_url(), workspace_id).await;
     let log_file = deployment.path().join("serve.log");
     let server = Server::start_logging(deployment.path(), &deployment.store_refs(), &log_file);
+    canaries.still_flow(&server, "legacy-events").await;
 
     // Identifiers of the legacy rules' kinds no read store can key.
     let (status, body) = post(
@@ -351,11 +411,14 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     let refused_rules = deployment.cli_output(&["identity", "rules", "set", rules_file.to_str().unwrap()]);
     assert_eq!(refused_rules.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused_rules.stderr).contains("control character"), "{refused_rules:?}");
+    canaries.still_flow(&server, "legacy-kinds").await;
 
     // An operator fact and an erasure.
     post(&server, &key, "/v1/identify", json!({"userId": "gone-user", "traits": {"email": "gone@example.com"}})).await;
     deployment.cli(&["identity", "block", "email:blocked@example.com"]);
+    canaries.still_flow(&server, "block").await;
     deployment.cli_json(&["forget", "--user-id", "gone-user"]);
+    canaries.still_flow(&server, "forget").await;
 
     // Ordinary events of both workspaces still flow, to profiles and destinations.
     let (status, body) = post(
@@ -467,6 +530,17 @@ async fn the_read_side_survives_the_poison_corpus(url: Option<&str>) {
     assert!(named("dead-adapter")["state_detail"].as_str().unwrap().starts_with("stalled since "), "{listed:?}");
     assert_eq!(named("hook")["state"], "running", "{listed:?}");
     assert_eq!(named("hook")["quarantined"], 1, "{listed:?}");
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let listed = admin
+        .list_destinations(support::with_token(ListDestinationsRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .destinations;
+    let named = |name: &str| listed.iter().find(|entry| entry.name == name).unwrap().clone();
+    assert_eq!(named("dead-adapter").state(), DestinationState::Stalled, "{listed:?}");
+    assert!(named("dead-adapter").state_detail.starts_with("stalled since "), "{listed:?}");
+    assert_eq!((named("hook").state(), named("hook").quarantined), (DestinationState::Running, 1), "{listed:?}");
     let health: Value = reqwest::get(format!("{}/healthz", server.http)).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["stalled_destinations"][0]["destination"], "dead-adapter", "{health}");
