@@ -760,7 +760,11 @@ async fn ad_platforms_describe_the_domain_identifier_tables() {
     );
     assert_eq!((google.category, google.max_batch_size), (Category::AdPlatform, 2000));
     let names: Vec<&str> = google.identifiers.iter().map(|spec| spec.name.as_str()).collect();
-    assert_eq!(names, ["hashed_email", "hashed_phone_number", "gclid"], "click uploads take email and phone only");
+    assert_eq!(
+        names,
+        ["hashed_email", "hashed_phone_number", "gclid", "gbraid", "wbraid"],
+        "click uploads take email, phone and click ids only"
+    );
     for name in BUILT_IN {
         let description = adapter(name, settings_for(name, "http://127.0.0.1:1", None)).await.describe().await.unwrap();
         assert_eq!(description.name, name);

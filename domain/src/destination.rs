@@ -116,11 +116,15 @@ pub enum IdentifierSource {
     Gclid,
     /// TikTok's click id, `context.clickIds.ttclid`.
     Ttclid,
+    /// Google's web-to-app click id for iOS, `context.clickIds.wbraid`.
+    Wbraid,
+    /// Google's app click id for iOS, `context.clickIds.gbraid`.
+    Gbraid,
 }
 
 impl IdentifierSource {
     /// Every source, in declaration order.
-    pub const ALL: [IdentifierSource; 19] = [
+    pub const ALL: [IdentifierSource; 21] = [
         IdentifierSource::Email,
         IdentifierSource::Phone,
         IdentifierSource::UserId,
@@ -140,6 +144,8 @@ impl IdentifierSource {
         IdentifierSource::Fbp,
         IdentifierSource::Gclid,
         IdentifierSource::Ttclid,
+        IdentifierSource::Wbraid,
+        IdentifierSource::Gbraid,
     ];
 
     /// The name used in events and in the adapter protocol (`date_of_birth`).
@@ -164,6 +170,8 @@ impl IdentifierSource {
             IdentifierSource::Fbp => "fbp",
             IdentifierSource::Gclid => "gclid",
             IdentifierSource::Ttclid => "ttclid",
+            IdentifierSource::Wbraid => "wbraid",
+            IdentifierSource::Gbraid => "gbraid",
         }
     }
 
@@ -465,6 +473,16 @@ pub trait Destination: Send + Sync {
     /// retryable.
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError>;
 
+    /// The requests [`Destination::deliver`] would send for `events`, built
+    /// by the same code, without sending them: what `onepd policy explain`
+    /// shows and what tests compare with what a platform received. Adapters
+    /// in another process keep the default, `None`: what they receive is
+    /// the [`PreparedEvent`] itself.
+    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
+        let _ = events;
+        None
+    }
+
     /// Asks the destination to delete what it holds about a person who was
     /// erased. Adapters whose platform has no deletion API keep the default,
     /// [`DeletionAnswer::Unsupported`].
@@ -472,6 +490,64 @@ pub trait Destination: Send + Sync {
         let _ = request;
         Ok(DeletionAnswer::Unsupported)
     }
+}
+
+/// One HTTP request an adapter sends, as [`Destination::render`] builds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RenderedRequest {
+    /// `POST`, usually.
+    pub method: String,
+    /// The full URL, query included.
+    pub url: String,
+    /// The request's own headers (not those the HTTP client adds).
+    pub headers: Vec<(String, String)>,
+    /// The exact body.
+    pub body: Vec<u8>,
+    /// The events the request carries.
+    pub events: Vec<EventId>,
+    /// Values in `url` and `headers` that are credentials (access tokens,
+    /// API secrets, signatures), which [`RenderedRequest::redacted`] hides.
+    pub secrets: Vec<String>,
+}
+
+impl RenderedRequest {
+    /// The URL and headers with every credential replaced by `<redacted>`,
+    /// for showing to a person or writing to a log.
+    pub fn redacted(&self) -> (String, Vec<(String, String)>) {
+        let hide = |text: &str| {
+            self.secrets.iter().filter(|secret| !secret.is_empty()).fold(text.to_owned(), |text, secret| {
+                let encoded: String = url_encoded(secret);
+                text.replace(secret.as_str(), "<redacted>").replace(&encoded, "<redacted>")
+            })
+        };
+        (hide(&self.url), self.headers.iter().map(|(name, value)| (name.clone(), hide(value))).collect())
+    }
+}
+
+impl fmt::Debug for RenderedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (url, headers) = self.redacted();
+        f.debug_struct("RenderedRequest")
+            .field("method", &self.method)
+            .field("url", &url)
+            .field("headers", &headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// `text` as a URL query value encodes it (`application/x-www-form-urlencoded`).
+fn url_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(char::from(byte)),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// A person's erasure, as one destination is asked to honour it.

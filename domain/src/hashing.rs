@@ -124,8 +124,8 @@ pub fn meta_identifiers() -> Vec<IdentifierSpec> {
 /// (`OfflineUserAddressInfo`), first name (lowercase, extra spaces removed),
 /// last name (lowercase, no punctuation) and street (lowercase) hashed, and
 /// city, state, country code (ISO 3166-1 alpha-2, as ISO writes it) and
-/// postal code sent in clear, as the Google Ads API requires; `gclid` as it
-/// is.
+/// postal code sent in clear, as the Google Ads API requires; `gclid`,
+/// `gbraid` and `wbraid` (the iOS click ids) as they are.
 pub fn google_ads_identifiers() -> Vec<IdentifierSpec> {
     use Hashing::{None as Raw, Sha256};
     use IdentifierSource as S;
@@ -141,6 +141,8 @@ pub fn google_ads_identifiers() -> Vec<IdentifierSpec> {
         spec("address_info.country_code", S::Country, N::CountryUppercase, Raw),
         spec("address_info.postal_code", S::PostalCode, N::Trim, Raw),
         spec("gclid", S::Gclid, N::Trim, Raw),
+        spec("gbraid", S::Gbraid, N::Trim, Raw),
+        spec("wbraid", S::Wbraid, N::Trim, Raw),
     ]
 }
 
@@ -732,6 +734,8 @@ mod tests {
                 ("address_info.country_code", false),
                 ("address_info.postal_code", false),
                 ("gclid", false),
+                ("gbraid", false),
+                ("wbraid", false),
             ])
         );
         assert_eq!(

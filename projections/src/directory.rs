@@ -30,6 +30,8 @@ pub struct WorkspaceEntry {
     /// Whether ad platforms may receive IP addresses and user agents in a
     /// healthcare workspace.
     pub allow_ip_user_agent: bool,
+    /// The registered site origin restricted ad platforms get as the page URL.
+    pub site_origin: Option<String>,
     /// Region for phone numbers without a country code.
     pub default_region: Option<String>,
     /// When it was created.
@@ -121,6 +123,7 @@ impl Fold for Directory {
                         name: created.name,
                         industry: created.industry,
                         allow_ip_user_agent: false,
+                        site_origin: None,
                         default_region: created.default_region,
                         created_at: event.recorded_at,
                         plan: None,
@@ -215,6 +218,7 @@ impl Fold for Directory {
                 {
                     entry.industry = set.industry;
                     entry.allow_ip_user_agent = set.allow_ip_user_agent;
+                    entry.site_origin = set.site_origin;
                     entry.settings_version = event.position.0;
                 }
             }

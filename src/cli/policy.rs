@@ -13,7 +13,7 @@ use onepd_adapters::activation::explain::explain;
 use onepd_adapters::activation::{Privacy, admin, connect};
 use onepd_domain::EventId;
 use onepd_domain::events::workspace::{Industry, WorkspacePolicySet};
-use onepd_domain::policy::{Classification, DestinationPolicy};
+use onepd_domain::policy::{self, Classification, DestinationPolicy};
 use onepd_projections::activation::Prepared;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -49,6 +49,11 @@ pub struct SetArgs {
     /// healthcare (withheld by default).
     #[arg(long)]
     allow_ip_user_agent: bool,
+    /// The business's site origin (`https://www.example.com`): the page URL
+    /// a restricted industry's ad platforms receive, whatever the page.
+    /// Without it they receive no page URL.
+    #[arg(long, value_name = "URL")]
+    site_origin: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -59,8 +64,10 @@ pub struct SetArgs {
 #[derive(Debug, Args, Default)]
 pub struct PolicyArgs {
     /// A field a restricted industry's ad platform may receive beyond the
-    /// standard allowlist (`properties.appointment_type`). Repeat for several.
-    #[arg(long = "allow-field", value_name = "PATH")]
+    /// standard allowlist: `PATH` takes numbers (`properties.visits`),
+    /// `PATH=A|B|C` only the values listed
+    /// (`properties.appointment_type=new|follow_up`). Repeat for several.
+    #[arg(long = "allow-field", value_name = "PATH[=A|B]")]
     allow_fields: Vec<String>,
     /// Map a custom track name to a generic one, `CUSTOM=GENERIC`
     /// (`"Appointment Booked=Schedule"`). Repeat for several.
@@ -75,6 +82,21 @@ pub struct PolicyArgs {
     /// overriding the workspace.
     #[arg(long, value_name = "true|false")]
     ip_user_agent: Option<bool>,
+    /// A business associate agreement covers this destination: in
+    /// healthcare, an analytics or marketing tool without one is scrubbed
+    /// like an ad platform.
+    #[arg(long)]
+    baa: bool,
+    /// Turn on a personal detail for a restricted industry's ad platform
+    /// (first_name, last_name, gender, date_of_birth, city, state,
+    /// postal_code, country, street, anonymous_id); off by default. Repeat
+    /// for several.
+    #[arg(long = "identifier", value_name = "SOURCE")]
+    identifiers: Vec<String>,
+    /// Let a restricted industry's ad platform receive events without
+    /// marketing consent (needed by default unless --consent names others).
+    #[arg(long)]
+    consent_not_required: bool,
 }
 
 impl PolicyArgs {
@@ -92,11 +114,19 @@ impl PolicyArgs {
             .iter()
             .map(|class| class.parse::<Classification>().map_err(|err| anyhow::anyhow!("--remove: {err}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let identifiers = self
+            .identifiers
+            .iter()
+            .map(|source| source.parse().map_err(|err| anyhow::anyhow!("--identifier: {err}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let policy = DestinationPolicy {
             allow_fields: self.allow_fields.clone(),
             event_names,
             remove,
             allow_ip_user_agent: self.ip_user_agent,
+            baa: self.baa,
+            identifiers,
+            consent_not_required: self.consent_not_required,
         };
         policy.validate().map_err(|reason| anyhow::anyhow!("policy.{reason}"))?;
         Ok(policy)
@@ -150,17 +180,24 @@ pub async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
 async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
     let (log, _, workspace) = directory::open(&args.target).await?;
     let config = directory::config(&log, workspace).await?;
-    let policy = WorkspacePolicySet { industry: args.industry, allow_ip_user_agent: args.allow_ip_user_agent };
-    let event = config.set_workspace_policy(workspace, policy, "onepd policy set")?;
+    let site_origin =
+        args.site_origin.as_deref().map(policy::site_origin).transpose().map_err(|err| anyhow::anyhow!("--{err}"))?;
+    let policy = WorkspacePolicySet {
+        industry: args.industry,
+        allow_ip_user_agent: args.allow_ip_user_agent,
+        site_origin: site_origin.clone(),
+    };
+    let event = config.set_workspace_policy(workspace, policy.clone(), "onepd policy set")?;
     let position = directory::append(&log, workspace, &config, vec![event]).await?;
     log.close().await;
     if args.json {
         output::json(&json!({ "workspace_id": workspace.0, "policy": policy, "position": position.0 }));
     } else {
         output::line(format!(
-            "industry {}{} (position {})",
+            "industry {}{}{} (position {})",
             args.industry.as_str(),
             if args.allow_ip_user_agent { ", IP addresses and user agents allowed" } else { "" },
+            site_origin.map(|origin| format!(", site origin {origin}")).unwrap_or_default(),
             position.0
         ));
     }
@@ -194,6 +231,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         output::json(&json!({
             "industry": privacy.workspace.industry,
             "allow_ip_user_agent": privacy.workspace.allow_ip_user_agent,
+            "site_origin": privacy.workspace.site_origin,
             "destinations": destinations,
             "classifications": annotations,
         }));
@@ -212,6 +250,10 @@ async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         "IP addresses and user agents for healthcare ad platforms: {}",
         if privacy.workspace.allow_ip_user_agent { "allowed" } else { "withheld" }
     ));
+    output::line(format!(
+        "site origin (the page URL restricted ad platforms receive): {}",
+        privacy.workspace.site_origin.as_deref().unwrap_or("none registered, so no page URL is sent")
+    ));
     for destination in &destinations {
         output::line(format!("destination {}: {}", destination["name"].as_str().unwrap_or(""), destination["policy"]));
     }
@@ -226,8 +268,23 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let explained =
         explain(&log, &entry, &privacy, &connect(), EventId(args.event_id)).await.context("explaining the event")?;
     log.close().await;
-    let category = explained.description.category.as_str();
+    let category = explained.description.category;
+    let treated = policy::treated_as(category, &privacy.workspace, &entry.created.policy);
     let industry = privacy.workspace.industry.as_str();
+    let requests: Vec<Value> = explained
+        .requests
+        .iter()
+        .flatten()
+        .map(|request| {
+            let (url, headers) = request.redacted();
+            json!({
+                "method": request.method,
+                "url": url,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&request.body),
+            })
+        })
+        .collect();
     let (verdict, body) = match &explained.prepared {
         Prepared::Send(prepared, notes) => (
             "sent",
@@ -236,9 +293,12 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                 "identifiers": prepared.identifiers.keys().map(|name| json!({
                     "name": name,
                     "hashed": notes.hashed.contains(name),
+                    "keyed": notes.keyed.contains(name),
                 })).collect::<Vec<_>>(),
                 "traits": prepared.traits.keys().collect::<Vec<_>>(),
                 "scrubbed": notes.scrubbed.iter().map(|(field, reason)| json!({"field": field, "reason": reason})).collect::<Vec<_>>(),
+                "warnings": notes.warnings,
+                "requests": if explained.requests.is_some() { Value::from(requests.clone()) } else { Value::Null },
             }),
         ),
         Prepared::Withheld { rule, reason } => ("withheld", json!({ "rule": rule, "reason": reason })),
@@ -249,7 +309,8 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         output::json(&json!({
             "destination": entry.created.name,
-            "category": category,
+            "category": category.as_str(),
+            "treated_as": treated.as_str(),
             "industry": industry,
             "event_id": args.event_id,
             "position": explained.position.0,
@@ -258,15 +319,29 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }));
         return Ok(ExitCode::SUCCESS);
     }
+    let treated_note = if treated == category {
+        String::new()
+    } else {
+        format!(", treated as {treated}: no business associate agreement")
+    };
     output::line(format!(
-        "event {} (position {}) for {} ({category}, industry {industry}): {verdict}",
+        "event {} (position {}) for {} ({category}{treated_note}, industry {industry}): {verdict}",
         args.event_id, explained.position.0, entry.created.name
     ));
     match &explained.prepared {
         Prepared::Send(prepared, notes) => {
+            for warning in &notes.warnings {
+                output::line(format!("warning: {warning}"));
+            }
             output::line("identifiers:");
             for name in prepared.identifiers.keys() {
-                let how = if notes.hashed.contains(name) { "sha256" } else { "as normalized" };
+                let how = if notes.keyed.contains(name) {
+                    "hmac-sha256 keyed per workspace"
+                } else if notes.hashed.contains(name) {
+                    "sha256"
+                } else {
+                    "as normalized"
+                };
                 output::line(format!("  {name} ({how})"));
             }
             output::line("scrubbed:");
@@ -276,8 +351,25 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             for (field, reason) in &notes.scrubbed {
                 output::line(format!("  {field}: {reason}"));
             }
-            output::line("message sent:");
-            output::line(serde_json::to_string_pretty(&prepared.message).unwrap_or_default());
+            match &explained.requests {
+                Some(requests) => {
+                    if requests.is_empty() {
+                        output::line("request: none (the adapter takes nothing from this event)");
+                    }
+                    for request in requests {
+                        let (url, headers) = request.redacted();
+                        output::line(format!("request: {} {url}", request.method));
+                        for (name, value) in headers {
+                            output::line(format!("  {name}: {value}"));
+                        }
+                        output::line(String::from_utf8_lossy(&request.body));
+                    }
+                }
+                None => {
+                    output::line("prepared event sent to the adapter:");
+                    output::line(serde_json::to_string_pretty(&prepared.message).unwrap_or_default());
+                }
+            }
         }
         _ => output::line(format!("  {}", body["reason"].as_str().unwrap_or_default())),
     }

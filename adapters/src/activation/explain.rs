@@ -1,11 +1,15 @@
 //! `onepd policy explain`: what one destination would receive for one event,
 //! what the sensitive-data policy scrubbed, and why — computed exactly as a
 //! delivery computes it (the profile folded up to the event, the adapter's
-//! own description, the same [`prepare`]).
+//! own description, the workspace's keys, the same [`prepare`]), down to the
+//! request a built-in adapter would send ([`Destination::render`], the code
+//! its delivery sends with).
+//!
+//! [`Destination::render`]: onepd_domain::destination::Destination::render
 
 use std::time::Duration;
 
-use onepd_domain::destination::Description;
+use onepd_domain::destination::{Description, RenderedRequest};
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::{EventFilter, EventId, EventStore, Position};
 use onepd_projections::activation::{Prepared, prepare};
@@ -28,6 +32,10 @@ pub struct Explanation {
     pub position: Position,
     /// What the destination would get.
     pub prepared: Prepared,
+    /// The requests a built-in adapter would send for the event alone;
+    /// `None` for an adapter in another process, which receives the
+    /// prepared event itself.
+    pub requests: Option<Vec<RenderedRequest>>,
 }
 
 /// Explains `event_id` for the destination `entry` under `privacy`.
@@ -72,9 +80,14 @@ pub async fn explain(
                 )));
             }
             let view = profile.and_then(|profile| fold.profiles().view(event.workspace_id, profile));
+            let privacy = privacy.clone().with_secrets(log.workspace_secrets(entry.workspace));
             let target = privacy.target(&entry.created, &description);
             let prepared = prepare(event, view.as_ref(), target);
-            return Ok(Explanation { description, position: event.position, prepared });
+            let requests = match &prepared {
+                Prepared::Send(event, _) => adapter.render(std::slice::from_ref(event)),
+                _ => Some(Vec::new()),
+            };
+            return Ok(Explanation { description, position: event.position, prepared, requests });
         }
         if page.events.is_empty() {
             break;

@@ -36,7 +36,7 @@ use onepd_domain::events::destination::{
 use onepd_domain::events::identity::FACT_TYPES;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::quarantine::{DESTINATION_READER, EventQuarantined};
-use onepd_domain::policy::{Annotations, WorkspacePolicy};
+use onepd_domain::policy::{Annotations, WorkspacePolicy, WorkspaceSecrets};
 use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
     Timestamp, WorkspaceId,
@@ -200,7 +200,9 @@ async fn supervise(
         });
         // The policy (tracking plan annotations included) is read only when
         // a run starts: it is fixed for the run's life.
-        let privacy = |workspace: WorkspaceId| Arc::new(directory.read(|d| Privacy::of(d, workspace)));
+        let privacy = |workspace: WorkspaceId| {
+            Arc::new(directory.read(|d| Privacy::of(d, workspace)).with_secrets(log.workspace_secrets(workspace)))
+        };
         for (entry, stamp) in &entries {
             let id = entry.created.destination_id;
             if !entry.paused && !live.contains_key(&id) {
@@ -277,6 +279,8 @@ pub struct Privacy {
     pub workspace: WorkspacePolicy,
     /// Classifications from the tracking plan.
     pub annotations: Annotations,
+    /// The keys of its keyed hashes ([`EventLog::workspace_secrets`]).
+    pub secrets: Option<WorkspaceSecrets>,
 }
 
 impl Privacy {
@@ -284,7 +288,11 @@ impl Privacy {
     pub fn of(directory: &Directory, workspace: WorkspaceId) -> Privacy {
         let Some(entry) = directory.workspace(workspace) else { return Privacy::default() };
         Privacy {
-            workspace: WorkspacePolicy { industry: entry.industry, allow_ip_user_agent: entry.allow_ip_user_agent },
+            workspace: WorkspacePolicy {
+                industry: entry.industry,
+                allow_ip_user_agent: entry.allow_ip_user_agent,
+                site_origin: entry.site_origin.clone(),
+            },
             // A plan is checked when it is set, so one that does not read
             // here can only be older than classifications: it has none.
             annotations: entry
@@ -292,12 +300,25 @@ impl Privacy {
                 .as_ref()
                 .and_then(|(_, plan)| Annotations::from_plan(plan).ok())
                 .unwrap_or_default(),
+            secrets: None,
         }
+    }
+
+    /// The same policy with the workspace's keys.
+    pub fn with_secrets(mut self, secrets: Option<WorkspaceSecrets>) -> Privacy {
+        self.secrets = secrets;
+        self
     }
 
     /// The target a run prepares events for.
     pub fn target<'a>(&'a self, created: &'a DestinationCreated, description: &'a Description) -> Target<'a> {
-        Target { destination: created, description, workspace: &self.workspace, annotations: &self.annotations }
+        Target {
+            destination: created,
+            description,
+            workspace: &self.workspace,
+            annotations: &self.annotations,
+            secrets: self.secrets.as_ref(),
+        }
     }
 }
 

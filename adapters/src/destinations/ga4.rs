@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -135,8 +135,8 @@ impl Ga4 {
         })
     }
 
-    /// Sends one request for `group`.
-    async fn send(&self, group: &Group<'_>, chunk: &[(&PreparedEvent, Value)]) -> Result<(), DeliverError> {
+    /// The request for one chunk of `group`.
+    fn request(&self, group: &Group<'_>, chunk: &[(&PreparedEvent, Value)]) -> Result<RenderedRequest, DeliverError> {
         let first_micros = chunk.iter().filter_map(|(_, e)| e["timestamp_micros"].as_i64()).min();
         let mut body = json!({
             "client_id": group.client_id,
@@ -148,35 +148,19 @@ impl Ga4 {
         if let Some(micros) = first_micros {
             body["timestamp_micros"] = json!(micros);
         }
-        let body = serde_json::to_vec(&body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
-        let request = http::client()
-            .post(&self.url)
-            .query(&[("measurement_id", &self.measurement_id), ("api_secret", &self.api_secret)]);
-        http::post_json(request, body, self.timeout).await.map(drop)
-    }
-}
-
-/// The events of one client and user, in batch order.
-struct Group<'a> {
-    client_id: String,
-    user_id: Option<String>,
-    events: Vec<(&'a PreparedEvent, Value)>,
-}
-
-#[async_trait]
-impl Destination for Ga4 {
-    async fn describe(&self) -> Result<Description, DeliverError> {
-        Ok(Description {
-            name: NAME.to_owned(),
-            category: Category::Analytics,
-            // The client and user ids come from the message itself.
-            identifiers: Vec::new(),
-            max_batch_size: MAX_BATCH_SIZE,
-            rate_limit_per_second: None,
-        })
+        http::json_post(
+            &self.url,
+            &[("measurement_id", &self.measurement_id), ("api_secret", &self.api_secret)],
+            Vec::new(),
+            &body,
+            chunk.iter().map(|(event, _)| event.event_id),
+            vec![self.api_secret.clone()],
+        )
     }
 
-    async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
+    /// The results known without sending and the requests, each at most
+    /// [`EVENTS_PER_REQUEST`] events of one client and user.
+    fn build(&self, events: &[PreparedEvent]) -> Result<(Vec<EventResult>, Vec<RenderedRequest>), DeliverError> {
         let mut results = Vec::with_capacity(events.len());
         let mut groups: Vec<Group> = Vec::new();
         for event in events {
@@ -206,29 +190,61 @@ impl Destination for Ga4 {
                 None => groups.push(Group { client_id, user_id, events: vec![(event, ga_event)] }),
             }
         }
-        let mut requests = 0;
-        let mut failures = Vec::new();
+        let mut requests = Vec::new();
         for group in &groups {
             for chunk in group.events.chunks(EVENTS_PER_REQUEST) {
-                requests += 1;
-                let outcome = match self.send(group, chunk).await {
-                    Ok(()) => Outcome::Delivered,
-                    Err(err @ DeliverError::Adapter(_)) => return Err(err),
-                    Err(err) => {
-                        let outcome = http::as_outcome(&err);
-                        failures.push(err);
-                        outcome
-                    }
-                };
-                results.extend(
-                    chunk.iter().map(|(event, _)| EventResult { event_id: event.event_id, outcome: outcome.clone() }),
-                );
+                requests.push(self.request(group, chunk)?);
             }
         }
-        if requests > 0 && failures.len() == requests {
+        Ok((results, requests))
+    }
+}
+
+/// The events of one client and user, in batch order.
+struct Group<'a> {
+    client_id: String,
+    user_id: Option<String>,
+    events: Vec<(&'a PreparedEvent, Value)>,
+}
+
+#[async_trait]
+impl Destination for Ga4 {
+    async fn describe(&self) -> Result<Description, DeliverError> {
+        Ok(Description {
+            name: NAME.to_owned(),
+            category: Category::Analytics,
+            // The client and user ids come from the message itself.
+            identifiers: Vec::new(),
+            max_batch_size: MAX_BATCH_SIZE,
+            rate_limit_per_second: None,
+        })
+    }
+
+    async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
+        let (mut results, requests) = self.build(events)?;
+        let mut failures = Vec::new();
+        for request in &requests {
+            let outcome = match http::post_rendered(request, self.timeout).await {
+                Ok(_) => Outcome::Delivered,
+                Err(err @ DeliverError::Adapter(_)) => return Err(err),
+                Err(err) => {
+                    let outcome = http::as_outcome(&err);
+                    failures.push(err);
+                    outcome
+                }
+            };
+            results.extend(
+                request.events.iter().map(|event_id| EventResult { event_id: *event_id, outcome: outcome.clone() }),
+            );
+        }
+        if !requests.is_empty() && failures.len() == requests.len() {
             return Err(failures.swap_remove(0));
         }
         Ok(results)
+    }
+
+    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
+        Some(self.build(events).ok()?.1)
     }
 }
 

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
 };
 use onepd_domain::hashing::google_ads_identifiers;
 use serde::Deserialize;
@@ -61,7 +61,7 @@ pub const MAX_BATCH_SIZE: u32 = 2000;
 const MAX_USER_IDENTIFIERS: usize = 5;
 
 /// The identifier fields this adapter sends.
-const SENT_IDENTIFIERS: [&str; 3] = ["hashed_email", "hashed_phone_number", "gclid"];
+const SENT_IDENTIFIERS: [&str; 5] = ["hashed_email", "hashed_phone_number", "gclid", "gbraid", "wbraid"];
 
 /// The settings `onepd destination create --adapter google_ads` takes.
 #[derive(Debug, Clone, Deserialize)]
@@ -176,8 +176,12 @@ impl GoogleAds {
         }
         let order_id = mapping::order_id(properties).unwrap_or_else(|| event.event_id.to_string());
         conversion.insert("orderId".into(), json!(order_id));
-        if let Some(gclid) = event.identifiers.get("gclid").and_then(|values| values.first()) {
-            conversion.insert("gclid".into(), json!(gclid));
+        // One click id per conversion: gclid, else the iOS gbraid or wbraid.
+        if let Some((field, id)) = ["gclid", "gbraid", "wbraid"]
+            .iter()
+            .find_map(|field| Some((*field, event.identifiers.get(*field)?.first()?)))
+        {
+            conversion.insert(field.into(), json!(id));
         }
         let user_identifiers: Vec<Value> =
             [("hashed_email", "hashedEmail"), ("hashed_phone_number", "hashedPhoneNumber")]
@@ -195,8 +199,9 @@ impl GoogleAds {
         if !user_identifiers.is_empty() {
             conversion.insert("userIdentifiers".into(), json!(user_identifiers));
         }
-        if !conversion.contains_key("gclid") && !conversion.contains_key("userIdentifiers") {
-            return Err("no gclid and no hashed email or phone to attribute the conversion with".to_owned());
+        let clicked = ["gclid", "gbraid", "wbraid"].iter().any(|field| conversion.contains_key(*field));
+        if !clicked && !conversion.contains_key("userIdentifiers") {
+            return Err("no click id and no hashed email or phone to attribute the conversion with".to_owned());
         }
         Ok(Value::Object(conversion))
     }
@@ -218,27 +223,9 @@ impl Destination for GoogleAds {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        // Not a conversion of this account (see the module doc).
-        let mapping::Mapped { mut results, sent, records: conversions } = mapping::map_events(events, |event| {
-            let action = match (event.message_type.as_str(), event.name.as_deref()) {
-                ("track", Some(name)) => self.action_for(name)?,
-                _ => return None,
-            };
-            Some(self.conversion(action, event))
-        });
-        if conversions.is_empty() {
-            return Ok(results);
-        }
-        let body = json!({ "conversions": conversions, "partialFailure": true });
-        let body = serde_json::to_vec(&body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
-        let mut request = http::client()
-            .post(&self.url)
-            .bearer_auth(&self.access_token)
-            .header("developer-token", &self.developer_token);
-        if let Some(login) = &self.login_customer_id {
-            request = request.header("login-customer-id", login);
-        }
-        let answer = http::post_json(request, body, self.timeout).await?;
+        let (mut results, sent, request) = self.build(events)?;
+        let Some(request) = request else { return Ok(results) };
+        let answer = http::post_rendered(&request, self.timeout).await?;
         let failures = partial_failures(&answer.json(), sent.len())?;
         results.extend(sent.iter().enumerate().map(|(index, event)| EventResult {
             event_id: event.event_id,
@@ -248,6 +235,48 @@ impl Destination for GoogleAds {
             },
         }));
         Ok(results)
+    }
+
+    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
+        Some(self.build(events).ok()?.2.into_iter().collect())
+    }
+}
+
+impl GoogleAds {
+    /// The results known without sending, the conversions' events, and the
+    /// one upload request (none when no event is a conversion).
+    fn build(
+        &self,
+        events: &[PreparedEvent],
+    ) -> Result<(Vec<EventResult>, Vec<PreparedEvent>, Option<RenderedRequest>), DeliverError> {
+        // Not a conversion of this account (see the module doc).
+        let mapping::Mapped { results, sent, records: conversions } = mapping::map_events(events, |event| {
+            let action = match (event.message_type.as_str(), event.name.as_deref()) {
+                ("track", Some(name)) => self.action_for(name)?,
+                _ => return None,
+            };
+            Some(self.conversion(action, event))
+        });
+        if conversions.is_empty() {
+            return Ok((results, sent, None));
+        }
+        let body = json!({ "conversions": conversions, "partialFailure": true });
+        let mut headers = vec![
+            ("Authorization".to_owned(), format!("Bearer {}", self.access_token)),
+            ("developer-token".to_owned(), self.developer_token.clone()),
+        ];
+        if let Some(login) = &self.login_customer_id {
+            headers.push(("login-customer-id".to_owned(), login.clone()));
+        }
+        let request = http::json_post(
+            &self.url,
+            &[],
+            headers,
+            &body,
+            sent.iter().map(|event| event.event_id),
+            vec![self.access_token.clone(), self.developer_token.clone()],
+        )?;
+        Ok((results, sent, Some(request)))
     }
 }
 

@@ -20,9 +20,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use onepd_domain::destination::{DeliverError, EventResult, Outcome, PreparedEvent};
+use onepd_domain::EventId;
+use onepd_domain::destination::{DeliverError, EventResult, Outcome, PreparedEvent, RenderedRequest};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// How long a connection may take to open. Generous: the engine's own
 /// timeout bounds a whole delivery.
@@ -109,36 +110,67 @@ pub(crate) fn reason(status: StatusCode, body: &str) -> String {
     if short.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {short}") }
 }
 
-/// Sends `request` with `body` as its JSON payload and reads the answer:
+/// A JSON `POST` to `url` with `query` appended, as [`send_rendered`] sends
+/// it: `Content-Type: application/json` first, then `headers`; `secrets`
+/// are the credentials among the query and header values.
+pub(crate) fn json_post(
+    url: &str,
+    query: &[(&str, &str)],
+    headers: Vec<(String, String)>,
+    body: &serde_json::Value,
+    events: impl IntoIterator<Item = EventId>,
+    secrets: Vec<String>,
+) -> Result<RenderedRequest, DeliverError> {
+    let url = if query.is_empty() {
+        url.to_owned()
+    } else {
+        reqwest::Url::parse_with_params(url, query)
+            .map_err(|err| DeliverError::Adapter(format!("request could not be built: {err}")))?
+            .to_string()
+    };
+    let body = serde_json::to_vec(body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
+    let mut all = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+    all.extend(headers);
+    Ok(RenderedRequest {
+        method: "POST".to_owned(),
+        url,
+        headers: all,
+        body,
+        events: events.into_iter().collect(),
+        secrets,
+    })
+}
+
+/// Sends a rendered request exactly as rendered and reads the answer:
 /// `Ok(Ok(answer))` for a 2xx, `Ok(Err(refusal))` for any other status, and
 /// `Err` when no answer came (timeout, connection refused) or the request
 /// could not be built.
-pub(crate) async fn send_json(
-    request: reqwest::RequestBuilder,
-    body: Vec<u8>,
+pub(crate) async fn send_rendered(
+    rendered: &RenderedRequest,
     timeout: Duration,
 ) -> Result<Result<Answer, Refusal>, DeliverError> {
-    let response = request
-        .header(CONTENT_TYPE, "application/json")
-        .timeout(timeout)
-        .body(body)
-        .send()
-        .await
-        .map_err(transport_error)?;
+    let method = reqwest::Method::from_bytes(rendered.method.as_bytes())
+        .map_err(|_| DeliverError::Adapter(format!("request could not be built: method {}", rendered.method)))?;
+    let mut request = client().request(method, &rendered.url);
+    for (name, value) in &rendered.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    answer(request.timeout(timeout).body(rendered.body.clone())).await
+}
+
+/// Like [`send_rendered`], with every non-2xx answer classified.
+pub(crate) async fn post_rendered(rendered: &RenderedRequest, timeout: Duration) -> Result<Answer, DeliverError> {
+    send_rendered(rendered, timeout).await?.map_err(Refusal::classify)
+}
+
+/// Sends a built request and reads its answer.
+async fn answer(request: reqwest::RequestBuilder) -> Result<Result<Answer, Refusal>, DeliverError> {
+    let response = request.send().await.map_err(transport_error)?;
     let status = response.status();
     let retry_after = retry_after(response.headers(), SystemTime::now());
     let bytes = response.bytes().await.map_err(transport_error)?;
     let body = String::from_utf8_lossy(&bytes).into_owned();
     if status.is_success() { Ok(Ok(Answer { body })) } else { Ok(Err(Refusal { status, retry_after, body })) }
-}
-
-/// Like [`send_json`], with every non-2xx answer classified.
-pub(crate) async fn post_json(
-    request: reqwest::RequestBuilder,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Result<Answer, DeliverError> {
-    send_json(request, body, timeout).await?.map_err(Refusal::classify)
 }
 
 /// A request that got no answer. A timeout or a failed connection may

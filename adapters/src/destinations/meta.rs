@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
 };
 use onepd_domain::hashing::meta_identifiers;
 use serde::Deserialize;
@@ -160,6 +160,37 @@ impl MetaCapi {
     }
 }
 
+impl MetaCapi {
+    /// The results known without sending, the events sent, and the one
+    /// request (none when nothing is for Meta).
+    fn build(
+        &self,
+        events: &[PreparedEvent],
+    ) -> Result<(Vec<EventResult>, Vec<PreparedEvent>, Option<RenderedRequest>), DeliverError> {
+        // Not a conversion (identify, group, alias): nothing for Meta to take
+        // (see the module doc).
+        let mapping::Mapped { results, sent, records: data } = mapping::map_events(events, |event| {
+            matches!(event.message_type.as_str(), "track" | "page").then(|| self.server_event(event))
+        });
+        if data.is_empty() {
+            return Ok((results, sent, None));
+        }
+        let mut body = json!({ "data": data });
+        if let Some(code) = &self.test_event_code {
+            body["test_event_code"] = json!(code);
+        }
+        let request = http::json_post(
+            &self.url,
+            &[("access_token", &self.access_token)],
+            Vec::new(),
+            &body,
+            sent.iter().map(|event| event.event_id),
+            vec![self.access_token.clone()],
+        )?;
+        Ok((results, sent, Some(request)))
+    }
+}
+
 #[async_trait]
 impl Destination for MetaCapi {
     async fn describe(&self) -> Result<Description, DeliverError> {
@@ -173,25 +204,17 @@ impl Destination for MetaCapi {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        // Not a conversion (identify, group, alias): nothing for Meta to take
-        // (see the module doc).
-        let mapping::Mapped { mut results, sent, records: data } = mapping::map_events(events, |event| {
-            matches!(event.message_type.as_str(), "track" | "page").then(|| self.server_event(event))
-        });
-        if data.is_empty() {
-            return Ok(results);
-        }
-        let mut body = json!({ "data": data });
-        if let Some(code) = &self.test_event_code {
-            body["test_event_code"] = json!(code);
-        }
-        let body = serde_json::to_vec(&body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
-        let request = http::client().post(&self.url).query(&[("access_token", &self.access_token)]);
-        match http::send_json(request, body, self.timeout).await? {
+        let (mut results, sent, request) = self.build(events)?;
+        let Some(request) = request else { return Ok(results) };
+        match http::send_rendered(&request, self.timeout).await? {
             Ok(_) => results.extend(http::every(&sent, &Outcome::Delivered)),
             Err(refusal) => return Err(classify(refusal)),
         }
         Ok(results)
+    }
+
+    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
+        Some(self.build(events).ok()?.2.into_iter().collect())
     }
 }
 

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
 };
 use onepd_domain::hashing::tiktok_identifiers;
 use serde::Deserialize;
@@ -123,20 +123,9 @@ impl Destination for TikTok {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        // TikTok takes events only (see the module doc).
-        let mapping::Mapped { mut results, sent, records: data } = mapping::map_events(events, |event| {
-            matches!(event.message_type.as_str(), "track" | "page").then(|| web_event(event))
-        });
-        if data.is_empty() {
-            return Ok(results);
-        }
-        let mut body = json!({ "event_source": "web", "event_source_id": self.pixel_code, "data": data });
-        if let Some(code) = &self.test_event_code {
-            body["test_event_code"] = json!(code);
-        }
-        let body = serde_json::to_vec(&body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
-        let request = http::client().post(&self.url).header("Access-Token", &self.access_token);
-        let answer = http::post_json(request, body, self.timeout).await?;
+        let (mut results, sent, request) = self.build(events)?;
+        let Some(request) = request else { return Ok(results) };
+        let answer = http::post_rendered(&request, self.timeout).await?;
         let answer = answer.json();
         let code = answer["code"].as_i64();
         match code {
@@ -159,6 +148,40 @@ impl Destination for TikTok {
         }
         results.extend(http::every(&sent, &Outcome::Delivered));
         Ok(results)
+    }
+
+    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
+        Some(self.build(events).ok()?.2.into_iter().collect())
+    }
+}
+
+impl TikTok {
+    /// The results known without sending, the events sent, and the one
+    /// request (none when nothing is for TikTok).
+    fn build(
+        &self,
+        events: &[PreparedEvent],
+    ) -> Result<(Vec<EventResult>, Vec<PreparedEvent>, Option<RenderedRequest>), DeliverError> {
+        // TikTok takes events only (see the module doc).
+        let mapping::Mapped { results, sent, records: data } = mapping::map_events(events, |event| {
+            matches!(event.message_type.as_str(), "track" | "page").then(|| web_event(event))
+        });
+        if data.is_empty() {
+            return Ok((results, sent, None));
+        }
+        let mut body = json!({ "event_source": "web", "event_source_id": self.pixel_code, "data": data });
+        if let Some(code) = &self.test_event_code {
+            body["test_event_code"] = json!(code);
+        }
+        let request = http::json_post(
+            &self.url,
+            &[],
+            vec![("Access-Token".to_owned(), self.access_token.clone())],
+            &body,
+            sent.iter().map(|event| event.event_id),
+            vec![self.access_token.clone()],
+        )?;
+        Ok((results, sent, Some(request)))
     }
 }
 

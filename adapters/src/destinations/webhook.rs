@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use onepd_domain::destination::{
     Category, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult, Hashing,
-    IdentifierSource, IdentifierSpec, Normalization, Outcome, PreparedEvent,
+    IdentifierSource, IdentifierSpec, Normalization, Outcome, PreparedEvent, RenderedRequest,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -158,30 +158,34 @@ impl Webhook {
 }
 
 impl Webhook {
-    /// POSTs `body` to the receiver, signed when a secret is set.
-    async fn post(&self, body: &Value, now: SystemTime) -> Result<(), DeliverError> {
-        let body = serde_json::to_vec(body).map_err(|err| DeliverError::Adapter(err.to_string()))?;
-        let mut request = http::client().post(&self.url).headers(self.headers.clone());
+    /// The request that POSTs `body` to the receiver, signed when a secret
+    /// is set.
+    fn request(
+        &self,
+        body: &Value,
+        now: SystemTime,
+        events: impl IntoIterator<Item = onepd_domain::EventId>,
+    ) -> Result<RenderedRequest, DeliverError> {
+        let headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect();
+        // Configured header values may be credentials too.
+        let mut secrets: Vec<String> = headers.iter().map(|(_, value)| value.clone()).collect();
+        let mut request = http::json_post(&self.url, &[], headers, body, events, Vec::new())?;
         if let Some(secret) = &self.secret {
             let unix = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-            request = request.header(SIGNATURE_HEADER, signature(secret, unix, &body));
+            let signed = signature(secret, unix, &request.body);
+            secrets.push(signed.clone());
+            request.headers.push((SIGNATURE_HEADER.to_owned(), signed));
         }
-        http::post_json(request, body, self.timeout).await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Destination for Webhook {
-    async fn describe(&self) -> Result<Description, DeliverError> {
-        Ok(self.description.clone())
+        request.secrets = secrets;
+        Ok(request)
     }
 
-    async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = SystemTime::now();
+    /// The batch request for `events`.
+    fn batch(&self, events: &[PreparedEvent], now: SystemTime) -> Result<RenderedRequest, DeliverError> {
         let batch: Vec<Value> = events
             .iter()
             .map(|event| {
@@ -199,8 +203,30 @@ impl Destination for Webhook {
             })
             .collect();
         let sent_at = chrono::DateTime::<chrono::Utc>::from(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        self.post(&json!({ "batch": batch, "sentAt": sent_at }), now).await?;
+        self.request(&json!({ "batch": batch, "sentAt": sent_at }), now, events.iter().map(|event| event.event_id))
+    }
+}
+
+#[async_trait]
+impl Destination for Webhook {
+    async fn describe(&self) -> Result<Description, DeliverError> {
+        Ok(self.description.clone())
+    }
+
+    async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = self.batch(events, SystemTime::now())?;
+        http::post_rendered(&request, self.timeout).await?;
         Ok(http::every(events, &Outcome::Delivered))
+    }
+
+    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
+        if events.is_empty() {
+            return Some(Vec::new());
+        }
+        Some(vec![self.batch(events, SystemTime::now()).ok()?])
     }
 
     async fn delete(&self, deletion: &DeletionRequest) -> Result<DeletionAnswer, DeliverError> {
@@ -213,7 +239,7 @@ impl Destination for Webhook {
             "identifiers": deletion.identifiers,
             "sentAt": sent_at,
         });
-        self.post(&body, now).await?;
+        http::post_rendered(&self.request(&body, now, [])?, self.timeout).await?;
         Ok(DeletionAnswer::Requested)
     }
 }

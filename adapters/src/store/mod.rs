@@ -231,6 +231,17 @@ impl EventLog {
         Ok(hex::encode(master.suppression_hash(workspace.0, &subject)))
     }
 
+    /// The keys `workspace`'s sensitive-data policy hashes with (the keyed
+    /// `external_id`, the digests of unknown field names), derived from the
+    /// master key; `None` without one.
+    pub fn workspace_secrets(&self, workspace: WorkspaceId) -> Option<onepd_domain::policy::WorkspaceSecrets> {
+        let master = self.inner.master.as_ref()?;
+        Some(onepd_domain::policy::WorkspaceSecrets {
+            external_id: master.derived("external_id", workspace.0),
+            field_names: master.derived("field_names", workspace.0),
+        })
+    }
+
     /// Whether the log has a master key (needed to seal, open and shred).
     pub fn has_master_key(&self) -> bool {
         self.inner.master.is_some()

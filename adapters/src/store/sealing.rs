@@ -93,6 +93,18 @@ impl MasterKey {
         hasher.finalize().into()
     }
 
+    /// A key for `purpose` in `workspace`, derived so that it is never
+    /// stored: the same for every process with this master key.
+    pub(crate) fn derived(&self, purpose: &str, workspace: Uuid) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"onepd derived key v1");
+        hasher.update(self.bytes);
+        hasher.update(purpose.as_bytes());
+        hasher.update([0]);
+        hasher.update(workspace.as_bytes());
+        hasher.finalize().into()
+    }
+
     /// Makes a new subject key; returns the cipher and the key wrapped for storage.
     pub(crate) fn new_subject_key(&self, key_id: Uuid) -> (SubjectKey, Vec<u8>) {
         let key: [u8; 32] = rand::random();

@@ -271,7 +271,7 @@ impl TrackingPlanSet {
 /// its industry, which decides whether ad platforms get deny-by-default
 /// scrubbing, and whether IP addresses and user agents may reach ad
 /// platforms in healthcare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspacePolicySet {
     /// The business's industry from now on.
     pub industry: Industry,
@@ -279,6 +279,10 @@ pub struct WorkspacePolicySet {
     /// IP address and user agent (withheld by default).
     #[serde(default)]
     pub allow_ip_user_agent: bool,
+    /// The business's registered site origin (`https://www.example.com`),
+    /// the page URL a restricted industry's ad platforms receive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_origin: Option<String>,
 }
 
 impl WorkspacePolicySet {

@@ -16,7 +16,7 @@
 //! `plan` for traits. JSON Schema validators ignore keywords they do not
 //! know, so the same document still validates messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +34,14 @@ pub struct Annotations {
     /// `context.traits` (any call). Where the identify and group schemas
     /// disagree, identify's classification is kept.
     pub traits: BTreeMap<String, Classification>,
+    /// Every property path the plan's event schemas name, classified or
+    /// not, by track event name: names the plan knows, which the delivery
+    /// ledger may write out.
+    #[serde(skip)]
+    pub declared_events: BTreeMap<String, BTreeSet<String>>,
+    /// Every trait path the identify and group schemas name.
+    #[serde(skip)]
+    pub declared_traits: BTreeSet<String>,
 }
 
 impl Annotations {
@@ -57,11 +65,13 @@ impl Annotations {
             Some(Value::Object(events)) => {
                 for (event, schema) in events {
                     let mut paths = BTreeMap::new();
+                    let mut declared = BTreeSet::new();
                     let location = format!("events.{}", Value::from(event.as_str()));
-                    collect(schema, &location, "", &mut paths)?;
+                    collect(schema, &location, "", &mut paths, &mut declared)?;
                     if !paths.is_empty() {
                         annotations.events.insert(event.clone(), paths);
                     }
+                    annotations.declared_events.insert(event.clone(), declared);
                 }
             }
             Some(other) => {
@@ -71,7 +81,7 @@ impl Annotations {
         for section in ["identify", "group"] {
             if let Some(schema) = plan.get(section) {
                 let mut paths = BTreeMap::new();
-                collect(schema, section, "", &mut paths)?;
+                collect(schema, section, "", &mut paths, &mut annotations.declared_traits)?;
                 for (path, class) in paths {
                     annotations.traits.entry(path).or_insert(class);
                 }
@@ -91,6 +101,19 @@ impl Annotations {
         let traits = path.strip_prefix("traits.").or_else(|| path.strip_prefix("context.traits."))?;
         self.traits.get(traits).copied()
     }
+
+    /// Whether the plan names the field at `path` (a full dotted message
+    /// path, as for [`Annotations::of`]), classified or not.
+    pub fn declares(&self, event_name: Option<&str>, path: &str) -> bool {
+        if let Some(property) = path.strip_prefix("properties.") {
+            return event_name
+                .and_then(|name| self.declared_events.get(name))
+                .is_some_and(|declared| declared.contains(property));
+        }
+        path.strip_prefix("traits.")
+            .or_else(|| path.strip_prefix("context.traits."))
+            .is_some_and(|traits| self.declared_traits.contains(traits))
+    }
 }
 
 /// Adds the classifications found in `schema` (at `location` in the plan,
@@ -100,7 +123,11 @@ fn collect(
     location: &str,
     path: &str,
     paths: &mut BTreeMap<String, Classification>,
+    declared: &mut BTreeSet<String>,
 ) -> Result<(), String> {
+    if !path.is_empty() {
+        declared.insert(path.to_owned());
+    }
     // `true`, `false` and other non-object schemas carry no keywords.
     let Value::Object(schema) = schema else {
         return Ok(());
@@ -119,28 +146,28 @@ fn collect(
     if let Some(Value::Object(properties)) = schema.get("properties") {
         for (key, property) in properties {
             let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-            collect(property, &format!("{location}.properties.{key}"), &child, paths)?;
+            collect(property, &format!("{location}.properties.{key}"), &child, paths, declared)?;
         }
     }
     let items = format!("{path}[]");
     match schema.get("items") {
         Some(Value::Array(tuple)) => {
             for (i, item) in tuple.iter().enumerate() {
-                collect(item, &format!("{location}.items[{i}]"), &items, paths)?;
+                collect(item, &format!("{location}.items[{i}]"), &items, paths, declared)?;
             }
         }
-        Some(item) => collect(item, &format!("{location}.items"), &items, paths)?,
+        Some(item) => collect(item, &format!("{location}.items"), &items, paths, declared)?,
         None => {}
     }
     if let Some(Value::Array(tuple)) = schema.get("prefixItems") {
         for (i, item) in tuple.iter().enumerate() {
-            collect(item, &format!("{location}.prefixItems[{i}]"), &items, paths)?;
+            collect(item, &format!("{location}.prefixItems[{i}]"), &items, paths, declared)?;
         }
     }
     for keyword in ["allOf", "anyOf", "oneOf"] {
         if let Some(Value::Array(branches)) = schema.get(keyword) {
             for (i, branch) in branches.iter().enumerate() {
-                collect(branch, &format!("{location}.{keyword}[{i}]"), path, paths)?;
+                collect(branch, &format!("{location}.{keyword}[{i}]"), path, paths, declared)?;
             }
         }
     }
@@ -236,7 +263,8 @@ mod tests {
     #[test]
     fn a_plan_without_classifications_has_no_annotations() {
         assert_eq!(Annotations::from_plan(&json!({})).unwrap(), Annotations::default());
-        assert_eq!(Annotations::from_plan(&json!({"events": {"A": true}})).unwrap(), Annotations::default());
+        let declared_only = Annotations::from_plan(&json!({"events": {"A": true}})).unwrap();
+        assert!(declared_only.events.is_empty() && declared_only.traits.is_empty());
         assert!(Annotations::from_plan(&json!([])).is_err());
     }
 }

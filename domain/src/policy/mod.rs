@@ -7,11 +7,16 @@
 //! message to send with every change recorded as a [`Scrub`], or a reason to
 //! withhold it. Three rules, by who receives the message:
 //!
-//! 1. **A restricted industry's ad platform** ([`restricted_ad_platform`]):
-//!    deny by default. Only [`RESTRICTED_AD_ALLOWLIST`] and the destination's
-//!    `allow_fields` survive; the page URL is reduced to its origin; a
-//!    `track` whose event name is not one of [`ALLOWED_EVENT_NAMES`] is
-//!    renamed through the destination's `event_names` or withheld.
+//! 1. **A restricted industry's ad platform** ([`restricted_ad_platform`];
+//!    in healthcare also an analytics or marketing tool without a business
+//!    associate agreement, [`treated_as`]): deny by default. Only the typed
+//!    fields of [`RESTRICTED_AD_ALLOWLIST`] and the destination's
+//!    `allow_fields` survive, each only with a value of its type (a number,
+//!    an ISO 4217 currency, a click id of its documented shape, a value the
+//!    operator enumerated); the page URL becomes the workspace's registered
+//!    site origin; a `track` whose event name is not one of
+//!    [`ALLOWED_EVENT_NAMES`] is renamed through the destination's
+//!    `event_names` or withheld.
 //! 2. **A general industry's ad platform:** every field classified as an
 //!    identifier, PHI, financial or otherwise sensitive is removed.
 //! 3. **Any other destination** (analytics, marketing automation, warehouse):
@@ -24,23 +29,28 @@
 //!
 //! **Invariants:** pure: no I/O, no clock. A [`Scrub`]'s field and reason and
 //! a withhold reason never hold a value from the message (they go to an audit
-//! ledger, and an event name or a URL may itself be PHI); a key that looks
-//! like a value (an email, a number) or is longer than 64 characters is shown
-//! as `<redacted>` in a field's path.
+//! ledger, and an event name or a URL may itself be PHI); a key that neither
+//! the Segment spec nor the tracking plan names is never written out either:
+//! the path shows its class and a keyed digest instead
+//! (`properties.<phi:5c1e0a92d4b7f316>`, see [`Scrub::field`]).
 
 mod annotations;
 mod detect;
+pub mod formats;
+mod known;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::Sha256;
 
 pub use annotations::Annotations;
 pub use detect::{classify_key, classify_value};
 
-use crate::destination::Category;
+use crate::destination::{Category, IdentifierSource};
 use crate::events::workspace::Industry;
 use detect::Shape;
 
@@ -137,8 +147,43 @@ pub fn restricted_ad_platform(category: Category, industry: Industry) -> bool {
     category == Category::AdPlatform && industry.is_restricted()
 }
 
+/// Whether a destination of `category` is treated as an ad platform: it is
+/// one, or, in healthcare, it is a third-party analytics or marketing tool
+/// that no business associate agreement covers (Google will not sign one
+/// for GA4, for instance). The business's own warehouse or webhook never is.
+pub fn treated_as(category: Category, workspace: &WorkspacePolicy, destination: &DestinationPolicy) -> Category {
+    let third_party = matches!(category, Category::Analytics | Category::MarketingAutomation);
+    if third_party && workspace.industry == Industry::Healthcare && !destination.baa {
+        Category::AdPlatform
+    } else {
+        category
+    }
+}
+
+/// The consent categories a destination needs: its own `--consent`, else,
+/// for an ad platform (or what is treated as one) of a restricted industry,
+/// [`DEFAULT_AD_CONSENT`], unless the destination says none is needed.
+pub fn required_consent(
+    declared: &[String],
+    category: Category,
+    workspace: &WorkspacePolicy,
+    destination: &DestinationPolicy,
+) -> Vec<String> {
+    if !declared.is_empty() || destination.consent_not_required {
+        return declared.to_vec();
+    }
+    if restricted_ad_platform(category, workspace.industry) {
+        return vec![DEFAULT_AD_CONSENT.to_owned()];
+    }
+    Vec::new()
+}
+
+/// The consent category an ad platform of a restricted industry needs by
+/// default.
+pub const DEFAULT_AD_CONSENT: &str = "marketing";
+
 /// The workspace-wide part of the policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WorkspacePolicy {
     /// The workspace's industry; every industry but general is restricted.
@@ -147,6 +192,62 @@ pub struct WorkspacePolicy {
     /// visitor's IP address and user agent (off by default: with a health
     /// site's URL they tie a person to a condition).
     pub allow_ip_user_agent: bool,
+    /// The business's registered site origin (`https://www.example.com`):
+    /// what a restricted industry's ad platform receives as the page URL,
+    /// never the request's own host (a host can name a condition).
+    pub site_origin: Option<String>,
+}
+
+/// Keys a workspace's policy uses, derived from the master key so that
+/// neither is stored: one keys the hash of `external_id` for a restricted
+/// industry's ad platforms (a user id like `pt-48213` is found from its
+/// plain SHA-256 by trying every id), one keys the digests that stand for
+/// unknown field names in the delivery ledger.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkspaceSecrets {
+    /// Keys `external_id`.
+    pub external_id: [u8; 32],
+    /// Keys the digests of field paths.
+    pub field_names: [u8; 32],
+}
+
+impl fmt::Debug for WorkspaceSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WorkspaceSecrets(…)")
+    }
+}
+
+impl WorkspaceSecrets {
+    /// Lowercase hex HMAC-SHA256 of `value` under the `external_id` key.
+    pub fn external_id(&self, value: &str) -> String {
+        hmac_hex(&self.external_id, value.as_bytes())
+    }
+
+    /// The first 16 hex digits of HMAC-SHA256 of `path` under the field
+    /// names key: equal for equal paths of one workspace, unreadable
+    /// without the key.
+    pub fn field_digest(&self, path: &str) -> String {
+        hmac_hex(&self.field_names, path.as_bytes())[..16].to_owned()
+    }
+}
+
+fn hmac_hex(key: &[u8; 32], value: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(value);
+    mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Checks a site origin: `http` or `https`, a host, an optional port, and
+/// nothing after; returns it lowercased without a trailing `/`.
+pub fn site_origin(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    match origin(trimmed) {
+        Some(found) if found.eq_ignore_ascii_case(trimmed) => Ok(found),
+        _ => Err(format!(
+            "site origin: expected scheme://host[:port] such as https://www.example.com, found {}",
+            Value::from(text)
+        )),
+    }
 }
 
 /// One destination's part of the policy.
@@ -169,13 +270,60 @@ pub struct DestinationPolicy {
     /// Overrides the workspace's `allow_ip_user_agent` for this destination;
     /// `Some(false)` also withholds them for a non-healthcare industry.
     pub allow_ip_user_agent: Option<bool>,
+    /// Whether a business associate agreement covers this destination. In
+    /// healthcare an analytics or marketing tool without one is scrubbed as
+    /// an ad platform is ([`treated_as`]).
+    pub baa: bool,
+    /// Personal details a restricted industry's ad platform may receive
+    /// (hashed, or as the platform requires), each turned on explicitly:
+    /// `first_name`, `last_name`, `gender`, `date_of_birth`, `city`,
+    /// `state`, `postal_code`, `country`, `street`, `anonymous_id`. Off by
+    /// default: a hash of a birth date or a ZIP code is recovered by trying
+    /// every value.
+    pub identifiers: Vec<IdentifierSource>,
+    /// Whether an ad platform of a restricted industry may receive events
+    /// without marketing consent (it needs [`DEFAULT_AD_CONSENT`] unless the
+    /// destination declares its own categories or this is set).
+    pub consent_not_required: bool,
+}
+
+/// One `allow_fields` entry: a path, and the values its field may take
+/// (`properties.appointment_type=new|follow_up`); a path without values
+/// takes numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedField {
+    /// The dotted path.
+    pub path: String,
+    /// The values declared, or empty for numbers.
+    pub values: Vec<String>,
+}
+
+impl AllowedField {
+    /// Reads `PATH` or `PATH=VALUE|VALUE…`.
+    pub fn parse(entry: &str) -> AllowedField {
+        match entry.split_once('=') {
+            Some((path, values)) => AllowedField {
+                path: path.trim().to_owned(),
+                values: values.split('|').map(|value| value.trim().to_owned()).collect(),
+            },
+            None => AllowedField { path: entry.trim().to_owned(), values: Vec::new() },
+        }
+    }
 }
 
 impl DestinationPolicy {
     /// Checks that every `allow_fields` entry is a dotted path without empty
     /// segments and every `event_names` target is an allowed generic name.
     pub fn validate(&self) -> Result<(), String> {
-        for (i, path) in self.allow_fields.iter().enumerate() {
+        for (i, entry) in self.allow_fields.iter().enumerate() {
+            let AllowedField { path, values } = AllowedField::parse(entry);
+            if values.iter().any(String::is_empty) {
+                return Err(format!(
+                    "allow_fields[{i}]: expected PATH or PATH=VALUE|VALUE… without empty values, found {}",
+                    Value::from(entry.as_str())
+                ));
+            }
+            let path = &path;
             let valid = !path.is_empty()
                 && path.split('.').all(|segment| {
                     let name = segment.trim_end_matches("[]");
@@ -185,6 +333,16 @@ impl DestinationPolicy {
                 return Err(format!(
                     "allow_fields[{i}]: expected a dotted path such as properties.plan, found {}",
                     Value::from(path.as_str())
+                ));
+            }
+        }
+        for (i, source) in self.identifiers.iter().enumerate() {
+            if !OPTIONAL_IDENTIFIERS.contains(source) {
+                return Err(format!(
+                    "identifiers[{i}]: expected one of {}, found \"{}\" (email, phone and click ids are always sent; \
+                     user ids only as a keyed hash)",
+                    OPTIONAL_IDENTIFIERS.map(IdentifierSource::as_str).join(", "),
+                    source.as_str()
                 ));
             }
         }
@@ -202,38 +360,93 @@ impl DestinationPolicy {
     }
 }
 
-/// What a restricted industry's ad platform receives, as dotted paths (a
-/// path keeps everything under it). `context.page.url` is reduced to its
-/// origin (`scheme://host[:port]`). Everything else (`userId`,
-/// `anonymousId`, `traits`, `name`, `context.ip`, `context.userAgent`,
-/// `context.page.path/title/referrer/search`, `context.campaign`,
-/// `context.device`, `context.app`, other `properties`) is removed.
-pub const RESTRICTED_AD_ALLOWLIST: &[&str] = &[
-    "type",
-    "event",
-    "messageId",
-    "timestamp",
-    "originalTimestamp",
-    "sentAt",
-    "receivedAt",
-    "channel",
-    "integrations",
-    "context.library",
-    "context.locale",
-    "context.timezone",
-    "context.consent",
-    "context.os",
-    "context.screen",
-    "context.fbc",
-    "context.fbp",
-    "context.clickIds",
-    "context.page.url",
-    "properties.value",
-    "properties.revenue",
-    "properties.total",
-    "properties.currency",
-    "properties.price",
-    "properties.quantity",
+/// What a field on a restricted industry's allowlist must hold; a value of
+/// another type is removed, whatever it looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// One of the Segment call types.
+    CallType,
+    /// The track event name (decided by the event name rule).
+    EventName,
+    /// An RFC 3339 timestamp.
+    Timestamp,
+    /// `server`, `browser`, `mobile` or `client`.
+    Channel,
+    /// A finite number (a string holding one is sent as the number).
+    Number,
+    /// An active ISO 4217 code (`USD`).
+    Currency,
+    /// A click id or Meta cookie of its documented shape
+    /// ([`formats::identifier_problem`]), as a string or as onepd.js keeps
+    /// it (`{"value", "capturedAt"}`).
+    ClickId(IdentifierSource),
+    /// The page URL: replaced by the workspace's registered site origin.
+    SiteOrigin,
+}
+
+impl FieldType {
+    /// What the type is, for a removal's reason (`not a number`).
+    fn expected(self) -> &'static str {
+        match self {
+            FieldType::CallType => "a Segment call type",
+            FieldType::EventName => "an event name",
+            FieldType::Timestamp => "an RFC 3339 timestamp",
+            FieldType::Channel => "server, browser, mobile or client",
+            FieldType::Number => "a number",
+            FieldType::Currency => "an ISO 4217 currency code",
+            FieldType::ClickId(_) => "a click id",
+            FieldType::SiteOrigin => "a page URL",
+        }
+    }
+}
+
+/// What a restricted industry's ad platform receives, as dotted paths, each
+/// with the type its value must have. `context.page.url` becomes the
+/// workspace's registered site origin. Everything else (`userId`,
+/// `anonymousId`, `messageId`, `traits`, `name`, `integrations`,
+/// `context.ip`, `context.userAgent`, `context.page.path/title/referrer/search`,
+/// `context.campaign`, `context.library`, `context.locale`,
+/// `context.timezone`, other `properties`) is removed.
+pub const RESTRICTED_AD_ALLOWLIST: &[(&str, FieldType)] = &[
+    ("type", FieldType::CallType),
+    ("event", FieldType::EventName),
+    ("timestamp", FieldType::Timestamp),
+    ("originalTimestamp", FieldType::Timestamp),
+    ("sentAt", FieldType::Timestamp),
+    ("receivedAt", FieldType::Timestamp),
+    ("channel", FieldType::Channel),
+    ("context.fbc", FieldType::ClickId(IdentifierSource::Fbc)),
+    ("context.fbp", FieldType::ClickId(IdentifierSource::Fbp)),
+    ("context.clickIds.gclid", FieldType::ClickId(IdentifierSource::Gclid)),
+    ("context.clickIds.gbraid", FieldType::ClickId(IdentifierSource::Gbraid)),
+    ("context.clickIds.wbraid", FieldType::ClickId(IdentifierSource::Wbraid)),
+    ("context.clickIds.ttclid", FieldType::ClickId(IdentifierSource::Ttclid)),
+    // An fbclid has a gclid's alphabet.
+    ("context.clickIds.fbclid", FieldType::ClickId(IdentifierSource::Gclid)),
+    ("context.page.url", FieldType::SiteOrigin),
+    ("properties.value", FieldType::Number),
+    ("properties.revenue", FieldType::Number),
+    ("properties.total", FieldType::Number),
+    ("properties.price", FieldType::Number),
+    ("properties.quantity", FieldType::Number),
+    ("properties.currency", FieldType::Currency),
+];
+
+/// Personal details a destination may turn on for a restricted industry's
+/// ad platform ([`DestinationPolicy::identifiers`]); every other identifier
+/// the platform asks for is off (user ids go only as a keyed hash), except
+/// hashed email and phone and the click ids.
+pub const OPTIONAL_IDENTIFIERS: [IdentifierSource; 10] = [
+    IdentifierSource::FirstName,
+    IdentifierSource::LastName,
+    IdentifierSource::Gender,
+    IdentifierSource::DateOfBirth,
+    IdentifierSource::City,
+    IdentifierSource::State,
+    IdentifierSource::PostalCode,
+    IdentifierSource::Country,
+    IdentifierSource::Street,
+    IdentifierSource::AnonymousId,
 ];
 
 /// Track event names that reveal nothing about a person beyond taking part
@@ -320,6 +533,8 @@ pub enum Action {
     ReducedToOrigin,
     /// The event name was replaced by a generic one.
     Renamed,
+    /// The page URL was replaced by the workspace's registered site origin.
+    ReplacedBySiteOrigin,
 }
 
 impl Action {
@@ -329,17 +544,23 @@ impl Action {
             Action::Removed => "removed",
             Action::ReducedToOrigin => "reduced_to_origin",
             Action::Renamed => "renamed",
+            Action::ReplacedBySiteOrigin => "replaced_by_site_origin",
         }
     }
 }
 
 /// One change made to a message, for the audit ledger. Neither field holds
-/// a value from the message.
+/// a value from the message, nor a key the client chose.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scrub {
-    /// The dotted path of the field (`properties.diagnosis`,
-    /// `properties.products[].name`, `context.page.url`, `event`). A field
-    /// removed from every element of an array is recorded once.
+    /// The dotted path of the field (`properties.products[].name`,
+    /// `context.page.url`, `event`) when the Segment spec or the tracking
+    /// plan names it; otherwise the known part of the path, then the
+    /// field's class and the first 16 hex digits of a keyed HMAC of its
+    /// whole path (`properties.<phi:5c1e0a92d4b7f316>`; `<phi>` alone
+    /// without a master key), so that two deliveries can be compared
+    /// without the key's text. A field removed from every element of an
+    /// array is recorded once.
     pub field: String,
     /// What was done to it.
     pub action: Action,
@@ -478,14 +699,17 @@ fn is_over_89(key: &str, value: &Value) -> bool {
     detect::words(key).last().is_some_and(|word| word == "age") && age.is_some_and(|age| age > 89.0)
 }
 
-/// Decides what of `message` may go to a destination of `category` (see the
-/// module doc for the rules).
+/// Decides what of `message` may go to a destination of `category` (the
+/// category it is treated as, [`treated_as`]; see the module doc for the
+/// rules). `secrets` key the digests that stand for unknown field names in
+/// scrub records.
 pub fn apply(
     message: &Value,
     category: Category,
     workspace: &WorkspacePolicy,
     destination: &DestinationPolicy,
     annotations: &Annotations,
+    secrets: Option<&WorkspaceSecrets>,
 ) -> Verdict {
     if !message.is_object() {
         return Verdict::Withhold { reason: "message is not a json object".to_owned() };
@@ -502,9 +726,11 @@ pub fn apply(
     let mut scrubber = Scrubber {
         event_name,
         annotations,
+        secrets,
+        site_origin: workspace.site_origin.as_deref(),
         remove,
         strict: restricted,
-        allowed: BTreeSet::new(),
+        allowed: BTreeMap::new(),
         scrubs: Vec::new(),
         recorded: BTreeSet::new(),
     };
@@ -515,8 +741,12 @@ pub fn apply(
         }
         scrubber.allowed = RESTRICTED_AD_ALLOWLIST
             .iter()
-            .map(|path| (*path).to_owned())
-            .chain(destination.allow_fields.iter().cloned())
+            .map(|(path, ty)| ((*path).to_owned(), Expect::Type(*ty)))
+            .chain(destination.allow_fields.iter().map(|entry| {
+                let AllowedField { path, values } = AllowedField::parse(entry);
+                let expect = if values.is_empty() { Expect::Type(FieldType::Number) } else { Expect::Values(values) };
+                (path, expect)
+            }))
             .collect();
         scrubber.allowlist(&mut output, &Path::root(), "");
     } else if !scrubber.remove.is_empty() {
@@ -547,36 +777,47 @@ fn origin(url: &str) -> Option<String> {
     (!host.is_empty() && host_port.chars().all(plausible)).then(|| format!("{scheme}://{}", host_port.to_lowercase()))
 }
 
-/// A field's path: `raw` for matching allowlists and annotations, `shown`
-/// for scrub records (keys that look like values redacted).
+/// A field's path: `raw` for matching allowlists and annotations; `shown`,
+/// the part of it onepd or the plan knows by name, for scrub records;
+/// whether all of it is known.
+#[derive(Debug, Clone)]
 struct Path {
     raw: String,
     shown: String,
+    known: bool,
 }
 
 impl Path {
     fn root() -> Path {
-        Path { raw: String::new(), shown: String::new() }
+        Path { raw: String::new(), shown: String::new(), known: true }
     }
 
-    fn child(&self, key: &str) -> Path {
-        let shown = if key.chars().count() > 64 || classify_value(key).is_some() { "<redacted>" } else { key };
-        if self.raw.is_empty() {
-            Path { raw: key.to_owned(), shown: shown.to_owned() }
-        } else {
-            Path { raw: format!("{}.{key}", self.raw), shown: format!("{}.{shown}", self.shown) }
-        }
+    fn child(&self, key: &str, event_name: Option<&str>, annotations: &Annotations) -> Path {
+        let raw = if self.raw.is_empty() { key.to_owned() } else { format!("{}.{key}", self.raw) };
+        let known = self.known && (known::is_spec_path(&raw) || annotations.declares(event_name, &raw));
+        let shown = if known { raw.clone() } else { self.shown.clone() };
+        Path { raw, shown, known }
     }
 
     fn items(&self) -> Path {
-        Path { raw: format!("{}[]", self.raw), shown: format!("{}[]", self.shown) }
+        let raw = format!("{}[]", self.raw);
+        let shown = if self.known { raw.clone() } else { self.shown.clone() };
+        Path { raw, shown, known: self.known }
     }
+}
+
+/// What an allowlisted field must hold.
+#[derive(Debug, Clone)]
+enum Expect {
+    Type(FieldType),
+    /// One of the values the operator declared.
+    Values(Vec<String>),
 }
 
 /// How much of a field an allowlist lets through.
 enum Allowance {
-    /// The field and everything under it.
-    Whole,
+    /// The field, if its value has the type.
+    Whole(Expect),
     /// Only the allowlisted paths under it.
     Within,
     /// Nothing.
@@ -587,23 +828,58 @@ enum Allowance {
 struct Scrubber<'a> {
     event_name: Option<&'a str>,
     annotations: &'a Annotations,
+    secrets: Option<&'a WorkspaceSecrets>,
+    site_origin: Option<&'a str>,
     /// Classes removed whatever found them.
     remove: BTreeSet<Classification>,
     /// Whether any classification by annotation or value shape removes a
     /// field (an allowlisted field of a restricted ad platform).
     strict: bool,
     /// The allowlist, for a restricted ad platform.
-    allowed: BTreeSet<String>,
+    allowed: BTreeMap<String, Expect>,
     scrubs: Vec<Scrub>,
     /// Fields already recorded, so an array's elements are recorded once.
     recorded: BTreeSet<(String, Action)>,
 }
 
 impl Scrubber<'_> {
-    fn record(&mut self, path: &Path, action: Action, reason: impl Into<String>) {
-        if self.recorded.insert((path.shown.clone(), action)) {
-            self.scrubs.push(Scrub { field: path.shown.clone(), action, reason: reason.into() });
+    fn child(&self, path: &Path, key: &str) -> Path {
+        let mut child = path.child(key, self.event_name, self.annotations);
+        // A path the operator allowed by name is one onepd was told.
+        if path.known && !child.known && self.allowed.contains_key(&child.raw) {
+            child.known = true;
+            child.shown = child.raw.clone();
         }
+        child
+    }
+
+    /// How a scrub record names the field at `path`: its path when known,
+    /// else the known part, its class and a keyed digest.
+    fn name_of(&self, path: &Path, class: Option<Classification>) -> String {
+        if path.known {
+            return path.shown.clone();
+        }
+        let class = class.map_or("unclassified", Classification::as_str);
+        let hidden = match self.secrets {
+            Some(secrets) => format!("<{class}:{}>", secrets.field_digest(&path.raw)),
+            None => format!("<{class}>"),
+        };
+        if path.shown.is_empty() { hidden } else { format!("{}.{hidden}", path.shown) }
+    }
+
+    fn record(&mut self, path: &Path, class: Option<Classification>, action: Action, reason: impl Into<String>) {
+        let field = self.name_of(path, class);
+        if self.recorded.insert((field.clone(), action)) {
+            self.scrubs.push(Scrub { field, action, reason: reason.into() });
+        }
+    }
+
+    /// The first classification of the field, for naming it in a record.
+    fn class_of(&self, path: &Path, key: &str, value: &Value) -> Option<Classification> {
+        if path.known {
+            return None;
+        }
+        classify(self.event_name, &path.raw, key, value, self.annotations).map(|(class, _)| class)
     }
 
     /// Keeps a generic track event name, maps a custom one, or gives the
@@ -618,13 +894,14 @@ impl Scrubber<'_> {
         if name.is_some() {
             return Ok(());
         }
+        let event_path = Path::root().child("event", None, self.annotations);
         if !is_track {
             // Only a track call is named by its event; a stray one elsewhere
             // is dropped rather than withholding the call.
             if let Some(object) = message.as_object_mut() {
                 object.remove("event");
             }
-            self.record(&Path::root().child("event"), Action::Removed, NOT_ALLOWLISTED);
+            self.record(&event_path, None, Action::Removed, NOT_ALLOWLISTED);
             return Ok(());
         }
         let Some(name) = event.as_str() else {
@@ -636,15 +913,15 @@ impl Scrubber<'_> {
             return Err("custom event name is mapped to a name that is not an allowed generic name");
         }
         *event = Value::from(generic.as_str());
-        self.record(&Path::root().child("event"), Action::Renamed, "custom event name mapped to a generic name");
+        self.record(&event_path, None, Action::Renamed, "custom event name mapped to a generic name");
         Ok(())
     }
 
     fn allowance(&self, path: &str) -> Allowance {
-        if self.allowed.contains(path) {
-            Allowance::Whole
+        if let Some(expect) = self.allowed.get(path) {
+            Allowance::Whole(expect.clone())
         } else if path.is_empty()
-            || self.allowed.iter().any(|allowed| {
+            || self.allowed.keys().any(|allowed| {
                 allowed.strip_prefix(path).is_some_and(|rest| rest.starts_with('.') || rest.starts_with("[]"))
             })
         {
@@ -654,24 +931,12 @@ impl Scrubber<'_> {
         }
     }
 
-    /// Rule 1: keeps what the allowlist lets through and is not sensitive;
-    /// returns whether `value` (at `path`, under `key`) is kept.
+    /// Rule 1: keeps what the allowlist lets through, has its type and is
+    /// not sensitive; returns whether `value` (at `path`, under `key`) is
+    /// kept.
     fn allowlist(&mut self, value: &mut Value, path: &Path, key: &str) -> bool {
         match self.allowance(&path.raw) {
-            Allowance::Whole if path.raw == "context.page.url" => match value.as_str().and_then(origin) {
-                Some(reduced) => {
-                    if value.as_str() != Some(reduced.as_str()) {
-                        self.record(path, Action::ReducedToOrigin, "query string and path removed");
-                        *value = Value::from(reduced);
-                    }
-                    true
-                }
-                None => {
-                    self.record(path, Action::Removed, "not an http or https url, so no origin to keep");
-                    false
-                }
-            },
-            Allowance::Whole => self.scrub(value, path, key),
+            Allowance::Whole(expect) => self.typed(value, path, key, &expect),
             Allowance::Within => match value {
                 Value::Object(object) => {
                     self.retain(object, path, Scrubber::allowlist);
@@ -683,19 +948,135 @@ impl Scrubber<'_> {
                     true
                 }
                 _ => {
-                    self.record(path, Action::Removed, NOT_ALLOWLISTED);
+                    let class = self.class_of(path, key, value);
+                    self.record(path, class, Action::Removed, NOT_ALLOWLISTED);
                     false
                 }
             },
             Allowance::None => {
                 // The classification, when there is one, says why it matters.
                 let found = classifications(self.event_name, &path.raw, key, value, self.annotations);
-                match found.into_iter().next() {
-                    Some((_, _, why)) => self.record(path, Action::Removed, format!("{why}; {NOT_ALLOWLISTED}")),
-                    None => self.record(path, Action::Removed, NOT_ALLOWLISTED),
+                let first = found.into_iter().next();
+                let class = first.as_ref().map(|(class, _, _)| *class);
+                match first {
+                    Some((_, _, why)) => self.record(path, class, Action::Removed, format!("{why}; {NOT_ALLOWLISTED}")),
+                    None => self.record(path, class, Action::Removed, NOT_ALLOWLISTED),
                 }
                 false
             }
+        }
+    }
+
+    /// An allowlisted field: kept when its value has the type expected (an
+    /// array when each element has it), and then only if nothing classifies
+    /// it; returns whether it is kept.
+    fn typed(&mut self, value: &mut Value, path: &Path, key: &str, expect: &Expect) -> bool {
+        if let Value::Array(items) = value
+            && !matches!(expect, Expect::Type(FieldType::ClickId(_)))
+        {
+            let items_path = path.items();
+            items.retain_mut(|item| self.typed(item, &items_path, key, expect));
+            return true;
+        }
+        let problem: Option<String> = match expect {
+            Expect::Type(FieldType::SiteOrigin) => return self.site_origin(value, path),
+            Expect::Type(FieldType::ClickId(source)) => return self.click_id(value, path, *source),
+            Expect::Type(FieldType::Number) => match value {
+                Value::Number(_) => None,
+                Value::String(text) => match text.trim().parse::<f64>().ok().filter(|n| n.is_finite()) {
+                    Some(number) => {
+                        *value = serde_json::Number::from_f64(number).map_or(Value::Null, Value::Number);
+                        None
+                    }
+                    None => Some("not a number".to_owned()),
+                },
+                _ => Some("not a number".to_owned()),
+            },
+            Expect::Type(ty) => {
+                let fits = value.as_str().is_some_and(|text| match ty {
+                    FieldType::CallType => ["track", "page", "screen", "identify", "group", "alias"].contains(&text),
+                    FieldType::EventName => true,
+                    FieldType::Timestamp => chrono::DateTime::parse_from_rfc3339(text).is_ok(),
+                    FieldType::Channel => ["server", "browser", "mobile", "client"].contains(&text),
+                    FieldType::Currency => formats::is_currency(text),
+                    _ => false,
+                });
+                (!fits).then(|| format!("not {}", ty.expected()))
+            }
+            Expect::Values(values) => {
+                let fits = value.as_str().is_some_and(|text| values.iter().any(|declared| declared == text));
+                (!fits).then(|| "not one of the values declared for it".to_owned())
+            }
+        };
+        if let Some(problem) = problem {
+            let class = self.class_of(path, key, value);
+            self.record(path, class, Action::Removed, problem);
+            return false;
+        }
+        self.scrub(value, path, key)
+    }
+
+    /// The page URL: the workspace's registered site origin, or nothing.
+    fn site_origin(&mut self, value: &mut Value, path: &Path) -> bool {
+        match self.site_origin {
+            Some(site) => {
+                if value.as_str() != Some(site) {
+                    self.record(
+                        path,
+                        None,
+                        Action::ReplacedBySiteOrigin,
+                        "replaced by the workspace's registered site origin",
+                    );
+                    *value = Value::from(site);
+                }
+                true
+            }
+            None => {
+                self.record(
+                    path,
+                    None,
+                    Action::Removed,
+                    "no site origin registered for the workspace (onepd policy set --site-origin)",
+                );
+                false
+            }
+        }
+    }
+
+    /// A click id: a string of its documented shape, or onepd.js's
+    /// `{"value", "capturedAt"}` with such a value.
+    fn click_id(&mut self, value: &mut Value, path: &Path, source: IdentifierSource) -> bool {
+        let problem = match value {
+            Value::String(text) => formats::identifier_problem(source, text),
+            Value::Object(object) => {
+                let mut problem = None;
+                object.retain(|key, inner| match key.as_str() {
+                    "value" => match inner.as_str() {
+                        Some(text) => {
+                            problem = formats::identifier_problem(source, text);
+                            true
+                        }
+                        None => {
+                            problem = Some("not a click id");
+                            true
+                        }
+                    },
+                    "capturedAt" => inner.as_str().is_some_and(|at| chrono::DateTime::parse_from_rfc3339(at).is_ok()),
+                    _ => false,
+                });
+                if !object.contains_key("value") {
+                    problem = Some("not a click id");
+                }
+                problem
+            }
+            _ => Some("not a click id"),
+        };
+        match problem {
+            Some(rule) => {
+                self.record(path, None, Action::Removed, rule);
+                false
+            }
+            None => true,
         }
     }
 
@@ -707,8 +1088,8 @@ impl Scrubber<'_> {
         let removal = found
             .into_iter()
             .find(|(class, source, _)| self.remove.contains(class) || (self.strict && *source != Source::KeyName));
-        if let Some((_, _, reason)) = removal {
-            self.record(path, Action::Removed, reason);
+        if let Some((class, _, reason)) = removal {
+            self.record(path, Some(class), Action::Removed, reason);
             return false;
         }
         match value {
@@ -731,7 +1112,7 @@ impl Scrubber<'_> {
     ) {
         let keys: Vec<String> = object.keys().cloned().collect();
         for key in keys {
-            let child = path.child(&key);
+            let child = self.child(path, &key);
             if let Some(value) = object.get_mut(&key)
                 && !keep(self, value, &child, &key)
             {

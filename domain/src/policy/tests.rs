@@ -7,8 +7,22 @@ use super::*;
 
 mod proptests;
 
+/// [`super::apply`] without workspace secrets: unknown field names are
+/// recorded by class only.
+fn apply(
+    message: &Value,
+    category: Category,
+    workspace: &WorkspacePolicy,
+    destination: &DestinationPolicy,
+    annotations: &Annotations,
+) -> Verdict {
+    super::apply(message, category, workspace, destination, annotations, None)
+}
+
+const SITE: &str = "https://www.northside-health.example";
+
 fn healthcare() -> WorkspacePolicy {
-    WorkspacePolicy { industry: Industry::Healthcare, allow_ip_user_agent: false }
+    WorkspacePolicy { industry: Industry::Healthcare, allow_ip_user_agent: false, site_origin: Some(SITE.to_owned()) }
 }
 
 fn appointment() -> Value {
@@ -138,13 +152,9 @@ fn a_mapped_custom_event_goes_to_an_ad_platform_under_its_generic_name_with_only
         json!({
             "type": "track",
             "event": "Schedule",
-            "messageId": "550e8400-e29b-41d4-a716-446655440000",
             "timestamp": "2024-05-01T10:00:00Z",
             "properties": {"value": 120, "currency": "USD"},
-            "context": {
-                "library": {"name": "analytics.js", "version": "4.1.0"},
-                "page": {"url": "https://clinic.example.com"},
-            },
+            "context": {"page": {"url": SITE}},
         })
     );
     assert!(withhold_ip_user_agent);
@@ -156,11 +166,14 @@ fn a_mapped_custom_event_goes_to_an_ad_platform_under_its_generic_name_with_only
             reason: "custom event name mapped to a generic name".into()
         }
     );
-    assert_eq!(scrub(&scrubs, "context.page.url").action, Action::ReducedToOrigin);
-    assert_eq!(scrub(&scrubs, "context.page.url").reason, "query string and path removed");
+    assert_eq!(scrub(&scrubs, "context.page.url").action, Action::ReplacedBySiteOrigin);
+    assert_eq!(scrub(&scrubs, "context.page.url").reason, "replaced by the workspace's registered site origin");
     for field in [
-        "properties.diagnosis",
-        "properties.appointment_type",
+        // Keys neither the Segment spec nor the plan names: class, no text.
+        "properties.<phi>",
+        "properties.<unclassified>",
+        "messageId",
+        "context.library",
         "context.page.title",
         "context.page.path",
         "context.page.referrer",
@@ -172,17 +185,73 @@ fn a_mapped_custom_event_goes_to_an_ad_platform_under_its_generic_name_with_only
         assert_eq!(scrub(&scrubs, field).action, Action::Removed);
         assert!(scrub(&scrubs, field).reason.ends_with(NOT_ALLOWLISTED), "{:?}", scrub(&scrubs, field));
     }
-    assert_eq!(scrub(&scrubs, "properties.diagnosis").reason, format!("phi by its name; {NOT_ALLOWLISTED}"));
-    assert_eq!(scrubs.len(), 11, "{:?}", fields(&scrubs));
+    assert_eq!(scrub(&scrubs, "properties.<phi>").reason, format!("phi by its name; {NOT_ALLOWLISTED}"));
+    assert_eq!(scrubs.len(), 13, "{:?}", fields(&scrubs));
 }
 
 #[test]
-fn an_allowed_field_of_a_destination_reaches_a_restricted_ad_platform() {
-    let destination = DestinationPolicy { allow_fields: vec!["properties.appointment_type".into()], ..mapped() };
-    let (message, scrubs, _) =
-        sent(apply(&appointment(), Category::AdPlatform, &healthcare(), &destination, &Annotations::default()));
-    assert_eq!(message["properties"], json!({"value": 120, "currency": "USD", "appointment_type": "cardiology"}));
-    assert!(!fields(&scrubs).contains(&"properties.appointment_type"));
+fn an_allowed_field_of_a_destination_reaches_a_restricted_ad_platform_only_with_a_declared_value_or_a_number() {
+    let destination = DestinationPolicy {
+        allow_fields: vec!["properties.appointment_type=cardiology|dermatology".into(), "properties.visits".into()],
+        ..mapped()
+    };
+    let mut message = appointment();
+    message["properties"]["visits"] = json!("3");
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::AdPlatform, &healthcare(), &destination, &Annotations::default()));
+    assert_eq!(
+        output["properties"],
+        json!({"value": 120, "currency": "USD", "appointment_type": "cardiology", "visits": 3.0})
+    );
+    assert!(!fields(&scrubs).iter().any(|field| field.contains("appointment")), "{scrubs:?}");
+    // Free text in a declared field, or text in a numeric one, is removed.
+    message["properties"]["appointment_type"] = json!("HIV follow-up");
+    message["properties"]["visits"] = json!("HIV clinic");
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::AdPlatform, &healthcare(), &destination, &Annotations::default()));
+    assert_eq!(output["properties"], json!({"value": 120, "currency": "USD"}));
+    let reasons: Vec<&str> = scrubs.iter().map(|scrub| scrub.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"not one of the values declared for it") && reasons.contains(&"not a number"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn allowlisted_fields_are_typed_so_free_text_does_not_pass_as_a_currency() {
+    let mut message = appointment();
+    message["properties"]["currency"] = json!("HIV");
+    message["properties"]["value"] = json!("Type 2 diabetes");
+    message["channel"] = json!("HIV clinic");
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &Annotations::default()));
+    assert_eq!(output["properties"], json!({}));
+    assert!(output.get("channel").is_none());
+    assert_eq!(scrub(&scrubs, "properties.currency").reason, "not an ISO 4217 currency code");
+    assert_eq!(scrub(&scrubs, "properties.value").reason, "not a number");
+    assert_eq!(scrub(&scrubs, "channel").reason, "not server, browser, mobile or client");
+}
+
+#[test]
+fn click_ids_on_the_allowlist_keep_only_their_documented_shape() {
+    let mut message = appointment();
+    message["context"]["fbc"] = json!("078-05-1120");
+    message["context"]["fbp"] = json!("fb.1.1764650000000.HIV-positive-patient");
+    message["context"]["clickIds"] = json!({
+        "gclid": {"value": "Type 2 diabetes", "capturedAt": "2024-05-01T10:00:00Z"},
+        "ttclid": {"value": "E.C.P.CqgBGvW1y2hN4tQ3Zy1cw8", "capturedAt": "2024-05-01T10:00:00Z", "note": "x"},
+        "Margaret Okafor DOB": "1961-04-12",
+    });
+    let (output, scrubs, _) =
+        sent(apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &Annotations::default()));
+    assert_eq!(
+        output["context"]["clickIds"],
+        json!({"ttclid": {"value": "E.C.P.CqgBGvW1y2hN4tQ3Zy1cw8", "capturedAt": "2024-05-01T10:00:00Z"}})
+    );
+    assert!(output["context"].get("fbc").is_none() && output["context"].get("fbp").is_none(), "{output}");
+    assert!(scrub(&scrubs, "context.fbc").reason.starts_with("not fb.<subdomain index>"));
+    assert!(scrub(&scrubs, "context.clickIds.gclid").reason.starts_with("not a click id"));
+    assert!(!format!("{scrubs:?}").contains("Okafor"), "{scrubs:?}");
 }
 
 #[test]
@@ -192,11 +261,11 @@ fn an_allowlisted_field_is_still_removed_when_the_plan_classifies_it_or_its_valu
         ..Annotations::default()
     };
     let mut message = appointment();
-    message["properties"]["currency"] = json!("4111 1111 1111 1111");
+    message["properties"]["total"] = json!(4111111111111111u64);
     let (output, scrubs, _) = sent(apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &annotations));
-    assert_eq!(output["properties"], json!({}));
+    assert_eq!(output["properties"], json!({"currency": "USD"}));
     assert_eq!(scrub(&scrubs, "properties.value").reason, "classified phi by the tracking plan");
-    assert_eq!(scrub(&scrubs, "properties.currency").reason, "card number by its value");
+    assert_eq!(scrub(&scrubs, "properties.total").reason, "card number by its value");
 }
 
 #[test]
@@ -206,7 +275,7 @@ fn a_generic_event_name_reaches_a_restricted_ad_platform_unchanged() {
     let (output, scrubs, _) = sent(apply(
         &message,
         Category::AdPlatform,
-        &WorkspacePolicy { industry: Industry::FinancialServices, allow_ip_user_agent: false },
+        &WorkspacePolicy { industry: Industry::FinancialServices, allow_ip_user_agent: false, site_origin: None },
         &DestinationPolicy::default(),
         &Annotations::default(),
     ));
@@ -215,7 +284,7 @@ fn a_generic_event_name_reaches_a_restricted_ad_platform_unchanged() {
 }
 
 #[test]
-fn a_page_call_reaches_a_restricted_ad_platform_without_its_name_and_with_the_url_reduced() {
+fn a_page_call_reaches_a_restricted_ad_platform_without_its_name_and_with_the_site_origin_as_its_url() {
     let message = json!({
         "type": "page",
         "name": "Diabetes care",
@@ -229,10 +298,7 @@ fn a_page_call_reaches_a_restricted_ad_platform_without_its_name_and_with_the_ur
         &DestinationPolicy::default(),
         &Annotations::default(),
     ));
-    assert_eq!(
-        output,
-        json!({"type": "page", "properties": {}, "context": {"page": {"url": "https://clinic.example.com:8443"}}})
-    );
+    assert_eq!(output, json!({"type": "page", "properties": {}, "context": {"page": {"url": SITE}}}));
     assert_eq!(
         fields(&scrubs),
         ["context.page.search", "context.page.url", "name", "properties.search", "properties.title", "properties.url"]
@@ -249,8 +315,8 @@ fn a_custom_event_field_on_a_page_call_is_removed_rather_than_withholding_the_ca
         &DestinationPolicy::default(),
         &Annotations::default(),
     ));
-    assert_eq!(output, json!({"type": "page", "context": {"page": {"url": "https://a.example"}}}));
-    assert_eq!(scrubs, [Scrub { field: "event".into(), action: Action::Removed, reason: NOT_ALLOWLISTED.into() }]);
+    assert_eq!(output, json!({"type": "page", "context": {"page": {"url": SITE}}}));
+    assert_eq!(scrubs[0], Scrub { field: "event".into(), action: Action::Removed, reason: NOT_ALLOWLISTED.into() });
 }
 
 #[test]
@@ -266,12 +332,12 @@ fn a_track_call_without_an_event_name_is_withheld_from_a_restricted_ad_platform(
 }
 
 #[test]
-fn a_page_url_that_is_not_a_web_url_is_removed_from_a_restricted_ad_platform() {
-    let message = json!({"type": "page", "context": {"page": {"url": "clinic/diabetes"}}});
+fn without_a_registered_site_origin_a_restricted_ad_platform_gets_no_page_url() {
+    let message = json!({"type": "page", "context": {"page": {"url": "https://hiv-prep.northside-health.example/"}}});
     let (output, scrubs, _) = sent(apply(
         &message,
         Category::AdPlatform,
-        &healthcare(),
+        &WorkspacePolicy { site_origin: None, ..healthcare() },
         &DestinationPolicy::default(),
         &Annotations::default(),
     ));
@@ -284,8 +350,10 @@ fn an_array_of_objects_loses_a_field_in_every_element_and_records_it_once() {
     let mut message = appointment();
     message["event"] = json!("Order Completed");
     message["properties"]["products"] = json!([{"sku": "a1", "name": "Insulin pen"}, {"sku": "b2", "name": "Lancets"}]);
-    let destination =
-        DestinationPolicy { allow_fields: vec!["properties.products[].sku".into()], ..DestinationPolicy::default() };
+    let destination = DestinationPolicy {
+        allow_fields: vec!["properties.products[].sku=a1|b2".into()],
+        ..DestinationPolicy::default()
+    };
     let (output, scrubs, _) =
         sent(apply(&message, Category::AdPlatform, &healthcare(), &destination, &Annotations::default()));
     assert_eq!(output["properties"]["products"], json!([{"sku": "a1"}, {"sku": "b2"}]));
@@ -299,13 +367,13 @@ fn ip_address_and_user_agent_are_withheld_for_healthcare_unless_allowed() {
     };
     assert!(withheld(healthcare(), mapped(), Category::AdPlatform));
     let allowing = WorkspacePolicy { allow_ip_user_agent: true, ..healthcare() };
-    assert!(!withheld(allowing, mapped(), Category::AdPlatform));
+    assert!(!withheld(allowing.clone(), mapped(), Category::AdPlatform));
     let destination_refuses = DestinationPolicy { allow_ip_user_agent: Some(false), ..mapped() };
     assert!(withheld(allowing, destination_refuses, Category::AdPlatform));
     let destination_allows = DestinationPolicy { allow_ip_user_agent: Some(true), ..mapped() };
     assert!(!withheld(healthcare(), destination_allows, Category::AdPlatform));
-    let insurance = WorkspacePolicy { industry: Industry::Insurance, allow_ip_user_agent: false };
-    assert!(!withheld(insurance, mapped(), Category::AdPlatform));
+    let insurance = WorkspacePolicy { industry: Industry::Insurance, allow_ip_user_agent: false, site_origin: None };
+    assert!(!withheld(insurance.clone(), mapped(), Category::AdPlatform));
     let destination_refuses = DestinationPolicy { allow_ip_user_agent: Some(false), ..mapped() };
     assert!(withheld(insurance, destination_refuses, Category::AdPlatform));
     assert!(!withheld(healthcare(), DestinationPolicy::default(), Category::Analytics));
@@ -333,16 +401,19 @@ fn an_analytics_destination_told_to_remove_phi_loses_the_diagnosis_only() {
     assert_eq!(output, expected);
     assert_eq!(
         scrubs,
-        [Scrub { field: "properties.diagnosis".into(), action: Action::Removed, reason: "phi by its name".into() }]
+        [Scrub { field: "properties.<phi>".into(), action: Action::Removed, reason: "phi by its name".into() }]
     );
 }
 
 #[test]
 fn a_warehouse_told_to_remove_identifiers_finds_them_by_plan_name_and_value_in_nested_fields() {
-    let annotations = Annotations {
-        traits: [("member.code".to_owned(), Classification::Identifier)].into(),
-        ..Annotations::default()
-    };
+    let annotations = Annotations::from_plan(&json!({"identify": {"type": "object", "properties": {
+        "member": {"type": "object", "properties": {"code": {"type": "string", "classification": "identifier"}}},
+        "contacts": {"type": "array", "items": {"type": "object", "properties": {
+            "email": {"type": "string"}, "x1": {"type": "string"}}}},
+        "joined": {"type": "string"},
+    }}}))
+    .unwrap();
     let message = json!({
         "type": "identify",
         "userId": "u-1",
@@ -417,8 +488,11 @@ fn a_general_ad_platform_loses_identifiers_phi_financial_and_other_sensitive_fie
         })
     );
     assert_eq!(output["context"], message["context"]);
-    assert_eq!(fields(&scrubs), ["properties.age", "properties.card", "properties.contact", "properties.diagnosis"]);
-    assert_eq!(scrub(&scrubs, "properties.contact").reason, "phone number by its value");
+    assert_eq!(
+        fields(&scrubs),
+        ["properties.<other_sensitive>", "properties.<financial>", "properties.<identifier>", "properties.<phi>"]
+    );
+    assert_eq!(scrub(&scrubs, "properties.<identifier>").reason, "phone number by its value");
     assert!(!withhold);
 }
 
@@ -435,7 +509,7 @@ fn destination_removals_apply_on_top_of_the_general_ad_platform_rule() {
 #[test]
 fn destination_removals_apply_on_top_of_a_restricted_allowlist() {
     let destination = DestinationPolicy {
-        allow_fields: vec!["properties.notes".into()],
+        allow_fields: vec!["properties.notes=bring results".into()],
         remove: vec![Classification::FreeText],
         ..mapped()
     };
@@ -514,7 +588,7 @@ fn an_age_over_89_is_an_identifier() {
 }
 
 #[test]
-fn a_key_that_looks_like_a_value_is_redacted_in_the_record() {
+fn a_key_neither_the_spec_nor_the_plan_names_is_recorded_by_class_and_keyed_digest() {
     let message = json!({"type": "identify", "traits": {"jane@example.com": true}});
     let (_, scrubs, _) = sent(apply(
         &message,
@@ -528,7 +602,39 @@ fn a_key_that_looks_like_a_value_is_redacted_in_the_record() {
     let message = json!({"type": "identify", "traits": {"jane@example.com": "555-123-4567"}});
     let (_, scrubs, _) =
         sent(apply(&message, Category::Analytics, &healthcare(), &destination, &Annotations::default()));
-    assert_eq!(fields(&scrubs), ["traits.<redacted>"]);
+    assert_eq!(fields(&scrubs), ["traits.<identifier>"]);
+    // With the workspace's keys: a digest of the whole path, the same for
+    // the same path, different for another, never the key's text.
+    let secrets = WorkspaceSecrets { external_id: [1; 32], field_names: [2; 32] };
+    let message = json!({"type": "track", "event": "Signed Up", "properties": {
+        "Have you ever been diagnosed with HIV?": "yes", "Margaret Okafor DOB": "1961-04-12"}});
+    let keyed = |message: &Value| {
+        let verdict = super::apply(
+            message,
+            Category::AdPlatform,
+            &healthcare(),
+            &DestinationPolicy::default(),
+            &Annotations::default(),
+            Some(&secrets),
+        );
+        sent(verdict).1.into_iter().map(|scrub| scrub.field).collect::<Vec<_>>()
+    };
+    let names = keyed(&message);
+    let hiv = format!(
+        "properties.<unclassified:{}>",
+        secrets.field_digest("properties.Have you ever been diagnosed with HIV?")
+    );
+    let dob = format!("properties.<identifier:{}>", secrets.field_digest("properties.Margaret Okafor DOB"));
+    assert_eq!(names, [hiv, dob]);
+    assert_eq!(keyed(&message), names, "the same path gives the same digest");
+    assert!(!format!("{names:?}").contains("HIV") && !format!("{names:?}").contains("Okafor"));
+    // A name the plan declares is written out.
+    let plan = Annotations::from_plan(&json!({"events": {"Signed Up": {"type": "object", "properties": {
+        "Margaret Okafor DOB": {"type": "string"}}}}}))
+    .unwrap();
+    let verdict =
+        super::apply(&message, Category::AdPlatform, &healthcare(), &DestinationPolicy::default(), &plan, None);
+    assert!(sent(verdict).1.iter().any(|scrub| scrub.field == "properties.Margaret Okafor DOB"));
 }
 
 #[test]

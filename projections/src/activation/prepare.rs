@@ -12,24 +12,33 @@
 //!    consent categories the destination needs — each granted in the
 //!    message's own consent, else in the person's latest consent as of the
 //!    event ([`onepd_domain::consent`]).
-//! 3. **Raw identifiers never leave for an ad platform.** Its message loses
+//!    An ad platform of a restricted industry (or what is treated as one)
+//!    needs marketing consent unless the destination says otherwise
+//!    ([`policy::required_consent`]).
+//! 3. **Raw identifiers never leave for an ad platform** — nor, in
+//!    healthcare, for an analytics or marketing tool without a business
+//!    associate agreement ([`policy::treated_as`]). Its message loses
 //!    `userId`, `anonymousId`, `previousId`, `traits`, `context.traits`,
 //!    `context.ip`, `context.userAgent` and properties named after an
 //!    identifier.
 //! 4. **The sensitive-data policy** ([`onepd_domain::policy::apply`]): for a
-//!    restricted industry's ad platform, deny by default (the allowlist,
-//!    URLs reduced to their origin, custom event names mapped or the event
-//!    withheld); classified fields removed where the destination's policy
-//!    says so. In a restricted industry an ad platform gets no unhashed
-//!    identifier but network and click ids, state, country and gender, and
-//!    in healthcare no IP address or user agent unless allowed.
-//! 5. **Identifiers.** Each identifier the adapter accepts, read from the
-//!    profile as of the event (every email, phone and id it held then; the
-//!    message's own ids first), its traits (names, birthday, address) or the
-//!    message's context (IP, user agent, click ids), then normalized and
-//!    hashed to the adapter's rules ([`onepd_domain::hashing::prepare`]).
-//!    Without a profile, the message's own values are used. Other
-//!    categories also get the destination's chosen traits.
+//!    restricted industry's ad platform, deny by default (the typed
+//!    allowlist, the page URL replaced by the site origin, custom event
+//!    names mapped or the event withheld); classified fields removed where
+//!    the destination's policy says so.
+//! 5. **Identifiers.** Each identifier the adapter accepts: click ids and
+//!    Meta's cookies from the *scrubbed* message (so what the policy removed
+//!    is never sent by another road); emails, phones and ids from the
+//!    profile as of the event (every value it held then; the message's own
+//!    first); personal details from its traits; IP and user agent from the
+//!    message's context. Each is checked against its documented shape
+//!    ([`policy::formats`]), then normalized and hashed to the adapter's
+//!    rules ([`onepd_domain::hashing::prepare`]). Without a profile, the
+//!    message's own values are used. A restricted industry's ad platform
+//!    gets only hashed email and phone, click ids (and IP and user agent as
+//!    the healthcare rule says), the user id as a keyed hash, and the
+//!    personal details the destination turned on, each with a warning.
+//!    Other categories also get the destination's chosen traits.
 //!
 //! What was hashed, removed, reduced or renamed is returned by field name
 //! with the reason (never a value) for the delivery ledger and `onepd
@@ -44,7 +53,7 @@ use onepd_domain::events::destination::DestinationCreated;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::hashing;
 use onepd_domain::identity::IdentifierKind;
-use onepd_domain::policy::{self, Annotations, Classification, Verdict, WorkspacePolicy};
+use onepd_domain::policy::{self, Annotations, Classification, Verdict, WorkspacePolicy, WorkspaceSecrets};
 use serde_json::{Map, Value};
 
 use crate::profile::ProfileView;
@@ -61,6 +70,9 @@ pub struct Target<'a> {
     pub workspace: &'a WorkspacePolicy,
     /// Classifications from the workspace's tracking plan.
     pub annotations: &'a Annotations,
+    /// The workspace's keys for keyed hashes; `None` without a master key
+    /// (user ids are then not sent to a restricted industry's ad platform).
+    pub secrets: Option<&'a WorkspaceSecrets>,
 }
 
 /// What the preparation did to an event, by field name.
@@ -68,10 +80,16 @@ pub struct Target<'a> {
 pub struct Notes {
     /// Identifier fields sent hashed (`em`).
     pub hashed: std::collections::BTreeSet<String>,
+    /// Identifier fields sent as a keyed hash (`external_id`), also in
+    /// `hashed`.
+    pub keyed: std::collections::BTreeSet<String>,
     /// Fields removed, reduced or renamed (`userId`, `properties.diagnosis`,
     /// `context.page.url`), each with why; names and reasons only, never
     /// values.
     pub scrubbed: BTreeMap<String, String>,
+    /// What a reviewer should know about what is sent (a personal detail a
+    /// destination turned on for a restricted industry's ad platform).
+    pub warnings: Vec<String>,
 }
 
 /// What becomes of one event for one destination.
@@ -119,8 +137,6 @@ const IDENTIFYING_PROPERTIES: [&str; 14] = [
 
 /// Why an identifier is not sent to an ad platform of a restricted industry.
 const WITHHELD_IP_USER_AGENT: &str = "IP address and user agent withheld for healthcare";
-/// Why an unhashed identifier is not sent to a restricted industry's ad platform.
-const UNHASHED_IN_RESTRICTED: &str = "sent unhashed, which a restricted industry's ad platform may not receive";
 
 /// The event as `target` receives it (see the module doc).
 pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target: Target<'_>) -> Prepared {
@@ -143,26 +159,28 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
     if switched_off(message, target) {
         return Prepared::Withheld { rule: "integrations", reason: "turned off by the message's integrations".into() };
     }
-    let required = &target.destination.filters.consent_categories;
+    let policy = &target.destination.policy;
+    let category = policy::treated_as(target.description.category, target.workspace, policy);
+    let required =
+        policy::required_consent(&target.destination.filters.consent_categories, category, target.workspace, policy);
     if !required.is_empty() {
         // The message's own consent, else the person's latest as of it.
         let granted = consent::stated(message).or_else(|| {
             profile.and_then(|profile| profile.consent).and_then(|found| consent::categories(&found.value))
         });
-        if let Err(reason) = consent::check(required, granted.as_ref()) {
+        if let Err(reason) = consent::check(&required, granted.as_ref()) {
             return Prepared::Withheld { rule: "consent", reason };
         }
     }
 
-    let category = target.description.category;
     let ad_platform = category == Category::AdPlatform;
     let mut notes = Notes::default();
     let mut sent = message.clone();
     if ad_platform {
         strip_identifiers(&mut sent, &mut notes.scrubbed);
     }
-    let policy = &target.destination.policy;
-    let withhold_ip_user_agent = match policy::apply(&sent, category, target.workspace, policy, target.annotations) {
+    let verdict = policy::apply(&sent, category, target.workspace, policy, target.annotations, target.secrets);
+    let withhold_ip_user_agent = match verdict {
         Verdict::Withhold { reason } => return Prepared::Withheld { rule: "policy", reason },
         Verdict::Send { message, scrubs, withhold_ip_user_agent } => {
             sent = message;
@@ -182,31 +200,78 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
     let restricted = policy::restricted_ad_platform(category, target.workspace.industry);
     let mut identifiers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for spec in &target.description.identifiers {
-        let network = matches!(spec.source, IdentifierSource::Ip | IdentifierSource::UserAgent);
-        if network && withhold_ip_user_agent {
-            note_withheld(&mut notes, &spec.name, spec.source, message, profile, WITHHELD_IP_USER_AGENT);
+        // Click ids are read from what the policy left of the message.
+        let read_from = if is_click_id(spec.source) { &sent } else { message };
+        let raw = raw_values(spec.source, read_from, profile);
+        if raw.is_empty() {
             continue;
         }
-        if restricted && spec.hashing == Hashing::None && !allowed_unhashed(spec.source) {
-            note_withheld(&mut notes, &spec.name, spec.source, message, profile, UNHASHED_IN_RESTRICTED);
+        let network = matches!(spec.source, IdentifierSource::Ip | IdentifierSource::UserAgent);
+        if network && withhold_ip_user_agent {
+            withhold(&mut notes, &spec.name, WITHHELD_IP_USER_AGENT);
             continue;
+        }
+        let keyed = restricted && spec.source == IdentifierSource::UserId;
+        if restricted && !keyed {
+            match restricted_use(spec.source, policy) {
+                RestrictedUse::Allowed => {}
+                RestrictedUse::Off => {
+                    let reason = format!(
+                        "off for a restricted industry's ad platform: a hash of {} is recovered by trying every \
+                         value (turn on with --identifier {})",
+                        spec.source.as_str().replace('_', " "),
+                        spec.source.as_str()
+                    );
+                    withhold(&mut notes, &spec.name, &reason);
+                    continue;
+                }
+                RestrictedUse::TurnedOn => notes.warnings.push(format!(
+                    "{} ({}) is sent to an ad platform of a restricted industry because the destination turned \
+                     it on; a hash of it is recovered by trying every value",
+                    spec.name,
+                    spec.source.as_str()
+                )),
+            }
         }
         let class = class_of(spec.source);
         if policy.remove.contains(&class) {
             let reason = format!("{} removed for this destination", class.as_str());
-            note_withheld(&mut notes, &spec.name, spec.source, message, profile, &reason);
+            withhold(&mut notes, &spec.name, &reason);
             continue;
         }
         let mut values: Vec<String> = Vec::new();
-        for raw in raw_values(spec.source, message, profile) {
-            if let Some(value) = hashing::prepare(spec, &raw)
+        let mut problem = None;
+        for raw in raw {
+            if let Some(rule) = policy::formats::identifier_problem(spec.source, &raw) {
+                problem = Some(rule);
+                continue;
+            }
+            let value = if keyed {
+                match (target.secrets, hashing::normalize(spec.normalization, &raw)) {
+                    (Some(secrets), Some(normalized)) => Some(secrets.external_id(&normalized)),
+                    (None, _) => {
+                        problem = Some("no master key to key its hash with, so not sent to a restricted industry");
+                        None
+                    }
+                    (_, None) => None,
+                }
+            } else {
+                hashing::prepare(spec, &raw)
+            };
+            if let Some(value) = value
                 && !values.contains(&value)
             {
                 values.push(value);
             }
         }
+        if let Some(rule) = problem {
+            withhold(&mut notes, &spec.name, &format!("withheld: {rule}"));
+        }
         if !values.is_empty() {
-            if spec.hashing == Hashing::Sha256 {
+            if keyed {
+                notes.keyed.insert(spec.name.clone());
+                notes.hashed.insert(spec.name.clone());
+            } else if spec.hashing == Hashing::Sha256 {
                 notes.hashed.insert(spec.name.clone());
             }
             identifiers.insert(spec.name.clone(), values);
@@ -251,22 +316,41 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
     )
 }
 
-/// Unhashed identifiers a restricted industry's ad platform may still
-/// receive: the network and click ids platforms match on (IP and user agent
-/// subject to the healthcare rule), and state, country and gender, which are
-/// not below-state geography or identifying on their own.
-fn allowed_unhashed(source: IdentifierSource) -> bool {
+/// Whether a restricted industry's ad platform gets an identifier.
+enum RestrictedUse {
+    /// Always: hashed email and phone, click ids, IP and user agent (the
+    /// healthcare rule aside).
+    Allowed,
+    /// Only when the destination turns it on.
+    Off,
+    /// The destination turned it on.
+    TurnedOn,
+}
+
+fn restricted_use(source: IdentifierSource, policy: &policy::DestinationPolicy) -> RestrictedUse {
+    if matches!(
+        source,
+        IdentifierSource::Email | IdentifierSource::Phone | IdentifierSource::Ip | IdentifierSource::UserAgent
+    ) || is_click_id(source)
+    {
+        RestrictedUse::Allowed
+    } else if policy.identifiers.contains(&source) {
+        RestrictedUse::TurnedOn
+    } else {
+        RestrictedUse::Off
+    }
+}
+
+/// Click ids and Meta's cookies, read from the scrubbed message.
+fn is_click_id(source: IdentifierSource) -> bool {
     matches!(
         source,
-        IdentifierSource::Ip
-            | IdentifierSource::UserAgent
-            | IdentifierSource::Fbc
+        IdentifierSource::Fbc
             | IdentifierSource::Fbp
             | IdentifierSource::Gclid
             | IdentifierSource::Ttclid
-            | IdentifierSource::State
-            | IdentifierSource::Country
-            | IdentifierSource::Gender
+            | IdentifierSource::Wbraid
+            | IdentifierSource::Gbraid
     )
 }
 
@@ -293,22 +377,15 @@ fn class_of(source: IdentifierSource) -> Classification {
         | IdentifierSource::Fbc
         | IdentifierSource::Fbp
         | IdentifierSource::Gclid
-        | IdentifierSource::Ttclid => Classification::Device,
+        | IdentifierSource::Ttclid
+        | IdentifierSource::Wbraid
+        | IdentifierSource::Gbraid => Classification::Device,
     }
 }
 
-/// Notes an identifier left out, when the event had a value for it.
-fn note_withheld(
-    notes: &mut Notes,
-    name: &str,
-    source: IdentifierSource,
-    message: &Value,
-    profile: Option<&ProfileView<'_>>,
-    reason: &str,
-) {
-    if !raw_values(source, message, profile).is_empty() {
-        notes.scrubbed.insert(format!("identifiers.{name}"), reason.to_owned());
-    }
+/// Notes an identifier left out.
+fn withhold(notes: &mut Notes, name: &str, reason: &str) {
+    notes.scrubbed.insert(format!("identifiers.{name}"), reason.to_owned());
 }
 
 /// Whether the destination subscribes to the message's type and name.
@@ -380,6 +457,8 @@ fn raw_values(source: IdentifierSource, message: &Value, profile: Option<&Profil
         IdentifierSource::Fbp => "/context/fbp",
         IdentifierSource::Gclid => "/context/clickIds/gclid",
         IdentifierSource::Ttclid => "/context/clickIds/ttclid",
+        IdentifierSource::Wbraid => "/context/clickIds/wbraid",
+        IdentifierSource::Gbraid => "/context/clickIds/gbraid",
         _ => return Vec::new(),
     };
     match message.pointer(pointer) {
@@ -445,7 +524,7 @@ mod tests {
     use onepd_domain::events::destination::{DestinationFilters, RetryPolicy};
     use onepd_domain::events::workspace::Industry;
     use onepd_domain::identity::{Identifier, ProfileId};
-    use onepd_domain::policy::DestinationPolicy;
+    use onepd_domain::policy::{DestinationPolicy, WorkspaceSecrets};
     use onepd_domain::{EventId, Payload, Position, StreamId, Timestamp, WorkspaceId};
     use proptest::prelude::*;
     use serde_json::json;
@@ -531,7 +610,13 @@ mod tests {
         prepare(
             &event(message),
             profile,
-            Target { destination: created, description: described, workspace: &workspace, annotations: &annotations },
+            Target {
+                destination: created,
+                description: described,
+                workspace: &workspace,
+                annotations: &annotations,
+                secrets: None,
+            },
         )
     }
 
@@ -654,11 +739,17 @@ mod tests {
         let described = description(Category::AdPlatform);
         let created = destination(DestinationFilters::default());
         let annotations = Annotations::default();
-        let mut workspace = WorkspacePolicy { industry: Industry::Healthcare, allow_ip_user_agent: false };
+        let mut workspace =
+            WorkspacePolicy { industry: Industry::Healthcare, allow_ip_user_agent: false, site_origin: None };
         let target = |workspace: &WorkspacePolicy| {
-            let target =
-                Target { destination: &created, description: &described, workspace, annotations: &annotations };
-            sent(prepare(&event(order()), None, target))
+            let target = Target {
+                destination: &created,
+                description: &described,
+                workspace,
+                annotations: &annotations,
+                secrets: None,
+            };
+            sent(prepare(&event(consented(order())), None, target))
         };
         let (withheld, notes) = target(&workspace);
         assert!(!withheld.identifiers.contains_key("ip"), "{withheld:?}");
@@ -666,6 +757,160 @@ mod tests {
         workspace.allow_ip_user_agent = true;
         let (allowed, _) = target(&workspace);
         assert_eq!(allowed.identifiers["ip"], vec!["203.0.113.7".to_owned()]);
+    }
+
+    /// `message` with marketing consent granted.
+    fn consented(mut message: Value) -> Value {
+        message["context"]["consent"] = json!({"categoryPreferences": {"marketing": true}});
+        message
+    }
+
+    fn healthcare() -> WorkspacePolicy {
+        WorkspacePolicy {
+            industry: Industry::Healthcare,
+            allow_ip_user_agent: false,
+            site_origin: Some("https://www.northside-health.example".into()),
+        }
+    }
+
+    const SECRETS: WorkspaceSecrets = WorkspaceSecrets { external_id: [7; 32], field_names: [8; 32] };
+
+    /// Prepares `message` for `described` in `workspace` with the test keys
+    /// and a profile holding `traits`.
+    fn prepared_in(
+        workspace: &WorkspacePolicy,
+        created: &DestinationCreated,
+        described: &Description,
+        message: Value,
+        traits: &BTreeMap<String, Trait>,
+    ) -> Prepared {
+        let annotations = Annotations::default();
+        let profile = ProfileView {
+            id: ProfileId(Uuid::from_u128(3)),
+            identifiers: vec![Identifier::new(IdentifierKind::Email, "margaret@example.com")],
+            traits: Some(traits),
+            consent: None,
+        };
+        let target = Target {
+            destination: created,
+            description: described,
+            workspace,
+            annotations: &annotations,
+            secrets: Some(&SECRETS),
+        };
+        prepare(&event(message), Some(&profile), target)
+    }
+
+    fn patient() -> (Value, BTreeMap<String, Trait>) {
+        let message = consented(json!({
+            "type": "track", "event": "Order Completed", "userId": "pt-48213",
+            "properties": {"value": 10, "currency": "USD"},
+            "context": {
+                "fbc": "078-05-1120", "fbp": "1961-04-12",
+                "clickIds": {"gclid": "margaret@example.com", "ttclid": "+1 (312) 555-7734"},
+            },
+            "timestamp": "2026-11-29T10:00:00.000Z",
+        }));
+        let traits: BTreeMap<String, Trait> = [
+            ("birthday".to_owned(), trait_of(json!("1961-04-12"))),
+            ("gender".to_owned(), trait_of(json!("female"))),
+            ("firstName".to_owned(), trait_of(json!("Margaret"))),
+            ("address".to_owned(), trait_of(json!({"postalCode": "60640", "state": "IL", "country": "US"}))),
+        ]
+        .into();
+        (message, traits)
+    }
+
+    fn every_platform() -> Description {
+        let mut identifiers = onepd_domain::hashing::meta_identifiers();
+        identifiers.extend(onepd_domain::hashing::google_ads_identifiers());
+        identifiers
+            .extend(onepd_domain::hashing::tiktok_identifiers().into_iter().filter(|spec| spec.name == "ttclid"));
+        Description { identifiers, ..description(Category::AdPlatform) }
+    }
+
+    #[test]
+    fn click_ids_come_from_the_scrubbed_message_and_a_malformed_one_is_withheld_by_rule() {
+        let (message, traits) = patient();
+        let created = destination(DestinationFilters::default());
+        let (prepared, notes) = sent(prepared_in(&healthcare(), &created, &every_platform(), message, &traits));
+        for name in ["fbc", "fbp", "gclid", "ttclid"] {
+            assert!(!prepared.identifiers.contains_key(name), "{name}: {prepared:?}");
+        }
+        assert_eq!(notes.scrubbed["context.fbc"], "not fb.<subdomain index>.<creation time in ms>.<fbclid>");
+        // In general industry the policy keeps click ids, and the format
+        // check alone withholds what is not one.
+        let (message, traits) = patient();
+        let general = WorkspacePolicy::default();
+        let (prepared, notes) = sent(prepared_in(&general, &created, &every_platform(), message, &traits));
+        assert!(
+            !prepared.identifiers.contains_key("gclid") && !prepared.identifiers.contains_key("fbp"),
+            "{prepared:?}"
+        );
+        assert!(
+            notes.scrubbed.keys().any(|field| field.starts_with("identifiers.") || field.starts_with("context.")),
+            "{notes:?}"
+        );
+        let text = format!("{prepared:?} {notes:?}");
+        for planted in ["078-05-1120", "1961-04-12", "margaret@example.com", "555-7734"] {
+            assert!(!text.contains(planted), "{planted} in {text}");
+        }
+        // A well-formed click id goes through.
+        let mut good = patient().0;
+        good["context"]["clickIds"]["gclid"] =
+            json!({"value": "Cj0KCQiA4NWrBhD-ARIsAFCKwWsQ2b8vJp3n", "capturedAt": "2026-11-29T09:00:00Z"});
+        let (prepared, _) = sent(prepared_in(&healthcare(), &created, &every_platform(), good, &traits));
+        assert_eq!(prepared.identifiers["gclid"], ["Cj0KCQiA4NWrBhD-ARIsAFCKwWsQ2b8vJp3n"]);
+    }
+
+    #[test]
+    fn a_restricted_industrys_ad_platform_gets_hashed_email_a_keyed_user_id_and_personal_details_only_when_turned_on() {
+        let (message, traits) = patient();
+        let mut created = destination(DestinationFilters::default());
+        let (prepared, notes) = sent(prepared_in(&healthcare(), &created, &every_platform(), message.clone(), &traits));
+        assert_eq!(prepared.identifiers["em"], [hashing::sha256_hex("margaret@example.com")]);
+        assert_eq!(prepared.identifiers["external_id"], [SECRETS.external_id("pt-48213")]);
+        assert_ne!(prepared.identifiers["external_id"], [hashing::sha256_hex("pt-48213")]);
+        assert!(notes.keyed.contains("external_id"));
+        for name in ["db", "ge", "fn", "zp", "st", "country", "address_info.postal_code", "address_info.state"] {
+            assert!(!prepared.identifiers.contains_key(name), "{name}: {prepared:?}");
+            assert!(notes.scrubbed[&format!("identifiers.{name}")].starts_with("off for a restricted industry"));
+        }
+        assert!(notes.warnings.is_empty());
+        created.policy.identifiers = vec![IdentifierSource::DateOfBirth];
+        let (prepared, notes) = sent(prepared_in(&healthcare(), &created, &every_platform(), message.clone(), &traits));
+        assert_eq!(prepared.identifiers["db"], [hashing::sha256_hex("19610412")]);
+        assert!(notes.warnings.iter().any(|warning| warning.starts_with("db (date_of_birth)")), "{notes:?}");
+        // The general industry keeps Meta's documented hashing of everything.
+        let (prepared, _) =
+            sent(prepared_in(&WorkspacePolicy::default(), &created, &every_platform(), message, &traits));
+        assert_eq!(prepared.identifiers["external_id"], [hashing::sha256_hex("pt-48213")]);
+        assert!(prepared.identifiers.contains_key("zp"));
+    }
+
+    #[test]
+    fn in_healthcare_analytics_without_a_baa_is_scrubbed_like_an_ad_platform_and_ads_need_marketing_consent() {
+        let (message, traits) = patient();
+        let mut created = destination(DestinationFilters::default());
+        let analytics = description(Category::Analytics);
+        let (prepared, notes) = sent(prepared_in(&healthcare(), &created, &analytics, message.clone(), &traits));
+        assert!(prepared.message.get("userId").is_none() && prepared.traits.is_empty(), "{prepared:?}");
+        assert_eq!(notes.scrubbed["userId"], "raw identifiers never go to an ad platform");
+        created.policy.baa = true;
+        let (prepared, _) = sent(prepared_in(&healthcare(), &created, &analytics, message.clone(), &traits));
+        assert_eq!(prepared.message, message, "a BAA-covered tool gets the message whole");
+        // Ad platforms of a restricted industry need marketing consent.
+        let mut refused = message.clone();
+        refused["context"]["consent"] = json!({"categoryPreferences": {"marketing": false}});
+        let ads = description(Category::AdPlatform);
+        let created = destination(DestinationFilters::default());
+        assert!(matches!(
+            prepared_in(&healthcare(), &created, &ads, refused.clone(), &traits),
+            Prepared::Withheld { rule: "consent", .. }
+        ));
+        let mut without = created.clone();
+        without.policy.consent_not_required = true;
+        assert!(matches!(prepared_in(&healthcare(), &without, &ads, refused, &traits), Prepared::Send(..)));
     }
 
     #[test]
@@ -717,6 +962,7 @@ mod tests {
                     "search": format!("?q={}", MARKERS[5]),
                 },
                 "ip": "198.51.100.23", "userAgent": "zq-agent",
+                "consent": {"categoryPreferences": {"marketing": true}},
             },
         })
     }
@@ -736,7 +982,7 @@ mod tests {
             mapped in any::<bool>(),
         ) {
             let message = planted(event_named, key, card);
-            let workspace = WorkspacePolicy { industry, allow_ip_user_agent: false };
+            let workspace = WorkspacePolicy { industry, allow_ip_user_agent: false, site_origin: None };
             let annotations = Annotations::default();
             let mut created = destination(DestinationFilters::default());
             if mapped {
@@ -749,7 +995,7 @@ mod tests {
                 identifiers: onepd_domain::hashing::meta_identifiers(),
                 ..description(Category::AdPlatform)
             };
-            let target = Target { destination: &created, description: &meta, workspace: &workspace, annotations: &annotations };
+            let target = Target { destination: &created, description: &meta, workspace: &workspace, annotations: &annotations, secrets: None };
             let profile_traits: BTreeMap<String, Trait> = [("condition".to_owned(), trait_of(json!(MARKERS[7])))].into();
             let profile = ProfileView {
                 id: ProfileId(Uuid::from_u128(3)),
@@ -782,9 +1028,13 @@ mod tests {
                 prop_assert!(matches!(outcome, Prepared::Send(..)), "{outcome:?}");
             }
 
-            // An analytics destination of the same workspace gets everything.
+            // An analytics destination of the same workspace that a business
+            // associate agreement covers gets everything (without one, in
+            // healthcare, it is scrubbed like an ad platform).
             let analytics = description(Category::Analytics);
-            let target = Target { destination: &created, description: &analytics, workspace: &workspace, annotations: &annotations };
+            let mut covered = created.clone();
+            covered.policy.baa = true;
+            let target = Target { destination: &covered, description: &analytics, workspace: &workspace, annotations: &annotations, secrets: None };
             let (whole, notes) = sent(prepare(&event(message.clone()), Some(&profile), target));
             prop_assert_eq!(&whole.message, &message);
             prop_assert!(notes.scrubbed.is_empty());

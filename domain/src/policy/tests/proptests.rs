@@ -158,7 +158,7 @@ proptest! {
         mapped in any::<bool>(),
         allow_ip_user_agent in any::<bool>(),
     ) {
-        let workspace = WorkspacePolicy { industry, allow_ip_user_agent };
+        let workspace = WorkspacePolicy { industry, allow_ip_user_agent, site_origin: None };
         let mut destination = DestinationPolicy::default();
         if mapped {
             destination.event_names.insert(CUSTOM_EVENT.to_owned(), "Schedule".to_owned());
@@ -184,7 +184,7 @@ proptest! {
         message in message(),
         industry in prop::sample::select(RESTRICTED.to_vec()),
     ) {
-        let workspace = WorkspacePolicy { industry, allow_ip_user_agent: false };
+        let workspace = WorkspacePolicy { industry, allow_ip_user_agent: false, site_origin: None };
         let verdict = apply(&message, Category::Analytics, &workspace, &DestinationPolicy::default(), &Annotations::default());
         prop_assert_eq!(verdict, Verdict::Send { message, scrubs: Vec::new(), withhold_ip_user_agent: false });
     }
