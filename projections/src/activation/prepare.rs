@@ -855,6 +855,13 @@ mod tests {
         for planted in ["078-05-1120", "1961-04-12", "margaret@example.com", "555-7734"] {
             assert!(!text.contains(planted), "{planted} in {text}");
         }
+        // Free text that no detector classifies stays in a general
+        // industry's message; the format check alone keeps it out.
+        let mut words = patient().0;
+        words["context"]["clickIds"]["gclid"] = json!("Type 2 diabetes");
+        let (prepared, notes) = sent(prepared_in(&general, &created, &every_platform(), words, &traits));
+        assert!(!prepared.identifiers.contains_key("gclid"), "{prepared:?}");
+        assert!(notes.scrubbed["identifiers.gclid"].starts_with("withheld: not a click id"), "{notes:?}");
         // A well-formed click id goes through.
         let mut good = patient().0;
         good["context"]["clickIds"]["gclid"] =
