@@ -293,6 +293,175 @@ async fn a_healthcare_appointment_reaches_meta_scrubbed_and_analytics_whole_on_p
     a_healthcare_appointment_reaches_meta_scrubbed_and_analytics_whole(Some(&db.url)).await;
 }
 
+/// What a healthcare reviewer plants (and must not find at an ad platform
+/// or at GA4, which no business associate agreement covers).
+const PLANTED: [&str; 12] = [
+    "078-05-1120",
+    "1961-04-12",
+    "19610412",
+    "60640",
+    "pt-48213",
+    "HIV",
+    "Type 2 diabetes",
+    "Okafor",
+    "hiv-prep",
+    "Have you ever been diagnosed with HIV?",
+    "Margaret Okafor DOB",
+    "(312) 555-7734",
+];
+
+async fn a_healthcare_workspace_sends_ad_platforms_and_ga4_only_what_the_policy_allows(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let site = "https://www.northside-health.example";
+    run(dir.path(), &["policy", "set", "--industry", "healthcare", "--site-origin", site], &store);
+    let stubs: Vec<(&str, Stub)> = vec![
+        ("meta", Stub::start(Mode::Accept).await),
+        ("google", Stub::start(Mode::Accept).await),
+        ("tiktok", Stub::start(Mode::Accept).await),
+        ("ga4", Stub::start(Mode::Accept).await),
+        ("bi", Stub::start(Mode::Accept).await),
+    ];
+    let stub = |name: &str| &stubs.iter().find(|(n, _)| *n == name).unwrap().1;
+    let endpoint = |name: &str| format!("endpoint={}", stub(name).url());
+    let create = |name: &str, adapter: &str, settings: &[String]| {
+        let mut args: Vec<String> =
+            vec!["destination".into(), "create".into(), name.into(), "--adapter".into(), adapter.into()];
+        for setting in settings {
+            args.extend(["--setting".to_owned(), setting.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(dir.path(), &args, &store);
+    };
+    create("meta", "meta_capi", &["pixel_id=123".into(), "access_token=EAAtoken".into(), endpoint("meta")]);
+    create(
+        "google",
+        "google_ads",
+        &[
+            "customer_id=123-456-7890".into(),
+            "developer_token=devtoken".into(),
+            "access_token=ya29token".into(),
+            "conversion_action=42".into(),
+            endpoint("google"),
+        ],
+    );
+    create("tiktok", "tiktok", &["access_token=tttoken".into(), "pixel_code=PIX".into(), endpoint("tiktok")]);
+    create("ga4", "ga4", &["measurement_id=G-TEST".into(), "api_secret=gasecret".into(), endpoint("ga4")]);
+    create("bi", "webhook", &[format!("url={}/hook", stub("bi").url())]);
+
+    let consent = json!({"categoryPreferences": {"marketing": true}});
+    send(
+        &server,
+        vec![json!({"type": "identify", "messageId": "hc2-id", "userId": "pt-48213",
+            "traits": {"email": "margaret.okafor@example.com", "phone": "+1 (312) 555-7734", "firstName": "Margaret",
+                       "lastName": "Okafor", "birthday": "1961-04-12", "gender": "female",
+                       "address": {"postalCode": "60640", "state": "IL", "city": "Chicago", "country": "US"},
+                       "Margaret Okafor DOB": "1961-04-12"},
+            "context": {"consent": consent}})],
+    )
+    .await;
+    stub("bi")
+        .wait_for(Duration::from_secs(30), "the identify reaches the BI webhook", |stub| !stub.raw().is_empty())
+        .await;
+    // Identify is nothing any ad platform or GA4 takes: they sent nothing.
+    let order = json!({"type": "track", "messageId": "hc2-order", "userId": "pt-48213", "event": "Order Completed",
+        "properties": {"value": 150, "currency": "HIV", "revenue": "Type 2 diabetes", "order_id": "pt-48213",
+                       "Have you ever been diagnosed with HIV?": "yes", "diagnosis": "Type 2 diabetes",
+                       "products": [{"product_id": "hiv-prep", "name": "Type 2 diabetes kit", "price": 30}]},
+        "context": {
+            "consent": consent,
+            "page": {"url": "https://hiv-prep.northside-health.example/book?dob=1961-04-12", "title": "HIV PrEP"},
+            "fbc": "078-05-1120", "fbp": "fb.1.1764650000000.HIV-positive-patient",
+            "clickIds": {"gclid": "margaret.okafor@example.com", "ttclid": "+1 (312) 555-7734"},
+            "ip": "203.0.113.9", "userAgent": "Mozilla/5.0 (X11; Linux x86_64)"}});
+    send(&server, vec![order]).await;
+    for name in ["meta", "google", "tiktok", "ga4"] {
+        stub(name)
+            .wait_for(Duration::from_secs(30), &format!("the order reaches {name}"), |stub| !stub.raw().is_empty())
+            .await;
+    }
+    stub("bi")
+        .wait_for(Duration::from_secs(30), "the order reaches the BI webhook", |stub| stub.raw().len() >= 2)
+        .await;
+
+    let order_id = event_id(&server, "hc2-order");
+    for name in ["meta", "google", "tiktok", "ga4"] {
+        let raw = stub(name).raw();
+        let (uri, headers, body) = raw.last().unwrap();
+        let text = format!("{uri}\n{headers:?}\n{}", String::from_utf8_lossy(body));
+        for planted in PLANTED {
+            assert!(!text.contains(planted), "{planted:?} reached {name}: {text}");
+            assert!(!text.to_lowercase().contains(&planted.to_lowercase()), "{planted:?} reached {name}: {text}");
+            assert!(!text.contains(&sha256_hex(planted)), "sha256 of {planted:?} reached {name}: {text}");
+        }
+        for normalized in ["19610412", "60640", "f", "il", "us", "chicago", "margaret", "okafor", "pt-48213"] {
+            assert!(!text.contains(&sha256_hex(normalized)), "sha256 of {normalized:?} reached {name}: {text}");
+        }
+        // `policy explain` shows exactly the body the platform received.
+        let explained = onepd_json(
+            dir.path(),
+            &[&["policy", "explain", "--destination", name, "--event-id", &order_id][..], &store_refs[..]].concat(),
+        );
+        assert_eq!(explained["verdict"], "sent", "{name}: {explained}");
+        let requests = explained["details"]["requests"].as_array().expect("a built-in adapter renders its requests");
+        assert_eq!(requests.len(), 1, "{name}: {explained}");
+        assert_eq!(
+            requests[0]["body"].as_str().unwrap().as_bytes(),
+            body.as_slice(),
+            "{name}: policy explain differs from what was sent"
+        );
+        for credential in ["EAAtoken", "ya29token", "devtoken", "tttoken", "gasecret"] {
+            assert!(!requests[0].to_string().contains(credential), "{name}: a credential in explain: {}", requests[0]);
+        }
+    }
+    let meta = serde_json::from_slice::<Value>(&stub("meta").raw().last().unwrap().2).unwrap();
+    let event = &meta["data"][0];
+    assert_eq!(event["event_source_url"], site, "{event}");
+    assert_eq!(event["custom_data"], json!({"value": 150}), "{event}");
+    let user: Vec<&String> = event["user_data"].as_object().unwrap().keys().collect();
+    assert_eq!(user, ["em", "external_id", "ph"], "{event}");
+    assert_eq!(event["user_data"]["em"], json!([sha256_hex("margaret.okafor@example.com")]));
+    let ga4 = serde_json::from_slice::<Value>(&stub("ga4").raw().last().unwrap().2).unwrap();
+    assert!(ga4.get("user_id").is_none(), "GA4 without a BAA gets no user id: {ga4}");
+    assert_eq!(ga4["events"][0]["name"], "purchase", "{ga4}");
+
+    // The business's own webhook gets everything.
+    let bi = String::from_utf8_lossy(&stub("bi").raw().last().unwrap().2).into_owned();
+    for planted in ["078-05-1120", "Type 2 diabetes", "Have you ever been diagnosed with HIV?", "hiv-prep.northside"] {
+        assert!(bi.contains(planted), "{planted:?} did not reach the BI webhook: {bi}");
+    }
+
+    // The ledger names no key the client chose, and the database holds none.
+    let shown =
+        onepd(dir.path(), &[&["deliveries", "show", "--event-id", &order_id, "--json"][..], &store_refs[..]].concat());
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.contains("\"destination\":\"meta\"") || shown.contains("\"destination\": \"meta\""), "{shown}");
+    assert!(!shown.contains("diagnosed") && !shown.contains("Okafor"), "a key's text in the ledger: {shown}");
+    assert!(shown.contains("properties.<"), "unknown keys are recorded by class and digest: {shown}");
+    drop(server);
+    if url.is_none() {
+        for file in ["onepd.db", "onepd.db-wal"] {
+            if let Ok(bytes) = std::fs::read(dir.path().join("data").join(file)) {
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(!text.contains("Have you ever been diagnosed"), "a key's text in {file} in clear");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthcare_workspace_sends_ad_platforms_and_ga4_only_what_the_policy_allows_on_sqlite() {
+    a_healthcare_workspace_sends_ad_platforms_and_ga4_only_what_the_policy_allows(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthcare_workspace_sends_ad_platforms_and_ga4_only_what_the_policy_allows_on_postgres() {
+    let db = PgDatabase::create().await;
+    a_healthcare_workspace_sends_ad_platforms_and_ga4_only_what_the_policy_allows(Some(&db.url)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_needing_consent_gets_only_what_the_person_consented_to_and_the_ledger_says_why() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,19 +40,34 @@ pub struct Stub {
 pub struct StubState {
     pub mode: Mutex<Mode>,
     pub accepted: Mutex<Vec<(String, Value)>>,
+    /// Every accepted request as received: URI, headers, exact body.
+    pub raw: Mutex<Vec<(String, Vec<(String, String)>, Vec<u8>)>>,
     pub requests: Mutex<u64>,
 }
 
 impl Stub {
     pub async fn start(mode: Mode) -> Stub {
-        let state = Arc::new(StubState { mode: Mutex::new(mode), accepted: Mutex::default(), requests: Mutex::new(0) });
+        let state = Arc::new(StubState {
+            mode: Mutex::new(mode),
+            accepted: Mutex::default(),
+            raw: Mutex::default(),
+            requests: Mutex::new(0),
+        });
         async fn handle(
             State(state): State<Arc<StubState>>,
             uri: axum::http::Uri,
-            body: axum::body::Bytes,
+            headers: axum::http::HeaderMap,
+            bytes: axum::body::Bytes,
         ) -> (StatusCode, String) {
             *state.requests.lock().unwrap() += 1;
-            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let headers: Vec<(String, String)> = headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            if !matches!(*state.mode.lock().unwrap(), Mode::Fail | Mode::Hang) {
+                state.raw.lock().unwrap().push((uri.to_string(), headers, bytes.to_vec()));
+            }
             let mode = *state.mode.lock().unwrap();
             match mode {
                 Mode::Hang => {
@@ -70,7 +85,7 @@ impl Stub {
                 }
                 _ => {
                     state.accepted.lock().unwrap().push((uri.to_string(), body));
-                    (StatusCode::OK, "{\"events_received\":1}".into())
+                    (StatusCode::OK, "{\"events_received\":1,\"code\":0}".into())
                 }
             }
         }
@@ -91,6 +106,11 @@ impl Stub {
 
     pub fn bodies(&self) -> Vec<(String, Value)> {
         self.state.accepted.lock().unwrap().clone()
+    }
+
+    /// Every request the stub took, as received: URI, headers, exact body.
+    pub fn raw(&self) -> Vec<(String, Vec<(String, String)>, Vec<u8>)> {
+        self.state.raw.lock().unwrap().clone()
     }
 
     /// Every event id the stub accepted from the generic webhook, with how
