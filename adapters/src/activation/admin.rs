@@ -191,7 +191,15 @@ fn attempts_in(entries: &[RecordedEvent]) -> Vec<Attempt> {
         .iter()
         .filter(|event| event.event_type == DeliveryAttempted::TYPE)
         .filter_map(|event| {
-            let attempt = serde_json::from_value(event.data.value()?.clone()).ok()?;
+            let mut attempt: DeliveryAttempted = serde_json::from_value(event.data.value()?.clone()).ok()?;
+            if !attempt.names_keyed {
+                // Written before client keys were recorded by digest: never
+                // show the key's text.
+                attempt.scrubbed =
+                    attempt.scrubbed.iter().map(|name| onepd_domain::policy::legacy_field(name)).collect();
+                attempt.scrubbed.sort();
+                attempt.scrubbed.dedup();
+            }
             Some(Attempt { position: event.position, at: event.recorded_at, attempt })
         })
         .collect()
@@ -285,4 +293,50 @@ pub async fn statuses(
         all.push(DestinationStatus { entry: entry.clone(), ledger });
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use onepd_domain::{EventId, Payload, StreamId, WorkspaceId};
+    use serde_json::json;
+
+    use super::*;
+
+    fn entry(data: serde_json::Value) -> RecordedEvent {
+        RecordedEvent {
+            position: Position(3),
+            event_id: EventId(Uuid::from_u128(3)),
+            workspace_id: WorkspaceId(Uuid::from_u128(1)),
+            stream_id: StreamId::new("destination-x").unwrap(),
+            stream_version: 1,
+            event_type: DeliveryAttempted::TYPE.into(),
+            schema_version: 1,
+            data: Payload::Data(data),
+            metadata: json!({}),
+            sealed: false,
+            recorded_at: Timestamp(0),
+            hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn a_ledger_entry_written_before_keyed_names_never_shows_a_clients_key() {
+        let legacy = json!({
+            "destination_id": Uuid::from_u128(9), "run": {"kind": "live"}, "attempt": 1, "events": [],
+            "response": "200", "duration_ms": 1,
+            "scrubbed": ["properties.Have you ever been diagnosed with HIV?", "properties.Margaret Okafor DOB",
+                         "context.page.title", "identifiers.client_ip_address"],
+        });
+        let shown = attempts_in(&[entry(legacy.clone())]);
+        assert_eq!(
+            shown[0].attempt.scrubbed,
+            ["context.page.title", "identifiers.client_ip_address", "properties.<unknown>"]
+        );
+        // An entry recorded under the rule is shown as written.
+        let mut keyed = legacy;
+        keyed["scrubbed"] = json!(["properties.diagnosis", "properties.<phi:5c1e0a92d4b7f316>"]);
+        keyed["names_keyed"] = json!(true);
+        let shown = attempts_in(&[entry(keyed)]);
+        assert_eq!(shown[0].attempt.scrubbed, ["properties.diagnosis", "properties.<phi:5c1e0a92d4b7f316>"]);
+    }
 }

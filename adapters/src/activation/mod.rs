@@ -789,6 +789,7 @@ impl Engine {
             response: response.to_owned(),
             hashed: hashed.into_iter().collect(),
             scrubbed: scrubbed.into_iter().collect(),
+            names_keyed: true,
             checkpoint,
             duration_ms: elapsed.as_millis() as u64,
         };

@@ -210,9 +210,16 @@ pub struct DeliveryAttempted {
     #[serde(default)]
     pub hashed: Vec<String>,
     /// The fields removed before sending (`userId`, `context.traits`), over
-    /// the batch; names only, never values.
+    /// the batch; names only, never values, and never a key the client
+    /// chose (`properties.<phi:5c1e0a92d4b7f316>`, see
+    /// [`crate::policy::Scrub::field`]).
     #[serde(default)]
     pub scrubbed: Vec<String>,
+    /// Whether `scrubbed` was recorded by that rule. Entries written before
+    /// it may name a client's key; readers are shown them cut at the first
+    /// name onepd does not know ([`crate::policy::legacy_field`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub names_keyed: bool,
     /// For the live run, once this batch is settled (delivered or
     /// dead-lettered): every position below this one is done.
     #[serde(default)]

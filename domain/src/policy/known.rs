@@ -224,3 +224,36 @@ pub(crate) fn is_spec_path(path: &str) -> bool {
         .or_else(|| path.strip_prefix("context.traits."))
         .is_some_and(|traits| SPEC_TRAITS.contains(&traits))
 }
+
+/// A scrubbed field's name from a ledger entry written before client keys
+/// were recorded by class and digest, as readers are shown it: its longest
+/// Segment-spec prefix, then `<unknown>` (`properties.<unknown>`).
+/// Identifier names (`identifiers.em`) are the adapter's own and kept.
+pub fn legacy_field(name: &str) -> String {
+    if name.starts_with("identifiers.") || is_spec_path(name) {
+        return name.to_owned();
+    }
+    let mut known = String::new();
+    for segment in name.split('.') {
+        let candidate = if known.is_empty() { segment.to_owned() } else { format!("{known}.{segment}") };
+        if !is_spec_path(&candidate) {
+            break;
+        }
+        known = candidate;
+    }
+    if known.is_empty() { "<unknown>".to_owned() } else { format!("{known}.<unknown>") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_legacy_name_is_cut_at_its_first_unknown_segment() {
+        assert_eq!(legacy_field("properties.Have you ever been diagnosed with HIV?"), "properties.<unknown>");
+        assert_eq!(legacy_field("context.page.url"), "context.page.url");
+        assert_eq!(legacy_field("traits.email"), "traits.email");
+        assert_eq!(legacy_field("identifiers.client_ip_address"), "identifiers.client_ip_address");
+        assert_eq!(legacy_field("Margaret Okafor DOB"), "<unknown>");
+    }
+}

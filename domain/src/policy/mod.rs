@@ -49,6 +49,7 @@ use sha2::Sha256;
 
 pub use annotations::Annotations;
 pub use detect::{classify_key, classify_value};
+pub use known::legacy_field;
 
 use crate::destination::{Category, IdentifierSource};
 use crate::events::workspace::Industry;

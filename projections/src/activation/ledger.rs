@@ -306,6 +306,7 @@ mod tests {
             response: "200".into(),
             hashed: vec![],
             scrubbed: vec![],
+            names_keyed: true,
             checkpoint: checkpoint.map(Position),
             duration_ms: 1,
         })
