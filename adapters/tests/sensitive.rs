@@ -117,6 +117,10 @@ const PLANTED: &[(&str, &[&str])] = &[
     ("4422 N Clarendon Ave", &["4422 n clarendon ave"]),
     ("hiv-prep", &["hiv-prep"]),
     ("Quarterman", &["quarterman"]),
+    ("HIV positive Type 2 diabetes", &["hiv positive type 2 diabetes"]),
+    ("HIVpositiveMargaretOkafor2024", &["hivpositivemargaretokafor2024"]),
+    ("Diabetes2-Metformin500mg-Okafor7", &["diabetes2-metformin500mg-okafor7"]),
+    ("Depression1.Sertraline50mg.Okafor1", &["depression1.sertraline50mg.okafor1"]),
 ];
 
 /// The matching keys: found in clear they leak, hashed they are allowed.
@@ -154,7 +158,7 @@ fn urlencode(text: &str) -> String {
 }
 
 /// A message with `pick(i)` planted at every readable place.
-fn planted(pick: &dyn Fn(usize) -> &'static str, key: &str, custom_event: bool, page: bool) -> Value {
+fn planted(pick: &dyn Fn(usize) -> &'static str, key: &str, custom_event: bool, page: bool, dated: bool) -> Value {
     let phi = |i: usize| Value::from(pick(i));
     let event = if custom_event { "HIV Test Booked" } else { "Order Completed" };
     let mut message = json!({
@@ -162,7 +166,9 @@ fn planted(pick: &dyn Fn(usize) -> &'static str, key: &str, custom_event: bool, 
         "messageId": pick(3),
         "userId": "pt-48213",
         "anonymousId": pick(4),
-        "timestamp": "2026-11-29T10:00:00.000Z",
+        // A birth date planted as the event's time.
+        "timestamp": if dated { "1961-04-12T00:00:00.000Z" } else { "2026-11-29T10:00:00.000Z" },
+        "receivedAt": "2026-11-29T10:00:05.000Z",
         "channel": pick(5),
         "integrations": {"All": true, "Meta": {"note": pick(6)}},
         "traits": {"email": CONTACT[0], "phone": CONTACT[1], "birthday": "1961-04-12", key: pick(7)},
@@ -171,6 +177,8 @@ fn planted(pick: &dyn Fn(usize) -> &'static str, key: &str, custom_event: bool, 
             "currency": "HIV",
             "value": pick(9),
             "revenue": "Type 2 diabetes",
+            "price": 13125557734u64,
+            "quantity": 19610412,
             "total": 150,
             "order_id": pick(10),
             "query": pick(11),
@@ -192,16 +200,18 @@ fn planted(pick: &dyn Fn(usize) -> &'static str, key: &str, custom_event: bool, 
             "campaign": {"name": pick(6), "term": pick(7), "source": pick(8)},
             "library": {"name": pick(9), "version": pick(10)},
             "locale": pick(11), "timezone": pick(12),
-            "fbc": "078-05-1120",
+            "fbc": if dated { "fb.1.19610412000.IwAR2F4dbP0l7Mn1IawQQGCINEz7PYXQv" } else { "078-05-1120" },
             "fbp": "fb.1.1764650000000.HIV-positive-patient",
             "clickIds": {
-                "gclid": CONTACT[0],
-                "ttclid": {"value": CONTACT[1], "capturedAt": "2026-11-29T09:00:00Z"},
+                "gclid": if custom_event { CONTACT[0] } else { "HIVpositiveMargaretOkafor2024" },
+                "ttclid": {"value": if page { CONTACT[1] } else { "Depression1.Sertraline50mg.Okafor1" },
+                           "capturedAt": "2026-11-29T09:00:00Z"},
                 "wbraid": "Type 2 diabetes",
-                "gbraid": pick(13),
+                "gbraid": if mapped_marker(key) { "Diabetes2-Metformin500mg-Okafor7" } else { pick(13) },
                 key: pick(14),
             },
-            "traits": {"firstName": "Margaret", "lastName": "Okafor", key: pick(15)},
+            "traits": {"firstName": "Margaret", "lastName": "Okafor", key: pick(15),
+                       "email": "HIV positive Type 2 diabetes"},
             "consent": {"categoryPreferences": {"marketing": true, key: true}},
             "ip": "198.51.100.23",
             // Outside healthcare IP and user agent are matching fields sent as
@@ -215,6 +225,11 @@ fn planted(pick: &dyn Fn(usize) -> &'static str, key: &str, custom_event: bool, 
         message["name"] = json!(pick(0));
     }
     message
+}
+
+/// Varies which odd click id a case plants, by its key.
+fn mapped_marker(key: &str) -> bool {
+    key.len() % 2 == 0
 }
 
 fn profile_traits() -> BTreeMap<String, Trait> {
@@ -426,9 +441,10 @@ proptest! {
         custom_event in any::<bool>(),
         mapped in any::<bool>(),
         page in any::<bool>(),
+        dated in any::<bool>(),
     ) {
         let pick = move |i: usize| PLANTED[(i + offset) % PLANTED.len()].0;
-        let message = planted(&pick, key, custom_event, page);
+        let message = planted(&pick, key, custom_event, page, dated);
         let workspace = WorkspacePolicy {
             industry,
             allow_ip_user_agent: false,
@@ -457,7 +473,7 @@ proptest! {
                         prop_assert!(!record.contains(key), "{} in the scrub record {}", key, record);
                     }
                 }
-                if custom_event && !mapped && !page {
+                if dated || (custom_event && !mapped && !page) {
                     prop_assert!(matches!(outcome.prepared, Prepared::Withheld { rule: "policy", .. }), "{:?}", outcome.prepared);
                 } else if name == "meta_capi" {
                     // Not vacuous: the event went, with its matching key

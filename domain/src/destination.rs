@@ -512,15 +512,33 @@ pub struct RenderedRequest {
 
 impl RenderedRequest {
     /// The URL and headers with every credential replaced by `<redacted>`,
-    /// for showing to a person or writing to a log.
+    /// for showing to a person or writing to a log: a query parameter whose
+    /// value is a credential keeps its name; a header value keeps its words
+    /// around the credential (`Bearer <redacted>`).
     pub fn redacted(&self) -> (String, Vec<(String, String)>) {
-        let hide = |text: &str| {
-            self.secrets.iter().filter(|secret| !secret.is_empty()).fold(text.to_owned(), |text, secret| {
-                let encoded: String = url_encoded(secret);
-                text.replace(secret.as_str(), "<redacted>").replace(&encoded, "<redacted>")
-            })
+        let secret = |value: &str| {
+            self.secrets.iter().any(|secret| !secret.is_empty() && (value == secret || value == url_encoded(secret)))
         };
-        (hide(&self.url), self.headers.iter().map(|(name, value)| (name.clone(), hide(value))).collect())
+        let url = match self.url.split_once('?') {
+            Some((base, query)) => {
+                let pairs: Vec<String> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((name, value)) if secret(value) => format!("{name}=<redacted>"),
+                        _ => pair.to_owned(),
+                    })
+                    .collect();
+                format!("{base}?{}", pairs.join("&"))
+            }
+            None => self.url.clone(),
+        };
+        let hide = |value: &str| {
+            self.secrets
+                .iter()
+                .filter(|secret| !secret.is_empty())
+                .fold(value.to_owned(), |value, secret| value.replace(secret.as_str(), "<redacted>"))
+        };
+        (url, self.headers.iter().map(|(name, value)| (name.clone(), hide(value))).collect())
     }
 }
 
@@ -570,6 +588,26 @@ pub enum DeletionAnswer {
     Requested,
     /// The destination has no way to delete data.
     Unsupported,
+}
+
+#[cfg(test)]
+mod rendered_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_hidden_but_the_names_that_carry_them_are_not() {
+        let request = RenderedRequest {
+            method: "POST".into(),
+            url: "https://example.com/mp/collect?measurement_id=G-1&api_secret=sec".into(),
+            headers: vec![("Authorization".into(), "Bearer sec".into())],
+            body: Vec::new(),
+            events: Vec::new(),
+            secrets: vec!["sec".into()],
+        };
+        let (url, headers) = request.redacted();
+        assert_eq!(url, "https://example.com/mp/collect?measurement_id=G-1&api_secret=<redacted>");
+        assert_eq!(headers, [("Authorization".to_owned(), "Bearer <redacted>".to_owned())]);
+    }
 }
 
 #[cfg(test)]

@@ -132,6 +132,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let (log, directory, workspace) = directory::open(&args.target).await?;
     let entry = admin::find(&directory, workspace, &args.destination)?;
     let id = entry.created.destination_id;
+    let name = entry.created.name.clone();
     if args.dead {
         let ledger = admin::ledger(&log, id).await.context("reading the delivery ledger")?;
         log.close().await;
@@ -159,7 +160,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     log.close().await;
     for attempt in &attempts {
         if args.json {
-            output::json(&attempt_json(None, attempt));
+            output::json(&attempt_json(Some(&name), attempt));
         } else {
             let a = &attempt.attempt;
             output::line(format!(

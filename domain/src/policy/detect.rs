@@ -533,7 +533,7 @@ fn is_url(value: &str) -> bool {
         && !value.chars().any(char::is_whitespace)
 }
 
-fn is_email(value: &str) -> bool {
+pub(crate) fn is_email(value: &str) -> bool {
     let Some((local, domain)) = value.split_once('@') else {
         return false;
     };

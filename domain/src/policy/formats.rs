@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use crate::destination::IdentifierSource;
 
-use super::detect::{classify_key, classify_value};
+use super::detect::{classify_key, classify_value, is_email};
 
 /// The fewest characters of a click id (`fbclid`, `gclid`, `ttclid`,
 /// `gbraid`, `wbraid`): platforms issue tokens of several dozen.
@@ -30,10 +30,12 @@ pub const MAX_USER_AGENT_CHARS: usize = 512;
 
 /// Why `value` is not a well-formed `source`, in words that hold no part of
 /// it; `None` when it is well-formed, or when `source` has no documented
-/// shape (emails, phones and the other personal details are normalized and
-/// hashed instead, [`crate::hashing`]).
+/// shape here (phones must normalize to E.164 and the other personal
+/// details to their platform forms, [`crate::hashing`]). An email must be
+/// one, or its hash would stand for whatever text it is.
 pub fn identifier_problem(source: IdentifierSource, value: &str) -> Option<&'static str> {
     match source {
+        IdentifierSource::Email => (!is_email(value.trim())).then_some("not an email address"),
         IdentifierSource::Fbc => fbc_problem(value),
         IdentifierSource::Fbp => fbp_problem(value),
         IdentifierSource::Gclid | IdentifierSource::Gbraid | IdentifierSource::Wbraid => {
@@ -50,14 +52,30 @@ pub fn identifier_problem(source: IdentifierSource, value: &str) -> Option<&'sta
     }
 }
 
-/// `fb.{0-99}.{10-13 digits}.{fbclid}`.
+/// [`identifier_problem`], and for a restricted industry's ad platform a
+/// click id whose letters read as text ([`reads_as_text`]) too.
+pub fn restricted_identifier_problem(source: IdentifierSource, value: &str) -> Option<&'static str> {
+    identifier_problem(source, value).or_else(|| {
+        let token = match source {
+            IdentifierSource::Fbc => cookie_parts(value.trim()).map(|(_, _, fbclid)| fbclid),
+            IdentifierSource::Gclid
+            | IdentifierSource::Gbraid
+            | IdentifierSource::Wbraid
+            | IdentifierSource::Ttclid => Some(value.trim()),
+            _ => None,
+        };
+        token.filter(|token| reads_as_text(token)).map(|_| "reads as text, not an issued click id")
+    })
+}
+
+/// `fb.{0-99}.{creation time in ms, 2015 to 2100}.{fbclid}`.
 fn fbc_problem(value: &str) -> Option<&'static str> {
     const RULE: &str = "not fb.<subdomain index>.<creation time in ms>.<fbclid>";
     let Some((_, _, fbclid)) = cookie_parts(value.trim()) else { return Some(RULE) };
     token_problem(fbclid, |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).map(|_| RULE)
 }
 
-/// `fb.{0-99}.{10-13 digits}.{5-20 digits}`.
+/// `fb.{0-99}.{creation time in ms, 2015 to 2100}.{5-20 digits}`.
 fn fbp_problem(value: &str) -> Option<&'static str> {
     const RULE: &str = "not fb.<subdomain index>.<creation time in ms>.<random number>";
     let Some((_, _, random)) = cookie_parts(value.trim()) else { return Some(RULE) };
@@ -65,15 +83,19 @@ fn fbp_problem(value: &str) -> Option<&'static str> {
     (!digits).then_some(RULE)
 }
 
+/// The first and last creation times a Meta cookie may carry, in ms since
+/// the epoch: 2015-01-01 and 2100-01-01 (a birth date or a phone number in
+/// its place is not a time).
+const COOKIE_TIMES: std::ops::RangeInclusive<u64> = 1_420_070_400_000..=4_102_444_800_000;
+
 /// The subdomain index, creation time and last part of a Meta cookie.
 fn cookie_parts(value: &str) -> Option<(&str, &str, &str)> {
     let rest = value.strip_prefix("fb.")?;
     let (index, rest) = rest.split_once('.')?;
     let (time, last) = rest.split_once('.')?;
-    let digits = |text: &str, range: std::ops::RangeInclusive<usize>| {
-        range.contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())
-    };
-    (digits(index, 1..=2) && digits(time, 10..=13)).then_some((index, time, last))
+    let index_ok = (1..=2).contains(&index.len()) && index.bytes().all(|b| b.is_ascii_digit());
+    let time_ok = time.len() == 13 && time.parse::<u64>().is_ok_and(|ms| COOKIE_TIMES.contains(&ms));
+    (index_ok && time_ok).then_some((index, time, last))
 }
 
 /// Whether `token` is an opaque issued token: [`MIN_CLICK_ID_CHARS`] to
@@ -99,6 +121,56 @@ fn reads_as_words(token: &str) -> bool {
         .count()
         >= 2
 }
+
+/// Whether the letters of a click id read as text: its words of three or
+/// more letters (split at separators, digits and case changes, as
+/// `HIVpositiveMargaret` is) hold eight or more letters, and more than half
+/// of their adjacent letter pairs are among the 150 most common in English.
+/// Issued tokens are random: about 1 in 100 reads as text by this rule (and
+/// is withheld from a restricted industry's ad platforms), while written
+/// words (`Depression1.Sertraline50mg`, `HIVpositiveMargaretOkafor2024`)
+/// nearly always do. A token that is an encoding of text (base64) cannot
+/// be told from an issued one.
+pub fn reads_as_text(token: &str) -> bool {
+    let mut words: Vec<String> = Vec::new();
+    let chars: Vec<char> = token.chars().collect();
+    let mut current = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let boundary = !c.is_ascii_alphabetic()
+            || (c.is_ascii_uppercase() && i > 0 && chars[i - 1].is_ascii_lowercase())
+            || (c.is_ascii_uppercase()
+                && chars.get(i + 1).is_some_and(char::is_ascii_lowercase)
+                && i > 0
+                && chars[i - 1].is_ascii_uppercase());
+        if boundary && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
+        }
+        if c.is_ascii_alphabetic() {
+            current.push(c.to_ascii_lowercase());
+        }
+    }
+    words.push(current);
+    words.retain(|word| word.len() >= 3);
+    let letters: usize = words.iter().map(String::len).sum();
+    let pairs: Vec<&str> = words.iter().flat_map(|word| (0..word.len() - 1).map(move |i| &word[i..i + 2])).collect();
+    if letters < 8 || pairs.is_empty() {
+        return false;
+    }
+    let common = pairs.iter().filter(|pair| COMMON_PAIRS.contains(pair)).count();
+    common * 100 > pairs.len() * 55
+}
+
+/// The most common adjacent letter pairs of English text.
+const COMMON_PAIRS: &[&str] = &[
+    "th", "he", "in", "er", "an", "re", "on", "at", "en", "nd", "ti", "es", "or", "te", "of", "ed", "is", "it", "al",
+    "ar", "st", "to", "nt", "ng", "se", "ha", "as", "ou", "io", "le", "ve", "co", "me", "de", "hi", "ri", "ro", "ic",
+    "ne", "ea", "ra", "ce", "li", "ch", "ll", "be", "ma", "si", "om", "ur", "ca", "el", "ta", "la", "ns", "di", "fo",
+    "ho", "pe", "ec", "pr", "no", "ct", "us", "ac", "ot", "il", "tr", "ly", "nc", "et", "ut", "ss", "so", "rs", "un",
+    "lo", "wa", "ge", "ie", "wh", "ee", "wi", "em", "ad", "ol", "rt", "po", "we", "na", "ul", "ni", "ts", "mo", "ow",
+    "pa", "im", "mi", "ai", "sh", "ir", "su", "id", "os", "iv", "ia", "am", "fi", "ci", "vi", "pl", "ig", "tu", "ev",
+    "ld", "ry", "mp", "fe", "bl", "ab", "gh", "ty", "op", "wo", "sa", "ay", "ex", "ke", "fr", "oo", "av", "ag", "if",
+    "ap", "gr", "od", "bo", "sp", "rd", "do", "uc", "bu", "ei", "ov", "by", "rm", "ep", "tt", "oc",
+];
 
 /// A user agent: printable ASCII, no `@` (no email hides in it), at most
 /// [`MAX_USER_AGENT_CHARS`] characters, a `product/version` token in it.
@@ -166,6 +238,34 @@ mod tests {
             }
         }
         assert!(identifier_problem(IdentifierSource::Gclid, "hiv-positive-patient-2024").is_some());
+    }
+
+    #[test]
+    fn written_words_read_as_text_and_issued_tokens_do_not() {
+        for written in [
+            "HIVpositiveMargaretOkafor2024",
+            "HIV1-positive1-Margaret1-Okafor1",
+            "Diabetes2-Metformin500mg-Okafor7",
+            "Depression1.Sertraline50mg.Okafor1",
+            "E.C.P.HIVpositive1.Okafor2Margaret",
+        ] {
+            assert!(reads_as_text(written), "{written}");
+        }
+        for issued in [
+            "Cj0KCQiA4NWrBhD-ARIsAFCKwWsQ2b8vJp3n_HsQ0mVeS0BxE",
+            "IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk",
+            "E.C.P.CqgBGvW1y2hN4tQ3Zy1cw8",
+        ] {
+            assert!(!reads_as_text(issued), "{issued}");
+        }
+    }
+
+    #[test]
+    fn a_cookies_creation_time_is_a_time_and_an_email_is_an_email() {
+        let birth_date_as_time = "fb.1.19610412000.IwAR2F4dbP0l7Mn1IawQQGCINEz7PYXQv";
+        assert!(identifier_problem(IdentifierSource::Fbc, birth_date_as_time).is_some());
+        assert_eq!(identifier_problem(IdentifierSource::Email, "margaret@example.com"), None);
+        assert!(identifier_problem(IdentifierSource::Email, "HIV positive Type 2 diabetes").is_some());
     }
 
     #[test]

@@ -373,7 +373,9 @@ pub enum FieldType {
     Timestamp,
     /// `server`, `browser`, `mobile` or `client`.
     Channel,
-    /// A finite number (a string holding one is sent as the number).
+    /// A JSON number (a string holding digits is not one: a ZIP code or a
+    /// record number would pass as text), and not a whole number of 8 or
+    /// more digits (a phone number, an SSN or a birth date as digits).
     Number,
     /// An active ISO 4217 code (`USD`).
     Currency,
@@ -737,6 +739,9 @@ pub fn apply(
     };
     let mut output = message.clone();
     if restricted {
+        if let Some(reason) = implausible_time(message) {
+            return Verdict::Withhold { reason: reason.to_owned() };
+        }
         if let Err(reason) = scrubber.rename_event(&mut output, destination) {
             return Verdict::Withhold { reason: reason.to_owned() };
         }
@@ -757,6 +762,38 @@ pub fn apply(
         category != Category::AdPlatform || workspace.industry != Industry::Healthcare || workspace.allow_ip_user_agent,
     );
     Verdict::Send { message: output, scrubs: scrubber.scrubs, withhold_ip_user_agent: !allow_ip_user_agent }
+}
+
+/// Whether a number on a restricted allowlist reads as an identifier
+/// rather than an amount or a count: a whole number of 8 or more digits
+/// (`13125557734`, `19610412`, `78051120`).
+fn reads_as_identifier(number: &serde_json::Number) -> bool {
+    let whole = match (number.as_i64(), number.as_u64(), number.as_f64()) {
+        (Some(n), _, _) => Some(n.unsigned_abs()),
+        (_, Some(n), _) => Some(n),
+        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e19 => Some(f.abs() as u64),
+        _ => None,
+    };
+    whole.is_some_and(|n| n >= 10_000_000)
+}
+
+/// The most an event's own time may be from when onepd received it, for a
+/// restricted industry's ad platform (Google Ads takes conversions up to 90
+/// days after the click; Meta and TikTok less): a time further away is
+/// more likely a date planted in the field (a birth date) than the event's.
+pub const MAX_EVENT_TIME_SKEW_DAYS: i64 = 90;
+
+/// Why a restricted industry's ad platform may not take the message's
+/// time: its `timestamp` (else `originalTimestamp`) is more than
+/// [`MAX_EVENT_TIME_SKEW_DAYS`] from its `receivedAt`.
+fn implausible_time(message: &Value) -> Option<&'static str> {
+    let time = |field: &str| {
+        message.get(field).and_then(Value::as_str).and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+    };
+    let received = time("receivedAt")?;
+    let at = time("timestamp").or_else(|| time("originalTimestamp"))?;
+    let skew = (at - received).num_days().abs();
+    (skew > MAX_EVENT_TIME_SKEW_DAYS).then_some("event time more than 90 days from when onepd received it")
 }
 
 /// Reduces a URL to `scheme://host[:port]`, lowercase, without user info;
@@ -983,14 +1020,12 @@ impl Scrubber<'_> {
             Expect::Type(FieldType::SiteOrigin) => return self.site_origin(value, path),
             Expect::Type(FieldType::ClickId(source)) => return self.click_id(value, path, *source),
             Expect::Type(FieldType::Number) => match value {
+                Value::Number(number) if reads_as_identifier(number) => Some(
+                    "an integer of 8 or more digits, which reads as an identifier (a phone number, an SSN, a date), \
+                     not an amount"
+                        .to_owned(),
+                ),
                 Value::Number(_) => None,
-                Value::String(text) => match text.trim().parse::<f64>().ok().filter(|n| n.is_finite()) {
-                    Some(number) => {
-                        *value = serde_json::Number::from_f64(number).map_or(Value::Null, Value::Number);
-                        None
-                    }
-                    None => Some("not a number".to_owned()),
-                },
                 _ => Some("not a number".to_owned()),
             },
             Expect::Type(ty) => {
@@ -1048,13 +1083,13 @@ impl Scrubber<'_> {
     /// `{"value", "capturedAt"}` with such a value.
     fn click_id(&mut self, value: &mut Value, path: &Path, source: IdentifierSource) -> bool {
         let problem = match value {
-            Value::String(text) => formats::identifier_problem(source, text),
+            Value::String(text) => formats::restricted_identifier_problem(source, text),
             Value::Object(object) => {
                 let mut problem = None;
                 object.retain(|key, inner| match key.as_str() {
                     "value" => match inner.as_str() {
                         Some(text) => {
-                            problem = formats::identifier_problem(source, text);
+                            problem = formats::restricted_identifier_problem(source, text);
                             true
                         }
                         None => {

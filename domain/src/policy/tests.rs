@@ -218,6 +218,36 @@ fn an_allowed_field_of_a_destination_reaches_a_restricted_ad_platform_only_with_
 }
 
 #[test]
+fn an_event_time_far_from_when_onepd_received_it_is_withheld_from_a_restricted_ad_platform() {
+    let mut message = appointment();
+    message["receivedAt"] = json!("2024-05-01T10:00:05Z");
+    assert!(matches!(
+        apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &Annotations::default()),
+        Verdict::Send { .. }
+    ));
+    message["timestamp"] = json!("1961-04-12T00:00:00Z");
+    assert_eq!(
+        apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &Annotations::default()),
+        Verdict::Withhold { reason: "event time more than 90 days from when onepd received it".into() }
+    );
+}
+
+#[test]
+fn allowlisted_numbers_that_read_as_identifiers_are_removed() {
+    for planted in [json!(13125557734u64), json!(19610412), json!(78051120), json!(19610412.0)] {
+        let mut message = appointment();
+        message["properties"]["value"] = planted.clone();
+        let (output, _, _) =
+            sent(apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &Annotations::default()));
+        assert!(output["properties"].get("value").is_none(), "{planted} passed");
+    }
+    let mut message = appointment();
+    message["properties"]["value"] = json!(1234567.5);
+    let (output, _, _) = sent(apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &Annotations::default()));
+    assert_eq!(output["properties"]["value"], json!(1234567.5));
+}
+
+#[test]
 fn allowlisted_fields_are_typed_so_free_text_does_not_pass_as_a_currency() {
     let mut message = appointment();
     message["properties"]["currency"] = json!("HIV");
@@ -265,7 +295,15 @@ fn an_allowlisted_field_is_still_removed_when_the_plan_classifies_it_or_its_valu
     let (output, scrubs, _) = sent(apply(&message, Category::AdPlatform, &healthcare(), &mapped(), &annotations));
     assert_eq!(output["properties"], json!({"currency": "USD"}));
     assert_eq!(scrub(&scrubs, "properties.value").reason, "classified phi by the tracking plan");
-    assert_eq!(scrub(&scrubs, "properties.total").reason, "card number by its value");
+    assert!(scrub(&scrubs, "properties.total").reason.starts_with("an integer of 8 or more digits"));
+    // A value the operator declared is still removed when it looks sensitive.
+    let declared =
+        DestinationPolicy { allow_fields: vec!["properties.contact=help@clinic.example".into()], ..mapped() };
+    let mut message = appointment();
+    message["properties"]["contact"] = json!("help@clinic.example");
+    let (output, scrubs, _) = sent(apply(&message, Category::AdPlatform, &healthcare(), &declared, &annotations));
+    assert!(output["properties"].get("contact").is_none());
+    assert_eq!(scrub(&scrubs, "properties.contact").reason, "email address by its value");
 }
 
 #[test]

@@ -242,7 +242,12 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
         let mut values: Vec<String> = Vec::new();
         let mut problem = None;
         for raw in raw {
-            if let Some(rule) = policy::formats::identifier_problem(spec.source, &raw) {
+            let problem_of = if restricted {
+                policy::formats::restricted_identifier_problem
+            } else {
+                policy::formats::identifier_problem
+            };
+            if let Some(rule) = problem_of(spec.source, &raw) {
                 problem = Some(rule);
                 continue;
             }
@@ -296,9 +301,11 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
             }
         }
     }
+    // The time as the policy left it (a restricted ad platform's was
+    // checked against when onepd received the event).
     let timestamp = ["timestamp", "receivedAt"]
         .iter()
-        .find_map(|field| message.get(*field)?.as_str())
+        .find_map(|field| sent.get(*field).or_else(|| message.get(*field))?.as_str())
         .map_or_else(|| event.recorded_at.to_rfc3339(), str::to_owned);
     Prepared::Send(
         PreparedEvent {
