@@ -743,3 +743,53 @@ async fn erasing_a_person_in_one_workspace_leaves_the_same_ids_in_another_untouc
     assert!(!onepd(dir.path(), &["profile", "get", "--user-id", "shared-user", "--json"]).status.success());
     drop(server);
 }
+
+/// The README's "Sensitive data" commands, run as written (in order, with
+/// `onepd` on the PATH and a server running, as the README's quick start
+/// leaves a reader) on a fresh data directory.
+#[test]
+fn the_readmes_sensitive_data_commands_run_as_written() {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme.split("## Sensitive data\n").nth(1).expect("a Sensitive data section");
+    // Up to its first subsection (consent and erasure need a person's data).
+    let section = section.split("\n### ").next().unwrap();
+    let mut script = String::new();
+    let mut in_sh = false;
+    for line in section.lines() {
+        match line.trim_end() {
+            "```sh" => in_sh = true,
+            "```" if in_sh => in_sh = false,
+            _ if in_sh => {
+                script.push_str(line);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(script.contains("onepd policy set --industry healthcare --site-origin"), "{script}");
+    let runnable = script;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let bin = std::path::Path::new(support::BINARY).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let output = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &runnable])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("META_TOKEN", "EAAexample")
+        .env("GA4_SECRET", "example-secret")
+        .env_remove("ONEPD_DATABASE_URL")
+        .env_remove("ONEPD_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the README's commands failed:\n{runnable}\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = onepd_json(dir.path(), &["policy", "show"]);
+    assert_eq!(shown["site_origin"], "https://www.example-clinic.com");
+    assert_eq!(shown["industry"], "healthcare");
+    drop(server);
+}
