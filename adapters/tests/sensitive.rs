@@ -229,7 +229,7 @@ fn planted(pick: &dyn Fn(usize) -> &'static str, key: &str, custom_event: bool, 
 
 /// Varies which odd click id a case plants, by its key.
 fn mapped_marker(key: &str) -> bool {
-    key.len() % 2 == 0
+    key.len().is_multiple_of(2)
 }
 
 fn profile_traits() -> BTreeMap<String, Trait> {

@@ -29,6 +29,9 @@ pub enum Mode {
     Slow,
 }
 
+/// One request as a stub received it: URI, headers, exact body.
+pub type RawRequest = (String, Vec<(String, String)>, Vec<u8>);
+
 /// A local HTTP server standing in for a destination: it records every
 /// request body it accepted and answers as its mode says.
 #[derive(Clone)]
@@ -41,7 +44,7 @@ pub struct StubState {
     pub mode: Mutex<Mode>,
     pub accepted: Mutex<Vec<(String, Value)>>,
     /// Every accepted request as received: URI, headers, exact body.
-    pub raw: Mutex<Vec<(String, Vec<(String, String)>, Vec<u8>)>>,
+    pub raw: Mutex<Vec<RawRequest>>,
     pub requests: Mutex<u64>,
 }
 
@@ -109,7 +112,7 @@ impl Stub {
     }
 
     /// Every request the stub took, as received: URI, headers, exact body.
-    pub fn raw(&self) -> Vec<(String, Vec<(String, String)>, Vec<u8>)> {
+    pub fn raw(&self) -> Vec<RawRequest> {
         self.state.raw.lock().unwrap().clone()
     }
 

@@ -223,7 +223,7 @@ impl Destination for GoogleAds {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let (mut results, sent, request) = self.build(events)?;
+        let mapping::Built { mut results, sent, request } = self.build(events)?;
         let Some(request) = request else { return Ok(results) };
         let answer = http::post_rendered(&request, self.timeout).await?;
         let failures = partial_failures(&answer.json(), sent.len())?;
@@ -238,17 +238,14 @@ impl Destination for GoogleAds {
     }
 
     fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
-        Some(self.build(events).ok()?.2.into_iter().collect())
+        Some(self.build(events).ok()?.request.into_iter().collect())
     }
 }
 
 impl GoogleAds {
     /// The results known without sending, the conversions' events, and the
     /// one upload request (none when no event is a conversion).
-    fn build(
-        &self,
-        events: &[PreparedEvent],
-    ) -> Result<(Vec<EventResult>, Vec<PreparedEvent>, Option<RenderedRequest>), DeliverError> {
+    fn build(&self, events: &[PreparedEvent]) -> Result<mapping::Built, DeliverError> {
         // Not a conversion of this account (see the module doc).
         let mapping::Mapped { results, sent, records: conversions } = mapping::map_events(events, |event| {
             let action = match (event.message_type.as_str(), event.name.as_deref()) {
@@ -258,7 +255,7 @@ impl GoogleAds {
             Some(self.conversion(action, event))
         });
         if conversions.is_empty() {
-            return Ok((results, sent, None));
+            return Ok(mapping::Built { results, sent, request: None });
         }
         let body = json!({ "conversions": conversions, "partialFailure": true });
         let mut headers = vec![
@@ -276,7 +273,7 @@ impl GoogleAds {
             sent.iter().map(|event| event.event_id),
             vec![self.access_token.clone(), self.developer_token.clone()],
         )?;
-        Ok((results, sent, Some(request)))
+        Ok(mapping::Built { results, sent, request: Some(request) })
     }
 }
 

@@ -198,6 +198,16 @@ pub(super) struct Mapped<T> {
     pub records: Vec<T>,
 }
 
+/// A batch built into one request.
+pub(super) struct Built {
+    /// The results known without sending (see [`Mapped::results`]).
+    pub results: Vec<EventResult>,
+    /// The events the request carries.
+    pub sent: Vec<PreparedEvent>,
+    /// The request; `None` when nothing in the batch is for the platform.
+    pub request: Option<onepd_domain::destination::RenderedRequest>,
+}
+
 /// Maps each event with `map`: `None` skips it (answered delivered without
 /// sending), `Some(Err(reason))` refuses it for good.
 pub(super) fn map_events<T>(

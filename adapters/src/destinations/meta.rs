@@ -163,17 +163,14 @@ impl MetaCapi {
 impl MetaCapi {
     /// The results known without sending, the events sent, and the one
     /// request (none when nothing is for Meta).
-    fn build(
-        &self,
-        events: &[PreparedEvent],
-    ) -> Result<(Vec<EventResult>, Vec<PreparedEvent>, Option<RenderedRequest>), DeliverError> {
+    fn build(&self, events: &[PreparedEvent]) -> Result<mapping::Built, DeliverError> {
         // Not a conversion (identify, group, alias): nothing for Meta to take
         // (see the module doc).
         let mapping::Mapped { results, sent, records: data } = mapping::map_events(events, |event| {
             matches!(event.message_type.as_str(), "track" | "page").then(|| self.server_event(event))
         });
         if data.is_empty() {
-            return Ok((results, sent, None));
+            return Ok(mapping::Built { results, sent, request: None });
         }
         let mut body = json!({ "data": data });
         if let Some(code) = &self.test_event_code {
@@ -187,7 +184,7 @@ impl MetaCapi {
             sent.iter().map(|event| event.event_id),
             vec![self.access_token.clone()],
         )?;
-        Ok((results, sent, Some(request)))
+        Ok(mapping::Built { results, sent, request: Some(request) })
     }
 }
 
@@ -204,7 +201,7 @@ impl Destination for MetaCapi {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let (mut results, sent, request) = self.build(events)?;
+        let mapping::Built { mut results, sent, request } = self.build(events)?;
         let Some(request) = request else { return Ok(results) };
         match http::send_rendered(&request, self.timeout).await? {
             Ok(_) => results.extend(http::every(&sent, &Outcome::Delivered)),
@@ -214,7 +211,7 @@ impl Destination for MetaCapi {
     }
 
     fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
-        Some(self.build(events).ok()?.2.into_iter().collect())
+        Some(self.build(events).ok()?.request.into_iter().collect())
     }
 }
 

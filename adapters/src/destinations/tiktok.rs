@@ -123,7 +123,7 @@ impl Destination for TikTok {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let (mut results, sent, request) = self.build(events)?;
+        let mapping::Built { mut results, sent, request } = self.build(events)?;
         let Some(request) = request else { return Ok(results) };
         let answer = http::post_rendered(&request, self.timeout).await?;
         let answer = answer.json();
@@ -151,23 +151,20 @@ impl Destination for TikTok {
     }
 
     fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
-        Some(self.build(events).ok()?.2.into_iter().collect())
+        Some(self.build(events).ok()?.request.into_iter().collect())
     }
 }
 
 impl TikTok {
     /// The results known without sending, the events sent, and the one
     /// request (none when nothing is for TikTok).
-    fn build(
-        &self,
-        events: &[PreparedEvent],
-    ) -> Result<(Vec<EventResult>, Vec<PreparedEvent>, Option<RenderedRequest>), DeliverError> {
+    fn build(&self, events: &[PreparedEvent]) -> Result<mapping::Built, DeliverError> {
         // TikTok takes events only (see the module doc).
         let mapping::Mapped { results, sent, records: data } = mapping::map_events(events, |event| {
             matches!(event.message_type.as_str(), "track" | "page").then(|| web_event(event))
         });
         if data.is_empty() {
-            return Ok((results, sent, None));
+            return Ok(mapping::Built { results, sent, request: None });
         }
         let mut body = json!({ "event_source": "web", "event_source_id": self.pixel_code, "data": data });
         if let Some(code) = &self.test_event_code {
@@ -181,7 +178,7 @@ impl TikTok {
             sent.iter().map(|event| event.event_id),
             vec![self.access_token.clone()],
         )?;
-        Ok((results, sent, Some(request)))
+        Ok(mapping::Built { results, sent, request: Some(request) })
     }
 }
 
