@@ -285,7 +285,7 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect();
-    let (verdict, body) = match &explained.prepared {
+    let (mut verdict, body) = match &explained.prepared {
         Prepared::Send(prepared, notes) => (
             "sent",
             json!({
@@ -306,6 +306,10 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             ("not subscribed", json!({ "reason": "the destination's event types or names do not include this event" }))
         }
     };
+    if explained.before_start && verdict == "sent" {
+        // Its live run never sent it; what is shown is what a replay sends.
+        verdict = "before start";
+    }
     if args.json {
         output::json(&json!({
             "destination": entry.created.name,
@@ -328,6 +332,12 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         "event {} (position {}) for {} ({category}{treated_note}, industry {industry}): {verdict}",
         args.event_id, explained.position.0, entry.created.name
     ));
+    if explained.before_start {
+        output::line(format!(
+            "  the destination delivers from position {}: this event was not sent live; a replay would send this",
+            entry.created.start.0
+        ));
+    }
     match &explained.prepared {
         Prepared::Send(prepared, notes) => {
             for warning in &notes.warnings {

@@ -32,6 +32,9 @@ pub struct Explanation {
     pub position: Position,
     /// What the destination would get.
     pub prepared: Prepared,
+    /// Whether the event is before the position the destination delivers
+    /// from: its live run never sent it; a replay would send what is shown.
+    pub before_start: bool,
     /// The requests a built-in adapter would send for the event alone;
     /// `None` for an adapter in another process, which receives the
     /// prepared event itself.
@@ -87,7 +90,8 @@ pub async fn explain(
                 Prepared::Send(event, _) => adapter.render(std::slice::from_ref(event)),
                 _ => Some(Vec::new()),
             };
-            return Ok(Explanation { description, position: event.position, prepared, requests });
+            let before_start = event.position < entry.created.start;
+            return Ok(Explanation { description, position: event.position, prepared, before_start, requests });
         }
         if page.events.is_empty() {
             break;

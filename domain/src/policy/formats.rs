@@ -64,7 +64,15 @@ pub fn restricted_identifier_problem(source: IdentifierSource, value: &str) -> O
             | IdentifierSource::Ttclid => Some(value.trim()),
             _ => None,
         };
-        token.filter(|token| reads_as_text(token)).map(|_| "reads as text, not an issued click id")
+        token.and_then(|token| {
+            if reads_as_text(token) {
+                Some("reads as text, not an issued click id")
+            } else if longest_digit_run(token) >= 7 {
+                Some("holds a run of 7 or more digits (a phone number, an SSN, a date), not an issued click id")
+            } else {
+                None
+            }
+        })
     })
 }
 
@@ -75,12 +83,25 @@ fn fbc_problem(value: &str) -> Option<&'static str> {
     token_problem(fbclid, |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).map(|_| RULE)
 }
 
-/// `fb.{0-99}.{creation time in ms, 2015 to 2100}.{5-20 digits}`.
+/// `fb.{0-99}.{creation time in ms, 2015 to 2100}.{random number}`: the
+/// random number has 5 to 10 digits and no leading zero, as the Pixel and
+/// onepd.js make it, and is not a date written `YYYYMMDD` (a number with a
+/// leading zero or 11 digits is an SSN or a phone number, not one made).
 fn fbp_problem(value: &str) -> Option<&'static str> {
     const RULE: &str = "not fb.<subdomain index>.<creation time in ms>.<random number>";
     let Some((_, _, random)) = cookie_parts(value.trim()) else { return Some(RULE) };
-    let digits = (5..=20).contains(&random.len()) && random.bytes().all(|b| b.is_ascii_digit());
+    let digits = (5..=10).contains(&random.len())
+        && random.bytes().all(|b| b.is_ascii_digit())
+        && !random.starts_with('0')
+        && !is_yyyymmdd(random);
     (!digits).then_some(RULE)
+}
+
+/// Whether eight digits are a real date from 1900 to 2100 (`19610412`).
+fn is_yyyymmdd(digits: &str) -> bool {
+    digits.len() == 8
+        && chrono::NaiveDate::parse_from_str(digits, "%Y%m%d")
+            .is_ok_and(|date| (1900..=2100).contains(&chrono::Datelike::year(&date)))
 }
 
 /// The first and last creation times a Meta cookie may carry, in ms since
@@ -153,11 +174,21 @@ pub fn reads_as_text(token: &str) -> bool {
     words.retain(|word| word.len() >= 3);
     let letters: usize = words.iter().map(String::len).sum();
     let pairs: Vec<&str> = words.iter().flat_map(|word| (0..word.len() - 1).map(move |i| &word[i..i + 2])).collect();
-    if letters < 8 || pairs.is_empty() {
-        return false;
-    }
     let common = pairs.iter().filter(|pair| COMMON_PAIRS.contains(pair)).count();
-    common * 100 > pairs.len() * 55
+    if letters >= 8 && !pairs.is_empty() && common * 100 > pairs.len() * 55 {
+        return true;
+    }
+    // Case games and single digits between letters (`mArGaReT`,
+    // `Hi1v2Po3si`) read the same once the letters are put together.
+    let letters: String = token.chars().filter(char::is_ascii_alphabetic).map(|c| c.to_ascii_lowercase()).collect();
+    let pairs = letters.len().saturating_sub(1);
+    let common = (0..pairs).filter(|&i| COMMON_PAIRS.contains(&&letters[i..i + 2])).count();
+    letters.len() >= 8 && common * 100 > pairs * 50
+}
+
+/// The longest run of ASCII digits in `text`.
+fn longest_digit_run(text: &str) -> usize {
+    text.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0)
 }
 
 /// The most common adjacent letter pairs of English text.
@@ -258,6 +289,24 @@ mod tests {
         ] {
             assert!(!reads_as_text(issued), "{issued}");
         }
+    }
+
+    #[test]
+    fn case_games_interleaved_digits_and_digit_runs_do_not_pass_for_click_ids() {
+        for planted in [
+            "mArGaReToKaFoRhIvPoSiTiVe1",
+            "Hi1v2Po3si4ti5ve6Ma7rg8ar9et0Ok1af2or",
+            "Cj0KCQ078051120xQzK",
+            "xQz13125557734kWp",
+            "xQz19610412kWpZrT",
+        ] {
+            assert!(restricted_identifier_problem(IdentifierSource::Gclid, planted).is_some(), "{planted}");
+        }
+        for planted in ["fb.1.1596403881668.13125557734", "fb.1.1596403881668.078051120", "fb.1.1596403881668.19610412"]
+        {
+            assert!(identifier_problem(IdentifierSource::Fbp, planted).is_some(), "{planted}");
+        }
+        assert_eq!(identifier_problem(IdentifierSource::Fbp, "fb.1.1596403881668.1116446470"), None);
     }
 
     #[test]

@@ -374,8 +374,9 @@ pub enum FieldType {
     /// `server`, `browser`, `mobile` or `client`.
     Channel,
     /// A JSON number (a string holding digits is not one: a ZIP code or a
-    /// record number would pass as text), and not a whole number of 8 or
-    /// more digits (a phone number, an SSN or a birth date as digits).
+    /// record number would pass as text) below 10,000,000 and of fewer
+    /// than 8 significant digits (not a phone number, an SSN or a birth
+    /// date as digits).
     Number,
     /// An active ISO 4217 code (`USD`).
     Currency,
@@ -406,7 +407,8 @@ impl FieldType {
 /// What a restricted industry's ad platform receives, as dotted paths, each
 /// with the type its value must have. `context.page.url` becomes the
 /// workspace's registered site origin. Everything else (`userId`,
-/// `anonymousId`, `messageId`, `traits`, `name`, `integrations`,
+/// `anonymousId`, `messageId`, `originalTimestamp` and `sentAt` (client
+/// clocks, not checked against the receipt), `traits`, `name`, `integrations`,
 /// `context.ip`, `context.userAgent`, `context.page.path/title/referrer/search`,
 /// `context.campaign`, `context.library`, `context.locale`,
 /// `context.timezone`, other `properties`) is removed.
@@ -414,8 +416,6 @@ pub const RESTRICTED_AD_ALLOWLIST: &[(&str, FieldType)] = &[
     ("type", FieldType::CallType),
     ("event", FieldType::EventName),
     ("timestamp", FieldType::Timestamp),
-    ("originalTimestamp", FieldType::Timestamp),
-    ("sentAt", FieldType::Timestamp),
     ("receivedAt", FieldType::Timestamp),
     ("channel", FieldType::Channel),
     ("context.fbc", FieldType::ClickId(IdentifierSource::Fbc)),
@@ -765,16 +765,19 @@ pub fn apply(
 }
 
 /// Whether a number on a restricted allowlist reads as an identifier
-/// rather than an amount or a count: a whole number of 8 or more digits
-/// (`13125557734`, `19610412`, `78051120`).
+/// rather than an amount or a count: 10,000,000 or more (`13125557734`,
+/// `19610412`), or written with 8 or more significant digits
+/// (`3125557734.5`, `0.0019610412`, `78051120.5`).
 fn reads_as_identifier(number: &serde_json::Number) -> bool {
-    let whole = match (number.as_i64(), number.as_u64(), number.as_f64()) {
-        (Some(n), _, _) => Some(n.unsigned_abs()),
-        (_, Some(n), _) => Some(n),
-        (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e19 => Some(f.abs() as u64),
-        _ => None,
-    };
-    whole.is_some_and(|n| n >= 10_000_000)
+    if number.as_f64().is_some_and(|n| n.abs() >= 10_000_000.0) {
+        return true;
+    }
+    let text = number.to_string();
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let significant = digits.trim_start_matches('0');
+    let significant = if mantissa.contains('.') { significant.trim_end_matches('0') } else { significant };
+    significant.len() >= 8
 }
 
 /// The most an event's own time may be from when onepd received it, for a
@@ -1021,8 +1024,8 @@ impl Scrubber<'_> {
             Expect::Type(FieldType::ClickId(source)) => return self.click_id(value, path, *source),
             Expect::Type(FieldType::Number) => match value {
                 Value::Number(number) if reads_as_identifier(number) => Some(
-                    "an integer of 8 or more digits, which reads as an identifier (a phone number, an SSN, a date), \
-                     not an amount"
+                    "a number of 10,000,000 or more, or of 8 or more significant digits, which reads as an \
+                     identifier (a phone number, an SSN, a date), not an amount"
                         .to_owned(),
                 ),
                 Value::Number(_) => None,
