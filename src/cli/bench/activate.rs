@@ -27,6 +27,7 @@ use onepd_adapters::live::Live;
 use onepd_commands::workspace::{NewWorkspace, WorkspaceConfig};
 use onepd_domain::events::destination::{DestinationCreated, DestinationFilters, RetryPolicy};
 use onepd_domain::events::workspace::{Industry, source_stream};
+use onepd_domain::policy::DestinationPolicy;
 use onepd_domain::{AppendRequest, EventStore, ExpectedVersion, NewEvent, Position, Timestamp};
 use onepd_projections::directory::Directory;
 use serde_json::json;
@@ -46,7 +47,8 @@ pub struct ActivateArgs {
     /// The rate those events are appended at, per second.
     #[arg(long, default_value_t = 5_000)]
     live_rate: u64,
-    /// The workspace's industry: `healthcare` (or any restricted one)
+    /// The workspace's industry: `healthcare` (or any restricted one, with
+    /// the destination needing no consent, as the events state none)
     /// measures deny-by-default scrubbing for the ad platform.
     #[arg(long, default_value = "general")]
     industry: Industry,
@@ -156,7 +158,9 @@ async fn measure(workload: &Workload, args: &ActivateArgs) -> anyhow::Result<Mea
             traits: Vec::new(),
             start: Position(1),
             retry: RetryPolicy::default(),
-            policy: Default::default(),
+            // The synthetic events state no consent: the benchmark measures
+            // scrubbing, not a restricted industry's default consent rule.
+            policy: DestinationPolicy { consent_not_required: true, ..DestinationPolicy::default() },
         },
         "onepd bench activate",
     )
