@@ -793,3 +793,56 @@ fn the_readmes_sensitive_data_commands_run_as_written() {
     assert_eq!(shown["industry"], "healthcare");
     drop(server);
 }
+
+/// A destination that echoes the person's data in its refusal leaves none
+/// of it in the ledger, the dead letters or the database.
+async fn a_refusal_echoing_personal_data_is_kept_without_it(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let receiver = Stub::start(Mode::EchoPersonalData).await;
+    let hook = format!("url={}/hook", receiver.url());
+    run(dir.path(), &["destination", "create", "crm", "--adapter", "webhook", "--setting", &hook], &store);
+    send(
+        &server,
+        vec![json!({"type": "identify", "messageId": "echo-1", "userId": "u-echo",
+                    "traits": {"email": "ann.lee@example.com", "phone": "+1 415 555 0100"}})],
+    )
+    .await;
+    let dead = |dir: &std::path::Path| {
+        let output = onepd(
+            dir,
+            &[&["deliveries", "list", "--destination", "crm", "--dead", "--json"][..], &store_refs[..]].concat(),
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(60), "the refused event is dead-lettered", || !dead(dir.path()).trim().is_empty())
+        .await;
+    let shown =
+        onepd(dir.path(), &[&["deliveries", "list", "--destination", "crm", "--json"][..], &store_refs[..]].concat());
+    let ledger = format!("{}\n{}", dead(dir.path()), String::from_utf8_lossy(&shown.stdout));
+    assert!(ledger.contains("HTTP 400") && ledger.contains("invalid user data"), "{ledger}");
+    for planted in ["ann.lee", "example.com", "415", "555-0100"] {
+        assert!(!ledger.contains(planted), "{planted} kept in the ledger: {ledger}");
+    }
+    drop(server);
+    if url.is_none() {
+        for file in ["onepd.db", "onepd.db-wal"] {
+            if let Ok(bytes) = std::fs::read(dir.path().join("data").join(file)) {
+                assert!(!String::from_utf8_lossy(&bytes).contains("555-0100"), "a refusal's phone in {file} in clear");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_echoing_personal_data_is_kept_without_it_on_sqlite() {
+    a_refusal_echoing_personal_data_is_kept_without_it(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_echoing_personal_data_is_kept_without_it_on_postgres() {
+    let db = PgDatabase::create().await;
+    a_refusal_echoing_personal_data_is_kept_without_it(Some(&db.url)).await;
+}

@@ -27,6 +27,8 @@ pub enum Mode {
     Hang,
     /// Accepts after a fifth of a second.
     Slow,
+    /// 400 to everything, echoing personal data as some platforms do.
+    EchoPersonalData,
 }
 
 /// One request as a stub received it: URI, headers, exact body.
@@ -68,7 +70,7 @@ impl Stub {
                 .iter()
                 .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or_default().to_owned()))
                 .collect();
-            if !matches!(*state.mode.lock().unwrap(), Mode::Fail | Mode::Hang) {
+            if !matches!(*state.mode.lock().unwrap(), Mode::Fail | Mode::Hang | Mode::EchoPersonalData) {
                 state.raw.lock().unwrap().push((uri.to_string(), headers, bytes.to_vec()));
             }
             let mode = *state.mode.lock().unwrap();
@@ -78,6 +80,10 @@ impl Stub {
                     (StatusCode::OK, String::new())
                 }
                 Mode::Fail => (StatusCode::INTERNAL_SERVER_ERROR, "upstream down".into()),
+                Mode::EchoPersonalData => (
+                    StatusCode::BAD_REQUEST,
+                    "{\"error\":\"invalid user data: email ann.lee@example.com phone +1 (415) 555-0100\"}".into(),
+                ),
                 Mode::Slow => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     state.accepted.lock().unwrap().push((uri.to_string(), body));

@@ -36,6 +36,7 @@ use onepd_domain::events::destination::{
 use onepd_domain::events::identity::FACT_TYPES;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::quarantine::{DESTINATION_READER, EventQuarantined};
+use onepd_domain::policy::formats::redact_text;
 use onepd_domain::policy::{Annotations, WorkspacePolicy, WorkspaceSecrets};
 use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
@@ -423,7 +424,7 @@ impl Engine {
                     continue;
                 }
                 Err(err) => {
-                    tracing::error!(destination = %name, cause = %err, "activation run stopped; starting again");
+                    tracing::error!(destination = %name, cause = %redact_text(&err.to_string()), "activation run stopped; starting again");
                     metrics::counter!("onepd_activation_errors_total", "destination" => name.clone()).increment(1);
                     self.stalled(run, &err).await;
                     tokio::time::sleep(wait).await;
@@ -436,7 +437,7 @@ impl Engine {
     /// Records that the run stalled, once per reason (not once per retry), so
     /// `destination list` and `/healthz` can say why.
     async fn stalled(&self, run: Run, err: &RunError) {
-        let reason = err.to_string();
+        let reason = redact_text(&err.to_string());
         let mut last = self.stall.lock().await;
         if last.as_deref() == Some(reason.as_str()) {
             return;
@@ -663,6 +664,15 @@ impl Engine {
                 tokio::time::timeout(Duration::from_millis(policy.timeout_ms), adapter.deliver(&batch.events)).await;
             let elapsed = started.elapsed();
             let (mut outcomes, response, rejected_whole) = classify(&batch.events, answer, policy.timeout_ms);
+            // A destination may echo what it was sent (`invalid user data:
+            // email …`): the ledger, logs and dead letters keep why, not whom.
+            let response = redact_text(&response);
+            for outcome in outcomes.values_mut() {
+                match outcome {
+                    Outcome::Retryable { reason, .. } | Outcome::Permanent { reason } => *reason = redact_text(reason),
+                    Outcome::Delivered => {}
+                }
+            }
             if rejected_whole && batch.len() > 1 {
                 let reason = format!("{response}; split to find the bad events");
                 for outcome in outcomes.values_mut() {

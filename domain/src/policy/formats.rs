@@ -214,6 +214,58 @@ fn user_agent_problem(value: &str) -> Option<&'static str> {
     (!well_formed).then_some("not a user agent: printable ASCII with a product/version, at most 512 characters")
 }
 
+/// `text` (a destination's answer, an adapter's error) with what looks like
+/// a person's data replaced by `<redacted>`: runs of 7 or more digits with
+/// the separators phone numbers, SSNs and dates are written with, and any
+/// word that is an email, a phone number, an SSN, a date, a card or account
+/// number, an IP address or a URL. Status codes and short error codes stay,
+/// so the delivery ledger keeps why a destination refused an event without
+/// keeping whom it was about (`invalid user data: email <redacted> phone
+/// <redacted>`).
+pub fn redact_text(text: &str) -> String {
+    // Digit runs first: a phone number spans several words.
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let part_of_number = |c: char| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')' | '+' | '/');
+        if chars[i].is_ascii_digit() || (chars[i] == '+' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+            let mut end = i;
+            while end < chars.len() && part_of_number(chars[end]) {
+                end += 1;
+            }
+            // A run ends on a digit or a closing parenthesis, not on spaces.
+            while end > i && !chars[end - 1].is_ascii_digit() && chars[end - 1] != ')' {
+                end -= 1;
+            }
+            let digits = chars[i..end].iter().filter(|c| c.is_ascii_digit()).count();
+            if digits >= 7 {
+                out.push_str("<redacted>");
+                i = end;
+                continue;
+            }
+            out.extend(&chars[i..end.max(i + 1)]);
+            i = end.max(i + 1);
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out.split(' ')
+        .map(|word| {
+            let core = word.trim_matches(|c: char| {
+                matches!(c, '"' | '\'' | ',' | ';' | ':' | '(' | ')' | '[' | ']' | '{' | '}' | '<' | '>')
+            });
+            if !core.is_empty() && core != "<redacted>" && (core.contains('@') || classify_value(core).is_some()) {
+                word.replace(core, "<redacted>")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Whether `code` is an active ISO 4217 alphabetic currency code (upper
 /// case, as ISO writes it).
 pub fn is_currency(code: &str) -> bool {
@@ -307,6 +359,18 @@ mod tests {
             assert!(identifier_problem(IdentifierSource::Fbp, planted).is_some(), "{planted}");
         }
         assert_eq!(identifier_problem(IdentifierSource::Fbp, "fb.1.1596403881668.1116446470"), None);
+    }
+
+    #[test]
+    fn a_destinations_answer_keeps_its_status_and_code_but_no_persons_data() {
+        let answer = "HTTP 400 Bad Request: {\"error\":{\"code\":100,\"message\":\"invalid user data: email \
+                      ann.lee@example.com phone +1 (415) 555-0100 ssn 078-05-1120 born 1961-04-12 ip 203.0.113.9\"}}";
+        let redacted = redact_text(answer);
+        for planted in ["ann.lee", "example.com", "415", "555-0100", "078-05-1120", "1961-04-12", "203.0.113.9"] {
+            assert!(!redacted.contains(planted), "{planted} in {redacted}");
+        }
+        assert!(redacted.starts_with("HTTP 400 Bad Request:") && redacted.contains("\"code\":100"), "{redacted}");
+        assert_eq!(redact_text("timed out after 30 s"), "timed out after 30 s");
     }
 
     #[test]
