@@ -272,3 +272,58 @@ async fn verify_exits_zero_on_a_sound_log_and_one_naming_a_tampered_position() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error: opening the event log"));
 }
+
+/// Under the common `umask 022`, the data directory is `0700` and every
+/// file in it (the log, the read store with every profile's email and
+/// phone, their `-wal` and `-shm`, the master key) is `0600`; files an
+/// older version left readable are narrowed when the server starts.
+#[cfg(unix)]
+#[test]
+fn the_data_directory_and_every_file_in_it_are_private_to_the_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let serve = |dir: &std::path::Path| {
+        let command =
+            format!("umask 022 && exec {} serve --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0", support::BINARY);
+        std::process::Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(dir)
+            .env_remove("ONEPD_DATABASE_URL")
+            .env_remove("ONEPD_MASTER_KEY")
+            .env("ONEPD_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let files = ["onepd.db", "onepd.db-wal", "onepd.db-shm", "onepd.projections.db", "master.key"];
+    let wait_for_files = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !files.iter().all(|file| data.join(file).exists()) {
+            assert!(std::time::Instant::now() < deadline, "the server did not create its files");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut server = serve(dir.path());
+    wait_for_files();
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // Files an older version left world-readable are narrowed at start.
+    for file in ["onepd.db", "onepd.projections.db"] {
+        std::fs::set_permissions(data.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut server = serve(dir.path());
+    wait_for_files();
+    for file in ["onepd.db", "onepd.projections.db"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file} after a restart");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

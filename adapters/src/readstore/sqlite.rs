@@ -119,12 +119,7 @@ impl SqliteReadStore {
             // moves more rows at once.
             .pragma("page_size", "16384")
             .disable_statement_logging();
-        if let Some(parent) = Path::new(options.get_filename()).parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| StoreError::Database(format!("creating {}: {err}", parent.display())))?;
-        }
+        crate::store::sqlite::private_file(Path::new(options.get_filename()))?;
         let pool = SqlitePoolOptions::new()
             // One writer at a time, and readers beside it.
             .max_connections(8)

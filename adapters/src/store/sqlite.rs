@@ -51,12 +51,7 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool,
         .pragma("temp_store", "memory")
         // Reading a page of thousands of events is normal here, not slow.
         .disable_statement_logging();
-    if let Some(parent) = Path::new(options.get_filename()).parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(parent)
-            .map_err(|err| StoreError::Database(format!("creating {}: {err}", parent.display())))?;
-    }
+    private_file(Path::new(options.get_filename()))?;
     SqlitePoolOptions::new()
         .max_connections(max_connections)
         // A local file needs no liveness ping before every use.
@@ -64,6 +59,58 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool,
         .connect_with(options)
         .await
         .map_err(db_error("opening the SQLite database"))
+}
+
+/// Makes `path` a file only its owner can read or write, before SQLite
+/// opens it: a missing parent directory is created `0700`, a missing file
+/// `0600` (SQLite gives its `-wal` and `-shm` files the database file's
+/// mode), and an existing file and its `-wal` and `-shm` are narrowed to
+/// `0600`. The log and the read store hold personal data.
+pub fn private_file(path: &Path) -> Result<(), StoreError> {
+    let failed = |what: &str, path: &Path| {
+        let path = path.display().to_string();
+        let what = what.to_owned();
+        move |err: std::io::Error| StoreError::Database(format!("{what} {path}: {err}"))
+    };
+    if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(parent).map_err(failed("creating", parent))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(failed("creating", path))?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Ok(metadata) = std::fs::metadata(&file)
+                && metadata.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(failed("narrowing the permissions of", &file))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SqliteBackend {
