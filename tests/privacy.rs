@@ -846,3 +846,24 @@ async fn a_refusal_echoing_personal_data_is_kept_without_it_on_postgres() {
     let db = PgDatabase::create().await;
     a_refusal_echoing_personal_data_is_kept_without_it(Some(&db.url)).await;
 }
+
+/// A phone written with the international `00` prefix is accepted at ingest
+/// as the hashing reads it: `0044 20 7946 0958` is `+442079460958`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_with_the_international_00_prefix_is_accepted_and_normalized() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (status, body) = post(
+        &server,
+        "/v1/identify",
+        json!({"userId": "u-00", "messageId": "p-00", "traits": {"phone": "0044 20 7946 0958"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(30), "the profile holds the phone in E.164", || {
+        let output = onepd(dir.path(), &["profile", "get", "--phone", "+442079460958", "--json"]);
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("u-00")
+    })
+    .await;
+    drop(server);
+}

@@ -27,8 +27,6 @@
 //! **Does not:** guess a phone number's country (ingest stores E.164), or read
 //! a day-first or month-first date (`2/3/1990` is either).
 
-use std::borrow::Cow;
-
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
@@ -178,14 +176,10 @@ fn google_email(trimmed: &str) -> String {
 
 /// The number in E.164 (`+14155552671`), or `None` without a country code.
 fn e164(trimmed: &str) -> Option<String> {
-    // `00` is the international call prefix in most of the world, so
-    // `0044 20 …` is `+44 20 …`; Meta's "remove any leading zeros" reads it
-    // the same way.
-    let international = match trimmed.strip_prefix("00") {
-        Some(rest) => Cow::Owned(format!("+{rest}")),
-        None => Cow::Borrowed(trimmed),
-    };
-    normalize_phone(&international, None).ok()
+    // `00` is the international call prefix (`0044 20 …` is `+44 20 …`),
+    // read by `normalize_phone` as at ingest; Meta's "remove any leading
+    // zeros" reads it the same way.
+    normalize_phone(trimmed, None).ok()
 }
 
 /// Whether [`name`] keeps punctuation.

@@ -76,6 +76,16 @@ pub fn normalize_phone(input: &str, default_region: Option<&str>) -> Result<Stri
     if text.is_empty() || text.len() > 64 {
         return Err(fail());
     }
+    // `00` is the international call prefix in most of the world (`0044 20
+    // …` is `+44 20 …`), whatever the default region.
+    let international;
+    let text = match text.strip_prefix("00") {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit() && c != '0') => {
+            international = format!("+{rest}");
+            international.as_str()
+        }
+        _ => text,
+    };
     let number = phonenumber::parse(region, text).map_err(|_| fail())?;
     if !phonenumber::is_valid(&number) {
         return Err(fail());
@@ -160,6 +170,10 @@ mod tests {
     fn a_us_phone_number_becomes_e164_in_the_default_region() {
         assert_eq!(normalize_phone("(415) 555-2671", Some("US")).unwrap(), "+14155552671");
         assert_eq!(normalize_phone("+44 20 7946 0958", Some("US")).unwrap(), "+442079460958");
+        // The international `00` prefix, with or without a default region.
+        assert_eq!(normalize_phone("0044 20 7946 0958", None).unwrap(), "+442079460958");
+        assert_eq!(normalize_phone("0044 20 7946 0958", Some("US")).unwrap(), "+442079460958");
+        assert_eq!(normalize_phone("0049 30 901820", Some("DE")).unwrap(), "+4930901820");
     }
 
     #[test]
