@@ -513,3 +513,29 @@ async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
     assert_eq!(stored_ip(&[]).await, (json!("127.0.0.1"), json!("peer")));
     assert_eq!(stored_ip(&["--trusted-proxies", "127.0.0.1"]).await, (json!("198.51.100.7"), json!("forwarded")));
 }
+
+/// An unknown path, a method a route does not take and a path that is not
+/// UTF-8 answer in the API's JSON error shape, not an empty or text body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_error_is_the_apis_json_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let answers = [
+        (client.get(format!("{}/nope", server.http)), 404, "not_found"),
+        (client.put(format!("{}/v1/track", server.http)), 405, "method_not_allowed"),
+        (client.get(format!("{}/v1/track", server.http)), 405, "method_not_allowed"),
+        (client.post(format!("{}/v1/%FF%FE", server.http)).body("{}"), 400, "invalid_path"),
+    ];
+    for (request, status, code) in answers {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("application/json"), "{content_type}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["success"], false, "{body}");
+        assert_eq!(body["code"], code, "{body}");
+        assert!(body["message"].as_str().is_some_and(|message| !message.is_empty()), "{body}");
+    }
+    drop(server);
+}

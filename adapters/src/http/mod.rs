@@ -64,13 +64,37 @@ pub fn router(ingest: Arc<Ingest>) -> axum::Router {
         .with_state(ingest)
 }
 
+/// The JSON error every HTTP answer of onepd's own uses:
+/// `{"success": false, "code", "message", "field"}`.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>, field: &str) -> Response {
+    (status, Json(json!({ "success": false, "code": code, "message": message.into(), "field": field }))).into_response()
+}
+
+/// A path no route serves, answered in the API's JSON error shape.
+pub async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {}", uri.path()), "")
+}
+
+/// A route asked with a method it does not take, in the API's JSON shape.
+pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+        "",
+    )
+}
+
 async fn track_api(
     State(ingest): State<Arc<Ingest>>,
-    Path(endpoint): Path<String>,
+    endpoint: Result<Path<String>, axum::extract::rejection::PathRejection>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let Ok(Path(endpoint)) = endpoint else {
+        return error_response(StatusCode::BAD_REQUEST, "invalid_path", "the path is not valid UTF-8", "path");
+    };
     let request_id = Uuid::now_v7().to_string();
     let handled = match body {
         Ok(body) => handle(&ingest, &endpoint, peer, &headers, &body, &request_id).await,
