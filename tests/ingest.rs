@@ -539,3 +539,29 @@ async fn every_http_error_is_the_apis_json_shape() {
     }
     drop(server);
 }
+
+/// An amount no business has (`revenue: 1e308`, which would saturate a
+/// profile's total) is refused at ingest, naming the field; a client clock
+/// centuries off is not used to correct the event's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_amount_is_refused_and_an_absurd_clock_is_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let key = server.write_key.clone().expect("the banner prints a write key");
+    let client = reqwest::Client::new();
+    let track = |body: Value| client.post(format!("{}/v1/track", server.http)).basic_auth(&key, Some("")).json(&body);
+    let refused = track(json!({"userId": "u-amount", "event": "Order Completed", "properties": {"revenue": 1e308}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["field"], "properties.revenue", "{body}");
+    let accepted = track(json!({"userId": "u-clock", "event": "Signed Up", "messageId": "clock-1",
+        "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(accepted.status().as_u16(), 200);
+    drop(server);
+}

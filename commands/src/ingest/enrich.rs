@@ -48,16 +48,30 @@ impl SentTimes {
     /// whose `sentAt` is centuries off) is not believed: the client's own
     /// time is kept, so every stored time stays readable by any receiver.
     pub fn corrected(&self, received_at: Timestamp) -> Timestamp {
+        self.correction(received_at).0
+    }
+
+    /// [`SentTimes::corrected`], and whether a skew was there but not
+    /// believed: the correction would leave years 0000–9999, or the client's
+    /// clock is more than [`MAX_BELIEVED_SKEW_MICROS`] (ten years) off.
+    pub fn correction(&self, received_at: Timestamp) -> (Timestamp, bool) {
         match (self.original(), self.sent_at) {
             (Some(original), Some(sent_at)) => {
+                let skew = sent_at.0.saturating_sub(received_at.0);
                 let corrected = Timestamp(received_at.0.saturating_sub(sent_at.0.saturating_sub(original.0)));
-                if (RFC3339_FIRST..=RFC3339_LAST).contains(&corrected.0) { corrected } else { original }
+                let believed =
+                    skew.abs() <= MAX_BELIEVED_SKEW_MICROS && (RFC3339_FIRST..=RFC3339_LAST).contains(&corrected.0);
+                if believed { (corrected, false) } else { (original, true) }
             }
-            (Some(original), None) => original,
-            (None, _) => received_at,
+            (Some(original), None) => (original, false),
+            (None, _) => (received_at, false),
         }
     }
 }
+
+/// The most a client's clock (`sentAt` against `receivedAt`) may be off for
+/// its skew to be corrected: ten years, in microseconds.
+pub const MAX_BELIEVED_SKEW_MICROS: i64 = 10 * 366 * 86_400 * 1_000_000;
 
 /// 0000-01-01T00:00:00Z, in microseconds since the epoch.
 const RFC3339_FIRST: i64 = -62_167_219_200_000_000;
@@ -103,7 +117,12 @@ pub fn apply(
     times: SentTimes,
 ) {
     message.insert("receivedAt".to_owned(), Value::String(received.at.to_rfc3339()));
-    message.insert("timestamp".to_owned(), Value::String(times.corrected(received.at).to_rfc3339()));
+    let (corrected, ignored) = times.correction(received.at);
+    message.insert("timestamp".to_owned(), Value::String(corrected.to_rfc3339()));
+    if ignored {
+        // Said, so a reader knows the event's time is the client's own.
+        enrichment.insert("clockSkewIgnored".to_owned(), Value::Bool(true));
+    }
     match times.original() {
         Some(original) => message.insert("originalTimestamp".to_owned(), Value::String(original.to_rfc3339())),
         None => message.remove("originalTimestamp"),
@@ -217,6 +236,22 @@ mod tests {
             sent_at: parse_timestamp("2026-12-01T08:00:30Z"),
         };
         assert_eq!(sane.corrected(received).to_rfc3339(), "2026-12-01T07:58:30.000Z");
+    }
+
+    #[test]
+    fn an_implausible_skew_is_not_corrected_and_enrichment_says_so() {
+        let received = received("2026-12-01T08:00:00.000Z");
+        let (message, enrichment, _, _) =
+            enrich(json!({"timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}), &received);
+        assert_eq!(message["timestamp"], "0001-01-01T00:00:00.000Z");
+        assert_eq!(enrichment["clockSkewIgnored"], true);
+        let (message, enrichment, _, _) =
+            enrich(json!({"timestamp": "2026-12-01T07:00:00Z", "sentAt": "2040-12-01T08:00:00Z"}), &received);
+        assert_eq!(message["timestamp"], "2026-12-01T07:00:00.000Z", "a clock 14 years off is not believed");
+        assert_eq!(enrichment["clockSkewIgnored"], true);
+        let (_, enrichment, _, _) =
+            enrich(json!({"timestamp": "2026-12-01T07:59:00Z", "sentAt": "2026-12-01T08:00:30Z"}), &received);
+        assert!(enrichment.get("clockSkewIgnored").is_none());
     }
 
     #[test]

@@ -180,6 +180,20 @@ pub fn check(message: &Map<String, Value>) -> Vec<Violation> {
             ));
         }
     }
+    if let Some(properties) = message.get("properties").and_then(Value::as_object) {
+        for name in limits::AMOUNT_PROPERTIES {
+            if let Some(Value::Number(number)) = properties.get(name)
+                && number.as_f64().is_some_and(|amount| amount.abs() > limits::MAX_AMOUNT)
+            {
+                let field = format!("properties.{name}");
+                violations.push(Violation::new(
+                    &field,
+                    "amount",
+                    format!("{field}: expected an amount of at most 1e15 in magnitude, found {number}"),
+                ));
+            }
+        }
+    }
     for field in OBJECT_FIELDS {
         if let Some(value) = message.get(field)
             && !matches!(value, Value::Null | Value::Object(_))
@@ -461,6 +475,16 @@ mod tests {
     fn a_numeric_event_is_a_type_violation() {
         let violations = check(&object(json!({"type": "track", "event": 42, "userId": "u1"})));
         assert_eq!(violations, vec![Violation::new("event", "type", "event: expected a non-empty string, found 42")]);
+    }
+
+    #[test]
+    fn an_amount_beyond_a_quadrillion_is_refused_naming_the_field() {
+        let message = json!({"type": "track", "userId": "u", "event": "Order Completed",
+                             "properties": {"revenue": 1e308, "price": 12.5}});
+        let violations = check(message.as_object().unwrap());
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].field, "properties.revenue");
+        assert!(violations[0].message.contains("at most 1e15"), "{violations:?}");
     }
 
     #[test]
