@@ -327,3 +327,35 @@ fn the_data_directory_and_every_file_in_it_are_private_to_the_owner() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// A read-only command from the wrong directory, or with a mistyped SQLite
+/// path, says no database is there; it does not create an empty one (or
+/// its directories) and print an empty answer.
+#[test]
+fn a_read_only_command_creates_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("elsewhere");
+    for args in [
+        vec!["workspace".to_owned(), "list".to_owned(), "--data-dir".to_owned(), missing.display().to_string()],
+        vec!["verify".to_owned(), "--data-dir".to_owned(), missing.display().to_string()],
+        vec![
+            "workspace".to_owned(),
+            "list".to_owned(),
+            "--database-url".to_owned(),
+            format!("sqlite://{}/typo/onepd.db", missing.display()),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = support::onepd(dir.path(), &args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("no onepd database at"), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+    // An explicit set-up command may create the store.
+    let data = missing.display().to_string();
+    let created = support::onepd(dir.path(), &["workspace", "create", "acme", "--data-dir", &data]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let listed = support::onepd(dir.path(), &["workspace", "list", "--data-dir", &data]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("acme"));
+}

@@ -130,12 +130,32 @@ pub fn init_tracing(default: &str) {
         .try_init();
 }
 
-/// Opens the event log the store flags name.
-pub async fn open_log(store: &StoreArgs, create_key: bool) -> anyhow::Result<onepd_adapters::EventLog> {
+/// Opens the event log the store flags name. Only `create` (`serve`,
+/// `workspace create`) makes a missing SQLite database and master key; any
+/// other command says there is no database there, rather than reading an
+/// empty one it just made (a wrong directory, a mistyped path).
+pub async fn open_log(store: &StoreArgs, create: bool) -> anyhow::Result<onepd_adapters::EventLog> {
     use anyhow::Context;
     let url = store.database_url();
-    let config = onepd_adapters::StoreConfig::new(url.clone(), store.master_key(create_key)?);
+    if !create
+        && let Some(path) = sqlite_path(&url)
+        && !path.exists()
+    {
+        anyhow::bail!(
+            "no onepd database at {}: start `onepd serve` there first, or point --data-dir or --database-url at an \
+             existing one",
+            path.display()
+        );
+    }
+    let config = onepd_adapters::StoreConfig::new(url.clone(), store.master_key(create)?);
     onepd_adapters::EventLog::open(config).await.with_context(|| format!("opening the event log at {}", redact(&url)))
+}
+
+/// The file a `sqlite:` url names; `None` for another database or memory.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
 }
 
 /// A database url without its password.

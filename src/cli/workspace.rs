@@ -56,7 +56,8 @@ pub async fn run(command: WorkspaceCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let log = super::open_log(&args.store, false).await?;
+    // An explicit set-up command: it may create the store.
+    let log = super::open_log(&args.store, true).await?;
     let directory = directory::load(&log).await?;
     if directory.find_workspace(&args.name).is_some() {
         anyhow::bail!("workspace {:?} exists already", args.name);
