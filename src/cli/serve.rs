@@ -145,7 +145,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .merge(onepd_adapters::http::js::js_router())
         // Every answer of onepd's own is JSON, unknown routes included.
         .fallback(onepd_adapters::http::not_found)
-        .method_not_allowed_fallback(onepd_adapters::http::method_not_allowed);
+        .layer(axum::middleware::from_fn(onepd_adapters::http::json_errors));
     let http = tokio::spawn(
         axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(wait_for(stopping.clone()))

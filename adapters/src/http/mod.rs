@@ -75,14 +75,26 @@ pub async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {}", uri.path()), "")
 }
 
-/// A route asked with a method it does not take, in the API's JSON shape.
-pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
-    error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{} does not take {method}", uri.path()),
-        "",
-    )
+/// Middleware giving the bodiless errors the router makes itself (a route
+/// asked with a method it does not take) the API's JSON shape; answers
+/// with a body of their own, and CORS preflights, pass unchanged.
+pub async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let bodiless = !response.headers().contains_key(header::CONTENT_TYPE);
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED && bodiless {
+        let mut answer = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} does not take {method}"),
+            "",
+        );
+        if let Some(allow) = response.headers().get(header::ALLOW) {
+            answer.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return answer;
+    }
+    response
 }
 
 async fn track_api(
