@@ -117,6 +117,16 @@ pub fn is_exact_id_number(number: &serde_json::Number) -> bool {
     number.is_i64() || number.is_u64()
 }
 
+/// The largest magnitude an amount (`properties.revenue`, `value`, `total`,
+/// `subtotal`, `price`, `tax`, `shipping`, `discount`) may have: a
+/// quadrillion. Larger numbers are not amounts (`1e308` would saturate a
+/// profile's revenue) and are refused at ingest, naming the field.
+pub const MAX_AMOUNT: f64 = 1e15;
+
+/// The properties read as amounts.
+pub const AMOUNT_PROPERTIES: [&str; 8] =
+    ["revenue", "value", "total", "subtotal", "price", "tax", "shipping", "discount"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,13 +204,3 @@ mod tests {
         assert!(!is_exact_id_number(&number("1.5")));
     }
 }
-
-/// The largest magnitude an amount (`properties.revenue`, `value`, `total`,
-/// `subtotal`, `price`, `tax`, `shipping`, `discount`) may have: a
-/// quadrillion. Larger numbers are not amounts (`1e308` would saturate a
-/// profile's revenue) and are refused at ingest, naming the field.
-pub const MAX_AMOUNT: f64 = 1e15;
-
-/// The properties read as amounts.
-pub const AMOUNT_PROPERTIES: [&str; 8] =
-    ["revenue", "value", "total", "subtotal", "price", "tax", "shipping", "discount"];
