@@ -359,3 +359,24 @@ fn a_read_only_command_creates_no_database() {
     let listed = support::onepd(dir.path(), &["workspace", "list", "--data-dir", &data]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("acme"));
 }
+
+/// A first start on a busy port fails before creating anything, so the
+/// next start creates the default workspace and prints its keys.
+#[test]
+fn a_first_start_on_a_busy_port_stores_no_keys_it_cannot_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().to_string();
+    let failed = support::onepd(dir.path(), &["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", &port]);
+    assert_eq!(failed.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("binding HTTP"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    assert!(!dir.path().join("data").join("onepd.db").exists(), "a database was created before binding");
+    drop(busy);
+    let server = Server::start(dir.path(), &[]);
+    assert!(server.write_key.is_some(), "the next start prints the default workspace's write key");
+    drop(server);
+}

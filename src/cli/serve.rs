@@ -67,6 +67,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("configuring metrics")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // Bound before anything is created: a first start on a busy port must
+    // not store a workspace whose keys it never gets to print.
+    let grpc_listener =
+        TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
+    let http_listener =
+        TcpListener::bind(args.http_addr).await.with_context(|| format!("binding HTTP to {}", args.http_addr))?;
     let url = args.store.database_url();
     let log = super::open_log(&args.store, true).await?;
     let bootstrap = bootstrap(&log).await?;
@@ -93,10 +99,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("starting activation")?,
     );
 
-    let grpc_listener =
-        TcpListener::bind(args.grpc_addr).await.with_context(|| format!("binding gRPC to {}", args.grpc_addr))?;
-    let http_listener =
-        TcpListener::bind(args.http_addr).await.with_context(|| format!("binding HTTP to {}", args.http_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
