@@ -867,3 +867,73 @@ async fn a_phone_with_the_international_00_prefix_is_accepted_and_normalized() {
     .await;
     drop(server);
 }
+
+/// A visit through any SDK with `?gclid=…` in its page URL reaches Google
+/// Ads with the gclid, and `?fbclid=…` reaches Meta as `fbc`, as onepd.js's
+/// own capture would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn click_ids_in_any_sdks_page_url_reach_the_ad_platforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let google = Stub::start(Mode::Accept).await;
+    let meta = Stub::start(Mode::Accept).await;
+    let google_endpoint = format!("endpoint={}", google.url());
+    let meta_endpoint = format!("endpoint={}", meta.url());
+    run(
+        dir.path(),
+        &[
+            "destination",
+            "create",
+            "google",
+            "--adapter",
+            "google_ads",
+            "--setting",
+            "customer_id=123-456-7890",
+            "--setting",
+            "developer_token=dev",
+            "--setting",
+            "access_token=tok",
+            "--setting",
+            "conversion_action=42",
+            "--setting",
+            &google_endpoint,
+        ],
+        &[],
+    );
+    run(
+        dir.path(),
+        &[
+            "destination",
+            "create",
+            "meta",
+            "--adapter",
+            "meta_capi",
+            "--setting",
+            "pixel_id=1",
+            "--setting",
+            "access_token=t",
+            "--setting",
+            &meta_endpoint,
+        ],
+        &[],
+    );
+    let gclid = "Cj0KCQiA4NWrBhD-ARIsAFCKwWsQ2b8vJp3n";
+    let fbclid = "IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQv";
+    // As analytics.js sends it: the page's URL, no click ids of its own.
+    send(
+        &server,
+        vec![json!({"type": "track", "messageId": "sdk-click", "anonymousId": "a-sdk", "event": "Order Completed",
+            "properties": {"revenue": 20, "currency": "USD"},
+            "context": {"page": {"url": format!("https://shop.example/thanks?gclid={gclid}&fbclid={fbclid}"),
+                                 "search": format!("?gclid={gclid}&fbclid={fbclid}")}}})],
+    )
+    .await;
+    google.wait_for(Duration::from_secs(30), "the conversion reaches google", |stub| !stub.bodies().is_empty()).await;
+    meta.wait_for(Duration::from_secs(30), "the purchase reaches meta", |stub| !stub.bodies().is_empty()).await;
+    let (_, upload) = google.bodies().remove(0);
+    assert_eq!(upload["conversions"][0]["gclid"], gclid, "{upload}");
+    let (_, purchase) = meta.bodies().remove(0);
+    let fbc = purchase["data"][0]["user_data"]["fbc"].as_str().unwrap_or_default().to_owned();
+    assert!(fbc.starts_with("fb.1.") && fbc.ends_with(fbclid), "{purchase}");
+    drop(server);
+}

@@ -10,6 +10,14 @@
 //!   when both are known, else `original`, else `receivedAt`.
 //! * The client IP: `context.ip` when it is an IP address, else the address a
 //!   trusted proxy forwarded, else the connection's peer.
+//! * Click ids: `gclid`, `gbraid`, `wbraid`, `fbclid`, `ttclid` and
+//!   `msclkid` in the page URL's query (`context.page.url`, else
+//!   `context.page.search`, else a page call's `properties.url`/`search`)
+//!   become `context.clickIds.<name>` = `{value, capturedAt}` (capture time:
+//!   `receivedAt`) unless the client sent one, and an `fbclid` gives Meta's
+//!   `context.fbc` = `fb.1.<capture time in ms>.<fbclid>` unless sent: what
+//!   onepd.js does in the browser, for every SDK and source. Enrichment lists
+//!   them (`clickIdsFromUrl`).
 //!
 //! **Invariants:** a timestamp that cannot be read is a fatal violation (rule
 //! `timestamp`), found by [`check_timestamps`] before anything is changed; an
@@ -133,6 +141,94 @@ pub fn apply(
         enrichment.insert("clockSkewMs".to_owned(), Value::from(skew_ms));
     }
     resolve_ip(message, enrichment, originals, violations, received);
+    click_ids_from_url(message, enrichment, received);
+}
+
+/// The query parameters that carry ad platforms' click ids.
+const CLICK_ID_PARAMETERS: [&str; 6] = ["gclid", "gbraid", "wbraid", "fbclid", "ttclid", "msclkid"];
+
+/// Adds the click ids of the page URL's query to `context` (see the module
+/// doc).
+fn click_ids_from_url(message: &mut Map<String, Value>, enrichment: &mut Map<String, Value>, received: &Received) {
+    let text =
+        |value: Option<&Value>| value.and_then(Value::as_str).filter(|text| text.contains('=')).map(str::to_owned);
+    let page = message.get("context").and_then(|context| context.get("page"));
+    let properties = message.get("properties");
+    let query = [
+        text(page.and_then(|page| page.get("url"))),
+        text(page.and_then(|page| page.get("search"))),
+        text(properties.and_then(|p| p.get("url"))),
+        text(properties.and_then(|p| p.get("search"))),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|url| {
+        let query = url.split_once('?').map_or(url.as_str(), |(_, query)| query);
+        let query = query.split('#').next().unwrap_or_default();
+        let found: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(name, value)| CLICK_ID_PARAMETERS.contains(name) && !value.is_empty())
+            .map(|(name, value)| (name.to_owned(), percent_decoded(value)))
+            .collect();
+        (!found.is_empty()).then_some(found)
+    });
+    let Some(found) = query else { return };
+    let Some(context) = message.entry("context").or_insert_with(|| Value::Object(Map::new())).as_object_mut() else {
+        return;
+    };
+    let captured_at = received.at.to_rfc3339();
+    let mut added = Vec::new();
+    for (name, value) in found {
+        let click_ids = context.entry("clickIds").or_insert_with(|| Value::Object(Map::new()));
+        let Some(click_ids) = click_ids.as_object_mut() else { return };
+        if click_ids.contains_key(&name) {
+            continue;
+        }
+        if name == "fbclid" && !context.contains_key("fbc") {
+            let ms = received.at.0.div_euclid(1_000);
+            context.insert("fbc".to_owned(), Value::String(format!("fb.1.{ms}.{value}")));
+        }
+        let click_ids = context.get_mut("clickIds").and_then(Value::as_object_mut).expect("inserted above");
+        click_ids.insert(name.clone(), serde_json::json!({ "value": value, "capturedAt": captured_at }));
+        added.push(Value::String(name));
+    }
+    if !added.is_empty() {
+        enrichment.insert("clickIdsFromUrl".to_owned(), Value::Array(added));
+    }
+}
+
+/// A query value with `%XX` escapes and `+` decoded (invalid escapes kept).
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Picks the client IP and writes it to `context.ip`.
@@ -252,6 +348,33 @@ mod tests {
         let (_, enrichment, _, _) =
             enrich(json!({"timestamp": "2026-12-01T07:59:00Z", "sentAt": "2026-12-01T08:00:30Z"}), &received);
         assert!(enrichment.get("clockSkewIgnored").is_none());
+    }
+
+    #[test]
+    fn click_ids_in_the_page_url_are_captured_for_every_sdk_and_give_meta_its_fbc() {
+        let received = received("2026-12-01T08:00:00.000Z");
+        let (message, enrichment, _, _) = enrich(
+            json!({"timestamp": "2026-12-01T07:59:59Z", "context": {"page": {
+                "url": "https://shop.example/landing?utm_source=x&gclid=Cj0KCQiA4NWrBhD-ARIsAFCK&fbclid=IwAR2F4-dbP0l7Mn1Iaw#top"}}}),
+            &received,
+        );
+        let context = &message["context"];
+        assert_eq!(
+            context["clickIds"]["gclid"],
+            json!({"value": "Cj0KCQiA4NWrBhD-ARIsAFCK", "capturedAt": "2026-12-01T08:00:00.000Z"})
+        );
+        assert_eq!(context["clickIds"]["fbclid"]["value"], "IwAR2F4-dbP0l7Mn1Iaw");
+        assert_eq!(context["fbc"], format!("fb.1.{}.IwAR2F4-dbP0l7Mn1Iaw", received.at.0 / 1_000));
+        assert_eq!(enrichment["clickIdsFromUrl"], json!(["gclid", "fbclid"]));
+        // What the client sent wins.
+        let (message, _, _, _) = enrich(
+            json!({"timestamp": "2026-12-01T07:59:59Z", "context": {"fbc": "fb.1.1.sent", "clickIds": {"gclid": "sent"},
+                   "page": {"search": "?gclid=fromurl&fbclid=abc"}}}),
+            &received,
+        );
+        assert_eq!(message["context"]["clickIds"]["gclid"], "sent");
+        assert_eq!(message["context"]["fbc"], "fb.1.1.sent");
+        assert_eq!(message["context"]["clickIds"]["fbclid"]["value"], "abc");
     }
 
     #[test]
