@@ -8,8 +8,11 @@
 //!   "rejected": [...]}` once every message is committed; a platform's retry
 //!   maps to the same message ids and comes back as duplicates.
 //! - 401 when the signature does not verify (recorded as a `MessageRejected`
-//!   with the reason), or, for an unsigned generic source, when the write key
-//!   (Basic user name or `?key=`) is not the source's.
+//!   with the reason and only the body's size and SHA-256: anyone can post),
+//!   or, for an unsigned generic source, when the write key (Basic user name
+//!   or `?key=`) is not the source's. Past [`UNVERIFIED_PER_MINUTE`] such
+//!   requests a minute for one source, 429 with `Retry-After`, not recorded,
+//!   counted in `onepd_webhook_unverified_dropped_total`.
 //! - 400 when the body is not JSON or a mapping cannot map it (recorded; the
 //!   platform retries, so a mapping fixed in time picks the delivery up).
 //! - 200 with `"ignored"` for a topic no mapping serves (recorded too), so a
@@ -172,6 +175,35 @@ async fn handle(ingest: &Ingest, source_id: &str, key: Option<String>, call: Cal
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
+/// How many requests a minute that fail verification are recorded per
+/// source; past it they are answered 429 and counted only.
+pub const UNVERIFIED_PER_MINUTE: u32 = 60;
+
+/// Per-source counts of unverified requests in the current minute.
+static UNVERIFIED: UnverifiedCounts = UnverifiedCounts(std::sync::Mutex::new(None));
+
+struct UnverifiedCounts(std::sync::Mutex<Option<std::collections::HashMap<Uuid, (std::time::Instant, u32)>>>);
+
+impl UnverifiedCounts {
+    /// Whether one more unverified request of `source` may be recorded.
+    fn admit(&self, source: Uuid) -> bool {
+        let mut counts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counts = counts.get_or_insert_with(std::collections::HashMap::new);
+        let now = std::time::Instant::now();
+        // Bounded: windows that ended are dropped whenever the map grows.
+        if counts.len() > 10_000 {
+            counts.retain(|_, (started, _)| now.duration_since(*started) < std::time::Duration::from_secs(60));
+        }
+        let (started, count) = counts.entry(source).or_insert((now, 0));
+        if now.duration_since(*started) >= std::time::Duration::from_secs(60) {
+            *started = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= UNVERIFIED_PER_MINUTE
+    }
+}
+
 /// Records a payload that produced no messages and answers for it.
 async fn refuse(
     ingest: &Ingest,
@@ -181,8 +213,37 @@ async fn refuse(
     err: WebhookError,
 ) -> Result<Response, ApiError> {
     let violation = err.violation();
+    let unverified = matches!(err, WebhookError::Verify(_));
+    let source = grant.source_id.to_string();
+    if unverified {
+        metrics::counter!("onepd_webhook_unverified_total", "source" => source.clone()).increment(1);
+        if !UNVERIFIED.admit(grant.source_id) {
+            // Anyone can post: past the cap nothing more is kept.
+            metrics::counter!("onepd_webhook_unverified_dropped_total", "source" => source).increment(1);
+            let body = json!({
+                "success": false,
+                "code": "too_many_unverified",
+                "message": format!(
+                    "more than {UNVERIFIED_PER_MINUTE} requests a minute failed verification for this source; \
+                     not recorded"
+                ),
+                "field": "signature",
+            });
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return Ok(response);
+        }
+    }
     let _admission = ingest.try_admit(1)?;
-    let raw = String::from_utf8_lossy(body).into_owned();
+    // A request that failed verification may come from anyone: only its
+    // size and digest are kept, never its body.
+    let raw = if unverified {
+        use sha2::Digest;
+        json!({ "unverified": true, "bytes": body.len(), "sha256": hex::encode(sha2::Sha256::digest(body)) })
+            .to_string()
+    } else {
+        String::from_utf8_lossy(body).into_owned()
+    };
     let recorded = ingest.reject(grant, caller, raw, vec![violation.clone()]).await?;
     let event_id = recorded.event_id.0.to_string();
     if let WebhookError::Unmapped(_) = err {
