@@ -565,3 +565,46 @@ async fn an_absurd_amount_is_refused_and_an_absurd_clock_is_not_believed() {
     assert_eq!(accepted.status().as_u16(), 200);
     drop(server);
 }
+
+/// analytics.js adds `X-Retry-Count` to every retry and posts to one-letter
+/// paths: a preflight asking for any header is allowed (as Segment's API
+/// does), and `/v1/t`, `/v1/p`, `/v1/i`, `/v1/g`, `/v1/a` and `/v1/s` take
+/// their calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sdks_retry_headers_and_one_letter_paths_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/t", server.http))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-retry-count")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_lowercase();
+    assert!(allowed.contains("x-retry-count"), "{allowed}");
+    let key = server.write_key.clone().expect("the banner prints a write key");
+    let bodies = [
+        ("t", json!({"anonymousId": "a1", "event": "Viewed"})),
+        ("p", json!({"anonymousId": "a1", "name": "Home"})),
+        ("i", json!({"anonymousId": "a1", "traits": {"plan": "pro"}})),
+        ("g", json!({"anonymousId": "a1", "groupId": "g1"})),
+        ("a", json!({"userId": "u1", "previousId": "a1"})),
+        ("s", json!({"anonymousId": "a1", "name": "Home"})),
+    ];
+    for (path, mut body) in bodies {
+        body["writeKey"] = json!(key);
+        let answer = http
+            .post(format!("{}/v1/{path}", server.http))
+            .header("x-retry-count", "1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "/v1/{path}: {}", answer.text().await.unwrap());
+    }
+    drop(server);
+}

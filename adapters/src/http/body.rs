@@ -43,7 +43,7 @@ impl Endpoint {
             "track" | "t" => Endpoint::Single("track"),
             "identify" | "i" => Endpoint::Single("identify"),
             "page" | "p" => Endpoint::Single("page"),
-            "screen" => Endpoint::Single("screen"),
+            "screen" | "s" => Endpoint::Single("screen"),
             "group" | "g" => Endpoint::Single("group"),
             "alias" | "a" => Endpoint::Single("alias"),
             "batch" | "import" | "b" | "m" => Endpoint::Batch,

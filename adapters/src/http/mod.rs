@@ -47,7 +47,10 @@ pub fn router(ingest: Arc<Ingest>) -> axum::Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::CONTENT_ENCODING])
+        // Browser SDKs add their own headers (analytics.js sends
+        // `X-Retry-Count` on every retry): allow what the preflight asks
+        // for, as Segment's API does, or the browser drops the retry.
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
         // onepd.js honours Retry-After; cross-origin it must be exposed to be read.
         .expose_headers([header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(86_400));
