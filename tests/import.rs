@@ -405,3 +405,30 @@ async fn the_import_service_is_healthy_and_listed_by_reflection() {
     );
     assert!(server.terminate().success());
 }
+
+/// A row longer than one message may be (32 KB) is a rejected line naming
+/// it, and the rows after it are imported; a row running past 1 MiB stops
+/// the upload with a 400 naming its line, instead of being held in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_row_is_a_rejected_line_and_a_huge_one_a_400_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let key = server.write_key.clone().unwrap();
+    let big = format!(
+        "customer_id,email,plan,signed_up\nc-1,ann@example.com,pro,2024-01-02\nc-2,bob@example.com,{},2024-01-03\nc-3,cy@example.com,free,2024-01-04\n",
+        "x".repeat(40 * 1024)
+    );
+    let parts = vec![mapping_part(&customers_mapping()), ("file", Some("customers.csv"), big.into_bytes())];
+    let (status, answer) = upload(&server, &key, parts).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((&answer["accepted"], &answer["rejected"]), (&json!(2), &json!(1)), "{answer}");
+    assert_eq!(answer["rejections"][0]["line"], 3, "{answer}");
+    assert!(answer["rejections"][0]["reasons"][0].as_str().unwrap().contains("at most 32 KB"), "{answer}");
+
+    let huge = format!("customer_id,email,plan,signed_up\nc-9,dee@example.com,{},2024-01-05\n", "y".repeat(16 << 20));
+    let parts = vec![mapping_part(&customers_mapping()), ("file", Some("customers.csv.gz"), gzip(huge.as_bytes()))];
+    let (status, answer) = upload(&server, &key, parts).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("line 2") || answer["line"] == 2, "{answer}");
+    drop(server);
+}

@@ -162,6 +162,12 @@ pub enum RowError {
         /// The row's number of fields.
         found: usize,
     },
+    /// A row is longer than the tracking API takes for one message.
+    #[error("line {line}: expected a row of at most 32 KB ({MAX_ROW_BYTES} bytes), found a longer one")]
+    TooLarge {
+        /// The row's line.
+        line: u64,
+    },
     /// An NDJSON line is not a JSON object.
     #[error("line {line}: expected a JSON object, found {found}")]
     NotAnObject {
@@ -229,9 +235,41 @@ pub struct ImportReader<'a> {
     finished: bool,
 }
 
+/// The longest row an import takes: the tracking API's limit for one
+/// message. A longer row is a rejected line.
+pub const MAX_ROW_BYTES: usize = 32 * 1024;
+
+/// The most a CSV row may grow to while it is read before the import stops:
+/// the CSV reader holds a whole row, so this bounds an upload's memory (a
+/// row between [`MAX_ROW_BYTES`] and this is only rejected).
+pub const MAX_ROW_READ_BYTES: usize = 1024 * 1024;
+
+/// Counts what the CSV reader takes from the file since the last row, and
+/// fails once a row runs past [`MAX_ROW_READ_BYTES`].
+struct Counted<R> {
+    inner: R,
+    since_row: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.since_row.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        if total > MAX_ROW_READ_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a row longer than {MAX_ROW_READ_BYTES} bytes; the import stops here"),
+            ));
+        }
+        Ok(n)
+    }
+}
+
 enum Source<'a> {
     Csv {
-        reader: csv::Reader<Box<dyn BufRead + Send + 'a>>,
+        reader: csv::Reader<Counted<Box<dyn BufRead + Send + 'a>>>,
+        /// What the reader took since the last row.
+        since_row: std::sync::Arc<std::sync::atomic::AtomicUsize>,
         /// Reused for every row, so reading allocates nothing per row.
         record: csv::ByteRecord,
         columns: usize,
@@ -306,14 +344,17 @@ impl Iterator for ImportReader<'_> {
 
 impl ImportReader<'_> {
     fn next_csv(&mut self) -> Option<Result<Row, ImportError>> {
-        let Source::Csv { reader, record, columns } = &mut self.source else { unreachable!() };
+        let Source::Csv { reader, since_row, record, columns } = &mut self.source else { unreachable!() };
         match reader.read_byte_record(record) {
             Ok(false) => None,
             Ok(true) => {
+                since_row.store(0, std::sync::atomic::Ordering::Relaxed);
                 let line = record.position().map_or(0, csv::Position::line);
                 let columns = *columns;
                 let record = &*record;
-                let result = if record.len() != columns {
+                let result = if record.as_slice().len() > MAX_ROW_BYTES {
+                    Err(RowError::TooLarge { line })
+                } else if record.len() != columns {
                     Err(RowError::ColumnCount { line, expected: columns, found: record.len() })
                 } else {
                     let message_id = message_id(&self.file_id, line, record.iter());
@@ -337,13 +378,21 @@ impl ImportReader<'_> {
                 *buffer = Vec::with_capacity(64 * 1024);
             }
             buffer.clear();
-            match reader.read_until(b'\n', buffer) {
+            // At most one byte past the limit is kept; the rest of a longer
+            // line is skipped without being held.
+            match reader.by_ref().take(MAX_ROW_BYTES as u64 + 1).read_until(b'\n', buffer) {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(source) => return Some(Err(read_error(self.gzip, *line + 1, source))),
             }
             *line += 1;
             let line = *line;
+            if buffer.len() > MAX_ROW_BYTES && !buffer.ends_with(b"\n") {
+                if let Err(source) = skip_line(reader) {
+                    return Some(Err(read_error(self.gzip, line, source)));
+                }
+                return Some(Ok(Row { line, result: Err(RowError::TooLarge { line }) }));
+            }
             let mut bytes = buffer.as_slice();
             bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
             bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
@@ -392,12 +441,14 @@ fn open_csv<'a>(
     mapping: &ImportMapping,
     gzip: bool,
 ) -> Result<(Plan, Source<'a>), ImportError> {
+    let since_row = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(mapping.delimiter.map_or(b',', |delimiter| delimiter as u8))
         .flexible(true)
         .has_headers(true)
-        .from_reader(reader);
+        .from_reader(Counted { inner: reader, since_row: since_row.clone() });
     let header = reader.byte_headers().map_err(|error| read_error(gzip, 1, csv_io_error(error)))?.clone();
+    since_row.store(0, std::sync::atomic::Ordering::Relaxed);
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         return Err(ImportError::Header { expected: "a header row".to_owned(), found: "an empty file".to_owned() });
     }
@@ -431,7 +482,7 @@ fn open_csv<'a>(
             })
         }
     })?;
-    Ok((plan, Source::Csv { reader, record: csv::ByteRecord::new(), columns: names.len() }))
+    Ok((plan, Source::Csv { reader, since_row, record: csv::ByteRecord::new(), columns: names.len() }))
 }
 
 fn open_ndjson<'a>(
@@ -450,6 +501,26 @@ fn open_ndjson<'a>(
         }
     })?;
     Ok((plan, Source::Ndjson { reader, buffer: Vec::with_capacity(64 * 1024), line: 0 }))
+}
+
+/// Reads past the rest of the current line without keeping it.
+fn skip_line(reader: &mut (dyn BufRead + Send + '_)) -> io::Result<()> {
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(());
+        }
+        match available.iter().position(|byte| *byte == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let len = available.len();
+                reader.consume(len);
+            }
+        }
+    }
 }
 
 fn read_error(gzip: bool, line: u64, source: io::Error) -> ImportError {
