@@ -61,6 +61,22 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<SqlitePool,
         .map_err(db_error("opening the SQLite database"))
 }
 
+/// Creates `dir` (and its missing parents) `0700` when it does not exist;
+/// an existing directory is left as it is.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
 /// Makes `path` a file only its owner can read or write, before SQLite
 /// opens it: a missing parent directory is created `0700`, a missing file
 /// `0600` (SQLite gives its `-wal` and `-shm` files the database file's
@@ -75,18 +91,8 @@ pub fn private_file(path: &Path) -> Result<(), StoreError> {
     if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
         return Ok(());
     }
-    if let Some(parent) = path.parent()
-        && !parent.as_os_str().is_empty()
-        && !parent.exists()
-    {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder.create(parent).map_err(failed("creating", parent))?;
+    if let Some(parent) = path.parent() {
+        private_dir(parent).map_err(failed("creating", parent))?;
     }
     #[cfg(unix)]
     {

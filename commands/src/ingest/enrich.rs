@@ -165,11 +165,9 @@ fn click_ids_from_url(message: &mut Map<String, Value>, enrichment: &mut Map<Str
     .find_map(|url| {
         let query = url.split_once('?').map_or(url.as_str(), |(_, query)| query);
         let query = query.split('#').next().unwrap_or_default();
-        let found: Vec<(String, String)> = query
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .filter(|(name, value)| CLICK_ID_PARAMETERS.contains(name) && !value.is_empty())
-            .map(|(name, value)| (name.to_owned(), percent_decoded(value)))
+        let found: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, value)| CLICK_ID_PARAMETERS.contains(&name.as_ref()) && !value.is_empty())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
             .collect();
         (!found.is_empty()).then_some(found)
     });
@@ -196,39 +194,6 @@ fn click_ids_from_url(message: &mut Map<String, Value>, enrichment: &mut Map<Str
     if !added.is_empty() {
         enrichment.insert("clickIdsFromUrl".to_owned(), Value::Array(added));
     }
-}
-
-/// A query value with `%XX` escapes and `+` decoded (invalid escapes kept).
-fn percent_decoded(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Picks the client IP and writes it to `context.ip`.

@@ -9,18 +9,8 @@
 /// known under both `traits.` and `context.traits.`.
 const SPEC_PATHS: &[&str] = &[
     // Common fields.
-    "type",
-    "event",
     "name",
     "category",
-    "messageId",
-    "timestamp",
-    "originalTimestamp",
-    "sentAt",
-    "receivedAt",
-    "channel",
-    "version",
-    "integrations",
     "userId",
     "anonymousId",
     "previousId",
@@ -165,20 +155,6 @@ const SPEC_PATHS: &[&str] = &[
     "properties.referrer",
     "properties.search",
     "properties.keywords",
-    // Property names onepd strips from ad platforms by name.
-    "properties.email",
-    "properties.phone",
-    "properties.userId",
-    "properties.user_id",
-    "properties.anonymousId",
-    "properties.firstName",
-    "properties.first_name",
-    "properties.lastName",
-    "properties.last_name",
-    "properties.birthday",
-    "properties.address",
-    "properties.street",
-    "properties.ip",
 ];
 
 /// The Segment spec's reserved traits, relative to `traits`.
@@ -215,9 +191,14 @@ const SPEC_TRAITS: &[&str] = &[
     "website",
 ];
 
-/// Whether `path` (dotted, `[]` for array elements) is a Segment spec path.
+/// Whether `path` (dotted, `[]` for array elements) is a Segment spec path:
+/// an envelope field, a common field, a context or e-commerce path, a
+/// property onepd strips by name, or a reserved trait.
 pub(crate) fn is_spec_path(path: &str) -> bool {
-    if SPEC_PATHS.contains(&path) {
+    if SPEC_PATHS.contains(&path) || super::ENVELOPE.contains(&path) {
+        return true;
+    }
+    if path.strip_prefix("properties.").is_some_and(|name| super::IDENTIFYING_PROPERTIES.contains(&name)) {
         return true;
     }
     path.strip_prefix("traits.")

@@ -591,6 +591,25 @@ pub enum Verdict {
     },
 }
 
+/// Property names that hold an identifier: an ad platform's message never
+/// carries them, whatever the industry.
+pub const IDENTIFYING_PROPERTIES: [&str; 14] = [
+    "email",
+    "phone",
+    "userId",
+    "user_id",
+    "anonymousId",
+    "firstName",
+    "first_name",
+    "lastName",
+    "last_name",
+    "name",
+    "birthday",
+    "address",
+    "street",
+    "ip",
+];
+
 /// The reason for removing a field outside a restricted allowlist.
 const NOT_ALLOWLISTED: &str = "not on the allowlist of a restricted industry";
 

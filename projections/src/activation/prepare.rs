@@ -117,24 +117,6 @@ pub enum Prepared {
 const IDENTIFYING_FIELDS: [&str; 4] = ["userId", "anonymousId", "previousId", "traits"];
 /// `context` fields that name a person or their device.
 const IDENTIFYING_CONTEXT: [&str; 3] = ["traits", "ip", "userAgent"];
-/// Property names that hold an identifier.
-const IDENTIFYING_PROPERTIES: [&str; 14] = [
-    "email",
-    "phone",
-    "userId",
-    "user_id",
-    "anonymousId",
-    "firstName",
-    "first_name",
-    "lastName",
-    "last_name",
-    "name",
-    "birthday",
-    "address",
-    "street",
-    "ip",
-];
-
 /// Why an identifier is not sent to an ad platform of a restricted industry.
 const WITHHELD_IP_USER_AGENT: &str = "IP address and user agent withheld for healthcare";
 
@@ -517,7 +499,7 @@ fn strip_identifiers(message: &mut Value, scrubbed: &mut BTreeMap<String, String
         }
     }
     if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
-        for field in IDENTIFYING_PROPERTIES {
+        for field in policy::IDENTIFYING_PROPERTIES {
             if properties.remove(field).is_some() {
                 scrubbed.insert(format!("properties.{field}"), WHY.into());
             }
