@@ -2,18 +2,20 @@
 //! W3C WebDriver through `chromedriver`, loads pages from a page server of the
 //! test's own (another origin, so CORS applies for real) that embed the
 //! README's loader snippet pointed at a real `onepd serve`; what the server
-//! stored is read back through the audit API.
+//! stored is read back through the audit API. Beside onepd.js, Segment's own
+//! analytics.js (`@segment/analytics-next`, which `tests/sdk/install.sh
+//! browser` installs from npm) is served the same way.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium`
-//! and `chromium-driver`, which `.ci/run` installs). Without them the test
-//! fails and says so; it is never skipped.
+//! and `chromium-driver`, which `scripts/test` installs), and Node.js with npm.
+//! Without them the tests fail and say so; they are never skipped.
 
 mod support;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use base64::Engine;
 use onepd_proto::audit::v1::{EventFilter, ReadEventsRequest};
 use serde_json::{Value, json};
 use support::{Server, read_all};
@@ -343,6 +346,141 @@ async fn the_script_is_served_cacheable_to_any_origin_and_its_batches_are_accept
     assert_eq!(sent.json::<Value>().await.unwrap(), json!({ "success": true }));
 }
 
+/// Segment's own browser library, analytics.js (`@segment/analytics-next`
+/// from npm, its UMD build), pointed at onepd through a proxy that answers
+/// its first send with a 503: the retry carries `X-Retry-Count`, its
+/// preflight is answered allowing that header, and the event is stored once.
+/// Every call type then arrives on its one-letter path (`/v1/t`, `i`, `p`,
+/// `g`, `a`, `s`), and the page reaches no host but onepd and itself.
+///
+/// analytics.js adds `X-Retry-Count` to every retry, and Chromium sends a
+/// request only when its preflight's `Access-Control-Allow-Headers` lists
+/// each non-safelisted header: with a fixed list lacking it, every retry is
+/// blocked before it leaves the browser and the wait for the retry fails,
+/// listing the refused preflights.
+#[tokio::test]
+async fn analytics_js_retries_a_send_answered_503_and_the_event_is_stored_once() {
+    let analytics_next = install_analytics_next();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let write_key = server.write_key.clone().expect("the banner prints a write key");
+    let token = server.admin_token.clone().expect("the banner prints an admin token");
+    let proxy = FailFirstProxy::start(&server.http).await;
+    let pages = PageServer::start_analytics_next(&write_key, &proxy.url, &analytics_next.dist).await;
+    let browser = Browser::start().await;
+    browser.navigate(&format!("{}/analytics-next", pages.origin)).await;
+    let loaded = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; ajs.then(() => done(true), (e) => done(String(e)));",
+        )
+        .await;
+    assert_eq!(loaded, json!(true), "analytics.js loaded from its cdnSettings, with no settings fetch");
+
+    browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             ajs.track('Retried Event', { orderId: 'o-1', revenue: 42.5 }).then(() => done(true));",
+        )
+        .await;
+    proxy.wait_for(2, "the track answered 503, then its retry").await;
+    browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             (async () => {
+               await ajs.identify('user-1', { email: 'ann@example.com' });
+               await ajs.page('Docs', 'Pricing');
+               await ajs.group('acme', { plan: 'pro' });
+               await ajs.alias('user-2');
+               await ajs.screen('Home');
+             })().then(() => done(true));",
+        )
+        .await;
+    proxy.wait_for(7, "the track twice, then identify, page, group, alias and screen").await;
+    let blocked = browser.execute("return blocked").await;
+    assert_eq!(blocked, json!([]), "the page's content security policy blocked no request");
+
+    // What went through the proxy: the first send answered 503 by the proxy,
+    // then its retry's preflight and the retry, each answered by onepd.
+    let exchanges = proxy.exchanges.lock().unwrap().clone();
+    let posts: Vec<&Exchange> = exchanges.iter().filter(|exchange| exchange.method == "POST").collect();
+    let paths: Vec<(&str, u16)> = posts.iter().map(|post| (post.path.as_str(), post.status)).collect();
+    assert_eq!(
+        paths,
+        [
+            ("/v1/t", 503),
+            ("/v1/t", 200),
+            ("/v1/i", 200),
+            ("/v1/p", 200),
+            ("/v1/g", 200),
+            ("/v1/a", 200),
+            ("/v1/s", 200)
+        ],
+        "one POST per call on its one-letter path, and the retry: {}",
+        summary(&exchanges)
+    );
+    let retry_counts: Vec<Option<&str>> = posts.iter().map(|post| post.request_header("x-retry-count")).collect();
+    assert_eq!(retry_counts, [None, Some("1"), None, None, None, None, None], "only the retry carries X-Retry-Count");
+    let (first, retry) = (&posts[0].body, &posts[1].body);
+    assert!(first["messageId"].is_string(), "{first}");
+    assert_eq!(retry["messageId"], first["messageId"], "a retry resends the same message");
+    assert_eq!(retry["event"], "Retried Event");
+    let authorization = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
+    assert!(
+        posts.iter().all(|post| post.request_header("authorization") == Some(authorization.as_str())),
+        "the write key is sent as the Basic user name: {}",
+        summary(&exchanges)
+    );
+
+    let retry_at = exchanges.iter().position(|exchange| std::ptr::eq(exchange, posts[1])).unwrap();
+    let preflight = exchanges[..retry_at]
+        .iter()
+        .rev()
+        .find(|exchange| exchange.method == "OPTIONS" && exchange.path == "/v1/t")
+        .unwrap_or_else(|| panic!("the retry was preflighted: {}", summary(&exchanges)));
+    let asked = preflight.request_header("access-control-request-headers").unwrap_or_default().to_ascii_lowercase();
+    assert!(
+        asked.split(',').any(|name| name.trim() == "x-retry-count"),
+        "the preflight asks for X-Retry-Count: {asked}"
+    );
+    assert!((200..300).contains(&preflight.status), "the preflight succeeds: {}", summary(&exchanges));
+    let allowed = preflight.response_header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
+    assert!(
+        allowed.split(',').any(|name| name.trim() == "x-retry-count"),
+        "onepd allows X-Retry-Count, found access-control-allow-headers: {allowed:?}"
+    );
+    assert_eq!(preflight.response_header("access-control-allow-origin"), Some("*"));
+
+    // What onepd stored: each call once, the retried event once, as sent.
+    let rejected = messages(&server, &token, "MessageRejected").await;
+    assert!(rejected.is_empty(), "no message is rejected: {rejected:?}");
+    let stored: Vec<Value> = messages(&server, &token, "MessageAccepted")
+        .await
+        .iter()
+        .map(|event| serde_json::from_str::<Value>(&event.data_json).unwrap()["message"].clone())
+        .collect();
+    let calls: Vec<String> = stored
+        .iter()
+        .map(|message| {
+            let name = message["event"].as_str().or(message["name"].as_str()).unwrap_or_default();
+            format!("{} {name}", message["type"].as_str().unwrap()).trim_end().to_owned()
+        })
+        .collect();
+    assert_eq!(calls, ["track Retried Event", "identify", "page Pricing", "group", "alias", "screen Home"]);
+    let track = &stored[0];
+    assert_eq!(track["messageId"], first["messageId"], "the stored event is the one sent twice");
+    assert_eq!(track["properties"], json!({ "orderId": "o-1", "revenue": 42.5 }));
+    let library = json!({ "name": "analytics.js", "version": format!("next-{}", analytics_next.version) });
+    assert!(stored.iter().all(|message| message["context"]["library"] == library), "sent by analytics.js: {stored:?}");
+    assert_eq!(stored[1]["traits"], json!({ "email": "ann@example.com" }));
+    // Each stored as analytics.js sent it (its alias, for one, carries the
+    // identified user as userId, whatever the new id).
+    for (message, post) in stored.iter().zip(&posts[1..]) {
+        for field in ["messageId", "type", "userId", "anonymousId", "previousId", "groupId"] {
+            assert_eq!(message[field], post.body[field], "{} {field}: stored as sent", post.path);
+        }
+    }
+}
+
 /// Starts or ends a network outage: the browser goes offline (so pages see
 /// `navigator.onLine` and the `online` event) and the relay refuses
 /// connections. The relay is needed because Chromium lifts its offline
@@ -400,6 +538,189 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `@segment/analytics-next` as `tests/sdk/install.sh browser` installs it
+/// (from `tests/sdk/browser/package-lock.json`).
+struct AnalyticsNext {
+    /// Its UMD build: `index.js`, which defines the global `AnalyticsNext`,
+    /// and the chunks it loads on demand.
+    dist: PathBuf,
+    version: String,
+}
+
+/// Installs analytics-next (a no-op when installed); panics with the
+/// installer's output when it cannot, so the test fails instead of skipping.
+fn install_analytics_next() -> AnalyticsNext {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = repo.join("tests/sdk/install.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("browser")
+        .current_dir(repo)
+        .output()
+        .unwrap_or_else(|err| panic!("could not run {}: {err}", script.display()));
+    assert!(
+        output.status.success(),
+        "`{} browser` failed ({}), so analytics.js cannot be tested:\n{}{}",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let package = repo.join("tests/sdk/browser/node_modules/@segment/analytics-next");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(package.join("package.json")).unwrap()).unwrap();
+    AnalyticsNext { dist: package.join("dist/umd"), version: manifest["version"].as_str().unwrap().to_owned() }
+}
+
+/// An HTTP proxy in front of onepd that answers the first POST itself with a
+/// 503 (with CORS headers, as onepd's own answers have) and forwards every
+/// other request, preflights included, recording each exchange.
+struct FailFirstProxy {
+    url: String,
+    exchanges: Arc<Mutex<Vec<Exchange>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One request through the proxy, and the answer it got.
+#[derive(Clone, Debug)]
+struct Exchange {
+    method: String,
+    path: String,
+    request_headers: header::HeaderMap,
+    /// The request body as JSON (null when it is not).
+    body: Value,
+    status: u16,
+    response_headers: header::HeaderMap,
+}
+
+impl Exchange {
+    fn request_header(&self, name: &str) -> Option<&str> {
+        self.request_headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    fn response_header(&self, name: &str) -> Option<&str> {
+        self.response_headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    target: String,
+    client: reqwest::Client,
+    /// Set once the first POST has been answered 503.
+    failed_once: Arc<std::sync::atomic::AtomicBool>,
+    exchanges: Arc<Mutex<Vec<Exchange>>>,
+}
+
+impl FailFirstProxy {
+    async fn start(target: &str) -> FailFirstProxy {
+        let exchanges = Arc::new(Mutex::new(Vec::new()));
+        let state = ProxyState {
+            target: target.to_owned(),
+            client: reqwest::Client::new(),
+            failed_once: Arc::default(),
+            exchanges: exchanges.clone(),
+        };
+        let app = axum::Router::new().fallback(proxy_exchange).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FailFirstProxy { url, exchanges, task }
+    }
+
+    /// Waits until `posts` POSTs have been answered; past 10 s, panics
+    /// naming `what` and listing what went through.
+    async fn wait_for(&self, posts: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let exchanges = self.exchanges.lock().unwrap().clone();
+            let answered = exchanges.iter().filter(|exchange| exchange.method == "POST").count();
+            if answered >= posts {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: expected {posts} POSTs within 10 s, found {answered}; through the proxy:\n{}",
+                summary(&exchanges)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for FailFirstProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_exchange(State(state): State<ProxyState>, request: Request) -> Response {
+    use std::sync::atomic::Ordering;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.expect("a request body");
+    let fail = parts.method == axum::http::Method::POST && !state.failed_once.swap(true, Ordering::SeqCst);
+    let (status, mut headers, answer) = if fail {
+        let mut headers = header::HeaderMap::new();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"));
+        headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        let answer = json!({ "success": false, "code": "unavailable", "message": "the proxy's scripted 503" });
+        (StatusCode::SERVICE_UNAVAILABLE, headers, answer.to_string().into())
+    } else {
+        let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+        let mut headers = parts.headers.clone();
+        for hop in [header::HOST, header::CONNECTION, header::CONTENT_LENGTH] {
+            headers.remove(hop);
+        }
+        let response = state
+            .client
+            .request(parts.method.clone(), format!("{}{path}", state.target))
+            .headers(headers)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("onepd answers the proxy");
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, response.bytes().await.expect("onepd's answer"))
+    };
+    for hop in [header::CONNECTION, header::TRANSFER_ENCODING, header::CONTENT_LENGTH] {
+        headers.remove(hop);
+    }
+    state.exchanges.lock().unwrap().push(Exchange {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        request_headers: parts.headers,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        status: status.as_u16(),
+        response_headers: headers.clone(),
+    });
+    (status, headers, answer).into_response()
+}
+
+/// The exchanges one a line, with the headers that CORS and retries turn on.
+fn summary(exchanges: &[Exchange]) -> String {
+    let lines: Vec<String> = exchanges
+        .iter()
+        .map(|exchange| {
+            let header = |name: &str, value: Option<&str>| value.map(|value| format!(" [{name}: {value}]"));
+            let asked = header("asks", exchange.request_header("access-control-request-headers"));
+            let retry = header("x-retry-count", exchange.request_header("x-retry-count"));
+            let allowed = header("allows", exchange.response_header("access-control-allow-headers"));
+            format!(
+                "  {} {}{}{} -> {}{}",
+                exchange.method,
+                exchange.path,
+                asked.unwrap_or_default(),
+                retry.unwrap_or_default(),
+                exchange.status,
+                allowed.unwrap_or_default()
+            )
+        })
+        .collect();
+    lines.join("\n")
 }
 
 /// A stand-in for onepd's tracking API answering each `POST /v1/batch` with
@@ -475,8 +796,9 @@ async fn messages(server: &Server, token: &str, event_type: &str) -> Vec<onepd_p
     read_all(&mut audit, ReadEventsRequest { filter: Some(filter), ..Default::default() }, token).await
 }
 
-/// Serves test pages on its own port, each embedding the README's loader
-/// snippet with the test's write key and options.
+/// Serves test pages on its own port: pages embedding the README's loader
+/// snippet with the test's write key and options, or one loading Segment's
+/// analytics.js.
 struct PageServer {
     origin: String,
     task: tokio::task::JoinHandle<()>,
@@ -487,15 +809,84 @@ impl PageServer {
         let snippet = readme_snippet()
             .replace("'WRITE_KEY'", &format!("'{write_key}'"))
             .replace("{host: 'http://127.0.0.1:8080'}", &options.to_string());
+        PageServer::serve(axum::Router::new().fallback(page).with_state(snippet)).await
+    }
+
+    /// Serves `/analytics-next`, a page loading analytics.js's UMD build
+    /// from `dist` (served whole under `/analytics-next/bundles/`) and
+    /// pointing it at the tracking API at `api`, as Segment documents for a
+    /// custom API host. Its content security policy lets it reach only
+    /// `api` and load scripts only from this server; it records what it
+    /// blocks in `window.blocked`.
+    async fn start_analytics_next(write_key: &str, api: &str, dist: &Path) -> PageServer {
+        let api_host = format!("{}/v1", api.strip_prefix("http://").expect("an http:// address"));
+        // The settings Segment's CDN would serve, given here so that none are
+        // fetched: the write key is the Segment.io integration's `apiKey`.
+        let settings = json!({
+            "writeKey": write_key,
+            "cdnSettings": { "integrations": { "Segment.io": { "apiKey": write_key } } },
+        });
+        let options = json!({ "integrations": { "Segment.io": { "apiHost": api_host, "protocol": "http" } } });
+        let html = format!(
+            r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Pricing</title>
+<script>
+  window.blocked = [];
+  document.addEventListener('securitypolicyviolation', (event) => blocked.push(`${{event.violatedDirective}} ${{event.blockedURI}}`));
+  // analytics.js loads its chunks from `${{analytics._cdn}}/analytics-next/bundles/`,
+  // by default Segment's CDN: here, this server.
+  window.analytics = {{ _cdn: location.origin }};
+</script>
+<script src="/analytics-next/bundles/index.js"></script>
+<script>
+  window.ajs = AnalyticsNext.AnalyticsBrowser.load({settings}, {options});
+</script>
+</head><body></body></html>"#
+        );
+        let policy = format!("default-src 'none'; script-src 'self' 'unsafe-inline'; connect-src {api}");
+        let site = Arc::new(AnalyticsNextSite { html, policy, dist: dist.to_path_buf() });
+        let app = axum::Router::new()
+            .route("/analytics-next", axum::routing::get(analytics_next_page))
+            .route("/analytics-next/bundles/{file}", axum::routing::get(analytics_next_file))
+            .with_state(site);
+        PageServer::serve(app).await
+    }
+
+    async fn serve(app: axum::Router) -> PageServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         // `localhost` against the API's `127.0.0.1`: another site, not only another origin.
         let origin = format!("http://localhost:{}", listener.local_addr().unwrap().port());
-        let app = axum::Router::new().fallback(page).with_state(snippet);
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         PageServer { origin, task }
     }
+}
+
+/// The analytics.js page, its content security policy, and analytics.js's
+/// UMD build directory.
+struct AnalyticsNextSite {
+    html: String,
+    policy: String,
+    dist: PathBuf,
+}
+
+async fn analytics_next_page(State(site): State<Arc<AnalyticsNextSite>>) -> Response {
+    let headers = [(header::CONTENT_SECURITY_POLICY, site.policy.clone()), (header::CACHE_CONTROL, "no-store".into())];
+    (headers, Html(site.html.clone())).into_response()
+}
+
+async fn analytics_next_file(
+    State(site): State<Arc<AnalyticsNextSite>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let Ok(bytes) = std::fs::read(site.dist.join(&file)) else { return StatusCode::NOT_FOUND.into_response() };
+    let kind = match file.rsplit('.').next() {
+        Some("js") => "application/javascript",
+        Some("map") => "application/json",
+        _ => "application/octet-stream",
+    };
+    ([(header::CONTENT_TYPE, kind)], bytes).into_response()
 }
 
 impl Drop for PageServer {

@@ -526,6 +526,11 @@ async fn every_http_error_is_the_apis_json_shape() {
         (client.put(format!("{}/v1/track", server.http)), 405, "method_not_allowed"),
         (client.get(format!("{}/v1/track", server.http)), 405, "method_not_allowed"),
         (client.post(format!("{}/v1/%FF%FE", server.http)).body("{}"), 400, "invalid_path"),
+        (
+            client.post(format!("{}/v1/track", server.http)).header("x-padding", "a".repeat(100 * 1024)).body("{}"),
+            431,
+            "headers_too_large",
+        ),
     ];
     for (request, status, code) in answers {
         let response = request.send().await.unwrap();
@@ -537,6 +542,14 @@ async fn every_http_error_is_the_apis_json_shape() {
         assert_eq!(body["code"], code, "{body}");
         assert!(body["message"].as_str().is_some_and(|message| !message.is_empty()), "{body}");
     }
+    // analytics.js's own usage counters, posted to `/v1/m`, are answered and
+    // not stored (no rejection either).
+    let telemetry = json!({"series": [{"type": "Counter", "metric": "analytics_js.invoke", "value": 1, "tags": {}}]});
+    let response = client.post(format!("{}/v1/m", server.http)).json(&telemetry).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let token = server.admin_token.clone().unwrap();
+    assert!(messages(&server, &token, "MessageRejected").await.is_empty());
+    assert!(messages(&server, &token, "MessageAccepted").await.is_empty());
     drop(server);
 }
 

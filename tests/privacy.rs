@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use onepd_domain::{EventId, WorkspaceId};
+use onepd_domain::{EventId, Position, WorkspaceId};
 use onepd_proto::admin::v1::ForgetRequest;
 use onepd_proto::admin::v1::admin_service_client::AdminServiceClient;
 use onepd_proto::admin::v1::forget_request::Subject;
@@ -767,7 +767,11 @@ fn the_readmes_sensitive_data_commands_run_as_written() {
         }
     }
     assert!(script.contains("onepd policy set --industry healthcare --site-origin"), "{script}");
-    let runnable = script;
+    // The section configures the `meta` destination the Activation section creates.
+    let runnable = format!(
+        "onepd destination create meta --adapter meta_capi --setting pixel_id=1234567890 \
+         --setting access_token=\"$META_TOKEN\"\n{script}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let bin = std::path::Path::new(support::BINARY).parent().unwrap();
@@ -936,4 +940,107 @@ async fn click_ids_in_any_sdks_page_url_reach_the_ad_platforms() {
     let fbc = purchase["data"][0]["user_data"]["fbc"].as_str().unwrap_or_default().to_owned();
     assert!(fbc.starts_with("fb.1.") && fbc.ends_with(fbclid), "{purchase}");
     drop(server);
+}
+
+/// Every stored row's payload and metadata as lowercase text, read straight
+/// from the database (no keys: what a reader of the database file sees).
+async fn stored_text(url: &str) -> String {
+    let log = onepd_adapters::EventLog::open(onepd_adapters::store::StoreConfig::new(url, None)).await.unwrap();
+    let rows = log.stored_rows(Position(1), Position(u64::MAX / 2), 100_000).await.unwrap();
+    log.close().await;
+    rows.iter()
+        .map(|row| format!("{}\n{}\n", String::from_utf8_lossy(&row.data), String::from_utf8_lossy(&row.metadata)))
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// A message refused at ingest, over HTTP or in an imported file, holds
+/// the person it names sealed, and `forget` by any identifier in it erases
+/// it: afterwards neither the audit API nor the database holds the email,
+/// phone or name.
+async fn a_rejected_message_is_erased_with_the_person_it_names(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let database = url.map(str::to_owned).unwrap_or_else(|| support::sqlite_url(dir.path()));
+
+    // No userId or anonymousId: refused, naming the field.
+    let (status, body) = post(
+        &server,
+        "/v1/identify",
+        json!({"messageId": "zelda-1", "traits": {"email": "Zelda.Rejected@Example.com", "firstName": "Zelinda"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // A track with no event name, her phone in its properties.
+    let (status, body) = post(
+        &server,
+        "/v1/batch",
+        json!({"batch": [{"type": "track", "messageId": "zelda-2", "userId": "u-zelinda",
+                          "properties": {"phone": "+1 (415) 555-2671", "note": "call Zelinda"}}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // An imported row whose email holds a control character.
+    std::fs::write(
+        dir.path().join("people.csv"),
+        "customer_id,email,plan\nc-zelinda,zel\u{1}@example.com,Zelinda plan\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("people.json"),
+        r#"{"type": "identify", "user_id": "customer_id", "traits": {"email": "email", "plan": "plan"}}"#,
+    )
+    .unwrap();
+    let imported = json_lines(&run(
+        dir.path(),
+        &["import", "people.csv", "--source", "http", "--mapping", "people.json", "--json"],
+        &store,
+    ));
+    assert_eq!(imported.last().unwrap()["rejected"], 1, "{imported:?}");
+
+    // Readable to the workspace's auditors until erasure, but sealed.
+    let token = server.admin_token.clone().unwrap();
+    let mut audit = server.audit().await;
+    let rejections = || {
+        let filter =
+            onepd_proto::audit::v1::EventFilter { event_types: vec!["MessageRejected".into()], ..Default::default() };
+        onepd_proto::audit::v1::ReadEventsRequest { filter: Some(filter), ..Default::default() }
+    };
+    let before = support::read_all(&mut audit, rejections(), &token).await;
+    assert_eq!(before.len(), 3);
+    for rejection in &before {
+        assert!(rejection.data_json.to_lowercase().contains("zelinda"), "{}", rejection.data_json);
+    }
+    let stored = stored_text(&database).await;
+    for secret in ["zelinda", "zelda.rejected", "555-2671"] {
+        assert!(!stored.contains(secret), "{secret} is stored in clear");
+    }
+
+    // Each found by an identifier in it, normalized as ingest would.
+    for (lookup, value) in
+        [("--email", "ZELDA.Rejected@example.com"), ("--phone", "+1 415 555 2671"), ("--user-id", "c-zelinda")]
+    {
+        let report = onepd_json(dir.path(), &[&["forget", lookup, value][..], &store_refs].concat());
+        assert_eq!(report["keys_shredded"], 1, "{lookup} {value}: {report}");
+    }
+    let after = support::read_all(&mut audit, rejections(), &token).await;
+    assert_eq!(after.len(), 3);
+    for rejection in &after {
+        assert!(rejection.erased && rejection.data_json.is_empty(), "{rejection:?}");
+        assert!(!rejection.metadata_json.to_lowercase().contains("zel"), "{}", rejection.metadata_json);
+    }
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_message_is_erased_with_the_person_it_names_on_sqlite() {
+    a_rejected_message_is_erased_with_the_person_it_names(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_message_is_erased_with_the_person_it_names_on_postgres() {
+    let database = PgDatabase::create().await;
+    a_rejected_message_is_erased_with_the_person_it_names(Some(&database.url)).await;
 }

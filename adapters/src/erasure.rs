@@ -34,17 +34,19 @@ use std::time::Duration;
 
 use onepd_domain::destination::{DeletionAnswer, DeletionRequest, Destination, IdentifierSource};
 use onepd_domain::events::destination::{DeletionRequested, destination_stream};
-use onepd_domain::events::erasure::{SubjectErased, SubjectErasureRequested};
+use onepd_domain::events::erasure::{SubjectErased, SubjectErasureRequested, rejection_subject};
+use onepd_domain::events::message::MessageRejected;
 use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::hashing;
 use onepd_domain::identity::{Identifier, IdentifierKind, ProfileId};
 use onepd_domain::{
-    AppendError, AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError, WorkspaceId,
+    AppendError, AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, StoreError,
+    WorkspaceId,
 };
 use onepd_projections::directory::DestinationEntry;
 pub use onepd_projections::profile::Lookup;
 use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::EventLog;
@@ -181,10 +183,17 @@ pub async fn forget(
     // sealed with a key created after the shredding below.
     tokio::time::sleep(SUPPRESSION_SETTLE).await;
 
-    // 3. Shred every subject the person's payloads may be sealed under.
+    // 3. Shred every subject the person's payloads may be sealed under:
+    //    their identifiers, and each rejection that names any of them.
     let mut keys_shredded = 0;
     for identifier in &identifiers {
         if log.shred(workspace, &identifier.value).await? {
+            keys_shredded += 1;
+        }
+    }
+    let rejections = rejections_naming(log, workspace, &requested.suppressed).await?;
+    for event_id in &rejections {
+        if log.shred(workspace, &rejection_subject(*event_id)).await? {
             keys_shredded += 1;
         }
     }
@@ -211,7 +220,7 @@ pub async fn forget(
     }
 
     // 5. The fact every projection rebuilds on.
-    let subjects = identifiers.len() as u32;
+    let subjects = (identifiers.len() + rejections.len()) as u32;
     let erased = SubjectErased { request_id, profiles: profile_ids.clone(), subjects, keys_shredded };
     let erased_at = append(log, workspace, workspace_stream(workspace), SubjectErased::TYPE, json!(erased)).await?;
     metrics::counter!("onepd_erasures_total", "via" => via.to_owned()).increment(1);
@@ -225,6 +234,35 @@ pub async fn forget(
         "subject erased"
     );
     Ok(ErasureReport { request_id, profiles: profile_ids, subjects, keys_shredded, deletions, erased_at })
+}
+
+/// The rejections of `workspace` whose metadata names one of `suppressed`
+/// (keyed identifier hashes, as ingest records them on a rejection it seals).
+async fn rejections_naming(
+    log: &EventLog,
+    workspace: WorkspaceId,
+    suppressed: &[String],
+) -> Result<Vec<EventId>, ErasureError> {
+    let wanted: BTreeSet<&str> = suppressed.iter().map(String::as_str).collect();
+    let filter =
+        EventFilter { workspace: Some(workspace), event_types: vec![MessageRejected::TYPE.to_owned()], stream: None };
+    let head = log.head().await?;
+    let mut found = Vec::new();
+    let mut from = Position(1);
+    loop {
+        let page = log.read(from, Some(head), &filter, 1_000).await?;
+        for event in &page.events {
+            let names = event.metadata.get("identifiers").and_then(Value::as_array);
+            if names.is_some_and(|names| names.iter().filter_map(Value::as_str).any(|hash| wanted.contains(hash))) {
+                found.push(event.event_id);
+            }
+        }
+        if page.next > head || page.next <= from {
+            break;
+        }
+        from = page.next;
+    }
+    Ok(found)
 }
 
 /// Asks one destination to delete the person: `(outcome, response)`.

@@ -73,9 +73,13 @@ pub enum AppendError {
 /// A failure of the storage underneath a store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be reached or answered with an error.
+    /// The database answered with an error.
     #[error("database: {0}")]
     Database(String),
+    /// The database could not be reached in time (down, restarting, cut
+    /// off): nothing was stored; the caller should retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The store is shutting down and takes no more appends.
     #[error("event store is shutting down")]
     ShuttingDown,

@@ -6,6 +6,7 @@ mod deliveries;
 mod destination;
 mod directory;
 mod forget;
+mod healthcheck;
 mod identity;
 pub(crate) mod import;
 mod key;
@@ -92,6 +93,9 @@ enum Command {
     /// Measure onepd against the raw limit of its database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Ask a running onepd or adapter whether it is healthy (exit 0 or 1),
+    /// for container health checks.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -117,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Forget(args) => forget::run(args).await,
         Command::Adapter(command) => adapter::run(command).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
     }
 }
 

@@ -217,7 +217,27 @@ struct HttpState {
 /// process still serves: ingest and reads work); `503` only when the log
 /// cannot be read at all.
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    match state.log.head().await {
+    let unavailable = |cause: String| {
+        tracing::warn!(%cause, "health check: the database is unavailable");
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "unavailable", "reason": "the database cannot be reached" })),
+        )
+            .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        response
+    };
+    // An outage the appender noticed answers at once; otherwise the head is
+    // read with a short timeout, so a hanging database is 503 within a
+    // second, never a hanging health check.
+    if let Some(cause) = state.log.unavailable() {
+        return unavailable(cause);
+    }
+    let head = match tokio::time::timeout(HEALTH_TIMEOUT, state.log.head()).await {
+        Ok(head) => head,
+        Err(_) => return unavailable(format!("no answer within {} ms", HEALTH_TIMEOUT.as_millis())),
+    };
+    match head {
         Ok(head) => {
             let stalled: Vec<serde_json::Value> = state
                 .activation
@@ -244,14 +264,14 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
                 },
                 "stalled_destinations": stalled,
             });
-            (StatusCode::OK, axum::Json(body))
+            (StatusCode::OK, axum::Json(body)).into_response()
         }
-        Err(err) => {
-            tracing::error!(cause = %err, "health check cannot read the log head");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "unavailable" })))
-        }
+        Err(err) => unavailable(err.to_string()),
     }
 }
+
+/// How long `/healthz` waits for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(1000);
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
     if let Ok(head) = state.log.head().await {

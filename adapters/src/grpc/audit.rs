@@ -47,7 +47,7 @@ impl AuditApi {
 pub(crate) fn store_status(err: StoreError) -> Status {
     match err {
         StoreError::ShuttingDown => Status::unavailable("onepd is shutting down; retry against another node or later"),
-        StoreError::Database(detail) => {
+        StoreError::Database(detail) | StoreError::Unavailable(detail) => {
             tracing::error!(cause = %detail, "event store unavailable");
             Status::unavailable("event store unavailable")
         }

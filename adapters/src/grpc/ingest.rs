@@ -195,10 +195,22 @@ pub(crate) fn status(err: IngestError) -> Status {
         IngestError::Invalid(message) => Status::invalid_argument(message),
         IngestError::Configuration(_) => Status::failed_precondition(err.to_string()),
         IngestError::Store(_) | IngestError::Append(_) => {
-            tracing::error!(cause = %err, "ingest failed");
-            Status::unavailable(
-                "onepd could not store the batch; nothing was acknowledged, retry it (stored messages come back as duplicates)",
-            )
+            let unavailable = err.is_unavailable();
+            if unavailable {
+                tracing::warn!(cause = %err, "ingest unavailable");
+            } else {
+                tracing::error!(cause = %err, "ingest failed");
+            }
+            let mut status = Status::unavailable(if unavailable {
+                "onepd cannot reach its database; nothing was acknowledged, retry it (stored messages come back as duplicates)"
+            } else {
+                "onepd could not store the batch; nothing was acknowledged, retry it (stored messages come back as duplicates)"
+            });
+            let wait = crate::ingest::UNAVAILABLE_RETRY_AFTER.as_secs().to_string();
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(wait.as_str()) {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
         }
     }
 }

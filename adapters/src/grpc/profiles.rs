@@ -304,6 +304,10 @@ fn store_status(err: StoreError) -> Status {
     if let StoreError::ShuttingDown = err {
         return Status::unavailable("onepd is shutting down; retry against another node or later");
     }
+    if let StoreError::Unavailable(cause) = &err {
+        tracing::warn!(cause = %cause, "profile read unavailable");
+        return Status::unavailable("onepd cannot reach its database; retry in a few seconds");
+    }
     let request_id = Uuid::now_v7();
     tracing::error!(%request_id, cause = %err, "profile read failed");
     Status::internal(format!("profiles could not be read (request id {request_id})"))

@@ -78,10 +78,26 @@ pub async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {}", uri.path()), "")
 }
 
+/// The most bytes a request's header fields may take in all (names, values
+/// and separators). Past it onepd answers `431` with a JSON body; past the
+/// HTTP server's own buffer (about 400 KB, or more than 100 header lines)
+/// the connection is answered `431` without one and closed.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// Middleware giving the bodiless errors the router makes itself (a route
-/// asked with a method it does not take) the API's JSON shape; answers
-/// with a body of their own, and CORS preflights, pass unchanged.
+/// asked with a method it does not take) the API's JSON shape, and
+/// refusing header fields over [`MAX_HEADER_BYTES`] with a JSON `431`;
+/// answers with a body of their own, and CORS preflights, pass unchanged.
 pub async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let header_bytes: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("headers: expected at most {MAX_HEADER_BYTES} bytes in all, found {header_bytes}"),
+            "headers",
+        );
+    }
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
     let bodiless = !response.headers().contains_key(header::CONTENT_TYPE);
@@ -129,6 +145,18 @@ async fn track_api(
     with_request_id(response, &request_id)
 }
 
+/// Whether a `/v1/m` body is analytics.js's usage telemetry (an uncompressed
+/// JSON object with `series` and no `batch`) rather than a batch.
+fn is_sdk_telemetry(headers: &HeaderMap, body: &[u8]) -> bool {
+    if headers.contains_key(header::CONTENT_ENCODING) || body.len() > 64 * 1024 {
+        return false;
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => fields.contains_key("series") && !fields.contains_key("batch"),
+        _ => false,
+    }
+}
+
 /// Names the request in its response, so a caller can quote it.
 fn with_request_id(mut response: Response, request_id: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(request_id) {
@@ -145,6 +173,12 @@ async fn handle(
     body: &[u8],
     request_id: &str,
 ) -> Result<Response, ApiError> {
+    if endpoint == "m" && is_sdk_telemetry(headers, body) {
+        // analytics.js reports its own usage counters (`{"series": […]}`)
+        // to `/m`: not customer data, so answered and not stored.
+        metrics::counter!("onepd_sdk_telemetry_discarded_total").increment(1);
+        return Ok((StatusCode::OK, Json(json!({ "success": true }))).into_response());
+    }
     let endpoint = Endpoint::of(endpoint).ok_or_else(|| ApiError::NotFound(endpoint.to_owned()))?;
     let basic_key = basic_user(headers);
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|value| value.to_str().ok());
@@ -283,6 +317,20 @@ impl ApiError {
                     format!("onepd could not finish the request; retry it (request id {request_id})"),
                     String::new(),
                 )
+            }
+            ApiError::Ingest(err) if err.is_unavailable() => {
+                tracing::warn!(request_id, cause = %err, "ingest unavailable");
+                let wait = crate::ingest::UNAVAILABLE_RETRY_AFTER.as_secs();
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!(
+                        "onepd cannot reach its database; nothing was acknowledged, retry in {wait} s (request id {request_id})"
+                    ),
+                    String::new(),
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                response
             }
             ApiError::Ingest(err) => {
                 tracing::error!(request_id, cause = %err, "ingest failed");

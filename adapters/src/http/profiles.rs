@@ -460,6 +460,17 @@ impl ApiError {
                 "unavailable",
                 "onepd is shutting down; retry against another node or later".into(),
             ),
+            ApiError::Store(err @ StoreError::Unavailable(_)) => {
+                tracing::warn!(request_id, cause = %err, "profile read unavailable");
+                let wait = crate::ingest::UNAVAILABLE_RETRY_AFTER.as_secs();
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("onepd cannot reach its database; retry in {wait} s (request id {request_id})"),
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                response
+            }
             ApiError::Store(err) => {
                 tracing::error!(request_id, cause = %err, "profile read failed");
                 error(

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use onepd_commands::ingest::{Decision, Pipeline, Received, TrackingPlan, WorkspaceSettings};
 use onepd_commands::workspace::token_sha256;
-use onepd_domain::events::erasure::message_identifiers;
+use onepd_domain::events::erasure::{message_identifiers, rejected_identifiers, rejection_subject};
 use onepd_domain::events::message::Violation;
 use onepd_domain::events::workspace::source_stream;
 use onepd_domain::{
@@ -83,6 +83,26 @@ pub enum IngestError {
     #[error("the event log refused the batch: {0}")]
     Append(AppendError),
 }
+
+impl IngestError {
+    /// Whether the database is out of reach (down, restarting, cut off) or
+    /// onepd is stopping: nothing was stored, and the caller should retry
+    /// after a pause (503 with `Retry-After`, gRPC `UNAVAILABLE`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Store(StoreError::Unavailable(_) | StoreError::ShuttingDown)
+                | IngestError::Append(AppendError::Store(StoreError::Unavailable(_) | StoreError::ShuttingDown))
+        )
+    }
+}
+
+/// The most identifiers a sealed rejection names in its metadata; a payload
+/// naming more keeps only its reasons.
+pub const MAX_REJECTION_IDENTIFIERS: usize = 64;
+
+/// How long a caller is told to wait when the database is out of reach.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Who sent a request and from where.
 #[derive(Debug, Clone, Default)]
@@ -278,7 +298,60 @@ impl Ingest {
             .map(|message| self.pipeline.process(&settings, &received, message, || Uuid::now_v7().to_string()))
             .collect();
         let decisions = self.suppress(grant.workspace, decisions)?;
+        let decisions = self.seal_rejections(&settings, decisions)?;
         self.append(grant, decisions).await
+    }
+
+    /// Makes every rejection that names a person erasable: sealed under a
+    /// subject of its own, with the keyed hashes of the identifiers found in
+    /// it (`rejected_identifiers`, normalized as ingest would) in its
+    /// metadata, where `forget` finds them. A rejection naming someone
+    /// already erased keeps nothing of the payload; one naming more than
+    /// [`MAX_REJECTION_IDENTIFIERS`] keeps only its reasons too. Without a
+    /// master key nothing can be sealed and rejections stay as they are.
+    fn seal_rejections(
+        &self,
+        settings: &WorkspaceSettings,
+        decisions: Vec<Decision>,
+    ) -> Result<Vec<Decision>, IngestError> {
+        if !self.log.has_master_key() {
+            return Ok(decisions);
+        }
+        let workspace = settings.workspace;
+        let mut sealed = Vec::with_capacity(decisions.len());
+        for decision in decisions {
+            let Decision::Rejected { mut event, reasons } = decision else {
+                sealed.push(decision);
+                continue;
+            };
+            let raw = event.data.get("raw").and_then(Value::as_str).unwrap_or_default();
+            let identifiers = rejected_identifiers(raw, settings.default_region.as_deref());
+            if identifiers.is_empty() {
+                // Nothing ties it to a person: kept as received, unsealed.
+                event.subject = None;
+                sealed.push(Decision::Rejected { event, reasons });
+                continue;
+            }
+            let mut hashes = Vec::with_capacity(identifiers.len().min(MAX_REJECTION_IDENTIFIERS));
+            for identifier in identifiers.iter().take(MAX_REJECTION_IDENTIFIERS) {
+                hashes.push(self.log.suppression_hash(workspace, identifier).map_err(IngestError::Store)?);
+            }
+            let erased = self.directory.read(|directory| {
+                directory.has_suppressions(workspace)
+                    && hashes.iter().any(|hash| directory.is_suppressed(workspace, hash))
+            });
+            if erased || identifiers.len() > MAX_REJECTION_IDENTIFIERS {
+                event.data["raw"] = Value::String(String::new());
+                event.data["truncated"] = Value::Bool(true);
+                event.data["message_id"] = Value::Null;
+                event.subject = None;
+            } else {
+                event.subject = Some(rejection_subject(event.event_id));
+                event.metadata["identifiers"] = Value::from(hashes);
+            }
+            sealed.push(Decision::Rejected { event, reasons });
+        }
+        Ok(sealed)
     }
 
     /// Turns each accepted message about an erased person (one of its
@@ -320,7 +393,8 @@ impl Ingest {
     ) -> Result<MessageResult, IngestError> {
         let settings = self.settings(grant.workspace)?;
         let decision = self.pipeline.reject_payload(&settings, &received(grant, caller), raw, reasons);
-        let mut results = self.append(grant, vec![decision]).await?;
+        let decisions = self.seal_rejections(&settings, vec![decision])?;
+        let mut results = self.append(grant, decisions).await?;
         Ok(results.pop().expect("one result per decision"))
     }
 

@@ -102,13 +102,20 @@ pub(crate) struct Appender {
     /// Stream versions as of the last commit, valid while no other process
     /// appends (a catch-up empties it).
     stream_versions: HashMap<String, u64>,
+    /// Told whether the database answered the last group commit.
+    availability: Arc<super::Availability>,
 }
 
 /// Streams whose versions are remembered between group commits.
 const STREAM_CACHE_LIMIT: usize = 100_000;
 
 impl Appender {
-    pub(crate) fn new(backend: Arc<dyn Backend>, master: Option<MasterKey>, wake: watch::Sender<u64>) -> Appender {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        master: Option<MasterKey>,
+        wake: watch::Sender<u64>,
+        availability: Arc<super::Availability>,
+    ) -> Appender {
         Appender {
             backend,
             master,
@@ -117,6 +124,7 @@ impl Appender {
             seal_keys: UniformMap::default(),
             key_epoch: -1,
             stream_versions: HashMap::new(),
+            availability,
         }
     }
 
@@ -165,7 +173,29 @@ impl Appender {
 
     async fn commit_group(&mut self, group: Vec<PendingAppend>) {
         let started = Instant::now();
-        match self.try_commit(&group).await {
+        // A database that hangs (cut off rather than refusing) must not hold
+        // callers for the whole outage: past the timeout the group fails as
+        // unavailable, unacknowledged. Should the commit have gone through
+        // after all, the next group's catch-up sees the moved head and a
+        // retry of the same ids is a duplicate.
+        // The id index loads once, at the first append, for as long as the
+        // log's size takes; only the commit itself is timed.
+        let loaded = self.load_index().await;
+        let attempt = match loaded {
+            Err(err) => Err(err),
+            Ok(()) => tokio::time::timeout(super::COMMIT_TIMEOUT, self.try_commit(&group)).await.unwrap_or_else(|_| {
+                self.stream_versions.clear();
+                Err(StoreError::Unavailable(format!(
+                    "the database did not commit within {} s",
+                    super::COMMIT_TIMEOUT.as_secs()
+                )))
+            }),
+        };
+        match &attempt {
+            Err(StoreError::Unavailable(reason)) => self.availability.mark_down(reason),
+            _ => self.availability.mark_up(),
+        }
+        match attempt {
             Ok(outcomes) => {
                 for (pending, outcome) in group.into_iter().zip(outcomes) {
                     let _ = pending.reply.send(outcome);
@@ -185,12 +215,6 @@ impl Appender {
         &mut self,
         group: &[PendingAppend],
     ) -> Result<Vec<Result<AppendOutcome, AppendError>>, StoreError> {
-        if self.index.is_none() {
-            let started = Instant::now();
-            let index = load_index(self.backend.as_ref()).await?;
-            tracing::info!(events = index.len(), seconds = started.elapsed().as_secs_f64(), "event id index loaded");
-            self.index = Some(index);
-        }
         let mut tx = self.backend.begin().await?;
         let head = tx.lock_head().await?;
         self.catch_up(tx.as_mut(), &head).await?;
@@ -200,6 +224,17 @@ impl Appender {
         }
         // With nothing new the transaction is dropped, which rolls it back.
         Ok(outcomes(plan, group))
+    }
+
+    /// Loads the event id index, unless it is loaded already.
+    async fn load_index(&mut self) -> Result<(), StoreError> {
+        if self.index.is_none() {
+            let started = Instant::now();
+            let index = load_index(self.backend.as_ref()).await?;
+            tracing::info!(events = index.len(), seconds = started.elapsed().as_secs_f64(), "event id index loaded");
+            self.index = Some(index);
+        }
+        Ok(())
     }
 
     /// Brings the caches up to what the locked head says: drops sealing keys

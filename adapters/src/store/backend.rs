@@ -176,7 +176,27 @@ pub(crate) fn configuration_only(filter: &EventFilter) -> bool {
 
 /// Turns a database error into the store's error, naming what was being done.
 pub(crate) fn db_error(doing: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |err| StoreError::Database(format!("{doing}: {err}"))
+    move |err| {
+        if unreachable(&err) {
+            StoreError::Unavailable(format!("{doing}: {err}"))
+        } else {
+            StoreError::Database(format!("{doing}: {err}"))
+        }
+    }
+}
+
+/// Whether `err` says the database could not be reached, rather than that
+/// it refused the statement: a broken or refused connection, a pool that
+/// found no connection in time, or PostgreSQL shutting down or starting up
+/// (SQLSTATE class 08, `57P01`–`57P03`).
+pub(crate) fn unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
 }
 
 /// How many rows go into one INSERT statement.

@@ -96,6 +96,64 @@ const QUEUE_DEPTH: usize = 1_024;
 /// Rows per page when walking the whole log.
 const WALK_PAGE: usize = 5_000;
 
+/// How long a group commit may take before its callers are told the
+/// database is unavailable (nothing of it acknowledged; a retry with the same
+/// ids is a duplicate if it committed after all). It bounds a caller's wait
+/// when the database hangs rather than refusing connections.
+pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
+/// While the database is unreachable, one append in this interval goes
+/// through to find out whether it is back; the rest fail at once.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether the last group commit found the database unreachable, shared by
+/// the appender (which knows) and callers (which fail fast meanwhile).
+#[derive(Default)]
+pub(crate) struct Availability {
+    /// Milliseconds since the Unix epoch at which the outage was noticed; 0
+    /// while the database answers.
+    down_since_ms: std::sync::atomic::AtomicU64,
+    /// When the last probe append was let through.
+    last_probe_ms: std::sync::atomic::AtomicU64,
+    /// The last failure's reason.
+    reason: Mutex<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Availability {
+    pub(crate) fn mark_down(&self, reason: &str) {
+        let _ = self.down_since_ms.compare_exchange(0, now_ms().max(1), Ordering::SeqCst, Ordering::SeqCst);
+        *self.reason.lock().expect("availability lock") = reason.to_owned();
+    }
+
+    pub(crate) fn mark_up(&self) {
+        if self.down_since_ms.swap(0, Ordering::SeqCst) != 0 {
+            tracing::info!("the database answers again");
+        }
+    }
+
+    /// `Some(reason)` while the database is known to be unreachable.
+    fn down(&self) -> Option<String> {
+        (self.down_since_ms.load(Ordering::SeqCst) != 0).then(|| self.reason.lock().expect("availability lock").clone())
+    }
+
+    /// Whether an append should fail at once: the database is down and a
+    /// probe went through less than [`PROBE_INTERVAL`] ago.
+    fn fail_fast(&self) -> Option<String> {
+        let reason = self.down()?;
+        let now = now_ms();
+        let last = self.last_probe_ms.load(Ordering::SeqCst);
+        if now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
+            && self.last_probe_ms.compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        {
+            return None; // this caller is the probe
+        }
+        Some(reason)
+    }
+}
+
 /// The event log. Cheap to clone; every clone shares one appender task.
 #[derive(Clone)]
 pub struct EventLog {
@@ -115,6 +173,7 @@ struct Inner {
     upcasters: Upcasters,
     wake: watch::Sender<u64>,
     poll_interval: Duration,
+    availability: Arc<Availability>,
 }
 
 impl EventLog {
@@ -152,6 +211,9 @@ impl EventLog {
         expected: onepd_domain::ExpectedVersion,
         events: Vec<PreparedEvent>,
     ) -> Result<AppendOutcome, AppendError> {
+        if let Some(reason) = self.inner.availability.fail_fast() {
+            return Err(AppendError::Store(StoreError::Unavailable(reason)));
+        }
         let (reply, answer) = oneshot::channel();
         let pending = PendingAppend { stream, expected, events, reply };
         self.inner
@@ -198,7 +260,8 @@ impl EventLog {
         wake.send_replace(head.position);
         tracing::info!(head = head.position, "event log opened");
         let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
-        let appender = Appender::new(backend.clone(), config.master_key.clone(), wake.clone());
+        let availability = Arc::new(Availability::default());
+        let appender = Appender::new(backend.clone(), config.master_key.clone(), wake.clone(), availability.clone());
         let task = tokio::spawn(appender.run(receiver));
         Ok(EventLog {
             inner: Arc::new(Inner {
@@ -211,8 +274,15 @@ impl EventLog {
                 upcasters: config.upcasters,
                 wake,
                 poll_interval: config.poll_interval,
+                availability,
             }),
         })
+    }
+
+    /// `Some(reason)` while the last append found the database unreachable
+    /// (appends fail at once meanwhile, but for a probe each second).
+    pub fn unavailable(&self) -> Option<String> {
+        self.inner.availability.down()
     }
 
     /// The suppression hash (hex) of `identifier` in `workspace`: a hash

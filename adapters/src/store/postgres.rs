@@ -34,6 +34,10 @@ pub(crate) struct PostgresBackend {
     listener: tokio::task::JoinHandle<()>,
 }
 
+/// How long a query waits for a connection before the database counts as
+/// unavailable (callers get 503 / `UNAVAILABLE` with a `Retry-After`).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Connects a pool to `url`.
 pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions = url.parse().map_err(db_error("parsing the PostgreSQL database url"))?;
@@ -49,7 +53,8 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<PgPool, Sto
     let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(30))
+        // A caller learns of an outage in seconds, not after the whole of it.
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await
         .map_err(db_error("connecting to PostgreSQL"))

@@ -85,11 +85,142 @@ pub fn message_identifiers(message: &Value) -> Vec<Identifier> {
     found
 }
 
+/// The subject a rejection naming a person is sealed under: its own, so
+/// erasing it destroys no one else's key. `forget` finds it through the
+/// keyed hashes of the identifiers in it, kept in its metadata
+/// (`identifiers`).
+pub fn rejection_subject(event_id: crate::EventId) -> String {
+    format!("rejected:{}", event_id.0)
+}
+
+/// Object keys (compared without case, `_` and `-`) whose string values are
+/// read as an identifier of that kind wherever they appear in a rejected
+/// payload.
+const IDENTIFIER_KEYS: [(&str, IdentifierKind); 8] = [
+    ("userid", IdentifierKind::UserId),
+    ("anonymousid", IdentifierKind::AnonymousId),
+    ("previousid", IdentifierKind::AnonymousId),
+    ("email", IdentifierKind::Email),
+    ("emailaddress", IdentifierKind::Email),
+    ("phone", IdentifierKind::Phone),
+    ("phonenumber", IdentifierKind::Phone),
+    ("mobile", IdentifierKind::Phone),
+];
+
+/// Every identifier a payload that was *not* accepted may name, normalized
+/// as ingest normalizes (emails lowercased, phones in E.164, read in
+/// `default_region` when written without a country code): the values of
+/// `userId`, `anonymousId`, `previousId`, `email`, `phone` (and their
+/// common spellings) at any depth, and any string that reads as an email
+/// address. Text that is not JSON (or was cut) is searched for email
+/// addresses. Ingest seals a rejection naming any of them, and `forget`
+/// finds it by them.
+pub fn rejected_identifiers(raw: &str, default_region: Option<&str>) -> Vec<Identifier> {
+    let mut found: Vec<Identifier> = Vec::new();
+    let mut push = |identifier: Identifier| {
+        if !found.contains(&identifier) {
+            found.push(identifier);
+        }
+    };
+    let email = |text: &str| crate::normalize::normalize_email(text).ok();
+    match serde_json::from_str::<Value>(raw) {
+        Ok(value) => {
+            let mut stack = vec![(None::<IdentifierKind>, &value)];
+            while let Some((kind, value)) = stack.pop() {
+                match value {
+                    Value::Object(fields) => {
+                        for (key, value) in fields {
+                            let folded: String =
+                                key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect();
+                            let kind = IDENTIFIER_KEYS.iter().find(|(name, _)| *name == folded).map(|(_, k)| k.clone());
+                            stack.push((kind, value));
+                        }
+                    }
+                    Value::Array(items) => stack.extend(items.iter().map(|item| (kind.clone(), item))),
+                    Value::String(text) => {
+                        let text = text.trim();
+                        if text.is_empty() {
+                            continue;
+                        }
+                        match &kind {
+                            Some(IdentifierKind::Phone) => {
+                                let phone = crate::normalize::normalize_phone(text, None)
+                                    .or_else(|_| crate::normalize::normalize_phone(text, default_region));
+                                if let Ok(phone) = phone {
+                                    push(Identifier::new(IdentifierKind::Phone, phone));
+                                }
+                            }
+                            Some(IdentifierKind::Email) | None => {
+                                if let Some(address) = email(text) {
+                                    push(Identifier::new(IdentifierKind::Email, address));
+                                }
+                            }
+                            Some(kind) => push(Identifier::new(kind.clone(), text)),
+                        }
+                    }
+                    Value::Number(number) if matches!(kind, Some(IdentifierKind::UserId)) => {
+                        push(Identifier::new(IdentifierKind::UserId, number.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(_) => {
+            let separators = |c: char| c.is_whitespace() || "\"',;:<>()[]{}=&?/|`".contains(c);
+            for token in raw.split(separators).filter(|token| token.contains('@')) {
+                if let Some(address) = email(token.trim_matches('.')) {
+                    push(Identifier::new(IdentifierKind::Email, address));
+                }
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn names(identifiers: &[Identifier]) -> Vec<String> {
+        let mut names: Vec<String> = identifiers.iter().map(|id| format!("{}:{}", id.kind.name(), id.value)).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_rejected_payload_names_every_identifier_in_it_normalized() {
+        let raw = json!({
+            "type": "identify",
+            "traits": {"Email": " Ann@Example.COM ", "firstName": "Ann", "phone_number": "0044 20 7946 0958"},
+            "properties": {"contact": {"emails": ["bob@example.org"]}, "note": "call ann"},
+            "user_id": 42,
+            "context": {"traits": {"mobile": "(415) 555-2671"}},
+        })
+        .to_string();
+        assert_eq!(
+            names(&rejected_identifiers(&raw, Some("US"))),
+            [
+                "email:ann@example.com",
+                "email:bob@example.org",
+                "phone:+14155552671",
+                "phone:+442079460958",
+                "user_id:42"
+            ]
+        );
+        assert!(rejected_identifiers(&json!({"event": "x", "properties": {"a": 1}}).to_string(), None).is_empty());
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_searched_for_email_addresses() {
+        let raw = r#"{"traits": {"email": "Cut@Example.com", "name": "a very long value that was cut"#;
+        assert_eq!(names(&rejected_identifiers(raw, None)), ["email:cut@example.com"]);
+        assert_eq!(
+            names(&rejected_identifiers("customer=<dee@example.net>; note: none@", None)),
+            ["email:dee@example.net"]
+        );
+    }
 
     #[test]
     fn a_message_names_its_ids_and_the_email_and_phone_of_its_traits() {
