@@ -273,6 +273,57 @@ async fn verify_exits_zero_on_a_sound_log_and_one_naming_a_tampered_position() {
     assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error: opening the event log"));
 }
 
+/// `verify --save-head` writes a signed head; `--expect-head` passes while
+/// the log only grows, and fails naming the cut when the tail is removed and
+/// the head moved back (which the chain alone cannot see), or when the file
+/// itself was edited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_against_a_saved_head_catches_a_log_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |args: &[&str]| {
+        std::process::Command::new(support::BINARY).current_dir(dir.path()).arg("verify").args(args).output().unwrap()
+    };
+    let server = Server::start(dir.path(), &[]);
+    assert!(server.terminate().success());
+    let saved = verify(&["--save-head", "head.json"]);
+    assert_eq!(saved.status.code(), Some(0), "{}", String::from_utf8_lossy(&saved.stderr));
+    let head: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("head.json")).unwrap()).unwrap();
+    assert_eq!((&head["format"], &head["position"]), (&json!("onepd-chain-head/1"), &json!(4)), "{head}");
+
+    // The log grows: still fine.
+    let source = support::onepd(dir.path(), &["source", "create", "later", "--kind", "http"]);
+    assert!(source.status.success(), "{}", String::from_utf8_lossy(&source.stderr));
+    let grown = verify(&["--expect-head", "head.json", "--json"]);
+    assert_eq!(grown.status.code(), Some(0), "{}", String::from_utf8_lossy(&grown.stdout));
+
+    // The tail removed and the head moved back to position 3.
+    let pool = sqlx::SqlitePool::connect(&sqlite_url(dir.path())).await.unwrap();
+    sqlx::query("DROP TRIGGER events_reject_delete").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM events WHERE position > 3").execute(&pool).await.unwrap();
+    sqlx::query(
+        "UPDATE log_head SET position = 3, hash = (SELECT hash FROM events WHERE position = 3), \
+         recorded_at = (SELECT recorded_at FROM events WHERE position = 3) WHERE id = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(verify(&[]).status.code(), Some(0), "the chain alone cannot tell");
+    let cut = verify(&["--expect-head", "head.json"]);
+    assert_eq!(cut.status.code(), Some(1));
+    let text = String::from_utf8(cut.stdout).unwrap();
+    assert!(text.contains("the log ends at position 3, before the saved head at 4: events were removed"), "{text}");
+
+    // An edited head file does not pass for a signed one.
+    let mut forged = head.clone();
+    forged["position"] = json!(3);
+    std::fs::write(dir.path().join("forged.json"), forged.to_string()).unwrap();
+    let refused = verify(&["--expect-head", "forged.json"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("the signature does not match"));
+}
+
 /// Under the common `umask 022`, the data directory is `0700` and every
 /// file in it (the log, the read store with every profile's email and
 /// phone, their `-wal` and `-shm`, the master key) is `0600`; files an

@@ -712,7 +712,151 @@ async fn a_sqlite_row_of_the_wrong_type_is_reported_as_corrupt() {
     log.close().await;
 }
 
+/// Runs `sql` with `binds` (byte strings and integers, in order) on a plain
+/// pool: the tamperer's own tool.
+async fn tamper(db: &TestDb, backend: Backend, sql: &str, binds: Vec<Bind>) {
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+            for bind in binds {
+                query = match bind {
+                    Bind::Bytes(bytes) => query.bind(bytes),
+                    Bind::Int(n) => query.bind(n),
+                };
+            }
+            query.execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.replace('?', "$").replace_numbered()));
+            for bind in binds {
+                query = match bind {
+                    Bind::Bytes(bytes) => query.bind(bytes),
+                    Bind::Int(n) => query.bind(n),
+                };
+            }
+            query.execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+enum Bind {
+    Bytes(Vec<u8>),
+    Int(i64),
+}
+
+/// `$` placeholders numbered in order (`$1`, `$2`, …), for PostgreSQL.
+trait Numbered {
+    fn replace_numbered(&self) -> String;
+}
+
+impl Numbered for String {
+    fn replace_numbered(&self) -> String {
+        let mut out = String::new();
+        let mut n = 0;
+        for c in self.chars() {
+            out.push(c);
+            if c == '$' {
+                n += 1;
+                out.push_str(&n.to_string());
+            }
+        }
+        out
+    }
+}
+
+async fn drop_guards(db: &TestDb, backend: Backend) {
+    match backend {
+        Backend::Sqlite => {
+            raw_execute(db, backend, "DROP TRIGGER events_reject_update").await.unwrap();
+            raw_execute(db, backend, "DROP TRIGGER events_reject_delete").await.unwrap();
+        }
+        Backend::Postgres => {
+            raw_execute(db, backend, "DROP TRIGGER events_reject_update_delete ON events").await.unwrap();
+        }
+    }
+}
+
+/// Rewriting an event and every later hash, or cutting the tail and moving
+/// the head back, passes the chain check (it needs no secret); both fail
+/// against a head signed before, and a signed head cannot be forged.
+async fn a_signed_head_shows_a_log_rewritten_or_cut_short(backend: Backend) {
+    use onepd_adapters::store::HeadCheck;
+    use onepd_domain::chain::GENESIS;
+
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let ws = workspace(1);
+    for n in 0..5 {
+        log.append(request("s", ExpectedVersion::Any, vec![event(ws, &format!("a{n}")), event(ws, "b")]))
+            .await
+            .unwrap();
+    }
+    let saved = log.signed_head(10).await.unwrap();
+    assert_eq!(log.check_head(&saved).await.unwrap(), HeadCheck::Holds);
+    log.append(request("s", ExpectedVersion::Any, vec![event(ws, "later")])).await.unwrap();
+    assert_eq!(log.check_head(&saved).await.unwrap(), HeadCheck::Holds, "the log may grow");
+    let mut forged = saved.clone();
+    forged.position = 9;
+    assert_eq!(log.check_head(&forged).await.unwrap(), HeadCheck::BadSignature);
+    let rows = log.stored_rows(Position(1), Position(11), 100).await.unwrap();
+    log.close().await;
+
+    // The rewrite: event 3 says something else, every hash from it on is
+    // recomputed, and the head follows.
+    drop_guards(&db, backend).await;
+    let mut previous = if rows[1].position == 2 { rows[1].hash } else { GENESIS };
+    for row in &rows[2..] {
+        let data = if row.position == 3 { br#"{"type":"track","event":"forged"}"#.to_vec() } else { row.data.clone() };
+        let mut stored = row.as_stored();
+        stored.data = &data;
+        let hash = stored.chain_hash(&previous);
+        tamper(
+            &db,
+            backend,
+            "UPDATE events SET data = ?, hash = ? WHERE position = ?",
+            vec![Bind::Bytes(data.clone()), Bind::Bytes(hash.to_vec()), Bind::Int(row.position as i64)],
+        )
+        .await;
+        previous = hash;
+    }
+    tamper(&db, backend, "UPDATE log_head SET hash = ? WHERE id = 1", vec![Bind::Bytes(previous.to_vec())]).await;
+    let log = db.open().await;
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None, "the chain alone cannot tell");
+    assert!(matches!(log.check_head(&saved).await.unwrap(), HeadCheck::Rewritten { .. }));
+    log.close().await;
+
+    // The cut: events after 6 removed, the head moved back to 6.
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    for n in 0..5 {
+        log.append(request("s", ExpectedVersion::Any, vec![event(ws, &format!("a{n}")), event(ws, "b")]))
+            .await
+            .unwrap();
+    }
+    let saved = log.signed_head(10).await.unwrap();
+    let rows = log.stored_rows(Position(6), Position(6), 1).await.unwrap();
+    log.close().await;
+    drop_guards(&db, backend).await;
+    raw_execute(&db, backend, "DELETE FROM events WHERE position > 6").await.unwrap();
+    tamper(
+        &db,
+        backend,
+        "UPDATE log_head SET position = ?, hash = ?, recorded_at = ? WHERE id = 1",
+        vec![Bind::Int(6), Bind::Bytes(rows[0].hash.to_vec()), Bind::Int(rows[0].recorded_at)],
+    )
+    .await;
+    let log = db.open().await;
+    assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None, "the chain alone cannot tell");
+    assert_eq!(log.check_head(&saved).await.unwrap(), HeadCheck::Truncated { head: 6 });
+    log.close().await;
+}
+
 conformance!(
+    a_signed_head_shows_a_log_rewritten_or_cut_short,
     appended_events_read_back_in_order_with_gap_free_positions,
     concurrent_writers_and_a_live_reader_see_every_event_once_in_order,
     two_connection_pools_appending_at_once_share_one_gap_free_log,

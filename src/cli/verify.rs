@@ -1,8 +1,11 @@
 //! `onepd verify`: walk the hash chain.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+use onepd_adapters::store::{HeadCheck, SignedHead};
 use onepd_domain::EventStore;
 use serde_json::json;
 
@@ -16,6 +19,40 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// After a verification that holds, write a head file signed with a key
+    /// derived from the master key. Keep it away from the database (another
+    /// machine, a ticket, a notary): a later `--expect-head` shows whether
+    /// the log was rewritten or cut short since.
+    #[arg(long, value_name = "FILE")]
+    save_head: Option<PathBuf>,
+    /// Check the log against a head file written by `--save-head`: its
+    /// signature, and that the event at its position is still the one it
+    /// names (the log may have grown since).
+    #[arg(long, value_name = "FILE")]
+    expect_head: Option<PathBuf>,
+}
+
+/// What `--expect-head` found: `None` when it holds, else why not.
+async fn expected_head(log: &onepd_adapters::EventLog, file: &Path) -> anyhow::Result<Option<String>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading the head file {}", file.display()))?;
+    let saved: SignedHead = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a head file written by onepd verify --save-head", file.display()))?;
+    Ok(match log.check_head(&saved).await? {
+        HeadCheck::Holds => None,
+        HeadCheck::BadSignature => Some(format!(
+            "{}: the signature does not match this master key: the file was altered, or made with another key",
+            file.display()
+        )),
+        HeadCheck::Truncated { head } => Some(format!(
+            "the log ends at position {head}, before the saved head at {}: events were removed",
+            saved.position
+        )),
+        HeadCheck::Rewritten { found } => Some(format!(
+            "the event at position {} is not the one the saved head names (saved {}, found {found}): the log was \
+             rewritten at or before it",
+            saved.position, saved.hash
+        )),
+    })
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -25,8 +62,48 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let progress = output::reporter(&bar);
     let report = log.verify(&progress).await;
     bar.finish_and_clear();
-    log.close().await;
     let report = report?;
+    if report.first_break.is_none()
+        && let Some(file) = &args.expect_head
+    {
+        let unsigned = !log.has_master_key();
+        let found = expected_head(&log, file).await;
+        let found = match found {
+            Ok(found) => found,
+            Err(err) => {
+                log.close().await;
+                return Err(err);
+            }
+        };
+        if let Some(problem) = found {
+            log.close().await;
+            if args.json {
+                output::json(
+                    &json!({ "ok": false, "events_checked": report.events_checked, "expected_head": problem }),
+                );
+            } else {
+                output::line(format!("the hash chain holds, but {problem}"));
+            }
+            return Ok(ExitCode::from(1));
+        }
+        if unsigned {
+            eprintln!(
+                "warning: the head file's signature was not checked: no master key (ONEPD_MASTER_KEY or <data dir>/master.key)"
+            );
+        }
+    }
+    if report.first_break.is_none()
+        && let Some(file) = &args.save_head
+    {
+        let head = log.signed_head(report.events_checked).await;
+        log.close().await;
+        let head =
+            head.context("signing the head (needs the master key: ONEPD_MASTER_KEY or <data dir>/master.key)")?;
+        let text = serde_json::to_string_pretty(&head)? + "\n";
+        std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))?;
+    } else {
+        log.close().await;
+    }
     match report.first_break {
         None => {
             if args.json {

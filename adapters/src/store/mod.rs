@@ -666,3 +666,110 @@ impl EventStore for EventLog {
         Ok(existed)
     }
 }
+
+/// A statement of the log's head an operator keeps outside the database
+/// (`onepd verify --save-head FILE`), signed with a key derived from the
+/// master key. Checking the log against it (`--expect-head FILE`) shows a
+/// log rewritten at or before its position — every later hash recomputed,
+/// so the chain alone still holds — or cut short and its head moved back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignedHead {
+    /// What this file is: `onepd-chain-head/1`.
+    pub format: String,
+    /// The position of the last event covered.
+    pub position: u64,
+    /// That event's chain hash (hex).
+    pub hash: String,
+    /// When that event was recorded, microseconds since the Unix epoch.
+    pub recorded_at: i64,
+    /// HMAC-SHA256 of the fields above under a key derived from the master
+    /// key (hex).
+    pub signature: String,
+}
+
+/// The `format` of a [`SignedHead`].
+pub const SIGNED_HEAD_FORMAT: &str = "onepd-chain-head/1";
+
+/// How the log stands against a [`SignedHead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// The event at the saved position is the one saved: nothing up to it
+    /// changed (the log may have grown since).
+    Holds,
+    /// The log ends before the saved position: events were removed.
+    Truncated {
+        /// Where the log ends now.
+        head: u64,
+    },
+    /// The event at the saved position is not the one saved: the log was
+    /// rewritten at or before it.
+    Rewritten {
+        /// The hash stored there now (hex).
+        found: String,
+    },
+    /// The signature does not match this master key: the file was altered,
+    /// or it was made with another key.
+    BadSignature,
+}
+
+impl EventLog {
+    fn head_mac(&self, position: u64, hash: &str, recorded_at: i64) -> Result<[u8; 32], StoreError> {
+        use hmac::Mac;
+        let master = self
+            .inner
+            .master
+            .as_ref()
+            .ok_or_else(|| StoreError::Database("signing a head needs the master key".into()))?;
+        let key = master.derived("chain_head", Uuid::nil());
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+        mac.update(format!("{SIGNED_HEAD_FORMAT}\n{position}\n{hash}\n{recorded_at}").as_bytes());
+        Ok(mac.finalize().into_bytes().into())
+    }
+
+    /// The stored row at `position`, if the log reaches it.
+    async fn row_at(&self, position: u64) -> Result<Option<StoredRow>, StoreError> {
+        if position == 0 {
+            return Ok(None);
+        }
+        let mut rows = self.inner.backend.read_rows(position, position, &EventFilter::default(), 1).await?;
+        Ok(rows.pop().filter(|row| row.position == position))
+    }
+
+    /// A signed statement of the event at `position` (a position `verify`
+    /// has just checked). Needs the master key.
+    pub async fn signed_head(&self, position: u64) -> Result<SignedHead, StoreError> {
+        let row = self.row_at(position).await?.ok_or_else(|| {
+            StoreError::Database(format!("signing the head: the log does not reach position {position}"))
+        })?;
+        let hash = hex::encode(row.hash);
+        let signature = hex::encode(self.head_mac(position, &hash, row.recorded_at)?);
+        Ok(SignedHead { format: SIGNED_HEAD_FORMAT.into(), position, hash, recorded_at: row.recorded_at, signature })
+    }
+
+    /// How the log stands against `saved`. The signature is checked only
+    /// when the log has a master key ([`EventLog::has_master_key`]); the
+    /// caller says so when it is not.
+    pub async fn check_head(&self, saved: &SignedHead) -> Result<HeadCheck, StoreError> {
+        if self.has_master_key() {
+            let expected = self.head_mac(saved.position, &saved.hash, saved.recorded_at)?;
+            let given = hex::decode(&saved.signature).unwrap_or_default();
+            // Compared in constant time.
+            let same = given.len() == expected.len()
+                && given.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            if !same || saved.format != SIGNED_HEAD_FORMAT {
+                return Ok(HeadCheck::BadSignature);
+            }
+        }
+        let head = self.inner.backend.head().await?;
+        if head.position < saved.position {
+            return Ok(HeadCheck::Truncated { head: head.position });
+        }
+        match self.row_at(saved.position).await? {
+            None => Ok(HeadCheck::Truncated { head: head.position }),
+            Some(row) if hex::encode(row.hash) == saved.hash && row.recorded_at == saved.recorded_at => {
+                Ok(HeadCheck::Holds)
+            }
+            Some(row) => Ok(HeadCheck::Rewritten { found: hex::encode(row.hash) }),
+        }
+    }
+}
