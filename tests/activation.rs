@@ -330,6 +330,43 @@ async fn a_new_destination_replays_the_whole_history_on_postgres() {
     a_new_destination_replays_the_whole_history(Some(&db.url)).await;
 }
 
+/// `onepd replay` by time: a window holding no event queues nothing and says
+/// so (rather than failing on positions the caller never gave), a window
+/// holding events replays them, and positions given backwards stay an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_a_time_window_that_holds_no_event_queues_nothing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let stub = Stub::start(Mode::Accept).await;
+    webhook_destination(dir.path(), &[], "warehouse", &stub, &[]);
+    send(&server, vec![track(1, json!({}))]).await;
+
+    let quiet_day = ["--from", "2000-01-01T00:00:00Z", "--to", "2000-01-02T00:00:00Z"];
+    let output = onepd(dir.path(), &[&["replay", "--destination", "warehouse"][..], &quiet_day[..]].concat());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "nothing to replay to \"warehouse\": no event was recorded from 2000-01-01T00:00:00Z to 2000-01-02T00:00:00Z"
+    );
+    let future = onepd_json(dir.path(), &["replay", "--destination", "warehouse", "--from", "2999-01-01T00:00:00Z"]);
+    assert_eq!((future["job_id"].clone(), future["events"].clone()), (Value::Null, json!(0)), "{future}");
+
+    let everything =
+        onepd_json(dir.path(), &["replay", "--destination", "warehouse", "--from", "2000-01-01T00:00:00Z", "--wait"]);
+    assert_eq!(everything["from"], 1, "{everything}");
+    assert!(everything["delivered"].as_u64() >= Some(1), "{everything}");
+    assert!(stub.webhook_ids().contains_key(&event_id(&server, "m-1")), "{:?}", stub.webhook_ids());
+
+    let backwards = onepd(dir.path(), &["replay", "--destination", "warehouse", "--from", "5", "--to", "3"]);
+    assert_eq!(backwards.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&backwards.stderr).contains("replay range: expected 1 ≤ from ≤ to, found from 5 to 3"),
+        "{}",
+        String::from_utf8_lossy(&backwards.stderr)
+    );
+    drop(server);
+}
+
 /// The ids of a stub's deliveries, each with how many times it came.
 fn delivered(stub: &Stub) -> std::collections::BTreeMap<String, usize> {
     stub.webhook_ids()

@@ -252,8 +252,41 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(to) => Some(position(&log, to, true).await?),
         None => None,
     };
+    // Times name a window of the log, and a window can hold no event (a quiet
+    // day, or one before the log began): that is nothing to send, not a range
+    // error about positions the caller never gave. Positions given backwards
+    // stay an error.
+    let by_time = [Some(&args.from), args.to.as_ref()].into_iter().flatten().any(|bound| is_time(bound));
+    let last = match to {
+        Some(to) => to,
+        None => log.head().await.context("reading the head of the log")?,
+    };
+    if by_time && from > last {
+        log.close().await;
+        let window = match &args.to {
+            Some(to) => format!("from {} to {to}", args.from),
+            None => format!("at or after {}", args.from),
+        };
+        if args.json {
+            output::json(&json!({
+                "job_id": null,
+                "destination_id": entry.created.destination_id,
+                "from": args.from,
+                "to": args.to,
+                "events": 0,
+            }));
+        } else {
+            output::line(format!("nothing to replay to \"{}\": no event was recorded {window}", entry.created.name));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let job = admin::request_replay(&log, entry, from, to, Vec::new(), "onepd replay").await?;
     report_job(&log, &job, args.wait, args.json).await
+}
+
+/// Whether a `--from`/`--to` of `onepd replay` is a time rather than a position.
+fn is_time(bound: &str) -> bool {
+    bound.parse::<u64>().is_err()
 }
 
 /// A position given as a number or a time: the first event recorded at or

@@ -63,16 +63,23 @@ impl Server {
     /// Starts `onepd serve` in `dir` with `extra` arguments on free ports and
     /// waits until it says it is ready.
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
-        Server::spawn(dir, extra, None)
+        Server::spawn(dir, extra, None, &[])
     }
 
     /// Like [`Server::start`], with the server's log (at `info`) written
     /// to `log`, for a test that reads what the server logged.
     pub fn start_logging(dir: &Path, extra: &[&str], log: &Path) -> Server {
-        Server::spawn(dir, extra, Some(log))
+        Server::spawn(dir, extra, Some(log), &[])
     }
 
-    fn spawn(dir: &Path, extra: &[&str], log: Option<&Path>) -> Server {
+    /// Like [`Server::start`], with every HTTPS request the server makes
+    /// sent to a proxy that refuses it, so destinations of real platforms
+    /// (Meta, GA4) never reach them; their deliveries fail as retryable.
+    pub fn start_offline(dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn(dir, extra, None, &[("HTTPS_PROXY", "http://127.0.0.1:9")])
+    }
+
+    fn spawn(dir: &Path, extra: &[&str], log: Option<&Path>, env: &[(&str, &str)]) -> Server {
         let (level, stderr) = match log {
             Some(path) => ("info", Stdio::from(std::fs::File::create(path).expect("create the server's log file"))),
             None => ("warn", Stdio::inherit()),
@@ -85,6 +92,7 @@ impl Server {
             .env_remove("ONEPD_DATABASE_URL")
             .env_remove("ONEPD_MASTER_KEY")
             .env("ONEPD_LOG", level)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
