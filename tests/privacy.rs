@@ -1044,3 +1044,105 @@ async fn a_rejected_message_is_erased_with_the_person_it_names_on_postgres() {
     let database = PgDatabase::create().await;
     a_rejected_message_is_erased_with_the_person_it_names(Some(&database.url)).await;
 }
+
+/// Two people send one email under the default `user_id` limit of 1: the
+/// second profile shows the email as held back and why (`profile get`,
+/// `profile explain`), and an ad event of theirs that goes without it says
+/// so in the ledger and in `policy explain`.
+async fn an_identifier_held_back_at_a_limit_is_shown_and_the_ledger_says_it_was_not_sent(url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let meta = Stub::start(Mode::Accept).await;
+    let endpoint = format!("endpoint={}", meta.url());
+    run(
+        dir.path(),
+        &[
+            "destination",
+            "create",
+            "meta",
+            "--adapter",
+            "meta_capi",
+            "--setting",
+            "pixel_id=1",
+            "--setting",
+            "access_token=t",
+            "--setting",
+            &endpoint,
+        ],
+        &store,
+    );
+    send(
+        &server,
+        vec![
+            json!({"type": "identify", "messageId": "hb-1", "userId": "u-first", "traits": {"email": "shared@family.example"}}),
+            json!({"type": "identify", "messageId": "hb-2", "userId": "u-second", "traits": {"email": "shared@family.example"}}),
+            json!({"type": "track", "messageId": "hb-3", "userId": "u-second", "event": "Order Completed",
+                   "properties": {"revenue": 10, "currency": "USD"}}),
+        ],
+    )
+    .await;
+    let late = event_id(&server, "hb-3");
+    meta.wait_for(Duration::from_secs(30), "the second person's order reaches Meta", |stub| {
+        stub.bodies().iter().any(|(_, body)| body.to_string().contains(&late))
+    })
+    .await;
+    let (_, body) = meta.bodies().into_iter().find(|(_, body)| body.to_string().contains(&late)).unwrap();
+    let sent = body["data"].as_array().unwrap().iter().find(|event| event["event_id"] == late).unwrap().clone();
+    assert!(sent["user_data"].get("em").is_none(), "the held-back email went with the order: {sent}");
+
+    let get =
+        |user: &str| onepd(dir.path(), &[&["profile", "get", "--user-id", user, "--json"][..], &store_refs].concat());
+    eventually(Duration::from_secs(30), "the profiles read model shows what was held back", || {
+        let out = get("u-second");
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("held_back")
+    })
+    .await;
+    let profile = onepd_json(dir.path(), &[&["profile", "get", "--user-id", "u-second"][..], &store_refs].concat());
+    let held = profile["held_back"].as_array().expect("held_back listed").clone();
+    assert_eq!(held.len(), 1, "{profile}");
+    assert!(held[0].to_string().contains("shared@family.example"), "{profile}");
+    assert_eq!(held[0]["reason"], "user_id limit 1: joining email would give the profile 2", "{profile}");
+    let first = onepd_json(dir.path(), &[&["profile", "get", "--user-id", "u-first"][..], &store_refs].concat());
+    assert_eq!(held[0]["held_by"], first["id"], "{profile}");
+    let explained = onepd(
+        dir.path(),
+        &[
+            &["profile", "explain", "--a", "user_id:u-second", "--b", "email:shared@family.example", "--json"][..],
+            &store_refs,
+        ]
+        .concat(),
+    );
+    let explained: Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(explained["linked"], false, "{explained}");
+    assert_eq!(explained["held_back"]["reason"], held[0]["reason"], "{explained}");
+
+    let ledger = || json_lines(&run(dir.path(), &["deliveries", "show", "--event-id", &late, "--json"], &store));
+    eventually(Duration::from_secs(30), "the order's delivery is in the ledger", || {
+        ledger().iter().any(|entry| entry["outcome"] == "delivered")
+    })
+    .await;
+    let entry = ledger().into_iter().find(|entry| entry["outcome"] == "delivered").unwrap();
+    assert!(entry["scrubbed"].as_array().unwrap().contains(&json!("identifiers.em.held_back")), "{entry}");
+    let policy = onepd_json(
+        dir.path(),
+        &[&["policy", "explain", "--destination", "meta", "--event-id", &late][..], &store_refs].concat(),
+    );
+    let reasons = policy["details"]["scrubbed"].as_array().unwrap();
+    let reason = reasons.iter().find(|r| r["field"] == "identifiers.em.held_back").expect("explained");
+    assert!(reason["reason"].as_str().unwrap().contains("user_id limit 1"), "{reason}");
+    assert!(!reason.to_string().contains("shared@family"), "the ledger names no value: {reason}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_held_back_at_a_limit_is_shown_and_the_ledger_says_it_was_not_sent_on_sqlite() {
+    an_identifier_held_back_at_a_limit_is_shown_and_the_ledger_says_it_was_not_sent(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_held_back_at_a_limit_is_shown_and_the_ledger_says_it_was_not_sent_on_postgres() {
+    let database = PgDatabase::create().await;
+    an_identifier_held_back_at_a_limit_is_shown_and_the_ledger_says_it_was_not_sent(Some(&database.url)).await;
+}

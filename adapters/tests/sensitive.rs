@@ -336,6 +336,7 @@ async fn deliver(
         ],
         traits: Some(&traits),
         consent: None,
+        held_back: &[],
     };
     let target = Target {
         destination: created,

@@ -11,6 +11,7 @@ use onepd_adapters::profiles::{AsOf, Explanation, ProfileReader, parse_profile_i
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::identity::{Identifier, IdentifierKind};
 use onepd_domain::{Position, ProjectionStore, Timestamp};
+use onepd_projections::identity::HeldBack;
 use onepd_projections::profile::{Lookup, Profile};
 use serde_json::json;
 
@@ -250,6 +251,21 @@ fn print_profile(profile: &Profile) {
             merge.absorbed, merge.survivor, merge.position.0, merge.event_id, merge.rule, merge.shared
         ));
     }
+    for held in &profile.held_back {
+        output::line(format!("  held back    {}", held_back_line(held)));
+    }
+}
+
+/// One held-back identifier, in words.
+fn held_back_line(held: &HeldBack) -> String {
+    let holder = match held.held_by {
+        Some(holder) => format!("held by profile {holder}"),
+        None => "not stored".to_owned(),
+    };
+    format!(
+        "{} from position {} (event {}), {holder}: {}",
+        held.identifier, held.position.0, held.event_id, held.reason
+    )
 }
 
 async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
@@ -277,11 +293,27 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Explanation::Apart { a: pa, b: pb } => {
+        Explanation::Apart { a: pa, b: pb, held_back } => {
             if args.json {
-                output::json(&json!({ "linked": false, "a_profile_id": pa, "b_profile_id": pb }));
+                output::json(&json!({
+                    "linked": false, "a_profile_id": pa, "b_profile_id": pb, "held_back": held_back,
+                }));
             } else {
                 output::line(format!("{a} (profile {pa}) and {b} (profile {pb}) are not linked"));
+                if let Some(held) = &held_back {
+                    output::line(format!("  {}", held_back_line(held)));
+                }
+            }
+            Ok(ExitCode::from(1))
+        }
+        Explanation::HeldBack { profile, held } => {
+            if args.json {
+                output::json(&json!({
+                    "linked": false, "a_profile_id": profile, "b_profile_id": null, "held_back": held,
+                }));
+            } else {
+                output::line(format!("{a} (profile {profile}) and {b} are not linked; no profile holds {b}"));
+                output::line(format!("  {}", held_back_line(&held)));
             }
             Ok(ExitCode::from(1))
         }

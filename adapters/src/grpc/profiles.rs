@@ -21,7 +21,7 @@ use std::sync::Arc;
 use onepd_domain::events::workspace::TokenScope;
 use onepd_domain::identity::{Identifier, IdentifierKind};
 use onepd_domain::{Position, StoreError, Timestamp, WorkspaceId};
-use onepd_projections::identity::{Link, Merge};
+use onepd_projections::identity::{HeldBack, Link, Merge};
 use onepd_projections::profile::{Lookup, Profile, TimelineEntry, Trait};
 use onepd_proto::profiles::v1 as proto;
 use onepd_proto::profiles::v1::profile_service_server::ProfileService;
@@ -130,11 +130,19 @@ impl ProfileService for ProfilesApi {
                 links: links.into_iter().map(link_message).collect(),
                 a_profile_id: profile.to_string(),
                 b_profile_id: profile.to_string(),
+                held_back: None,
             },
-            Explanation::Apart { a, b } => proto::ExplainMergeResponse {
+            Explanation::Apart { a, b, held_back } => proto::ExplainMergeResponse {
                 linked: false,
                 a_profile_id: a.to_string(),
                 b_profile_id: b.to_string(),
+                held_back: held_back.as_ref().map(held_back_message),
+                ..proto::ExplainMergeResponse::default()
+            },
+            Explanation::HeldBack { profile, held } => proto::ExplainMergeResponse {
+                linked: false,
+                a_profile_id: profile.to_string(),
+                held_back: Some(held_back_message(&held)),
                 ..proto::ExplainMergeResponse::default()
             },
             Explanation::Unknown(unknown) => {
@@ -332,6 +340,19 @@ pub fn profile_message(profile: Profile) -> proto::Profile {
         consent: profile.consent.as_ref().map(trait_message),
         event_count: profile.events as u64,
         merges: profile.merges.into_iter().map(merge_message).collect(),
+        held_back: profile.held_back.iter().map(held_back_message).collect(),
+    }
+}
+
+fn held_back_message(held: &HeldBack) -> proto::HeldBack {
+    proto::HeldBack {
+        identifier: Some(identifier_message(&held.identifier)),
+        position: held.position.0,
+        event_id: held.event_id.to_string(),
+        held_by: held.held_by.map(|id| id.to_string()).unwrap_or_default(),
+        limit_kind: held.limit_kind.to_string(),
+        limit: held.limit as u64,
+        reason: held.reason.clone(),
     }
 }
 
@@ -555,6 +576,7 @@ mod tests {
                 shared: email,
                 rule: "shared email".into(),
             }],
+            held_back: Vec::new(),
         };
         let message = profile_message(profile);
         assert_eq!(message.id, "00000000-0000-0000-0000-000000000001");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use onepd_domain::identity::{Identifier, ProfileId};
 use onepd_domain::{EventStore, Position, ProjectionStore, StoreError, Timestamp, WorkspaceId};
-use onepd_projections::identity::{Link, Merge};
+use onepd_projections::identity::{HeldBack, Link, Merge};
 use onepd_projections::profile::{Lookup, Profile, ProfileDoc, TimelineEntry, timeline_entry_of};
 use onepd_projections::runner::{IDENTIFIER_DOCS, MEMBER_DOCS, PROFILE_DOCS, PROFILES, identifier_key};
 use uuid::Uuid;
@@ -44,6 +44,17 @@ pub enum Explanation {
         a: ProfileId,
         /// The second identifier's profile.
         b: ProfileId,
+        /// When an event of one profile named the other identifier and an
+        /// identity limit kept it out: that record (why they did not merge).
+        held_back: Option<HeldBack>,
+    },
+    /// An event of `profile` (holding the first identifier) named the
+    /// second, which no profile holds: an identity limit kept it out.
+    HeldBack {
+        /// The profile the event was attributed to.
+        profile: ProfileId,
+        /// What was kept out, when and why.
+        held: HeldBack,
     },
     /// This identifier is in no profile.
     Unknown(Identifier),
@@ -144,9 +155,19 @@ impl ProfileReader {
         if let Some(links) = doc_a.explain(a, b) {
             return Ok(Explanation::Linked { profile: doc_a.id, links });
         }
+        let held_from = |doc: &ProfileDoc, identifier: &Identifier| {
+            doc.held_back.iter().find(|held| &held.identifier == identifier).cloned()
+        };
         match self.doc(workspace, &Lookup::Identifier(b.clone())).await? {
-            Some(doc_b) => Ok(Explanation::Apart { a: doc_a.id, b: doc_b.id }),
-            None => Ok(Explanation::Unknown(b.clone())),
+            Some(doc_b) => Ok(Explanation::Apart {
+                a: doc_a.id,
+                b: doc_b.id,
+                held_back: held_from(&doc_a, b).or_else(|| held_from(&doc_b, a)),
+            }),
+            None => match held_from(&doc_a, b) {
+                Some(held) => Ok(Explanation::HeldBack { profile: doc_a.id, held }),
+                None => Ok(Explanation::Unknown(b.clone())),
+            },
         }
     }
 

@@ -185,6 +185,11 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
         // Click ids are read from what the policy left of the message.
         let read_from = if is_click_id(spec.source) { &sent } else { message };
         let raw = raw_values(spec.source, read_from, profile);
+        if let Some(reason) = held_back_note(spec.source, &raw, profile) {
+            // Named apart from the field's other notes: the ledger keeps
+            // names only, and this name says why.
+            notes.scrubbed.insert(format!("identifiers.{}.held_back", spec.name), reason);
+        }
         if raw.is_empty() {
             continue;
         }
@@ -373,6 +378,30 @@ fn class_of(source: IdentifierSource) -> Classification {
 }
 
 /// Notes an identifier left out.
+/// Why an identifier of `source` the person gave is not sent: the profile
+/// names it among those a limit kept out (held by another profile), and
+/// this event does not carry it itself. Names the kind and the rule, never
+/// the value.
+fn held_back_note(source: IdentifierSource, raw: &[String], profile: Option<&ProfileView<'_>>) -> Option<String> {
+    let kind = match source {
+        IdentifierSource::Email => IdentifierKind::Email,
+        IdentifierSource::Phone => IdentifierKind::Phone,
+        IdentifierSource::UserId => IdentifierKind::UserId,
+        IdentifierSource::AnonymousId => IdentifierKind::AnonymousId,
+        _ => return None,
+    };
+    let held =
+        profile?.held_back.iter().find(|held| held.identifier.kind == kind && !raw.contains(&held.identifier.value))?;
+    let holder = match held.held_by {
+        Some(holder) => format!("it belongs to profile {}", holder.0),
+        None => "it was not stored".to_owned(),
+    };
+    Some(format!(
+        "held back: a {kind} this person gave (position {}) is not in their profile, {holder} ({})",
+        held.position.0, held.reason
+    ))
+}
+
 fn withhold(notes: &mut Notes, name: &str, reason: &str) {
     notes.scrubbed.insert(format!("identifiers.{name}"), reason.to_owned());
 }
@@ -624,8 +653,13 @@ mod tests {
         ];
         let traits: BTreeMap<String, Trait> =
             [("firstName".to_owned(), trait_of(json!("Ann"))), ("plan".to_owned(), trait_of(json!("pro")))].into();
-        let profile =
-            ProfileView { id: ProfileId(Uuid::from_u128(3)), identifiers, traits: Some(&traits), consent: None };
+        let profile = ProfileView {
+            id: ProfileId(Uuid::from_u128(3)),
+            identifiers,
+            traits: Some(&traits),
+            consent: None,
+            held_back: &[],
+        };
         let created = destination(DestinationFilters::default());
         let described = description(Category::AdPlatform);
         let (prepared, notes) = sent(prepared(order(), Some(&profile), &created, &described));
@@ -652,6 +686,7 @@ mod tests {
             identifiers: vec![],
             traits: Some(&traits),
             consent: None,
+            held_back: &[],
         };
         let created = destination(DestinationFilters::default());
         let described = description(Category::Analytics);
@@ -715,6 +750,7 @@ mod tests {
             identifiers: vec![],
             traits: None,
             consent: Some(&granted),
+            held_back: &[],
         };
         assert!(matches!(prepared(order(), Some(&profile), &created, &described), Prepared::Send(..)));
         // The message's own refusal wins over the profile's grant.
@@ -779,6 +815,7 @@ mod tests {
             identifiers: vec![Identifier::new(IdentifierKind::Email, "margaret@example.com")],
             traits: Some(traits),
             consent: None,
+            held_back: &[],
         };
         let target = Target {
             destination: created,
@@ -998,6 +1035,7 @@ mod tests {
                 identifiers: vec![Identifier::new(IdentifierKind::Email, "zq-person@example.com")],
                 traits: Some(&profile_traits),
                 consent: None,
+                held_back: &[],
             };
             let outcome = prepare(&event(message.clone()), Some(&profile), target);
             let text = match &outcome {

@@ -145,6 +145,28 @@ pub struct Attached {
     pub member: ProfileId,
 }
 
+/// An identifier an event of a profile named but the profile does not hold:
+/// left out of the event because joining it would have broken a limit
+/// (step 2 of the module doc). It stays where it was (`held_by`), or, when
+/// it was new, is not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBack {
+    /// The identifier left out.
+    pub identifier: Identifier,
+    /// The event that named it.
+    pub position: Position,
+    /// That event's id.
+    pub event_id: EventId,
+    /// The profile that held it then, if any.
+    pub held_by: Option<ProfileId>,
+    /// The kind whose limit joining it would have broken.
+    pub limit_kind: IdentifierKind,
+    /// That limit.
+    pub limit: usize,
+    /// Why, in words: `user_id limit 1: joining would give the profile 2`.
+    pub reason: String,
+}
+
 /// A profile that is part of a live one: the live profile itself, or one it
 /// absorbed (directly or through others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,6 +304,8 @@ struct ProfileState {
     /// Every merge that formed it, its absorbed profiles' included, by
     /// position.
     merges: Vec<Merge>,
+    /// Identifiers its events named that limits kept out, by position.
+    held_back: Vec<HeldBack>,
 }
 
 impl ProfileState {
@@ -371,6 +395,12 @@ impl WorkspaceIdentities {
         self.state(profile).map(|state| state.merges.as_slice()).unwrap_or_default()
     }
 
+    /// The identifiers events of `profile` named but limits kept out of it,
+    /// by position.
+    pub fn held_back(&self, profile: ProfileId) -> &[HeldBack] {
+        self.state(profile).map(|state| state.held_back.as_slice()).unwrap_or_default()
+    }
+
     /// The live profiles, oldest first.
     pub fn profiles(&self) -> Vec<ProfileId> {
         let mut live: Vec<&ProfileState> = self.slots.iter().flatten().collect();
@@ -416,7 +446,7 @@ impl WorkspaceIdentities {
         if self.unlinked.contains(&event.event_id) {
             identifiers.truncate(1);
         }
-        self.leave_out_over_limit(&mut identifiers, event.position);
+        let left_out = self.leave_out_over_limit(&mut identifiers, event.position);
         if identifiers.is_empty() {
             return None;
         }
@@ -447,6 +477,7 @@ impl WorkspaceIdentities {
                     members: vec![Member { id, created_at: event.position }],
                     counts: BTreeMap::new(),
                     merges: Vec::new(),
+                    held_back: Vec::new(),
                 }));
                 self.slot_by_id.insert(id, slot);
                 let anchor = identifiers[0].clone();
@@ -483,12 +514,38 @@ impl WorkspaceIdentities {
                 self.attach(survivor, identifier.clone(), event.position);
             }
         }
+        for (identifier, kind, total) in left_out {
+            let held = HeldBack {
+                held_by: self.profile_of(&identifier),
+                limit: self.rules.limit(&kind),
+                reason: format!(
+                    "{kind} limit {}: joining {identifier_kind} would give the profile {total}",
+                    self.rules.limit(&kind),
+                    identifier_kind = identifier.kind,
+                ),
+                limit_kind: kind,
+                identifier,
+                position: event.position,
+                event_id: event.event_id,
+            };
+            let state = self.slots[survivor].as_mut().expect("the survivor is live");
+            if !state.held_back.iter().any(|known| known.identifier == held.identifier) {
+                state.held_back.push(held);
+            }
+        }
         Some(self.profile(survivor).id)
     }
 
     /// Drops identifiers from `identifiers` (ordered by priority) until
     /// joining the rest breaks no limit; see the module doc for the rule.
-    fn leave_out_over_limit(&self, identifiers: &mut Vec<Identifier>, position: Position) {
+    /// Returns each identifier dropped, with the over-limit kind it was
+    /// dropped for and the total joining would have given.
+    fn leave_out_over_limit(
+        &self,
+        identifiers: &mut Vec<Identifier>,
+        position: Position,
+    ) -> Vec<(Identifier, IdentifierKind, usize)> {
+        let mut left_out = Vec::new();
         loop {
             let units: Vec<Unit> = identifiers.iter().map(|identifier| self.unit(identifier)).collect();
             let mut totals: BTreeMap<&IdentifierKind, usize> = BTreeMap::new();
@@ -505,17 +562,14 @@ impl WorkspaceIdentities {
                     Unit::Known(_) => {}
                 }
             }
-            let over: Vec<&IdentifierKind> = totals
-                .into_iter()
-                .filter(|&(kind, total)| total > self.rules.limit(kind))
-                .map(|(kind, _)| kind)
-                .collect();
+            let over: Vec<(&IdentifierKind, usize)> =
+                totals.into_iter().filter(|&(kind, total)| total > self.rules.limit(kind)).collect();
             if over.is_empty() {
-                return;
+                return left_out;
             }
             let conflicting = identifiers.iter().zip(&units).enumerate().filter(|(_, (identifier, unit))| match unit {
-                Unit::New => over.contains(&&identifier.kind),
-                Unit::Known(slot) => over.iter().any(|kind| self.profile(*slot).count(kind) > 0),
+                Unit::New => over.iter().any(|(kind, _)| **kind == identifier.kind),
+                Unit::Known(slot) => over.iter().any(|(kind, _)| self.profile(*slot).count(kind) > 0),
             });
             let weakest = conflicting
                 .max_by(|(_, (a, a_unit)), (_, (b, b_unit))| {
@@ -532,7 +586,19 @@ impl WorkspaceIdentities {
                 })
                 .map(|(index, _)| index)
                 .expect("an over-limit kind has a conflicting identifier");
-            identifiers.remove(weakest);
+            // The over-limit kind it was dropped for: its own, else the
+            // first its profile holds.
+            let dropped = &identifiers[weakest];
+            let (kind, total) = over
+                .iter()
+                .find(|(kind, _)| **kind == dropped.kind)
+                .or_else(|| match units[weakest] {
+                    Unit::Known(slot) => over.iter().find(|(kind, _)| self.profile(slot).count(kind) > 0),
+                    Unit::New => None,
+                })
+                .map(|(kind, total)| ((*kind).clone(), *total))
+                .expect("an over-limit kind has a conflicting identifier");
+            left_out.push((identifiers.remove(weakest), kind, total));
         }
     }
 
@@ -584,6 +650,8 @@ impl WorkspaceIdentities {
             *kept.counts.entry(kind).or_default() += count;
         }
         kept.merges.extend(moved.merges);
+        kept.held_back.extend(moved.held_back);
+        kept.held_back.sort_by_key(|held| held.position);
         kept.merges.push(merge.clone());
         kept.merges.sort_by_key(|merge| merge.position);
         kept.id = id;

@@ -144,6 +144,14 @@ fn a_user_id_limit_of_one_stops_a_merge_and_the_email_stays_with_the_older_profi
     assert_eq!(ws.profile_of(&id("email:shared@family.com")), Some(created_by(1)));
     assert_eq!(ws.profile_of(&id("user_id:u2")), Some(created_by(2)));
     assert!(ws.merges(created_by(1)).is_empty());
+    // The second profile says what it was denied, and why.
+    let held = ws.held_back(created_by(2));
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].identifier, id("email:shared@family.com"));
+    assert_eq!((held[0].position, held[0].held_by), (Position(2), Some(created_by(1))));
+    assert_eq!((&held[0].limit_kind, held[0].limit), (&IdentifierKind::UserId, 1));
+    assert_eq!(held[0].reason, "user_id limit 1: joining email would give the profile 2");
+    assert!(ws.held_back(created_by(1)).is_empty());
 }
 
 #[test]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{ProfileState, timeline_entry};
 use super::{Group, Profile, Profiles, TimelineEntry, Trait};
-use crate::identity::{Attached, Link, Member, Merge};
+use crate::identity::{Attached, HeldBack, Link, Member, Merge};
 
 /// One event of a profile's timeline, as its document keeps it: the
 /// position, and the index in `members` of the profile it was attributed to.
@@ -59,6 +59,9 @@ pub struct ProfileDoc {
     pub consent: Option<Trait>,
     /// Its events, oldest first.
     pub timeline: Vec<TimelineRef>,
+    /// Identifiers its events named that a limit kept out of it.
+    #[serde(default)]
+    pub held_back: Vec<HeldBack>,
 }
 
 /// How a read names a profile.
@@ -82,6 +85,8 @@ pub struct PastProfile {
     pub merges: Vec<Merge>,
     /// The positions of its events up to then, oldest first.
     pub positions: Vec<Position>,
+    /// What limits had kept out of it then.
+    pub held_back: Vec<HeldBack>,
 }
 
 impl Profiles {
@@ -117,6 +122,7 @@ impl Profiles {
             groups: view.groups,
             consent: view.consent,
             timeline,
+            held_back: view.held_back,
         })
     }
 }
@@ -137,6 +143,7 @@ impl ProfileDoc {
             consent: self.consent.clone(),
             events: self.timeline.len(),
             merges: self.merges.clone(),
+            held_back: self.held_back.clone(),
         }
     }
 
@@ -202,13 +209,19 @@ impl ProfileDoc {
             .filter(|merge| merge.position <= position && root(merge.survivor) == id)
             .cloned()
             .collect();
-        let positions = self
+        let positions: Vec<Position> = self
             .timeline
             .iter()
             .filter(|entry| entry.0 <= position.0 && root(self.member(entry.1)) == id)
             .map(|entry| Position(entry.0))
             .collect();
-        Some(PastProfile { id, identifiers, merges, positions })
+        let held_back = self
+            .held_back
+            .iter()
+            .filter(|held| positions.contains(&held.position) && identifiers.binary_search(&held.identifier).is_err())
+            .cloned()
+            .collect();
+        Some(PastProfile { id, identifiers, merges, positions, held_back })
     }
 
     fn member(&self, index: u32) -> ProfileId {
@@ -244,6 +257,7 @@ impl PastProfile {
             consent: state.consent,
             events: state.timeline.len(),
             merges: self.merges,
+            held_back: self.held_back,
         }
     }
 }

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Fold;
-use crate::identity::{IdentityGraph, Merge};
+use crate::identity::{HeldBack, IdentityGraph, Merge};
 pub use doc::{Lookup, PastProfile, ProfileDoc, TimelineRef, timeline_entry_of};
 use state::ProfileState;
 
@@ -137,6 +137,10 @@ pub struct Profile {
     pub events: usize,
     /// Every merge that formed it, by position.
     pub merges: Vec<Merge>,
+    /// Identifiers its events named that a limit kept out of it, and why,
+    /// by position (none it holds now).
+    #[serde(default)]
+    pub held_back: Vec<HeldBack>,
 }
 
 /// A live profile's identifiers and traits, borrowed from the fold as it
@@ -152,6 +156,8 @@ pub struct ProfileView<'a> {
     /// Its newest consent (`{"categoryPreferences": {...}}`), if any was
     /// stated.
     pub consent: Option<&'a Trait>,
+    /// Identifiers its events named that a limit kept out of it.
+    pub held_back: &'a [HeldBack],
 }
 
 /// The 360-degree profiles of every workspace, over its identity graph.
@@ -314,6 +320,7 @@ impl Profiles {
             consent: state.consent.clone(),
             events: state.timeline.len(),
             merges: identities.merges(id).to_vec(),
+            held_back: held_back(identities, id),
         })
     }
 
@@ -348,12 +355,24 @@ impl Profiles {
             identifiers: identities.identifiers(id),
             traits: self.state(workspace, id).map(|state| &state.traits),
             consent: self.state(workspace, id).and_then(|state| state.consent.as_ref()),
+            held_back: identities.held_back(id),
         })
     }
 
     fn state(&self, workspace: WorkspaceId, profile: ProfileId) -> Option<&ProfileState> {
         self.workspaces.get(&workspace)?.get(&profile)
     }
+}
+
+/// What limits kept out of `profile`, less what it holds now, with each
+/// holder resolved to the live profile.
+fn held_back(identities: &crate::identity::WorkspaceIdentities, profile: ProfileId) -> Vec<HeldBack> {
+    identities
+        .held_back(profile)
+        .iter()
+        .filter(|held| identities.profile_of(&held.identifier) != Some(profile))
+        .map(|held| HeldBack { held_by: identities.profile_of(&held.identifier), ..held.clone() })
+        .collect()
 }
 
 #[cfg(test)]
