@@ -282,6 +282,16 @@ async fn the_admin_service_does_what_the_cli_does(url: Option<&str>) {
     let replayed = admin.deliveries("hook", false).await.unwrap();
     assert!(replayed.attempts.iter().any(|a| a.run == format!("job {}", job.job_id)), "{replayed:?}");
     assert_code(admin.replay_from("hook", 0).await, Code::InvalidArgument, "a replay from position 0");
+    // A time window that holds no event (the future) queues nothing and says so.
+    let future = prost_types::Timestamp { seconds: 4_102_444_800, nanos: 0 };
+    let request = proto::ReplayRequest {
+        destination: "hook".into(),
+        start: Some(replay_request::Start::FromTime(future)),
+        end: None,
+    };
+    let empty = admin.client.clone().replay(with_token(request, &admin.token)).await.unwrap().into_inner();
+    assert_eq!((empty.job_id.as_str(), empty.count), ("", 0), "{empty:?}");
+    assert!(empty.from > empty.to, "{empty:?}");
 
     // Nothing is dead-lettered, so there is nothing to retry.
     assert_eq!(admin.retry_dead("hook").await.unwrap(), None);

@@ -348,6 +348,24 @@ impl AdminService for AdminApi {
                 Some(Position(at.0.saturating_sub(1)))
             }
         };
+        // Times name a window, and a window can hold no event: nothing to
+        // send (an empty `job_id`), not a range error about positions the
+        // caller never gave. Positions given backwards stay an error.
+        let by_time = matches!(request.start, Some(replay_request::Start::FromTime(_)))
+            || matches!(request.end, Some(replay_request::End::ToTime(_)));
+        let last = match to {
+            Some(to) => to,
+            None => self.log.head().await.map_err(store_status)?,
+        };
+        if by_time && from > last {
+            return Ok(Response::new(proto::ReplayJob {
+                job_id: String::new(),
+                destination_id: entry.created.destination_id.to_string(),
+                from: from.0,
+                to: last.0,
+                count: 0,
+            }));
+        }
         let job = admin::request_replay(&self.log, &entry, from, to, Vec::new(), &actor(&grant))
             .await
             .map_err(admin_status)?;
