@@ -221,7 +221,13 @@ pub async fn forget(
 
     // 5. The fact every projection rebuilds on.
     let subjects = (identifiers.len() + rejections.len()) as u32;
-    let erased = SubjectErased { request_id, profiles: profile_ids.clone(), subjects, keys_shredded };
+    let erased = SubjectErased {
+        request_id,
+        profiles: profile_ids.clone(),
+        subjects,
+        keys_shredded,
+        suppressed: requested.suppressed.clone(),
+    };
     let erased_at = append(log, workspace, workspace_stream(workspace), SubjectErased::TYPE, json!(erased)).await?;
     metrics::counter!("onepd_erasures_total", "via" => via.to_owned()).increment(1);
     tracing::info!(

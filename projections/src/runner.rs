@@ -44,6 +44,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use onepd_domain::events::identity::{FACT_TYPES, IdentityFacts};
+
+use crate::identity::SuppressionHasher;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::quarantine::{EventQuarantined, PROFILES_READER, quarantine_stream};
 use onepd_domain::identity::{IdentityRules, ProfileId};
@@ -104,9 +106,20 @@ pub struct ProfilesFold {
 }
 
 impl ProfilesFold {
-    /// An empty fold under `facts` per workspace.
+    /// An empty fold under `facts` per workspace. Erased people's
+    /// identifiers are not suppressed: see [`ProfilesFold::suppressing`].
     pub fn new(facts: &HashMap<WorkspaceId, IdentityFacts>) -> ProfilesFold {
+        ProfilesFold::suppressing(facts, None)
+    }
+
+    /// An empty fold under `facts` per workspace that, given `hasher`, links
+    /// none of the identifiers the facts' erasures suppressed (what every
+    /// reader of profiles uses; erasure itself must still find them).
+    pub fn suppressing(facts: &HashMap<WorkspaceId, IdentityFacts>, hasher: Option<SuppressionHasher>) -> ProfilesFold {
         let mut graph = IdentityGraph::new(IdentityRules::default());
+        if let Some(hasher) = hasher {
+            graph = graph.with_suppression(hasher);
+        }
         for (workspace, facts) in facts {
             graph = graph.with_facts(*workspace, facts);
         }
@@ -116,6 +129,17 @@ impl ProfilesFold {
     /// The profiles folded so far.
     pub fn profiles(&self) -> &Profiles {
         &self.profiles
+    }
+
+    /// Whether `event` is a message naming an identifier an erasure
+    /// suppressed ([`IdentityGraph::names_erased`]): readers treat it as
+    /// ingest treats such a message today, and send nothing of it.
+    pub fn names_erased(&self, event: &RecordedEvent) -> bool {
+        event
+            .data
+            .value()
+            .and_then(|data| data.get("message"))
+            .is_some_and(|message| self.profiles.graph().names_erased(event.workspace_id, message))
     }
 
     /// Folds `events` (accepted messages; others are skipped). An event
@@ -410,6 +434,7 @@ pub struct Runner {
     store: Arc<dyn ProjectionStore>,
     page: usize,
     on_quarantine: Option<OnQuarantine>,
+    suppression: Option<SuppressionHasher>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -421,7 +446,14 @@ impl std::fmt::Debug for Runner {
 impl Runner {
     /// A runner reading `log` and writing `store`.
     pub fn new(log: Arc<dyn EventStore>, store: Arc<dyn ProjectionStore>) -> Runner {
-        Runner { log, store, page: REBUILD_PAGE, on_quarantine: None }
+        Runner { log, store, page: REBUILD_PAGE, on_quarantine: None, suppression: None }
+    }
+
+    /// This runner leaving erased people's identifiers out of every profile
+    /// ([`ProfilesFold::suppressing`]).
+    pub fn with_suppression(mut self, hasher: SuppressionHasher) -> Runner {
+        self.suppression = Some(hasher);
+        self
     }
 
     /// This runner telling `on_quarantine` of every event it newly
@@ -458,7 +490,7 @@ impl Runner {
     pub async fn build(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
         let head = self.log.head().await?;
         let facts = read_facts(self.log.as_ref(), head).await?;
-        let mut fold = ProfilesFold::new(&facts);
+        let mut fold = ProfilesFold::suppressing(&facts, self.suppression.clone());
         let generation = self.store.create_generation(PROFILES, PROFILES_VERSION).await?;
         fold_to(self.log.as_ref(), &mut fold, head, self.page, progress).await?;
         self.record_quarantined(&mut fold).await?;
@@ -562,10 +594,10 @@ impl Runner {
             return;
         }
         let (workspace, at) = built.refolds.queued.remove(0);
-        let (log, page) = (self.log.clone(), self.page);
+        let (log, page, suppression) = (self.log.clone(), self.page, self.suppression.clone());
         let work = async move {
             let facts = read_facts_of(log.as_ref(), Some(workspace), at).await?;
-            let mut fresh = ProfilesFold::new(&facts);
+            let mut fresh = ProfilesFold::suppressing(&facts, suppression);
             fold_workspace_to(log.as_ref(), &mut fresh, Some(workspace), Position(1), at, page, &|_, _| {}).await?;
             Ok(fresh)
         };
@@ -646,7 +678,7 @@ impl Runner {
         match self.store.live(PROFILES).await? {
             Some(generation) if generation.version == PROFILES_VERSION => {
                 let facts = read_facts(self.log.as_ref(), generation.checkpoint).await?;
-                let mut fold = ProfilesFold::new(&facts);
+                let mut fold = ProfilesFold::suppressing(&facts, self.suppression.clone());
                 fold_to(self.log.as_ref(), &mut fold, generation.checkpoint, self.page, progress).await?;
                 // Everything folded so far is in the store (and recorded)
                 // already, but for workspaces whose re-derivation a stop

@@ -47,7 +47,12 @@ pub(super) async fn profiles_runner(
 ) -> anyhow::Result<(Runner, Arc<dyn ProjectionStore>)> {
     let read_store = ReadStore::open(&store.database_url()).await.context("opening the projections' read store")?;
     let read_store: Arc<dyn ProjectionStore> = Arc::new(read_store);
-    Ok((Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, read_store.clone()), read_store))
+    let mut runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, read_store.clone());
+    // Erased people's identifiers stay out of the rebuilt profiles, as live.
+    if let Some(hasher) = log.suppression_hasher() {
+        runner = runner.with_suppression(hasher);
+    }
+    Ok((runner, read_store))
 }
 
 pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {

@@ -59,7 +59,7 @@ pub async fn explain(
     description.validate().map_err(AdminError::Invalid)?;
     let head = log.head().await?;
     let facts = read_facts(log, head).await?;
-    let mut fold = ProfilesFold::new(&facts);
+    let mut fold = ProfilesFold::suppressing(&facts, log.suppression_hasher());
     let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     let mut next = Position(1);
     while next <= head {
@@ -85,7 +85,8 @@ pub async fn explain(
             let view = profile.and_then(|profile| fold.profiles().view(event.workspace_id, profile));
             let privacy = privacy.clone().with_secrets(log.workspace_secrets(entry.workspace));
             let target = privacy.target(&entry.created, &description);
-            let prepared = prepare(event, view.as_ref(), target);
+            let prepared =
+                if fold.names_erased(event) { super::erased() } else { prepare(event, view.as_ref(), target) };
             let requests = match &prepared {
                 Prepared::Send(event, _) => adapter.render(std::slice::from_ref(event)),
                 _ => Some(Vec::new()),

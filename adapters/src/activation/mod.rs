@@ -284,6 +284,12 @@ pub struct Privacy {
     pub secrets: Option<WorkspaceSecrets>,
 }
 
+/// What becomes of a message naming an erased person's identifier: it is
+/// not sent (the ledger records why), as ingest would refuse it today.
+pub(crate) fn erased() -> Prepared {
+    Prepared::Withheld { rule: "erased", reason: "it names an identifier of a person who was erased".into() }
+}
+
 impl Privacy {
     /// `workspace`'s policy as the directory has it now.
     pub fn of(directory: &Directory, workspace: WorkspaceId) -> Privacy {
@@ -492,7 +498,7 @@ impl Engine {
         // meeting one of them again while reading is no news.
         let head = self.log.head().await?;
         let facts = read_facts(&self.log, head).await?;
-        let mut fold = ProfilesFold::new(&facts);
+        let mut fold = ProfilesFold::suppressing(&facts, self.log.suppression_hasher());
         let before = Position(start.0 - 1);
         fold_to(&self.log, &mut fold, before, self.options.page, &|_, _| {}).await?;
         fold.forget_changes();
@@ -559,7 +565,9 @@ impl Engine {
                         continue;
                     }
                     let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
-                    match prepare(event, view.as_ref(), target) {
+                    let prepared =
+                        if fold.names_erased(event) { erased() } else { prepare(event, view.as_ref(), target) };
+                    match prepared {
                         Prepared::Send(prepared, notes) => pending.push(prepared, notes, event.recorded_at),
                         Prepared::Withheld { rule, reason } => withheld.push(WithheldEvent {
                             event_id: event.event_id,

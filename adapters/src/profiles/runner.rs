@@ -34,19 +34,21 @@ impl ProfilesProjection {
         let (sender, checkpoint) = watch::channel(Position::START);
         let sender = Arc::new(sender);
         let stalled: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-        let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store).with_quarantine_observer(
-            Arc::new(|workspace, record| {
-                tracing::warn!(
-                    projection = PROFILES,
-                    %workspace,
-                    position = record.position.0,
-                    event_type = %record.event_type,
-                    reason = %record.reason,
-                    "event quarantined; the projection goes on without it"
-                );
-                metrics::counter!("onepd_quarantined_events_total", "reader" => PROFILES).increment(1);
-            }),
-        );
+        let mut runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store);
+        if let Some(hasher) = log.suppression_hasher() {
+            runner = runner.with_suppression(hasher);
+        }
+        let runner = runner.with_quarantine_observer(Arc::new(|workspace, record| {
+            tracing::warn!(
+                projection = PROFILES,
+                %workspace,
+                position = record.position.0,
+                event_type = %record.event_type,
+                reason = %record.reason,
+                "event quarantined; the projection goes on without it"
+            );
+            metrics::counter!("onepd_quarantined_events_total", "reader" => PROFILES).increment(1);
+        }));
         let on_checkpoint = {
             let sender = sender.clone();
             let stalled = stalled.clone();

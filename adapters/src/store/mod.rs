@@ -301,6 +301,14 @@ impl EventLog {
         Ok(hex::encode(master.suppression_hash(workspace.0, &subject)))
     }
 
+    /// The suppression hash of any identifier, for readers that must leave
+    /// erased people's identifiers out (`None` without a master key).
+    pub fn suppression_hasher(&self) -> Option<onepd_projections::identity::SuppressionHasher> {
+        self.inner.master.as_ref()?;
+        let log = self.clone();
+        Some(Arc::new(move |workspace, identifier| log.suppression_hash(workspace, identifier).ok()))
+    }
+
     /// The keys `workspace`'s sensitive-data policy hashes with (the keyed
     /// `external_id`, the digests of unknown field names), derived from the
     /// master key; `None` without one.

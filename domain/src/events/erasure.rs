@@ -49,6 +49,12 @@ pub struct SubjectErased {
     pub subjects: u32,
     /// How many of them had a key that was destroyed.
     pub keys_shredded: u32,
+    /// The suppression hashes of the request (hex), again: projections
+    /// rebuilt at this fact link none of these identifiers any more, even
+    /// where another person's events name them. Empty in entries written
+    /// before this field.
+    #[serde(default)]
+    pub suppressed: Vec<String>,
 }
 
 impl SubjectErased {

@@ -93,6 +93,10 @@ pub struct IdentityFacts {
     pub blocked: BTreeSet<Identifier>,
     /// Events whose links a `ProfileSplit` undid.
     pub unlinked: BTreeSet<EventId>,
+    /// Suppression hashes (hex) of erased people's identifiers: the graph
+    /// links none of them (checked through a keyed hasher the reader
+    /// supplies, since the hashes need the master key).
+    pub suppressed: BTreeSet<String>,
 }
 
 impl IdentityFacts {
@@ -125,6 +129,11 @@ impl IdentityFacts {
             ProfileSplit::TYPE => {
                 if let Ok(split) = serde_json::from_value::<ProfileSplit>(data.clone()) {
                     self.unlinked.extend(split.unlinked_events);
+                }
+            }
+            crate::events::erasure::SubjectErased::TYPE => {
+                if let Ok(erased) = serde_json::from_value::<crate::events::erasure::SubjectErased>(data.clone()) {
+                    self.suppressed.extend(erased.suppressed);
                 }
             }
             _ => {}

@@ -181,7 +181,10 @@ pub struct Member {
 #[derive(Debug, Clone)]
 pub struct IdentityGraph {
     default_rules: IdentityRules,
-    facts: HashMap<WorkspaceId, (IdentityRules, HashSet<EventId>)>,
+    facts: HashMap<WorkspaceId, (IdentityRules, HashSet<EventId>, HashSet<String>)>,
+    /// Hashes identifiers to compare with erased people's suppression
+    /// hashes; without one, nothing is suppressed.
+    suppression: Option<Suppression>,
     workspaces: HashMap<WorkspaceId, WorkspaceIdentities>,
 }
 
@@ -212,9 +215,14 @@ impl IdentityGraph {
         // An erased payload no longer says who it was about.
         let data = event.data.value()?;
         let message = data.get("message")?;
+        // A message naming an erased person is, for every reader, what
+        // ingest makes of it today: a rejection that keeps nothing.
+        if self.names_erased(event.workspace_id, message) {
+            return None;
+        }
         let workspace = self.workspaces.entry(event.workspace_id).or_insert_with(|| {
             let (rules, unlinked) = match self.facts.get(&event.workspace_id) {
-                Some((rules, unlinked)) => (rules.clone(), unlinked.clone()),
+                Some((rules, unlinked, _)) => (rules.clone(), unlinked.clone()),
                 None => (self.default_rules.clone(), HashSet::new()),
             };
             WorkspaceIdentities::new(event.workspace_id, rules, unlinked)
@@ -222,16 +230,39 @@ impl IdentityGraph {
         workspace.apply(event, message, data.get("violations"))
     }
 
+    /// Whether `message` names (`userId`, `anonymousId`, `previousId`, an
+    /// email or phone of its traits) an identifier a `workspace` erasure
+    /// suppressed; always `false` without a hasher.
+    pub fn names_erased(&self, workspace: WorkspaceId, message: &Value) -> bool {
+        let Some(Suppression(hasher)) = &self.suppression else { return false };
+        let Some((_, _, hashes)) = self.facts.get(&workspace) else { return false };
+        if hashes.is_empty() {
+            return false;
+        }
+        onepd_domain::events::erasure::message_identifiers(message)
+            .iter()
+            .any(|identifier| hasher(workspace, identifier).is_some_and(|hash| hashes.contains(&hash)))
+    }
+
     /// An empty graph applying `rules` in every workspace without rules of
     /// its own.
     pub fn new(rules: IdentityRules) -> IdentityGraph {
-        IdentityGraph { default_rules: rules, facts: HashMap::new(), workspaces: HashMap::new() }
+        IdentityGraph { default_rules: rules, facts: HashMap::new(), suppression: None, workspaces: HashMap::new() }
     }
 
     /// This graph with `rules` for `workspace`. Takes effect for a workspace
     /// only before its first event is folded.
     pub fn with_rules(mut self, workspace: WorkspaceId, rules: IdentityRules) -> IdentityGraph {
-        self.facts.insert(workspace, (rules, HashSet::new()));
+        self.facts.insert(workspace, (rules, HashSet::new(), HashSet::new()));
+        self
+    }
+
+    /// This graph skipping every message that names an identifier whose
+    /// suppression hash (`hasher`) a workspace's facts list: an erased
+    /// person's identifiers link nothing and lend no traits, even where
+    /// another person's events name them ([`IdentityGraph::names_erased`]).
+    pub fn with_suppression(mut self, hasher: SuppressionHasher) -> IdentityGraph {
+        self.suppression = Some(Suppression(hasher));
         self
     }
 
@@ -240,7 +271,10 @@ impl IdentityGraph {
     /// a workspace only before its first event is folded.
     pub fn with_facts(mut self, workspace: WorkspaceId, facts: &IdentityFacts) -> IdentityGraph {
         let rules = facts.effective_rules(&self.default_rules);
-        self.facts.insert(workspace, (rules, facts.unlinked.iter().copied().collect()));
+        self.facts.insert(
+            workspace,
+            (rules, facts.unlinked.iter().copied().collect(), facts.suppressed.iter().cloned().collect()),
+        );
         self
     }
 
@@ -268,6 +302,20 @@ impl IdentityGraph {
             Some(identities) => self.workspaces.insert(workspace, identities),
             None => self.workspaces.remove(&workspace),
         };
+    }
+}
+
+/// The suppression hash (hex) of an identifier in a workspace, keyed with
+/// the master key; `None` when it cannot be computed.
+pub type SuppressionHasher = std::sync::Arc<dyn Fn(WorkspaceId, &Identifier) -> Option<String> + Send + Sync>;
+
+/// A [`SuppressionHasher`] the graph can carry (it is not `Debug` itself).
+#[derive(Clone)]
+pub struct Suppression(pub SuppressionHasher);
+
+impl std::fmt::Debug for Suppression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Suppression")
     }
 }
 
