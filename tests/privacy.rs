@@ -1044,6 +1044,48 @@ async fn a_rejected_message_is_erased_with_the_person_it_names(url: Option<&str>
         assert!(rejection.erased && rejection.data_json.is_empty(), "{rejection:?}");
         assert!(!rejection.metadata_json.to_lowercase().contains("zel"), "{}", rejection.metadata_json);
     }
+
+    // A payload cut at 32 KB when kept is read whole for its identifiers;
+    // a numeric anonymousId counts as the id ingest takes it for.
+    let (status, body) = post(
+        &server,
+        "/v1/batch",
+        json!({"batch": [{"type": "track", "anonymousId": "trunc-anon-9", "event": "x", "timestamp": "yesterday",
+                          "properties": {"pad": "C".repeat(15_000)}}],
+               "context": {"pad": "B".repeat(20_000), "traits": {"name": "Quillon Truncate"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        &server,
+        "/v1/track",
+        json!({"anonymousId": 55443322, "event": "bad", "timestamp": "yesterday", "properties": {"note": "Quillon Numeric"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!stored_text(&database).await.contains("quillon"), "a rejection is kept in clear");
+    for id in ["trunc-anon-9", "55443322"] {
+        let report = onepd_json(dir.path(), &[&["forget", "--anonymous-id", id][..], &store_refs].concat());
+        assert_eq!(report["keys_shredded"], 1, "{id}: {report}");
+    }
+    // Once she is erased, a rejection naming her keeps neither the payload
+    // nor a reason that quotes it (a tracking plan's messages quote values).
+    std::fs::write(
+        dir.path().join("plan.json"),
+        r#"{"identify": {"type": "object", "properties": {"phone": {"type": "string", "maxLength": 3}}},
+            "allowUnplannedEvents": true}"#,
+    )
+    .unwrap();
+    run(dir.path(), &["plan", "set", "--workspace", "default", "--mode", "block", "plan.json"], &store);
+    let (status, body) = post(
+        &server,
+        "/v1/identify",
+        json!({"userId": "u-zelda-again", "traits": {"email": "zelda.rejected@example.com", "phone": "+1 415 555 0999"}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let stored = stored_text(&database).await;
+    assert!(!stored.contains("5550999") && !stored.contains("u-zelda-again"), "kept in clear after erasure");
     drop(server);
 }
 

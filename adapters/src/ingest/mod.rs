@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use onepd_commands::ingest::{Decision, Pipeline, Received, TrackingPlan, WorkspaceSettings};
 use onepd_commands::workspace::token_sha256;
-use onepd_domain::events::erasure::{message_identifiers, rejected_identifiers, rejection_subject};
+use onepd_domain::events::erasure::{message_identifiers, rejection_subject};
 use onepd_domain::events::message::Violation;
 use onepd_domain::events::workspace::source_stream;
 use onepd_domain::{
@@ -320,16 +320,14 @@ impl Ingest {
         let workspace = settings.workspace;
         let mut sealed = Vec::with_capacity(decisions.len());
         for decision in decisions {
-            let Decision::Rejected { mut event, reasons } = decision else {
+            let Decision::Rejected { mut event, reasons, identifiers } = decision else {
                 sealed.push(decision);
                 continue;
             };
-            let raw = event.data.get("raw").and_then(Value::as_str).unwrap_or_default();
-            let identifiers = rejected_identifiers(raw, settings.default_region.as_deref());
             if identifiers.is_empty() {
                 // Nothing ties it to a person: kept as received, unsealed.
                 event.subject = None;
-                sealed.push(Decision::Rejected { event, reasons });
+                sealed.push(Decision::Rejected { event, reasons, identifiers });
                 continue;
             }
             let mut hashes = Vec::with_capacity(identifiers.len().min(MAX_REJECTION_IDENTIFIERS));
@@ -341,15 +339,28 @@ impl Ingest {
                     && hashes.iter().any(|hash| directory.is_suppressed(workspace, hash))
             });
             if erased || identifiers.len() > MAX_REJECTION_IDENTIFIERS {
+                // Kept in clear, so nothing of the payload: not even a
+                // reason's message, which may quote a value.
                 event.data["raw"] = Value::String(String::new());
                 event.data["truncated"] = Value::Bool(true);
                 event.data["message_id"] = Value::Null;
+                let bare: Vec<Value> = reasons
+                    .iter()
+                    .map(|reason| {
+                        serde_json::json!({
+                            "field": reason.field,
+                            "rule": reason.rule,
+                            "message": format!("{}: broke the rule {} (the message is not kept)", reason.field, reason.rule),
+                        })
+                    })
+                    .collect();
+                event.data["reasons"] = Value::Array(bare);
                 event.subject = None;
             } else {
                 event.subject = Some(rejection_subject(event.event_id));
                 event.metadata["identifiers"] = Value::from(hashes);
             }
-            sealed.push(Decision::Rejected { event, reasons });
+            sealed.push(Decision::Rejected { event, reasons, identifiers });
         }
         Ok(sealed)
     }
@@ -416,7 +427,7 @@ impl Ingest {
             let event_id = decision.event_id();
             let (event, verdict) = match decision {
                 Decision::Accepted { event, message_id } => (event, Verdict::Accepted { message_id }),
-                Decision::Rejected { event, reasons } => {
+                Decision::Rejected { event, reasons, .. } => {
                     let message_id = event.data.get("message_id").and_then(Value::as_str).map(str::to_owned);
                     (event, Verdict::Rejected { message_id, reasons })
                 }

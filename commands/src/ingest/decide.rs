@@ -14,6 +14,7 @@
 //! never text a client chose. The subject is the `userId`, else the
 //! `anonymousId` (for `alias`, the `userId`).
 
+use onepd_domain::events::erasure::rejected_identifiers;
 use onepd_domain::events::message::{MessageAccepted, MessageRejected, Violation};
 use onepd_domain::events::workspace::PlanMode;
 use serde_json::{Map, Value, json};
@@ -162,6 +163,8 @@ fn reject_raw(
         let text = readable.get(*field)?.as_str()?.trim();
         (!text.is_empty()).then(|| text.to_owned())
     });
+    // Read from the whole payload: what the cut leaves may not parse.
+    let identifiers = rejected_identifiers(&raw.json, settings.default_region.as_deref());
     let (raw, truncated) = cut(raw.json, MessageRejected::RAW_LIMIT);
     let data = json!({
         "reasons": violations_value(&reasons),
@@ -181,6 +184,7 @@ fn reject_raw(
             subject,
         },
         reasons,
+        identifiers,
     }
 }
 
@@ -272,7 +276,7 @@ mod tests {
 
     fn rejected(decision: Decision) -> (NewEvent, MessageRejected, Vec<Violation>) {
         match decision {
-            Decision::Rejected { event, reasons } => {
+            Decision::Rejected { event, reasons, .. } => {
                 let data = serde_json::from_value(event.data.clone()).expect("a MessageRejected");
                 (event, data, reasons)
             }
@@ -552,7 +556,7 @@ mod tests {
             None => settings(),
         };
         match process(&settings, message) {
-            Decision::Rejected { reasons, event } => {
+            Decision::Rejected { reasons, event, .. } => {
                 prop_assert!(!reasons.is_empty());
                 prop_assert!(reasons.iter().all(|r| !r.rule.is_empty() && !r.message.is_empty()));
                 prop_assert!(reasons.iter().any(|r| !r.field.is_empty() || r.rule == "type"));

@@ -71,6 +71,10 @@ pub enum Decision {
         event: NewEvent,
         /// Every rule broken.
         reasons: Vec<Violation>,
+        /// Every identifier the payload names, read from all of it before
+        /// `raw` was cut ([`onepd_domain::events::erasure::rejected_identifiers`]):
+        /// what the rejection is sealed for and found by on erasure.
+        identifiers: Vec<onepd_domain::identity::Identifier>,
     },
 }
 
@@ -108,7 +112,7 @@ impl Decision {
             "message_id": null,
         });
         event.subject = None;
-        Decision::Rejected { event, reasons }
+        Decision::Rejected { event, reasons, identifiers: Vec::new() }
     }
 }
 

@@ -102,16 +102,74 @@ pub fn rejection_subject(event_id: crate::EventId) -> String {
 /// Object keys (compared without case, `_` and `-`) whose string values are
 /// read as an identifier of that kind wherever they appear in a rejected
 /// payload.
-const IDENTIFIER_KEYS: [(&str, IdentifierKind); 8] = [
+const IDENTIFIER_KEYS: [(&str, IdentifierKind); 15] = [
     ("userid", IdentifierKind::UserId),
     ("anonymousid", IdentifierKind::AnonymousId),
     ("previousid", IdentifierKind::AnonymousId),
     ("email", IdentifierKind::Email),
     ("emailaddress", IdentifierKind::Email),
+    ("mail", IdentifierKind::Email),
     ("phone", IdentifierKind::Phone),
     ("phonenumber", IdentifierKind::Phone),
     ("mobile", IdentifierKind::Phone),
+    ("mobilephone", IdentifierKind::Phone),
+    ("mobilenumber", IdentifierKind::Phone),
+    ("telephone", IdentifierKind::Phone),
+    ("tel", IdentifierKind::Phone),
+    ("cell", IdentifierKind::Phone),
+    ("cellphone", IdentifierKind::Phone),
 ];
+
+/// An object key as [`IDENTIFIER_KEYS`] compares it: lowercased, without
+/// `_`, `-`, spaces or brackets (`user[email]` reads as `useremail`, so its
+/// last part is tried too).
+fn identifier_kind_of_key(key: &str) -> Option<IdentifierKind> {
+    let last = key.rsplit(['[', '.']).next().unwrap_or(key);
+    [key, last].iter().find_map(|key| {
+        let folded: String = key
+            .chars()
+            .filter(|c| !matches!(c, '_' | '-' | ' ' | '[' | ']'))
+            .flat_map(char::to_lowercase)
+            .collect();
+        IDENTIFIER_KEYS.iter().find(|(name, _)| *name == folded).map(|(_, kind)| kind.clone())
+    })
+}
+
+/// Every email address in free text.
+fn emails_in(text: &str, mut push: impl FnMut(Identifier)) {
+    let separators = |c: char| c.is_whitespace() || "\\\"',;:<>()[]{}=&?/|`".contains(c);
+    for token in text.split(separators).filter(|token| token.contains('@')) {
+        if let Ok(address) = crate::normalize::normalize_email(token.trim_matches('.')) {
+            push(Identifier::new(IdentifierKind::Email, address));
+        }
+    }
+}
+
+/// `text` with `%XX` escapes decoded and `+` read as a space, as in a form
+/// body or a query string; undecodable escapes are kept as they are.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => out.push(b' '),
+            b'%' if index + 2 < bytes.len() => {
+                let digit = |byte: u8| (byte as char).to_digit(16);
+                match (digit(bytes[index + 1]), digit(bytes[index + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
+                        index += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Every identifier a payload that was *not* accepted may name, normalized
 /// as ingest normalizes (emails lowercased, phones in E.164, read in
@@ -129,6 +187,11 @@ pub fn rejected_identifiers(raw: &str, default_region: Option<&str>) -> Vec<Iden
         }
     };
     let email = |text: &str| crate::normalize::normalize_email(text).ok();
+    let phone = |text: &str| {
+        crate::normalize::normalize_phone(text, None)
+            .or_else(|_| crate::normalize::normalize_phone(text, default_region))
+            .ok()
+    };
     match serde_json::from_str::<Value>(raw) {
         Ok(value) => {
             let mut stack = vec![(None::<IdentifierKind>, &value)];
@@ -136,10 +199,7 @@ pub fn rejected_identifiers(raw: &str, default_region: Option<&str>) -> Vec<Iden
                 match value {
                     Value::Object(fields) => {
                         for (key, value) in fields {
-                            let folded: String =
-                                key.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect();
-                            let kind = IDENTIFIER_KEYS.iter().find(|(name, _)| *name == folded).map(|(_, k)| k.clone());
-                            stack.push((kind, value));
+                            stack.push((identifier_kind_of_key(key), value));
                         }
                     }
                     Value::Array(items) => stack.extend(items.iter().map(|item| (kind.clone(), item))),
@@ -150,34 +210,57 @@ pub fn rejected_identifiers(raw: &str, default_region: Option<&str>) -> Vec<Iden
                         }
                         match &kind {
                             Some(IdentifierKind::Phone) => {
-                                let phone = crate::normalize::normalize_phone(text, None)
-                                    .or_else(|_| crate::normalize::normalize_phone(text, default_region));
-                                if let Ok(phone) = phone {
+                                if let Some(phone) = phone(text) {
                                     push(Identifier::new(IdentifierKind::Phone, phone));
                                 }
                             }
                             Some(IdentifierKind::Email) | None => {
                                 if let Some(address) = email(text) {
                                     push(Identifier::new(IdentifierKind::Email, address));
+                                } else if text.contains('@') {
+                                    emails_in(text, &mut push);
                                 }
                             }
                             Some(kind) => push(Identifier::new(kind.clone(), text)),
                         }
                     }
-                    Value::Number(number) if matches!(kind, Some(IdentifierKind::UserId)) => {
-                        push(Identifier::new(IdentifierKind::UserId, number.to_string()));
-                    }
+                    // Ingest takes numeric ids as their text.
+                    Value::Number(number) => match &kind {
+                        Some(kind @ (IdentifierKind::UserId | IdentifierKind::AnonymousId)) => {
+                            push(Identifier::new(kind.clone(), number.to_string()));
+                        }
+                        Some(IdentifierKind::Phone) => {
+                            if let Some(phone) = phone(&number.to_string()) {
+                                push(Identifier::new(IdentifierKind::Phone, phone));
+                            }
+                        }
+                        _ => {}
+                    },
                     _ => {}
                 }
             }
         }
         Err(_) => {
-            let separators = |c: char| c.is_whitespace() || "\"',;:<>()[]{}=&?/|`".contains(c);
-            for token in raw.split(separators).filter(|token| token.contains('@')) {
-                if let Some(address) = email(token.trim_matches('.')) {
-                    push(Identifier::new(IdentifierKind::Email, address));
+            // A form body or query string: its `key=value` pairs, decoded,
+            // read like object fields; then any email anywhere in the text.
+            if raw.contains('=') {
+                for pair in raw.split(['&', '\n']) {
+                    let Some((key, value)) = pair.split_once('=') else { continue };
+                    let (key, value) = (percent_decoded(key), percent_decoded(value));
+                    match identifier_kind_of_key(key.trim()) {
+                        Some(IdentifierKind::Phone) => {
+                            if let Some(phone) = phone(value.trim()) {
+                                push(Identifier::new(IdentifierKind::Phone, phone));
+                            }
+                        }
+                        Some(IdentifierKind::Email) | None => {}
+                        Some(kind) if !value.trim().is_empty() => push(Identifier::new(kind, value.trim())),
+                        Some(_) => {}
+                    }
                 }
+                emails_in(&percent_decoded(raw), &mut push);
             }
+            emails_in(raw, &mut push);
         }
     }
     found
@@ -216,6 +299,38 @@ mod tests {
             ]
         );
         assert!(rejected_identifiers(&json!({"event": "x", "properties": {"a": 1}}).to_string(), None).is_empty());
+    }
+
+    #[test]
+    fn numeric_ids_phones_under_other_names_and_emails_in_free_text_are_found() {
+        let raw = json!({
+            "anonymousId": 55443322,
+            "context": {"externalIds": [{"id": "x", "type": "crm"}]},
+            "traits": {"Phone Number": "+1 415 555 0166", "telephone": "+1 (415) 555-0177", "cell": "0044 20 7946 0958"},
+            "properties": {"note": "contact Zoe.Free@Example.com today"},
+        })
+        .to_string();
+        assert_eq!(
+            names(&rejected_identifiers(&raw, None)),
+            [
+                "anonymous_id:55443322",
+                "email:zoe.free@example.com",
+                "phone:+14155550166",
+                "phone:+14155550177",
+                "phone:+442079460958"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_form_body_is_read_pair_by_pair_and_decoded() {
+        let raw = "event=user.signed_up&user[id]=4444&user[email]=form%40example.com&user[phone]=%2B14155550166&userId=u%C3%A9";
+        assert_eq!(
+            names(&rejected_identifiers(raw, None)),
+            ["email:form@example.com", "phone:+14155550166", "user_id:4444", "user_id:u\u{e9}"]
+        );
+        // A stray escape or multibyte text after `%` is kept, never a panic.
+        assert!(rejected_identifiers("a=%zz&b=%\u{e9}\u{e9}&email=%", None).is_empty());
     }
 
     #[test]
