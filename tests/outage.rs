@@ -21,32 +21,66 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// A TCP proxy to PostgreSQL that the test can stop and start again on the
-/// same port.
+/// same port, or freeze: bytes are then held, as a partitioned network holds
+/// packets, and connections stay open.
 struct Proxy {
     port: u16,
     target: String,
     accept: Option<JoinHandle<()>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies `from` to `to`, holding what it read while `frozen` says so.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        while *frozen.borrow_and_update() {
+            if frozen.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
     async fn start(target: &str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut proxy =
-            Proxy { port, target: target.to_owned(), accept: None, connections: Arc::new(Mutex::new(Vec::new())) };
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let mut proxy = Proxy {
+            port,
+            target: target.to_owned(),
+            accept: None,
+            connections: Arc::new(Mutex::new(Vec::new())),
+            frozen,
+        };
         proxy.serve(listener);
         proxy
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (target, connections) = (self.target.clone(), self.connections.clone());
+        let (target, connections, frozen) = (self.target.clone(), self.connections.clone(), self.frozen.clone());
         self.accept = Some(tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = target.clone();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (target, frozen) = (target.clone(), frozen.subscribe());
                 let connection = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        tokio::join!(pump(in_read, out_write, frozen.clone()), pump(out_read, in_write, frozen));
                     }
                 });
                 connections.lock().unwrap().push(connection);
@@ -63,6 +97,11 @@ impl Proxy {
         for connection in self.connections.lock().unwrap().drain(..) {
             connection.abort();
         }
+    }
+
+    /// Holds (or lets through again) every byte between onepd and PostgreSQL.
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
     }
 
     /// Listens again on the same port.
@@ -138,6 +177,7 @@ async fn a_postgresql_outage_fails_callers_fast_and_loses_nothing_acknowledged()
     proxy.stop().await;
     // The first caller finds out within a few seconds, not after a 30 s pool wait.
     let (status, retry_after, body, took) = client.track("during-0").await;
+    eprintln!("outage: the first caller was answered {status} after {took:?}");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "unavailable", "{body}");
     assert_eq!(retry_after.as_deref(), Some("5"));
@@ -186,6 +226,94 @@ async fn a_postgresql_outage_fails_callers_fast_and_loses_nothing_acknowledged()
         acknowledged.insert(id.clone(), 200);
     }
     assert_eq!(client.healthz().await.0, 200);
+
+    // A stall: the network holds every byte for a while, then lets them
+    // through. A caller waiting on a commit is told to retry within the
+    // commit bound; the others at once; and once the bytes flow again every
+    // call succeeds (no connection is left mid-transaction in the pool).
+    // Load beside it, so commits are caught mid-flight.
+    let stop_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let client = Client { http: client.http.clone(), base: client.base.clone(), key: client.key.clone() };
+        let stop = stop_load.clone();
+        async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = format!("load-{n}");
+                let (status, ..) = client.track(&id).await;
+                answers.push((id, status));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            answers
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.freeze(true);
+    let (status, retry_after, body, took) = client.track("stall-0").await;
+    eprintln!("stall: the first caller was answered {status} after {took:?}");
+    assert_eq!((status, retry_after.as_deref()), (503, Some("5")), "{body}");
+    assert!(took < Duration::from_secs(10), "a caller during the stall waited {took:?}");
+    // The next caller may be the probe (a few seconds); while it is out,
+    // the others fail at once.
+    let probe = tokio::spawn({
+        let client = Client { http: client.http.clone(), base: client.base.clone(), key: client.key.clone() };
+        async move { client.track("stall-1").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body, took) = client.track("stall-2").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(took < Duration::from_secs(1), "a caller beside the probe waited {took:?}");
+    let (status, _, body, took) = probe.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(took < Duration::from_secs(10), "the probe waited {took:?}");
+    let (status, took) = client.healthz().await;
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_millis(1500), "/healthz took {took:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.freeze(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_load.store(true, std::sync::atomic::Ordering::SeqCst);
+    let load = load.await.unwrap();
+    for (id, status) in &load {
+        assert!(matches!(status, 200 | 503), "{id} under load answered {status}");
+    }
+    eprintln!(
+        "stall under load: {} calls, {} answered 200, {} answered 503",
+        load.len(),
+        load.iter().filter(|(_, status)| *status == 200).count(),
+        load.iter().filter(|(_, status)| *status == 503).count()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, ..) = client.track("after-stall-0").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "onepd did not recover within 30 s of the stall ending");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    acknowledged.insert("after-stall-0".into(), 200);
+    for n in 1..30 {
+        let id = format!("after-stall-{n}");
+        let (status, _, body, _) = client.track(&id).await;
+        assert_eq!(status, 200, "{id} after the stall: {body}");
+        acknowledged.insert(id, 200);
+        assert_eq!(client.healthz().await.0, 200, "/healthz after the stall");
+    }
+    for (id, status) in load {
+        if status == 503 {
+            let (status, _, body, _) = client.track(&id).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        acknowledged.insert(id, 200);
+    }
+    for id in ["stall-0", "stall-1", "stall-2"] {
+        let (status, _, body, _) = client.track(id).await;
+        assert_eq!(status, 200, "{body}");
+        acknowledged.insert(id.into(), 200);
+    }
 
     // Every acknowledged message is stored exactly once.
     let mut audit = server.audit().await;

@@ -233,8 +233,13 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     if let Some(cause) = state.log.unavailable() {
         return unavailable(cause);
     }
-    let head = match tokio::time::timeout(HEALTH_TIMEOUT, state.log.head()).await {
-        Ok(head) => head,
+    // The read runs as a task of its own that is left to finish: dropping
+    // a query mid-flight could hand the pool a connection in a bad state.
+    let log = state.log.clone();
+    let read = tokio::spawn(async move { log.head().await });
+    let head = match tokio::time::timeout(HEALTH_TIMEOUT, read).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(err)) => return unavailable(format!("the health check's read failed: {err}")),
         Err(_) => return unavailable(format!("no answer within {} ms", HEALTH_TIMEOUT.as_millis())),
     };
     match head {

@@ -58,12 +58,16 @@ struct Slot {
 /// Rows built and inserted at a time within a group commit.
 const PIPELINE_CHUNK: usize = 1_000;
 
+/// The channel an append call waits on.
+pub(crate) type Reply = oneshot::Sender<Result<AppendOutcome, AppendError>>;
+
 /// One append call waiting for its group.
 pub(crate) struct PendingAppend {
     pub stream: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<PreparedEvent>,
-    pub reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+    /// Where the answer goes; taken when the group is committed.
+    pub reply: Option<Reply>,
 }
 
 /// What the appender task is asked to do.
@@ -162,7 +166,9 @@ impl Appender {
                 commands.close();
                 while let Ok(command) = commands.try_recv() {
                     if let Command::Append(pending) = command {
-                        let _ = pending.reply.send(Err(AppendError::Store(StoreError::ShuttingDown)));
+                        if let Some(reply) = pending.reply {
+                            let _ = reply.send(Err(AppendError::Store(StoreError::ShuttingDown)));
+                        }
                     }
                 }
                 let _ = done.send(());
@@ -171,41 +177,62 @@ impl Appender {
         }
     }
 
-    async fn commit_group(&mut self, group: Vec<PendingAppend>) {
+    async fn commit_group(&mut self, mut group: Vec<PendingAppend>) {
         let started = Instant::now();
         // A database that hangs (cut off rather than refusing) must not hold
-        // callers for the whole outage: past the timeout the group fails as
-        // unavailable, unacknowledged. Should the commit have gone through
-        // after all, the next group's catch-up sees the moved head and a
-        // retry of the same ids is a duplicate.
+        // callers for the whole outage. A watchdog answers them "unavailable"
+        // (nothing acknowledged) once the commit has taken too long, while the
+        // commit itself runs on: dropping it mid-query would hand the pool a
+        // connection in the middle of a transaction. Should it commit after
+        // all, a retry of the same ids is a duplicate.
+        let replies: Vec<Option<Reply>> = group.iter_mut().map(|pending| pending.reply.take()).collect();
+        let replies = Arc::new(std::sync::Mutex::new(Some(replies)));
         // The id index loads once, at the first append, for as long as the
-        // log's size takes; only the commit itself is timed.
+        // log's size takes: the watchdog starts only after it.
         let loaded = self.load_index().await;
+        let watchdog = tokio::spawn({
+            let (replies, availability) = (replies.clone(), self.availability.clone());
+            async move {
+                tokio::time::sleep(super::COMMIT_TIMEOUT).await;
+                let waiting = replies.lock().expect("reply lock").take();
+                if let Some(waiting) = waiting {
+                    let reason = format!("the database did not commit within {} s", super::COMMIT_TIMEOUT.as_secs());
+                    warn!(cause = %reason, "group commit is taking too long; its callers are told to retry");
+                    availability.mark_down(&reason);
+                    for reply in waiting.into_iter().flatten() {
+                        let _ = reply.send(Err(AppendError::Store(StoreError::Unavailable(reason.clone()))));
+                    }
+                }
+            }
+        });
         let attempt = match loaded {
             Err(err) => Err(err),
-            Ok(()) => tokio::time::timeout(super::COMMIT_TIMEOUT, self.try_commit(&group)).await.unwrap_or_else(|_| {
-                self.stream_versions.clear();
-                Err(StoreError::Unavailable(format!(
-                    "the database did not commit within {} s",
-                    super::COMMIT_TIMEOUT.as_secs()
-                )))
-            }),
+            Ok(()) => self.try_commit(&group).await,
         };
+        watchdog.abort();
         match &attempt {
             Err(StoreError::Unavailable(reason)) => self.availability.mark_down(reason),
             _ => self.availability.mark_up(),
         }
+        let Some(replies) = replies.lock().expect("reply lock").take() else {
+            // The watchdog answered already; caches may be behind what was
+            // committed, which the next group's catch-up sees.
+            self.stream_versions.clear();
+            return;
+        };
         match attempt {
             Ok(outcomes) => {
-                for (pending, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = pending.reply.send(outcome);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(outcome);
+                    }
                 }
                 metrics::histogram!("onepd_append_group_seconds").record(started.elapsed().as_secs_f64());
             }
             Err(err) => {
                 warn!(cause = %err, batches = group.len(), "group commit failed");
-                for pending in group {
-                    let _ = pending.reply.send(Err(AppendError::Store(err.clone())));
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(AppendError::Store(err.clone())));
                 }
             }
         }

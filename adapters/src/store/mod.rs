@@ -101,8 +101,12 @@ const WALK_PAGE: usize = 5_000;
 /// ids is a duplicate if it committed after all). It bounds a caller's wait
 /// when the database hangs rather than refusing connections.
 pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
-/// While the database is unreachable, one append in this interval goes
-/// through to find out whether it is back; the rest fail at once.
+/// How often a caller waiting for its commit looks at whether the database
+/// is known to be down.
+const WAIT_STEP: Duration = Duration::from_millis(500);
+/// While the database is unreachable, one append at a time, this long after
+/// the last one ended, goes through to find out whether it is back; the
+/// rest fail at once.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether the last group commit found the database unreachable, shared by
@@ -112,8 +116,11 @@ pub(crate) struct Availability {
     /// Milliseconds since the Unix epoch at which the outage was noticed; 0
     /// while the database answers.
     down_since_ms: std::sync::atomic::AtomicU64,
-    /// When the last probe append was let through.
+    /// When the last probe append was let through, or when the last
+    /// group commit ended, whichever is later.
     last_probe_ms: std::sync::atomic::AtomicU64,
+    /// When the probe now in flight was let through; 0 when none is.
+    probing_since_ms: std::sync::atomic::AtomicU64,
     /// The last failure's reason.
     reason: Mutex<String>,
 }
@@ -124,11 +131,15 @@ fn now_ms() -> u64 {
 
 impl Availability {
     pub(crate) fn mark_down(&self, reason: &str) {
-        let _ = self.down_since_ms.compare_exchange(0, now_ms().max(1), Ordering::SeqCst, Ordering::SeqCst);
+        let now = now_ms().max(1);
+        let _ = self.down_since_ms.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
         *self.reason.lock().expect("availability lock") = reason.to_owned();
+        self.last_probe_ms.store(now, Ordering::SeqCst);
+        self.probing_since_ms.store(0, Ordering::SeqCst);
     }
 
     pub(crate) fn mark_up(&self) {
+        self.probing_since_ms.store(0, Ordering::SeqCst);
         if self.down_since_ms.swap(0, Ordering::SeqCst) != 0 {
             tracing::info!("the database answers again");
         }
@@ -144,10 +155,18 @@ impl Availability {
     fn fail_fast(&self) -> Option<String> {
         let reason = self.down()?;
         let now = now_ms();
+        // One probe at a time; one whose answer never came (its caller went
+        // away before it reached the appender) expires.
+        let probing = self.probing_since_ms.load(Ordering::SeqCst);
+        let expired = (COMMIT_TIMEOUT + PROBE_INTERVAL).as_millis() as u64;
+        if probing != 0 && now.saturating_sub(probing) < expired {
+            return Some(reason);
+        }
         let last = self.last_probe_ms.load(Ordering::SeqCst);
         if now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
-            && self.last_probe_ms.compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            && self.probing_since_ms.compare_exchange(probing, now, Ordering::SeqCst, Ordering::SeqCst).is_ok()
         {
+            self.last_probe_ms.store(now, Ordering::SeqCst);
             return None; // this caller is the probe
         }
         Some(reason)
@@ -215,7 +234,7 @@ impl EventLog {
             return Err(AppendError::Store(StoreError::Unavailable(reason)));
         }
         let (reply, answer) = oneshot::channel();
-        let pending = PendingAppend { stream, expected, events, reply };
+        let pending = PendingAppend { stream, expected, events, reply: Some(reply) };
         self.inner
             .commands
             .send(Command::Append(pending))
@@ -223,7 +242,24 @@ impl EventLog {
             .map_err(|_| AppendError::Store(StoreError::ShuttingDown))?;
         // A dropped reply means the appender stopped before answering: the
         // batch was not acknowledged, and a retry with the same ids is safe.
-        answer.await.map_err(|_| AppendError::Store(StoreError::ShuttingDown))?
+        // While the database is known to be down, a caller (a probe queued
+        // behind a commit that hangs) waits no longer than a commit may
+        // take; under load alone it waits its turn.
+        let mut answer = answer;
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match tokio::time::timeout(WAIT_STEP, &mut answer).await {
+                Ok(answered) => return answered.map_err(|_| AppendError::Store(StoreError::ShuttingDown))?,
+                Err(_) => {
+                    waited += WAIT_STEP;
+                    if waited >= COMMIT_TIMEOUT
+                        && let Some(reason) = self.inner.availability.down()
+                    {
+                        return Err(AppendError::Store(StoreError::Unavailable(reason)));
+                    }
+                }
+            }
+        }
     }
 }
 
