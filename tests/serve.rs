@@ -296,6 +296,16 @@ async fn verify_against_a_saved_head_catches_a_log_cut_short() {
     assert!(source.status.success(), "{}", String::from_utf8_lossy(&source.stderr));
     let grown = verify(&["--expect-head", "head.json", "--json"]);
     assert_eq!(grown.status.code(), Some(0), "{}", String::from_utf8_lossy(&grown.stdout));
+    let grown: serde_json::Value = serde_json::from_slice(&grown.stdout).unwrap();
+    assert_eq!(grown["expected_head"], "holds", "{grown}");
+    // Without the master key a head file proves nothing, and verify says so.
+    let unkeyed = std::process::Command::new(support::BINARY)
+        .current_dir(dir.path())
+        .args(["verify", "--expect-head", "head.json", "--master-key-file", "no-such.key"])
+        .output()
+        .unwrap();
+    assert_eq!(unkeyed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unkeyed.stderr).contains("needs the master key"));
 
     // The tail removed and the head moved back to position 3.
     let pool = sqlx::SqlitePool::connect(&sqlite_url(dir.path())).await.unwrap();

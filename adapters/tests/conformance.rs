@@ -853,6 +853,19 @@ async fn a_signed_head_shows_a_log_rewritten_or_cut_short(backend: Backend) {
     assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None, "the chain alone cannot tell");
     assert_eq!(log.check_head(&saved).await.unwrap(), HeadCheck::Truncated { head: 6 });
     log.close().await;
+
+    // Another log under the same master key: its head does not pass for this one's.
+    let mut other = TestDb::new(backend).await;
+    other.master = db.master.clone();
+    let log = other.open().await;
+    for n in 0..6 {
+        log.append(request("s", ExpectedVersion::Any, vec![event(ws, &format!("o{n}"))])).await.unwrap();
+    }
+    let theirs = log.signed_head(6).await.unwrap();
+    log.close().await;
+    let log = db.open().await;
+    assert_eq!(log.check_head(&theirs).await.unwrap(), HeadCheck::OtherLog);
+    log.close().await;
 }
 
 conformance!(

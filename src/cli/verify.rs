@@ -39,6 +39,9 @@ async fn expected_head(log: &onepd_adapters::EventLog, file: &Path) -> anyhow::R
         .with_context(|| format!("{}: expected a head file written by onepd verify --save-head", file.display()))?;
     Ok(match log.check_head(&saved).await? {
         HeadCheck::Holds => None,
+        HeadCheck::OtherLog => {
+            Some(format!("{}: the head is of another log (its first event differs from this one's)", file.display()))
+        }
         HeadCheck::BadSignature => Some(format!(
             "{}: the signature does not match this master key: the file was altered, or made with another key",
             file.display()
@@ -63,10 +66,18 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = log.verify(&progress).await;
     bar.finish_and_clear();
     let report = report?;
+    let mut head_held = None;
     if report.first_break.is_none()
         && let Some(file) = &args.expect_head
     {
-        let unsigned = !log.has_master_key();
+        if !log.has_master_key() {
+            log.close().await;
+            anyhow::bail!(
+                "checking {} needs the master key that signed it (ONEPD_MASTER_KEY or <data dir>/master.key): \
+                 without it a forged file would pass",
+                file.display()
+            );
+        }
         let found = expected_head(&log, file).await;
         let found = match found {
             Ok(found) => found,
@@ -86,11 +97,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::from(1));
         }
-        if unsigned {
-            eprintln!(
-                "warning: the head file's signature was not checked: no master key (ONEPD_MASTER_KEY or <data dir>/master.key)"
-            );
-        }
+        head_held = Some(file.clone());
     }
     if report.first_break.is_none()
         && let Some(file) = &args.save_head
@@ -107,9 +114,16 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     match report.first_break {
         None => {
             if args.json {
-                output::json(&json!({ "ok": true, "events_checked": report.events_checked }));
+                let mut answer = json!({ "ok": true, "events_checked": report.events_checked });
+                if head_held.is_some() {
+                    answer["expected_head"] = json!("holds");
+                }
+                output::json(&answer);
             } else {
                 output::line(format!("verified {} events: the hash chain holds", report.events_checked));
+                if let Some(file) = &head_held {
+                    output::line(format!("and the head saved in {} holds: nothing up to it changed", file.display()));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

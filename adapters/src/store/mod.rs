@@ -724,6 +724,8 @@ pub struct SignedHead {
     pub position: u64,
     /// That event's chain hash (hex).
     pub hash: String,
+    /// The first event's chain hash (hex): which log this head is of.
+    pub first_hash: String,
     /// When that event was recorded, microseconds since the Unix epoch.
     pub recorded_at: i64,
     /// HMAC-SHA256 of the fields above under a key derived from the master
@@ -754,10 +756,13 @@ pub enum HeadCheck {
     /// The signature does not match this master key: the file was altered,
     /// or it was made with another key.
     BadSignature,
+    /// The head is of another log (its first event differs), signed with
+    /// the same master key.
+    OtherLog,
 }
 
 impl EventLog {
-    fn head_mac(&self, position: u64, hash: &str, recorded_at: i64) -> Result<[u8; 32], StoreError> {
+    fn head_mac(&self, head: &SignedHead) -> Result<[u8; 32], StoreError> {
         use hmac::Mac;
         let master = self
             .inner
@@ -766,7 +771,8 @@ impl EventLog {
             .ok_or_else(|| StoreError::Database("signing a head needs the master key".into()))?;
         let key = master.derived("chain_head", Uuid::nil());
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-        mac.update(format!("{SIGNED_HEAD_FORMAT}\n{position}\n{hash}\n{recorded_at}").as_bytes());
+        let SignedHead { format, position, hash, first_hash, recorded_at, .. } = head;
+        mac.update(format!("{format}\n{position}\n{hash}\n{first_hash}\n{recorded_at}").as_bytes());
         Ok(mac.finalize().into_bytes().into())
     }
 
@@ -785,9 +791,17 @@ impl EventLog {
         let row = self.row_at(position).await?.ok_or_else(|| {
             StoreError::Database(format!("signing the head: the log does not reach position {position}"))
         })?;
-        let hash = hex::encode(row.hash);
-        let signature = hex::encode(self.head_mac(position, &hash, row.recorded_at)?);
-        Ok(SignedHead { format: SIGNED_HEAD_FORMAT.into(), position, hash, recorded_at: row.recorded_at, signature })
+        let first = self.row_at(1).await?.map(|first| hex::encode(first.hash)).unwrap_or_default();
+        let mut head = SignedHead {
+            format: SIGNED_HEAD_FORMAT.into(),
+            position,
+            hash: hex::encode(row.hash),
+            first_hash: first,
+            recorded_at: row.recorded_at,
+            signature: String::new(),
+        };
+        head.signature = hex::encode(self.head_mac(&head)?);
+        Ok(head)
     }
 
     /// How the log stands against `saved`. The signature is checked only
@@ -795,7 +809,7 @@ impl EventLog {
     /// caller says so when it is not.
     pub async fn check_head(&self, saved: &SignedHead) -> Result<HeadCheck, StoreError> {
         if self.has_master_key() {
-            let expected = self.head_mac(saved.position, &saved.hash, saved.recorded_at)?;
+            let expected = self.head_mac(saved)?;
             let given = hex::decode(&saved.signature).unwrap_or_default();
             // Compared in constant time.
             let same = given.len() == expected.len()
@@ -803,6 +817,10 @@ impl EventLog {
             if !same || saved.format != SIGNED_HEAD_FORMAT {
                 return Ok(HeadCheck::BadSignature);
             }
+        }
+        let first = self.row_at(1).await?.map(|first| hex::encode(first.hash)).unwrap_or_default();
+        if first != saved.first_hash {
+            return Ok(HeadCheck::OtherLog);
         }
         let head = self.inner.backend.head().await?;
         if head.position < saved.position {

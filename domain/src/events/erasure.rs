@@ -126,11 +126,8 @@ const IDENTIFIER_KEYS: [(&str, IdentifierKind); 15] = [
 fn identifier_kind_of_key(key: &str) -> Option<IdentifierKind> {
     let last = key.rsplit(['[', '.']).next().unwrap_or(key);
     [key, last].iter().find_map(|key| {
-        let folded: String = key
-            .chars()
-            .filter(|c| !matches!(c, '_' | '-' | ' ' | '[' | ']'))
-            .flat_map(char::to_lowercase)
-            .collect();
+        let folded: String =
+            key.chars().filter(|c| !matches!(c, '_' | '-' | ' ' | '[' | ']')).flat_map(char::to_lowercase).collect();
         IDENTIFIER_KEYS.iter().find(|(name, _)| *name == folded).map(|(_, kind)| kind.clone())
     })
 }
