@@ -165,10 +165,10 @@ impl Appender {
             if let Some(done) = close {
                 commands.close();
                 while let Ok(command) = commands.try_recv() {
-                    if let Command::Append(pending) = command {
-                        if let Some(reply) = pending.reply {
-                            let _ = reply.send(Err(AppendError::Store(StoreError::ShuttingDown)));
-                        }
+                    if let Command::Append(pending) = command
+                        && let Some(reply) = pending.reply
+                    {
+                        let _ = reply.send(Err(AppendError::Store(StoreError::ShuttingDown)));
                     }
                 }
                 let _ = done.send(());
