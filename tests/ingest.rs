@@ -525,6 +525,7 @@ async fn every_http_error_is_the_apis_json_shape() {
         (client.get(format!("{}/nope", server.http)), 404, "not_found"),
         (client.put(format!("{}/v1/track", server.http)), 405, "method_not_allowed"),
         (client.get(format!("{}/v1/track", server.http)), 405, "method_not_allowed"),
+        (client.get(format!("{}/v1/nope", server.http)), 404, "not_found"),
         (client.post(format!("{}/v1/%FF%FE", server.http)).body("{}"), 400, "invalid_path"),
         (
             client.post(format!("{}/v1/track", server.http)).header("x-padding", "a".repeat(100 * 1024)).body("{}"),

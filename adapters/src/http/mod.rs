@@ -101,6 +101,14 @@ pub async fn json_errors(request: axum::extract::Request, next: axum::middleware
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let response = next.run(request).await;
     let bodiless = !response.headers().contains_key(header::CONTENT_TYPE);
+    // `/v1/{endpoint}` matches any one segment for POST; asked with another
+    // method, a name that is no endpoint is not found rather than not allowed.
+    let unknown_endpoint = path.strip_prefix("/v1/").is_some_and(|rest| {
+        !rest.contains('/') && Endpoint::of(rest).is_none() && !["import-files", "regulations"].contains(&rest)
+    });
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED && bodiless && unknown_endpoint {
+        return error_response(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"), "");
+    }
     if response.status() == StatusCode::METHOD_NOT_ALLOWED && bodiless {
         let mut answer = error_response(
             StatusCode::METHOD_NOT_ALLOWED,
