@@ -69,6 +69,25 @@ fn event_id(server: &Server, message_id: &str) -> String {
     EventId::for_message(workspace, message_id).to_string()
 }
 
+/// Creates the destination `meta` (Meta's Conversions API) sending to `stub`.
+fn create_meta(dir: &std::path::Path, stub: &Stub, store: &[String]) {
+    let endpoint = format!("endpoint={}", stub.url());
+    let args = [
+        "destination",
+        "create",
+        "meta",
+        "--adapter",
+        "meta_capi",
+        "--setting",
+        "pixel_id=1",
+        "--setting",
+        "access_token=t",
+        "--setting",
+        &endpoint,
+    ];
+    run(dir, &args, store);
+}
+
 /// Waits until `done` holds, failing with `what` after `within`.
 async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -533,24 +552,7 @@ async fn erasure_leaves_no_trace_of_the_person(url: Option<&str>) {
     let meta = Stub::start(Mode::Accept).await;
     let hook = format!("url={}/hook", warehouse.url());
     run(dir.path(), &["destination", "create", "warehouse", "--adapter", "webhook", "--setting", &hook], &store);
-    let endpoint = format!("endpoint={}", meta.url());
-    run(
-        dir.path(),
-        &[
-            "destination",
-            "create",
-            "meta",
-            "--adapter",
-            "meta_capi",
-            "--setting",
-            "pixel_id=1",
-            "--setting",
-            "access_token=t",
-            "--setting",
-            &endpoint,
-        ],
-        &store,
-    );
+    create_meta(dir.path(), &meta, &store);
     let person = |name: &str| {
         vec![
             json!({"type": "page", "messageId": format!("{name}-p"), "anonymousId": format!("anon-{name}"), "name": "Home",
@@ -1110,24 +1112,7 @@ async fn an_identifier_held_back_at_a_limit_is_shown_and_the_ledger_says_it_was_
     let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
     let server = Server::start(dir.path(), &store_refs);
     let meta = Stub::start(Mode::Accept).await;
-    let endpoint = format!("endpoint={}", meta.url());
-    run(
-        dir.path(),
-        &[
-            "destination",
-            "create",
-            "meta",
-            "--adapter",
-            "meta_capi",
-            "--setting",
-            "pixel_id=1",
-            "--setting",
-            "access_token=t",
-            "--setting",
-            &endpoint,
-        ],
-        &store,
-    );
+    create_meta(dir.path(), &meta, &store);
     send(
         &server,
         vec![

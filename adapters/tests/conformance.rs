@@ -715,30 +715,25 @@ async fn a_sqlite_row_of_the_wrong_type_is_reported_as_corrupt() {
 /// Runs `sql` with `binds` (byte strings and integers, in order) on a plain
 /// pool: the tamperer's own tool.
 async fn tamper(db: &TestDb, backend: Backend, sql: &str, binds: Vec<Bind>) {
+    // The same statement on either pool type.
+    macro_rules! run_on {
+        ($pool:expr, $sql:expr) => {{
+            let pool = $pool;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe($sql));
+            for bind in binds {
+                query = match bind {
+                    Bind::Bytes(bytes) => query.bind(bytes),
+                    Bind::Int(n) => query.bind(n),
+                };
+            }
+            query.execute(&pool).await.unwrap();
+            pool.close().await;
+        }};
+    }
     match backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-            for bind in binds {
-                query = match bind {
-                    Bind::Bytes(bytes) => query.bind(bytes),
-                    Bind::Int(n) => query.bind(n),
-                };
-            }
-            query.execute(&pool).await.unwrap();
-            pool.close().await;
-        }
+        Backend::Sqlite => run_on!(sqlx::SqlitePool::connect(&db.url).await.unwrap(), sql.to_owned()),
         Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.replace('?', "$").replace_numbered()));
-            for bind in binds {
-                query = match bind {
-                    Bind::Bytes(bytes) => query.bind(bytes),
-                    Bind::Int(n) => query.bind(n),
-                };
-            }
-            query.execute(&pool).await.unwrap();
-            pool.close().await;
+            run_on!(sqlx::PgPool::connect(&db.url).await.unwrap(), sql.replace('?', "$").replace_numbered())
         }
     }
 }

@@ -157,7 +157,8 @@ pub struct HeldBack {
     pub position: Position,
     /// That event's id.
     pub event_id: EventId,
-    /// The profile that held it then, if any.
+    /// The profile that held it when it was held back, if any (it may have
+    /// merged into another since; resolve it to read the live one).
     pub held_by: Option<ProfileId>,
     /// The kind whose limit joining it would have broken.
     pub limit_kind: IdentifierKind,

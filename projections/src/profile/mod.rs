@@ -364,14 +364,16 @@ impl Profiles {
     }
 }
 
-/// What limits kept out of `profile`, less what it holds now, with each
-/// holder resolved to the live profile.
+/// What limits kept out of `profile`, less what it holds now. Each holder
+/// is the one recorded when the identifier was held back: a document must
+/// not change when another profile does (a live read model rewrites only
+/// the profiles an event touched, and must equal a rebuild).
 fn held_back(identities: &crate::identity::WorkspaceIdentities, profile: ProfileId) -> Vec<HeldBack> {
     identities
         .held_back(profile)
         .iter()
         .filter(|held| identities.profile_of(&held.identifier) != Some(profile))
-        .map(|held| HeldBack { held_by: identities.profile_of(&held.identifier), ..held.clone() })
+        .cloned()
         .collect()
 }
 
