@@ -276,6 +276,25 @@ async fn a_generic_mapping_users_write_runs_with_hmac_or_with_the_sources_write_
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0]["reasons"][0]["rule"], "webhook_mapping");
 
+    // A payload that maps but for one required field names the customer only
+    // through the mapping (`acme:{{/user/id}}`): it is sealed for that id,
+    // kept nowhere in clear, and erased by it.
+    let partial =
+        json!({"event": "purchase.completed", "user": {"id": 4242, "first_name": "Wendolyn", "last_name": "Hooker"},
+                         "purchase": {"amount_cents": 100}})
+        .to_string();
+    let (status, answer) = post(&server, &format!("{path}?key={key}"), &headers, partial.as_bytes()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["field"], "/purchase/id", "{answer}");
+    let data = dir.path().join("data");
+    let on_disk: Vec<u8> = ["onepd.db", "onepd.db-wal"]
+        .iter()
+        .flat_map(|file| std::fs::read(data.join(file)).unwrap_or_default())
+        .collect();
+    assert!(!String::from_utf8_lossy(&on_disk).contains("Wendolyn"), "the refused payload is stored in clear");
+    let report = onepd_json(dir.path(), &["forget", "--user-id", "acme:4242"]);
+    assert_eq!(report["keys_shredded"], 1, "{report}");
+
     // Configuring a source of another kind is refused with the reason.
     let refused = onepd(dir.path(), &["webhook", "configure", "http", "--platform", "generic", &mapping_arg]);
     assert!(!refused.status.success());

@@ -149,7 +149,12 @@ async fn handle(ingest: &Ingest, source_id: &str, key: Option<String>, call: Cal
 
     let mapped = match source.handle(&request, now) {
         Ok(mapped) => mapped,
-        Err(err) => return refuse(ingest, grant, &caller, call.body, err).await,
+        Err(err) => {
+            // Whom a verified payload names, as far as the mappings can still
+            // read it, so erasure finds its rejection by the mapped ids too.
+            let named = if matches!(err, WebhookError::Verify(_)) { Vec::new() } else { source.salvage(call.body) };
+            return refuse(ingest, grant, &caller, call.body, err, named).await;
+        }
     };
     let _admission = ingest.try_admit(mapped.messages.len())?;
     let count = mapped.messages.len();
@@ -211,6 +216,7 @@ async fn refuse(
     caller: &Caller,
     body: &[u8],
     err: WebhookError,
+    named: Vec<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let violation = err.violation();
     let unverified = matches!(err, WebhookError::Verify(_));
@@ -244,7 +250,7 @@ async fn refuse(
     } else {
         String::from_utf8_lossy(body).into_owned()
     };
-    let recorded = ingest.reject(grant, caller, raw, vec![violation.clone()]).await?;
+    let recorded = ingest.reject(grant, caller, raw, vec![violation.clone()], &named).await?;
     let event_id = recorded.event_id.0.to_string();
     if let WebhookError::Unmapped(_) = err {
         let body = json!({ "success": true, "ignored": violation.message, "rejection": event_id });

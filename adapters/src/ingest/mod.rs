@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use onepd_commands::ingest::{Decision, Pipeline, Received, TrackingPlan, WorkspaceSettings};
 use onepd_commands::workspace::token_sha256;
-use onepd_domain::events::erasure::{message_identifiers, rejection_subject};
+use onepd_domain::events::erasure::{message_identifiers, rejected_identifiers, rejection_subject};
 use onepd_domain::events::message::Violation;
 use onepd_domain::events::workspace::source_stream;
 use onepd_domain::{
@@ -393,17 +393,30 @@ impl Ingest {
 
     /// Records a payload that never became a message (a webhook that failed
     /// verification or mapping) as a `MessageRejected` with `reasons`; a
-    /// payload rejected before is recorded once. Call with an [`Admission`]
-    /// held.
+    /// payload rejected before is recorded once. `named` are messages
+    /// salvaged from it whose identifiers it is sealed for too. Call with an
+    /// [`Admission`] held.
     pub async fn reject(
         &self,
         grant: WriteGrant,
         caller: &Caller,
         raw: String,
         reasons: Vec<Violation>,
+        named: &[Value],
     ) -> Result<MessageResult, IngestError> {
         let settings = self.settings(grant.workspace)?;
-        let decision = self.pipeline.reject_payload(&settings, &received(grant, caller), raw, reasons);
+        let mut decision = self.pipeline.reject_payload(&settings, &received(grant, caller), raw, reasons);
+        // What the payload names once mapped (a platform's customer id with
+        // the mapping's prefix), beside what it names as received.
+        if let Decision::Rejected { identifiers, .. } = &mut decision {
+            for message in named {
+                for identifier in rejected_identifiers(&message.to_string(), settings.default_region.as_deref()) {
+                    if !identifiers.contains(&identifier) {
+                        identifiers.push(identifier);
+                    }
+                }
+            }
+        }
         let decisions = self.seal_rejections(&settings, vec![decision])?;
         let mut results = self.append(grant, decisions).await?;
         Ok(results.pop().expect("one result per decision"))

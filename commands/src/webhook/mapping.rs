@@ -212,6 +212,46 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// What this mapping can still read from a payload it cannot map: each
+    /// message with the fields that resolve, the ones that do not left out
+    /// (required or not), with no `messageId`. Only for finding whom a
+    /// refused payload names (so erasure can find its rejection); never
+    /// stored as a message.
+    pub fn salvage(&self, payload: &Value) -> Vec<Value> {
+        let root = Scope { value: payload, base: String::new() };
+        let items: Vec<Scope<'_>> = match self.for_each.as_ref().and_then(|pointer| payload.pointer(pointer)) {
+            Some(Value::Array(items)) => {
+                let pointer = self.for_each.as_deref().unwrap_or_default();
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(index, item)| Scope { value: item, base: format!("{pointer}/{index}") })
+                    .collect()
+            }
+            _ => vec![root],
+        };
+        let mut messages = Vec::new();
+        for scope in &items {
+            for template in &self.messages {
+                let mut message = Map::new();
+                for (section, key, field) in &template.fields {
+                    let Ok(Ok(found)) = field.resolve(scope) else { continue };
+                    let Ok(Some(mut path)) = key.resolve(scope, false) else { continue };
+                    if let Some(section) = section {
+                        path.insert(0, (*section).to_owned());
+                    }
+                    insert_at(&mut message, &path, found.value);
+                }
+                if !message.is_empty() {
+                    messages.push(Value::Object(message));
+                }
+            }
+        }
+        messages
+    }
+}
+
 /// A request's delivery id: one for the whole request, or one per `for_each` item.
 enum Delivery<'m> {
     Shared(String),

@@ -148,6 +148,14 @@ impl WebhookSource {
         self.public_url.as_deref()
     }
 
+    /// What every mapping of this source can still read from a body it
+    /// refused (see [`Mapping::salvage`]); empty when the body is not JSON.
+    /// Call only for a request that passed verification.
+    pub fn salvage(&self, body: &[u8]) -> Vec<Value> {
+        let Ok(payload) = serde_json::from_slice::<Value>(body) else { return Vec::new() };
+        self.mappings.iter().flat_map(|(_, mapping)| mapping.salvage(&payload)).collect()
+    }
+
     /// Verifies `request` (when the source is signed), parses its body and
     /// maps it to messages.
     pub fn handle(&self, request: &Request<'_>, now: i64) -> Result<Mapped, WebhookError> {

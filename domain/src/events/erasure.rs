@@ -196,6 +196,26 @@ pub fn rejected_identifiers(raw: &str, default_region: Option<&str>) -> Vec<Iden
                 match value {
                     Value::Object(fields) => {
                         for (key, value) in fields {
+                            // `context.externalIds`: `{id, type}` pairs name
+                            // identifiers of a kind a workspace may declare.
+                            if key.eq_ignore_ascii_case("externalIds")
+                                && let Value::Array(entries) = value
+                            {
+                                for entry in entries {
+                                    let kind = entry.get("type").and_then(Value::as_str).map(str::trim);
+                                    let id = match entry.get("id") {
+                                        Some(Value::String(id)) => Some(id.trim().to_owned()),
+                                        Some(Value::Number(id)) => Some(id.to_string()),
+                                        _ => None,
+                                    };
+                                    if let (Some(kind), Some(id)) = (kind, id)
+                                        && !kind.is_empty()
+                                        && !id.is_empty()
+                                    {
+                                        push(Identifier::new(IdentifierKind::from_name(kind), id));
+                                    }
+                                }
+                            }
                             stack.push((identifier_kind_of_key(key), value));
                         }
                     }
@@ -302,7 +322,7 @@ mod tests {
     fn numeric_ids_phones_under_other_names_and_emails_in_free_text_are_found() {
         let raw = json!({
             "anonymousId": 55443322,
-            "context": {"externalIds": [{"id": "x", "type": "crm"}]},
+            "context": {"externalIds": [{"id": "x-7", "type": "crm_id"}, {"id": 9, "type": "loyalty"}]},
             "traits": {"Phone Number": "+1 415 555 0166", "telephone": "+1 (415) 555-0177", "cell": "0044 20 7946 0958"},
             "properties": {"note": "contact Zoe.Free@Example.com today"},
         })
@@ -311,7 +331,9 @@ mod tests {
             names(&rejected_identifiers(&raw, None)),
             [
                 "anonymous_id:55443322",
+                "crm_id:x-7",
                 "email:zoe.free@example.com",
+                "loyalty:9",
                 "phone:+14155550166",
                 "phone:+14155550177",
                 "phone:+442079460958"
