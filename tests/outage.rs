@@ -111,6 +111,7 @@ impl Proxy {
     }
 }
 
+#[derive(Clone)]
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -234,7 +235,7 @@ async fn a_postgresql_outage_fails_callers_fast_and_loses_nothing_acknowledged()
     // Load beside it, so commits are caught mid-flight.
     let stop_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn({
-        let client = Client { http: client.http.clone(), base: client.base.clone(), key: client.key.clone() };
+        let client = client.clone();
         let stop = stop_load.clone();
         async move {
             let mut answers = Vec::new();
@@ -258,7 +259,7 @@ async fn a_postgresql_outage_fails_callers_fast_and_loses_nothing_acknowledged()
     // The next caller may be the probe (a few seconds); while it is out,
     // the others fail at once.
     let probe = tokio::spawn({
-        let client = Client { http: client.http.clone(), base: client.base.clone(), key: client.key.clone() };
+        let client = client.clone();
         async move { client.track("stall-1").await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;

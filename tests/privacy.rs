@@ -897,7 +897,6 @@ async fn click_ids_in_any_sdks_page_url_reach_the_ad_platforms() {
     let google = Stub::start(Mode::Accept).await;
     let meta = Stub::start(Mode::Accept).await;
     let google_endpoint = format!("endpoint={}", google.url());
-    let meta_endpoint = format!("endpoint={}", meta.url());
     run(
         dir.path(),
         &[
@@ -919,23 +918,7 @@ async fn click_ids_in_any_sdks_page_url_reach_the_ad_platforms() {
         ],
         &[],
     );
-    run(
-        dir.path(),
-        &[
-            "destination",
-            "create",
-            "meta",
-            "--adapter",
-            "meta_capi",
-            "--setting",
-            "pixel_id=1",
-            "--setting",
-            "access_token=t",
-            "--setting",
-            &meta_endpoint,
-        ],
-        &[],
-    );
+    create_meta(dir.path(), &meta, &[]);
     let gclid = "Cj0KCQiA4NWrBhD-ARIsAFCKwWsQ2b8vJp3n";
     let fbclid = "IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQv";
     // As analytics.js sends it: the page's URL, no click ids of its own.

@@ -142,32 +142,6 @@ fn emails_in(text: &str, mut push: impl FnMut(Identifier)) {
     }
 }
 
-/// `text` with `%XX` escapes decoded and `+` read as a space, as in a form
-/// body or a query string; undecodable escapes are kept as they are.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'+' => out.push(b' '),
-            b'%' if index + 2 < bytes.len() => {
-                let digit = |byte: u8| (byte as char).to_digit(16);
-                match (digit(bytes[index + 1]), digit(bytes[index + 2])) {
-                    (Some(high), Some(low)) => {
-                        out.push((high * 16 + low) as u8);
-                        index += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            byte => out.push(byte),
-        }
-        index += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Every identifier a payload that was *not* accepted may name, normalized
 /// as ingest normalizes (emails lowercased, phones in E.164, read in
 /// `default_region` when written without a country code): the values of
@@ -261,9 +235,10 @@ pub fn rejected_identifiers(raw: &str, default_region: Option<&str>) -> Vec<Iden
             // A form body or query string: its `key=value` pairs, decoded,
             // read like object fields; then any email anywhere in the text.
             if raw.contains('=') {
-                for pair in raw.split(['&', '\n']) {
-                    let Some((key, value)) = pair.split_once('=') else { continue };
-                    let (key, value) = (percent_decoded(key), percent_decoded(value));
+                let mut decoded = String::new();
+                for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+                    decoded.push_str(&value);
+                    decoded.push(' ');
                     match identifier_kind_of_key(key.trim()) {
                         Some(IdentifierKind::Phone) => {
                             if let Some(phone) = phone(value.trim()) {
@@ -275,7 +250,7 @@ pub fn rejected_identifiers(raw: &str, default_region: Option<&str>) -> Vec<Iden
                         Some(_) => {}
                     }
                 }
-                emails_in(&percent_decoded(raw), &mut push);
+                emails_in(&decoded, &mut push);
             }
             emails_in(raw, &mut push);
         }
