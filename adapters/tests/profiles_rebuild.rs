@@ -159,30 +159,45 @@ async fn follow(runner: &Runner, built: &mut Option<Built>, page: usize) {
     *built = Some(current);
 }
 
-async fn live_equals_rebuilt(backend: Backend, steps: Vec<Step>, chunks: Vec<usize>, pages: (usize, usize)) {
+/// How a run is shaped: page sizes of the live runner and the rebuild, and
+/// their cache budgets in bytes (0 keeps no profile in memory between
+/// batches, so every batch reads its profiles back from the store).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    pages: (usize, usize),
+    caches: (usize, usize),
+}
+
+async fn live_equals_rebuilt(backend: Backend, steps: Vec<Step>, chunks: Vec<(usize, bool)>, shape: Shape) {
     let db = TestDb::new(backend).await;
     let log = db.open().await;
     let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
     let live_runner =
         Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
-            .with_page_size(pages.0);
+            .with_page_size(shape.pages.0)
+            .with_cache_bytes(shape.caches.0);
     let numbered: Vec<(usize, Step)> = steps.into_iter().enumerate().collect();
     let mut built = None;
     let mut rest = numbered.as_slice();
-    for &size in chunks.iter().cycle() {
+    for &(size, restart) in chunks.iter().cycle() {
         if rest.is_empty() {
             break;
         }
         let (chunk, later) = rest.split_at(size.min(rest.len()));
         append(&log, chunk).await;
-        follow(&live_runner, &mut built, pages.0).await;
+        // A restart in the middle of a live run: it resumes from the store.
+        if restart {
+            built = None;
+        }
+        follow(&live_runner, &mut built, shape.pages.0).await;
         rest = later;
     }
     let live = built.expect("followed at least once").generation;
 
     let rebuild_runner =
         Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
-            .with_page_size(pages.1);
+            .with_page_size(shape.pages.1)
+            .with_cache_bytes(shape.caches.1);
     let quiet = |_: u64, _: u64| {};
     let rebuilt = rebuild_runner.build(&quiet).await.expect("build").generation;
     assert_eq!(rebuilt.checkpoint, log.head().await.unwrap());
@@ -196,30 +211,35 @@ async fn live_equals_rebuilt(backend: Backend, steps: Vec<Step>, chunks: Vec<usi
     store.close().await;
 }
 
-fn run(backend: Backend, steps: Vec<Step>, chunks: Vec<usize>, pages: (usize, usize)) {
+fn run(backend: Backend, steps: Vec<Step>, chunks: Vec<(usize, bool)>, pages: (usize, usize), caches: (bool, bool)) {
+    // A tiny cache keeps nothing between batches; a big one keeps everything.
+    let budget = |tiny: bool| if tiny { 0 } else { 64 << 20 };
+    let shape = Shape { pages, caches: (budget(caches.0), budget(caches.1)) };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(live_equals_rebuilt(backend, steps, chunks, pages));
+    runtime.block_on(live_equals_rebuilt(backend, steps, chunks, shape));
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
     #[test]
-    fn a_live_projection_equals_a_rebuild_on_sqlite_whatever_the_batch_sizes(
+    fn a_live_projection_equals_a_rebuild_on_sqlite_whatever_the_batch_sizes_caches_and_restarts(
         steps in prop::collection::vec(step_strategy(), 1..60),
-        chunks in prop::collection::vec(1usize..15, 1..5),
+        chunks in prop::collection::vec((1usize..15, any::<bool>()), 1..5),
         pages in (1usize..20, 1usize..50),
+        caches in (any::<bool>(), any::<bool>()),
     ) {
-        run(Backend::Sqlite, steps, chunks, pages);
+        run(Backend::Sqlite, steps, chunks, pages, caches);
     }
 
     #[test]
-    fn a_live_projection_equals_a_rebuild_on_postgres_whatever_the_batch_sizes(
+    fn a_live_projection_equals_a_rebuild_on_postgres_whatever_the_batch_sizes_caches_and_restarts(
         steps in prop::collection::vec(step_strategy(), 1..60),
-        chunks in prop::collection::vec(1usize..15, 1..5),
+        chunks in prop::collection::vec((1usize..15, any::<bool>()), 1..5),
         pages in (1usize..20, 1usize..50),
+        caches in (any::<bool>(), any::<bool>()),
     ) {
-        run(Backend::Postgres, steps, chunks, pages);
+        run(Backend::Postgres, steps, chunks, pages, caches);
     }
 }
 

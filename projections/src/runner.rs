@@ -1,17 +1,23 @@
 //! The projection runner for the identity graph and the 360-degree
-//! profiles: it folds the log in memory and keeps a read model of every
-//! live profile in a [`ProjectionStore`], writing each batch's documents and
-//! the checkpoint in one transaction, so every event takes effect in the
-//! read model exactly once.
+//! profiles: it keeps a read model of every live profile in a
+//! [`ProjectionStore`], updated in place batch by batch — each batch's
+//! documents and the checkpoint in one transaction, so every event takes
+//! effect in the read model exactly once. The store is the fold's state:
+//! the process keeps only a bounded cache of it.
 //!
 //! # Lifecycle
 //!
 //! 1. **Start.** If the store has a live generation built by this version,
-//!    the fold is re-derived in memory up to its checkpoint (no writes);
-//!    otherwise a new generation is built (step 4) and promoted.
+//!    the runner resumes at its checkpoint with an empty cache: nothing is
+//!    re-derived from the log. Otherwise a new generation is built (step 4)
+//!    and promoted.
 //! 2. **Follow.** A subscription from the checkpoint hands over batches of
-//!    accepted messages; each batch is folded and the documents of the
+//!    accepted messages. Before a batch is folded, the documents of every
+//!    profile its events may name (by any identifier, [`Profiles::candidates`])
+//!    are read into the cache; the batch is folded and the documents of the
 //!    profiles it touched are committed with the batch's last position.
+//!    Then the least recently used profiles leave the cache until it is
+//!    within its budget ([`Runner::with_cache_bytes`]).
 //! 3. **Operator facts** (`IdentityRulesChanged`, `IdentifierBlocked`,
 //!    `IdentifierUnblocked`, `ProfileSplit`, `SubjectErased`) apply to all
 //!    of their workspace's history. When one arrives, that workspace alone
@@ -21,13 +27,14 @@
 //!    committed with the checkpoint that passes the fact, and every other
 //!    workspace follows on. When it is done, it is caught up to the
 //!    checkpoint, swapped into the fold, and its documents replaced in one
-//!    transaction (marker included). A start that finds a marker replaces
-//!    that workspace's documents from the fold it has just derived. A fact
-//!    is applied once.
+//!    transaction (marker included). A start that finds a marker re-derives
+//!    that workspace before it follows on. A fact is applied once. (The
+//!    re-derivation of one workspace is held in memory whole.)
 //! 4. **Rebuild (blue/green).** A new generation is built from position 0
-//!    to the head beside the live one, then promoted atomically; readers use
-//!    the live generation until then. This happens on `onepd rebuild` and
-//!    when the code's version changed.
+//!    to the head beside the live one, page by page as in step 2 (so in the
+//!    same bounded memory), then promoted atomically; readers use the live
+//!    generation until then. This happens on `onepd rebuild` and when the
+//!    code's version changed.
 //! 5. **Quarantine.** An event whose payload cannot be read is left out and
 //!    recorded (`EventQuarantined`, once per position) before the commit
 //!    that passes it; a rebuild meets and leaves it out the same way.
@@ -40,7 +47,7 @@
 //! **Does not:** spawn tasks, sleep or know a database: the caller drives
 //! [`Runner::run`] and supplies the ports.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use onepd_domain::events::identity::{FACT_TYPES, IdentityFacts};
@@ -55,7 +62,7 @@ use onepd_domain::{
 };
 
 use crate::identity::IdentityGraph;
-use crate::profile::{Changes, Profiles};
+use crate::profile::{Changes, ProfileDoc, Profiles};
 
 /// The projection's name in the store.
 pub const PROFILES: &str = "profiles";
@@ -63,8 +70,13 @@ pub const PROFILES: &str = "profiles";
 /// version is rebuilt at start. 2: consent is also read from RudderStack's
 /// `context.consentManagement`. 3: identifier values with control
 /// characters or over 1,024 bytes are no identifiers; unreadable events
-/// are quarantined.
-pub const PROFILES_VERSION: u32 = 3;
+/// are quarantined. 4: documents carry exact revenue, and the fold goes on
+/// from them rather than from the log.
+pub const PROFILES_VERSION: u32 = 4;
+
+/// The memory the profiles a runner keeps in its cache may take, unless
+/// told otherwise (`--read-cache-mb`).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
 /// Collection of profile documents, keyed by live profile id.
 pub const PROFILE_DOCS: &str = "profile";
@@ -76,9 +88,6 @@ pub const MEMBER_DOCS: &str = "member";
 
 /// Events read per page while rebuilding.
 const REBUILD_PAGE: usize = 5_000;
-/// Profile documents per transaction while a rebuild writes, which bounds
-/// the memory the serialized documents take.
-const WRITE_CHUNK: usize = 20_000;
 
 /// The key of an identifier in [`IDENTIFIER_DOCS`].
 pub fn identifier_key(identifier: &onepd_domain::identity::Identifier) -> String {
@@ -376,6 +385,77 @@ pub struct Built {
     pub checkpoint: Position,
     /// Workspaces being re-derived under a new operator fact.
     refolds: Refolds,
+    /// Which profiles the fold keeps in memory, and how much they take.
+    cache: Cache,
+}
+
+impl Built {
+    /// How many live profiles the fold holds in memory now.
+    pub fn cached_profiles(&self) -> usize {
+        self.fold.profiles.loaded()
+    }
+}
+
+/// The profiles a fold keeps in memory: each one's rough size and when it
+/// was last used, to drop the least recently used ones when over budget.
+#[derive(Debug, Default)]
+struct Cache {
+    budget: usize,
+    /// Counts commits: a profile's last use is the commit it was touched or
+    /// loaded in.
+    tick: u64,
+    used: HashMap<(WorkspaceId, ProfileId), (usize, u64)>,
+    total: usize,
+}
+
+impl Cache {
+    fn new(budget: usize) -> Cache {
+        Cache { budget, ..Cache::default() }
+    }
+
+    fn touch(&mut self, fold: &ProfilesFold, workspace: WorkspaceId, profile: ProfileId) {
+        let bytes = fold.profiles.approximate_bytes(workspace, profile);
+        let before = self.used.insert((workspace, profile), (bytes, self.tick)).map_or(0, |(bytes, _)| bytes);
+        self.total = self.total + bytes - before;
+    }
+
+    fn forget(&mut self, workspace: WorkspaceId, profile: ProfileId) {
+        if let Some((bytes, _)) = self.used.remove(&(workspace, profile)) {
+            self.total -= bytes;
+        }
+    }
+
+    /// Counts every profile of `workspace` in memory afresh (after it was
+    /// replaced whole).
+    fn recount(&mut self, fold: &ProfilesFold, workspace: WorkspaceId) {
+        let gone: Vec<_> = self.used.keys().filter(|(ws, _)| *ws == workspace).copied().collect();
+        for (ws, profile) in gone {
+            self.forget(ws, profile);
+        }
+        for (ws, profile) in fold.live_profiles(workspace) {
+            self.touch(fold, ws, profile);
+        }
+    }
+
+    /// Drops the least recently used profiles from `fold` until the cache
+    /// is within three quarters of its budget, when it is over it.
+    fn shrink(&mut self, fold: &mut ProfilesFold) {
+        self.tick += 1;
+        if self.total <= self.budget {
+            return;
+        }
+        let mut by_age: Vec<(u64, WorkspaceId, ProfileId)> =
+            self.used.iter().map(|(&(ws, profile), &(_, tick))| (tick, ws, profile)).collect();
+        by_age.sort_unstable();
+        let target = self.budget / 4 * 3;
+        for (_, workspace, profile) in by_age {
+            if self.total <= target {
+                break;
+            }
+            fold.profiles.evict(workspace, profile);
+            self.forget(workspace, profile);
+        }
+    }
 }
 
 /// The collection of the marker a workspace's documents carry while it is
@@ -435,6 +515,7 @@ pub struct Runner {
     page: usize,
     on_quarantine: Option<OnQuarantine>,
     suppression: Option<SuppressionHasher>,
+    cache_bytes: usize,
 }
 
 impl std::fmt::Debug for Runner {
@@ -446,7 +527,64 @@ impl std::fmt::Debug for Runner {
 impl Runner {
     /// A runner reading `log` and writing `store`.
     pub fn new(log: Arc<dyn EventStore>, store: Arc<dyn ProjectionStore>) -> Runner {
-        Runner { log, store, page: REBUILD_PAGE, on_quarantine: None, suppression: None }
+        Runner {
+            log,
+            store,
+            page: REBUILD_PAGE,
+            on_quarantine: None,
+            suppression: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+
+    /// This runner keeping at most about `bytes` of profiles in memory
+    /// (0 keeps none between batches; the result does not depend on it).
+    pub fn with_cache_bytes(mut self, bytes: usize) -> Runner {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Reads into `built`'s fold the stored documents of every profile the
+    /// events of `batch` it will fold may name and it does not hold: then
+    /// folding the batch gives what folding it over every profile would.
+    async fn prefetch(&self, built: &mut Built, batch: &[RecordedEvent]) -> Result<(), StoreError> {
+        let mut wanted: HashMap<WorkspaceId, BTreeSet<String>> = HashMap::new();
+        for event in batch {
+            if event.event_type != MessageAccepted::TYPE || built.refolds.covers(event.workspace_id) {
+                continue;
+            }
+            for identifier in built.fold.profiles.candidates(event) {
+                if !built.fold.profiles.holds(event.workspace_id, &identifier) {
+                    wanted.entry(event.workspace_id).or_default().insert(identifier_key(&identifier));
+                }
+            }
+        }
+        let generation = built.generation.id;
+        for (workspace, keys) in wanted {
+            let keys: Vec<String> = keys.into_iter().collect();
+            let holders: BTreeSet<ProfileId> = self
+                .store
+                .get(generation, workspace, IDENTIFIER_DOCS, &keys)
+                .await?
+                .into_iter()
+                .flatten()
+                .filter_map(|id| std::str::from_utf8(&id).ok().and_then(|id| uuid::Uuid::parse_str(id).ok()))
+                .map(ProfileId)
+                .filter(|profile| !built.fold.profiles.is_loaded(workspace, *profile))
+                .collect();
+            if holders.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = holders.iter().map(ToString::to_string).collect();
+            for doc in self.store.get(generation, workspace, PROFILE_DOCS, &ids).await?.into_iter().flatten() {
+                let doc: ProfileDoc = serde_json::from_slice(&doc)
+                    .map_err(|err| StoreError::Database(format!("a stored profile document does not decode: {err}")))?;
+                let profile = doc.id;
+                built.fold.profiles.load(workspace, doc);
+                built.cache.touch(&built.fold, workspace, profile);
+            }
+        }
+        Ok(())
     }
 
     /// This runner leaving erased people's identifiers out of every profile
@@ -486,32 +624,50 @@ impl Runner {
     }
 
     /// Builds a new generation from position 0 up to the log's head, beside
-    /// the live one, without promoting it.
+    /// the live one, without promoting it: page by page, each page one
+    /// commit, in the cache's bounded memory.
     pub async fn build(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
         let head = self.log.head().await?;
         let facts = read_facts(self.log.as_ref(), head).await?;
-        let mut fold = ProfilesFold::suppressing(&facts, self.suppression.clone());
+        let fold = ProfilesFold::suppressing(&facts, self.suppression.clone());
         let generation = self.store.create_generation(PROFILES, PROFILES_VERSION).await?;
-        fold_to(self.log.as_ref(), &mut fold, head, self.page, progress).await?;
-        self.record_quarantined(&mut fold).await?;
-        let pending = fold.take_pending();
-        let chunks: Vec<&[(WorkspaceId, ProfileId)]> = pending.touched.chunks(WRITE_CHUNK).collect();
-        let last = chunks.len().saturating_sub(1);
-        for index in 0..chunks.len().max(1) {
-            let absorbed = if index == 0 { &pending.absorbed[..] } else { &[] };
-            let writes = fold.writes(absorbed, chunks.get(index).copied().unwrap_or_default());
-            // The checkpoint moves with the last chunk only: a generation
-            // that is not live may hold a partial write, never a false
-            // checkpoint.
-            let checkpoint = if index == last { head } else { Position::START };
-            self.store.commit(generation.id, Position::START, checkpoint, writes).await.map_err(fenced_as_store)?;
-        }
-        Ok(Built {
-            generation: Generation { checkpoint: head, ..generation },
+        let mut built = Built {
+            generation,
             fold,
-            checkpoint: head,
+            checkpoint: Position::START,
             refolds: Refolds::default(),
-        })
+            cache: Cache::new(self.cache_bytes),
+        };
+        // Every fact up to the head is in the fold's facts already: only
+        // the messages are read.
+        let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+        progress(0, head.0);
+        let mut next = if head > Position::START {
+            Some(self.log.read(Position(1), Some(head), &filter, self.page).await?)
+        } else {
+            None
+        };
+        while let Some(page) = next.take() {
+            let end = Position(page.next.0 - 1).min(head);
+            // The next page is read while this one is folded and written.
+            let following = async {
+                if end < head {
+                    self.log.read(end.next(), Some(head), &filter, self.page).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let this = async {
+                self.prefetch(&mut built, &page.events).await?;
+                built.fold.apply(&page.events);
+                self.commit_with(&mut built, end, Vec::new()).await.map_err(fenced_as_store)
+            };
+            let (following, this) = futures::future::join(following, this).await;
+            this?;
+            progress(end.0, head.0);
+            next = following?;
+        }
+        Ok(built)
     }
 
     /// Builds a new generation (see [`Runner::build`]), catches it up to the
@@ -568,6 +724,7 @@ impl Runner {
         batch: &[RecordedEvent],
         end: Position,
     ) -> Result<(), ProjectionError> {
+        self.prefetch(built, batch).await?;
         let mut marked = Vec::new();
         for event in batch {
             // An operator fact that cannot be read changes nothing: the fold
@@ -628,14 +785,15 @@ impl Runner {
         self.store
             .replace_workspace(built.generation.id, built.checkpoint, built.checkpoint, workspace, writes)
             .await?;
+        built.cache.recount(&built.fold, workspace);
+        built.cache.shrink(&mut built.fold);
         self.start_refold(built);
         Ok(())
     }
 
-    /// At start, replaces the documents of every workspace a re-derivation
-    /// was under way for (its marker is there) with the fold's, which is
-    /// whole: it was just derived from the log under every fact up to the
-    /// checkpoint.
+    /// At start, re-derives every workspace a re-derivation was under way
+    /// for (its marker is there) under its facts up to the checkpoint, and
+    /// replaces its documents, before following on.
     async fn finish_interrupted_refolds(
         &self,
         built: &mut Built,
@@ -644,14 +802,15 @@ impl Runner {
         for workspace in workspaces {
             let marker = self.store.get(built.generation.id, workspace, REFOLD_DOCS, &[REFOLD_MARKER.into()]).await?;
             if marker.first().is_some_and(Option::is_some) {
-                let profiles = built.fold.live_profiles(workspace);
-                let writes = built.fold.writes(&[], &profiles);
-                self.store
-                    .replace_workspace(built.generation.id, built.checkpoint, built.checkpoint, workspace, writes)
-                    .await?;
+                built.refolds.request(workspace, built.checkpoint);
             }
         }
-        Ok(())
+        loop {
+            self.start_refold(built);
+            let Some((_, _, work)) = built.refolds.active.as_mut() else { return Ok(()) };
+            let fresh = work.await?;
+            self.finish_refold(built, fresh).await?;
+        }
     }
 
     /// Commits the fold's pending writes, and `extra`, with `checkpoint`.
@@ -668,25 +827,33 @@ impl Runner {
         self.store.commit(built.generation.id, built.checkpoint, checkpoint, writes).await?;
         built.checkpoint = checkpoint;
         built.generation.checkpoint = checkpoint;
+        for &(workspace, profile) in &pending.absorbed {
+            built.cache.forget(workspace, profile);
+        }
+        for &(workspace, profile) in &pending.touched {
+            built.cache.touch(&built.fold, workspace, profile);
+        }
+        built.cache.shrink(&mut built.fold);
         Ok(())
     }
 
-    /// Loads the live generation into memory (re-deriving the fold from the
-    /// log up to its checkpoint), or builds and promotes one when there is
-    /// none of this version.
+    /// Resumes the live generation at its checkpoint with an empty cache
+    /// (finishing a workspace's interrupted re-derivation first), or builds
+    /// and promotes one when there is none of this version.
     pub async fn start(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
         match self.store.live(PROFILES).await? {
             Some(generation) if generation.version == PROFILES_VERSION => {
                 let facts = read_facts(self.log.as_ref(), generation.checkpoint).await?;
-                let mut fold = ProfilesFold::suppressing(&facts, self.suppression.clone());
-                fold_to(self.log.as_ref(), &mut fold, generation.checkpoint, self.page, progress).await?;
-                // Everything folded so far is in the store (and recorded)
-                // already, but for workspaces whose re-derivation a stop
-                // interrupted.
-                fold.forget_changes();
-                let mut built =
-                    Built { checkpoint: generation.checkpoint, generation, fold, refolds: Refolds::default() };
+                let fold = ProfilesFold::suppressing(&facts, self.suppression.clone());
+                let mut built = Built {
+                    checkpoint: generation.checkpoint,
+                    generation,
+                    fold,
+                    refolds: Refolds::default(),
+                    cache: Cache::new(self.cache_bytes),
+                };
                 self.finish_interrupted_refolds(&mut built, facts.keys().copied()).await.map_err(fenced_as_store)?;
+                progress(built.checkpoint.0, built.checkpoint.0);
                 Ok(built)
             }
             _ => self.rebuild(progress).await,

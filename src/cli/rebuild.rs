@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use onepd_adapters::EventLog;
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::{EventStore, ProjectionStore};
-use onepd_projections::runner::{PROFILES, Runner};
+use onepd_projections::runner::{PROFILE_DOCS, PROFILES, Runner};
 use serde_json::json;
 
 use crate::config::StoreArgs;
@@ -58,6 +58,8 @@ pub(super) async fn profiles_runner(
 pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
     let log = super::open_log(&args.store, false).await?;
+    let read_store =
+        ReadStore::open(&args.store.database_url()).await.context("opening the projections' read store")?;
     let (runner, _) = profiles_runner(&args.store, &log).await?;
     let bar =
         output::progress(0, args.json, "{spinner} rebuilding [{bar:40}] {pos}/{len} positions ({per_sec}, {eta})");
@@ -67,7 +69,8 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     log.close().await;
-    let profiles: usize = built.fold.profiles().len();
+    let profiles = read_store.count(built.generation.id, PROFILE_DOCS).await.context("counting the profiles")?;
+    read_store.close().await;
     let rate = built.checkpoint.0 as f64 / seconds.max(1e-9);
     if args.json {
         output::json(&json!({

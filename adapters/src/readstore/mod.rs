@@ -121,6 +121,15 @@ impl ReadStore {
         }
     }
 
+    /// How many documents `collection` holds in `generation` (e.g. the
+    /// profiles of a build).
+    pub async fn count(&self, generation: u64, collection: &str) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.count(generation, collection).await,
+            Backend::Postgres(store) => store.count(generation, collection).await,
+        }
+    }
+
     /// Deletes the documents of every dropped generation.
     async fn sweep(&self) -> Result<(), StoreError> {
         match &self.backend {

@@ -321,6 +321,17 @@ impl SqliteReadStore {
         Ok(())
     }
 
+    pub(crate) async fn count(&self, generation: u64, collection: &str) -> Result<u64, StoreError> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM projection_docs WHERE generation = ? AND collection = ?")
+                .bind(generation as i64)
+                .bind(collection)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error("counting documents"))?;
+        Ok(count as u64)
+    }
+
     pub(crate) async fn documents(&self, generation: u64) -> Result<Vec<Document>, StoreError> {
         let rows: Vec<(Uuid, String, String, Vec<u8>)> = sqlx::query_as(
             "SELECT workspace, collection, key, doc FROM projection_docs WHERE generation = ? \

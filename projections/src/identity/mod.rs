@@ -52,7 +52,7 @@
 pub mod compare;
 pub(crate) mod extract;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use onepd_domain::events::identity::IdentityFacts;
 use onepd_domain::events::message::MessageAccepted;
@@ -221,14 +221,28 @@ impl IdentityGraph {
         if self.names_erased(event.workspace_id, message) {
             return None;
         }
-        let workspace = self.workspaces.entry(event.workspace_id).or_insert_with(|| {
-            let (rules, unlinked) = match self.facts.get(&event.workspace_id) {
+        let violations = data.get("violations");
+        self.workspace_mut(event.workspace_id).apply(event, message, violations)
+    }
+
+    /// A workspace's identities, created empty under its facts when it has
+    /// none yet.
+    pub(crate) fn workspace_mut(&mut self, workspace: WorkspaceId) -> &mut WorkspaceIdentities {
+        self.workspaces.entry(workspace).or_insert_with(|| {
+            let (rules, unlinked) = match self.facts.get(&workspace) {
                 Some((rules, unlinked, _)) => (rules.clone(), unlinked.clone()),
                 None => (self.default_rules.clone(), HashSet::new()),
             };
-            WorkspaceIdentities::new(event.workspace_id, rules, unlinked)
-        });
-        workspace.apply(event, message, data.get("violations"))
+            WorkspaceIdentities::new(workspace, rules, unlinked)
+        })
+    }
+
+    /// The rules `workspace` is folded under.
+    pub fn rules_of(&self, workspace: WorkspaceId) -> &IdentityRules {
+        match self.facts.get(&workspace) {
+            Some((rules, _, _)) => rules,
+            None => &self.default_rules,
+        }
     }
 
     /// Whether `message` names (`userId`, `anonymousId`, `previousId`, an
@@ -333,13 +347,12 @@ pub struct WorkspaceIdentities {
     /// Live profiles; a merge moves the smaller identifier set into the
     /// larger slot and empties the other, so a merge costs the smaller side.
     slots: Vec<Option<ProfileState>>,
+    /// Emptied slots, reused before the list grows.
+    free: Vec<usize>,
     slot_by_id: HashMap<ProfileId, usize>,
     /// Each absorbed profile's survivor at the time of its merge; follow the
     /// chain to reach the live profile.
     absorbed_into: HashMap<ProfileId, ProfileId>,
-    links: Vec<Link>,
-    /// Indices into `links` touching each identifier, in recording order.
-    adjacency: HashMap<Identifier, Vec<usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -355,6 +368,8 @@ struct ProfileState {
     merges: Vec<Merge>,
     /// Identifiers its events named that limits kept out, by position.
     held_back: Vec<HeldBack>,
+    /// The links between its identifiers (a tree), in recording order.
+    links: Vec<Link>,
 }
 
 impl ProfileState {
@@ -378,10 +393,9 @@ impl WorkspaceIdentities {
             unlinked,
             slot_of: HashMap::new(),
             slots: Vec::new(),
+            free: Vec::new(),
             slot_by_id: HashMap::new(),
             absorbed_into: HashMap::new(),
-            links: Vec::new(),
-            adjacency: HashMap::new(),
         }
     }
 
@@ -430,12 +444,7 @@ impl WorkspaceIdentities {
     /// Every link between identifiers of `profile`, by position: a tree
     /// over its identifiers.
     pub fn links(&self, profile: ProfileId) -> Vec<Link> {
-        let Some(state) = self.state(profile) else { return Vec::new() };
-        let mut indices: BTreeSet<usize> = BTreeSet::new();
-        for attached in &state.identifiers {
-            indices.extend(self.adjacency.get(&attached.identifier).into_iter().flatten().copied());
-        }
-        indices.into_iter().map(|index| self.links[index].clone()).collect()
+        self.state(profile).map(|state| state.links.clone()).unwrap_or_default()
     }
 
     /// Every merge that formed `profile` (resolved as in [`Self::resolve`]),
@@ -464,7 +473,95 @@ impl WorkspaceIdentities {
         if start != goal {
             return None;
         }
-        path(a, b, |node| self.adjacency.get(node).into_iter().flatten().map(|&index| &self.links[index]))
+        let links = &self.profile(start).links;
+        let mut adjacency: HashMap<&Identifier, Vec<&Link>> = HashMap::new();
+        for link in links {
+            adjacency.entry(&link.from).or_default().push(link);
+            adjacency.entry(&link.to).or_default().push(link);
+        }
+        path(a, b, |node| adjacency.get(node).into_iter().flatten().copied())
+    }
+
+    /// Whether `identifier` is held by a profile in memory.
+    pub fn holds(&self, identifier: &Identifier) -> bool {
+        self.slot_of.contains_key(identifier)
+    }
+
+    /// Whether `profile` (a live id) is in memory.
+    pub fn is_loaded(&self, profile: ProfileId) -> bool {
+        self.slot_by_id.contains_key(&profile)
+    }
+
+    /// Puts a live profile read back from its stored parts into memory, as
+    /// the fold had it when it was written; nothing happens when it is
+    /// there already. `members` oldest first, the live profile among them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn load(
+        &mut self,
+        id: ProfileId,
+        members: Vec<Member>,
+        identifiers: Vec<Attached>,
+        links: Vec<Link>,
+        merges: Vec<Merge>,
+        held_back: Vec<HeldBack>,
+    ) {
+        if self.slot_by_id.contains_key(&id) {
+            return;
+        }
+        let created_at = members.iter().find(|member| member.id == id).map_or(Position::START, |m| m.created_at);
+        let mut counts: BTreeMap<IdentifierKind, usize> = BTreeMap::new();
+        for attached in &identifiers {
+            *counts.entry(attached.identifier.kind.clone()).or_default() += 1;
+        }
+        for merge in &merges {
+            self.absorbed_into.insert(merge.absorbed, merge.survivor);
+        }
+        let slot = self.take_slot();
+        for attached in &identifiers {
+            self.slot_of.insert(attached.identifier.clone(), slot);
+        }
+        self.slots[slot] =
+            Some(ProfileState { id, created_at, identifiers, members, counts, merges, held_back, links });
+        self.slot_by_id.insert(id, slot);
+    }
+
+    /// Drops a live profile from memory (its stored copy stays the truth);
+    /// `false` when it was not there.
+    pub(crate) fn evict(&mut self, profile: ProfileId) -> bool {
+        let Some(slot) = self.slot_by_id.remove(&profile) else { return false };
+        let state = self.slots[slot].take().expect("a loaded profile has a live slot");
+        for attached in &state.identifiers {
+            self.slot_of.remove(&attached.identifier);
+        }
+        for merge in &state.merges {
+            self.absorbed_into.remove(&merge.absorbed);
+        }
+        self.free.push(slot);
+        true
+    }
+
+    /// How many live profiles are in memory.
+    pub fn loaded(&self) -> usize {
+        self.slot_by_id.len()
+    }
+
+    /// A rough count of the bytes `profile`'s identity takes in memory.
+    pub(crate) fn approximate_bytes(&self, profile: ProfileId) -> usize {
+        let Some(state) = self.state(profile) else { return 0 };
+        let text = |identifier: &Identifier| identifier.value.len() + 48;
+        let identifiers: usize = state.identifiers.iter().map(|a| 2 * text(&a.identifier) + 64).sum();
+        let links: usize = state.links.iter().map(|l| text(&l.from) + text(&l.to) + 96).sum();
+        256 + identifiers + links + state.members.len() * 48 + state.merges.len() * 200 + state.held_back.len() * 240
+    }
+
+    fn take_slot(&mut self) -> usize {
+        match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        }
     }
 
     fn profile(&self, slot: usize) -> &ProfileState {
@@ -518,8 +615,8 @@ impl WorkspaceIdentities {
             Some(&oldest) => (oldest, anchor_of(oldest, &self.slot_of).expect("the oldest profile has an identifier")),
             None => {
                 let id = ProfileId::created_by(self.workspace, event.event_id);
-                let slot = self.slots.len();
-                self.slots.push(Some(ProfileState {
+                let slot = self.take_slot();
+                self.slots[slot] = Some(ProfileState {
                     id,
                     created_at: event.position,
                     identifiers: Vec::new(),
@@ -527,7 +624,8 @@ impl WorkspaceIdentities {
                     counts: BTreeMap::new(),
                     merges: Vec::new(),
                     held_back: Vec::new(),
-                }));
+                    links: Vec::new(),
+                });
                 self.slot_by_id.insert(id, slot);
                 let anchor = identifiers[0].clone();
                 self.attach(slot, anchor.clone(), event.position);
@@ -666,17 +764,17 @@ impl WorkspaceIdentities {
         source_id: &Option<String>,
         rule: &str,
     ) {
-        let index = self.links.len();
-        self.links.push(Link {
+        let link = Link {
             from: from.clone(),
             to: to.clone(),
             position: event.position,
             event_id: event.event_id,
             source_id: source_id.clone(),
             rule: rule.to_owned(),
-        });
-        self.adjacency.entry(from.clone()).or_default().push(index);
-        self.adjacency.entry(to.clone()).or_default().push(index);
+        };
+        // `from` is the event's anchor, held by the profile the event extends.
+        let slot = self.slot_of[from];
+        self.slots[slot].as_mut().expect("the anchor's profile is live").links.push(link);
     }
 
     /// Folds `absorbed` into `survivor`, moving the smaller identifier set
@@ -699,6 +797,10 @@ impl WorkspaceIdentities {
             *kept.counts.entry(kind).or_default() += count;
         }
         kept.merges.extend(moved.merges);
+        // Two runs in recording order, and no event links into two profiles:
+        // a stable sort by position restores the order they were recorded in.
+        kept.links.extend(moved.links);
+        kept.links.sort_by_key(|link| link.position);
         kept.held_back.extend(moved.held_back);
         kept.held_back.sort_by_key(|held| held.position);
         kept.merges.push(merge.clone());
@@ -706,6 +808,7 @@ impl WorkspaceIdentities {
         kept.id = id;
         kept.created_at = created_at;
         self.slots[kept_slot] = Some(kept);
+        self.free.push(if kept_slot == survivor { absorbed } else { survivor });
         self.slot_by_id.remove(&merge.absorbed);
         self.slot_by_id.insert(id, kept_slot);
         self.absorbed_into.insert(merge.absorbed, id);

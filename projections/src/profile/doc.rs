@@ -51,6 +51,10 @@ pub struct ProfileDoc {
     pub event_counts: BTreeMap<String, u64>,
     /// Revenue totals by currency code.
     pub revenue: BTreeMap<String, f64>,
+    /// The same totals, exact, in millionths of a unit: what the fold goes
+    /// on from when it reads the document back.
+    #[serde(default)]
+    pub revenue_micros: BTreeMap<String, i128>,
     /// The ids of the sources its events came from.
     pub sources: BTreeSet<String>,
     /// The groups it joined, by `groupId`.
@@ -59,7 +63,9 @@ pub struct ProfileDoc {
     pub consent: Option<Trait>,
     /// Its events, oldest first.
     pub timeline: Vec<TimelineRef>,
-    /// Identifiers its events named that a limit kept out of it.
+    /// Identifiers its events named that a limit kept out of it, by
+    /// position, including those it has come to hold since (a read of the
+    /// profile now leaves those out).
     #[serde(default)]
     pub held_back: Vec<HeldBack>,
 }
@@ -101,12 +107,13 @@ impl Profiles {
         let members = identities.members(profile);
         let index: HashMap<ProfileId, u32> =
             members.iter().enumerate().map(|(index, member)| (member.id, index as u32)).collect();
-        let timeline = self
-            .state(workspace, profile)
+        let state = self.state(workspace, profile);
+        let timeline = state
             .map(|state| {
                 state.timeline.iter().map(|(position, profile)| TimelineRef(position.0, index[profile])).collect()
             })
             .unwrap_or_default();
+        let revenue_micros = state.map(|state| state.revenue_micros.clone()).unwrap_or_default();
         Some(ProfileDoc {
             id: profile,
             members,
@@ -118,12 +125,78 @@ impl Profiles {
             last_seen: view.last_seen,
             event_counts: view.event_counts,
             revenue: view.revenue,
+            revenue_micros,
             sources: view.sources,
             groups: view.groups,
             consent: view.consent,
             timeline,
-            held_back: view.held_back,
+            // Whole, as the fold keeps it: a point-in-time read needs what
+            // was held back before the profile came to hold it.
+            held_back: identities.held_back(profile).to_vec(),
         })
+    }
+}
+
+impl Profiles {
+    /// Puts a live profile of `workspace` read back from its document into
+    /// memory, exactly as the fold had it when the document was written;
+    /// nothing happens when it is in memory already. A fold that keeps only
+    /// some profiles in memory loads, before each event, every profile the
+    /// event may name ([`Profiles::candidates`]).
+    pub fn load(&mut self, workspace: onepd_domain::WorkspaceId, doc: ProfileDoc) {
+        let identities = self.graph.workspace_mut(workspace);
+        if identities.is_loaded(doc.id) {
+            return;
+        }
+        let members: Vec<ProfileId> = doc.members.iter().map(|member| member.id).collect();
+        let state = ProfileState {
+            traits: doc.traits,
+            first_seen: doc.first_seen,
+            last_seen: doc.last_seen,
+            event_counts: doc.event_counts,
+            revenue_micros: doc.revenue_micros,
+            sources: doc.sources,
+            groups: doc.groups,
+            consent: doc.consent,
+            timeline: doc.timeline.iter().map(|entry| (Position(entry.0), members[entry.1 as usize])).collect(),
+        };
+        identities.load(doc.id, doc.members, doc.identifiers, doc.links, doc.merges, doc.held_back);
+        self.workspaces.entry(workspace).or_default().insert(doc.id, state);
+    }
+
+    /// Drops a live profile from memory; its document stays the truth.
+    /// `false` when it was not in memory.
+    pub fn evict(&mut self, workspace: onepd_domain::WorkspaceId, profile: ProfileId) -> bool {
+        if let Some(states) = self.workspaces.get_mut(&workspace) {
+            states.remove(&profile);
+        }
+        self.graph.workspace_mut(workspace).evict(profile)
+    }
+
+    /// A rough count of the bytes a live profile takes in memory, to keep a
+    /// fold within a budget.
+    pub fn approximate_bytes(&self, workspace: onepd_domain::WorkspaceId, profile: ProfileId) -> usize {
+        let identity = self.graph.workspace(workspace).map_or(0, |identities| identities.approximate_bytes(profile));
+        let Some(state) = self.state(workspace, profile) else { return identity };
+        let traits: usize = state.traits.iter().map(|(name, value)| name.len() + trait_bytes(value)).sum();
+        let groups: usize =
+            state.groups.values().flat_map(|group| &group.traits).map(|(n, v)| n.len() + trait_bytes(v)).sum();
+        identity
+            + 256
+            + traits
+            + groups
+            + state.timeline.len() * 24
+            + state.event_counts.keys().map(|name| name.len() + 64).sum::<usize>()
+            + state.sources.iter().map(|source| source.len() + 48).sum::<usize>()
+    }
+}
+
+fn trait_bytes(value: &Trait) -> usize {
+    // A JSON value's text length is a fair stand-in for its size in memory.
+    160 + match &value.value {
+        serde_json::Value::String(text) => text.len(),
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => value.value.to_string().len() * 3,
+        _ => 8,
     }
 }
 
@@ -143,7 +216,12 @@ impl ProfileDoc {
             consent: self.consent.clone(),
             events: self.timeline.len(),
             merges: self.merges.clone(),
-            held_back: self.held_back.clone(),
+            held_back: self
+                .held_back
+                .iter()
+                .filter(|held| !self.identifiers.iter().any(|attached| attached.identifier == held.identifier))
+                .cloned()
+                .collect(),
         }
     }
 

@@ -290,6 +290,32 @@ impl Profiles {
         Some(profile)
     }
 
+    /// Every identifier `event` may name (a superset of what it links or is
+    /// attributed through): a fold that keeps only some profiles in memory
+    /// loads the profiles holding these before folding the event.
+    pub fn candidates(&self, event: &RecordedEvent) -> Vec<Identifier> {
+        if event.event_type != MessageAccepted::TYPE {
+            return Vec::new();
+        }
+        let Some(message) = event.data.value().and_then(|data| data.get("message")) else { return Vec::new() };
+        message::identifiers(message, self.graph.rules_of(event.workspace_id))
+    }
+
+    /// Whether the profile holding `identifier` in `workspace` is in memory.
+    pub fn holds(&self, workspace: WorkspaceId, identifier: &Identifier) -> bool {
+        self.graph.workspace(workspace).is_some_and(|identities| identities.holds(identifier))
+    }
+
+    /// Whether the live profile `profile` of `workspace` is in memory.
+    pub fn is_loaded(&self, workspace: WorkspaceId, profile: ProfileId) -> bool {
+        self.graph.workspace(workspace).is_some_and(|identities| identities.is_loaded(profile))
+    }
+
+    /// The live profiles in memory, over every workspace.
+    pub fn loaded(&self) -> usize {
+        self.workspaces.values().map(HashMap::len).sum()
+    }
+
     /// The profile holding `identifier` in `workspace`.
     pub fn profile(&self, workspace: WorkspaceId, identifier: &Identifier) -> Option<Profile> {
         let profile = self.graph.workspace(workspace)?.profile_of(identifier)?;

@@ -35,7 +35,7 @@ use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore, WorkspaceId,
 };
 use onepd_projections::profile::Lookup;
-use onepd_projections::runner::Runner;
+use onepd_projections::runner::{PROFILE_DOCS, Runner};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -275,7 +275,7 @@ fn rss_mb(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<dyn ProjectionStore>)> {
+async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<ReadStore>)> {
     let log = EventLog::open(workload.config()).await.context("opening the benchmark log")?;
     let store = ReadStore::open(&workload.url).await.context("opening the read store")?;
     Ok((log, Arc::new(store)))
@@ -335,7 +335,7 @@ async fn measure_rebuild(
     args: &WorkloadArgs,
 ) -> anyhow::Result<(u64, f64, f64, usize, Option<f64>)> {
     let (log, store) = open(workload).await?;
-    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store);
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>);
     let bar = output::progress(0, args.json, "{spinner} rebuilding [{bar:40}] {pos}/{len} ({per_sec})");
     let progress = output::reporter(&bar);
     let started = Instant::now();
@@ -343,7 +343,7 @@ async fn measure_rebuild(
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let peak = rss_mb("VmHWM:");
-    let profiles = built.fold.profiles().len();
+    let profiles = store.count(built.generation.id, PROFILE_DOCS).await? as usize;
     drop(built);
     // The raw limit: the same events read and decoded, nothing folded.
     let (events, raw_seconds) = read_all(&log).await?;
@@ -380,7 +380,7 @@ pub(super) async fn profile_read(args: ProfileReadArgs) -> anyhow::Result<ExitCo
 
 async fn measure_reads(workload: &Workload, args: &ProfileReadArgs) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let (log, store) = open(workload).await?;
-    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone());
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>);
     let quiet = |_: u64, _: u64| {};
     let built = runner.rebuild(&quiet).await.context("building the profiles")?;
     let head = built.checkpoint;
