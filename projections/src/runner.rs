@@ -462,7 +462,7 @@ impl Cache {
 /// being re-derived: they are stale, and a restart must replace them.
 pub const REFOLD_DOCS: &str = "refold";
 /// The key of that marker.
-const REFOLD_MARKER: &str = "pending";
+pub const REFOLD_MARKER: &str = "pending";
 
 /// A workspace's history re-derived under its facts up to a position.
 type Refolding = futures::future::BoxFuture<'static, Result<ProfilesFold, StoreError>>;

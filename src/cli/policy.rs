@@ -265,8 +265,14 @@ async fn run_explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let (log, directory, workspace) = directory::open(&args.target).await?;
     let entry = admin::find(&directory, workspace, &args.destination)?.clone();
     let privacy = Privacy::of(&directory, workspace);
-    let explained =
-        explain(&log, &entry, &privacy, &connect(), EventId(args.event_id)).await.context("explaining the event")?;
+    let read_store = onepd_adapters::readstore::ReadStore::open(&args.target.store.database_url())
+        .await
+        .context("opening the projections' read store")?;
+    let read_store = std::sync::Arc::new(read_store);
+    let explained = explain(&log, read_store.clone(), &entry, &privacy, &connect(), EventId(args.event_id))
+        .await
+        .context("explaining the event")?;
+    read_store.close().await;
     log.close().await;
     let category = explained.description.category;
     let treated = policy::treated_as(category, &privacy.workspace, &entry.created.policy);

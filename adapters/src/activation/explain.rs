@@ -7,18 +7,21 @@
 //!
 //! [`Destination::render`]: onepd_domain::destination::Destination::render
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use onepd_domain::destination::{Description, RenderedRequest};
 use onepd_domain::events::message::MessageAccepted;
-use onepd_domain::{EventFilter, EventId, EventStore, Position};
+use onepd_domain::{EventFilter, EventId, EventStore, Position, ProjectionStore};
 use onepd_projections::activation::{Prepared, prepare};
 use onepd_projections::directory::DestinationEntry;
+use onepd_projections::profile::ProfileAsOf;
 use onepd_projections::runner::{ProfilesFold, read_facts};
 
 use super::admin::AdminError;
 use super::{Connect, Privacy};
 use crate::EventLog;
+use crate::profiles::as_of::AsOfReader;
 
 /// How long the adapter has to describe itself.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,11 +44,16 @@ pub struct Explanation {
     pub requests: Option<Vec<RenderedRequest>>,
 }
 
-/// Explains `event_id` for the destination `entry` under `privacy`.
-/// Reads the log from its start to the event (the profile as of the event is
-/// part of what is sent), so it takes as long as a replay up to there.
+/// How long an explanation waits for the profiles read model to reach the
+/// event.
+const READ_MODEL_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Explains `event_id` for the destination `entry` under `privacy`. The
+/// profile as of the event comes from the profiles read model in
+/// `profiles`, as a delivery's does.
 pub async fn explain(
     log: &EventLog,
+    profiles: Arc<dyn ProjectionStore>,
     entry: &DestinationEntry,
     privacy: &Privacy,
     connect: &Connect,
@@ -59,13 +67,13 @@ pub async fn explain(
     description.validate().map_err(AdminError::Invalid)?;
     let head = log.head().await?;
     let facts = read_facts(log, head).await?;
-    let mut fold = ProfilesFold::suppressing(&facts, log.suppression_hasher());
+    let fold = ProfilesFold::suppressing(&facts, log.suppression_hasher());
+    let mut as_of = AsOfReader::new(profiles, log.clone()).with_patience(READ_MODEL_PATIENCE);
     let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     let mut next = Position(1);
     while next <= head {
         let page = log.read(next, Some(head), &filter, 1_000).await?;
         for event in &page.events {
-            let profile = fold.attribute(event);
             if event.event_id != event_id {
                 continue;
             }
@@ -82,7 +90,10 @@ pub async fn explain(
                     "event {event_id}: its payload was erased; nothing of it can be sent"
                 )));
             }
-            let view = profile.and_then(|profile| fold.profiles().view(event.workspace_id, profile));
+            let found = as_of
+                .profiles(event.workspace_id, std::slice::from_ref(event), |event| fold.profiles().candidates(event))
+                .await?;
+            let view = found.first().and_then(Option::as_ref).map(ProfileAsOf::view);
             let privacy = privacy.clone().with_secrets(log.workspace_secrets(entry.workspace));
             let target = privacy.target(&entry.created, &description);
             let prepared =

@@ -39,18 +39,20 @@ use onepd_domain::events::quarantine::{DESTINATION_READER, EventQuarantined};
 use onepd_domain::policy::formats::redact_text;
 use onepd_domain::policy::{Annotations, WorkspacePolicy, WorkspaceSecrets};
 use onepd_domain::{
-    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
-    Timestamp, WorkspaceId,
+    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore,
+    RecordedEvent, StoreError, Timestamp, WorkspaceId,
 };
 use onepd_projections::activation::{DeliveryState, Ledger, Ledgers, Notes, Prepared, Target, prepare};
 use onepd_projections::directory::{DestinationEntry, Directory};
-use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
+use onepd_projections::profile::ProfileAsOf;
+use onepd_projections::runner::{ProfilesFold, read_facts};
 use rand::Rng;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::EventLog;
 use crate::live::Live;
+use crate::profiles::as_of::AsOfReader;
 
 pub mod admin;
 pub mod explain;
@@ -126,15 +128,18 @@ pub struct DestinationHealth {
 impl Activation {
     /// Starts the supervisor over `log`, following the directory for
     /// destinations (and their pauses) and the ledgers for replay jobs.
+    /// Runs take each event's profile from the profiles read model in
+    /// `profiles`, which the profiles projection keeps.
     pub async fn spawn(
         log: EventLog,
         directory: Arc<Live<Directory>>,
         connect: Connect,
+        profiles: Arc<dyn ProjectionStore>,
         options: ActivationOptions,
     ) -> Result<Activation, StoreError> {
         let ledgers = Live::<Ledgers>::follow(&log, "ledgers").await?;
         let health: Arc<std::sync::Mutex<Vec<DestinationHealth>>> = Arc::default();
-        let supervisor = tokio::spawn(supervise(log, directory, ledgers, connect, options, health.clone()));
+        let supervisor = tokio::spawn(supervise(log, directory, ledgers, connect, profiles, options, health.clone()));
         Ok(Activation { supervisor, health })
     }
 
@@ -169,6 +174,7 @@ async fn supervise(
     directory: Arc<Live<Directory>>,
     ledgers: Arc<Live<Ledgers>>,
     connect: Connect,
+    profiles: Arc<dyn ProjectionStore>,
     options: ActivationOptions,
     health: Arc<std::sync::Mutex<Vec<DestinationHealth>>>,
 ) {
@@ -207,8 +213,14 @@ async fn supervise(
         for (entry, stamp) in &entries {
             let id = entry.created.destination_id;
             if !entry.paused && !live.contains_key(&id) {
-                let engine =
-                    Engine::new(log.clone(), entry.clone(), privacy(entry.workspace), connect.clone(), options.clone());
+                let engine = Engine::new(
+                    log.clone(),
+                    profiles.clone(),
+                    entry.clone(),
+                    privacy(entry.workspace),
+                    connect.clone(),
+                    options.clone(),
+                );
                 live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp));
             }
         }
@@ -229,8 +241,14 @@ async fn supervise(
                 continue;
             }
             let Some(entry) = by_id.get(&job.destination_id) else { continue };
-            let engine =
-                Engine::new(log.clone(), (*entry).clone(), privacy(entry.workspace), connect.clone(), options.clone());
+            let engine = Engine::new(
+                log.clone(),
+                profiles.clone(),
+                (*entry).clone(),
+                privacy(entry.workspace),
+                connect.clone(),
+                options.clone(),
+            );
             jobs.insert(job.job_id, Running(tokio::spawn(engine.run_forever(Some(job)))));
         }
     }
@@ -343,6 +361,8 @@ enum RunError {
 /// One run of one destination: the live subscription or a replay job.
 struct Engine {
     log: EventLog,
+    /// The profiles read model, where a run finds each event's profile.
+    profiles: Arc<dyn ProjectionStore>,
     entry: DestinationEntry,
     privacy: Arc<Privacy>,
     connect: Connect,
@@ -403,12 +423,13 @@ struct Tally {
 impl Engine {
     fn new(
         log: EventLog,
+        profiles: Arc<dyn ProjectionStore>,
         entry: DestinationEntry,
         privacy: Arc<Privacy>,
         connect: Connect,
         options: ActivationOptions,
     ) -> Engine {
-        Engine { log, entry, privacy, connect, options, stall: tokio::sync::Mutex::new(None) }
+        Engine { log, profiles, entry, privacy, connect, options, stall: tokio::sync::Mutex::new(None) }
     }
 
     fn id(&self) -> Uuid {
@@ -494,14 +515,14 @@ impl Engine {
             None => (ledger.checkpoint.unwrap_or(created.start).max(created.start), None),
         };
         let only: BTreeSet<Position> = job.map(|job| job.only.iter().copied().collect()).unwrap_or_default();
-        // Every fact up to here is folded in before the run reads anything:
-        // meeting one of them again while reading is no news.
+        // Every fact up to here is known before the run reads anything:
+        // meeting one of them again while reading is no news. The facts
+        // give the identifiers an event may name and whom an erasure
+        // suppressed; each event's profile comes from the read model.
         let head = self.log.head().await?;
         let facts = read_facts(&self.log, head).await?;
-        let mut fold = ProfilesFold::suppressing(&facts, self.log.suppression_hasher());
-        let before = Position(start.0 - 1);
-        fold_to(&self.log, &mut fold, before, self.options.page, &|_, _| {}).await?;
-        fold.forget_changes();
+        let fold = ProfilesFold::suppressing(&facts, self.log.suppression_hasher());
+        let mut as_of = AsOfReader::new(self.profiles.clone(), self.log.clone());
         let workspace = self.entry.workspace;
         let mut types: Vec<String> = vec![MessageAccepted::TYPE.into()];
         if job.is_none() {
@@ -542,7 +563,8 @@ impl Engine {
             let mut withheld: Withheld = Vec::new();
             // A send fails only when the deliverer stopped; its error is the one reported.
             while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
-                for event in &events {
+                let profiles = as_of.profiles(workspace, &events, |event| fold.profiles().candidates(event)).await?;
+                for (event, profile) in events.iter().zip(profiles) {
                     if FACT_TYPES.contains(&event.event_type.as_str()) {
                         // A fact folded in at the start, or one that cannot
                         // be read (it changes nothing), is passed over; a new
@@ -556,7 +578,6 @@ impl Engine {
                         }
                         return Err(RunError::FactsChanged);
                     }
-                    let profile = fold.attribute(event);
                     if !only.is_empty() && !only.contains(&event.position) {
                         continue;
                     }
@@ -564,7 +585,7 @@ impl Engine {
                         self.quarantine(record).await?;
                         continue;
                     }
-                    let view = profile.and_then(|p| fold.profiles().view(event.workspace_id, p));
+                    let view = profile.as_ref().map(ProfileAsOf::view);
                     let prepared =
                         if fold.names_erased(event) { erased() } else { prepare(event, view.as_ref(), target) };
                     match prepared {
@@ -586,7 +607,6 @@ impl Engine {
                         return Ok(());
                     }
                 }
-                fold.forget_changes();
                 if (!pending.is_empty() || !withheld.is_empty())
                     && batches.send((std::mem::take(&mut pending), std::mem::take(&mut withheld), next)).await.is_err()
                 {

@@ -664,7 +664,11 @@ mod tests {
             };
             let caller = Caller { request_id: "test".into(), ..Caller::default() };
             self.ingest.ingest(grant, &caller, messages).await.unwrap();
-            let projection = ProfilesProjection::spawn(self.log.clone(), self.read_store.clone());
+            let projection = ProfilesProjection::spawn(
+                self.log.clone(),
+                self.read_store.clone(),
+                onepd_projections::runner::DEFAULT_CACHE_BYTES,
+            );
             let head = self.log.head().await.unwrap();
             tokio::time::timeout(std::time::Duration::from_secs(10), projection.caught_up(head))
                 .await

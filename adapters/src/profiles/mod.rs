@@ -5,6 +5,7 @@
 //! Every read is scoped to one workspace: a document of another workspace is
 //! never looked up, whatever id is asked for.
 
+pub mod as_of;
 pub mod runner;
 
 use std::sync::Arc;

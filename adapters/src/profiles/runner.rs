@@ -28,13 +28,14 @@ pub struct ProfilesProjection {
 }
 
 impl ProfilesProjection {
-    /// Starts the projection over `log` and `store`; it runs until
+    /// Starts the projection over `log` and `store`, keeping about
+    /// `cache_bytes` of profiles in memory; it runs until
     /// [`ProfilesProjection::stop`] or until the log is closed.
-    pub fn spawn(log: EventLog, store: Arc<dyn ProjectionStore>) -> ProfilesProjection {
+    pub fn spawn(log: EventLog, store: Arc<dyn ProjectionStore>, cache_bytes: usize) -> ProfilesProjection {
         let (sender, checkpoint) = watch::channel(Position::START);
         let sender = Arc::new(sender);
         let stalled: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-        let mut runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store);
+        let mut runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store).with_cache_bytes(cache_bytes);
         if let Some(hasher) = log.suppression_hasher() {
             runner = runner.with_suppression(hasher);
         }

@@ -307,6 +307,113 @@ impl ProfileDoc {
     }
 }
 
+/// A profile as one of its events found it (just after the event): what
+/// activation enriches the event with. Built from the profile's document
+/// and the events of its component up to then, so it is exactly what a
+/// fold of the log up to the event holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileAsOf {
+    /// The profile's id then.
+    pub id: ProfileId,
+    /// Its identifiers then, sorted.
+    pub identifiers: Vec<Identifier>,
+    /// Its traits then, newest value each.
+    pub traits: BTreeMap<String, Trait>,
+    /// Its newest consent then.
+    pub consent: Option<Trait>,
+    /// What limits had kept out of it then.
+    pub held_back: Vec<HeldBack>,
+}
+
+impl ProfileAsOf {
+    /// The view [`crate::activation::prepare`] reads.
+    pub fn view(&self) -> super::ProfileView<'_> {
+        super::ProfileView {
+            id: self.id,
+            identifiers: self.identifiers.clone(),
+            traits: Some(&self.traits),
+            consent: self.consent.as_ref(),
+            held_back: &self.held_back,
+        }
+    }
+}
+
+/// A profile's facts folded through one of its events, kept by a reader
+/// that goes through the log in order, so the next event of the profile
+/// folds only what came after.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    id: ProfileId,
+    through: Position,
+    count: usize,
+    state: ProfileState,
+}
+
+impl Snapshot {
+    /// The profile it is of (its id then).
+    pub fn id(&self) -> ProfileId {
+        self.id
+    }
+}
+
+impl ProfileDoc {
+    /// The member the event at `position` was attributed to, when it is
+    /// one of this profile's events.
+    pub fn attributed_at(&self, position: Position) -> Option<ProfileId> {
+        let at = self.timeline.partition_point(|entry| entry.0 < position.0);
+        self.timeline.get(at).filter(|entry| entry.0 == position.0).map(|entry| self.member(entry.1))
+    }
+}
+
+impl PastProfile {
+    /// The positions whose events must be read to bring `snapshot` (taken
+    /// at an earlier event) up to this profile: those after it when it is
+    /// of the same profile and nothing older joined since, else all.
+    pub fn missing(&self, snapshot: Option<&Snapshot>) -> &[Position] {
+        match snapshot {
+            Some(snapshot) if self.extends(snapshot) => &self.positions[snapshot.count..],
+            _ => &self.positions,
+        }
+    }
+
+    fn extends(&self, snapshot: &Snapshot) -> bool {
+        // Within one build a profile only grows: same id and as many events
+        // up to the snapshot means the same events.
+        snapshot.id == self.id && self.positions.partition_point(|p| *p <= snapshot.through) == snapshot.count
+    }
+
+    /// The profile as of its last event, from `snapshot` (when it applies)
+    /// and `events`, the events at [`PastProfile::missing`] in log order;
+    /// with the snapshot to go on from.
+    pub fn advance(self, snapshot: Option<Snapshot>, events: &[RecordedEvent]) -> (ProfileAsOf, Snapshot) {
+        let mut state = match snapshot {
+            Some(snapshot) if self.extends(&snapshot) => snapshot.state,
+            _ => ProfileState::default(),
+        };
+        for event in events {
+            if let Some(message) = event.data.value().and_then(|data| data.get("message")) {
+                state.record(event, message, self.id);
+            }
+        }
+        // Only the facts are read back from a snapshot, not its timeline.
+        state.timeline.clear();
+        let snapshot = Snapshot {
+            id: self.id,
+            through: self.positions.last().copied().unwrap_or(Position::START),
+            count: self.positions.len(),
+            state: state.clone(),
+        };
+        let as_of = ProfileAsOf {
+            id: self.id,
+            identifiers: self.identifiers,
+            traits: state.traits,
+            consent: state.consent,
+            held_back: self.held_back,
+        };
+        (as_of, snapshot)
+    }
+}
+
 impl PastProfile {
     /// The profile, with its traits and activity folded again from
     /// `events`: the events at [`PastProfile::positions`], in log order.

@@ -59,7 +59,7 @@ use serde_json::Value;
 
 use crate::Fold;
 use crate::identity::{HeldBack, IdentityGraph, Merge};
-pub use doc::{Lookup, PastProfile, ProfileDoc, TimelineRef, timeline_entry_of};
+pub use doc::{Lookup, PastProfile, ProfileAsOf, ProfileDoc, Snapshot, TimelineRef, timeline_entry_of};
 use state::ProfileState;
 
 /// A value with where it came from.

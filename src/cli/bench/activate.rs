@@ -24,12 +24,15 @@ use clap::Args;
 use onepd_adapters::EventLog;
 use onepd_adapters::activation::{Activation, ActivationOptions, admin};
 use onepd_adapters::live::Live;
+use onepd_adapters::profiles::runner::ProfilesProjection;
+use onepd_adapters::readstore::ReadStore;
 use onepd_commands::workspace::{NewWorkspace, WorkspaceConfig};
 use onepd_domain::events::destination::{DestinationCreated, DestinationFilters, RetryPolicy};
 use onepd_domain::events::workspace::{Industry, source_stream};
 use onepd_domain::policy::DestinationPolicy;
-use onepd_domain::{AppendRequest, EventStore, ExpectedVersion, NewEvent, Position, Timestamp};
+use onepd_domain::{AppendRequest, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore, Timestamp};
 use onepd_projections::directory::Directory;
+use onepd_projections::runner::{DEFAULT_CACHE_BYTES, Runner};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
@@ -179,12 +182,22 @@ async fn measure(workload: &Workload, args: &ActivateArgs) -> anyhow::Result<Mea
         })
     };
     let directory = Live::<Directory>::follow(&log, "directory").await?;
+    // Runs take each event's profile from the profiles read model: build it
+    // first (not timed), and keep it following for the lag measurement.
+    let read_store: Arc<dyn ProjectionStore> =
+        Arc::new(ReadStore::open(&workload.url).await.context("opening the read store")?);
+    Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, read_store.clone())
+        .rebuild(&|_, _| {})
+        .await
+        .context("building the profiles")?;
+    let projection = ProfilesProjection::spawn(log.clone(), read_store.clone(), DEFAULT_CACHE_BYTES);
     let bar = output::progress(events, args.workload.json, "{spinner} delivering [{bar:40}] {pos}/{len} {per_sec}");
     let started = Instant::now();
     let activation = Activation::spawn(
         log.clone(),
         directory,
         onepd_adapters::activation::connect(),
+        read_store.clone(),
         ActivationOptions { on_delivered: Some(on_delivered), ..ActivationOptions::default() },
     )
     .await?;
@@ -217,6 +230,7 @@ async fn measure(workload: &Workload, args: &ActivateArgs) -> anyhow::Result<Mea
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     activation.stop();
+    projection.stop();
     let _ = adapter.kill().await;
     log.close().await;
     let lags = std::mem::take(&mut *lags.lock().expect("lags"));

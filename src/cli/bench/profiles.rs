@@ -85,7 +85,7 @@ pub struct ProfileReadArgs {
 /// A store holding the workload, removed when dropped (PostgreSQL: call
 /// [`Workload::remove`]).
 pub(super) struct Workload {
-    url: String,
+    pub(super) url: String,
     /// Where the workload was created; `None` in the child process that
     /// only fills a store it was given.
     store: Option<ScratchStore>,

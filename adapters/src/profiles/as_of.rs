@@ -1,0 +1,155 @@
+//! The profile each event was attributed to, as that event found it, read
+//! from the profiles read model: what a destination run enriches an event
+//! with, without a fold of its own.
+//!
+//! A run reads the log in order. For a page of its events it waits until
+//! the live read model has passed the page (and its workspace has no
+//! re-derivation pending), reads the documents of the profiles the events
+//! may name, and for each event takes the document whose timeline holds it:
+//! the profile as of the event is that document's point-in-time answer
+//! ([`ProfileDoc::as_of`]), its traits folded from the profile's events up
+//! to then. A snapshot per profile keeps that fold, so the next event of
+//! the same profile folds only itself; a run that starts in the middle of
+//! the log reads each profile's earlier events once. The answer is what a
+//! fold of the log up to the event gives (within one build of the graph,
+//! profiles only merge), so what a destination received can be recomputed
+//! from the log.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::identity::{Identifier, ProfileId};
+use onepd_domain::{Position, ProjectionStore, RecordedEvent, StoreError, WorkspaceId};
+use onepd_projections::profile::{Lookup, ProfileAsOf, ProfileDoc, Snapshot};
+use onepd_projections::runner::{IDENTIFIER_DOCS, PROFILE_DOCS, PROFILES, REFOLD_DOCS, REFOLD_MARKER, identifier_key};
+
+use crate::EventLog;
+
+/// Snapshots kept per generation of the two the reader holds: the older
+/// generation is dropped when the newer one fills, so the profiles used
+/// recently stay.
+const SNAPSHOTS: usize = 50_000;
+/// The longest pause between two looks at the read model's checkpoint.
+const MAX_WAIT_STEP: Duration = Duration::from_millis(200);
+
+/// Reads profiles as of events for one reader of the log.
+pub struct AsOfReader {
+    store: Arc<dyn ProjectionStore>,
+    log: EventLog,
+    /// How long to wait for the read model, when not for ever.
+    patience: Option<Duration>,
+    recent: HashMap<ProfileId, Snapshot>,
+    older: HashMap<ProfileId, Snapshot>,
+}
+
+impl std::fmt::Debug for AsOfReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsOfReader").field("snapshots", &(self.recent.len() + self.older.len())).finish()
+    }
+}
+
+impl AsOfReader {
+    /// A reader over the profiles read model in `store` and the events of `log`.
+    pub fn new(store: Arc<dyn ProjectionStore>, log: EventLog) -> AsOfReader {
+        AsOfReader { store, log, patience: None, recent: HashMap::new(), older: HashMap::new() }
+    }
+
+    /// This reader giving up after `patience` when the read model has not
+    /// reached an event (a command run beside a server that is not running).
+    pub fn with_patience(mut self, patience: Duration) -> AsOfReader {
+        self.patience = Some(patience);
+        self
+    }
+
+    /// Waits until the live profiles read model reflects every event of
+    /// `workspace` up to `through`; returns its generation.
+    pub async fn wait_for(&self, workspace: WorkspaceId, through: Position) -> Result<u64, StoreError> {
+        let mut step = Duration::from_millis(5);
+        let started = std::time::Instant::now();
+        loop {
+            let live = self.store.live(PROFILES).await?;
+            if let Some(generation) = &live
+                && generation.checkpoint >= through
+            {
+                let marker = self.store.get(generation.id, workspace, REFOLD_DOCS, &[REFOLD_MARKER.to_owned()]).await?;
+                if !marker.first().is_some_and(Option::is_some) {
+                    return Ok(generation.id);
+                }
+            }
+            if self.patience.is_some_and(|patience| started.elapsed() >= patience) {
+                let at = live.map_or(0, |generation| generation.checkpoint.0);
+                return Err(StoreError::Unavailable(format!(
+                    "the profiles read model has not reached position {} (it is at {at}); is onepd serve running? \
+                     `onepd rebuild profiles` brings it up to date",
+                    through.0
+                )));
+            }
+            tokio::time::sleep(step).await;
+            step = (step * 2).min(MAX_WAIT_STEP);
+        }
+    }
+
+    /// The profile each of `events` (of `workspace`, in log order) was
+    /// attributed to, as of that event; `None` for an event attributed to
+    /// nobody. `candidates` gives the identifiers an event may name
+    /// (`Profiles::candidates` under the workspace's rules).
+    pub async fn profiles(
+        &mut self,
+        workspace: WorkspaceId,
+        events: &[RecordedEvent],
+        candidates: impl Fn(&RecordedEvent) -> Vec<Identifier>,
+    ) -> Result<Vec<Option<ProfileAsOf>>, StoreError> {
+        let messages: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|event| event.event_type == MessageAccepted::TYPE && event.data.value().is_some())
+            .collect();
+        let Some(last) = messages.last() else { return Ok(vec![None; events.len()]) };
+        let generation = self.wait_for(workspace, last.position).await?;
+        let named: Vec<Vec<String>> =
+            messages.iter().map(|event| candidates(event).iter().map(identifier_key).collect()).collect();
+        let keys: Vec<String> = named.iter().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let holders: HashMap<String, String> = keys
+            .iter()
+            .cloned()
+            .zip(self.store.get(generation, workspace, IDENTIFIER_DOCS, &keys).await?)
+            .filter_map(|(key, id)| Some((key, String::from_utf8(id?).ok()?)))
+            .collect();
+        let ids: Vec<String> = holders.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut docs: HashMap<String, ProfileDoc> = HashMap::new();
+        for (id, doc) in ids.iter().zip(self.store.get(generation, workspace, PROFILE_DOCS, &ids).await?) {
+            let Some(doc) = doc else { continue };
+            let doc = serde_json::from_slice(&doc)
+                .map_err(|err| StoreError::Database(format!("profiles read model: profile document: {err}")))?;
+            docs.insert(id.clone(), doc);
+        }
+        let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
+        for (event, keys) in messages.iter().zip(&named) {
+            let attributed = keys
+                .iter()
+                .filter_map(|key| docs.get(holders.get(key)?))
+                .find_map(|doc| Some((doc, doc.attributed_at(event.position)?)));
+            let Some((doc, member)) = attributed else { continue };
+            let Some(past) = doc.as_of(event.position, &Lookup::Profile(member)) else { continue };
+            let snapshot = self.recent.remove(&past.id).or_else(|| self.older.remove(&past.id));
+            let missing = past.missing(snapshot.as_ref());
+            let read = if missing == [event.position] {
+                vec![(*event).clone()]
+            } else {
+                self.log.read_at(workspace, missing).await?
+            };
+            let (as_of, snapshot) = past.advance(snapshot, &read);
+            self.keep(snapshot);
+            found.insert(event.position, as_of);
+        }
+        Ok(events.iter().map(|event| found.remove(&event.position)).collect())
+    }
+
+    fn keep(&mut self, snapshot: Snapshot) {
+        if self.recent.len() >= SNAPSHOTS {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        self.recent.insert(snapshot.id(), snapshot);
+    }
+}
