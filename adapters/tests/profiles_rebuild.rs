@@ -7,13 +7,17 @@ mod support;
 use std::sync::Arc;
 
 use onepd_adapters::EventLog;
+use onepd_adapters::profiles::as_of::AsOfReader;
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::events::identity::{IdentifierBlocked, IdentityRulesChanged};
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules};
-use onepd_domain::{AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, ProjectionStore, WorkspaceId};
-use onepd_projections::runner::{Built, Runner};
+use onepd_domain::{
+    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore, RecordedEvent,
+    WorkspaceId,
+};
+use onepd_projections::runner::{Built, ProfilesFold, Runner, read_facts};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use support::{Backend, TestDb};
@@ -299,4 +303,88 @@ fn a_restart_finishes_an_interrupted_re_derivation_on_sqlite() {
 fn a_restart_finishes_an_interrupted_re_derivation_on_postgres() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Postgres));
+}
+
+/// What a destination run enriches each event with, read from the read
+/// model ([`AsOfReader`]), is what a fold of the whole log up to that event
+/// holds: identifiers, traits with provenance, consent and what limits held
+/// back — whatever position the run starts at and however it pages.
+async fn profiles_as_of_events_equal_a_fold_of_the_log(backend: Backend, steps: Vec<Step>, start: usize, page: usize) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let numbered: Vec<(usize, Step)> = steps.into_iter().enumerate().collect();
+    append(&log, &numbered).await;
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+        .with_cache_bytes(0);
+    let quiet = |_: u64, _: u64| {};
+    runner.rebuild(&quiet).await.expect("build");
+
+    let head = log.head().await.unwrap();
+    let facts = read_facts(&log, head).await.unwrap();
+    let mut fold = ProfilesFold::new(&facts);
+    let mut reader = AsOfReader::new(store.clone() as Arc<dyn ProjectionStore>, log.clone());
+    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    let events = log.read(Position(1), Some(head), &filter, 10_000).await.unwrap().events;
+    let start = Position(start as u64 % (head.0 + 1));
+    let mut compared = 0;
+    for workspace in [WORKSPACE, OTHER] {
+        let mine: Vec<RecordedEvent> = events.iter().filter(|event| event.workspace_id == workspace).cloned().collect();
+        let mut expected = Vec::new();
+        for event in &mine {
+            let profile = fold.attribute(event);
+            let view = profile.and_then(|profile| fold.profiles().view(workspace, profile));
+            expected.push(view.map(|view| {
+                let held: Vec<_> =
+                    view.held_back.iter().filter(|held| !view.identifiers.contains(&held.identifier)).cloned().collect();
+                (view.id, view.identifiers.clone(), view.traits.cloned().unwrap_or_default(), view.consent.cloned(), held)
+            }));
+        }
+        let from = mine.partition_point(|event| event.position < start);
+        for (chunk, expected) in mine[from..].chunks(page).zip(expected[from..].chunks(page)) {
+            let found = reader.profiles(workspace, chunk, |event| fold.profiles().candidates(event)).await.unwrap();
+            for ((event, found), expected) in chunk.iter().zip(found).zip(expected) {
+                let found = found.map(|found| {
+                    let held: Vec<_> = found
+                        .held_back
+                        .iter()
+                        .filter(|held| !found.identifiers.contains(&held.identifier))
+                        .cloned()
+                        .collect();
+                    (found.id, found.identifiers, found.traits, found.consent, held)
+                });
+                assert_eq!(&found, expected, "the profile as of position {}", event.position.0);
+                compared += usize::from(found.is_some());
+            }
+        }
+    }
+    // Not vacuous: a linked message read from the start has a profile.
+    let linked = numbered.iter().any(|(_, step)| matches!(step, Step::Message(m) if m["type"] != "group"));
+    assert!(compared > 0 || !linked || start > Position(1));
+    log.close().await;
+    store.close().await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+
+    #[test]
+    fn profiles_as_of_events_equal_a_fold_of_the_log_on_sqlite(
+        steps in prop::collection::vec(step_strategy(), 1..60),
+        start in 0usize..40,
+        page in 1usize..20,
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Sqlite, steps, start, page));
+    }
+
+    #[test]
+    fn profiles_as_of_events_equal_a_fold_of_the_log_on_postgres(
+        steps in prop::collection::vec(step_strategy(), 1..60),
+        start in 0usize..40,
+        page in 1usize..20,
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Postgres, steps, start, page));
+    }
 }
