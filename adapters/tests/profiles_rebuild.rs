@@ -14,8 +14,8 @@ use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules};
 use onepd_domain::{
-    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore, RecordedEvent,
-    WorkspaceId,
+    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore,
+    RecordedEvent, WorkspaceId,
 };
 use onepd_projections::runner::{Built, ProfilesFold, Runner, read_facts};
 use proptest::prelude::*;
@@ -335,9 +335,19 @@ async fn profiles_as_of_events_equal_a_fold_of_the_log(backend: Backend, steps: 
             let profile = fold.attribute(event);
             let view = profile.and_then(|profile| fold.profiles().view(workspace, profile));
             expected.push(view.map(|view| {
-                let held: Vec<_> =
-                    view.held_back.iter().filter(|held| !view.identifiers.contains(&held.identifier)).cloned().collect();
-                (view.id, view.identifiers.clone(), view.traits.cloned().unwrap_or_default(), view.consent.cloned(), held)
+                let held: Vec<_> = view
+                    .held_back
+                    .iter()
+                    .filter(|held| !view.identifiers.contains(&held.identifier))
+                    .cloned()
+                    .collect();
+                (
+                    view.id,
+                    view.identifiers.clone(),
+                    view.traits.cloned().unwrap_or_default(),
+                    view.consent.cloned(),
+                    held,
+                )
             }));
         }
         let from = mine.partition_point(|event| event.position < start);

@@ -101,7 +101,7 @@ struct Measured {
 }
 
 /// A local HTTP server standing in for Meta: counts the events posted to it.
-async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+pub(super) async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
     let posted = Arc::new(AtomicU64::new(0));
     let counter = posted.clone();
     let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
@@ -120,7 +120,7 @@ async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
 }
 
 /// Starts `onepd adapter serve meta_capi` and returns it with its address.
-async fn adapter_process() -> anyhow::Result<(tokio::process::Child, String)> {
+pub(super) async fn adapter_process() -> anyhow::Result<(tokio::process::Child, String)> {
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["adapter", "serve", "meta_capi", "--listen", "127.0.0.1:0"])
         .env("ONEPD_LOG", "warn")

@@ -17,6 +17,7 @@ mod append;
 mod import;
 mod ingest;
 mod profiles;
+mod scale;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,11 @@ pub enum BenchCommand {
     /// Events/s of activation to an adapter in its own process (Meta's, with
     /// hashing), beside the log's read rate, and end-to-end lag p99.
     Activate(activate::ActivateArgs),
+    /// The read side on a big log: building the profiles, restart to a new
+    /// event readable and delivered with 1 and several destinations, peak
+    /// memory, backfill to a gRPC adapter, profile reads, beside the log's
+    /// read rate.
+    Scale(scale::ScaleArgs),
 }
 
 /// The database a benchmark runs on.
@@ -123,5 +129,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Rebuild(args) => profiles::rebuild(args).await,
         BenchCommand::ProfileRead(args) => profiles::profile_read(args).await,
         BenchCommand::Activate(args) => activate::run(args).await,
+        BenchCommand::Scale(args) => scale::run(args).await,
     }
 }

@@ -91,7 +91,7 @@ pub(super) struct Workload {
     store: Option<ScratchStore>,
     pub(super) workspace: WorkspaceId,
     /// A sample of identifiers the workload used, for reads.
-    sample: Vec<Identifier>,
+    pub(super) sample: Vec<Identifier>,
 }
 
 impl Workload {
@@ -175,7 +175,7 @@ pub(super) struct Generator {
     n: u64,
     visitor: u64,
     left: u32,
-    sample: Vec<Identifier>,
+    pub(super) sample: Vec<Identifier>,
 }
 
 impl Generator {

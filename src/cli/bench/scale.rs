@@ -1,0 +1,353 @@
+//! `onepd bench scale`: the read side on a big, realistic log, measured in
+//! one run — building the profiles, restarting with 1 and with several
+//! destinations until a new event is readable and delivered everywhere,
+//! peak memory of each step, activation backfill to a gRPC adapter with
+//! hashing, profile reads — each beside the log's own read rate.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use onepd_adapters::EventLog;
+use onepd_adapters::activation::{Activation, ActivationOptions, admin};
+use onepd_adapters::live::Live;
+use onepd_adapters::profiles::ProfileReader;
+use onepd_adapters::profiles::runner::ProfilesProjection;
+use onepd_adapters::readstore::ReadStore;
+use onepd_commands::workspace::{NewWorkspace, WorkspaceConfig};
+use onepd_domain::events::destination::{DestinationCreated, DestinationFilters, RetryPolicy};
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::events::workspace::{Industry, source_stream};
+use onepd_domain::identity::IdentifierKind;
+use onepd_domain::policy::DestinationPolicy;
+use onepd_domain::{
+    AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore, Timestamp,
+};
+use onepd_projections::directory::Directory;
+use onepd_projections::profile::Lookup;
+use onepd_projections::runner::Runner;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::activate::{adapter_process, sink};
+use super::profiles::{Workload, WorkloadArgs, percentile, read_all};
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Destinations of the second restart and of the second backfill.
+    #[arg(long, default_value_t = 5)]
+    destinations: usize,
+    /// Events each destination's backfill delivers (the newest ones).
+    #[arg(long, default_value_t = 100_000)]
+    backfill: u64,
+    /// The profiles cache budget in MB, as `onepd serve --read-cache-mb`.
+    #[arg(long, default_value_t = 256)]
+    read_cache_mb: usize,
+    /// Profile reads of each kind to time.
+    #[arg(long, default_value_t = 2_000)]
+    reads: usize,
+}
+
+pub(super) async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.destinations >= 1, "--destinations: expected at least 1, found 0");
+    let workload = Workload::create(&args.workload).await?;
+    let result = measure(&workload, &args).await;
+    workload.remove().await;
+    let figures = result?;
+    if args.workload.json {
+        output::json(&figures);
+    } else {
+        print(&figures);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(f: &Value) {
+    let line = |text: String| output::line(text);
+    line(format!("read side at scale on {}, {} events:", f["backend"].as_str().unwrap_or(""), f["events"]));
+    line(format!(
+        "  log read (decode + unseal)         {:>9.0} events/s   the raw limit below",
+        f["read_events_per_second"].as_f64().unwrap_or(0.0)
+    ));
+    line(format!(
+        "  profiles build (first projection)  {:>9.0} events/s   ratio to read {:.2}; peak RSS {:.0} MB",
+        f["build_events_per_second"].as_f64().unwrap_or(0.0),
+        f["build_ratio_to_read"].as_f64().unwrap_or(0.0),
+        f["build_peak_rss_mb"].as_f64().unwrap_or(0.0)
+    ));
+    for restart in f["restarts"].as_array().into_iter().flatten() {
+        line(format!(
+            "  restart, {} destination(s): new event readable after {:.2} s, delivered to all after {:.2} s; peak RSS {:.0} MB",
+            restart["destinations"],
+            restart["readable_seconds"].as_f64().unwrap_or(0.0),
+            restart["delivered_seconds"].as_f64().unwrap_or(0.0),
+            restart["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    for backfill in f["backfills"].as_array().into_iter().flatten() {
+        line(format!(
+            "  backfill to a gRPC adapter (hashing), {} destination(s) at once: {:.0} events/s each ({} events each); peak RSS {:.0} MB",
+            backfill["destinations"],
+            backfill["events_per_second_each"].as_f64().unwrap_or(0.0),
+            backfill["events_each"],
+            backfill["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    line(format!(
+        "  GetProfile p99 {:.2} ms, point-in-time p99 {:.2} ms ({} reads each)",
+        f["get_profile_p99_ms"].as_f64().unwrap_or(0.0),
+        f["point_in_time_p99_ms"].as_f64().unwrap_or(0.0),
+        f["reads"]
+    ));
+}
+
+/// Forgets the process's peak resident set, so the next read of it covers
+/// only what follows (Linux: `clear_refs` 5).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value> {
+    let log = EventLog::open(workload.config()).await.context("opening the benchmark log")?;
+    let store = Arc::new(ReadStore::open(&workload.url).await.context("opening the read store")?);
+    let profiles: Arc<dyn ProjectionStore> = store.clone();
+    let cache = args.read_cache_mb << 20;
+    let (events, read_seconds) = read_all(&log).await?;
+    let read_rate = events as f64 / read_seconds;
+
+    // The first projection, as `serve` builds it on a log it has not seen.
+    reset_peak();
+    let started = Instant::now();
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, profiles.clone()).with_cache_bytes(cache);
+    let built = runner.rebuild(&|_, _| {}).await.context("building the profiles")?;
+    let build_seconds = started.elapsed().as_secs_f64();
+    let build_peak = peak_mb();
+    drop(built);
+
+    let workspace = workload.workspace;
+    let config = WorkspaceConfig::default();
+    let spec = NewWorkspace { name: "bench".into(), industry: Industry::General, default_region: None };
+    let created = config.create(workspace, &spec, "onepd bench scale")?;
+    log.append(config.request(workspace, vec![created])).await.context("creating the workspace")?;
+    let (sink_url, _posted) = sink().await?;
+    let (mut adapter, adapter_url) = adapter_process().await?;
+    let destination = |name: String, start: Position| DestinationCreated {
+        destination_id: Uuid::now_v7(),
+        name,
+        adapter: "grpc".into(),
+        url: Some(adapter_url.clone()),
+        settings: json!({ "pixel_id": "1", "access_token": "bench", "endpoint": sink_url }),
+        filters: DestinationFilters::default(),
+        traits: Vec::new(),
+        start,
+        retry: RetryPolicy::default(),
+        policy: DestinationPolicy { consent_not_required: true, ..DestinationPolicy::default() },
+    };
+    let person = workload
+        .sample
+        .iter()
+        .find(|identifier| identifier.kind == IdentifierKind::UserId)
+        .or(workload.sample.first())
+        .context("the workload is too small to sample a person from")?
+        .clone();
+
+    // Restarts: "from now" destinations, a new event for a known person.
+    let mut restarts = Vec::new();
+    let mut live_ids = Vec::new();
+    let mut made = 0;
+    for count in [1, args.destinations] {
+        let head = log.head().await?;
+        while made < count {
+            made += 1;
+            let entry = destination(format!("live-{made}"), head.next());
+            live_ids.push(entry.destination_id);
+            admin::create_destination(&log, workspace, entry, "onepd bench scale").await?;
+        }
+        reset_peak();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let projection = ProfilesProjection::spawn(log.clone(), profiles.clone(), cache);
+        let activation = spawn_activation(&log, profiles.clone(), delivered.clone()).await?;
+        let event = new_event(workspace, &person);
+        let position = log.append(event).await.context("appending the new event")?.positions[0];
+        let reader = ProfileReader::new(profiles.clone(), log.clone());
+        let lookup = Lookup::Identifier(person.clone());
+        let (mut readable, mut all_delivered) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while readable.is_none() || all_delivered.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the new event was not readable and delivered within 10 minutes"
+            );
+            anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
+            if readable.is_none()
+                && reader
+                    .timeline(workspace, &lookup, None, 1)
+                    .await?
+                    .is_some_and(|page| page.first().is_some_and(|entry| entry.position == position))
+            {
+                readable = Some(started.elapsed().as_secs_f64());
+            }
+            if all_delivered.is_none() && delivered.load(Ordering::Relaxed) >= count as u64 {
+                all_delivered = Some(started.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        restarts.push(json!({
+            "destinations": count, "readable_seconds": readable, "delivered_seconds": all_delivered,
+            "peak_rss_mb": peak_mb(),
+        }));
+        activation.stop();
+        projection.stop();
+    }
+
+    // Backfills of the newest events, to 1 and then to several destinations at once.
+    let mut backfills = Vec::new();
+    let mut done = live_ids;
+    for count in [1, args.destinations] {
+        // The destinations of the runs before are paused, so only these read.
+        for id in done.drain(..) {
+            admin::switch_destination(&log, workspace, id, true, "onepd bench scale").await?;
+        }
+        let head = log.head().await?;
+        let from = Position(head.0.saturating_sub(args.backfill).max(1));
+        let filter = onepd_domain::EventFilter {
+            workspace: Some(workspace),
+            event_types: vec![MessageAccepted::TYPE.into()],
+            ..onepd_domain::EventFilter::default()
+        };
+        let each = count_events(&log, from, &filter).await?;
+        for n in 0..count {
+            let entry = destination(format!("backfill-{count}-{n}"), from);
+            done.push(entry.destination_id);
+            admin::create_destination(&log, workspace, entry, "onepd bench scale").await?;
+        }
+        reset_peak();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let projection = ProfilesProjection::spawn(log.clone(), profiles.clone(), cache);
+        let started = Instant::now();
+        let activation = spawn_activation(&log, profiles.clone(), delivered.clone()).await?;
+        let deadline = Instant::now() + Duration::from_secs(3_600);
+        while delivered.load(Ordering::Relaxed) < each * count as u64 {
+            anyhow::ensure!(Instant::now() < deadline, "the backfill did not finish within an hour");
+            anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        backfills.push(json!({
+            "destinations": count, "events_each": each, "seconds": seconds,
+            "events_per_second_each": each as f64 / seconds, "ratio_to_read": each as f64 / seconds / read_rate,
+            "peak_rss_mb": peak_mb(),
+        }));
+        activation.stop();
+        projection.stop();
+    }
+    let _ = adapter.kill().await;
+
+    // Profile reads: now and as of a past position.
+    let reader = ProfileReader::new(profiles.clone(), log.clone());
+    let head = log.head().await?;
+    let (mut now, mut past) = (Vec::new(), Vec::new());
+    for round in 0..args.reads * 2 {
+        let identifier = workload.sample[round % workload.sample.len()].clone();
+        let lookup = Lookup::Identifier(identifier);
+        let started = Instant::now();
+        if round % 2 == 0 {
+            reader.get(workspace, &lookup, None).await?;
+            now.push(started.elapsed());
+        } else {
+            let at = Position(1 + (round as u64 * 7_919) % head.0);
+            reader.get(workspace, &lookup, Some(onepd_adapters::profiles::AsOf::Position(at))).await?;
+            past.push(started.elapsed());
+        }
+    }
+    log.close().await;
+    store.close().await;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let build_rate = events as f64 / build_seconds;
+    Ok(json!({
+        "backend": args.workload.backend.name(), "events": events, "read_cache_mb": args.read_cache_mb,
+        "read_events_per_second": read_rate,
+        "build_seconds": build_seconds, "build_events_per_second": build_rate,
+        "build_ratio_to_read": build_rate / read_rate, "build_peak_rss_mb": build_peak,
+        "restarts": restarts, "backfills": backfills,
+        "reads": args.reads,
+        "get_profile_p99_ms": ms(percentile(&now, 0.99)), "point_in_time_p99_ms": ms(percentile(&past, 0.99)),
+    }))
+}
+
+/// The events from `from` to the head that `filter` admits.
+async fn count_events(log: &EventLog, from: Position, filter: &onepd_domain::EventFilter) -> anyhow::Result<u64> {
+    let head = log.head().await?;
+    let (mut next, mut total) = (from, 0);
+    while next <= head {
+        let page = log.read(next, Some(head), filter, 10_000).await?;
+        total += page.events.len() as u64;
+        next = page.next;
+    }
+    Ok(total)
+}
+
+async fn spawn_activation(
+    log: &EventLog,
+    profiles: Arc<dyn ProjectionStore>,
+    delivered: Arc<AtomicU64>,
+) -> anyhow::Result<Activation> {
+    let directory = Live::<Directory>::follow(log, "directory").await?;
+    let on_delivered = Arc::new(move |recorded: &[Timestamp], _: Timestamp| {
+        delivered.fetch_add(recorded.len() as u64, Ordering::Relaxed);
+    });
+    let options = ActivationOptions { on_delivered: Some(on_delivered), ..ActivationOptions::default() };
+    Ok(Activation::spawn(log.clone(), directory, onepd_adapters::activation::connect(), profiles, options).await?)
+}
+
+/// A new order of the person `identifier` names.
+fn new_event(workspace: onepd_domain::WorkspaceId, identifier: &onepd_domain::identity::Identifier) -> AppendRequest {
+    let field = if identifier.kind == IdentifierKind::UserId { "userId" } else { "anonymousId" };
+    let message_id = format!("scale-{}", Uuid::new_v4());
+    let now = chrono_now();
+    let message = json!({
+        "type": "track", field: identifier.value, "event": "Order Completed", "messageId": message_id,
+        "timestamp": now, "receivedAt": now,
+        "properties": {"order_id": "scale-1", "revenue": 42.0, "currency": "USD"},
+    });
+    let accepted = onepd_domain::events::message::MessageAccepted {
+        message,
+        enrichment: json!({}),
+        originals: serde_json::Map::new(),
+        violations: Vec::new(),
+    };
+    let source = Uuid::now_v7();
+    AppendRequest {
+        stream_id: source_stream(source),
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event_id: EventId::for_message(workspace, &message_id),
+            workspace_id: workspace,
+            event_type: MessageAccepted::TYPE.into(),
+            schema_version: 1,
+            data: serde_json::to_value(accepted).expect("serializable"),
+            metadata: json!({"source_id": source.to_string(), "received_at": now, "request_id": "bench"}),
+            subject: Some(identifier.value.clone()),
+        }],
+    }
+}
+
+fn chrono_now() -> String {
+    onepd_adapters::ingest::now().to_rfc3339()
+}
