@@ -133,6 +133,11 @@ impl Server {
         Server { child: Some(child), grpc, http, admin_token, write_key, workspace, banner }
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
     pub async fn audit(&self) -> AuditServiceClient<Channel> {
         AuditServiceClient::connect(self.grpc.clone()).await.expect("connect to the audit service")
     }
