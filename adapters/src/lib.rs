@@ -18,6 +18,7 @@
 pub mod activation;
 pub mod destinations;
 pub mod erasure;
+pub mod export;
 pub mod grpc;
 pub mod http;
 pub mod ingest;

@@ -59,6 +59,11 @@ impl Quarantine {
         self.open.values().filter(|entry| entry.workspace == workspace).collect()
     }
 
+    /// Every open record, over every workspace, by position.
+    pub fn all(&self) -> impl Iterator<Item = &Quarantined> {
+        self.open.values()
+    }
+
     /// How many records are open, over every workspace.
     pub fn len(&self) -> usize {
         self.open.len()

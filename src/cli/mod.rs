@@ -5,6 +5,7 @@ mod bench;
 mod deliveries;
 mod destination;
 mod directory;
+mod events;
 mod forget;
 mod healthcheck;
 mod identity;
@@ -43,6 +44,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Walk the event log's hash chain and name the first position that does not hold.
     Verify(verify::VerifyArgs),
+    /// Export, follow and show the log's events, for auditors.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Create and list workspaces.
     #[command(subcommand)]
     Workspace(workspace::WorkspaceCommand),
@@ -103,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Events(command) => events::run(command).await,
         Command::Workspace(command) => workspace::run(command).await,
         Command::Source(command) => source::run(command).await,
         Command::Key(command) => key::run(command).await,

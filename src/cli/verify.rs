@@ -30,6 +30,11 @@ pub struct VerifyArgs {
     /// names (the log may have grown since).
     #[arg(long, value_name = "FILE")]
     expect_head: Option<PathBuf>,
+    /// Check an export (`onepd events export`, NDJSON or Parquet) instead of
+    /// the database: its lines, every event's hash and link, its range and
+    /// count, and with the master key its signature. Needs no database.
+    #[arg(long, value_name = "FILE")]
+    export: Option<PathBuf>,
 }
 
 /// What `--expect-head` found: `None` when it holds, else why not.
@@ -60,6 +65,9 @@ async fn expected_head(log: &onepd_adapters::EventLog, file: &Path) -> anyhow::R
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
+    if let Some(file) = &args.export {
+        return verify_export(&args, file);
+    }
     let log = super::open_log(&args.store, false).await?;
     let bar = output::progress(0, args.json, "{spinner} verifying [{bar:40}] {pos}/{len} events ({per_sec}, {eta})");
     let progress = output::reporter(&bar);
@@ -147,4 +155,106 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `onepd verify --export FILE`: checks an export without the database.
+fn verify_export(args: &VerifyArgs, file: &Path) -> anyhow::Result<ExitCode> {
+    use onepd_adapters::export::verify::{Signature, check_ndjson, check_parquet, check_saved_head};
+    if args.save_head.is_some() {
+        anyhow::bail!("--save-head signs the database's head; it does not go with --export");
+    }
+    let master = args.store.master_key(false)?;
+    let saved: Option<SignedHead> = match &args.expect_head {
+        None => None,
+        Some(head) => {
+            if master.is_none() {
+                eprintln!(
+                    "error: checking {} needs the master key that signed it (ONEPD_MASTER_KEY or <data \
+                     dir>/master.key): without it a forged file would pass",
+                    head.display()
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let text =
+                std::fs::read_to_string(head).with_context(|| format!("reading the head file {}", head.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| {
+                format!("{}: expected a head file written by onepd verify --save-head", head.display())
+            })?)
+        }
+    };
+    let heads: Vec<u64> = saved.iter().map(|head| head.position).collect();
+    let mut magic = [0u8; 4];
+    let opened = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let is_parquet = {
+        use std::io::Read;
+        let mut probe = &opened;
+        probe.read(&mut magic).map(|read| read == 4 && &magic == b"PAR1").unwrap_or(false)
+    };
+    let opened = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let checked = if is_parquet {
+        check_parquet(opened, master.as_ref(), &heads)
+    } else {
+        check_ndjson(std::io::BufReader::with_capacity(1 << 20, opened), master.as_ref(), &heads)
+    };
+    let report = match checked {
+        Ok(report) => report,
+        Err(problem) => {
+            if args.json {
+                output::json(&json!({ "ok": false, "line": problem.line, "problem": problem.reason }));
+            } else {
+                output::line(format!(
+                    "{}: the export does not hold at line {}: {}",
+                    file.display(),
+                    problem.line,
+                    problem.reason
+                ));
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let head_problem = match (&saved, &master) {
+        (Some(saved), Some(master)) => check_saved_head(&report, saved, master),
+        _ => None,
+    };
+    let signature = match report.signature {
+        Signature::Holds => "holds under this master key",
+        Signature::NotChecked => "present, not checked (no master key here)",
+        Signature::Unsigned => "absent (exported without a master key)",
+    };
+    if args.json {
+        output::json(&json!({
+            "ok": head_problem.is_none(),
+            "from_position": report.from_position,
+            "to_position": report.to_position,
+            "events": report.events,
+            "gap_free": report.gap_free,
+            "last_hash": report.last_hash,
+            "signature": match report.signature {
+                Signature::Holds => "holds",
+                Signature::NotChecked => "not_checked",
+                Signature::Unsigned => "unsigned",
+            },
+            "expected_head": match (&saved, &head_problem) {
+                (None, _) => serde_json::Value::Null,
+                (Some(_), None) => json!("holds"),
+                (Some(_), Some(problem)) => json!(problem),
+            },
+        }));
+    } else if let Some(problem) = &head_problem {
+        output::line(format!("the export's lines and chain hold, but {problem}"));
+    } else {
+        output::line(format!(
+            "verified {} events of positions {} to {}{}: every line and every hash holds",
+            report.events,
+            report.from_position,
+            report.to_position,
+            if report.gap_free { ", every event of the range" } else { " (filtered: the events the filter admits)" }
+        ));
+        output::line(format!("  last hash {}", report.last_hash));
+        output::line(format!("  signature {signature}"));
+        if let Some(saved) = &saved {
+            output::line(format!("  and the saved head at position {} holds", saved.position));
+        }
+    }
+    Ok(if head_problem.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -87,7 +87,8 @@ impl Server {
         let mut child = Command::new(BINARY)
             .current_dir(dir)
             .arg("serve")
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(if extra.contains(&"--grpc-addr") { &[][..] } else { &["--grpc-addr", "127.0.0.1:0"][..] })
+            .args(if extra.contains(&"--http-addr") { &[][..] } else { &["--http-addr", "127.0.0.1:0"][..] })
             .args(extra)
             .env_remove("ONEPD_DATABASE_URL")
             .env_remove("ONEPD_MASTER_KEY")
@@ -169,6 +170,12 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// A local port free now, for a server that must keep its address across
+/// a restart (`--grpc-addr 127.0.0.1:PORT`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A request carrying an admin token.

@@ -9,10 +9,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use onepd_domain::events::workspace::TokenScope;
-use onepd_domain::{EventFilter, EventStore, Payload, Position, RecordedEvent, StoreError, StreamId, Timestamp};
+use onepd_domain::{
+    EventFilter, EventStore, Payload, Position, ProjectionStore, RecordedEvent, StoreError, StreamId, Timestamp,
+};
 use onepd_proto::audit::v1::audit_service_server::AuditService;
 use onepd_proto::audit::v1::{
-    Event, ReadEventsRequest, SubscribeRequest, VerifyRequest, VerifyResponse, read_events_request,
+    Event, ExportLine, ExportRequest, ReadEventsRequest, ShowEventRequest, ShowEventResponse, SubscribeRequest,
+    VerifyRequest, VerifyResponse, export_line, export_request, read_events_request, show_event_request,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -21,24 +24,33 @@ use tonic::{Request, Response, Status};
 
 use super::auth::TokenRegistry;
 use crate::EventLog;
+use crate::export::{self, show};
 
 /// Events per read page, and per channel of a streaming call.
 const PAGE: usize = 500;
 const CHANNEL_DEPTH: usize = 64;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+type LineStream = Pin<Box<dyn Stream<Item = Result<ExportLine, Status>> + Send>>;
 
 /// The audit service.
 pub struct AuditApi {
     log: EventLog,
     tokens: Arc<TokenRegistry>,
     stopping: watch::Receiver<bool>,
+    profiles: Option<Arc<dyn ProjectionStore>>,
 }
 
 impl AuditApi {
     /// The service over `log`; open subscriptions end when `stopping` turns true.
     pub fn new(log: EventLog, tokens: Arc<TokenRegistry>, stopping: watch::Receiver<bool>) -> AuditApi {
-        AuditApi { log, tokens, stopping }
+        AuditApi { log, tokens, stopping, profiles: None }
+    }
+
+    /// The same, with the profiles read model `ShowEvent` reads.
+    pub fn with_profiles(mut self, profiles: Arc<dyn ProjectionStore>) -> AuditApi {
+        self.profiles = Some(profiles);
+        self
     }
 }
 
@@ -120,6 +132,7 @@ pub fn event_message(event: RecordedEvent) -> Event {
 impl AuditService for AuditApi {
     type ReadEventsStream = EventStream;
     type SubscribeStream = EventStream;
+    type ExportStream = LineStream;
 
     #[tracing::instrument(skip_all, name = "read_events")]
     async fn read_events(&self, request: Request<ReadEventsRequest>) -> Result<Response<EventStream>, Status> {
@@ -217,5 +230,90 @@ impl AuditService for AuditApi {
             },
         };
         Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, name = "export")]
+    async fn export(&self, request: Request<ExportRequest>) -> Result<Response<LineStream>, Status> {
+        let grant = self.tokens.authorize(request.metadata(), TokenScope::Audit)?;
+        let request = request.into_inner();
+        let filter = request.filter.unwrap_or_default();
+        let source = if request.source.is_empty() {
+            None
+        } else {
+            Some(
+                export::source_id(&self.log, Some(grant.workspace), &request.source)
+                    .await
+                    .map_err(|err| Status::invalid_argument(format!("source: {err}")))?,
+            )
+        };
+        let start = match request.start {
+            None => export::Start::Position(1),
+            Some(export_request::Start::FromPosition(position)) => export::Start::Position(position),
+            Some(export_request::Start::FromTime(time)) => export::Start::Time(timestamp("from_time", time)?),
+            Some(export_request::Start::FromNow(_)) => export::Start::Now,
+        };
+        let end = match request.end {
+            None => export::End::Head,
+            Some(export_request::End::UntilPosition(position)) => export::End::Position(position),
+            Some(export_request::End::UntilTime(time)) => export::End::Time(timestamp("until_time", time)?),
+            Some(export_request::End::Follow(_)) => export::End::Follow,
+        };
+        let spec = export::ExportSpec {
+            start,
+            end,
+            filter: export::ExportFilter {
+                workspace: Some(grant.workspace.0),
+                stream: (!filter.stream_id.is_empty()).then_some(filter.stream_id),
+                event_types: filter.event_types,
+                source,
+            },
+        };
+        let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
+        let (lines, mut produced) = mpsc::channel::<export::ExportLine>(CHANNEL_DEPTH);
+        let log = self.log.clone();
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let forward = sender.clone();
+            let relay = tokio::spawn(async move {
+                while let Some(line) = produced.recv().await {
+                    let kind = match line.kind {
+                        export::LineKind::Header => export_line::Kind::Header,
+                        export::LineKind::Event => export_line::Kind::Event,
+                        export::LineKind::End => export_line::Kind::End,
+                    };
+                    let message = ExportLine { kind: kind as i32, position: line.position, line: line.text };
+                    if forward.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let result = export::export(&log, &spec, lines, Some(stopping)).await;
+            let _ = relay.await;
+            let status = match result {
+                Ok(_) | Err(export::ExportError::Closed) => return,
+                Err(export::ExportError::Store(err)) => store_status(err),
+                Err(err @ export::ExportError::ChainBroken { .. }) => Status::data_loss(err.to_string()),
+            };
+            let _ = sender.send(Err(status)).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    #[tracing::instrument(skip_all, name = "show_event")]
+    async fn show_event(&self, request: Request<ShowEventRequest>) -> Result<Response<ShowEventResponse>, Status> {
+        let grant = self.tokens.authorize(request.metadata(), TokenScope::Audit)?;
+        let which = match request.into_inner().event {
+            Some(show_event_request::Event::Position(position)) => show::EventRef::Position(position),
+            Some(show_event_request::Event::EventId(id)) => show::EventRef::Id(
+                uuid::Uuid::parse_str(&id)
+                    .map_err(|err| Status::invalid_argument(format!("event_id: expected a UUID ({err})")))?,
+            ),
+            None => return Err(Status::invalid_argument("event: expected a position or an event_id")),
+        };
+        let shown = show::show(&self.log, self.profiles.clone(), Some(grant.workspace), which)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found("no such event in this token's workspace"))?;
+        Ok(Response::new(ShowEventResponse { json: shown.to_string() }))
     }
 }

@@ -103,7 +103,9 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(AdminServiceServer::new(AdminApi::new(log.clone(), ingest.directory().clone(), tokens.clone())))
-        .add_service(AuditServiceServer::new(AuditApi::new(log, tokens.clone(), stopping)))
+        .add_service(AuditServiceServer::new(
+            AuditApi::new(log, tokens.clone(), stopping).with_profiles(profiles.store()),
+        ))
         .add_service(ProfileServiceServer::new(ProfilesApi::new(profiles, tokens)))
         .add_service(
             IngestServiceServer::new(IngestApi::new(ingest.clone())).max_decoding_message_size(64 * 1024 * 1024),

@@ -80,6 +80,11 @@ impl ProfileReader {
         ProfileReader { store, log }
     }
 
+    /// The read store this reader reads.
+    pub fn store(&self) -> Arc<dyn ProjectionStore> {
+        self.store.clone()
+    }
+
     /// The position the live read model reflects, or `None` before the
     /// first build finished.
     pub async fn checkpoint(&self) -> Result<Option<Position>, StoreError> {

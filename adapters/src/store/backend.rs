@@ -148,6 +148,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// `recorded_at` of the event at `position`.
     async fn recorded_at(&self, position: u64) -> Result<Option<i64>, StoreError>;
     /// `(position, event_id)` after `after`, up to `limit`, in order.
+    /// The position of the event with this id, if the log holds it.
+    async fn position_of(&self, event_id: Uuid) -> Result<Option<u64>, StoreError>;
     async fn event_ids_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Uuid)>, StoreError>;
     /// The wrapped keys with these ids (absent ids are shredded).
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError>;

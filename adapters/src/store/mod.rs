@@ -388,6 +388,71 @@ impl EventLog {
         self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await
     }
 
+    /// The rows of positions `from..=to` (up to `limit`), each with its
+    /// payload opened where `wanted` says so (exports): plaintext where the
+    /// subject key exists, [`Opened::Shredded`] where it was destroyed.
+    pub async fn opened_rows(
+        &self,
+        from: Position,
+        to: Position,
+        limit: usize,
+        wanted: impl Fn(&StoredRow) -> bool,
+    ) -> Result<Vec<(StoredRow, Opened)>, ReadError> {
+        let head = self.inner.backend.head().await?;
+        self.inner.open_keys.observe_epoch(head.key_epoch);
+        let rows = self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await?;
+        let sealed: Vec<&StoredRow> = rows.iter().filter(|row| row.key_id.is_some() && wanted(row)).collect();
+        let keys = if sealed.is_empty() {
+            ReadKeys::new()
+        } else {
+            let sealed: Vec<StoredRow> = sealed.into_iter().cloned().collect();
+            self.load_keys(&sealed, head.key_epoch).await?
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let opened = match row.key_id {
+                    None => Opened::Clear,
+                    Some(_) if !wanted(&row) => Opened::NotOpened,
+                    Some(key_id) => match keys.get(&key_id) {
+                        Some(Some(key)) => match key.open(row.event_id, &row.data) {
+                            Ok(plaintext) => Opened::Plaintext(plaintext),
+                            Err(_) => Opened::Unopenable("sealed payload does not open with its subject key".into()),
+                        },
+                        Some(None) => Opened::Shredded,
+                        None => Opened::Unopenable(format!("subject key {key_id} was not loaded")),
+                    },
+                };
+                (row, opened)
+            })
+            .collect())
+    }
+
+    /// The position of the event with this id, if the log holds it (a scan
+    /// of the position index: for one-off lookups such as `events show`).
+    pub async fn position_of(&self, event_id: Uuid) -> Result<Option<Position>, ReadError> {
+        Ok(self.inner.backend.position_of(event_id).await?.map(Position))
+    }
+
+    /// The chain hash of the event before `position` ([`GENESIS`] before
+    /// the first).
+    pub async fn hash_before(&self, position: Position) -> Result<[u8; 32], ReadError> {
+        if position.0 <= 1 {
+            return Ok(onepd_domain::chain::GENESIS);
+        }
+        let row = self.row_at(position.0 - 1).await?.ok_or_else(|| StoreError::Corrupt {
+            position: position.0 - 1,
+            reason: "the log has no event at this position".into(),
+        })?;
+        Ok(row.hash)
+    }
+
+    /// An HMAC-SHA256 of `bytes` under a key derived from the master key
+    /// for `purpose`; `None` without a master key.
+    pub fn sign(&self, purpose: &str, bytes: &[u8]) -> Option<[u8; 32]> {
+        Some(self.inner.master.as_ref()?.mac(purpose, bytes))
+    }
+
     /// How far a reader whose next position is `next` is behind the head:
     /// the positions from `next` to the head, or 0 when none of them is an
     /// event `filter` admits (rejections and configuration are no backlog
@@ -711,6 +776,21 @@ impl EventStore for EventLog {
     }
 }
 
+/// A stored payload as an export reads it ([`EventLog::opened_rows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Not sealed: the stored bytes are the payload.
+    Clear,
+    /// Sealed, and opened with its subject key: the plaintext.
+    Plaintext(Vec<u8>),
+    /// Sealed for a subject whose key was destroyed (erasure).
+    Shredded,
+    /// Sealed, and it does not open: why.
+    Unopenable(String),
+    /// Sealed, and not asked to be opened.
+    NotOpened,
+}
+
 /// A statement of the log's head an operator keeps outside the database
 /// (`onepd verify --save-head FILE`), signed with a key derived from the
 /// master key. Checking the log against it (`--expect-head FILE`) shows a
@@ -731,6 +811,26 @@ pub struct SignedHead {
     /// HMAC-SHA256 of the fields above under a key derived from the master
     /// key (hex).
     pub signature: String,
+}
+
+impl SignedHead {
+    /// The head's HMAC under `master` (what `signature` must be, in hex).
+    pub fn mac(&self, master: &MasterKey) -> [u8; 32] {
+        let SignedHead { format, position, hash, first_hash, recorded_at, .. } = self;
+        master.mac("chain_head", format!("{format}\n{position}\n{hash}\n{first_hash}\n{recorded_at}").as_bytes())
+    }
+
+    /// Whether `signature` is this head's under `master` (compared in
+    /// constant time) and the format is known.
+    pub fn signed_by(&self, master: &MasterKey) -> bool {
+        self.format == SIGNED_HEAD_FORMAT && same_mac(&self.signature, &self.mac(master))
+    }
+}
+
+/// Whether `given` (hex) is `expected`, compared in constant time.
+pub fn same_mac(given: &str, expected: &[u8; 32]) -> bool {
+    let given = hex::decode(given).unwrap_or_default();
+    given.len() == expected.len() && given.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// The `format` of a [`SignedHead`].
@@ -763,17 +863,12 @@ pub enum HeadCheck {
 
 impl EventLog {
     fn head_mac(&self, head: &SignedHead) -> Result<[u8; 32], StoreError> {
-        use hmac::Mac;
         let master = self
             .inner
             .master
             .as_ref()
             .ok_or_else(|| StoreError::Database("signing a head needs the master key".into()))?;
-        let key = master.derived("chain_head", Uuid::nil());
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-        let SignedHead { format, position, hash, first_hash, recorded_at, .. } = head;
-        mac.update(format!("{format}\n{position}\n{hash}\n{first_hash}\n{recorded_at}").as_bytes());
-        Ok(mac.finalize().into_bytes().into())
+        Ok(head.mac(master))
     }
 
     /// The stored row at `position`, if the log reaches it.
@@ -810,11 +905,7 @@ impl EventLog {
     pub async fn check_head(&self, saved: &SignedHead) -> Result<HeadCheck, StoreError> {
         if self.has_master_key() {
             let expected = self.head_mac(saved)?;
-            let given = hex::decode(&saved.signature).unwrap_or_default();
-            // Compared in constant time.
-            let same = given.len() == expected.len()
-                && given.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-            if !same || saved.format != SIGNED_HEAD_FORMAT {
+            if !same_mac(&saved.signature, &expected) || saved.format != SIGNED_HEAD_FORMAT {
                 return Ok(HeadCheck::BadSignature);
             }
         }

@@ -93,6 +93,16 @@ impl MasterKey {
         hasher.finalize().into()
     }
 
+    /// An HMAC-SHA256 of `bytes` under the key derived for `purpose` (no
+    /// workspace): signatures of heads and exports.
+    pub fn mac(&self, purpose: &str, bytes: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let key = self.derived(purpose, Uuid::nil());
+        let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(&key).expect("HMAC takes any key length");
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+
     /// A key for `purpose` in `workspace`, derived so that it is never
     /// stored: the same for every process with this master key.
     pub(crate) fn derived(&self, purpose: &str, workspace: Uuid) -> [u8; 32] {

@@ -371,6 +371,15 @@ impl Backend for SqliteBackend {
             .map_err(db_error("reading a recorded time"))
     }
 
+    async fn position_of(&self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM events WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("finding an event by id"))?;
+        Ok(position.map(|position| position as u64))
+    }
+
     async fn event_ids_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Uuid)>, StoreError> {
         let rows = sqlx::query("SELECT position, event_id FROM events WHERE position > ? ORDER BY position LIMIT ?")
             .bind(after as i64)

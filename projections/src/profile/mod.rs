@@ -59,6 +59,15 @@ use serde_json::Value;
 
 use crate::Fold;
 use crate::identity::{HeldBack, IdentityGraph, Merge};
+/// Every identifier a message may name under `rules` (a superset of what
+/// the graph links), highest priority first.
+pub fn message_identifiers(
+    message: &serde_json::Value,
+    rules: &onepd_domain::identity::IdentityRules,
+) -> Vec<onepd_domain::identity::Identifier> {
+    message::identifiers(message, rules)
+}
+
 pub use doc::{Lookup, PastProfile, ProfileAsOf, ProfileDoc, Snapshot, TimelineRef, timeline_entry_of};
 use state::ProfileState;
 

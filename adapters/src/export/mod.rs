@@ -1,0 +1,593 @@
+//! Exports of the event log an auditor can take away and check without the
+//! database (`onepd events export|tail`, `AuditService.Export`).
+//!
+//! An export is NDJSON: a header line, one line per event, an end line. An
+//! event line holds the event's envelope and the stored bytes the hash chain
+//! covers — a payload that is JSON as itself (`data`), anything else (a
+//! sealed payload's ciphertext) as base64 (`stored_data`) beside the opened
+//! plaintext — with the chain hash before it and its own. So each event's
+//! hash can be recomputed from the file alone. Every line ends with a
+//! `check`, the SHA-256 of the line's other bytes chained from the line
+//! before: a changed, removed, added or moved line is found at the line it
+//! happened. The end line names the range, the count and the last hash, and
+//! with a master key is signed, with a signed head of the chain at its end
+//! (the format of `onepd verify --save-head`).
+//!
+//! A Parquet export ([`parquet`]) holds the same rows, with the header and
+//! end lines in its key-value metadata; [`verify`] checks either.
+
+pub mod parquet;
+pub mod show;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use onepd_domain::events::message::MessageRejected;
+use onepd_domain::{EventStore, Position, ReadError, StoreError, Timestamp, WorkspaceId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::EventLog;
+use crate::store::backend::StoredRow;
+use crate::store::{Opened, SignedHead};
+
+/// What an export's header and end lines call their format.
+pub const EXPORT_FORMAT: &str = "onepd-export/1";
+/// The purpose the end line's signature key is derived for.
+const SIGNATURE_PURPOSE: &str = "export";
+/// Rows per read page.
+const PAGE: usize = 2_000;
+/// How often a followed export looks for new events.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Which events an export holds, besides its range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportFilter {
+    /// Only this workspace's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<Uuid>,
+    /// Only this stream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Only these event types; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_types: Vec<String>,
+    /// Only events whose metadata names this source id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl ExportFilter {
+    /// Whether the filter admits every event: the export is then gap-free.
+    pub fn is_everything(&self) -> bool {
+        self == &ExportFilter::default()
+    }
+
+    /// Whether the filter admits `row`.
+    pub fn admits(&self, row: &StoredRow) -> bool {
+        if self.workspace.is_some_and(|workspace| workspace != row.workspace_id)
+            || self.stream.as_ref().is_some_and(|stream| stream != &row.stream_id)
+            || (!self.event_types.is_empty() && !self.event_types.contains(&row.event_type))
+        {
+            return false;
+        }
+        match &self.source {
+            None => true,
+            Some(source) => serde_json::from_slice::<serde_json::Value>(&row.metadata)
+                .ok()
+                .and_then(|metadata| metadata.get("source_id").and_then(|id| id.as_str()).map(|id| id == source))
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// Where an export starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this position (inclusive).
+    Position(u64),
+    /// At the first event recorded at or after this time.
+    Time(Timestamp),
+    /// After the current head (`tail` from now).
+    Now,
+}
+
+/// Where an export ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// At the head when the export starts.
+    Head,
+    /// At this position (inclusive), or the head when it is before.
+    Position(u64),
+    /// At the last event recorded at or before this time.
+    Time(Timestamp),
+    /// Never: after the head it waits for new events (`tail`).
+    Follow,
+}
+
+/// What to export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSpec {
+    /// Where it starts.
+    pub start: Start,
+    /// Where it ends.
+    pub end: End,
+    /// Which events.
+    pub filter: ExportFilter,
+}
+
+/// Why an export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored hash does not hold: the export stops there, so it never
+    /// vouches for a broken chain.
+    #[error(
+        "the hash chain is broken at position {position}: run `onepd verify`; the export stops before a broken link"
+    )]
+    ChainBroken {
+        /// The first position whose hash does not hold.
+        position: u64,
+    },
+    /// The reader of the lines went away.
+    #[error("the reader of the export went away")]
+    Closed,
+}
+
+/// Which line of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// The first line: format, range asked for, filter.
+    Header,
+    /// An event.
+    Event,
+    /// The last line: what the export holds, signed.
+    End,
+}
+
+/// One line of an export, without its newline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportLine {
+    /// Which line.
+    pub kind: LineKind,
+    /// The event's position (for an event line), else 0.
+    pub position: u64,
+    /// The line.
+    pub text: String,
+}
+
+/// An export's first line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportHeader {
+    /// [`EXPORT_FORMAT`].
+    pub export: String,
+    /// When the export was made (RFC 3339).
+    pub exported_at: String,
+    /// The first position asked for.
+    pub from_position: u64,
+    /// The last position it covers; `None` for a followed export.
+    pub to_position: Option<u64>,
+    /// Which events; every event when empty (the export is then gap-free).
+    pub filter: ExportFilter,
+    /// See [`Checker`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
+}
+
+/// An export's last line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEnd {
+    /// [`EXPORT_FORMAT`].
+    pub export_end: String,
+    /// The range the export covers: every event of it the filter admits.
+    pub from_position: u64,
+    /// Its last position.
+    pub to_position: u64,
+    /// How many event lines it holds.
+    pub events: u64,
+    /// The chain hash just before `from_position` (hex).
+    pub previous_hash: String,
+    /// The chain hash at `to_position` (hex).
+    pub last_hash: String,
+    /// The check of the line before this one: what the signature covers.
+    pub lines: String,
+    /// A signed head at `to_position`, as `onepd verify --save-head`
+    /// writes it, when the exporter had the master key.
+    pub head: Option<SignedHead>,
+    /// HMAC-SHA256 (hex) of this line with `signature` null and no
+    /// `check`, under a key derived from the master key; `None` without one.
+    pub signature: Option<String>,
+    /// See [`Checker`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
+}
+
+/// One event of an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRow {
+    /// Global position.
+    pub position: u64,
+    /// Event id.
+    pub event_id: Uuid,
+    /// Workspace id.
+    pub workspace_id: Uuid,
+    /// Stream id.
+    pub stream_id: String,
+    /// Version within the stream.
+    pub stream_version: u64,
+    /// Event type.
+    pub event_type: String,
+    /// Stored schema version (the payload is as stored, not upcast).
+    pub schema_version: u32,
+    /// Microseconds since the Unix epoch.
+    pub recorded_at: i64,
+    /// `recorded_at` as RFC 3339.
+    pub time: String,
+    /// The subject key the payload is sealed with.
+    pub key_id: Option<Uuid>,
+    /// The metadata, when it is stored as JSON.
+    pub metadata: Option<Box<RawValue>>,
+    /// The payload: as stored, or opened when sealed; null when erased or
+    /// unreadable.
+    pub data: Option<Box<RawValue>>,
+    /// The stored payload bytes (base64) when they are not `data`: a
+    /// sealed payload's nonce and ciphertext, or bytes that are not JSON.
+    pub stored_data: Option<String>,
+    /// The stored metadata bytes (base64) when they are not JSON.
+    pub stored_metadata: Option<String>,
+    /// Set when the payload was sealed for a subject whose key was
+    /// destroyed: why it is not shown.
+    pub erased: Option<String>,
+    /// Set when the payload cannot be opened or read: why.
+    pub unreadable: Option<String>,
+    /// A message that was rejected (`MessageRejected`).
+    pub rejected: bool,
+    /// Open quarantine records of the event (reader: reason), when the
+    /// export was made.
+    pub quarantined: Option<String>,
+    /// The chain hash of the event before this one (hex).
+    pub previous_hash: String,
+    /// This event's chain hash (hex).
+    pub hash: String,
+    /// See [`Checker`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
+}
+
+impl ExportRow {
+    /// The bytes the chain covers for this row's payload and metadata.
+    pub fn stored_bytes(&self) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let engine = base64::engine::general_purpose::STANDARD;
+        let data = match (&self.stored_data, &self.data) {
+            (Some(stored), _) => engine.decode(stored).map_err(|err| format!("stored_data: not base64 ({err})"))?,
+            (None, Some(data)) => data.get().as_bytes().to_vec(),
+            (None, None) => return Err("neither data nor stored_data holds the stored payload".into()),
+        };
+        let metadata = match (&self.stored_metadata, &self.metadata) {
+            (Some(stored), _) => engine.decode(stored).map_err(|err| format!("stored_metadata: not base64 ({err})"))?,
+            (None, Some(metadata)) => metadata.get().as_bytes().to_vec(),
+            (None, None) => return Err("neither metadata nor stored_metadata holds the stored metadata".into()),
+        };
+        Ok((data, metadata))
+    }
+
+    /// The chain hash this row's envelope and stored bytes give after
+    /// `previous`.
+    pub fn chain_hash(&self, previous: &[u8; 32]) -> Result<[u8; 32], String> {
+        let (data, metadata) = self.stored_bytes()?;
+        let stored = onepd_domain::chain::StoredEvent {
+            position: self.position,
+            event_id: self.event_id,
+            workspace_id: self.workspace_id,
+            stream_id: &self.stream_id,
+            stream_version: self.stream_version,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            key_id: self.key_id,
+            data: &data,
+            metadata: &metadata,
+        };
+        Ok(stored.chain_hash(previous))
+    }
+}
+
+/// The `check` of every line: SHA-256 of the check before it (zeros before
+/// the header) and the line's bytes without its check, hex. A line is its
+/// fields without `check`, then `,"check":"…"}`.
+#[derive(Debug, Clone, Default)]
+pub struct Checker {
+    last: [u8; 32],
+}
+
+impl Checker {
+    /// The check of the last line (zeros before any).
+    pub fn last(&self) -> String {
+        hex::encode(self.last)
+    }
+
+    /// The line `body` (a JSON object without `check`) becomes.
+    pub fn line(&mut self, body: &str) -> String {
+        let check = self.next(body);
+        let open = body.strip_suffix('}').unwrap_or(body);
+        format!("{open},\"check\":\"{check}\"}}")
+    }
+
+    /// The check `body` gets after the lines so far; it becomes the last.
+    pub fn next(&mut self, body: &str) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.last);
+        hasher.update(body.as_bytes());
+        self.last = hasher.finalize().into();
+        hex::encode(self.last)
+    }
+}
+
+/// The stored bytes as embeddable JSON text, when they are exactly that:
+/// valid JSON, written back byte for byte, on one line.
+fn embeddable(bytes: &[u8]) -> Option<Box<RawValue>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.contains(['\n', '\r']) {
+        return None;
+    }
+    let raw = RawValue::from_string(text.to_owned()).ok()?;
+    (raw.get() == text).then_some(raw)
+}
+
+/// The export row of a stored row and its opened payload.
+fn row_of(row: &StoredRow, opened: Opened, previous: &[u8; 32], quarantined: Option<&String>) -> ExportRow {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let (mut data, mut stored_data, mut erased, mut unreadable) = (None, None, None, None);
+    match opened {
+        Opened::Clear => match embeddable(&row.data) {
+            Some(raw) => data = Some(raw),
+            None => {
+                stored_data = Some(engine.encode(&row.data));
+                unreadable = Some("the stored payload is not JSON".to_owned());
+            }
+        },
+        Opened::Plaintext(plaintext) => {
+            stored_data = Some(engine.encode(&row.data));
+            match embeddable(&plaintext) {
+                Some(raw) => data = Some(raw),
+                None => unreadable = Some("the opened payload is not JSON".to_owned()),
+            }
+        }
+        Opened::Shredded => {
+            stored_data = Some(engine.encode(&row.data));
+            erased = Some(format!(
+                "the payload was sealed for a subject whose key ({}) was destroyed by an erasure request",
+                row.key_id.map(|key| key.to_string()).unwrap_or_default()
+            ));
+        }
+        Opened::Unopenable(reason) => {
+            stored_data = Some(engine.encode(&row.data));
+            unreadable = Some(reason);
+        }
+        Opened::NotOpened => stored_data = Some(engine.encode(&row.data)),
+    }
+    let (metadata, stored_metadata) = match embeddable(&row.metadata) {
+        Some(raw) => (Some(raw), None),
+        None => {
+            unreadable.get_or_insert_with(|| "the stored metadata is not JSON".to_owned());
+            (None, Some(engine.encode(&row.metadata)))
+        }
+    };
+    ExportRow {
+        position: row.position,
+        event_id: row.event_id,
+        workspace_id: row.workspace_id,
+        stream_id: row.stream_id.clone(),
+        stream_version: row.stream_version,
+        event_type: row.event_type.clone(),
+        schema_version: row.schema_version,
+        recorded_at: row.recorded_at,
+        time: Timestamp(row.recorded_at).to_rfc3339(),
+        key_id: row.key_id,
+        metadata,
+        data,
+        stored_data,
+        stored_metadata,
+        erased,
+        unreadable,
+        rejected: row.event_type == MessageRejected::TYPE,
+        quarantined: quarantined.cloned(),
+        previous_hash: hex::encode(previous),
+        hash: hex::encode(row.hash),
+        check: String::new(),
+    }
+}
+
+/// A line's JSON without its check. Serializing these types cannot fail.
+pub(crate) fn body<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("export lines serialize")
+}
+
+/// The open quarantine records by position, as text, for `workspace` (all
+/// when `None`).
+async fn quarantine_marks(log: &EventLog, workspace: Option<Uuid>) -> Result<HashMap<u64, String>, StoreError> {
+    let quarantine = crate::quarantine::open(log).await?;
+    let mut marks: HashMap<u64, String> = HashMap::new();
+    for entry in quarantine.all() {
+        if workspace.is_some_and(|workspace| workspace != entry.workspace.0) {
+            continue;
+        }
+        let record = &entry.record;
+        let reader = match record.destination_id {
+            Some(destination) => format!("{} {destination}", record.reader),
+            None => record.reader.clone(),
+        };
+        let mark = marks.entry(record.position.0).or_default();
+        if !mark.is_empty() {
+            mark.push_str("; ");
+        }
+        mark.push_str(&format!("{reader}: {}", record.reason));
+    }
+    Ok(marks)
+}
+
+/// The first and last positions `spec` names, with the head now; the last
+/// is `u64::MAX` for a followed export.
+pub async fn range(log: &EventLog, spec: &ExportSpec) -> Result<(u64, u64), ReadError> {
+    let head = log.head().await?.0;
+    let from = match spec.start {
+        Start::Position(position) => position.max(1),
+        Start::Time(time) => log.position_at(time).await?.0,
+        Start::Now => head + 1,
+    };
+    let to = match spec.end {
+        End::Head => head,
+        End::Position(position) => position.min(head),
+        End::Time(time) => log.position_at(Timestamp(time.0.saturating_add(1))).await?.0 - 1,
+        End::Follow => u64::MAX,
+    };
+    Ok((from, to))
+}
+
+async fn send(
+    lines: &mpsc::Sender<ExportLine>,
+    kind: LineKind,
+    position: u64,
+    text: String,
+) -> Result<(), ExportError> {
+    lines.send(ExportLine { kind, position, text }).await.map_err(|_| ExportError::Closed)
+}
+
+/// Waits for a commit past `head`, or `stopping`; returns false when stopping.
+async fn wait_for_commit(log: &EventLog, stopping: &mut Option<watch::Receiver<bool>>) -> bool {
+    let mut commits = log.commits();
+    let tick = tokio::time::sleep(FOLLOW_POLL);
+    match stopping {
+        Some(stopping) => {
+            if *stopping.borrow() {
+                return false;
+            }
+            tokio::select! {
+                _ = commits.changed() => true,
+                _ = tick => true,
+                _ = stopping.changed() => !*stopping.borrow(),
+            }
+        }
+        None => {
+            tokio::select! {
+                _ = commits.changed() => true,
+                _ = tick => true,
+            }
+        }
+    }
+}
+
+/// Streams the export `spec` names into `lines`: the header, every event
+/// line, and (unless it follows the log) the end line. Memory stays flat:
+/// one page of rows at a time, and `lines` is bounded. Each stored hash is
+/// checked on the way; a broken link stops the export with
+/// [`ExportError::ChainBroken`]. A followed export ends when `stopping`
+/// turns true, or the reader goes away.
+pub async fn export(
+    log: &EventLog,
+    spec: &ExportSpec,
+    lines: mpsc::Sender<ExportLine>,
+    mut stopping: Option<watch::Receiver<bool>>,
+) -> Result<u64, ExportError> {
+    let (from, to) = range(log, spec).await?;
+    let follow = spec.end == End::Follow;
+    let marks = quarantine_marks(log, spec.filter.workspace).await?;
+    let head = log.head().await?.0;
+    let first_previous = log.hash_before(Position(from.min(head + 1))).await?;
+    let mut checker = Checker::default();
+    let header = ExportHeader {
+        export: EXPORT_FORMAT.into(),
+        exported_at: now().to_rfc3339(),
+        from_position: from,
+        to_position: (!follow).then_some(to.max(from - 1)),
+        filter: spec.filter.clone(),
+        check: String::new(),
+    };
+    send(&lines, LineKind::Header, 0, checker.line(&body(&header))).await?;
+    let (mut previous, mut next, mut events) = (first_previous, from, 0u64);
+    while next <= to {
+        let page_end = Position(to.min(next.saturating_add(PAGE as u64 * 4)));
+        let filter = &spec.filter;
+        let rows = log.opened_rows(Position(next), page_end, PAGE, |row| filter.admits(row)).await?;
+        if rows.is_empty() {
+            if !follow || !wait_for_commit(log, &mut stopping).await {
+                break;
+            }
+            continue;
+        }
+        for (row, opened) in rows {
+            if row.position != next || row.as_stored().chain_hash(&previous) != row.hash {
+                return Err(ExportError::ChainBroken { position: next });
+            }
+            if spec.filter.admits(&row) {
+                let line = checker.line(&body(&row_of(&row, opened, &previous, marks.get(&row.position))));
+                send(&lines, LineKind::Event, row.position, line).await?;
+                events += 1;
+            }
+            previous = row.hash;
+            next = row.position + 1;
+        }
+    }
+    if follow {
+        return Ok(events);
+    }
+    let to = to.max(from - 1);
+    let mut end = ExportEnd {
+        export_end: EXPORT_FORMAT.into(),
+        from_position: from,
+        to_position: to,
+        events,
+        previous_hash: hex::encode(first_previous),
+        last_hash: hex::encode(previous),
+        lines: checker.last(),
+        head: None,
+        signature: None,
+        check: String::new(),
+    };
+    if log.has_master_key() && to >= 1 {
+        end.head = Some(log.signed_head(to).await?);
+    }
+    end.signature = log.sign(SIGNATURE_PURPOSE, body(&end).as_bytes()).map(hex::encode);
+    send(&lines, LineKind::End, 0, checker.line(&body(&end))).await?;
+    Ok(events)
+}
+
+/// The source id `id_or_name` names in `workspace`: itself when it is an
+/// id, else the id of the source of that name.
+pub async fn source_id(log: &EventLog, workspace: Option<WorkspaceId>, id_or_name: &str) -> Result<String, String> {
+    if let Ok(id) = Uuid::parse_str(id_or_name) {
+        return Ok(id.to_string());
+    }
+    let mut directory = onepd_projections::directory::Directory::default();
+    crate::live::fold_to_head(log, &mut directory).await.map_err(|err| err.to_string())?;
+    let found: Vec<Uuid> = directory
+        .workspaces()
+        .iter()
+        .filter(|entry| workspace.is_none_or(|workspace| workspace == entry.id))
+        .flat_map(|entry| directory.sources(entry.id))
+        .filter(|source| source.name == id_or_name)
+        .map(|source| source.id)
+        .collect();
+    match found.as_slice() {
+        [id] => Ok(id.to_string()),
+        [] => Err(format!("source {id_or_name:?}: no source has this id or name")),
+        _ => Err(format!("source {id_or_name:?}: several workspaces have a source of this name; give its id")),
+    }
+}
+
+/// The time now.
+fn now() -> Timestamp {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp(since.as_micros() as i64)
+}
