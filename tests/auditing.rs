@@ -175,6 +175,24 @@ fn python_with_pyarrow() -> PathBuf {
     repo.join("target/sdk-venv/bin/python")
 }
 
+/// Recomputes every line's check (and the end line's `lines`) as a forger
+/// without the master key would.
+fn rechecked(lines: &mut [String]) {
+    use sha2::{Digest, Sha256};
+    const TAIL: usize = ",\"check\":\"\"}".len() + 64;
+    let mut last = [0u8; 32];
+    let count = lines.len();
+    for (index, line) in lines.iter_mut().enumerate() {
+        let mut body = format!("{}}}", &line[..line.len() - TAIL]);
+        if index == count - 1 {
+            let at = body.find("\"lines\":\"").unwrap() + "\"lines\":\"".len();
+            body.replace_range(at..at + 64, &hex::encode(last));
+        }
+        last = Sha256::new().chain_update(last).chain_update(body.as_bytes()).finalize().into();
+        *line = format!("{},\"check\":\"{}\"}}", &body[..body.len() - 1], hex::encode(last));
+    }
+}
+
 const PYARROW_CHECK: &str = r#"
 import json, sys
 import pyarrow.parquet as pq
@@ -300,6 +318,27 @@ async fn export_verify_and_show(url: Option<&str>) {
     let swapped = tampered(&deployment, "swapped.ndjson", &text, |copy| copy.swap(6, 7));
     let (code, answer) = verify_export(deployment.path(), &swapped);
     assert_eq!((code, answer["line"].as_u64()), (1, Some(7)), "{answer}");
+    // A forger who edits a covered field and recomputes every check: the
+    // event's hash no longer holds.
+    let created = text.iter().position(|line| line.contains("\"event_type\":\"WorkspaceCreated\"")).unwrap();
+    let forged = tampered(&deployment, "forged.ndjson", &text, |copy| {
+        copy[created] = copy[created].replacen("\"name\":\"default\"", "\"name\":\"deflaut\"", 1);
+        rechecked(copy);
+    });
+    let (code, answer) = verify_export(deployment.path(), &forged);
+    assert_eq!((code, answer["line"].as_u64()), (1, Some(created as u64 + 1)), "{answer}");
+    assert!(answer["problem"].as_str().unwrap().contains("does not hold"), "{answer}");
+    // One who edits an opened payload (the chain covers its ciphertext) and
+    // recomputes every check: only the signature finds it, with the master key.
+    let forged = tampered(&deployment, "forged-plaintext.ndjson", &text, |copy| {
+        copy[bob_line] = copy[bob_line].replacen("bob@example.com", "bob@example.con", 1);
+        rechecked(copy);
+    });
+    let (code, answer) = verify_export(deployment.path(), &forged);
+    assert_eq!((code, answer["line"].as_u64()), (1, Some(text.len() as u64)), "{answer}");
+    assert!(answer["problem"].as_str().unwrap().contains("signature"), "{answer}");
+    std::fs::copy(&forged, &copy).unwrap();
+    assert_eq!(verify_export(elsewhere.path(), &copy).0, 0, "without the key, a forger's file passes: it says so");
     let cut = tampered(&deployment, "cut.ndjson", &text, |copy| {
         copy.pop();
     });

@@ -74,7 +74,7 @@ pub struct Filters {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Ndjson,
     Parquet,
 }
@@ -205,13 +205,13 @@ fn line_of(message: proto::ExportLine) -> ExportLine {
 }
 
 /// Where the lines go.
-enum Sink {
+pub(crate) enum Sink {
     Ndjson(Box<dyn Write + Send>),
     Parquet(ParquetSink<Box<dyn Write + Send>>),
 }
 
 impl Sink {
-    fn take(&mut self, line: &ExportLine) -> anyhow::Result<()> {
+    pub(crate) fn take(&mut self, line: &ExportLine) -> anyhow::Result<()> {
         match self {
             Sink::Ndjson(out) => {
                 out.write_all(line.text.as_bytes())?;
@@ -222,7 +222,7 @@ impl Sink {
         Ok(())
     }
 
-    fn finish(self) -> anyhow::Result<()> {
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
         match self {
             Sink::Ndjson(mut out) => out.flush()?,
             Sink::Parquet(sink) => sink.finish()?,
@@ -241,10 +241,7 @@ async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout())),
     };
-    let mut sink = match args.format {
-        Format::Ndjson => Sink::Ndjson(out),
-        Format::Parquet => Sink::Parquet(ParquetSink::new(out)?),
-    };
+    let mut sink = sink(args.format, out)?;
     let bar =
         output::progress(0, args.output.is_none(), "{spinner} exporting [{bar:40}] {pos}/{len} ({per_sec}, {eta})");
     let mut events = 0u64;
@@ -295,15 +292,7 @@ async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
         };
         let (from, to) = export::range(&log, &spec).await?;
         bar.set_length((to + 1).saturating_sub(from));
-        let (lines, mut produced) = mpsc::channel(256);
-        let producer = {
-            let log = log.clone();
-            tokio::spawn(async move { export::export(&log, &spec, lines, None).await })
-        };
-        while let Some(line) = produced.recv().await {
-            take(line, &mut sink)?;
-        }
-        let result = producer.await.context("the export task")?;
+        let result = export_into(&log, spec, |line| take(line, &mut sink)).await;
         log.close().await;
         result?;
     }
@@ -313,6 +302,34 @@ async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
         eprintln!("exported {events} events to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the export `spec` of `log`, handing each line to `take` in order.
+pub(crate) async fn export_into(
+    log: &EventLog,
+    spec: ExportSpec,
+    mut take: impl FnMut(ExportLine) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let (lines, mut produced) = mpsc::channel(256);
+    let producer = {
+        let log = log.clone();
+        tokio::spawn(async move { export::export(&log, &spec, lines, None).await })
+    };
+    while let Some(line) = produced.recv().await {
+        if let Err(err) = take(line) {
+            producer.abort();
+            return Err(err);
+        }
+    }
+    Ok(producer.await.context("the export task")??)
+}
+
+/// Writes an export's lines in `format` to `out`.
+pub(crate) fn sink(format: Format, out: Box<dyn Write + Send>) -> anyhow::Result<Sink> {
+    Ok(match format {
+        Format::Ndjson => Sink::Ndjson(out),
+        Format::Parquet => Sink::Parquet(ParquetSink::new(out)?),
+    })
 }
 
 /// Prints one event line to stdout, at once.

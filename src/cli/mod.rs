@@ -5,7 +5,7 @@ mod bench;
 mod deliveries;
 mod destination;
 mod directory;
-mod events;
+pub(crate) mod events;
 mod forget;
 mod healthcheck;
 mod identity;

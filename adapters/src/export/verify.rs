@@ -124,7 +124,11 @@ impl<'a> Walk<'a> {
         if text.starts_with("{\"export_end\"") {
             let mut end: ExportEnd = parse(text, "an export's end line").map_err(|err| self.problem(err))?;
             let check = std::mem::take(&mut end.check);
+            let lines_before = self.checker.last();
             self.check_line(text, &body(&end), &check).map_err(|err| self.problem(err))?;
+            if end.lines != lines_before {
+                return Err(self.problem("the check it names is not the last line's: lines were changed before it"));
+            }
             self.check_end(&end)?;
             self.end = Some(end);
             return Ok(());

@@ -401,13 +401,8 @@ impl EventLog {
         let head = self.inner.backend.head().await?;
         self.inner.open_keys.observe_epoch(head.key_epoch);
         let rows = self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await?;
-        let sealed: Vec<&StoredRow> = rows.iter().filter(|row| row.key_id.is_some() && wanted(row)).collect();
-        let keys = if sealed.is_empty() {
-            ReadKeys::new()
-        } else {
-            let sealed: Vec<StoredRow> = sealed.into_iter().cloned().collect();
-            self.load_keys(&sealed, head.key_epoch).await?
-        };
+        let sealed: HashSet<Uuid> = rows.iter().filter(|row| wanted(row)).filter_map(|row| row.key_id).collect();
+        let keys = self.load_key_ids(sealed, head.key_epoch).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -561,8 +556,15 @@ impl EventLog {
     /// Every key the rows need, from the cache or the database; keys fetched
     /// are cached for `epoch`.
     async fn load_keys(&self, rows: &[StoredRow], epoch: i64) -> Result<ReadKeys, ReadError> {
+        self.load_key_ids(rows.iter().filter_map(|row| row.key_id).collect(), epoch).await
+    }
+
+    /// The keys of `wanted`, from the cache or the database.
+    async fn load_key_ids(&self, wanted: HashSet<Uuid>, epoch: i64) -> Result<ReadKeys, ReadError> {
         let mut keys = ReadKeys::new();
-        let wanted: HashSet<Uuid> = rows.iter().filter_map(|row| row.key_id).collect();
+        if wanted.is_empty() {
+            return Ok(keys);
+        }
         let wanted = self.inner.open_keys.take_cached(wanted, &mut keys);
         if wanted.is_empty() {
             return Ok(keys);

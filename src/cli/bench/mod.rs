@@ -11,9 +11,12 @@
 //!   rebuild rate and memory, and its read latencies.
 //! * `activate` ([`activate`]): events/s delivered to an adapter process,
 //!   and the lag from append to delivery.
+//! * `export` ([`export`]): `onepd events export` to NDJSON and Parquet
+//!   beside the raw read rate of the same rows, and its peak memory.
 
 mod activate;
 mod append;
+mod export;
 mod import;
 mod ingest;
 mod profiles;
@@ -44,6 +47,10 @@ pub enum BenchCommand {
     /// memory, backfill to a gRPC adapter, profile reads, beside the log's
     /// read rate.
     Scale(scale::ScaleArgs),
+    /// Events/s of `onepd events export` to NDJSON and to Parquet beside
+    /// the raw read rate of the same rows, and peak memory for the whole
+    /// log and a tenth of it.
+    Export(export::ExportArgs),
 }
 
 /// The database a benchmark runs on.
@@ -130,5 +137,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::ProfileRead(args) => profiles::profile_read(args).await,
         BenchCommand::Activate(args) => activate::run(args).await,
         BenchCommand::Scale(args) => scale::run(args).await,
+        BenchCommand::Export(args) => export::run(args).await,
     }
 }

@@ -109,11 +109,11 @@ fn print(f: &Value) {
 
 /// Forgets the process's peak resident set, so the next read of it covers
 /// only what follows (Linux: `clear_refs` 5).
-fn reset_peak() {
+pub(super) fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn peak_mb() -> f64 {
+pub(super) fn peak_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
