@@ -121,6 +121,28 @@ async fn plant_undecodable(url: &str, workspace: WorkspaceId) -> u64 {
     outcome.positions[0].0
 }
 
+/// Appends a track message straight to the log (the server is stopped).
+async fn plant_track(url: &str, workspace: WorkspaceId, name: &str) {
+    let log = EventLog::open(StoreConfig::new(url, None)).await.expect("open the log");
+    let event = NewEvent {
+        event_id: EventId(Uuid::new_v4()),
+        workspace_id: workspace,
+        event_type: "MessageAccepted".into(),
+        schema_version: 1,
+        data: json!({ "message": {"type": "track", "messageId": name, "userId": "u", "event": name},
+            "enrichment": {}, "originals": {}, "violations": [] }),
+        metadata: json!({ "message_type": "track" }),
+        subject: None,
+    };
+    let request = AppendRequest {
+        stream_id: StreamId::new("source-planted").unwrap(),
+        expected: ExpectedVersion::Any,
+        events: vec![event],
+    };
+    log.append(request).await.expect("append the track");
+    log.close().await;
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
 }
@@ -217,6 +239,8 @@ async fn export_verify_and_show(url: Option<&str>) {
     let key = server.write_key.clone().unwrap();
     let token = server.admin_token.clone().unwrap();
     let workspace = WorkspaceId(server.workspace.clone().unwrap().parse().unwrap());
+    // Another tenant's events sit in the same log.
+    deployment.cli(&["workspace", "create", "other"]);
     let hook = Stub::start(Mode::Accept).await;
     deployment.cli(&[
         "destination",
@@ -375,8 +399,15 @@ async fn export_verify_and_show(url: Option<&str>) {
     let remote_rows = parsed(&remote);
     let workspace_events = events.iter().filter(|event| event["workspace_id"] == workspace.to_string()).count();
     assert_eq!(remote_rows.len(), workspace_events + 2, "the workspace's events, a header and an end line");
+    assert!(remote_rows[1..remote_rows.len() - 1].iter().all(|row| row["workspace_id"] == workspace.to_string()));
     let (code, answer) = verify_export(deployment.path(), &remote);
     assert_eq!((code, &answer["gap_free"]), (0, &json!(false)), "{answer}");
+    let foreign =
+        events.iter().find(|event| event["workspace_id"] != workspace.to_string()).expect("the other workspace's");
+    let foreign = foreign["position"].to_string();
+    let output =
+        onepd(deployment.path(), &["events", "show", &foreign, "--server", &server.grpc, "--token", &audit_token]);
+    assert_eq!(output.status.code(), Some(1), "another workspace's event is not shown: {output:?}");
     let refused = onepd(deployment.path(), &["events", "export", "--server", &server.grpc, "--token", "onepd_admin_0"]);
     assert!(!refused.status.success(), "a wrong token is refused");
     // A read-scoped token is refused too.
@@ -483,6 +514,7 @@ async fn tail_resumes_after_a_restart(url: Option<&str>) {
     let server = Server::start(deployment.path(), &args);
     let key = server.write_key.clone().unwrap();
     let token = server.admin_token.clone().unwrap();
+    let workspace = WorkspaceId(server.workspace.clone().unwrap().parse().unwrap());
     post(&server, &key, "/v1/track", json!({"userId": "u", "event": "Before"})).await;
     let mut tail = Tail::start(deployment.path(), &server.grpc, &token);
     // From now: what was appended before it started is not printed.
@@ -490,11 +522,12 @@ async fn tail_resumes_after_a_restart(url: Option<&str>) {
     post(&server, &key, "/v1/track", json!({"userId": "u", "event": "First"})).await;
     tail.wait_for("the event appended after it started", |seen| names(seen) == ["First"]).await;
 
+    // While the server is down, the log grows (another node, an import):
+    // the tail must print that too once it is back.
     assert!(server.terminate().success());
+    plant_track(&deployment.database_url(), workspace, "Second").await;
     let server = Server::start(deployment.path(), &args);
-    for name in ["Second", "Third"] {
-        post(&server, &key, "/v1/track", json!({"userId": "u", "event": name})).await;
-    }
+    post(&server, &key, "/v1/track", json!({"userId": "u", "event": "Third"})).await;
     tail.wait_for("the events appended after the restart", |seen| names(seen).len() >= 3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     tail.wait_for("", |_| true).await;
