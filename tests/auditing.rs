@@ -237,7 +237,6 @@ async fn export_verify_and_show(url: Option<&str>) {
     let deployment = Deployment::new(url);
     let server = Server::start(deployment.path(), &deployment.store_refs());
     let key = server.write_key.clone().unwrap();
-    let token = server.admin_token.clone().unwrap();
     let workspace = WorkspaceId(server.workspace.clone().unwrap().parse().unwrap());
     // Another tenant's events sit in the same log.
     deployment.cli(&["workspace", "create", "other"]);

@@ -207,7 +207,7 @@ fn line_of(message: proto::ExportLine) -> ExportLine {
 /// Where the lines go.
 pub(crate) enum Sink {
     Ndjson(Box<dyn Write + Send>),
-    Parquet(ParquetSink<Box<dyn Write + Send>>),
+    Parquet(Box<ParquetSink<Box<dyn Write + Send>>>),
 }
 
 impl Sink {
@@ -328,7 +328,7 @@ pub(crate) async fn export_into(
 pub(crate) fn sink(format: Format, out: Box<dyn Write + Send>) -> anyhow::Result<Sink> {
     Ok(match format {
         Format::Ndjson => Sink::Ndjson(out),
-        Format::Parquet => Sink::Parquet(ParquetSink::new(out)?),
+        Format::Parquet => Sink::Parquet(Box::new(ParquetSink::new(out)?)),
     })
 }
 
