@@ -210,7 +210,7 @@ fn rechecked(lines: &mut [String]) {
             let at = body.find("\"lines\":\"").unwrap() + "\"lines\":\"".len();
             body.replace_range(at..at + 64, &hex::encode(last));
         }
-        last = Sha256::new().chain_update(last).chain_update(body.as_bytes()).finalize().into();
+        last = Sha256::new().chain_update(last).chain_update(Sha256::digest(body.as_bytes())).finalize().into();
         *line = format!("{},\"check\":\"{}\"}}", &body[..body.len() - 1], hex::encode(last));
     }
 }

@@ -304,11 +304,18 @@ impl ExportRow {
 }
 
 /// The `check` of every line: SHA-256 of the check before it (zeros before
-/// the header) and the line's bytes without its check, hex. A line is its
-/// fields without `check`, then `,"check":"…"}`.
+/// the header) and the SHA-256 of the line's bytes without its check, hex.
+/// A line is its fields without `check`, then `,"check":"…"}`. (The line's
+/// own digest can be computed on any core; only the short link is
+/// sequential.)
 #[derive(Debug, Clone, Default)]
 pub struct Checker {
     last: [u8; 32],
+}
+
+/// The SHA-256 of a line's bytes without its check.
+pub fn body_digest(body: &str) -> [u8; 32] {
+    Sha256::digest(body.as_bytes()).into()
 }
 
 impl Checker {
@@ -319,16 +326,25 @@ impl Checker {
 
     /// The line `body` (a JSON object without `check`) becomes.
     pub fn line(&mut self, body: &str) -> String {
-        let check = self.next(body);
+        self.line_with(body, &body_digest(body))
+    }
+
+    /// The line `body`, whose [`body_digest`] is `digest`, becomes.
+    pub fn line_with(&mut self, body: &str, digest: &[u8; 32]) -> String {
+        let check = self.next_with(digest);
         let open = body.strip_suffix('}').unwrap_or(body);
         format!("{open},\"check\":\"{check}\"}}")
     }
 
     /// The check `body` gets after the lines so far; it becomes the last.
     pub fn next(&mut self, body: &str) -> String {
+        self.next_with(&body_digest(body))
+    }
+
+    fn next_with(&mut self, digest: &[u8; 32]) -> String {
         let mut hasher = Sha256::new();
         hasher.update(self.last);
-        hasher.update(body.as_bytes());
+        hasher.update(digest);
         self.last = hasher.finalize().into();
         hex::encode(self.last)
     }
@@ -516,28 +532,26 @@ pub async fn export(
     };
     send(&lines, LineKind::Header, 0, checker.line(&body(&header))).await?;
     let (mut previous, mut next, mut events) = (first_previous, from, 0u64);
+    let marks = std::sync::Arc::new(marks);
     while next <= to {
         let page_end = Position(to.min(next.saturating_add(PAGE as u64 * 4)));
         let filter = &spec.filter;
         let rows = log.opened_rows(Position(next), page_end, PAGE, |row| filter.admits(row)).await?;
-        if rows.is_empty() {
+        let Some(last) = rows.last() else {
             if !follow || !wait_for_commit(log, &mut stopping).await {
                 break;
             }
             continue;
-        }
-        for (row, opened) in rows {
-            if row.position != next || row.as_stored().chain_hash(&previous) != row.hash {
-                return Err(ExportError::ChainBroken { position: next });
-            }
-            if spec.filter.admits(&row) {
-                let line = checker.line(&body(&row_of(&row, opened, &previous, marks.get(&row.position))));
-                send(&lines, LineKind::Event, row.position, line).await?;
+        };
+        let (last_position, last_hash) = (last.0.position, last.0.hash);
+        for (row, rendered) in render_page(rows, previous, next, &spec.filter, &marks).await? {
+            if let Some((body, digest)) = rendered {
+                send(&lines, LineKind::Event, row, checker.line_with(&body, &digest)).await?;
                 events += 1;
             }
-            previous = row.hash;
-            next = row.position + 1;
         }
+        previous = last_hash;
+        next = last_position + 1;
     }
     if follow {
         return Ok(events);
@@ -561,6 +575,59 @@ pub async fn export(
     end.signature = log.sign(SIGNATURE_PURPOSE, body(&end).as_bytes()).map(hex::encode);
     send(&lines, LineKind::End, 0, checker.line(&body(&end))).await?;
     Ok(events)
+}
+
+/// A page's rows checked against the chain (from `previous`, the hash before
+/// position `next`) and rendered — the body of each admitted row and its
+/// digest — on two threads for a big page. Rows the filter leaves out come
+/// back without a body.
+type Rendered = Vec<(u64, Option<(String, [u8; 32])>)>;
+
+async fn render_page(
+    mut rows: Vec<(StoredRow, Opened)>,
+    previous: [u8; 32],
+    next: u64,
+    filter: &ExportFilter,
+    marks: &std::sync::Arc<HashMap<u64, String>>,
+) -> Result<Rendered, ExportError> {
+    fn render(
+        rows: Vec<(StoredRow, Opened)>,
+        mut previous: [u8; 32],
+        mut next: u64,
+        filter: &ExportFilter,
+        marks: &HashMap<u64, String>,
+    ) -> Result<Rendered, ExportError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, opened) in rows {
+            if row.position != next || row.as_stored().chain_hash(&previous) != row.hash {
+                return Err(ExportError::ChainBroken { position: next });
+            }
+            let rendered = filter.admits(&row).then(|| {
+                let body = body(&row_of(&row, opened, &previous, marks.get(&row.position)));
+                let digest = body_digest(&body);
+                (body, digest)
+            });
+            out.push((row.position, rendered));
+            previous = row.hash;
+            next = row.position + 1;
+        }
+        Ok(out)
+    }
+    if rows.len() < 256 {
+        return render(rows, previous, next, filter, marks);
+    }
+    let second = rows.split_off(rows.len() / 2);
+    let (second_previous, second_next) = {
+        let last = &rows.last().expect("a page of at least 256 rows").0;
+        (last.hash, last.position + 1)
+    };
+    let (other_filter, other_marks) = (filter.clone(), marks.clone());
+    let other =
+        tokio::task::spawn_blocking(move || render(second, second_previous, second_next, &other_filter, &other_marks));
+    let mut out = render(rows, previous, next, filter, marks)?;
+    let rest = other.await.map_err(|err| StoreError::Database(format!("rendering an export: {err}")))??;
+    out.extend(rest);
+    Ok(out)
 }
 
 /// The source id `id_or_name` names in `workspace`: itself when it is an

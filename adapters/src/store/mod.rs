@@ -402,25 +402,36 @@ impl EventLog {
         self.inner.open_keys.observe_epoch(head.key_epoch);
         let rows = self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await?;
         let sealed: HashSet<Uuid> = rows.iter().filter(|row| wanted(row)).filter_map(|row| row.key_id).collect();
-        let keys = self.load_key_ids(sealed, head.key_epoch).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let opened = match row.key_id {
-                    None => Opened::Clear,
-                    Some(_) if !wanted(&row) => Opened::NotOpened,
-                    Some(key_id) => match keys.get(&key_id) {
-                        Some(Some(key)) => match key.open(row.event_id, &row.data) {
-                            Ok(plaintext) => Opened::Plaintext(plaintext),
-                            Err(_) => Opened::Unopenable("sealed payload does not open with its subject key".into()),
-                        },
-                        Some(None) => Opened::Shredded,
-                        None => Opened::Unopenable(format!("subject key {key_id} was not loaded")),
+        let keys = Arc::new(self.load_key_ids(sealed, head.key_epoch).await?);
+        let open = move |(row, wanted): (StoredRow, bool)| {
+            let opened = match row.key_id {
+                None => Opened::Clear,
+                Some(_) if !wanted => Opened::NotOpened,
+                Some(key_id) => match keys.get(&key_id) {
+                    Some(Some(key)) => match key.open(row.event_id, &row.data) {
+                        Ok(plaintext) => Opened::Plaintext(plaintext),
+                        Err(_) => Opened::Unopenable("sealed payload does not open with its subject key".into()),
                     },
-                };
-                (row, opened)
-            })
-            .collect())
+                    Some(None) => Opened::Shredded,
+                    None => Opened::Unopenable(format!("subject key {key_id} was not loaded")),
+                },
+            };
+            (row, opened)
+        };
+        let mut rows: Vec<(StoredRow, bool)> = rows.into_iter().map(|row| (row, false)).collect();
+        for (row, wanted_row) in &mut rows {
+            *wanted_row = wanted(row);
+        }
+        // Opening is most of the cost: a big page is opened on two threads.
+        if rows.len() < PARALLEL_DECODE_ROWS {
+            return Ok(rows.into_iter().map(open).collect());
+        }
+        let second = rows.split_off(rows.len() / 2);
+        let other_open = open.clone();
+        let other = tokio::task::spawn_blocking(move || second.into_iter().map(other_open).collect::<Vec<_>>());
+        let mut opened: Vec<(StoredRow, Opened)> = rows.into_iter().map(open).collect();
+        opened.extend(other.await.map_err(|err| StoreError::Database(format!("opening events: {err}")))?);
+        Ok(opened)
     }
 
     /// The position of the event with this id, if the log holds it (a scan
