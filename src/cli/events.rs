@@ -201,7 +201,7 @@ fn line_of(message: proto::ExportLine) -> ExportLine {
         Ok(export_line::Kind::End) => LineKind::End,
         _ => LineKind::Event,
     };
-    ExportLine { kind, position: message.position, text: message.line }
+    ExportLine { kind, position: message.position, text: message.line, row: None }
 }
 
 /// Where the lines go.

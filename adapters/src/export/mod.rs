@@ -154,7 +154,7 @@ pub enum LineKind {
 }
 
 /// One line of an export, without its newline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ExportLine {
     /// Which line.
     pub kind: LineKind,
@@ -162,6 +162,9 @@ pub struct ExportLine {
     pub position: u64,
     /// The line.
     pub text: String,
+    /// The event line's row (with its check), for a writer in the same
+    /// process that would otherwise parse the line back (Parquet).
+    pub row: Option<Box<ExportRow>>,
 }
 
 /// An export's first line.
@@ -477,7 +480,7 @@ async fn send(
     position: u64,
     text: String,
 ) -> Result<(), ExportError> {
-    lines.send(ExportLine { kind, position, text }).await.map_err(|_| ExportError::Closed)
+    lines.send(ExportLine { kind, position, text, row: None }).await.map_err(|_| ExportError::Closed)
 }
 
 /// Waits for a commit past `head`, or `stopping`; returns false when stopping.
@@ -514,7 +517,7 @@ pub async fn export(
     log: &EventLog,
     spec: &ExportSpec,
     lines: mpsc::Sender<ExportLine>,
-    mut stopping: Option<watch::Receiver<bool>>,
+    stopping: Option<watch::Receiver<bool>>,
 ) -> Result<u64, ExportError> {
     let (from, to) = range(log, spec).await?;
     let follow = spec.end == End::Follow;
@@ -533,25 +536,30 @@ pub async fn export(
     send(&lines, LineKind::Header, 0, checker.line(&body(&header))).await?;
     let (mut previous, mut next, mut events) = (first_previous, from, 0u64);
     let marks = std::sync::Arc::new(marks);
-    while next <= to {
-        let page_end = Position(to.min(next.saturating_add(PAGE as u64 * 4)));
-        let filter = &spec.filter;
-        let rows = log.opened_rows(Position(next), page_end, PAGE, |row| filter.admits(row)).await?;
-        let Some(last) = rows.last() else {
-            if !follow || !wait_for_commit(log, &mut stopping).await {
-                break;
-            }
-            continue;
-        };
+    // Pages are read (and opened) one ahead of the page being rendered, so
+    // the database and the rendering work at once.
+    let (pages, mut read) = mpsc::channel(2);
+    let reader = tokio::spawn(read_pages(log.clone(), from, to, spec.filter.clone(), follow, stopping, pages));
+    let _reader = AbortOnDrop(reader);
+    while let Some(page) = read.recv().await {
+        let rows = page?;
+        let Some(last) = rows.last() else { continue };
         let (last_position, last_hash) = (last.0.position, last.0.hash);
-        for (row, rendered) in render_page(rows, previous, next, &spec.filter, &marks).await? {
-            if let Some((body, digest)) = rendered {
-                send(&lines, LineKind::Event, row, checker.line_with(&body, &digest)).await?;
+        for (position, rendered) in render_page(rows, previous, next, &spec.filter, &marks).await? {
+            if let Some((mut row, body, digest)) = rendered {
+                let text = checker.line_with(&body, &digest);
+                row.check = checker.last();
+                let line = ExportLine { kind: LineKind::Event, position, text, row: Some(row) };
+                lines.send(line).await.map_err(|_| ExportError::Closed)?;
                 events += 1;
             }
         }
         previous = last_hash;
         next = last_position + 1;
+    }
+    if !follow && next <= to {
+        // The log ended before the range did: rows are missing.
+        return Err(ExportError::ChainBroken { position: next });
     }
     if follow {
         return Ok(events);
@@ -577,11 +585,56 @@ pub async fn export(
     Ok(events)
 }
 
+/// Aborts a task when dropped (the export stopped early).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads positions `from..=to` page by page into `pages`, opening the
+/// payloads `filter` admits; following the head when `follow`, until
+/// `stopping` or the receiver goes. Ends after the last page, or after an
+/// error it sends.
+async fn read_pages(
+    log: EventLog,
+    from: u64,
+    to: u64,
+    filter: ExportFilter,
+    follow: bool,
+    mut stopping: Option<watch::Receiver<bool>>,
+    pages: mpsc::Sender<Result<Vec<(StoredRow, Opened)>, ExportError>>,
+) {
+    let mut next = from;
+    while next <= to {
+        let page_end = Position(to.min(next.saturating_add(PAGE as u64 * 4)));
+        let rows = match log.opened_rows(Position(next), page_end, PAGE, |row| filter.admits(row)).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                let _ = pages.send(Err(err.into())).await;
+                return;
+            }
+        };
+        let Some(last) = rows.last() else {
+            if !follow || !wait_for_commit(&log, &mut stopping).await {
+                return;
+            }
+            continue;
+        };
+        next = last.0.position + 1;
+        if pages.send(Ok(rows)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A page's rows checked against the chain (from `previous`, the hash before
 /// position `next`) and rendered — the body of each admitted row and its
 /// digest — on two threads for a big page. Rows the filter leaves out come
 /// back without a body.
-type Rendered = Vec<(u64, Option<(String, [u8; 32])>)>;
+type Rendered = Vec<(u64, Option<(Box<ExportRow>, String, [u8; 32])>)>;
 
 async fn render_page(
     mut rows: Vec<(StoredRow, Opened)>,
@@ -603,9 +656,10 @@ async fn render_page(
                 return Err(ExportError::ChainBroken { position: next });
             }
             let rendered = filter.admits(&row).then(|| {
-                let body = body(&row_of(&row, opened, &previous, marks.get(&row.position)));
+                let exported = Box::new(row_of(&row, opened, &previous, marks.get(&row.position)));
+                let body = body(&exported);
                 let digest = body_digest(&body);
-                (body, digest)
+                (exported, body, digest)
             });
             out.push((row.position, rendered));
             previous = row.hash;

@@ -178,9 +178,15 @@ impl<W: Write + Send> ParquetSink<W> {
             }
             LineKind::End => self.writer.append_key_value_metadata(KeyValue::new(END_KEY.into(), line.text.clone())),
             LineKind::Event => {
-                let row: ExportRow = serde_json::from_str(&line.text)
-                    .map_err(|err| ParquetError::Invalid(format!("an event line is not an export row: {err}")))?;
-                self.builders.push(&row);
+                match &line.row {
+                    Some(row) => self.builders.push(row),
+                    None => {
+                        let row: ExportRow = serde_json::from_str(&line.text).map_err(|err| {
+                            ParquetError::Invalid(format!("an event line is not an export row: {err}"))
+                        })?;
+                        self.builders.push(&row);
+                    }
+                }
                 if self.builders.rows >= ROW_GROUP_ROWS {
                     let batch = self.builders.finish()?;
                     self.writer.write(&batch)?;
