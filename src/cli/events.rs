@@ -310,15 +310,17 @@ pub(crate) async fn export_into(
     spec: ExportSpec,
     mut take: impl FnMut(ExportLine) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let (lines, mut produced) = mpsc::channel(256);
+    let (lines, mut produced) = mpsc::channel(4);
     let producer = {
         let log = log.clone();
         tokio::spawn(async move { export::export(&log, &spec, lines, None).await })
     };
-    while let Some(line) = produced.recv().await {
-        if let Err(err) = take(line) {
-            producer.abort();
-            return Err(err);
+    while let Some(batch) = produced.recv().await {
+        for line in batch {
+            if let Err(err) = take(line) {
+                producer.abort();
+                return Err(err);
+            }
         }
     }
     Ok(producer.await.context("the export task")??)
@@ -347,16 +349,19 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         end: End::Follow,
         filter: local_filter(&log, &args.filters).await?,
     };
-    let (lines, mut produced) = mpsc::channel(256);
+    let (lines, mut produced) = mpsc::channel::<Vec<ExportLine>>(4);
     let producer = {
         let log = log.clone();
         tokio::spawn(async move { export::export(&log, &spec, lines, None).await })
     };
     loop {
         tokio::select! {
-            line = produced.recv() => match line {
-                Some(line) if line.kind == LineKind::Event => print_line(&line.text),
-                Some(_) => {}
+            batch = produced.recv() => match batch {
+                Some(batch) => {
+                    for line in batch.iter().filter(|line| line.kind == LineKind::Event) {
+                        print_line(&line.text);
+                    }
+                }
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => break,

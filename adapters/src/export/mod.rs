@@ -475,12 +475,12 @@ pub async fn range(log: &EventLog, spec: &ExportSpec) -> Result<(u64, u64), Read
 }
 
 async fn send(
-    lines: &mpsc::Sender<ExportLine>,
+    lines: &mpsc::Sender<Vec<ExportLine>>,
     kind: LineKind,
     position: u64,
     text: String,
 ) -> Result<(), ExportError> {
-    lines.send(ExportLine { kind, position, text, row: None }).await.map_err(|_| ExportError::Closed)
+    lines.send(vec![ExportLine { kind, position, text, row: None }]).await.map_err(|_| ExportError::Closed)
 }
 
 /// Waits for a commit past `head`, or `stopping`; returns false when stopping.
@@ -507,8 +507,9 @@ async fn wait_for_commit(log: &EventLog, stopping: &mut Option<watch::Receiver<b
     }
 }
 
-/// Streams the export `spec` names into `lines`: the header, every event
-/// line, and (unless it follows the log) the end line. Memory stays flat:
+/// Streams the export `spec` names into `lines`, in batches (a page's event
+/// lines at a time): the header, every event line, and (unless it follows
+/// the log) the end line. Memory stays flat:
 /// one page of rows at a time, and `lines` is bounded. Each stored hash is
 /// checked on the way; a broken link stops the export with
 /// [`ExportError::ChainBroken`]. A followed export ends when `stopping`
@@ -516,7 +517,7 @@ async fn wait_for_commit(log: &EventLog, stopping: &mut Option<watch::Receiver<b
 pub async fn export(
     log: &EventLog,
     spec: &ExportSpec,
-    lines: mpsc::Sender<ExportLine>,
+    lines: mpsc::Sender<Vec<ExportLine>>,
     stopping: Option<watch::Receiver<bool>>,
 ) -> Result<u64, ExportError> {
     let (from, to) = range(log, spec).await?;
@@ -545,14 +546,17 @@ pub async fn export(
         let rows = page?;
         let Some(last) = rows.last() else { continue };
         let (last_position, last_hash) = (last.0.position, last.0.hash);
+        let mut batch = Vec::with_capacity(rows.len());
         for (position, rendered) in render_page(rows, previous, next, &spec.filter, &marks).await? {
             if let Some((mut row, body, digest)) = rendered {
                 let text = checker.line_with(&body, &digest);
                 row.check = checker.last();
-                let line = ExportLine { kind: LineKind::Event, position, text, row: Some(row) };
-                lines.send(line).await.map_err(|_| ExportError::Closed)?;
-                events += 1;
+                batch.push(ExportLine { kind: LineKind::Event, position, text, row: Some(row) });
             }
+        }
+        events += batch.len() as u64;
+        if !batch.is_empty() {
+            lines.send(batch).await.map_err(|_| ExportError::Closed)?;
         }
         previous = last_hash;
         next = last_position + 1;

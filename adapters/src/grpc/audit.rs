@@ -269,21 +269,23 @@ impl AuditService for AuditApi {
             },
         };
         let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
-        let (lines, mut produced) = mpsc::channel::<export::ExportLine>(CHANNEL_DEPTH);
+        let (lines, mut produced) = mpsc::channel::<Vec<export::ExportLine>>(4);
         let log = self.log.clone();
         let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let forward = sender.clone();
             let relay = tokio::spawn(async move {
-                while let Some(line) = produced.recv().await {
-                    let kind = match line.kind {
-                        export::LineKind::Header => export_line::Kind::Header,
-                        export::LineKind::Event => export_line::Kind::Event,
-                        export::LineKind::End => export_line::Kind::End,
-                    };
-                    let message = ExportLine { kind: kind as i32, position: line.position, line: line.text };
-                    if forward.send(Ok(message)).await.is_err() {
-                        return;
+                while let Some(batch) = produced.recv().await {
+                    for line in batch {
+                        let kind = match line.kind {
+                            export::LineKind::Header => export_line::Kind::Header,
+                            export::LineKind::Event => export_line::Kind::Event,
+                            export::LineKind::End => export_line::Kind::End,
+                        };
+                        let message = ExportLine { kind: kind as i32, position: line.position, line: line.text };
+                        if forward.send(Ok(message)).await.is_err() {
+                            return;
+                        }
                     }
                 }
             });
