@@ -289,6 +289,7 @@ async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 (None, None) => End::Head,
             },
             filter: local_filter(&log, &args.filters).await?,
+            with_rows: args.format == Format::Parquet,
         };
         let (from, to) = export::range(&log, &spec).await?;
         bar.set_length((to + 1).saturating_sub(from));
@@ -348,6 +349,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         start: args.from.map_or(Start::Now, Start::Position),
         end: End::Follow,
         filter: local_filter(&log, &args.filters).await?,
+        with_rows: false,
     };
     let (lines, mut produced) = mpsc::channel::<Vec<ExportLine>>(4);
     let producer = {

@@ -41,7 +41,7 @@ pub const EXPORT_FORMAT: &str = "onepd-export/1";
 /// The purpose the end line's signature key is derived for.
 const SIGNATURE_PURPOSE: &str = "export";
 /// Rows per read page.
-const PAGE: usize = 2_000;
+const PAGE: usize = 5_000;
 /// How often a followed export looks for new events.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
@@ -120,6 +120,9 @@ pub struct ExportSpec {
     pub end: End,
     /// Which events.
     pub filter: ExportFilter,
+    /// Whether event lines carry their row ([`ExportLine::row`]), for a
+    /// Parquet writer in the same process.
+    pub with_rows: bool,
 }
 
 /// Why an export stopped.
@@ -334,9 +337,20 @@ impl Checker {
 
     /// The line `body`, whose [`body_digest`] is `digest`, becomes.
     pub fn line_with(&mut self, body: &str, digest: &[u8; 32]) -> String {
+        self.finish_line(body.to_owned(), digest)
+    }
+
+    /// `body` made its line in place.
+    pub fn finish_line(&mut self, mut body: String, digest: &[u8; 32]) -> String {
         let check = self.next_with(digest);
-        let open = body.strip_suffix('}').unwrap_or(body);
-        format!("{open},\"check\":\"{check}\"}}")
+        if body.ends_with('}') {
+            body.pop();
+        }
+        body.reserve(check.len() + 12);
+        body.push_str(",\"check\":\"");
+        body.push_str(&check);
+        body.push_str("\"}");
+        body
     }
 
     /// The check `body` gets after the lines so far; it becomes the last.
@@ -547,11 +561,14 @@ pub async fn export(
         let Some(last) = rows.last() else { continue };
         let (last_position, last_hash) = (last.0.position, last.0.hash);
         let mut batch = Vec::with_capacity(rows.len());
-        for (position, rendered) in render_page(rows, previous, next, &spec.filter, &marks).await? {
-            if let Some((mut row, body, digest)) = rendered {
-                let text = checker.line_with(&body, &digest);
-                row.check = checker.last();
-                batch.push(ExportLine { kind: LineKind::Event, position, text, row: Some(row) });
+        for (position, rendered) in render_page(rows, previous, next, &spec.filter, &marks, spec.with_rows).await? {
+            if let Some((row, body, digest)) = rendered {
+                let text = checker.finish_line(body, &digest);
+                let row = row.map(|mut row| {
+                    row.check = checker.last();
+                    row
+                });
+                batch.push(ExportLine { kind: LineKind::Event, position, text, row });
             }
         }
         events += batch.len() as u64;
@@ -638,7 +655,7 @@ async fn read_pages(
 /// position `next`) and rendered — the body of each admitted row and its
 /// digest — on two threads for a big page. Rows the filter leaves out come
 /// back without a body.
-type Rendered = Vec<(u64, Option<(Box<ExportRow>, String, [u8; 32])>)>;
+type Rendered = Vec<(u64, Option<(Option<Box<ExportRow>>, String, [u8; 32])>)>;
 
 async fn render_page(
     mut rows: Vec<(StoredRow, Opened)>,
@@ -646,6 +663,7 @@ async fn render_page(
     next: u64,
     filter: &ExportFilter,
     marks: &std::sync::Arc<HashMap<u64, String>>,
+    with_rows: bool,
 ) -> Result<Rendered, ExportError> {
     fn render(
         rows: Vec<(StoredRow, Opened)>,
@@ -653,6 +671,7 @@ async fn render_page(
         mut next: u64,
         filter: &ExportFilter,
         marks: &HashMap<u64, String>,
+        with_rows: bool,
     ) -> Result<Rendered, ExportError> {
         let mut out = Vec::with_capacity(rows.len());
         for (row, opened) in rows {
@@ -663,7 +682,7 @@ async fn render_page(
                 let exported = Box::new(row_of(&row, opened, &previous, marks.get(&row.position)));
                 let body = body(&exported);
                 let digest = body_digest(&body);
-                (exported, body, digest)
+                (with_rows.then_some(exported), body, digest)
             });
             out.push((row.position, rendered));
             previous = row.hash;
@@ -672,7 +691,7 @@ async fn render_page(
         Ok(out)
     }
     if rows.len() < 256 {
-        return render(rows, previous, next, filter, marks);
+        return render(rows, previous, next, filter, marks, with_rows);
     }
     let second = rows.split_off(rows.len() / 2);
     let (second_previous, second_next) = {
@@ -680,9 +699,10 @@ async fn render_page(
         (last.hash, last.position + 1)
     };
     let (other_filter, other_marks) = (filter.clone(), marks.clone());
-    let other =
-        tokio::task::spawn_blocking(move || render(second, second_previous, second_next, &other_filter, &other_marks));
-    let mut out = render(rows, previous, next, filter, marks)?;
+    let other = tokio::task::spawn_blocking(move || {
+        render(second, second_previous, second_next, &other_filter, &other_marks, with_rows)
+    });
+    let mut out = render(rows, previous, next, filter, marks, with_rows)?;
     let rest = other.await.map_err(|err| StoreError::Database(format!("rendering an export: {err}")))??;
     out.extend(rest);
     Ok(out)

@@ -267,6 +267,7 @@ impl AuditService for AuditApi {
                 event_types: filter.event_types,
                 source,
             },
+            with_rows: false,
         };
         let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
         let (lines, mut produced) = mpsc::channel::<Vec<export::ExportLine>>(4);

@@ -51,7 +51,12 @@ async fn export_rate(log: &EventLog, to: u64, format: Format, dir: &std::path::P
     });
     let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let out: Box<dyn Write + Send> = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
-    let spec = ExportSpec { start: Start::Position(1), end: End::Position(to), filter: ExportFilter::default() };
+    let spec = ExportSpec {
+        start: Start::Position(1),
+        end: End::Position(to),
+        filter: ExportFilter::default(),
+        with_rows: format == Format::Parquet,
+    };
     reset_peak();
     let started = Instant::now();
     let mut sink = sink(format, out)?;
