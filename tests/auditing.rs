@@ -98,49 +98,36 @@ fn objects(levels: usize) -> Value {
     (0..levels).fold(json!(1), |inner, _| json!({ "a": inner }))
 }
 
-/// Appends, as an older onepd could have, a message no reader can decode.
-async fn plant_undecodable(url: &str, workspace: WorkspaceId) -> u64 {
+/// Appends a `MessageAccepted` event holding `message` straight to the log
+/// (the server is stopped), at the position it returns.
+async fn plant(url: &str, workspace: WorkspaceId, message: Value) -> u64 {
     let log = EventLog::open(StoreConfig::new(url, None)).await.expect("open the log");
     let event = NewEvent {
         event_id: EventId(Uuid::new_v4()),
         workspace_id: workspace,
         event_type: "MessageAccepted".into(),
         schema_version: 1,
-        data: json!({ "message": {"type": "track", "messageId": "legacy-deep", "userId": "legacy",
-            "event": "Deep", "properties": objects(130)}, "enrichment": {}, "originals": {}, "violations": [] }),
+        data: json!({ "message": message, "enrichment": {}, "originals": {}, "violations": [] }),
         metadata: json!({ "message_type": "track" }),
         subject: None,
     };
-    let request = AppendRequest {
-        stream_id: StreamId::new("source-legacy").unwrap(),
-        expected: ExpectedVersion::Any,
-        events: vec![event],
-    };
-    let outcome = log.append(request).await.expect("append the legacy event");
+    let stream = StreamId::new("source-planted").unwrap();
+    let request = AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: vec![event] };
+    let outcome = log.append(request).await.expect("append the event");
     log.close().await;
     outcome.positions[0].0
 }
 
+/// Appends, as an older onepd could have, a message no reader can decode.
+async fn plant_undecodable(url: &str, workspace: WorkspaceId) -> u64 {
+    let message = json!({"type": "track", "messageId": "legacy-deep", "userId": "legacy", "event": "Deep",
+        "properties": objects(130)});
+    plant(url, workspace, message).await
+}
+
 /// Appends a track message straight to the log (the server is stopped).
 async fn plant_track(url: &str, workspace: WorkspaceId, name: &str) {
-    let log = EventLog::open(StoreConfig::new(url, None)).await.expect("open the log");
-    let event = NewEvent {
-        event_id: EventId(Uuid::new_v4()),
-        workspace_id: workspace,
-        event_type: "MessageAccepted".into(),
-        schema_version: 1,
-        data: json!({ "message": {"type": "track", "messageId": name, "userId": "u", "event": name},
-            "enrichment": {}, "originals": {}, "violations": [] }),
-        metadata: json!({ "message_type": "track" }),
-        subject: None,
-    };
-    let request = AppendRequest {
-        stream_id: StreamId::new("source-planted").unwrap(),
-        expected: ExpectedVersion::Any,
-        events: vec![event],
-    };
-    log.append(request).await.expect("append the track");
-    log.close().await;
+    plant(url, workspace, json!({"type": "track", "messageId": name, "userId": "u", "event": name})).await;
 }
 
 fn lines(path: &Path) -> Vec<String> {
