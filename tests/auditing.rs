@@ -202,6 +202,16 @@ fn rechecked(lines: &mut [String]) {
     }
 }
 
+const ADD_COLUMN: &str = r#"
+import sys
+import pyarrow as pa, pyarrow.parquet as pq
+table = pq.read_table(sys.argv[1])
+meta = pq.ParquetFile(sys.argv[1]).metadata.metadata
+table = table.append_column("data", pa.array(['{"fake":true}'] * table.num_rows))
+table = table.replace_schema_metadata({k: v for k, v in meta.items() if k.startswith(b"onepd.")})
+pq.write_table(table, sys.argv[2])
+"#;
+
 const PYARROW_CHECK: &str = r#"
 import json, sys
 import pyarrow.parquet as pq
@@ -349,6 +359,23 @@ async fn export_verify_and_show(url: Option<&str>) {
     assert!(answer["problem"].as_str().unwrap().contains("signature"), "{answer}");
     std::fs::copy(&forged, &copy).unwrap();
     assert_eq!(verify_export(elsewhere.path(), &copy).0, 0, "without the key, a forger's file passes: it says so");
+    // One who removes the signature (and recomputes every check), to hide
+    // a removed event behind a filter: refused while a master key is here.
+    let unsigned = tampered(&deployment, "unsigned.ndjson", &text, |copy| {
+        copy[0] = copy[0].replacen("\"filter\":{}", "\"filter\":{\"stream\":\"x\"}", 1);
+        copy.remove(5);
+        let end = copy.len() - 1;
+        let events = copy.len() - 2;
+        let value: Value = serde_json::from_str(&copy[end]).unwrap();
+        copy[end] = copy[end]
+            .replacen(&format!("\"events\":{}", value["events"]), &format!("\"events\":{events}"), 1)
+            .replacen(&format!("\"head\":{}", value["head"]), "\"head\":null", 1)
+            .replacen(&format!("\"signature\":{}", value["signature"]), "\"signature\":null", 1);
+        rechecked(copy);
+    });
+    let (code, answer) = verify_export(deployment.path(), &unsigned);
+    assert_eq!((code, answer["line"].as_u64()), (1, Some(text.len() as u64 - 1)), "{answer}");
+    assert!(answer["problem"].as_str().unwrap().contains("not signed"), "{answer}");
     let cut = tampered(&deployment, "cut.ndjson", &text, |copy| {
         copy.pop();
     });
@@ -369,6 +396,25 @@ async fn export_verify_and_show(url: Option<&str>) {
         String::from_utf8_lossy(&read_back.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&read_back.stdout).trim(), events.len().to_string());
+    // A column added beside onepd's (a second `data` a reader would see) fails.
+    let added = deployment.file("added.parquet");
+    let added_column = Command::new(python_with_pyarrow())
+        .args(["-c", ADD_COLUMN, parquet.to_str().unwrap(), added.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(added_column.status.success(), "{}", String::from_utf8_lossy(&added_column.stderr));
+    let (code, answer) = verify_export(deployment.path(), &added);
+    assert_eq!(code, 1, "{answer}");
+    assert!(answer["problem"].as_str().unwrap().contains("columns"), "{answer}");
+
+    // Ranges: past the head is an empty export that verifies; an end before the start is refused.
+    let past = deployment.file("past.ndjson");
+    let far = (end["to_position"].as_u64().unwrap() + 50).to_string();
+    deployment.cli(&["events", "export", "--from", &far, "--output", past.to_str().unwrap()]);
+    assert_eq!(verify_export(deployment.path(), &past).0, 0);
+    let backwards = deployment.cli_output(&["events", "export", "--from", "5", "--to", "2"]);
+    assert!(!backwards.status.success());
+    assert!(String::from_utf8_lossy(&backwards.stderr).contains("before it starts"), "{backwards:?}");
 
     // Through the server with an audit token: the token's workspace only, verifiable.
     let issued = deployment.cli_json(&["key", "issue", "--admin", "--scope", "audit"]);

@@ -141,6 +141,14 @@ fn time(flag: &str, text: &str) -> anyhow::Result<Timestamp> {
         .with_context(|| format!("--{flag} {text:?}: expected an RFC 3339 time such as 2026-03-03T00:00:00Z"))
 }
 
+/// Refuses `--workspace` with `--server`: the token's workspace is read.
+fn no_workspace_with_server(source: &Source, filters: &Filters) -> anyhow::Result<()> {
+    if source.server.is_some() && filters.workspace.is_some() {
+        bail!("--workspace does not go with --server: the server exports the token's workspace, and only that");
+    }
+    Ok(())
+}
+
 /// The remote client, when `--server` is given.
 async fn client(source: &Source) -> anyhow::Result<Option<(AuditServiceClient<Channel>, String)>> {
     let Some(server) = &source.server else { return Ok(None) };
@@ -232,6 +240,7 @@ impl Sink {
 }
 
 async fn export_command(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    no_workspace_with_server(&args.source, &args.filters)?;
     let since = args.since.as_deref().map(|text| time("since", text)).transpose()?;
     let until = args.until.as_deref().map(|text| time("until", text)).transpose()?;
     let out: Box<dyn Write + Send> = match &args.output {
@@ -341,6 +350,7 @@ fn print_line(text: &str) {
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    no_workspace_with_server(&args.source, &args.filters)?;
     if args.source.server.is_some() {
         return tail_remote(args).await;
     }

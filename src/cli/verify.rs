@@ -35,6 +35,10 @@ pub struct VerifyArgs {
     /// count, and with the master key its signature. Needs no database.
     #[arg(long, value_name = "FILE")]
     export: Option<PathBuf>,
+    /// With `--export`: accept an export without a signature although a
+    /// master key is here (exports of a log that has no master key).
+    #[arg(long, requires = "export")]
+    allow_unsigned: bool,
 }
 
 /// What `--expect-head` found: `None` when it holds, else why not.
@@ -159,7 +163,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// `onepd verify --export FILE`: checks an export without the database.
 fn verify_export(args: &VerifyArgs, file: &Path) -> anyhow::Result<ExitCode> {
-    use onepd_adapters::export::verify::{Signature, check_ndjson, check_parquet, check_saved_head};
+    use onepd_adapters::export::verify::{CheckOptions, Signature, check_ndjson, check_parquet, check_saved_head};
     if args.save_head.is_some() {
         anyhow::bail!("--save-head signs the database's head; it does not go with --export");
     }
@@ -183,18 +187,22 @@ fn verify_export(args: &VerifyArgs, file: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     let heads: Vec<u64> = saved.iter().map(|head| head.position).collect();
-    let mut magic = [0u8; 4];
-    let opened = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let is_parquet = {
+    let options = CheckOptions { allow_unsigned: args.allow_unsigned };
+    let mut opened = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    // The first bytes tell Parquet (`PAR1`) from NDJSON; they are read
+    // again from memory, so a pipe works too (NDJSON only: Parquet needs a
+    // file it can seek in).
+    let mut magic = Vec::with_capacity(4);
+    {
         use std::io::Read;
-        let mut probe = &opened;
-        probe.read(&mut magic).map(|read| read == 4 && &magic == b"PAR1").unwrap_or(false)
-    };
-    let opened = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let checked = if is_parquet {
-        check_parquet(opened, master.as_ref(), &heads)
+        (&mut opened).take(4).read_to_end(&mut magic).with_context(|| format!("reading {}", file.display()))?;
+    }
+    let checked = if magic == b"PAR1" {
+        let opened = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        check_parquet(opened, master.as_ref(), &heads, options)
     } else {
-        check_ndjson(std::io::BufReader::with_capacity(1 << 20, opened), master.as_ref(), &heads)
+        let reader = std::io::Read::chain(std::io::Cursor::new(magic), opened);
+        check_ndjson(std::io::BufReader::with_capacity(1 << 20, reader), master.as_ref(), &heads, options)
     };
     let report = match checked {
         Ok(report) => report,

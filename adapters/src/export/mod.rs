@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use onepd_domain::events::message::MessageRejected;
-use onepd_domain::{EventStore, Position, ReadError, StoreError, Timestamp, WorkspaceId};
+use onepd_domain::{EventStore, Position, StoreError, Timestamp, WorkspaceId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -140,6 +140,9 @@ pub enum ExportError {
         /// The first position whose hash does not hold.
         position: u64,
     },
+    /// The range asked for is not one.
+    #[error("{0}")]
+    Invalid(String),
     /// The reader of the lines went away.
     #[error("the reader of the export went away")]
     Closed,
@@ -472,19 +475,34 @@ async fn quarantine_marks(log: &EventLog, workspace: Option<Uuid>) -> Result<Has
 
 /// The first and last positions `spec` names, with the head now; the last
 /// is `u64::MAX` for a followed export.
-pub async fn range(log: &EventLog, spec: &ExportSpec) -> Result<(u64, u64), ReadError> {
+pub async fn range(log: &EventLog, spec: &ExportSpec) -> Result<(u64, u64), ExportError> {
     let head = log.head().await?.0;
     let from = match spec.start {
         Start::Position(position) => position.max(1),
         Start::Time(time) => log.position_at(time).await?.0,
         Start::Now => head + 1,
     };
+    if spec.end == End::Follow {
+        if from > head + 1 {
+            return Err(ExportError::Invalid(format!(
+                "the start, position {from}, is past the head ({head}): follow from position {} at most",
+                head + 1
+            )));
+        }
+        return Ok((from, u64::MAX));
+    }
+    // A start past the head is an empty export just after it.
+    let from = from.min(head + 1);
     let to = match spec.end {
-        End::Head => head,
+        End::Head | End::Follow => head,
         End::Position(position) => position.min(head),
         End::Time(time) => log.position_at(Timestamp(time.0.saturating_add(1))).await?.0 - 1,
-        End::Follow => u64::MAX,
     };
+    if to + 1 < from {
+        return Err(ExportError::Invalid(format!(
+            "the range ends at position {to}, before it starts at position {from}"
+        )));
+    }
     Ok((from, to))
 }
 

@@ -286,10 +286,32 @@ fn rows_of(batch: &RecordBatch) -> Result<Vec<ExportRow>, ParquetError> {
 /// header, each row's line, the end line. Row groups are read one at a time.
 pub fn lines(file: File) -> Result<impl Iterator<Item = Result<String, String>>, ParquetError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    // Exactly onepd's columns: a column more (a second `data`, say) is
+    // something a reader would see and the check would not.
+    let expected = schema();
+    let found = builder.schema();
+    let same = found.fields().len() == expected.fields().len()
+        && found.fields().iter().zip(expected.fields().iter()).all(|(found, expected)| {
+            found.name() == expected.name()
+                && found.data_type() == expected.data_type()
+                && found.is_nullable() == expected.is_nullable()
+        });
+    if !same {
+        return Err(ParquetError::Invalid(
+            "its columns are not exactly those onepd writes: columns were added, removed or changed".into(),
+        ));
+    }
     let metadata = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
-    let find = |key: &str| metadata.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone());
-    let header = find(HEADER_KEY).ok_or_else(|| ParquetError::Invalid(format!("no {HEADER_KEY} in its metadata")))?;
-    let end = find(END_KEY);
+    let find = |key: &str| -> Result<Option<String>, ParquetError> {
+        let mut found = metadata.iter().filter(|kv| kv.key == key);
+        let value = found.next().and_then(|kv| kv.value.clone());
+        if found.next().is_some() {
+            return Err(ParquetError::Invalid(format!("{key} is in its metadata more than once")));
+        }
+        Ok(value)
+    };
+    let header = find(HEADER_KEY)?.ok_or_else(|| ParquetError::Invalid(format!("no {HEADER_KEY} in its metadata")))?;
+    let end = find(END_KEY)?;
     let reader = builder.with_batch_size(ROW_GROUP_ROWS).build()?;
     let rows = reader.flat_map(|batch| -> Vec<Result<String, String>> {
         match batch.map_err(ParquetError::from).and_then(|batch| rows_of(&batch)) {

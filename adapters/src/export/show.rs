@@ -124,6 +124,9 @@ async fn profile_effects(
             )
         }));
     }
+    if matches!(event.data, onepd_domain::Payload::Erased) {
+        return Ok(json!({ "note": "its payload was erased: the profile it touched is not known any more" }));
+    }
     let Some(message) = event.data.value().and_then(|data| data.get("message")) else {
         return Ok(json!({ "note": "not a message: it touches no profile" }));
     };

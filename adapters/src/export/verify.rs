@@ -56,6 +56,14 @@ pub enum Signature {
     Unsigned,
 }
 
+/// How strict a check is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// Accept an unsigned export though a master key is given (a log that
+    /// has no master key signs nothing).
+    pub allow_unsigned: bool,
+}
+
 /// Where and why the check failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {reason}")]
@@ -69,6 +77,7 @@ pub struct ExportProblem {
 /// Walks an export's lines in order.
 struct Walk<'a> {
     master: Option<&'a MasterKey>,
+    allow_unsigned: bool,
     wanted: Vec<u64>,
     checker: Checker,
     line: u64,
@@ -163,6 +172,9 @@ impl<'a> Walk<'a> {
             }
             _ => {}
         }
+        if let Some(problem) = inconsistency(row) {
+            return Err(self.problem(problem));
+        }
         let previous: [u8; 32] = hex::decode(&row.previous_hash)
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
@@ -214,6 +226,13 @@ impl<'a> Walk<'a> {
             }
             _ => {}
         }
+        if self.master.is_some() && end.signature.is_none() && !self.allow_unsigned {
+            return Err(self.problem(
+                "the export is not signed, and a master key is here to check a signature: onepd signs every export \
+                 made with a master key, so the signature was removed (if this log has no master key, pass \
+                 --allow-unsigned)",
+            ));
+        }
         if let Some(master) = self.master
             && end.signature.is_some()
         {
@@ -261,6 +280,26 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// What in `row` contradicts itself: fields onepd derives from others.
+fn inconsistency(row: &ExportRow) -> Option<String> {
+    if row.time != onepd_domain::Timestamp(row.recorded_at).to_rfc3339() {
+        return Some("its time is not its recorded_at".into());
+    }
+    if row.rejected != (row.event_type == onepd_domain::events::message::MessageRejected::TYPE) {
+        return Some("rejected does not match its event type".into());
+    }
+    if row.erased.is_some() && (row.data.is_some() || row.key_id.is_none() || row.stored_data.is_none()) {
+        return Some("an erased event with a payload, or without its sealed bytes".into());
+    }
+    if row.key_id.is_some() && row.stored_data.is_none() {
+        return Some("a sealed event without its sealed bytes".into());
+    }
+    if row.stored_data.is_none() && row.data.is_none() {
+        return Some("neither data nor stored_data holds the stored payload".into());
+    }
+    None
+}
+
 /// Checks the lines of an export, in order. `heads` are positions whose
 /// hashes the report should carry (for saved heads). Fails at the first
 /// line that does not hold.
@@ -268,9 +307,11 @@ pub fn check_lines(
     lines: impl Iterator<Item = Result<String, String>>,
     master: Option<&MasterKey>,
     heads: &[u64],
+    options: CheckOptions,
 ) -> Result<ExportReport, ExportProblem> {
     let mut walk = Walk {
         master,
+        allow_unsigned: options.allow_unsigned,
         wanted: heads.to_vec(),
         checker: Checker::default(),
         line: 0,
@@ -295,9 +336,15 @@ pub fn check_ndjson(
     reader: impl BufRead,
     master: Option<&MasterKey>,
     heads: &[u64],
+    options: CheckOptions,
 ) -> Result<ExportReport, ExportProblem> {
-    let lines = reader.lines().map(|line| line.map_err(|err| format!("cannot be read ({err})")));
-    check_lines(lines, master, heads)
+    // Lines end at `\n` only: a `\r` stays in the line, which then is not
+    // as onepd writes it.
+    let lines = reader.split(b'\n').map(|line| {
+        let line = line.map_err(|err| format!("cannot be read ({err})"))?;
+        String::from_utf8(line).map_err(|_| "not UTF-8".to_owned())
+    });
+    check_lines(lines, master, heads, options)
 }
 
 /// How a head saved with `onepd verify --save-head` stands against an
@@ -324,7 +371,8 @@ pub fn check_parquet(
     file: std::fs::File,
     master: Option<&MasterKey>,
     heads: &[u64],
+    options: CheckOptions,
 ) -> Result<ExportReport, ExportProblem> {
     let lines = super::parquet::lines(file).map_err(|err| ExportProblem { line: 0, reason: err.to_string() })?;
-    check_lines(lines, master, heads)
+    check_lines(lines, master, heads, options)
 }

@@ -296,6 +296,7 @@ impl AuditService for AuditApi {
                 Ok(_) | Err(export::ExportError::Closed) => return,
                 Err(export::ExportError::Store(err)) => store_status(err),
                 Err(err @ export::ExportError::ChainBroken { .. }) => Status::data_loss(err.to_string()),
+                Err(export::ExportError::Invalid(reason)) => Status::invalid_argument(reason),
             };
             let _ = sender.send(Err(status)).await;
         });
