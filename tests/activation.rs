@@ -256,6 +256,61 @@ async fn a_hung_destination_does_not_delay_a_healthy_one() {
     drop(server);
 }
 
+/// How many pages `reader` has read from the log, from `/metrics`.
+async fn log_reads(server: &Server, reader: &str) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", server.http)).await.unwrap().text().await.unwrap();
+    let series = format!("onepd_activation_log_reads_total{{reader=\"{reader}\"}} ");
+    metrics.lines().find_map(|line| line.strip_prefix(series.as_str())).map_or(0, |count| count.trim().parse().unwrap())
+}
+
+/// The pages each of `names`' runs read from the log on its own.
+async fn own_reads(server: &Server, names: &[String]) -> Vec<u64> {
+    let mut reads = Vec::new();
+    for name in names {
+        reads.push(log_reads(server, &format!("destination:{name}")).await);
+    }
+    reads
+}
+
+/// Live destinations at the head of the log share one read of it: new
+/// events reach all of them through the shared reader, and none reads the
+/// log on its own again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_destinations_share_one_read_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let names: Vec<String> = (0..3).map(|n| format!("fan-{n}")).collect();
+    let mut stubs = Vec::new();
+    for name in &names {
+        let stub = Stub::start(Mode::Accept).await;
+        webhook_destination(dir.path(), &[], name, &stub, &[]);
+        stubs.push(stub);
+    }
+    let all_have = |upto: usize| {
+        let expected: BTreeSet<String> = (0..upto).map(|n| event_id(&server, &format!("m-{n}"))).collect();
+        move |stub: &Stub| stub.webhook_ids().keys().cloned().collect::<BTreeSet<_>>() == expected
+    };
+    send(&server, vec![track(0, json!({}))]).await;
+    for stub in &stubs {
+        stub.wait_for(Duration::from_secs(10), "the first event", all_have(1)).await;
+    }
+    let own_before = own_reads(&server, &names).await;
+    let shared_before = log_reads(&server, "shared").await;
+    // One event at a time, so each is a page of its own.
+    for n in 1..=20 {
+        send(&server, vec![track(n, json!({}))]).await;
+    }
+    for stub in &stubs {
+        stub.wait_for(Duration::from_secs(10), "every event", all_have(21)).await;
+    }
+    let own_after = own_reads(&server, &names).await;
+    let shared_after = log_reads(&server, "shared").await;
+    assert!(own_before.iter().all(|&reads| reads > 0), "each run read on its own to reach the head: {own_before:?}");
+    assert_eq!(own_after, own_before, "a run at the head read the log on its own");
+    assert!(shared_after > shared_before, "the shared reader read nothing: {shared_before} → {shared_after}");
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_onepd_mid_delivery_delivers_every_event_at_least_once_with_the_same_ids() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! The activation engine: one subscriber per destination, each with its own
 //! checkpoint, replaying the log to the destination's adapter.
 //!
-//! A **run** reads the log from a position, folds profiles as it goes (so
-//! each event is enriched with the profile as of that event), prepares the
+//! A **run** reads the log from a position, takes each event's profile as of
+//! that event from the profiles read model ([`AsOfReader`]), prepares the
 //! events the destination receives ([`onepd_projections::activation::prepare`]),
 //! and delivers them in batches of the adapter's size:
 //!
@@ -19,7 +19,9 @@
 //! stream. Runs never share a task, so a slow or failing destination delays
 //! only itself. The live run of each destination that is not paused is
 //! kept running by a supervisor; replay jobs (`ReplayRequested`) run beside it
-//! and never move its checkpoint.
+//! and never move its checkpoint. The live runs share one read of the log
+//! (the tap, [`tap`]) once they are at its head; a run that is behind, and
+//! every replay job, reads on its own.
 //!
 //! Delivery is at least once: a crash between a delivery and its ledger entry
 //! sends the batch again, with the same event ids.
@@ -56,6 +58,9 @@ use crate::profiles::as_of::AsOfReader;
 
 pub mod admin;
 pub mod explain;
+mod tap;
+
+use tap::{Tap, Tapped, live_types};
 
 /// Builds the adapter of a destination (a built-in, or a remote one over gRPC).
 pub type Connect = Arc<dyn Fn(&DestinationEntry) -> Result<Arc<dyn Destination>, String> + Send + Sync>;
@@ -184,6 +189,8 @@ async fn supervise(
     // started again (from its durable checkpoint) under the new one.
     let mut live: HashMap<Uuid, (Running, Stamp)> = HashMap::new();
     let mut jobs: HashMap<Uuid, Running> = HashMap::new();
+    // The one read of the log the live runs share, started with the first.
+    let mut tap: Option<Arc<Tap>> = None;
     let mut tick = tokio::time::interval(options.tick);
     loop {
         tick.tick().await;
@@ -213,6 +220,15 @@ async fn supervise(
         for (entry, stamp) in &entries {
             let id = entry.created.destination_id;
             if !entry.paused && !live.contains_key(&id) {
+                if tap.is_none() {
+                    match Tap::start(log.clone()).await {
+                        Ok(started) => tap = Some(Arc::new(started)),
+                        Err(err) => {
+                            tracing::warn!(cause = %err, "cannot start the shared log reader; trying again");
+                            break;
+                        }
+                    }
+                }
                 let engine = Engine::new(
                     log.clone(),
                     profiles.clone(),
@@ -220,7 +236,8 @@ async fn supervise(
                     privacy(entry.workspace),
                     connect.clone(),
                     options.clone(),
-                );
+                )
+                .with_tap(tap.clone());
                 live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp));
             }
         }
@@ -370,6 +387,8 @@ struct Engine {
     /// The reason last recorded in a `DestinationStalled`, until the run
     /// recovers.
     stall: tokio::sync::Mutex<Option<String>>,
+    /// The shared read of the log, for the live run.
+    tap: Option<Arc<Tap>>,
 }
 
 /// Events ready to send, with what preparing each did and when it was
@@ -429,7 +448,13 @@ impl Engine {
         connect: Connect,
         options: ActivationOptions,
     ) -> Engine {
-        Engine { log, profiles, entry, privacy, connect, options, stall: tokio::sync::Mutex::new(None) }
+        Engine { log, profiles, entry, privacy, connect, options, stall: tokio::sync::Mutex::new(None), tap: None }
+    }
+
+    /// Makes the live run read through `tap`.
+    fn with_tap(mut self, tap: Option<Arc<Tap>>) -> Engine {
+        self.tap = tap;
+        self
     }
 
     fn id(&self) -> Uuid {
@@ -524,19 +549,21 @@ impl Engine {
         let fold = ProfilesFold::suppressing(&facts, self.log.suppression_hasher());
         let mut as_of = AsOfReader::new(self.profiles.clone(), self.log.clone());
         let workspace = self.entry.workspace;
-        let mut types: Vec<String> = vec![MessageAccepted::TYPE.into()];
-        if job.is_none() {
-            types.extend(FACT_TYPES.map(String::from));
-        }
+        let types = match job {
+            Some(_) => vec![MessageAccepted::TYPE.into()],
+            None => live_types(),
+        };
         let filter = EventFilter { workspace: Some(workspace), event_types: types, ..EventFilter::default() };
         let target = self.privacy.target(created, &description);
         let run = job.map_or(Run::Live, |job| Run::Job { job_id: job.job_id });
         let batch_size = description.max_batch_size as usize;
-        let mut source = match end {
+        let reader = format!("destination:{}", created.name);
+        let mut source = match (end, &self.tap) {
             // A job reads its range page by page: a subscription would wait
             // for a matching event after the range's last one.
-            Some(end) => Source::Range { next: start, end, filter },
-            None => Source::Live(self.log.subscribe(start, filter).await?),
+            (Some(end), _) => Source::Range { next: start, end, filter, reader },
+            (None, Some(tap)) => Source::Tapped(tap.join(start, filter, reader)),
+            (None, None) => Source::Live(self.log.subscribe(start, filter).await?),
         };
         self.recovered(run, job.is_none() && ledger.stalled.is_some()).await?;
         // Batches are prepared while the one before is being delivered: the
@@ -966,10 +993,12 @@ fn backoff(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(jittered.max(1))
 }
 
-/// Where a run reads: the log from a position on, live, or a closed range.
+/// Where a run reads: the log from a position on, live (through the shared
+/// reader, or on its own), or a closed range.
 enum Source {
+    Tapped(Tapped),
     Live(Box<dyn onepd_domain::Subscription>),
-    Range { next: Position, end: Position, filter: EventFilter },
+    Range { next: Position, end: Position, filter: EventFilter, reader: String },
 }
 
 impl Source {
@@ -981,15 +1010,17 @@ impl Source {
         page: usize,
     ) -> Result<Option<(Vec<RecordedEvent>, Position)>, StoreError> {
         match self {
+            Source::Tapped(tapped) => Ok(Some(tapped.next(log, page).await?)),
             Source::Live(subscription) => {
                 let events = subscription.next_batch().await?;
                 Ok(Some((events, subscription.next_position())))
             }
-            Source::Range { next, end, filter } => {
+            Source::Range { next, end, filter, reader } => {
                 if *next > *end {
                     return Ok(None);
                 }
                 let read = log.read(*next, Some(*end), filter, page).await?;
+                metrics::counter!("onepd_activation_log_reads_total", "reader" => reader.clone()).increment(1);
                 *next = read.next;
                 Ok(Some((read.events, read.next)))
             }
