@@ -274,7 +274,9 @@ async fn own_reads(server: &Server, names: &[String]) -> Vec<u64> {
 
 /// Live destinations at the head of the log share one read of it: new
 /// events reach all of them through the shared reader, and none reads the
-/// log on its own again.
+/// log on its own again. A slow one that falls further behind than the
+/// shared reader keeps reads on its own, and still gets every event once,
+/// while the others do not wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_destinations_share_one_read_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,28 +288,43 @@ async fn live_destinations_share_one_read_of_the_log() {
         webhook_destination(dir.path(), &[], name, &stub, &[]);
         stubs.push(stub);
     }
+    // A fifth of a second per batch of one event: it falls behind.
+    let slow = Stub::start(Mode::Slow).await;
+    webhook_destination(dir.path(), &[], "slow", &slow, &["--setting-json", "batch_size=1"]);
     let all_have = |upto: usize| {
         let expected: BTreeSet<String> = (0..upto).map(|n| event_id(&server, &format!("m-{n}"))).collect();
         move |stub: &Stub| stub.webhook_ids().keys().cloned().collect::<BTreeSet<_>>() == expected
     };
     send(&server, vec![track(0, json!({}))]).await;
-    for stub in &stubs {
+    for stub in stubs.iter().chain([&slow]) {
         stub.wait_for(Duration::from_secs(10), "the first event", all_have(1)).await;
     }
     let own_before = own_reads(&server, &names).await;
+    let slow_before = log_reads(&server, "destination:slow").await;
     let shared_before = log_reads(&server, "shared").await;
     // One event at a time, so each is a page of its own.
-    for n in 1..=20 {
+    const EVENTS: usize = 40;
+    for n in 1..=EVENTS {
         send(&server, vec![track(n, json!({}))]).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for stub in &stubs {
-        stub.wait_for(Duration::from_secs(10), "every event", all_have(21)).await;
+        stub.wait_for(Duration::from_secs(10), "every event", all_have(EVENTS + 1)).await;
     }
     let own_after = own_reads(&server, &names).await;
     let shared_after = log_reads(&server, "shared").await;
     assert!(own_before.iter().all(|&reads| reads > 0), "each run read on its own to reach the head: {own_before:?}");
     assert_eq!(own_after, own_before, "a run at the head read the log on its own");
     assert!(shared_after > shared_before, "the shared reader read nothing: {shared_before} → {shared_after}");
+    assert!(
+        slow.webhook_ids().len() < EVENTS / 2,
+        "the fast destinations waited for the slow one ({} delivered there)",
+        slow.webhook_ids().len()
+    );
+    slow.wait_for(Duration::from_secs(30), "every event at the slow one", all_have(EVENTS + 1)).await;
+    assert!(slow.webhook_ids().values().all(|&times| times == 1), "{:?}", slow.webhook_ids());
+    let slow_after = log_reads(&server, "destination:slow").await;
+    assert!(slow_after > slow_before, "the slow run never fell behind the shared reader");
     drop(server);
 }
 
