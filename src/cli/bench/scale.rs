@@ -2,7 +2,8 @@
 //! one run — building the profiles, restarting with 1 and with several
 //! destinations until a new event is readable and delivered everywhere,
 //! peak memory of each step, activation backfill to a gRPC adapter with
-//! hashing, profile reads — each beside the log's own read rate.
+//! hashing, live delivery while every destination follows the log, profile
+//! reads — each beside the log's own read rate.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -52,6 +53,10 @@ pub struct ScaleArgs {
     /// Profile reads of each kind to time.
     #[arg(long, default_value_t = 2_000)]
     reads: usize,
+    /// Events appended while the live destinations follow the log, after
+    /// each restart (in batches of 100).
+    #[arg(long, default_value_t = 20_000)]
+    live: usize,
 }
 
 pub(super) async fn run(args: ScaleArgs) -> anyhow::Result<ExitCode> {
@@ -88,6 +93,15 @@ fn print(f: &Value) {
             restart["readable_seconds"].as_f64().unwrap_or(0.0),
             restart["delivered_seconds"].as_f64().unwrap_or(0.0),
             restart["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        ));
+        line(format!(
+            "  live, {} destination(s) following: {} new events appended in {:.2} s, delivered to all in {:.2} s ({:.0} events/s each); peak RSS {:.0} MB",
+            restart["destinations"],
+            restart["live_events"],
+            restart["live_append_seconds"].as_f64().unwrap_or(0.0),
+            restart["live_seconds"].as_f64().unwrap_or(0.0),
+            restart["live_events_per_second_each"].as_f64().unwrap_or(0.0),
+            restart["live_peak_rss_mb"].as_f64().unwrap_or(0.0)
         ));
     }
     for backfill in f["backfills"].as_array().into_iter().flatten() {
@@ -208,9 +222,32 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let restart_peak = peak_mb();
+        // Live: new events while every destination follows the log, read
+        // once for all of them by the shared reader.
+        let before = delivered.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let mut appended = 0;
+        while appended < args.live {
+            let batch = (args.live - appended).min(100);
+            let people = (0..batch).map(|n| &workload.sample[(appended + n) % workload.sample.len()]);
+            log.append(new_events(workspace, people)).await.context("appending live events")?;
+            appended += batch;
+        }
+        let append_seconds = started.elapsed().as_secs_f64();
+        let expected = before + (args.live * count) as u64;
+        while delivered.load(Ordering::Relaxed) < expected {
+            anyhow::ensure!(Instant::now() < deadline, "the live events were not delivered within 10 minutes");
+            anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let live_seconds = started.elapsed().as_secs_f64();
         restarts.push(json!({
             "destinations": count, "readable_seconds": readable, "delivered_seconds": all_delivered,
-            "peak_rss_mb": peak_mb(),
+            "peak_rss_mb": restart_peak,
+            "live_events": args.live, "live_append_seconds": append_seconds, "live_seconds": live_seconds,
+            "live_events_per_second_each": args.live as f64 / live_seconds,
+            "live_peak_rss_mb": peak_mb(),
         }));
         activation.stop();
         projection.stop();
@@ -318,6 +355,27 @@ async fn spawn_activation(
 
 /// A new order of the person `identifier` names.
 fn new_event(workspace: onepd_domain::WorkspaceId, identifier: &onepd_domain::identity::Identifier) -> AppendRequest {
+    new_events(workspace, [identifier])
+}
+
+/// A new order of each person the identifiers name, in one append.
+fn new_events<'a>(
+    workspace: onepd_domain::WorkspaceId,
+    people: impl IntoIterator<Item = &'a onepd_domain::identity::Identifier>,
+) -> AppendRequest {
+    let source = Uuid::now_v7();
+    AppendRequest {
+        stream_id: source_stream(source),
+        expected: ExpectedVersion::Any,
+        events: people.into_iter().map(|identifier| order(workspace, source, identifier)).collect(),
+    }
+}
+
+fn order(
+    workspace: onepd_domain::WorkspaceId,
+    source: Uuid,
+    identifier: &onepd_domain::identity::Identifier,
+) -> NewEvent {
     let field = if identifier.kind == IdentifierKind::UserId { "userId" } else { "anonymousId" };
     let message_id = format!("scale-{}", Uuid::new_v4());
     let now = chrono_now();
@@ -332,19 +390,14 @@ fn new_event(workspace: onepd_domain::WorkspaceId, identifier: &onepd_domain::id
         originals: serde_json::Map::new(),
         violations: Vec::new(),
     };
-    let source = Uuid::now_v7();
-    AppendRequest {
-        stream_id: source_stream(source),
-        expected: ExpectedVersion::Any,
-        events: vec![NewEvent {
-            event_id: EventId::for_message(workspace, &message_id),
-            workspace_id: workspace,
-            event_type: MessageAccepted::TYPE.into(),
-            schema_version: 1,
-            data: serde_json::to_value(accepted).expect("serializable"),
-            metadata: json!({"source_id": source.to_string(), "received_at": now, "request_id": "bench"}),
-            subject: Some(identifier.value.clone()),
-        }],
+    NewEvent {
+        event_id: EventId::for_message(workspace, &message_id),
+        workspace_id: workspace,
+        event_type: MessageAccepted::TYPE.into(),
+        schema_version: 1,
+        data: serde_json::to_value(accepted).expect("serializable"),
+        metadata: json!({"source_id": source.to_string(), "received_at": now, "request_id": "bench"}),
+        subject: Some(identifier.value.clone()),
     }
 }
 
