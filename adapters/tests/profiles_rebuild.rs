@@ -247,6 +247,60 @@ proptest! {
     }
 }
 
+/// A workspace re-derived under a new operator fact is folded page by page
+/// into a generation of its own, in the cache's bounded memory, not held
+/// whole in memory: with no cache, no fold of the runner ever holds more
+/// than about a page of profiles, and the result equals a rebuild.
+async fn a_re_derivation_holds_about_a_page_of_profiles(backend: Backend) {
+    const PEOPLE: usize = 1_500;
+    const PAGE: usize = 50;
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+        .with_cache_bytes(0)
+        .with_page_size(PAGE);
+    let quiet = |_: u64, _: u64| {};
+    // Step numbers that are multiples of 3 are WORKSPACE's.
+    let people: Vec<(usize, Step)> = (0..PEOPLE)
+        .map(|n| {
+            (3 * n, Step::Message(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"plan": "pro"}})))
+        })
+        .collect();
+    // In one append: they share a stream.
+    let events: Vec<NewEvent> = people.iter().map(|(n, step)| new_event(*n, step).1).collect();
+    let stream = onepd_domain::StreamId::new(new_event(0, &people[0].1).0).unwrap();
+    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events }).await.expect("append");
+    let mut built = runner.rebuild(&quiet).await.expect("build");
+    append(&log, &[(3 * PEOPLE, Step::Block(Identifier::new(IdentifierKind::UserId, "u7")))]).await;
+    runner.catch_up(&mut built, PAGE).await.expect("catch up, re-deriving the workspace");
+
+    let held = runner.most_profiles_held();
+    assert!(held <= 2 * PAGE, "a fold held {held} profiles at once, for pages of {PAGE}");
+    let rebuilt = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+        .build(&quiet)
+        .await
+        .expect("build")
+        .generation;
+    let live_docs = store.documents(built.generation.id).await.unwrap();
+    assert_eq!(live_docs, store.documents(rebuilt.id).await.unwrap());
+    assert!(live_docs.len() > PEOPLE, "{} documents", live_docs.len());
+    log.close().await;
+    store.close().await;
+}
+
+#[test]
+fn a_re_derivation_holds_about_a_page_of_profiles_on_sqlite() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(a_re_derivation_holds_about_a_page_of_profiles(Backend::Sqlite));
+}
+
+#[test]
+fn a_re_derivation_holds_about_a_page_of_profiles_on_postgres() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(a_re_derivation_holds_about_a_page_of_profiles(Backend::Postgres));
+}
+
 /// A stop between the commit that passed an operator fact (marking its
 /// workspace's documents stale) and the end of the workspace's
 /// re-derivation: the next start replaces them, so the read model equals a

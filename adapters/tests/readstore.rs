@@ -330,6 +330,35 @@ async fn replacing_a_workspace_removes_its_old_documents_and_leaves_others_alone
     store.close().await;
 }
 
+async fn adopting_a_workspace_takes_its_documents_from_the_generation_it_was_re_derived_into(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let (a, b) = (workspace(1), workspace(2));
+    let live = store.create_generation("profiles", 1).await.unwrap();
+    let before = vec![put(a, "profile", "p1", "a1"), put(a, "refold", "pending", ""), put(b, "profile", "p1", "b1")];
+    store.commit(live.id, Position::START, Position(5), before).await.unwrap();
+    let scratch = store.create_generation("profiles-refold", 1).await.unwrap();
+    let fresh = vec![put(a, "profile", "p2", "a2"), put(a, "identifier", "user_id:u1", "p2")];
+    store.commit(scratch.id, Position::START, Position(5), fresh).await.unwrap();
+    let stale = store.adopt_workspace(live.id, Position(4), a, scratch.id).await;
+    assert!(matches!(stale, Err(ProjectionError::Fenced { .. })), "{stale:?}");
+
+    store.adopt_workspace(live.id, Position(5), a, scratch.id).await.unwrap();
+
+    assert_eq!(docs(&store, live.id, a, "profile", &["p1", "p2"]).await, vec![None, some("a2")]);
+    assert_eq!(docs(&store, live.id, a, "identifier", &["user_id:u1"]).await, vec![some("p2")]);
+    assert_eq!(docs(&store, live.id, a, "refold", &["pending"]).await, vec![None]);
+    assert_eq!(docs(&store, live.id, b, "profile", &["p1"]).await, vec![some("b1")]);
+    assert_eq!(store.generations("profiles").await.unwrap()[0].checkpoint, Position(5));
+    assert!(store.generations("profiles-refold").await.unwrap().is_empty(), "the adopted generation is dropped");
+    assert_eq!(docs(&store, scratch.id, a, "profile", &["p2"]).await, vec![None]);
+    // A generation that is gone cannot be adopted: nothing changes.
+    let gone = store.adopt_workspace(live.id, Position(5), a, scratch.id).await;
+    assert!(matches!(gone, Err(ProjectionError::Fenced { .. })), "{gone:?}");
+    assert_eq!(docs(&store, live.id, a, "profile", &["p2"]).await, vec![some("a2")]);
+    store.close().await;
+}
+
 async fn a_commit_of_twenty_thousand_documents_round_trips(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
@@ -400,6 +429,7 @@ conformance!(
     generations_of_two_projections_are_independent,
     a_document_of_one_workspace_is_never_read_for_another,
     replacing_a_workspace_removes_its_old_documents_and_leaves_others_alone,
+    adopting_a_workspace_takes_its_documents_from_the_generation_it_was_re_derived_into,
     a_commit_of_twenty_thousand_documents_round_trips,
     the_read_store_shares_the_logs_url_but_none_of_its_tables,
 );

@@ -303,6 +303,20 @@ pub trait ProjectionStore: Send + Sync {
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError>;
 
+    /// Replaces every document `workspace` has in `generation` with the
+    /// ones it has in `from` (a generation of its own the workspace was
+    /// re-derived into, page by page) and drops `from`, in one transaction.
+    /// The checkpoint stays `expected`. Refused with
+    /// [`ProjectionError::Fenced`] when the checkpoint is not `expected` or
+    /// either generation is gone.
+    async fn adopt_workspace(
+        &self,
+        generation: u64,
+        expected: Position,
+        workspace: WorkspaceId,
+        from: u64,
+    ) -> Result<(), ProjectionError>;
+
     /// Makes `generation` the live one of its projection and drops every
     /// other generation of it, atomically for readers.
     async fn promote(&self, generation: u64) -> Result<(), StoreError>;

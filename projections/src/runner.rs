@@ -66,6 +66,9 @@ use crate::profile::{Changes, ProfileDoc, Profiles};
 
 /// The projection's name in the store.
 pub const PROFILES: &str = "profiles";
+/// The name of the generations a workspace is re-derived into before the
+/// live generation adopts its documents.
+pub const PROFILES_REFOLD: &str = "profiles-refold";
 /// The version of the code that builds it; a generation built by another
 /// version is rebuilt at start. 2: consent is also read from RudderStack's
 /// `context.consentManagement`. 3: identifier values with control
@@ -464,8 +467,9 @@ pub const REFOLD_DOCS: &str = "refold";
 /// The key of that marker.
 pub const REFOLD_MARKER: &str = "pending";
 
-/// A workspace's history re-derived under its facts up to a position.
-type Refolding = futures::future::BoxFuture<'static, Result<ProfilesFold, StoreError>>;
+/// A workspace's history re-derived under its facts up to a position, into
+/// a generation of its own ([`PROFILES_REFOLD`]).
+type Refolding = futures::future::BoxFuture<'static, Result<Built, StoreError>>;
 
 /// Workspaces being re-derived under a new operator fact, one at a time, in
 /// the background of the follow loop: their events are left to the
@@ -516,6 +520,8 @@ pub struct Runner {
     on_quarantine: Option<OnQuarantine>,
     suppression: Option<SuppressionHasher>,
     cache_bytes: usize,
+    /// The most profiles a fold of this runner held in memory at once.
+    most_held: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -534,7 +540,19 @@ impl Runner {
             on_quarantine: None,
             suppression: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            most_held: Arc::default(),
         }
+    }
+
+    /// The most profiles any fold of this runner (the live one, a build's,
+    /// a re-derivation's) held in memory at once, before its cache shrank:
+    /// what the cache budget bounds.
+    pub fn most_profiles_held(&self) -> usize {
+        self.most_held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_held(&self, fold: &ProfilesFold) {
+        self.most_held.fetch_max(fold.profiles.loaded(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This runner keeping at most about `bytes` of profiles in memory
@@ -751,40 +769,72 @@ impl Runner {
             return;
         }
         let (workspace, at) = built.refolds.queued.remove(0);
-        let (log, page, suppression) = (self.log.clone(), self.page, self.suppression.clone());
-        let work = async move {
-            let facts = read_facts_of(log.as_ref(), Some(workspace), at).await?;
-            let mut fresh = ProfilesFold::suppressing(&facts, suppression);
-            fold_workspace_to(log.as_ref(), &mut fresh, Some(workspace), Position(1), at, page, &|_, _| {}).await?;
-            Ok(fresh)
-        };
+        let runner = self.clone();
+        let work = async move { runner.refold(workspace, at).await };
         built.refolds.active = Some((workspace, at, Box::pin(work)));
+    }
+
+    /// Re-derives `workspace` under its facts up to `at` into a generation
+    /// of its own, page by page, each page one commit, in the cache's
+    /// bounded memory (a second cache beside the live one): the way a
+    /// rebuild builds, for one workspace. A re-derivation left behind (one
+    /// dropped for a newer fact, or cut off by a crash) is dropped first;
+    /// one runner follows the log at a time.
+    async fn refold(&self, workspace: WorkspaceId, at: Position) -> Result<Built, StoreError> {
+        for left in self.store.generations(PROFILES_REFOLD).await? {
+            self.store.drop_generation(left.id).await?;
+        }
+        let facts = read_facts_of(self.log.as_ref(), Some(workspace), at).await?;
+        let fold = ProfilesFold::suppressing(&facts, self.suppression.clone());
+        let generation = self.store.create_generation(PROFILES_REFOLD, PROFILES_VERSION).await?;
+        let mut scratch = Built {
+            generation,
+            fold,
+            checkpoint: Position::START,
+            refolds: Refolds::default(),
+            cache: Cache::new(self.cache_bytes),
+        };
+        self.fold_workspace_into(&mut scratch, workspace, Position(1), at).await?;
+        Ok(scratch)
+    }
+
+    /// Folds `workspace`'s messages from `from` through `to` into
+    /// `scratch` and commits them to its generation, page by page.
+    async fn fold_workspace_into(
+        &self,
+        scratch: &mut Built,
+        workspace: WorkspaceId,
+        from: Position,
+        to: Position,
+    ) -> Result<(), StoreError> {
+        let filter = EventFilter {
+            workspace: Some(workspace),
+            event_types: vec![MessageAccepted::TYPE.into()],
+            ..EventFilter::default()
+        };
+        let mut next = from.max(Position(1));
+        while next <= to {
+            let page = self.log.read(next, Some(to), &filter, self.page).await?;
+            let end = Position(page.next.0 - 1).min(to);
+            self.prefetch(scratch, &page.events).await?;
+            scratch.fold.apply(&page.events);
+            self.commit_with(scratch, end, Vec::new()).await.map_err(fenced_as_store)?;
+            next = end.next();
+        }
+        Ok(())
     }
 
     /// Brings a finished re-derivation up to the checkpoint (the
     /// workspace's events after its fact, which the follow loop left to
-    /// it), swaps it into the fold and replaces the workspace's documents
-    /// (marker included) in one transaction.
-    async fn finish_refold(&self, built: &mut Built, mut fresh: ProfilesFold) -> Result<(), ProjectionError> {
+    /// it), then the live generation adopts its documents in place of the
+    /// workspace's (marker included) in one transaction, and the fold takes
+    /// its cached profiles and facts.
+    async fn finish_refold(&self, built: &mut Built, mut scratch: Built) -> Result<(), ProjectionError> {
         let (workspace, at, _) = built.refolds.active.take().expect("a re-derivation was running");
-        let page = self.page;
-        fold_workspace_to(
-            self.log.as_ref(),
-            &mut fresh,
-            Some(workspace),
-            at.next(),
-            built.checkpoint,
-            page,
-            &|_, _| {},
-        )
-        .await?;
-        self.record_quarantined(&mut fresh).await?;
-        let pending = fresh.take_pending();
-        built.fold.profiles.replace_workspace(workspace, &mut fresh.profiles);
-        let writes = built.fold.writes(&[], &pending.touched);
-        self.store
-            .replace_workspace(built.generation.id, built.checkpoint, built.checkpoint, workspace, writes)
-            .await?;
+        self.fold_workspace_into(&mut scratch, workspace, at.next(), built.checkpoint).await?;
+        self.store.adopt_workspace(built.generation.id, built.checkpoint, workspace, scratch.generation.id).await?;
+        built.fold.profiles.replace_workspace(workspace, &mut scratch.fold.profiles);
+        self.note_held(&built.fold);
         built.cache.recount(&built.fold, workspace);
         built.cache.shrink(&mut built.fold);
         self.start_refold(built);
@@ -833,6 +883,7 @@ impl Runner {
         for &(workspace, profile) in &pending.touched {
             built.cache.touch(&built.fold, workspace, profile);
         }
+        self.note_held(&built.fold);
         built.cache.shrink(&mut built.fold);
         Ok(())
     }
@@ -908,7 +959,7 @@ enum Step {
     /// Events to fold.
     Batch(Vec<RecordedEvent>),
     /// A workspace re-derived under a new fact.
-    Refolded(Box<ProfilesFold>),
+    Refolded(Box<Built>),
 }
 
 fn fenced_as_store(err: ProjectionError) -> StoreError {

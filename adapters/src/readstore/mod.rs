@@ -188,7 +188,21 @@ impl ProjectionStore for ReadStore {
         workspace: WorkspaceId,
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError> {
-        self.commit_clearing(generation, expected, checkpoint, Some(workspace.0), writes).await
+        let clear = Clear { workspace: workspace.0, adopt: None };
+        self.commit_clearing(generation, expected, checkpoint, Some(clear), writes).await
+    }
+
+    async fn adopt_workspace(
+        &self,
+        generation: u64,
+        expected: Position,
+        workspace: WorkspaceId,
+        from: u64,
+    ) -> Result<(), ProjectionError> {
+        let clear = Clear { workspace: workspace.0, adopt: Some(from) };
+        self.commit_clearing(generation, expected, expected, Some(clear), Vec::new()).await?;
+        self.sweep_after_drop().await;
+        Ok(())
     }
 
     async fn promote(&self, generation: u64) -> Result<(), StoreError> {
@@ -230,7 +244,7 @@ impl ReadStore {
         generation: u64,
         expected: Position,
         checkpoint: Position,
-        clear: Option<Uuid>,
+        clear: Option<Clear>,
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError> {
         let writes = if writes.len() > BLOCKING_COLLAPSE {
@@ -406,6 +420,14 @@ fn generation_from(id: i64, projection: String, version: i64, checkpoint: i64, l
 /// The refusal of a commit that found `found` (`None`: no such generation).
 fn fenced(generation: u64, expected: Position, found: Option<i64>) -> ProjectionError {
     ProjectionError::Fenced { generation, expected, found: Position(found.unwrap_or(0) as u64) }
+}
+
+/// A commit that first removes a workspace's documents, and takes the ones
+/// it has in another generation (`adopt`, dropped with it) in their place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clear {
+    workspace: Uuid,
+    adopt: Option<u64>,
 }
 
 /// The error for an operation on a generation that does not exist.

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Collapsed, Document, POSTGRES_SCHEMA, fenced, generation_from, no_generation, now_micros};
+use super::{Clear, Collapsed, Document, POSTGRES_SCHEMA, fenced, generation_from, no_generation, now_micros};
 use crate::store::backend::db_error;
 
 /// Documents per statement: bounds the size of one message to the server.
@@ -149,7 +149,7 @@ impl PostgresReadStore {
         generation: u64,
         expected: Position,
         checkpoint: Position,
-        clear: Option<Uuid>,
+        clear: Option<Clear>,
         writes: Collapsed,
     ) -> Result<(), ProjectionError> {
         let mut tx = self.pool.begin().await.map_err(db_error("starting a projection commit"))?;
@@ -162,13 +162,36 @@ impl PostgresReadStore {
         if found != Some(expected.0 as i64) {
             return Err(fenced(generation, expected, found));
         }
-        if let Some(workspace) = clear {
+        if let Some(clear) = clear {
             sqlx::query("DELETE FROM projection_docs WHERE generation = $1 AND workspace = $2")
                 .bind(generation as i64)
-                .bind(workspace)
+                .bind(clear.workspace)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error("removing a workspace's documents"))?;
+            if let Some(from) = clear.adopt {
+                let dropped = sqlx::query("DELETE FROM projection_generations WHERE id = $1")
+                    .bind(from as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("dropping an adopted generation"))?
+                    .rows_affected();
+                if dropped == 0 {
+                    return Err(fenced(from, expected, None));
+                }
+                sqlx::query("UPDATE projection_docs SET generation = $1 WHERE generation = $2 AND workspace = $3")
+                    .bind(generation as i64)
+                    .bind(from as i64)
+                    .bind(clear.workspace)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("adopting a workspace's documents"))?;
+                sqlx::query("INSERT INTO projection_dropped (generation) VALUES ($1)")
+                    .bind(from as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("marking an adopted generation dropped"))?;
+            }
         }
         let deletes: Vec<_> = writes.deletes().collect();
         for chunk in deletes.chunks(CHUNK) {

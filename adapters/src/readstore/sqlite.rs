@@ -20,7 +20,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
-use super::{Collapsed, Document, PutRow, fenced, generation_from, no_generation, now_micros};
+use super::{Clear, Collapsed, Document, PutRow, fenced, generation_from, no_generation, now_micros};
 use crate::store::backend::db_error;
 
 /// Documents per INSERT: five parameters each, far under SQLite's limit of
@@ -205,7 +205,7 @@ impl SqliteReadStore {
         generation: u64,
         expected: Position,
         checkpoint: Position,
-        clear: Option<Uuid>,
+        clear: Option<Clear>,
         writes: Collapsed,
     ) -> Result<(), ProjectionError> {
         let (_writer, mut tx) = self.begin_write("starting a projection commit").await?;
@@ -217,13 +217,36 @@ impl SqliteReadStore {
         if found != Some(expected.0 as i64) {
             return Err(fenced(generation, expected, found));
         }
-        if let Some(workspace) = clear {
+        if let Some(clear) = clear {
             sqlx::query("DELETE FROM projection_docs WHERE generation = ? AND workspace = ?")
                 .bind(generation as i64)
-                .bind(workspace)
+                .bind(clear.workspace)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error("removing a workspace's documents"))?;
+            if let Some(from) = clear.adopt {
+                let dropped = sqlx::query("DELETE FROM projection_generations WHERE id = ?")
+                    .bind(from as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("dropping an adopted generation"))?
+                    .rows_affected();
+                if dropped == 0 {
+                    return Err(fenced(from, expected, None));
+                }
+                sqlx::query("UPDATE projection_docs SET generation = ? WHERE generation = ? AND workspace = ?")
+                    .bind(generation as i64)
+                    .bind(from as i64)
+                    .bind(clear.workspace)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("adopting a workspace's documents"))?;
+                sqlx::query("INSERT INTO projection_dropped (generation) VALUES (?)")
+                    .bind(from as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("marking an adopted generation dropped"))?;
+            }
         }
         let deletes: Vec<_> = writes.deletes().collect();
         for chunk in deletes.chunks(DELETE_CHUNK) {
