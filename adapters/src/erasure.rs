@@ -3,10 +3,14 @@
 //! [`forget`] is what `onepd forget`, the gRPC `AdminService.Forget` and the
 //! Segment-style `POST /v1/regulations` share:
 //!
-//! 1. **Find the person.** The profiles are folded from the log (as of its
-//!    head) and each [`Lookup`] (an identifier, normalized as at ingest, or
-//!    a profile id) names a profile; its identifiers, and the ones given,
-//!    are the person.
+//! 1. **Find the person.** Once the profiles read model has reached the
+//!    log's head (the projection of a running server keeps it; the CLI
+//!    catches it up itself when no server does), each [`Lookup`] (an
+//!    identifier, normalized as at ingest, or a profile id) names a profile
+//!    document; its identifiers and members, and the identifiers given, are
+//!    the person. Nothing is folded in memory. The read model leaves an
+//!    erased person out only from `SubjectErased` on (the last step), so an
+//!    erasure interrupted before it finds the same person again.
 //! 2. **Suppress.** `SubjectErasureRequested` goes to the workspace's
 //!    stream with each identifier as a suppression hash (keyed with the
 //!    master key); from then on ingest rejects any message about them,
@@ -45,12 +49,17 @@ use onepd_domain::{
 };
 use onepd_projections::directory::DestinationEntry;
 pub use onepd_projections::profile::Lookup;
-use onepd_projections::runner::{ProfilesFold, fold_to, read_facts};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::EventLog;
 use crate::activation::Connect;
+use crate::profiles::ProfileReader;
+use crate::profiles::as_of::AsOfReader;
+
+/// How long erasure waits for the profiles read model to reach the log's
+/// head before it says the read model is behind.
+const READ_MODEL_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long erasure waits between suppressing and shredding: longer than
 /// the log's poll interval (1 s), so ingest in every process applies the
@@ -103,12 +112,14 @@ pub struct ErasureReport {
     pub erased_at: Position,
 }
 
-/// Erases the people `lookups` name in `workspace` (see the module doc).
+/// Erases the people `lookups` name in `workspace` (see the module doc),
+/// finding them in the profiles read model `profiles` reads.
 /// `destinations` are the workspace's destinations, asked to delete them
 /// through `connect`; `via` says where the request came from (`cli`,
 /// `grpc`, `http`).
 pub async fn forget(
     log: &EventLog,
+    profiles: &ProfileReader,
     workspace: WorkspaceId,
     lookups: &[Lookup],
     destinations: &[DestinationEntry],
@@ -125,34 +136,28 @@ pub async fn forget(
         ));
     }
 
-    // 1. The person, as the log says as of now.
+    // 1. The person, as the read model says once it has reached the head.
     let head = log.head().await?;
-    let facts = read_facts(log, head).await?;
-    let mut fold = ProfilesFold::new(&facts);
-    fold_to(log, &mut fold, head, 1_000, &|_, _| {}).await?;
-    let profiles = fold.profiles();
+    AsOfReader::new(profiles.store(), log.clone()).with_patience(READ_MODEL_PATIENCE).wait_for(workspace, head).await?;
     let mut found: BTreeSet<ProfileId> = BTreeSet::new();
     let mut members: BTreeSet<ProfileId> = BTreeSet::new();
     let mut identifiers: BTreeSet<Identifier> = BTreeSet::new();
     for lookup in lookups {
-        let profile = match lookup {
-            Lookup::Profile(id) => Some(
-                profiles
-                    .profile_by_id(workspace, *id)
-                    .ok_or_else(|| ErasureError::NotFound(format!("profile {}: not found", id.0)))?,
-            ),
+        let doc = profiles.doc(workspace, lookup).await?;
+        match lookup {
+            Lookup::Profile(id) if doc.is_none() => {
+                return Err(ErasureError::NotFound(format!("profile {}: not found", id.0)));
+            }
+            Lookup::Profile(_) => {}
             Lookup::Identifier(identifier) => {
                 identifiers.insert(identifier.clone());
-                profiles.profile(workspace, identifier)
             }
-        };
-        if let Some(profile) = profile {
-            found.insert(profile.id);
-            identifiers.extend(profile.identifiers);
-            if let Some(graph) = profiles.graph().workspace(workspace) {
-                members.extend(graph.members(profile.id).into_iter().map(|member| member.id));
-            }
-            members.insert(profile.id);
+        }
+        if let Some(doc) = doc {
+            found.insert(doc.id);
+            identifiers.extend(doc.identifiers.iter().map(|attached| attached.identifier.clone()));
+            members.extend(doc.members.iter().map(|member| member.id));
+            members.insert(doc.id);
         }
     }
     let request_id = Uuid::now_v7();

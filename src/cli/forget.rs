@@ -1,14 +1,14 @@
 //! `onepd forget`: erase a person (the right to be forgotten) without
 //! rewriting the log. Their subject keys are destroyed, their identifiers
-//! suppressed, every destination asked to delete them, and the profiles
-//! rebuilt without them (`onepd_adapters::erasure`).
+//! suppressed, every destination asked to delete them, and the workspace's
+//! profiles re-derived without them (`onepd_adapters::erasure`).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
 use onepd_adapters::erasure;
-use onepd_projections::runner::PROFILES;
+use onepd_adapters::profiles::ProfileReader;
 use serde_json::json;
 
 use super::directory;
@@ -32,33 +32,22 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
     let lookup = super::profile::lookup(&args.which)?;
     let destinations: Vec<_> = directory.destinations(workspace).into_iter().cloned().collect();
     let connect = onepd_adapters::activation::connect();
-    let report = erasure::forget(&log, workspace, &[lookup], &destinations, &connect, "cli")
+
+    // The person is found in the profiles read model, so it must have
+    // reached the head: a running server's projection keeps it there,
+    // otherwise this command catches it up from its checkpoint.
+    let head = onepd_domain::EventStore::head(&log).await.context("reading the log's head")?;
+    let quiet = std::time::Duration::from_secs(2);
+    let store = super::rebuild::catch_up_profiles(&args.target.store, &log, workspace, head, quiet).await?;
+    let profiles = ProfileReader::new(store, log.clone());
+    let report = erasure::forget(&log, &profiles, workspace, &[lookup], &destinations, &connect, "cli")
         .await
         .context("erasing the person")?;
 
-    // Rebuild the profiles now, so a read right after this shows the person
-    // gone; a running server rebuilds on its own when it meets the erasure.
-    let (runner, store) = super::rebuild::profiles_runner(&args.target.store, &log).await?;
-    let bar = output::progress(0, args.json, "{spinner} rebuilding profiles [{bar:40}] {pos}/{len} positions");
-    let progress = output::reporter(&bar);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let failed = match runner.rebuild(&progress).await {
-            Ok(_) => break,
-            Err(err) => err,
-        };
-        // A running server rebuilds too when it meets the erasure, and its
-        // promotion drops this one's generation: that rebuild will do.
-        let live = store.live(PROFILES).await.context("reading the profiles' read model")?;
-        if live.is_some_and(|generation| generation.checkpoint >= report.erased_at) {
-            break;
-        }
-        if tries == 3 {
-            return Err(failed).context("rebuilding the profiles without the person");
-        }
-    }
-    bar.finish_and_clear();
+    // Re-derive the workspace's profiles now, so a read right after this
+    // shows the person gone; a running server does the same when it meets
+    // the erasure.
+    super::rebuild::catch_up_profiles(&args.target.store, &log, workspace, report.erased_at, quiet).await?;
     log.close().await;
 
     if args.json {
@@ -91,7 +80,7 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
         for deletion in &report.deletions {
             output::line(format!("  {}: {} ({})", deletion.destination, deletion.outcome, deletion.response));
         }
-        output::line("  profiles rebuilt without them");
+        output::line("  profiles re-derived without them");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,14 +6,15 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use onepd_adapters::EventLog;
+use onepd_adapters::profiles::as_of::AsOfReader;
 use onepd_adapters::readstore::ReadStore;
-use onepd_domain::{EventStore, ProjectionStore};
-use onepd_projections::runner::{PROFILE_DOCS, PROFILES, Runner};
+use onepd_domain::{EventStore, Position, ProjectionStore, WorkspaceId};
+use onepd_projections::runner::{PROFILE_DOCS, PROFILES, PROFILES_REFOLD, Runner};
 use serde_json::json;
 
 use crate::config::StoreArgs;
@@ -53,6 +54,65 @@ pub(super) async fn profiles_runner(
         runner = runner.with_suppression(hasher);
     }
     Ok((runner, read_store))
+}
+
+/// Brings the live profiles read model of `workspace` up to `through`. A
+/// running server's projection does it: this waits as long as the read
+/// model moves (its checkpoint, or a re-derivation's pages). When nothing
+/// has moved for `quiet`, no server is following the log, and this process
+/// resumes the projection at its checkpoint and follows the log itself
+/// (re-deriving the workspace when an operator fact asks for it), in the
+/// cache's bounded memory. Nothing is folded from position 1 unless there
+/// is no read model yet. Returns the read store.
+pub(super) async fn catch_up_profiles(
+    store: &StoreArgs,
+    log: &EventLog,
+    workspace: WorkspaceId,
+    through: Position,
+    quiet: Duration,
+) -> anyhow::Result<Arc<dyn ProjectionStore>> {
+    let (runner, read_store) = profiles_runner(store, log).await?;
+    let reached = || async {
+        AsOfReader::new(read_store.clone(), log.clone())
+            .with_patience(Duration::ZERO)
+            .wait_for(workspace, through)
+            .await
+            .is_ok()
+    };
+    let moving = || async {
+        let live = read_store.live(PROFILES).await.ok().flatten().map(|generation| generation.checkpoint);
+        let refolds = read_store.generations(PROFILES_REFOLD).await.unwrap_or_default();
+        (live, refolds.iter().map(|generation| (generation.id, generation.checkpoint)).collect::<Vec<_>>())
+    };
+    let mut tries = 0;
+    loop {
+        let mut seen = moving().await;
+        let mut still_since = Instant::now();
+        while still_since.elapsed() < quiet {
+            if reached().await {
+                return Ok(read_store);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = moving().await;
+            if now != seen {
+                seen = now;
+                still_since = Instant::now();
+            }
+        }
+        tries += 1;
+        let failed = match runner.start(&|_, _| {}).await {
+            Ok(mut built) => match runner.catch_up(&mut built, 1_000).await {
+                Ok(()) => return Ok(read_store),
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        // A server that started meanwhile commits too and fences this one:
+        // its projection will do (the next round waits for it).
+        if tries == 3 {
+            return Err(failed).context("bringing the profiles read model up to date");
+        }
+    }
 }
 
 pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {

@@ -146,6 +146,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             log.clone(),
             ingest.directory().clone(),
             tokens.clone(),
+            profiles.clone(),
         ))
         .merge(onepd_adapters::http::router(ingest))
         .merge(onepd_adapters::http::profiles::profiles_router(profiles, tokens))

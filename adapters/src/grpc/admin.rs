@@ -43,6 +43,7 @@ use crate::activation::connect;
 use crate::destinations::{BUILT_IN, built_in};
 use crate::erasure::{self, ErasureError, Lookup};
 use crate::live::Live;
+use crate::profiles::ProfileReader;
 
 /// Attempts listed when the request does not say, as the CLI lists.
 pub const DEFAULT_DELIVERIES_LIMIT: usize = 20;
@@ -55,14 +56,20 @@ pub struct AdminApi {
     log: EventLog,
     directory: Arc<Live<Directory>>,
     tokens: Arc<TokenRegistry>,
+    profiles: ProfileReader,
 }
 
 impl AdminApi {
     /// The service over `log`, finding destinations in `directory` (the one
-    /// ingest and activation follow) and admitting the admin tokens in
-    /// `tokens`.
-    pub fn new(log: EventLog, directory: Arc<Live<Directory>>, tokens: Arc<TokenRegistry>) -> AdminApi {
-        AdminApi { log, directory, tokens }
+    /// ingest and activation follow), people to erase through `profiles`,
+    /// and admitting the admin tokens in `tokens`.
+    pub fn new(
+        log: EventLog,
+        directory: Arc<Live<Directory>>,
+        tokens: Arc<TokenRegistry>,
+        profiles: ProfileReader,
+    ) -> AdminApi {
+        AdminApi { log, directory, tokens, profiles }
     }
 
     /// The request's grant, if its token allows `needed`; its workspace is
@@ -390,9 +397,10 @@ impl AdminService for AdminApi {
         };
         let destinations: Vec<DestinationEntry> =
             self.directory.read(|directory| directory.destinations(grant.workspace).into_iter().cloned().collect());
-        let report = erasure::forget(&self.log, grant.workspace, &[lookup], &destinations, &connect(), "grpc")
-            .await
-            .map_err(erasure_status)?;
+        let report =
+            erasure::forget(&self.log, &self.profiles, grant.workspace, &[lookup], &destinations, &connect(), "grpc")
+                .await
+                .map_err(erasure_status)?;
         Ok(Response::new(proto::ForgetResponse {
             request_id: report.request_id.to_string(),
             profile_ids: report.profiles.iter().map(|id| id.0.to_string()).collect(),

@@ -102,7 +102,12 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(AdminServiceServer::new(AdminApi::new(log.clone(), ingest.directory().clone(), tokens.clone())))
+        .add_service(AdminServiceServer::new(AdminApi::new(
+            log.clone(),
+            ingest.directory().clone(),
+            tokens.clone(),
+            profiles.clone(),
+        )))
         .add_service(AuditServiceServer::new(
             AuditApi::new(log, tokens.clone(), stopping).with_profiles(profiles.store()),
         ))

@@ -35,16 +35,23 @@ use crate::erasure::{self, ErasureError, Lookup};
 use crate::grpc::auth::TokenRegistry;
 use crate::grpc::profiles::{ProfileRef, parse_identifier, parse_profile_ref};
 use crate::live::Live;
+use crate::profiles::ProfileReader;
 
 /// The largest number of subject ids one request may name.
 pub const MAX_SUBJECT_IDS: usize = 100;
 
 /// The regulation routes, to merge into the server's router.
-pub fn regulations_router(log: EventLog, directory: Arc<Live<Directory>>, tokens: Arc<TokenRegistry>) -> axum::Router {
+pub fn regulations_router(
+    log: EventLog,
+    directory: Arc<Live<Directory>>,
+    tokens: Arc<TokenRegistry>,
+    profiles: ProfileReader,
+) -> axum::Router {
     axum::Router::new().route("/v1/regulations", post(regulate)).with_state(Arc::new(Regulations {
         log,
         directory,
         tokens,
+        profiles,
     }))
 }
 
@@ -52,6 +59,7 @@ struct Regulations {
     log: EventLog,
     directory: Arc<Live<Directory>>,
     tokens: Arc<TokenRegistry>,
+    profiles: ProfileReader,
 }
 
 /// A request refused: status, code, message and the field at fault.
@@ -146,7 +154,7 @@ async fn run(api: &Regulations, headers: &HeaderMap, body: &[u8]) -> Result<Valu
     }
     let destinations: Vec<DestinationEntry> =
         api.directory.read(|directory| directory.destinations(grant.workspace).into_iter().cloned().collect());
-    let report = erasure::forget(&api.log, grant.workspace, &lookups, &destinations, &connect(), "http")
+    let report = erasure::forget(&api.log, &api.profiles, grant.workspace, &lookups, &destinations, &connect(), "http")
         .await
         .map_err(|err| match err {
             ErasureError::Invalid(message) => invalid("subjectIds", message),
