@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use onepd_adapters::EventLog;
 use onepd_adapters::profiles::as_of::AsOfReader;
@@ -17,7 +18,9 @@ use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore,
     RecordedEvent, WorkspaceId,
 };
-use onepd_projections::runner::{Built, ProfilesFold, Runner, read_facts};
+use onepd_projections::runner::{
+    Built, PROFILES, PROFILES_REFOLD, ProfilesFold, REFOLD_DOCS, REFOLD_MARKER, Runner, read_facts,
+};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use support::{Backend, TestDb};
@@ -299,6 +302,83 @@ fn a_re_derivation_holds_about_a_page_of_profiles_on_sqlite() {
 fn a_re_derivation_holds_about_a_page_of_profiles_on_postgres() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(a_re_derivation_holds_about_a_page_of_profiles(Backend::Postgres));
+}
+
+/// While a big workspace is re-derived page by page, another workspace's
+/// events keep being committed: the follow loop applies them beside the
+/// re-derivation's own commits, never waiting for it (on SQLite, a
+/// re-derivation left unpolled in the middle of a commit held the next
+/// batch's commit until the busy timeout).
+async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend) {
+    const PEOPLE: usize = 3_000;
+    const PAGE: usize = 50;
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+        .with_cache_bytes(0)
+        .with_page_size(PAGE);
+    let people: Vec<NewEvent> = (0..PEOPLE)
+        .map(|n| {
+            let step = Step::Message(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"plan": "pro"}}));
+            new_event(3 * n, &step).1
+        })
+        .collect();
+    let stream = onepd_domain::StreamId::new("source-7").unwrap();
+    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: people }).await.expect("append");
+    runner.rebuild(&|_, _| {}).await.expect("build");
+    let following = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run(&|_| {}).await })
+    };
+
+    append(&log, &[(3 * PEOPLE, Step::Block(Identifier::new(IdentifierKind::UserId, "u7")))]).await;
+    // The re-derivation has committed a page of its own.
+    let refolding = async {
+        loop {
+            let generations = store.generations(PROFILES_REFOLD).await.unwrap();
+            if generations.iter().any(|generation| generation.checkpoint > Position::START) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), refolding).await.expect("the re-derivation commits pages");
+    for n in 0..5 {
+        let step = 3 * (PEOPLE + 1 + n) + 2;
+        append(&log, &[(step, Step::Message(json!({"type": "identify", "userId": format!("o{n}")})))]).await;
+        let head = log.head().await.unwrap();
+        let committed = async {
+            while store.live(PROFILES).await.unwrap().is_none_or(|live| live.checkpoint < head) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        // Far below the store's busy timeout (30 s), far above a commit.
+        tokio::time::timeout(Duration::from_secs(15), committed)
+            .await
+            .expect("the other workspace's event is committed while the re-derivation runs");
+    }
+    let live = store.live(PROFILES).await.unwrap().unwrap();
+    let marker = store.get(live.id, WORKSPACE, REFOLD_DOCS, &[REFOLD_MARKER.to_owned()]).await.unwrap();
+    assert!(
+        marker.first().is_some_and(Option::is_some),
+        "the other workspace's events waited for the re-derivation to finish"
+    );
+    following.abort();
+    log.close().await;
+    store.close().await;
+}
+
+#[test]
+fn other_workspaces_follow_while_one_is_re_derived_on_sqlite() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Sqlite));
+}
+
+#[test]
+fn other_workspaces_follow_while_one_is_re_derived_on_postgres() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Postgres));
 }
 
 /// A stop between the commit that passed an operator fact (marking its

@@ -935,10 +935,7 @@ impl Runner {
                     }
                 };
                 let applied = match step {
-                    Step::Batch(batch) => {
-                        let end = batch.last().expect("a batch is never empty").position;
-                        self.apply_batch(&mut built, &batch, end).await
-                    }
+                    Step::Batch(batch) => self.apply_beside_refold(&mut built, &batch).await,
                     Step::Refolded(fresh) => self.finish_refold(&mut built, *fresh).await,
                 };
                 match applied {
@@ -948,9 +945,42 @@ impl Runner {
                     Err(ProjectionError::Store(err)) => return Err(err.into()),
                 }
             }
+            // A re-derivation under way may hold a write to the store: it
+            // goes before the start writes.
+            built.refolds = Refolds::default();
             built = self.start(&quiet).await?;
             on_checkpoint(built.checkpoint);
         }
+    }
+
+    /// Applies a followed batch while the re-derivation under way (if any)
+    /// goes on: the two write to the same store, and a re-derivation left
+    /// unpolled in the middle of a commit would hold the batch's commit up
+    /// (on SQLite, until the store's busy timeout). The re-derivation is put
+    /// back (finished or not) unless the batch asked for it again.
+    async fn apply_beside_refold(&self, built: &mut Built, batch: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let end = batch.last().expect("a batch is never empty").position;
+        let Some((workspace, at, slot)) = built.refolds.active.as_mut() else {
+            return self.apply_batch(built, batch, end).await;
+        };
+        let running = (*workspace, *at);
+        let mut work = std::mem::replace(slot, Box::pin(futures::future::pending()));
+        let applied = {
+            let apply = Box::pin(self.apply_batch(built, batch, end));
+            match futures::future::select(apply, work.as_mut()).await {
+                futures::future::Either::Left((applied, _)) => applied,
+                futures::future::Either::Right((fresh, apply)) => {
+                    work = Box::pin(futures::future::ready(fresh));
+                    apply.await
+                }
+            }
+        };
+        if let Some((workspace, at, slot)) = built.refolds.active.as_mut()
+            && (*workspace, *at) == running
+        {
+            *slot = work;
+        }
+        applied
     }
 }
 
