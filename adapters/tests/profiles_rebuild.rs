@@ -325,7 +325,9 @@ async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend) {
         })
         .collect();
     let stream = onepd_domain::StreamId::new("source-7").unwrap();
-    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: people }).await.expect("append");
+    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: people })
+        .await
+        .expect("append");
     runner.rebuild(&|_, _| {}).await.expect("build");
     let following = {
         let runner = runner.clone();
