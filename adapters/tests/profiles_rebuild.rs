@@ -153,6 +153,19 @@ async fn append(log: &EventLog, steps: &[(usize, Step)]) {
     }
 }
 
+/// `people` identifies of WORKSPACE (steps 0, 3, 6, …: `u0`, `u1`, …), in
+/// one append: they share a stream.
+async fn append_people(log: &EventLog, people: usize) {
+    let events: Vec<NewEvent> = (0..people)
+        .map(|n| {
+            let step = Step::Message(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"plan": "pro"}}));
+            new_event(3 * n, &step).1
+        })
+        .collect();
+    let stream = onepd_domain::StreamId::new("source-7").unwrap();
+    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events }).await.expect("append");
+}
+
 /// Follows the log as `onepd serve` does: batch by batch, re-deriving a
 /// workspace when one of its operator facts arrives.
 async fn follow(runner: &Runner, built: &mut Option<Built>, page: usize) {
@@ -264,16 +277,7 @@ async fn a_re_derivation_holds_about_a_page_of_profiles(backend: Backend) {
         .with_cache_bytes(0)
         .with_page_size(PAGE);
     let quiet = |_: u64, _: u64| {};
-    // Step numbers that are multiples of 3 are WORKSPACE's.
-    let people: Vec<(usize, Step)> = (0..PEOPLE)
-        .map(|n| {
-            (3 * n, Step::Message(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"plan": "pro"}})))
-        })
-        .collect();
-    // In one append: they share a stream.
-    let events: Vec<NewEvent> = people.iter().map(|(n, step)| new_event(*n, step).1).collect();
-    let stream = onepd_domain::StreamId::new(new_event(0, &people[0].1).0).unwrap();
-    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events }).await.expect("append");
+    append_people(&log, PEOPLE).await;
     let mut built = runner.rebuild(&quiet).await.expect("build");
     append(&log, &[(3 * PEOPLE, Step::Block(Identifier::new(IdentifierKind::UserId, "u7")))]).await;
     runner.catch_up(&mut built, PAGE).await.expect("catch up, re-deriving the workspace");
@@ -318,16 +322,7 @@ async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend) {
     let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
         .with_cache_bytes(0)
         .with_page_size(PAGE);
-    let people: Vec<NewEvent> = (0..PEOPLE)
-        .map(|n| {
-            let step = Step::Message(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"plan": "pro"}}));
-            new_event(3 * n, &step).1
-        })
-        .collect();
-    let stream = onepd_domain::StreamId::new("source-7").unwrap();
-    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: people })
-        .await
-        .expect("append");
+    append_people(&log, PEOPLE).await;
     runner.rebuild(&|_, _| {}).await.expect("build");
     let following = {
         let runner = runner.clone();
