@@ -436,6 +436,61 @@ fn a_restart_finishes_an_interrupted_re_derivation_on_postgres() {
     runtime.block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Postgres));
 }
 
+/// The read model's checkpoint moves only with the events it follows, so a
+/// log that ends in an event it does not follow (a destination's ledger
+/// record) is reached at its head; an unapplied message is not.
+async fn the_read_model_reaches_a_head_it_does_not_follow(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>);
+    let quiet = |_: u64, _: u64| {};
+    append_people(&log, 2).await;
+    let mut built = runner.rebuild(&quiet).await.expect("build");
+    let ledger = NewEvent {
+        event_id: EventId(Uuid::now_v7()),
+        workspace_id: WORKSPACE,
+        event_type: "DeliverySucceeded".into(),
+        schema_version: 1,
+        data: json!({"destination": "warehouse"}),
+        metadata: json!({"actor": "activation"}),
+        subject: None,
+    };
+    let stream = onepd_domain::StreamId::new("destination-warehouse").unwrap();
+    log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events: vec![ledger] })
+        .await
+        .expect("append the ledger record");
+    let head = log.head().await.unwrap();
+    assert!(built.checkpoint < head, "the ledger record is past the checkpoint");
+    let reader = || AsOfReader::new(store.clone() as Arc<dyn ProjectionStore>, log.clone());
+    reader()
+        .with_patience(Duration::from_millis(300))
+        .wait_for(WORKSPACE, head)
+        .await
+        .expect("nothing the read model follows lies past its checkpoint");
+
+    append(&log, &[(300, Step::Message(json!({"type": "identify", "userId": "u300"})))]).await;
+    let head = log.head().await.unwrap();
+    let waited = reader().with_patience(Duration::from_millis(300)).wait_for(WORKSPACE, head).await;
+    assert!(waited.is_err(), "a message not yet applied is reported as not reached: {waited:?}");
+    runner.catch_up(&mut built, 100).await.expect("catch up");
+    reader().with_patience(Duration::from_millis(300)).wait_for(WORKSPACE, head).await.expect("reached once applied");
+    log.close().await;
+    store.close().await;
+}
+
+#[test]
+fn the_read_model_reaches_a_head_it_does_not_follow_on_sqlite() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(the_read_model_reaches_a_head_it_does_not_follow(Backend::Sqlite));
+}
+
+#[test]
+fn the_read_model_reaches_a_head_it_does_not_follow_on_postgres() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(the_read_model_reaches_a_head_it_does_not_follow(Backend::Postgres));
+}
+
 /// What a destination run enriches each event with, read from the read
 /// model ([`AsOfReader`]), is what a fold of the whole log up to that event
 /// holds: identifiers, traits with provenance, consent and what limits held

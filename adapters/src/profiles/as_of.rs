@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::identity::{Identifier, ProfileId};
-use onepd_domain::{Position, ProjectionStore, RecordedEvent, StoreError, WorkspaceId};
-use onepd_projections::profile::{Lookup, ProfileAsOf, ProfileDoc, Snapshot};
-use onepd_projections::runner::{IDENTIFIER_DOCS, PROFILE_DOCS, PROFILES, REFOLD_DOCS, REFOLD_MARKER, identifier_key};
+use onepd_domain::{EventStore, Position, ProjectionStore, RecordedEvent, StoreError, WorkspaceId};
+use onepd_projections::profile::{Lookup, PastProfile, ProfileAsOf, ProfileDoc, Snapshot};
+use onepd_projections::runner::{
+    IDENTIFIER_DOCS, PROFILE_DOCS, PROFILES, REFOLD_DOCS, REFOLD_MARKER, followed_filter, identifier_key,
+};
 
 use crate::EventLog;
 
@@ -64,14 +66,27 @@ impl AsOfReader {
     }
 
     /// Waits until the live profiles read model reflects every event of
-    /// `workspace` up to `through`; returns its generation.
+    /// `workspace` up to `through`; returns its generation. The read model's
+    /// checkpoint moves only with the events it follows (messages and
+    /// operator facts), so it has reached `through` also when no such event
+    /// lies between its checkpoint and `through` (the log may end in a
+    /// destination's ledger record, a key issued, a plan set …).
     pub async fn wait_for(&self, workspace: WorkspaceId, through: Position) -> Result<u64, StoreError> {
         let mut step = Duration::from_millis(5);
         let started = std::time::Instant::now();
+        let followed = followed_filter();
         loop {
             let live = self.store.live(PROFILES).await?;
+            let reached = match &live {
+                Some(generation) if generation.checkpoint >= through => true,
+                Some(generation) => {
+                    let unread = self.log.read(generation.checkpoint.next(), Some(through), &followed, 1).await?;
+                    unread.events.is_empty()
+                }
+                None => false,
+            };
             if let Some(generation) = &live
-                && generation.checkpoint >= through
+                && reached
             {
                 let marker = self.store.get(generation.id, workspace, REFOLD_DOCS, &[REFOLD_MARKER.to_owned()]).await?;
                 if !marker.first().is_some_and(Option::is_some) {
@@ -124,26 +139,57 @@ impl AsOfReader {
                 .map_err(|err| StoreError::Database(format!("profiles read model: profile document: {err}")))?;
             docs.insert(id.clone(), doc);
         }
+        // Each event's profile as of it, and the earlier events its
+        // snapshot lacks: those outside this page are read in one go (a
+        // run starting in the middle of the log meets many profiles whose
+        // history it has not read).
+        let pasts: Vec<Option<PastProfile>> = messages
+            .iter()
+            .zip(&named)
+            .map(|(event, keys)| {
+                let (doc, member) = keys
+                    .iter()
+                    .filter_map(|key| docs.get(holders.get(key)?))
+                    .find_map(|doc| Some((doc, doc.attributed_at(event.position)?)))?;
+                doc.as_of(event.position, &Lookup::Profile(member))
+            })
+            .collect();
+        let mut known: HashMap<Position, RecordedEvent> =
+            events.iter().map(|event| (event.position, event.clone())).collect();
+        let elsewhere: BTreeSet<Position> = pasts
+            .iter()
+            .flatten()
+            .flat_map(|past| past.missing(self.snapshot(past.id)).iter().copied())
+            .filter(|position| !known.contains_key(position))
+            .collect();
+        if !elsewhere.is_empty() {
+            let positions: Vec<Position> = elsewhere.into_iter().collect();
+            known.extend(
+                self.log.read_at(workspace, &positions).await?.into_iter().map(|event| (event.position, event)),
+            );
+        }
         let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
-        for (event, keys) in messages.iter().zip(&named) {
-            let attributed = keys
-                .iter()
-                .filter_map(|key| docs.get(holders.get(key)?))
-                .find_map(|doc| Some((doc, doc.attributed_at(event.position)?)));
-            let Some((doc, member)) = attributed else { continue };
-            let Some(past) = doc.as_of(event.position, &Lookup::Profile(member)) else { continue };
+        for (event, past) in messages.iter().zip(pasts) {
+            let Some(past) = past else { continue };
             let snapshot = self.recent.remove(&past.id).or_else(|| self.older.remove(&past.id));
             let missing = past.missing(snapshot.as_ref());
-            let read = if missing == [event.position] {
-                vec![(*event).clone()]
-            } else {
-                self.log.read_at(workspace, missing).await?
+            let (as_of, snapshot) = match missing.iter().map(|position| known.get(position)).collect::<Option<Vec<_>>>()
+            {
+                Some(read) => past.advance(snapshot, read),
+                // A merge within the page: the profile's older events.
+                None => {
+                    let read = self.log.read_at(workspace, missing).await?;
+                    past.advance(snapshot, &read)
+                }
             };
-            let (as_of, snapshot) = past.advance(snapshot, &read);
             self.keep(snapshot);
             found.insert(event.position, as_of);
         }
         Ok(events.iter().map(|event| found.remove(&event.position)).collect())
+    }
+
+    fn snapshot(&self, id: ProfileId) -> Option<&Snapshot> {
+        self.recent.get(&id).or_else(|| self.older.get(&id))
     }
 
     fn keep(&mut self, snapshot: Snapshot) {

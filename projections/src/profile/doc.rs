@@ -385,7 +385,11 @@ impl PastProfile {
     /// The profile as of its last event, from `snapshot` (when it applies)
     /// and `events`, the events at [`PastProfile::missing`] in log order;
     /// with the snapshot to go on from.
-    pub fn advance(self, snapshot: Option<Snapshot>, events: &[RecordedEvent]) -> (ProfileAsOf, Snapshot) {
+    pub fn advance<'a>(
+        self,
+        snapshot: Option<Snapshot>,
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> (ProfileAsOf, Snapshot) {
         let mut state = match snapshot {
             Some(snapshot) if self.extends(&snapshot) => snapshot.state,
             _ => ProfileState::default(),
