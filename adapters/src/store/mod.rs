@@ -15,6 +15,7 @@ pub(crate) mod keys;
 pub mod postgres;
 pub mod sealing;
 pub mod sqlite;
+mod sqlite_read;
 pub mod subscription;
 
 use std::collections::HashSet;

@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::{EventFilter, StoreError};
+use rusqlite::types::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
@@ -19,6 +21,7 @@ use super::backend::{
     AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, head_from, id_from,
     key_from, row_from, wrapped_from,
 };
+use super::sqlite_read::Readers;
 
 /// Pages the WAL may grow to before SQLite copies it into the database
 /// (40 MiB at 4 KiB pages). Fewer, larger checkpoints cost fewer syncs than
@@ -31,6 +34,8 @@ const ROW_COLUMNS: &str = "position, event_id, workspace_id, stream_id, stream_v
 /// The SQLite backend.
 pub(crate) struct SqliteBackend {
     pool: SqlitePool,
+    /// The read path of long reads ([`super::sqlite_read`]).
+    readers: Arc<Readers>,
 }
 
 /// Opens (creating if missing) the database at `url` (`sqlite://path` or
@@ -127,7 +132,11 @@ impl SqliteBackend {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Database(format!("migrating the SQLite database: {err}")))?;
-        Ok(SqliteBackend { pool })
+        let path = SqliteConnectOptions::from_str(url)
+            .map_err(db_error("parsing the SQLite database url"))?
+            .get_filename()
+            .to_path_buf();
+        Ok(SqliteBackend { pool, readers: Readers::new(path) })
     }
 }
 
@@ -299,46 +308,39 @@ impl Backend for SqliteBackend {
         } else {
             ""
         };
-        let mut query =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM events{index} WHERE position >= "));
-        query.push_bind(from as i64).push(" AND position <= ").push_bind(to as i64);
+        let mut sql = format!("SELECT {ROW_COLUMNS} FROM events{index} WHERE position >= ? AND position <= ?");
+        let mut params = vec![Value::Integer(from as i64), Value::Integer(to as i64)];
         if let Some(workspace) = filter.workspace {
-            query.push(" AND workspace_id = ").push_bind(workspace.0);
+            sql.push_str(" AND workspace_id = ?");
+            params.push(Value::Blob(workspace.0.as_bytes().to_vec()));
         }
         if let Some(stream) = &filter.stream {
-            query.push(" AND stream_id = ").push_bind(stream.as_str().to_owned());
+            sql.push_str(" AND stream_id = ?");
+            params.push(Value::Text(stream.as_str().to_owned()));
         }
         if !filter.event_types.is_empty() {
-            query.push(" AND event_type IN (");
-            let mut list = query.separated(", ");
-            for event_type in &filter.event_types {
-                list.push_bind(event_type.clone());
-            }
-            query.push(")");
+            let marks = vec!["?"; filter.event_types.len()].join(", ");
+            sql.push_str(&format!(" AND event_type IN ({marks})"));
+            params.extend(filter.event_types.iter().map(|event_type| Value::Text(event_type.clone())));
         }
         if super::backend::configuration_only(filter) {
-            query.push(super::backend::CONFIGURATION_CONDITION);
+            sql.push_str(super::backend::CONFIGURATION_CONDITION);
         }
-        query.push(" ORDER BY position LIMIT ").push_bind(limit as i64);
-        let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading events"))?;
-        rows.iter().map(row_from).collect()
+        sql.push_str(" ORDER BY position LIMIT ?");
+        params.push(Value::Integer(limit as i64));
+        self.readers.rows(sql, params).await
     }
 
     async fn read_rows_at(&self, workspace: Uuid, positions: &[u64]) -> Result<Vec<StoredRow>, StoreError> {
         let mut found = Vec::with_capacity(positions.len());
         for chunk in positions.chunks(INSERT_CHUNK) {
-            let mut query =
-                QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM events WHERE workspace_id = "));
-            query.push_bind(workspace).push(" AND position IN (");
-            let mut list = query.separated(", ");
-            for &position in chunk {
-                list.push_bind(position as i64);
-            }
-            query.push(") ORDER BY position");
-            let rows = query.build().fetch_all(&self.pool).await.map_err(db_error("reading events by position"))?;
-            for row in &rows {
-                found.push(row_from(row)?);
-            }
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT {ROW_COLUMNS} FROM events WHERE workspace_id = ? AND position IN ({marks}) ORDER BY position"
+            );
+            let mut params = vec![Value::Blob(workspace.as_bytes().to_vec())];
+            params.extend(chunk.iter().map(|&position| Value::Integer(position as i64)));
+            found.extend(self.readers.rows(sql, params).await?);
         }
         found.sort_by_key(|row| row.position);
         Ok(found)
@@ -440,6 +442,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn close(&self) {
+        self.readers.close();
         self.pool.close().await;
     }
 }
