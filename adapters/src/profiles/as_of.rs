@@ -15,7 +15,7 @@
 //! profiles only merge), so what a destination received can be recomputed
 //! from the log.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,34 +154,32 @@ impl AsOfReader {
                 doc.as_of(event.position, &Lookup::Profile(member))
             })
             .collect();
-        let mut known: HashMap<Position, RecordedEvent> =
-            events.iter().map(|event| (event.position, event.clone())).collect();
-        let elsewhere: BTreeSet<Position> = pasts
+        let in_page: HashSet<Position> = events.iter().map(|event| event.position).collect();
+        let elsewhere: Vec<Position> = pasts
             .iter()
             .flatten()
             .flat_map(|past| past.missing(self.snapshot(past.id)).iter().copied())
-            .filter(|position| !known.contains_key(position))
+            .filter(|position| !in_page.contains(position))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
-        if !elsewhere.is_empty() {
-            let positions: Vec<Position> = elsewhere.into_iter().collect();
-            known.extend(
-                self.log.read_at(workspace, &positions).await?.into_iter().map(|event| (event.position, event)),
-            );
-        }
+        let earlier = if elsewhere.is_empty() { Vec::new() } else { self.log.read_at(workspace, &elsewhere).await? };
+        let known: HashMap<Position, &RecordedEvent> =
+            events.iter().chain(&earlier).map(|event| (event.position, event)).collect();
         let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
         for (event, past) in messages.iter().zip(pasts) {
             let Some(past) = past else { continue };
             let snapshot = self.recent.remove(&past.id).or_else(|| self.older.remove(&past.id));
             let missing = past.missing(snapshot.as_ref());
-            let (as_of, snapshot) = match missing.iter().map(|position| known.get(position)).collect::<Option<Vec<_>>>()
-            {
-                Some(read) => past.advance(snapshot, read),
-                // A merge within the page: the profile's older events.
-                None => {
-                    let read = self.log.read_at(workspace, missing).await?;
-                    past.advance(snapshot, &read)
-                }
-            };
+            let (as_of, snapshot) =
+                match missing.iter().map(|position| known.get(position).copied()).collect::<Option<Vec<_>>>() {
+                    Some(read) => past.advance(snapshot, read),
+                    // A merge within the page: the profile's older events.
+                    None => {
+                        let read = self.log.read_at(workspace, missing).await?;
+                        past.advance(snapshot, &read)
+                    }
+                };
             self.keep(snapshot);
             found.insert(event.position, as_of);
         }
