@@ -25,11 +25,12 @@
 //!    background of the follow loop: meanwhile its events are left to the
 //!    re-derivation, its documents (still the old ones) carry a marker
 //!    committed with the checkpoint that passes the fact, and every other
-//!    workspace follows on. When it is done, it is caught up to the
-//!    checkpoint, swapped into the fold, and its documents replaced in one
-//!    transaction (marker included). A start that finds a marker re-derives
-//!    that workspace before it follows on. A fact is applied once. (The
-//!    re-derivation of one workspace is held in memory whole.)
+//!    workspace follows on. The re-derivation folds the workspace page by
+//!    page into a generation of its own (`profiles-refold`), in the cache's
+//!    bounded memory; when it is done and caught up to the checkpoint, the
+//!    live generation adopts its documents in one transaction (marker
+//!    removed). A start that finds a marker re-derives that workspace before
+//!    it follows on. A fact is applied once.
 //! 4. **Rebuild (blue/green).** A new generation is built from position 0
 //!    to the head beside the live one, page by page as in step 2 (so in the
 //!    same bounded memory), then promoted atomically; readers use the live
