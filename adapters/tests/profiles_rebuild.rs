@@ -166,6 +166,11 @@ async fn append_people(log: &EventLog, people: usize) {
     log.append(AppendRequest { stream_id: stream, expected: ExpectedVersion::Any, events }).await.expect("append");
 }
 
+/// Runs `test` on a two-thread runtime, as the server runs.
+fn block_on<F: std::future::Future>(test: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(test)
+}
+
 /// Follows the log as `onepd serve` does: batch by batch, re-deriving a
 /// workspace when one of its operator facts arrives.
 async fn follow(runner: &Runner, built: &mut Option<Built>, page: usize) {
@@ -241,8 +246,7 @@ fn run(backend: Backend, steps: Vec<Step>, chunks: Vec<(usize, bool)>, pages: (u
     // A tiny cache keeps nothing between batches; a big one keeps everything.
     let budget = |tiny: bool| if tiny { 0 } else { 64 << 20 };
     let shape = Shape { pages, caches: (budget(caches.0), budget(caches.1)) };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(live_equals_rebuilt(backend, steps, chunks, shape));
+    block_on(live_equals_rebuilt(backend, steps, chunks, shape));
 }
 
 proptest! {
@@ -304,14 +308,12 @@ async fn a_re_derivation_holds_about_a_page_of_profiles(backend: Backend) {
 
 #[test]
 fn a_re_derivation_holds_about_a_page_of_profiles_on_sqlite() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(a_re_derivation_holds_about_a_page_of_profiles(Backend::Sqlite));
+    block_on(a_re_derivation_holds_about_a_page_of_profiles(Backend::Sqlite));
 }
 
 #[test]
 fn a_re_derivation_holds_about_a_page_of_profiles_on_postgres() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(a_re_derivation_holds_about_a_page_of_profiles(Backend::Postgres));
+    block_on(a_re_derivation_holds_about_a_page_of_profiles(Backend::Postgres));
 }
 
 /// While a big workspace is re-derived page by page, another workspace's
@@ -374,14 +376,12 @@ async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend) {
 
 #[test]
 fn other_workspaces_follow_while_one_is_re_derived_on_sqlite() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Sqlite));
+    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Sqlite));
 }
 
 #[test]
 fn other_workspaces_follow_while_one_is_re_derived_on_postgres() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Postgres));
+    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Postgres));
 }
 
 /// A stop between the commit that passed an operator fact (marking its
@@ -432,14 +432,12 @@ async fn a_restart_finishes_an_interrupted_re_derivation(backend: Backend) {
 
 #[test]
 fn a_restart_finishes_an_interrupted_re_derivation_on_sqlite() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Sqlite));
+    block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Sqlite));
 }
 
 #[test]
 fn a_restart_finishes_an_interrupted_re_derivation_on_postgres() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Postgres));
+    block_on(a_restart_finishes_an_interrupted_re_derivation(Backend::Postgres));
 }
 
 /// The read model's checkpoint moves only with the events it follows, so a
@@ -487,14 +485,12 @@ async fn the_read_model_reaches_a_head_it_does_not_follow(backend: Backend) {
 
 #[test]
 fn the_read_model_reaches_a_head_it_does_not_follow_on_sqlite() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(the_read_model_reaches_a_head_it_does_not_follow(Backend::Sqlite));
+    block_on(the_read_model_reaches_a_head_it_does_not_follow(Backend::Sqlite));
 }
 
 #[test]
 fn the_read_model_reaches_a_head_it_does_not_follow_on_postgres() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(the_read_model_reaches_a_head_it_does_not_follow(Backend::Postgres));
+    block_on(the_read_model_reaches_a_head_it_does_not_follow(Backend::Postgres));
 }
 
 /// What a destination run enriches each event with, read from the read
@@ -576,7 +572,6 @@ async fn profiles_as_of_events_equal_a_fold_of_the_log(
 /// a profile to compare, in one page or many.
 #[test]
 fn profiles_as_of_events_are_compared_on_a_known_journey() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let journey = || {
         vec![
             Step::Message(json!({"type": "page", "anonymousId": "a1", "name": "Home",
@@ -593,7 +588,7 @@ fn profiles_as_of_events_are_compared_on_a_known_journey() {
     };
     for backend in [Backend::Sqlite, Backend::Postgres] {
         for page in [1, 3] {
-            let compared = runtime.block_on(profiles_as_of_events_equal_a_fold_of_the_log(backend, journey(), 0, page));
+            let compared = block_on(profiles_as_of_events_equal_a_fold_of_the_log(backend, journey(), 0, page));
             assert_eq!(compared, 4, "{backend:?}, pages of {page}");
         }
     }
@@ -608,8 +603,7 @@ proptest! {
         start in 0usize..40,
         page in 1usize..20,
     ) {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Sqlite, steps, start, page));
+        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Sqlite, steps, start, page));
     }
 
     #[test]
@@ -618,7 +612,6 @@ proptest! {
         start in 0usize..40,
         page in 1usize..20,
     ) {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Postgres, steps, start, page));
+        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Postgres, steps, start, page));
     }
 }

@@ -15,7 +15,7 @@
 //! profiles only merge), so what a destination received can be recomputed
 //! from the log.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ use crate::EventLog;
 /// generation is dropped when the newer one fills, so the profiles used
 /// recently stay.
 const SNAPSHOTS: usize = 50_000;
+/// Earlier events read at once for the profiles of one page: a bound on
+/// what a page holds beside its own events, whatever the profiles' history.
+const EARLIER_PER_PAGE: usize = 20_000;
 /// The longest pause between two looks at the read model's checkpoint.
 const MAX_WAIT_STEP: Duration = Duration::from_millis(200);
 
@@ -75,13 +78,18 @@ impl AsOfReader {
         let mut step = Duration::from_millis(5);
         let started = std::time::Instant::now();
         let followed = followed_filter();
+        // A followed event past the checkpoint, once seen: the log is not
+        // read again until the checkpoint has passed it.
+        let mut unapplied: Option<Position> = None;
         loop {
             let live = self.store.live(PROFILES).await?;
             let reached = match &live {
                 Some(generation) if generation.checkpoint >= through => true,
+                Some(generation) if unapplied.is_some_and(|position| generation.checkpoint < position) => false,
                 Some(generation) => {
                     let unread = self.log.read(generation.checkpoint.next(), Some(through), &followed, 1).await?;
-                    unread.events.is_empty()
+                    unapplied = unread.events.first().map(|event| event.position);
+                    unapplied.is_none()
                 }
                 None => false,
             };
@@ -154,18 +162,21 @@ impl AsOfReader {
                 doc.as_of(event.position, &Lookup::Profile(member))
             })
             .collect();
-        let in_page: HashSet<Position> = events.iter().map(|event| event.position).collect();
-        let elsewhere: Vec<Position> = pasts
-            .iter()
-            .flatten()
-            .flat_map(|past| past.missing(self.snapshot(past.id)).iter().copied())
-            .filter(|position| !in_page.contains(position))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        // At most EARLIER_PER_PAGE of them: a profile past that budget reads
+        // its own history when its turn comes, as one with a merge does.
+        let mut known: HashMap<Position, &RecordedEvent> = events.iter().map(|event| (event.position, event)).collect();
+        let mut elsewhere: BTreeSet<Position> = BTreeSet::new();
+        for past in pasts.iter().flatten() {
+            let lacking = past.missing(self.snapshot(past.id)).iter().filter(|position| !known.contains_key(position));
+            let lacking: Vec<Position> = lacking.copied().collect();
+            if elsewhere.len() + lacking.len() > EARLIER_PER_PAGE {
+                break;
+            }
+            elsewhere.extend(lacking);
+        }
+        let elsewhere: Vec<Position> = elsewhere.into_iter().collect();
         let earlier = if elsewhere.is_empty() { Vec::new() } else { self.log.read_at(workspace, &elsewhere).await? };
-        let known: HashMap<Position, &RecordedEvent> =
-            events.iter().chain(&earlier).map(|event| (event.position, event)).collect();
+        known.extend(earlier.iter().map(|event| (event.position, event)));
         let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
         for (event, past) in messages.iter().zip(pasts) {
             let Some(past) = past else { continue };
