@@ -4,20 +4,22 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use onepd_adapters::EventLog;
-use onepd_adapters::profiles::as_of::AsOfReader;
+use onepd_adapters::profiles::as_of::{AsOfReader, SnapshotBudget};
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::events::identity::{IdentifierBlocked, IdentityRulesChanged};
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::workspace::workspace_stream;
-use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules};
+use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules, ProfileId};
 use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore,
     RecordedEvent, WorkspaceId,
 };
+use onepd_projections::profile::Trait;
 use onepd_projections::runner::{
     Built, PROFILES, PROFILES_REFOLD, ProfilesFold, REFOLD_DOCS, REFOLD_MARKER, Runner, read_facts,
 };
@@ -614,4 +616,83 @@ proptest! {
     ) {
         block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Postgres, steps, start, page));
     }
+}
+
+/// Every event's profile id and traits as `reader` finds them, page by
+/// page, and the most memory its snapshots took meanwhile.
+async fn read_with(
+    reader: &mut AsOfReader,
+    events: &[RecordedEvent],
+    fold: &ProfilesFold,
+) -> (Vec<Option<(ProfileId, BTreeMap<String, Trait>)>>, usize) {
+    let mut found = Vec::new();
+    let mut most = 0;
+    for chunk in events.chunks(50) {
+        let profiles = reader.profiles(WORKSPACE, chunk, |event| fold.profiles().candidates(event)).await.unwrap();
+        found.extend(profiles.into_iter().map(|profile| profile.map(|profile| (profile.id, profile.traits))));
+        most = most.max(reader.snapshot_bytes());
+    }
+    (found, most)
+}
+
+/// Destination runs share one budget for their snapshots: however many
+/// readers there are, together they keep about the budget (each its equal
+/// share), and a reader whose snapshots were dropped reads the profiles'
+/// earlier events again and gives the same answers.
+async fn readers_sharing_a_budget_keep_within_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let mut steps = Vec::new();
+    for round in 0..3 {
+        for person in 0..200 {
+            let message =
+                json!({"type": "identify", "userId": format!("u{person}"), "traits": {"round": round, "plan": "pro"}});
+            // Numbers that are multiples of 3 are all in WORKSPACE.
+            steps.push((3 * steps.len(), Step::Message(message)));
+        }
+    }
+    append(&log, &steps).await;
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>);
+    runner.rebuild(&|_: u64, _: u64| {}).await.expect("build");
+    let head = log.head().await.unwrap();
+    let facts = read_facts(&log, head).await.unwrap();
+    let fold = ProfilesFold::new(&facts);
+    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    let events = log.read(Position(1), Some(head), &filter, 10_000).await.unwrap().events;
+    let profiles = || store.clone() as Arc<dyn ProjectionStore>;
+    let mut unlimited = AsOfReader::new(profiles(), log.clone());
+    let (expected, unbounded) = read_with(&mut unlimited, &events, &fold).await;
+    assert!(expected.iter().all(Option::is_some), "every identify has a profile");
+
+    let budget_bytes = unbounded / 4;
+    let budget = SnapshotBudget::new(budget_bytes);
+    let mut alone = AsOfReader::sharing(profiles(), log.clone(), budget.clone());
+    let (found, most) = read_with(&mut alone, &events, &fold).await;
+    assert_eq!(found, expected, "a reader that dropped snapshots gives the same answers");
+    let slack = 4_096;
+    assert!(most <= budget_bytes + slack, "one reader keeps its budget: {most} of {budget_bytes}");
+    assert!(most > budget_bytes / 4, "the reader used its budget: {most} of {budget_bytes}");
+
+    let mut readers: Vec<AsOfReader> =
+        (0..4).map(|_| AsOfReader::sharing(profiles(), log.clone(), budget.clone())).collect();
+    for reader in &mut readers {
+        let (found, most) = read_with(reader, &events, &fold).await;
+        assert_eq!(found, expected);
+        assert!(most <= budget_bytes / 5 + slack, "five readers keep a fifth each: {most} of {budget_bytes}");
+    }
+    drop(alone);
+    drop(readers);
+    log.close().await;
+    store.close().await;
+}
+
+#[test]
+fn readers_sharing_a_budget_keep_within_it_on_sqlite() {
+    block_on(readers_sharing_a_budget_keep_within_it(Backend::Sqlite));
+}
+
+#[test]
+fn readers_sharing_a_budget_keep_within_it_on_postgres() {
+    block_on(readers_sharing_a_budget_keep_within_it(Backend::Postgres));
 }

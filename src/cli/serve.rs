@@ -49,8 +49,10 @@ pub struct ServeArgs {
     /// get RESOURCE_EXHAUSTED / HTTP 429 with Retry-After.
     #[arg(long, env = "ONEPD_MAX_IN_FLIGHT", default_value_t = 200_000)]
     max_in_flight: usize,
-    /// The memory (MB) the profiles projection may keep profiles cached in;
-    /// the rest live in the read store and are read back when named.
+    /// The memory (MB) the read side may keep profiles cached in: three
+    /// quarters for the profiles projection, one quarter shared by every
+    /// destination run's profile snapshots; the rest live in the read store
+    /// and are read back when named.
     #[arg(long, env = "ONEPD_READ_CACHE_MB", default_value_t = 256)]
     read_cache_mb: usize,
 }
@@ -83,7 +85,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tokens = TokenRegistry::follow(&log).await.context("loading admin tokens")?;
     let read_store: Arc<dyn ProjectionStore> =
         Arc::new(ReadStore::open(&url).await.context("opening the projections' read store")?);
-    let projection = Arc::new(ProfilesProjection::spawn(log.clone(), read_store.clone(), args.read_cache_mb << 20));
+    let (projection_cache, snapshots) = onepd_adapters::profiles::as_of::split_read_cache(args.read_cache_mb << 20);
+    let projection = Arc::new(ProfilesProjection::spawn(log.clone(), read_store.clone(), projection_cache));
     let profiles = ProfileReader::new(read_store.clone(), log.clone());
     let ingest = Ingest::start(
         log.clone(),
@@ -98,7 +101,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ingest.directory().clone(),
             onepd_adapters::activation::connect(),
             read_store.clone(),
-            onepd_adapters::activation::ActivationOptions::default(),
+            onepd_adapters::activation::ActivationOptions { snapshots, ..Default::default() },
         )
         .await
         .context("starting activation")?,

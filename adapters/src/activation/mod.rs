@@ -54,7 +54,7 @@ use uuid::Uuid;
 
 use crate::EventLog;
 use crate::live::Live;
-use crate::profiles::as_of::AsOfReader;
+use crate::profiles::as_of::{AsOfReader, SnapshotBudget};
 
 pub mod admin;
 pub mod explain;
@@ -99,11 +99,18 @@ pub struct ActivationOptions {
     pub tick: Duration,
     /// Told about every delivered event (the benchmark's lag).
     pub on_delivered: Option<OnDelivered>,
+    /// The memory every run's profile snapshots share.
+    pub snapshots: SnapshotBudget,
 }
 
 impl Default for ActivationOptions {
     fn default() -> ActivationOptions {
-        ActivationOptions { page: 1_000, tick: Duration::from_millis(200), on_delivered: None }
+        ActivationOptions {
+            page: 1_000,
+            tick: Duration::from_millis(200),
+            on_delivered: None,
+            snapshots: SnapshotBudget::default(),
+        }
     }
 }
 
@@ -547,7 +554,7 @@ impl Engine {
         let head = self.log.head().await?;
         let facts = read_facts(&self.log, head).await?;
         let fold = ProfilesFold::suppressing(&facts, self.log.suppression_hasher());
-        let mut as_of = AsOfReader::new(self.profiles.clone(), self.log.clone());
+        let mut as_of = AsOfReader::sharing(self.profiles.clone(), self.log.clone(), self.options.snapshots.clone());
         let workspace = self.entry.workspace;
         let types = match job {
             Some(_) => vec![MessageAccepted::TYPE.into()],

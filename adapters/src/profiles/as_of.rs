@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use onepd_domain::events::message::MessageAccepted;
@@ -29,15 +30,54 @@ use onepd_projections::runner::{
 
 use crate::EventLog;
 
-/// Snapshots kept per generation of the two the reader holds: the older
-/// generation is dropped when the newer one fills, so the profiles used
-/// recently stay.
-const SNAPSHOTS: usize = 50_000;
+/// The memory the snapshots of every reader sharing a [`SnapshotBudget`]
+/// may take, unless told otherwise.
+pub const DEFAULT_SNAPSHOT_BYTES: usize = 64 << 20;
 /// Earlier events read at once for the profiles of one page: a bound on
 /// what a page holds beside its own events, whatever the profiles' history.
 const EARLIER_PER_PAGE: usize = 20_000;
 /// The longest pause between two looks at the read model's checkpoint.
 const MAX_WAIT_STEP: Duration = Duration::from_millis(200);
+
+/// One memory budget for the snapshots of all the readers that share it
+/// (every destination run of a process): each reader keeps at most an
+/// equal share, so the process's memory does not grow with the number of
+/// destinations.
+#[derive(Debug, Clone)]
+pub struct SnapshotBudget {
+    inner: Arc<BudgetShares>,
+}
+
+#[derive(Debug)]
+struct BudgetShares {
+    bytes: usize,
+    readers: AtomicUsize,
+}
+
+impl SnapshotBudget {
+    /// A budget of `bytes` for all its readers together.
+    pub fn new(bytes: usize) -> SnapshotBudget {
+        SnapshotBudget { inner: Arc::new(BudgetShares { bytes, readers: AtomicUsize::new(0) }) }
+    }
+
+    /// What one reader may keep now: an equal share among the readers.
+    fn share(&self) -> usize {
+        self.inner.bytes / self.inner.readers.load(Ordering::Relaxed).max(1)
+    }
+}
+
+/// How the read side's cache budget (`--read-cache-mb`) is spent: three
+/// quarters on the profiles projection's cache, one quarter on the
+/// snapshots every destination run of the process shares.
+pub fn split_read_cache(bytes: usize) -> (usize, SnapshotBudget) {
+    (bytes / 4 * 3, SnapshotBudget::new(bytes / 4))
+}
+
+impl Default for SnapshotBudget {
+    fn default() -> SnapshotBudget {
+        SnapshotBudget::new(DEFAULT_SNAPSHOT_BYTES)
+    }
+}
 
 /// Reads profiles as of events for one reader of the log.
 pub struct AsOfReader {
@@ -45,8 +85,15 @@ pub struct AsOfReader {
     log: EventLog,
     /// How long to wait for the read model, when not for ever.
     patience: Option<Duration>,
-    recent: HashMap<ProfileId, Snapshot>,
-    older: HashMap<ProfileId, Snapshot>,
+    budget: SnapshotBudget,
+    /// Snapshots in two generations: when the newer holds half the
+    /// reader's share, the older is dropped and the newer takes its place,
+    /// so the profiles used recently stay.
+    recent: HashMap<ProfileId, (Snapshot, usize)>,
+    older: HashMap<ProfileId, (Snapshot, usize)>,
+    /// The bytes each generation's snapshots take.
+    recent_bytes: usize,
+    older_bytes: usize,
 }
 
 impl std::fmt::Debug for AsOfReader {
@@ -55,10 +102,32 @@ impl std::fmt::Debug for AsOfReader {
     }
 }
 
+impl Drop for AsOfReader {
+    fn drop(&mut self) {
+        self.budget.inner.readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl AsOfReader {
-    /// A reader over the profiles read model in `store` and the events of `log`.
+    /// A reader over the profiles read model in `store` and the events of
+    /// `log`, with a budget of its own for its snapshots.
     pub fn new(store: Arc<dyn ProjectionStore>, log: EventLog) -> AsOfReader {
-        AsOfReader { store, log, patience: None, recent: HashMap::new(), older: HashMap::new() }
+        AsOfReader::sharing(store, log, SnapshotBudget::default())
+    }
+
+    /// A reader whose snapshots take a share of `budget`.
+    pub fn sharing(store: Arc<dyn ProjectionStore>, log: EventLog, budget: SnapshotBudget) -> AsOfReader {
+        budget.inner.readers.fetch_add(1, Ordering::Relaxed);
+        AsOfReader {
+            store,
+            log,
+            patience: None,
+            budget,
+            recent: HashMap::new(),
+            older: HashMap::new(),
+            recent_bytes: 0,
+            older_bytes: 0,
+        }
     }
 
     /// This reader giving up after `patience` when the read model has not
@@ -180,7 +249,7 @@ impl AsOfReader {
         let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
         for (event, past) in messages.iter().zip(pasts) {
             let Some(past) = past else { continue };
-            let snapshot = self.recent.remove(&past.id).or_else(|| self.older.remove(&past.id));
+            let snapshot = self.take(past.id);
             let missing = past.missing(snapshot.as_ref());
             let (as_of, snapshot) =
                 match missing.iter().map(|position| known.get(position).copied()).collect::<Option<Vec<_>>>() {
@@ -198,13 +267,33 @@ impl AsOfReader {
     }
 
     fn snapshot(&self, id: ProfileId) -> Option<&Snapshot> {
-        self.recent.get(&id).or_else(|| self.older.get(&id))
+        self.recent.get(&id).or_else(|| self.older.get(&id)).map(|(snapshot, _)| snapshot)
+    }
+
+    /// The memory its snapshots take (roughly): at most its share of the
+    /// budget, and a snapshot more in each of its two generations.
+    pub fn snapshot_bytes(&self) -> usize {
+        self.recent_bytes + self.older_bytes
+    }
+
+    /// Takes the snapshot of `id` out, to advance it.
+    fn take(&mut self, id: ProfileId) -> Option<Snapshot> {
+        if let Some((snapshot, bytes)) = self.recent.remove(&id) {
+            self.recent_bytes -= bytes;
+            return Some(snapshot);
+        }
+        let (snapshot, bytes) = self.older.remove(&id)?;
+        self.older_bytes -= bytes;
+        Some(snapshot)
     }
 
     fn keep(&mut self, snapshot: Snapshot) {
-        if self.recent.len() >= SNAPSHOTS {
+        if self.recent_bytes >= self.budget.share() / 2 {
             self.older = std::mem::take(&mut self.recent);
+            self.older_bytes = std::mem::take(&mut self.recent_bytes);
         }
-        self.recent.insert(snapshot.id(), snapshot);
+        let bytes = snapshot.approximate_bytes();
+        self.recent_bytes += bytes;
+        self.recent.insert(snapshot.id(), (snapshot, bytes));
     }
 }

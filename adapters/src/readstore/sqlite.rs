@@ -112,7 +112,7 @@ impl SqliteReadStore {
             // Per connection: reads go by key and stream through the OS page
             // cache; a large private cache per pooled connection only
             // multiplied memory.
-            .pragma("cache_size", "-16384")
+            .pragma("cache_size", format!("-{}", crate::store::sqlite::CACHE_KIB))
             .pragma("temp_store", "memory")
             // Applies when the file is created. Measured on a rebuild's
             // commit: a third faster than 4 KiB pages, since each page split

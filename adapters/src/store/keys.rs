@@ -13,8 +13,10 @@ use uuid::Uuid;
 
 use super::sealing::SubjectKey;
 
-/// Entries a cache holds before it is emptied and starts again.
-pub(crate) const KEY_CACHE_LIMIT: usize = 100_000;
+/// Entries a cache holds before it is emptied and starts again. An entry
+/// holds the key's expanded cipher (about 700 bytes), so 100,000 of them
+/// took 70 MB; this many cover a few pages of a big read.
+pub(crate) const KEY_CACHE_LIMIT: usize = 20_000;
 
 /// The keys one read needs: key id → key, or `None` when the key is shredded.
 pub(crate) type ReadKeys = HashMap<Uuid, Option<SubjectKey>>;

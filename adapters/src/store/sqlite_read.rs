@@ -66,7 +66,9 @@ impl Readers {
         connection.busy_timeout(Duration::from_secs(30)).map_err(failed("opening a reader"))?;
         // As the async pool's connections: reads stream through the OS page
         // cache, so a large private cache would only multiply memory.
-        connection.pragma_update(None, "cache_size", -16_384).map_err(failed("opening a reader"))?;
+        connection
+            .pragma_update(None, "cache_size", -i64::from(super::sqlite::CACHE_KIB))
+            .map_err(failed("opening a reader"))?;
         Ok(connection)
     }
 

@@ -177,26 +177,7 @@ impl Profiles {
     /// fold within a budget.
     pub fn approximate_bytes(&self, workspace: onepd_domain::WorkspaceId, profile: ProfileId) -> usize {
         let identity = self.graph.workspace(workspace).map_or(0, |identities| identities.approximate_bytes(profile));
-        let Some(state) = self.state(workspace, profile) else { return identity };
-        let traits: usize = state.traits.iter().map(|(name, value)| name.len() + trait_bytes(value)).sum();
-        let groups: usize =
-            state.groups.values().flat_map(|group| &group.traits).map(|(n, v)| n.len() + trait_bytes(v)).sum();
-        identity
-            + 256
-            + traits
-            + groups
-            + state.timeline.len() * 24
-            + state.event_counts.keys().map(|name| name.len() + 64).sum::<usize>()
-            + state.sources.iter().map(|source| source.len() + 48).sum::<usize>()
-    }
-}
-
-fn trait_bytes(value: &Trait) -> usize {
-    // A JSON value's text length is a fair stand-in for its size in memory.
-    160 + match &value.value {
-        serde_json::Value::String(text) => text.len(),
-        serde_json::Value::Array(_) | serde_json::Value::Object(_) => value.value.to_string().len() * 3,
-        _ => 8,
+        identity + self.state(workspace, profile).map_or(0, ProfileState::approximate_bytes)
     }
 }
 
@@ -353,6 +334,12 @@ impl Snapshot {
     /// The profile it is of (its id then).
     pub fn id(&self) -> ProfileId {
         self.id
+    }
+
+    /// A rough count of the bytes it takes in memory, to keep the snapshots
+    /// of a reader within a budget.
+    pub fn approximate_bytes(&self) -> usize {
+        64 + self.state.approximate_bytes()
     }
 }
 

@@ -35,6 +35,20 @@ pub(super) struct ProfileState {
 }
 
 impl ProfileState {
+    /// A rough count of the bytes it takes in memory.
+    pub fn approximate_bytes(&self) -> usize {
+        let traits: usize = self.traits.iter().map(|(name, value)| name.len() + trait_bytes(value)).sum();
+        let groups: usize =
+            self.groups.values().flat_map(|group| &group.traits).map(|(n, v)| n.len() + trait_bytes(v)).sum();
+        256 + traits
+            + groups
+            + self.consent.as_ref().map_or(0, trait_bytes)
+            + self.timeline.len() * 24
+            + self.event_counts.keys().map(|name| name.len() + 64).sum::<usize>()
+            + self.revenue_micros.keys().map(|currency| currency.len() + 64).sum::<usize>()
+            + self.sources.iter().map(|source| source.len() + 48).sum::<usize>()
+    }
+
     /// Records one event attributed to `profile` (this one, as it is
     /// called when the event is folded).
     pub fn record(&mut self, event: &RecordedEvent, message: &Value, profile: ProfileId) {
@@ -197,5 +211,14 @@ fn scalar_text(value: &Value) -> Option<String> {
         Value::String(text) => Some(text.clone()),
         Value::Number(number) => Some(number.to_string()),
         _ => None,
+    }
+}
+
+fn trait_bytes(value: &Trait) -> usize {
+    // A JSON value's text length is a fair stand-in for its size in memory.
+    160 + match &value.value {
+        Value::String(text) => text.len(),
+        Value::Array(_) | Value::Object(_) => value.value.to_string().len() * 3,
+        _ => 8,
     }
 }

@@ -140,7 +140,7 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
     let log = EventLog::open(workload.config()).await.context("opening the benchmark log")?;
     let store = Arc::new(ReadStore::open(&workload.url).await.context("opening the read store")?);
     let profiles: Arc<dyn ProjectionStore> = store.clone();
-    let cache = args.read_cache_mb << 20;
+    let (cache, snapshots) = onepd_adapters::profiles::as_of::split_read_cache(args.read_cache_mb << 20);
     let (events, read_seconds) = read_all(&log).await?;
     let read_rate = events as f64 / read_seconds;
 
@@ -196,7 +196,7 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
         let delivered = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let projection = ProfilesProjection::spawn(log.clone(), profiles.clone(), cache);
-        let activation = spawn_activation(&log, profiles.clone(), delivered.clone()).await?;
+        let activation = spawn_activation(&log, profiles.clone(), delivered.clone(), snapshots.clone()).await?;
         let event = new_event(workspace, &person);
         let position = log.append(event).await.context("appending the new event")?.positions[0];
         let reader = ProfileReader::new(profiles.clone(), log.clone());
@@ -278,7 +278,7 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
         let delivered = Arc::new(AtomicU64::new(0));
         let projection = ProfilesProjection::spawn(log.clone(), profiles.clone(), cache);
         let started = Instant::now();
-        let activation = spawn_activation(&log, profiles.clone(), delivered.clone()).await?;
+        let activation = spawn_activation(&log, profiles.clone(), delivered.clone(), snapshots.clone()).await?;
         let deadline = Instant::now() + Duration::from_secs(3_600);
         while delivered.load(Ordering::Relaxed) < each * count as u64 {
             anyhow::ensure!(Instant::now() < deadline, "the backfill did not finish within an hour");
@@ -344,12 +344,13 @@ async fn spawn_activation(
     log: &EventLog,
     profiles: Arc<dyn ProjectionStore>,
     delivered: Arc<AtomicU64>,
+    snapshots: onepd_adapters::profiles::as_of::SnapshotBudget,
 ) -> anyhow::Result<Activation> {
     let directory = Live::<Directory>::follow(log, "directory").await?;
     let on_delivered = Arc::new(move |recorded: &[Timestamp], _: Timestamp| {
         delivered.fetch_add(recorded.len() as u64, Ordering::Relaxed);
     });
-    let options = ActivationOptions { on_delivered: Some(on_delivered), ..ActivationOptions::default() };
+    let options = ActivationOptions { on_delivered: Some(on_delivered), snapshots, ..ActivationOptions::default() };
     Ok(Activation::spawn(log.clone(), directory, onepd_adapters::activation::connect(), profiles, options).await?)
 }
 
