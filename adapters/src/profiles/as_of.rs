@@ -34,8 +34,10 @@ use crate::EventLog;
 /// may take, unless told otherwise.
 pub const DEFAULT_SNAPSHOT_BYTES: usize = 64 << 20;
 /// Earlier events read at once for the profiles of one page: a bound on
-/// what a page holds beside its own events, whatever the profiles' history.
-const EARLIER_PER_PAGE: usize = 20_000;
+/// what a page holds beside its own events, whatever the profiles' history
+/// (decoded events take a few KB each, and every destination run holds its
+/// own page).
+const EARLIER_PER_PAGE: usize = 5_000;
 /// The longest pause between two looks at the read model's checkpoint.
 const MAX_WAIT_STEP: Duration = Duration::from_millis(200);
 
