@@ -68,6 +68,12 @@ impl SnapshotBudget {
     }
 }
 
+impl Default for SnapshotBudget {
+    fn default() -> SnapshotBudget {
+        SnapshotBudget::new(DEFAULT_SNAPSHOT_BYTES)
+    }
+}
+
 /// How the read side's cache budget (`--read-cache-mb`) is spent: three
 /// quarters on the profiles projection's cache, one quarter on the
 /// snapshots every destination run of the process shares.
@@ -75,9 +81,32 @@ pub fn split_read_cache(bytes: usize) -> (usize, SnapshotBudget) {
     (bytes / 4 * 3, SnapshotBudget::new(bytes / 4))
 }
 
-impl Default for SnapshotBudget {
-    fn default() -> SnapshotBudget {
-        SnapshotBudget::new(DEFAULT_SNAPSHOT_BYTES)
+/// One generation of a reader's snapshots, with the bytes they take.
+#[derive(Default)]
+struct Generation {
+    snapshots: HashMap<ProfileId, (Snapshot, usize)>,
+    bytes: usize,
+}
+
+impl Generation {
+    fn get(&self, id: ProfileId) -> Option<&Snapshot> {
+        self.snapshots.get(&id).map(|(snapshot, _)| snapshot)
+    }
+
+    fn remove(&mut self, id: ProfileId) -> Option<Snapshot> {
+        let (snapshot, bytes) = self.snapshots.remove(&id)?;
+        self.bytes -= bytes;
+        Some(snapshot)
+    }
+
+    fn insert(&mut self, snapshot: Snapshot) {
+        let bytes = snapshot.approximate_bytes();
+        self.bytes += bytes;
+        self.snapshots.insert(snapshot.id(), (snapshot, bytes));
+    }
+
+    fn len(&self) -> usize {
+        self.snapshots.len()
     }
 }
 
@@ -91,11 +120,8 @@ pub struct AsOfReader {
     /// Snapshots in two generations: when the newer holds half the
     /// reader's share, the older is dropped and the newer takes its place,
     /// so the profiles used recently stay.
-    recent: HashMap<ProfileId, (Snapshot, usize)>,
-    older: HashMap<ProfileId, (Snapshot, usize)>,
-    /// The bytes each generation's snapshots take.
-    recent_bytes: usize,
-    older_bytes: usize,
+    recent: Generation,
+    older: Generation,
 }
 
 impl std::fmt::Debug for AsOfReader {
@@ -120,16 +146,7 @@ impl AsOfReader {
     /// A reader whose snapshots take a share of `budget`.
     pub fn sharing(store: Arc<dyn ProjectionStore>, log: EventLog, budget: SnapshotBudget) -> AsOfReader {
         budget.inner.readers.fetch_add(1, Ordering::Relaxed);
-        AsOfReader {
-            store,
-            log,
-            patience: None,
-            budget,
-            recent: HashMap::new(),
-            older: HashMap::new(),
-            recent_bytes: 0,
-            older_bytes: 0,
-        }
+        AsOfReader { store, log, patience: None, budget, recent: Generation::default(), older: Generation::default() }
     }
 
     /// This reader giving up after `patience` when the read model has not
@@ -269,33 +286,24 @@ impl AsOfReader {
     }
 
     fn snapshot(&self, id: ProfileId) -> Option<&Snapshot> {
-        self.recent.get(&id).or_else(|| self.older.get(&id)).map(|(snapshot, _)| snapshot)
+        self.recent.get(id).or_else(|| self.older.get(id))
     }
 
     /// The memory its snapshots take (roughly): at most its share of the
     /// budget, and a snapshot more in each of its two generations.
     pub fn snapshot_bytes(&self) -> usize {
-        self.recent_bytes + self.older_bytes
+        self.recent.bytes + self.older.bytes
     }
 
     /// Takes the snapshot of `id` out, to advance it.
     fn take(&mut self, id: ProfileId) -> Option<Snapshot> {
-        if let Some((snapshot, bytes)) = self.recent.remove(&id) {
-            self.recent_bytes -= bytes;
-            return Some(snapshot);
-        }
-        let (snapshot, bytes) = self.older.remove(&id)?;
-        self.older_bytes -= bytes;
-        Some(snapshot)
+        self.recent.remove(id).or_else(|| self.older.remove(id))
     }
 
     fn keep(&mut self, snapshot: Snapshot) {
-        if self.recent_bytes >= self.budget.share() / 2 {
+        if self.recent.bytes >= self.budget.share() / 2 {
             self.older = std::mem::take(&mut self.recent);
-            self.older_bytes = std::mem::take(&mut self.recent_bytes);
         }
-        let bytes = snapshot.approximate_bytes();
-        self.recent_bytes += bytes;
-        self.recent.insert(snapshot.id(), (snapshot, bytes));
+        self.recent.insert(snapshot);
     }
 }
