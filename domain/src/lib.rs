@@ -47,7 +47,7 @@ pub use envelope::{
     EventId, ExpectedVersion, NewEvent, Payload, Position, RecordedEvent, StreamId, Timestamp, WorkspaceId,
 };
 pub use ports::{
-    AppendError, AppendOutcome, AppendRequest, DocWrite, EventFilter, EventStore, Generation, ProjectionError,
+    AppendError, AppendOutcome, AppendRequest, DocWrite, EventFilter, EventStore, Generation, Landing, ProjectionError,
     ProjectionStore, ReadError, ReadPage, StoreError, Subscription, VerifyReport,
 };
 pub use upcast::{UpcastError, Upcasters};

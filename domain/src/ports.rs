@@ -264,6 +264,10 @@ pub enum ProjectionError {
     Store(#[from] StoreError),
 }
 
+/// A commit under way ([`ProjectionStore::start_commit`]): its result, once
+/// it has landed.
+pub type Landing = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProjectionError>> + Send + 'static>>;
+
 /// The read models of projections: documents per generation, written
 /// together with the generation's checkpoint so each event takes effect
 /// exactly once.
@@ -289,6 +293,19 @@ pub trait ProjectionStore: Send + Sync {
         checkpoint: Position,
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError>;
+
+    /// Starts [`ProjectionStore::commit`] so that it runs while the caller
+    /// goes on (a builder folds its next page while the last one is
+    /// written); the returned future, awaited, gives its result. The caller
+    /// starts no other commit of the generation until this one has landed,
+    /// and reads nothing it writes before then.
+    fn start_commit(
+        self: std::sync::Arc<Self>,
+        generation: u64,
+        expected: Position,
+        checkpoint: Position,
+        writes: Vec<DocWrite>,
+    ) -> Landing;
 
     /// Like [`ProjectionStore::commit`], but first removes every document
     /// `workspace` has in the generation, in the same transaction: `writes`

@@ -58,8 +58,8 @@ use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::quarantine::{EventQuarantined, PROFILES_READER, quarantine_stream};
 use onepd_domain::identity::{IdentityRules, ProfileId};
 use onepd_domain::{
-    AppendError, AppendRequest, DocWrite, EventFilter, EventStore, ExpectedVersion, Generation, NewEvent, Position,
-    ProjectionError, ProjectionStore, RecordedEvent, StoreError, WorkspaceId,
+    AppendError, AppendRequest, DocWrite, EventFilter, EventStore, ExpectedVersion, Generation, Landing, NewEvent,
+    Position, ProjectionError, ProjectionStore, RecordedEvent, StoreError, WorkspaceId,
 };
 
 use crate::identity::IdentityGraph;
@@ -209,9 +209,18 @@ impl ProfilesFold {
         profiles
     }
 
-    /// The writes for one chunk of pending work: deletes for the absorbed
-    /// profiles, and each touched profile's document, identifiers and members.
-    pub fn writes(&self, absorbed: &[(WorkspaceId, ProfileId)], touched: &[(WorkspaceId, ProfileId)]) -> Vec<DocWrite> {
+    /// The writes for the work pending since the commit at `since`:
+    /// deletes for the absorbed profiles, and each touched profile's
+    /// document, with the index entries (identifier → profile, member →
+    /// profile) that changed after `since`: those of identifiers and
+    /// members that joined it since, or all of them when it absorbed a
+    /// profile since (every identifier of the absorbed one now names it).
+    pub fn writes(
+        &self,
+        absorbed: &[(WorkspaceId, ProfileId)],
+        touched: &[(WorkspaceId, ProfileId)],
+        since: Position,
+    ) -> Vec<DocWrite> {
         let mut writes = Vec::new();
         for &(workspace, profile) in absorbed {
             writes.push(DocWrite::Delete { workspace, collection: PROFILE_DOCS, key: profile.to_string() });
@@ -219,7 +228,8 @@ impl ProfilesFold {
         for &(workspace, profile) in touched {
             let Some(doc) = self.profiles.doc(workspace, profile) else { continue };
             let id = profile.to_string();
-            for attached in &doc.identifiers {
+            let merged = doc.merges.iter().any(|merge| merge.position > since);
+            for attached in doc.identifiers.iter().filter(|attached| merged || attached.position > since) {
                 writes.push(DocWrite::Put {
                     workspace,
                     collection: IDENTIFIER_DOCS,
@@ -227,7 +237,7 @@ impl ProfilesFold {
                     doc: id.clone().into_bytes(),
                 });
             }
-            for member in &doc.members {
+            for member in doc.members.iter().filter(|member| merged || member.created_at > since) {
                 writes.push(DocWrite::Put {
                     workspace,
                     collection: MEMBER_DOCS,
@@ -442,14 +452,20 @@ impl Cache {
     }
 
     /// Drops the least recently used profiles from `fold` until the cache
-    /// is within three quarters of its budget, when it is over it.
-    fn shrink(&mut self, fold: &mut ProfilesFold) {
+    /// is within three quarters of its budget, when it is over it; with
+    /// [`Spare::Newest`], none touched since the last shrink.
+    fn shrink(&mut self, fold: &mut ProfilesFold, spare: Spare) {
+        let newest = self.tick;
         self.tick += 1;
         if self.total <= self.budget {
             return;
         }
-        let mut by_age: Vec<(u64, WorkspaceId, ProfileId)> =
-            self.used.iter().map(|(&(ws, profile), &(_, tick))| (tick, ws, profile)).collect();
+        let mut by_age: Vec<(u64, WorkspaceId, ProfileId)> = self
+            .used
+            .iter()
+            .filter(|&(_, &(_, tick))| spare == Spare::Nothing || tick < newest)
+            .map(|(&(ws, profile), &(_, tick))| (tick, ws, profile))
+            .collect();
         by_age.sort_unstable();
         let target = self.budget / 4 * 3;
         for (_, workspace, profile) in by_age {
@@ -460,6 +476,16 @@ impl Cache {
             self.forget(workspace, profile);
         }
     }
+}
+
+/// Which profiles a shrink of the cache must keep whatever their age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spare {
+    /// None: every commit has landed.
+    Nothing,
+    /// Those touched since the last shrink: their commit is still under way,
+    /// and a read of the store would find them as they were before it.
+    Newest,
 }
 
 /// The collection of the marker a workspace's documents carry while it is
@@ -666,9 +692,12 @@ impl Runner {
         } else {
             None
         };
+        // The commit of the page before, still being written.
+        let mut landing: Option<Landing> = None;
         while let Some(page) = next.take() {
             let end = Position(page.next.0 - 1).min(head);
-            // The next page is read while this one is folded and written.
+            // The next page is read while this one is folded, and this one
+            // is folded while the one before is written.
             let following = async {
                 if end < head {
                     self.log.read(end.next(), Some(head), &filter, self.page).await.map(Some)
@@ -679,12 +708,19 @@ impl Runner {
             let this = async {
                 self.prefetch(&mut built, &page.events).await?;
                 built.fold.apply(&page.events);
-                self.commit_with(&mut built, end, Vec::new()).await.map_err(fenced_as_store)
+                if let Some(before) = landing.take() {
+                    before.await.map_err(fenced_as_store)?;
+                }
+                landing = Some(self.start_commit(&mut built, end).await.map_err(fenced_as_store)?);
+                Ok::<(), StoreError>(())
             };
             let (following, this) = futures::future::join(following, this).await;
             this?;
             progress(end.0, head.0);
             next = following?;
+        }
+        if let Some(last) = landing {
+            last.await.map_err(fenced_as_store)?;
         }
         Ok(built)
     }
@@ -837,7 +873,7 @@ impl Runner {
         built.fold.profiles.replace_workspace(workspace, &mut scratch.fold.profiles);
         self.note_held(&built.fold);
         built.cache.recount(&built.fold, workspace);
-        built.cache.shrink(&mut built.fold);
+        built.cache.shrink(&mut built.fold, Spare::Nothing);
         self.start_refold(built);
         Ok(())
     }
@@ -871,11 +907,36 @@ impl Runner {
         checkpoint: Position,
         extra: Vec<DocWrite>,
     ) -> Result<(), ProjectionError> {
-        self.record_quarantined(&mut built.fold).await?;
-        let pending = built.fold.take_pending();
-        let mut writes = built.fold.writes(&pending.absorbed, &pending.touched);
+        let (pending, mut writes) = self.take_writes(built).await?;
         writes.extend(extra);
         self.store.commit(built.generation.id, built.checkpoint, checkpoint, writes).await?;
+        self.advance(built, checkpoint, &pending, Spare::Nothing);
+        Ok(())
+    }
+
+    /// Starts the commit of the fold's pending writes with `checkpoint`
+    /// ([`ProjectionStore::start_commit`]), to be awaited before the next
+    /// one starts. Until it has landed, the profiles it writes stay in
+    /// memory: a fold of the next page reads none of them from the store.
+    async fn start_commit(&self, built: &mut Built, checkpoint: Position) -> Result<Landing, ProjectionError> {
+        let (pending, writes) = self.take_writes(built).await?;
+        let landing = self.store.clone().start_commit(built.generation.id, built.checkpoint, checkpoint, writes);
+        self.advance(built, checkpoint, &pending, Spare::Newest);
+        Ok(landing)
+    }
+
+    /// Records what the fold left out, then takes its pending profiles and
+    /// their writes.
+    async fn take_writes(&self, built: &mut Built) -> Result<(Pending, Vec<DocWrite>), ProjectionError> {
+        self.record_quarantined(&mut built.fold).await?;
+        let pending = built.fold.take_pending();
+        let writes = built.fold.writes(&pending.absorbed, &pending.touched, built.checkpoint);
+        Ok((pending, writes))
+    }
+
+    /// Moves `built` to `checkpoint` once `pending`'s writes are committed
+    /// (or under way), and keeps the cache within its budget.
+    fn advance(&self, built: &mut Built, checkpoint: Position, pending: &Pending, spare: Spare) {
         built.checkpoint = checkpoint;
         built.generation.checkpoint = checkpoint;
         for &(workspace, profile) in &pending.absorbed {
@@ -885,8 +946,7 @@ impl Runner {
             built.cache.touch(&built.fold, workspace, profile);
         }
         self.note_held(&built.fold);
-        built.cache.shrink(&mut built.fold);
-        Ok(())
+        built.cache.shrink(&mut built.fold, spare);
     }
 
     /// Resumes the live generation at its checkpoint with an empty cache

@@ -33,10 +33,13 @@ mod postgres;
 mod sqlite;
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use onepd_domain::{DocWrite, Generation, Position, ProjectionError, ProjectionStore, StoreError, WorkspaceId};
+use onepd_domain::{
+    DocWrite, Generation, Landing, Position, ProjectionError, ProjectionStore, StoreError, WorkspaceId,
+};
 use uuid::Uuid;
 
 use crate::store::BackendKind;
@@ -178,6 +181,20 @@ impl ProjectionStore for ReadStore {
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError> {
         self.commit_clearing(generation, expected, checkpoint, None, writes).await
+    }
+
+    fn start_commit(
+        self: Arc<Self>,
+        generation: u64,
+        expected: Position,
+        checkpoint: Position,
+        writes: Vec<DocWrite>,
+    ) -> Landing {
+        // A task of its own: the statements go on while the caller folds.
+        let task = tokio::spawn(async move { self.commit(generation, expected, checkpoint, writes).await });
+        Box::pin(async move {
+            task.await.map_err(|err| StoreError::Database(format!("committing a projection's page: {err}")))?
+        })
     }
 
     async fn replace_workspace(

@@ -389,6 +389,19 @@ impl EventLog {
         self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await
     }
 
+    /// The rows `filter` admits exactly as stored, neither opened nor
+    /// decoded: positions `from..=to`, up to `limit` (what a benchmark
+    /// measures as the database's own limit under a read of the same rows).
+    pub async fn stored_rows_where(
+        &self,
+        from: Position,
+        to: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>, ReadError> {
+        self.inner.backend.read_rows(from.0.max(1), to.0, filter, limit).await
+    }
+
     /// The rows of positions `from..=to` (up to `limit`), each with its
     /// payload opened where `wanted` says so (exports): plaintext where the
     /// subject key exists, [`Opened::Shredded`] where it was destroyed.

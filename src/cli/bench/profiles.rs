@@ -281,6 +281,22 @@ async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<ReadStore>)>
     Ok((log, Arc::new(store)))
 }
 
+/// The database's own limit under [`read_all`]: the same rows, as stored,
+/// page by page, neither opened nor decoded. Rows and seconds.
+pub(super) async fn raw_read_all(log: &EventLog) -> anyhow::Result<(u64, f64)> {
+    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    let head = log.head().await?;
+    let started = Instant::now();
+    let (mut next, mut count) = (Position(1), 0u64);
+    while next <= head {
+        let page = log.stored_rows_where(next, head, &filter, 5_000).await?;
+        let Some(last) = page.last() else { break };
+        next = Position(last.position + 1);
+        count += page.len() as u64;
+    }
+    Ok((count, started.elapsed().as_secs_f64()))
+}
+
 /// Reads and decodes every message of the log, as the rebuild does, without
 /// folding or writing: the limit the rebuild stands on.
 pub(super) async fn read_all(log: &EventLog) -> anyhow::Result<(u64, f64)> {
