@@ -386,7 +386,7 @@ impl EventLog {
     /// The rows exactly as stored, for tools that need the stored bytes
     /// (benchmarks, exports). Positions `from..=to`, up to `limit`.
     pub async fn stored_rows(&self, from: Position, to: Position, limit: usize) -> Result<Vec<StoredRow>, ReadError> {
-        self.inner.backend.read_rows(from.0.max(1), to.0, &EventFilter::default(), limit).await
+        self.stored_rows_where(from, to, &EventFilter::default(), limit).await
     }
 
     /// The rows `filter` admits exactly as stored, neither opened nor

@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
 
-use super::profiles::{Generator, Workload, WorkloadArgs, percentile, read_all};
+use super::profiles::{Generator, Read, Workload, WorkloadArgs, percentile, read_all};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -140,7 +140,7 @@ pub(super) async fn adapter_process() -> anyhow::Result<(tokio::process::Child, 
 
 async fn measure(workload: &Workload, args: &ActivateArgs) -> anyhow::Result<Measured> {
     let log = EventLog::open(workload.config()).await.context("opening the benchmark log")?;
-    let (events, read_seconds) = read_all(&log).await?;
+    let (events, read_seconds) = read_all(&log, Read::Decoded).await?;
     let workspace = workload.workspace;
     let config = WorkspaceConfig::default();
     let spec = NewWorkspace { name: "bench".into(), industry: args.industry, default_region: None };

@@ -281,33 +281,37 @@ async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<ReadStore>)>
     Ok((log, Arc::new(store)))
 }
 
-/// The database's own limit under [`read_all`]: the same rows, as stored,
-/// page by page, neither opened nor decoded. Rows and seconds.
-pub(super) async fn raw_read_all(log: &EventLog) -> anyhow::Result<(u64, f64)> {
-    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
-    let head = log.head().await?;
-    let started = Instant::now();
-    let (mut next, mut count) = (Position(1), 0u64);
-    while next <= head {
-        let page = log.stored_rows_where(next, head, &filter, 5_000).await?;
-        let Some(last) = page.last() else { break };
-        next = Position(last.position + 1);
-        count += page.len() as u64;
-    }
-    Ok((count, started.elapsed().as_secs_f64()))
+/// How a bench reads the log's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// As stored, neither opened nor decoded: the database's own limit.
+    Raw,
+    /// Opened and decoded, as the rebuild reads them, without folding or
+    /// writing: the limit the rebuild stands on.
+    Decoded,
 }
 
-/// Reads and decodes every message of the log, as the rebuild does, without
-/// folding or writing: the limit the rebuild stands on.
-pub(super) async fn read_all(log: &EventLog) -> anyhow::Result<(u64, f64)> {
+/// Reads every message of the log page by page, `how`: how many, and the
+/// seconds it took.
+pub(super) async fn read_all(log: &EventLog, how: Read) -> anyhow::Result<(u64, f64)> {
     let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     let head = log.head().await?;
     let started = Instant::now();
     let (mut next, mut count) = (Position(1), 0u64);
     while next <= head {
-        let page = log.read(next, Some(head), &filter, 5_000).await?;
-        count += page.events.len() as u64;
-        next = page.next;
+        let (read, following) = match how {
+            Read::Raw => {
+                let page = log.stored_rows_where(next, head, &filter, 5_000).await?;
+                let Some(last) = page.last() else { break };
+                (page.len(), Position(last.position + 1))
+            }
+            Read::Decoded => {
+                let page = log.read(next, Some(head), &filter, 5_000).await?;
+                (page.events.len(), page.next)
+            }
+        };
+        count += read as u64;
+        next = following;
     }
     Ok((count, started.elapsed().as_secs_f64()))
 }
@@ -362,7 +366,7 @@ async fn measure_rebuild(
     let profiles = store.count(built.generation.id, PROFILE_DOCS).await? as usize;
     drop(built);
     // The raw limit: the same events read and decoded, nothing folded.
-    let (events, raw_seconds) = read_all(&log).await?;
+    let (events, raw_seconds) = read_all(&log, Read::Decoded).await?;
     log.close().await;
     Ok((events, raw_seconds, seconds, profiles, peak))
 }

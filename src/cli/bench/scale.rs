@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::activate::{adapter_process, sink};
-use super::profiles::{Workload, WorkloadArgs, percentile, raw_read_all, read_all};
+use super::profiles::{Read, Workload, WorkloadArgs, percentile, read_all};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -148,9 +148,9 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
     let (cache, snapshots) = onepd_adapters::profiles::as_of::split_read_cache(args.read_cache_mb << 20);
     // The raw limit first, then the same rows decoded and opened: each
     // read finds the file in the OS cache as the other did.
-    let (raw_rows, raw_seconds) = raw_read_all(&log).await?;
+    let (raw_rows, raw_seconds) = read_all(&log, Read::Raw).await?;
     let raw_rate = raw_rows as f64 / raw_seconds;
-    let (events, read_seconds) = read_all(&log).await?;
+    let (events, read_seconds) = read_all(&log, Read::Decoded).await?;
     let read_rate = events as f64 / read_seconds;
 
     // The first projection, as `serve` builds it on a log it has not seen.
