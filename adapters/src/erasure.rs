@@ -255,8 +255,12 @@ async fn rejections_naming(
     suppressed: &[String],
 ) -> Result<Vec<EventId>, ErasureError> {
     let wanted: BTreeSet<&str> = suppressed.iter().map(String::as_str).collect();
-    let filter =
-        EventFilter { workspace: Some(workspace), event_types: vec![MessageRejected::TYPE.to_owned()], stream: None };
+    let filter = EventFilter {
+        workspace: Some(workspace),
+        event_types: vec![MessageRejected::TYPE.to_owned()],
+        stream: None,
+        ..EventFilter::default()
+    };
     let head = log.head().await?;
     let mut found = Vec::new();
     let mut from = Position(1);

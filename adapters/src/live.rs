@@ -14,7 +14,11 @@ use crate::EventLog;
 
 /// The filter for `T`'s event types.
 fn filter<T: Fold>() -> EventFilter {
-    EventFilter { event_types: T::EVENT_TYPES.iter().map(|t| t.to_string()).collect(), ..EventFilter::default() }
+    EventFilter {
+        event_types: T::EVENT_TYPES.iter().map(|t| t.to_string()).collect(),
+        parts: T::PARTS,
+        ..EventFilter::default()
+    }
 }
 
 /// Folds every event of `T`'s types up to the log's head into `state` and

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use onepd_adapters::EventLog;
+use onepd_domain::fields::Fields;
 use onepd_domain::{
     AppendError, EventFilter, EventId, EventStore, ExpectedVersion, Payload, Position, Timestamp, Upcasters,
 };
@@ -439,6 +440,61 @@ async fn reads_filter_by_workspace_type_stream_and_time(backend: Backend) {
     log.close().await;
 }
 
+async fn a_read_ahead_gives_the_pages_reads_give_and_decodes_only_the_parts_named(backend: Backend) {
+    const PARTS: &[(&str, Fields)] = &[(
+        "MessageAccepted",
+        Fields::Only(&[("message", Fields::Only(&[("userId", Fields::All), ("traits", Fields::All)]))]),
+    )];
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let (a, b) = (workspace(1), workspace(2));
+    for n in 0..23 {
+        let mut message = event(if n % 3 == 2 { b } else { a }, &n.to_string());
+        message.data = json!({
+            "message": {"userId": format!("u{n}"), "traits": {"plan": "pro", "n": n},
+                        "context": {"page": {"url": "https://shop.example"}}},
+            "enrichment": {"ip": "203.0.113.7"},
+        });
+        message.subject = (n % 2 == 0).then(|| format!("u{n}"));
+        log.append(request(&format!("s-{}", n % 4), ExpectedVersion::Any, vec![message])).await.unwrap();
+    }
+    let log = Arc::new(log);
+    let filter = EventFilter::workspace(a);
+    // The pages `read` gives, one after another, from 2 to 20.
+    let mut expected = Vec::new();
+    let mut next = Position(2);
+    while next <= Position(20) {
+        let page = log.read(next, Some(Position(20)), &filter, 4).await.unwrap();
+        next = page.next;
+        expected.push(page);
+    }
+    let mut pages = log.clone().read_ahead(Position(2), Position(20), filter.clone(), 4);
+    let mut read_ahead = Vec::new();
+    while let Some(page) = pages.next_page().await.unwrap() {
+        read_ahead.push(page);
+    }
+    assert_eq!(read_ahead, expected);
+    assert!(expected.len() >= 3, "several pages: {}", expected.len());
+    // Past the head, a read ahead ends at the head.
+    let mut pages = log.clone().read_ahead(Position(20), Position(1_000), filter.clone(), 100);
+    let tail = pages.next_page().await.unwrap().unwrap();
+    assert_eq!(tail.next, Position(24));
+    assert_eq!(pages.next_page().await.unwrap(), None);
+
+    // Only the parts named are decoded, sealed or not.
+    let parted = EventFilter { parts: PARTS, ..filter };
+    let read = log.read(Position(1), None, &parted, 100).await.unwrap().events;
+    assert_eq!(read.len(), 16);
+    for event in &read {
+        let Payload::Data(data) = &event.data else { panic!("{event:?}") };
+        let n = data["message"]["traits"]["n"].as_u64().unwrap();
+        assert_eq!(data, &json!({"message": {"userId": format!("u{n}"), "traits": {"plan": "pro", "n": n}}}));
+    }
+    let whole = log.read(Position(1), None, &EventFilter::workspace(a), 100).await.unwrap().events;
+    assert_eq!(whole[0].data.value().unwrap()["message"]["context"]["page"]["url"], json!("https://shop.example"));
+    log.close().await;
+}
+
 fn onepd_now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
 }
@@ -461,6 +517,11 @@ async fn old_schema_versions_are_upcast_on_read(backend: Backend) {
     let read = log.read(Position(1), None, &EventFilter::default(), 1).await.unwrap().events;
     assert_eq!(read[0].schema_version, 2);
     assert_eq!(read[0].data, Payload::Data(json!({ "total": 5, "currency": "USD" })));
+    // A read of some parts lifts the whole payload, then keeps the parts.
+    let parted =
+        EventFilter { parts: &[("OrderPlaced", Fields::Only(&[("currency", Fields::All)]))], ..EventFilter::default() };
+    let read = log.read(Position(1), None, &parted, 1).await.unwrap().events;
+    assert_eq!((read[0].schema_version, &read[0].data), (2, &Payload::Data(json!({ "currency": "USD" }))));
     assert_eq!(log.verify(&|_, _| {}).await.unwrap().first_break, None, "stored bytes unchanged");
     log.close().await;
 }
@@ -876,6 +937,7 @@ conformance!(
     shredding_a_subject_erases_its_payloads_and_verify_still_passes,
     a_subject_key_in_one_process_is_shredded_for_another,
     reads_filter_by_workspace_type_stream_and_time,
+    a_read_ahead_gives_the_pages_reads_give_and_decodes_only_the_parts_named,
     old_schema_versions_are_upcast_on_read,
     a_subscription_catches_up_then_follows_live_appends,
     appends_after_close_are_refused_and_queued_ones_committed,

@@ -35,6 +35,7 @@ pub mod consent;
 pub mod destination;
 pub mod envelope;
 pub mod events;
+pub mod fields;
 pub mod hashing;
 pub mod identity;
 pub mod limits;
@@ -47,7 +48,7 @@ pub use envelope::{
     EventId, ExpectedVersion, NewEvent, Payload, Position, RecordedEvent, StreamId, Timestamp, WorkspaceId,
 };
 pub use ports::{
-    AppendError, AppendOutcome, AppendRequest, DocWrite, EventFilter, EventStore, Generation, Landing, ProjectionError,
-    ProjectionStore, ReadError, ReadPage, StoreError, Subscription, VerifyReport,
+    AppendError, AppendOutcome, AppendRequest, DocWrite, EventFilter, EventStore, Generation, Landing, Pages,
+    ProjectionError, ProjectionStore, ReadError, ReadPage, StoreError, Subscription, VerifyReport,
 };
 pub use upcast::{UpcastError, Upcasters};

@@ -105,6 +105,10 @@ pub struct EventFilter {
     pub event_types: Vec<String>,
     /// Only this stream.
     pub stream: Option<StreamId>,
+    /// The parts of the payload to decode, by event type; the rest is left
+    /// out of [`crate::Payload::Data`]. Types not named (by default, all)
+    /// are decoded whole.
+    pub parts: &'static [(&'static str, crate::fields::Fields)],
 }
 
 impl EventFilter {
@@ -155,6 +159,13 @@ pub trait Subscription: Send {
     fn next_position(&self) -> Position;
 }
 
+/// The pages of an [`EventStore::read_ahead`], in log order.
+#[async_trait]
+pub trait Pages: Send {
+    /// The next page, or `None` once the range is read.
+    async fn next_page(&mut self) -> Result<Option<ReadPage>, ReadError>;
+}
+
 /// The append-only event log.
 #[async_trait]
 pub trait EventStore: Send + Sync {
@@ -172,6 +183,20 @@ pub trait EventStore: Send + Sync {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<ReadPage, ReadError>;
+
+    /// Reads every event matching `filter` from `from` up to `until` (both
+    /// inclusive, `until` cut at the head) as the consecutive pages of at
+    /// most `page` events that [`EventStore::read`] would give, ahead of
+    /// the caller: while the caller works on one page, the next ones are
+    /// fetched and decoded (a rebuild folds while the log is read). The
+    /// pages come in log order; after an error, none follow.
+    fn read_ahead(
+        self: std::sync::Arc<Self>,
+        from: Position,
+        until: Position,
+        filter: EventFilter,
+        page: usize,
+    ) -> Box<dyn Pages>;
 
     /// Reads up to `limit` events of one stream from stream version `from_version` (inclusive).
     async fn read_stream(

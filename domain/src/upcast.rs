@@ -56,6 +56,12 @@ impl Upcasters {
         self
     }
 
+    /// Whether an event of `event_type` stored at `schema_version` is lifted
+    /// on read.
+    pub fn lifts(&self, event_type: &str, schema_version: u32) -> bool {
+        !self.steps.is_empty() && self.steps.contains_key(&(event_type.to_owned(), schema_version))
+    }
+
     /// Lifts `data` from `schema_version` to the newest version registered and
     /// returns that version with the data.
     pub fn upcast(&self, event_type: &str, schema_version: u32, data: Value) -> Result<(u32, Value), UpcastError> {

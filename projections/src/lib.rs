@@ -34,6 +34,10 @@ pub trait Fold: Default + Send + Sync + 'static {
     /// The event types it reads; others are never handed to it.
     const EVENT_TYPES: &'static [&'static str];
 
+    /// The parts of their payloads it reads, by event type
+    /// ([`onepd_domain::EventFilter::parts`]); whole by default.
+    const PARTS: &'static [(&'static str, onepd_domain::fields::Fields)] = &[];
+
     /// Folds one event in.
     fn apply(&mut self, event: &RecordedEvent);
 }

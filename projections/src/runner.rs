@@ -63,7 +63,7 @@ use onepd_domain::{
 };
 
 use crate::identity::IdentityGraph;
-use crate::profile::{Changes, ProfileDoc, Profiles};
+use crate::profile::{Changes, FOLDED_PARTS, ProfileDoc, Profiles};
 
 /// The projection's name in the store.
 pub const PROFILES: &str = "profiles";
@@ -266,7 +266,7 @@ pub struct Pending {
 pub fn followed_filter() -> EventFilter {
     let mut types: Vec<String> = FACT_TYPES.map(String::from).to_vec();
     types.push(MessageAccepted::TYPE.into());
-    EventFilter { event_types: types, ..EventFilter::default() }
+    EventFilter { event_types: types, parts: FOLDED_PARTS, ..EventFilter::default() }
 }
 
 /// The profiles projection's quarantine record of `event`, when its payload
@@ -364,7 +364,12 @@ async fn fold_workspace_to(
     page_size: usize,
     progress: Progress<'_>,
 ) -> Result<(), StoreError> {
-    let filter = EventFilter { workspace, event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    let filter = EventFilter {
+        workspace,
+        event_types: vec![MessageAccepted::TYPE.into()],
+        parts: FOLDED_PARTS,
+        ..EventFilter::default()
+    };
     let from = from.max(Position(1));
     if until < from {
         return Ok(());
@@ -685,26 +690,21 @@ impl Runner {
         };
         // Every fact up to the head is in the fold's facts already: only
         // the messages are read.
-        let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
-        progress(0, head.0);
-        let mut next = if head > Position::START {
-            Some(self.log.read(Position(1), Some(head), &filter, self.page).await?)
-        } else {
-            None
+        let filter = EventFilter {
+            event_types: vec![MessageAccepted::TYPE.into()],
+            parts: FOLDED_PARTS,
+            ..EventFilter::default()
         };
+        progress(0, head.0);
+        let mut pages = self.log.clone().read_ahead(Position(1), head, filter, self.page);
+        let mut next = pages.next_page().await?;
         // The commit of the page before, still being written.
         let mut landing: Option<Landing> = None;
         while let Some(page) = next.take() {
             let end = Position(page.next.0 - 1).min(head);
             // The next page is read while this one is folded, and this one
             // is folded while the one before is written.
-            let following = async {
-                if end < head {
-                    self.log.read(end.next(), Some(head), &filter, self.page).await.map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
+            let following = pages.next_page();
             let this = async {
                 self.prefetch(&mut built, &page.events).await?;
                 built.fold.apply(&page.events);
@@ -847,6 +847,7 @@ impl Runner {
         let filter = EventFilter {
             workspace: Some(workspace),
             event_types: vec![MessageAccepted::TYPE.into()],
+            parts: FOLDED_PARTS,
             ..EventFilter::default()
         };
         let mut next = from.max(Position(1));

@@ -212,8 +212,12 @@ async fn graph_under(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<IdentityGraph> {
     let mut graph = IdentityGraph::new(IdentityRules::default()).with_facts(workspace, facts);
-    let filter =
-        EventFilter { workspace: Some(workspace), event_types: vec![MessageAccepted::TYPE.into()], stream: None };
+    let filter = EventFilter {
+        workspace: Some(workspace),
+        event_types: vec![MessageAccepted::TYPE.into()],
+        stream: None,
+        parts: onepd_projections::profile::FOLDED_PARTS,
+    };
     let head = log.head().await?;
     bar.set_length(head.0);
     let mut next = Position(1);

@@ -56,7 +56,7 @@ async fn open_rejections(log: &EventLog, workspace: WorkspaceId) -> anyhow::Resu
     let filter = EventFilter {
         workspace: Some(workspace),
         event_types: vec![MessageRejected::TYPE.into(), RejectionReplayed::TYPE.into()],
-        stream: None,
+        ..EventFilter::default()
     };
     let mut rejections = Vec::new();
     let mut replayed = HashSet::new();

@@ -174,6 +174,7 @@ async fn deliveries(
         workspace: Some(workspace),
         event_types: vec![DeliveryAttempted::TYPE.into(), EventsWithheld::TYPE.into()],
         stream: None,
+        ..EventFilter::default()
     };
     let name = |id: Uuid| directory.destination(id).map(|entry| entry.created.name.clone()).unwrap_or_default();
     let mut found = Vec::new();

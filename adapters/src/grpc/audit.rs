@@ -80,7 +80,7 @@ fn filter_for(
     } else {
         Some(StreamId::new(filter.stream_id).map_err(|err| Status::invalid_argument(format!("filter.{err}")))?)
     };
-    Ok(EventFilter { workspace: Some(workspace), event_types: filter.event_types, stream })
+    Ok(EventFilter { workspace: Some(workspace), event_types: filter.event_types, stream, ..EventFilter::default() })
 }
 
 fn timestamp(field: &str, value: prost_types::Timestamp) -> Result<Timestamp, Status> {

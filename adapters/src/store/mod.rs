@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::chain::{ChainBreak, ChainWalker};
+use onepd_domain::fields::Fields;
 use onepd_domain::{
-    AppendError, AppendOutcome, AppendRequest, EventFilter, EventId, EventStore, Payload, Position, ReadError,
+    AppendError, AppendOutcome, AppendRequest, EventFilter, EventId, EventStore, Pages, Payload, Position, ReadError,
     ReadPage, RecordedEvent, StoreError, StreamId, Subscription, Timestamp, Upcasters, VerifyReport, WorkspaceId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -182,6 +183,23 @@ pub struct EventLog {
 
 /// Pages at least this large are decoded on two threads.
 const PARALLEL_DECODE_ROWS: usize = 1_000;
+
+/// Reads a [`EventStore::read_ahead`] keeps under way at once.
+const READS_AHEAD: usize = 2;
+
+/// The pages of a read ahead: each a task decoding it, in log order.
+struct ReadAhead {
+    pages: mpsc::Receiver<tokio::task::JoinHandle<Result<ReadPage, ReadError>>>,
+}
+
+#[async_trait]
+impl Pages for ReadAhead {
+    async fn next_page(&mut self) -> Result<Option<ReadPage>, ReadError> {
+        let Some(decoding) = self.pages.recv().await else { return Ok(None) };
+        let page = decoding.await.map_err(|err| StoreError::Database(format!("decoding a page read ahead: {err}")))?;
+        page.map(Some)
+    }
+}
 
 struct Inner {
     backend: Arc<dyn Backend>,
@@ -497,7 +515,7 @@ impl EventLog {
         self.inner.open_keys.observe_epoch(head.key_epoch);
         let positions: Vec<u64> = positions.iter().map(|position| position.0).collect();
         let rows = self.inner.backend.read_rows_at(workspace.0, &positions).await?;
-        self.decode(rows, head.key_epoch).await
+        self.decode(rows, head.key_epoch, &[]).await
     }
 
     /// A receiver that changes whenever a commit is known (this process's,
@@ -506,21 +524,53 @@ impl EventLog {
         self.inner.wake.subscribe()
     }
 
+    /// The rows [`EventStore::read`] decodes: up to `limit` rows matching
+    /// `filter` from `from` up to `until` (or the head), with the key epoch
+    /// they were read under and the position after them; `None` when the
+    /// range is empty.
+    async fn fetch(
+        &self,
+        from: Position,
+        until: Option<Position>,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Option<(Vec<StoredRow>, i64, u64)>, ReadError> {
+        let head = self.inner.backend.head().await?;
+        self.inner.open_keys.observe_epoch(head.key_epoch);
+        let from = from.0.max(1);
+        let to = until.map_or(head.position, |until| until.0.min(head.position));
+        if from > to || limit == 0 {
+            return Ok(None);
+        }
+        let rows = self.inner.backend.read_rows(from, to, filter, limit).await?;
+        let next = match rows.last() {
+            Some(last) if rows.len() == limit => last.position + 1,
+            _ => to + 1,
+        };
+        Ok(Some((rows, head.key_epoch, next)))
+    }
+
     /// Decodes rows read under key epoch `epoch`.
-    async fn decode(&self, mut rows: Vec<StoredRow>, epoch: i64) -> Result<Vec<RecordedEvent>, ReadError> {
+    async fn decode(
+        &self,
+        mut rows: Vec<StoredRow>,
+        epoch: i64,
+        parts: &'static [(&'static str, Fields)],
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let keys = self.load_keys(&rows, epoch).await?;
         // Parsing and opening payloads is most of a big read's cost (a
         // rebuild, an export): a large page is decoded on two threads.
         if rows.len() < PARALLEL_DECODE_ROWS {
-            return rows.into_iter().map(|row| self.decode_row(row, &keys)).collect();
+            return rows.into_iter().map(|row| self.decode_row(row, &keys, parts)).collect();
         }
         let keys = Arc::new(keys);
         let second = rows.split_off(rows.len() / 2);
         let (log, shared) = (self.clone(), keys.clone());
         let other = tokio::task::spawn_blocking(move || {
-            second.into_iter().map(|row| log.decode_row(row, &shared)).collect::<Result<Vec<_>, _>>()
+            second.into_iter().map(|row| log.decode_row(row, &shared, parts)).collect::<Result<Vec<_>, _>>()
         });
-        let mut events = rows.into_iter().map(|row| self.decode_row(row, &keys)).collect::<Result<Vec<_>, _>>()?;
+        let mut events =
+            rows.into_iter().map(|row| self.decode_row(row, &keys, parts)).collect::<Result<Vec<_>, _>>()?;
         let rest = other.await.map_err(|err| StoreError::Database(format!("decoding events: {err}")))??;
         events.extend(rest);
         Ok(events)
@@ -529,7 +579,13 @@ impl EventLog {
     /// Decodes one stored row. A payload or metadata that cannot be decoded
     /// makes the event [`Payload::Unreadable`], never a failed read: one bad
     /// event must not stop every reader at its position.
-    fn decode_row(&self, row: StoredRow, keys: &ReadKeys) -> Result<RecordedEvent, ReadError> {
+    fn decode_row(
+        &self,
+        row: StoredRow,
+        keys: &ReadKeys,
+        parts: &[(&'static str, Fields)],
+    ) -> Result<RecordedEvent, ReadError> {
+        let fields = Fields::of(parts, &row.event_type);
         let corrupt = |reason: String| StoreError::Corrupt { position: row.position, reason };
         let plaintext = match row.key_id {
             None => Ok(Some(row.data)),
@@ -543,10 +599,18 @@ impl EventLog {
                 None => return Err(corrupt(format!("subject key {key_id} was not loaded"))),
             },
         };
+        let upcasters = &self.inner.upcasters;
+        // An upcaster lifts the whole payload; only the parts asked for
+        // are kept of what it gives.
+        let whole = fields == Fields::All || upcasters.lifts(&row.event_type, row.schema_version);
         let (schema_version, mut data) = match plaintext {
+            Ok(Some(bytes)) if !whole => match fields.decode(&bytes) {
+                Ok(value) => (row.schema_version, Payload::Data(value)),
+                Err(err) => (row.schema_version, Payload::Unreadable(format!("payload: {err}"))),
+            },
             Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                Ok(value) => match self.inner.upcasters.upcast(&row.event_type, row.schema_version, value) {
-                    Ok((version, value)) => (version, Payload::Data(value)),
+                Ok(value) => match upcasters.upcast(&row.event_type, row.schema_version, value) {
+                    Ok((version, value)) => (version, Payload::Data(fields.prune(value))),
                     Err(err) => (row.schema_version, Payload::Unreadable(err.to_string())),
                 },
                 Err(err) => (row.schema_version, Payload::Unreadable(format!("payload: {err}"))),
@@ -701,19 +765,52 @@ impl EventStore for EventLog {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<ReadPage, ReadError> {
-        let head = self.inner.backend.head().await?;
-        self.inner.open_keys.observe_epoch(head.key_epoch);
-        let from = from.0.max(1);
-        let to = until.map_or(head.position, |until| until.0.min(head.position));
-        if from > to || limit == 0 {
-            return Ok(ReadPage { events: Vec::new(), next: Position(from) });
+        match self.fetch(from, until, filter, limit).await? {
+            Some((rows, epoch, next)) => {
+                Ok(ReadPage { events: self.decode(rows, epoch, filter.parts).await?, next: Position(next) })
+            }
+            None => Ok(ReadPage { events: Vec::new(), next: Position(from.0.max(1)) }),
         }
-        let rows = self.inner.backend.read_rows(from, to, filter, limit).await?;
-        let next = match rows.last() {
-            Some(last) if rows.len() == limit => last.position + 1,
-            _ => to + 1,
-        };
-        Ok(ReadPage { events: self.decode(rows, head.key_epoch).await?, next: Position(next) })
+    }
+
+    fn read_ahead(
+        self: Arc<Self>,
+        from: Position,
+        until: Position,
+        filter: EventFilter,
+        page: usize,
+    ) -> Box<dyn Pages> {
+        let (sender, pages) = mpsc::channel(READS_AHEAD);
+        // A task of its own fetches the rows page after page, as `read`
+        // would, and hands each page to a task that decodes it: the next
+        // page's rows are fetched while this one is decoded, and both
+        // while the caller works on the one before.
+        tokio::spawn(async move {
+            let mut next = from.0.max(1);
+            loop {
+                let fetched = self.fetch(Position(next), Some(until), &filter, page.max(1)).await;
+                let (decoding, following) = match fetched {
+                    Ok(Some((rows, epoch, following))) => {
+                        let (log, parts) = (self.clone(), filter.parts);
+                        let decoding = tokio::spawn(async move {
+                            let events = log.decode(rows, epoch, parts).await?;
+                            Ok(ReadPage { events, next: Position(following) })
+                        });
+                        (decoding, Some(following))
+                    }
+                    Ok(None) => break,
+                    Err(err) => (tokio::spawn(async move { Err(err) }), None),
+                };
+                if sender.send(decoding).await.is_err() {
+                    break;
+                }
+                match following {
+                    Some(following) => next = following,
+                    None => break,
+                }
+            }
+        });
+        Box::new(ReadAhead { pages })
     }
 
     async fn read_stream(
@@ -725,7 +822,7 @@ impl EventStore for EventLog {
         let head = self.inner.backend.head().await?;
         self.inner.open_keys.observe_epoch(head.key_epoch);
         let rows = self.inner.backend.read_stream_rows(stream.as_str(), from_version, limit).await?;
-        self.decode(rows, head.key_epoch).await
+        self.decode(rows, head.key_epoch, &[]).await
     }
 
     async fn head(&self) -> Result<Position, ReadError> {

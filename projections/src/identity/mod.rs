@@ -198,6 +198,7 @@ impl Default for IdentityGraph {
 
 impl Fold for IdentityGraph {
     const EVENT_TYPES: &'static [&'static str] = &[MessageAccepted::TYPE];
+    const PARTS: &'static [(&'static str, onepd_domain::fields::Fields)] = crate::profile::FOLDED_PARTS;
 
     fn apply(&mut self, event: &RecordedEvent) {
         self.resolve_event(event);

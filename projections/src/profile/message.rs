@@ -5,10 +5,48 @@
 //! an identifier only counts here once the graph has stored it.
 
 use onepd_domain::Timestamp;
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::fields::Fields;
 use onepd_domain::identity::{Identifier, IdentifierKind, IdentityRules};
 
 use crate::identity::extract;
 use serde_json::Value;
+
+/// The parts of a `MessageAccepted` payload the identity graph and the
+/// profiles fold read; a read for them decodes nothing else
+/// ([`onepd_domain::EventFilter::parts`]). Whatever either fold comes to
+/// read must be named here: a test folds messages read with these parts
+/// and read whole, and compares the profiles.
+pub const FOLDED_PARTS: &[(&str, Fields)] = &[(MessageAccepted::TYPE, FOLDED)];
+
+const FOLDED: Fields = Fields::Only(&[
+    (
+        "message",
+        Fields::Only(&[
+            ("type", Fields::All),
+            ("userId", Fields::All),
+            ("anonymousId", Fields::All),
+            ("previousId", Fields::All),
+            ("groupId", Fields::All),
+            ("event", Fields::All),
+            ("name", Fields::All),
+            ("timestamp", Fields::All),
+            ("receivedAt", Fields::All),
+            ("traits", Fields::All),
+            ("properties", Fields::Only(&[("revenue", Fields::All), ("currency", Fields::All)])),
+            (
+                "context",
+                Fields::Only(&[
+                    ("traits", Fields::All),
+                    ("externalIds", Fields::All),
+                    ("consent", Fields::All),
+                    ("consentManagement", Fields::All),
+                ]),
+            ),
+        ]),
+    ),
+    ("violations", Fields::All),
+]);
 
 /// Every identifier `message` names, highest priority first (ties by kind,
 /// then value), whether or not the identity graph stored it.

@@ -69,6 +69,7 @@ pub fn message_identifiers(
 }
 
 pub use doc::{Lookup, PastProfile, ProfileAsOf, ProfileDoc, Snapshot, TimelineRef, timeline_entry_of};
+pub use message::FOLDED_PARTS;
 use state::ProfileState;
 
 /// A value with where it came from.
@@ -192,6 +193,7 @@ pub struct Changes {
 
 impl Fold for Profiles {
     const EVENT_TYPES: &'static [&'static str] = &[MessageAccepted::TYPE];
+    const PARTS: &'static [(&'static str, onepd_domain::fields::Fields)] = FOLDED_PARTS;
 
     fn apply(&mut self, event: &RecordedEvent) {
         self.attribute(event);

@@ -311,3 +311,67 @@ proptest! {
         prop_assert_eq!(at_once.workspaces.get(&WORKSPACE).map_or(0, HashMap::len), replayed.len());
     }
 }
+
+/// One random message that names, besides what the folds read, what they
+/// do not (`context.page`, other properties, `enrichment`), with custom
+/// identifier kinds, consent in both dialects and violations.
+fn arbitrary_rich_event() -> impl Strategy<Value = (Value, Value)> {
+    (arbitrary_message(), 0..4usize, proptest::option::of(proptest::sample::select(&["c1", "c2"][..])), any::<bool>())
+        .prop_map(|(mut message, extra, crm, flagged)| {
+            message["context"]["page"] = json!({"url": "https://shop.example/p/1", "title": "P"});
+            message["context"]["library"] = json!({"name": "analytics.js"});
+            if let Some(crm) = crm {
+                message["context"]["externalIds"] = json!([{"type": "crm", "id": crm, "collection": "users"}]);
+                message["traits"]["loyalty"] = json!(format!("l-{crm}"));
+            }
+            match extra {
+                0 => {
+                    message["context"]["consentManagement"] =
+                        json!({"allowedConsentIds": ["ads"], "deniedConsentIds": [7]})
+                }
+                1 => message["properties"]["sku"] = json!(["a", {"deep": [1, 2.5, null]}]),
+                2 => message["messageId"] = json!("m-1"),
+                _ => message["context"]["traits"]["phone"] = json!("+14155550100"),
+            }
+            let violations =
+                if flagged { json!([{"field": "context.traits.email", "rule": "email"}]) } else { json!([]) };
+            let data = json!({"message": message, "enrichment": {"ip": "203.0.113.7"}, "originals": {},
+                "violations": violations});
+            (data, json!({"source_id": "s1", "request_id": "r"}))
+        })
+}
+
+proptest! {
+    #[test]
+    fn folding_only_the_folded_parts_gives_the_profiles_whole_messages_give(
+        events in proptest::collection::vec(arbitrary_rich_event(), 0..40),
+    ) {
+        let rules = IdentityRules::default()
+            .with_custom(onepd_domain::identity::CustomKind {
+                name: "crm".into(),
+                from: onepd_domain::identity::CustomSource::ExternalId,
+            })
+            .with_custom(onepd_domain::identity::CustomKind {
+                name: "loyalty".into(),
+                from: onepd_domain::identity::CustomSource::Trait("loyalty".into()),
+            });
+        let mut whole = Profiles::new(rules.clone());
+        let mut parted = Profiles::new(rules);
+        for (index, (data, metadata)) in events.into_iter().enumerate() {
+            let mut event = accepted(index as u64 + 1, "s1", Value::Null);
+            event.metadata = metadata;
+            let text = serde_json::to_vec(&data).unwrap();
+            let parts = onepd_domain::fields::Fields::of(FOLDED_PARTS, MessageAccepted::TYPE);
+            event.data = Payload::Data(data);
+            whole.apply(&event);
+            event.data = Payload::Data(parts.decode(&text).unwrap());
+            parted.apply(&event);
+        }
+        prop_assert_eq!(snapshot(&parted), snapshot(&whole));
+        let docs = |profiles: &Profiles| -> Vec<ProfileDoc> {
+            let ids = profiles.graph().workspace(WORKSPACE).map(|ws| ws.profiles()).unwrap_or_default();
+            ids.into_iter().filter_map(|id| profiles.doc(WORKSPACE, id)).collect()
+        };
+        prop_assert_eq!(docs(&parted), docs(&whole));
+    }
+}

@@ -140,7 +140,7 @@ pub(super) async fn adapter_process() -> anyhow::Result<(tokio::process::Child, 
 
 async fn measure(workload: &Workload, args: &ActivateArgs) -> anyhow::Result<Measured> {
     let log = EventLog::open(workload.config()).await.context("opening the benchmark log")?;
-    let (events, read_seconds) = read_all(&log, Read::Decoded).await?;
+    let (events, read_seconds) = read_all(&log, Read::Whole).await?;
     let workspace = workload.workspace;
     let config = WorkspaceConfig::default();
     let spec = NewWorkspace { name: "bench".into(), industry: args.industry, default_region: None };

@@ -286,35 +286,44 @@ async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<ReadStore>)>
 pub(super) enum Read {
     /// As stored, neither opened nor decoded: the database's own limit.
     Raw,
-    /// Opened and decoded, as the rebuild reads them, without folding or
-    /// writing: the limit the rebuild stands on.
-    Decoded,
+    /// Opened and decoded whole, read ahead, as a destination's backfill
+    /// reads them.
+    Whole,
+    /// Opened, and decoded in the parts the profiles fold reads, read
+    /// ahead, as the rebuild reads them, without folding or writing: the
+    /// limit the rebuild stands on.
+    Folded,
 }
 
 /// Reads every message of the log page by page, `how`: how many, and the
 /// seconds it took.
 pub(super) async fn read_all(log: &EventLog, how: Read) -> anyhow::Result<(u64, f64)> {
-    let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
+    let mut filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     let head = log.head().await?;
     let started = Instant::now();
-    let (mut next, mut count) = (Position(1), 0u64);
-    while next <= head {
-        let (read, following) = match how {
-            Read::Raw => {
-                let page = log.stored_rows_where(next, head, &filter, 5_000).await?;
-                let Some(last) = page.last() else { break };
-                (page.len(), Position(last.position + 1))
-            }
-            Read::Decoded => {
-                let page = log.read(next, Some(head), &filter, 5_000).await?;
-                (page.events.len(), page.next)
-            }
-        };
-        count += read as u64;
-        next = following;
+    let mut count = 0u64;
+    if how == Read::Raw {
+        let mut next = Position(1);
+        while next <= head {
+            let page = log.stored_rows_where(next, head, &filter, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            count += page.len() as u64;
+            next = Position(last.position + 1);
+        }
+    } else {
+        if how == Read::Folded {
+            filter.parts = onepd_projections::profile::FOLDED_PARTS;
+        }
+        let mut pages = Arc::new(log.clone()).read_ahead(Position(1), head, filter, PAGE);
+        while let Some(page) = pages.next_page().await? {
+            count += page.events.len() as u64;
+        }
     }
     Ok((count, started.elapsed().as_secs_f64()))
 }
+
+/// Positions per page of a bench's read, as the rebuild reads.
+const PAGE: usize = 5_000;
 
 pub(super) async fn rebuild(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
     if let (Some(url), Some(workspace)) = (&args.fill_url, args.fill_workspace) {
@@ -366,7 +375,7 @@ async fn measure_rebuild(
     let profiles = store.count(built.generation.id, PROFILE_DOCS).await? as usize;
     drop(built);
     // The raw limit: the same events read and decoded, nothing folded.
-    let (events, raw_seconds) = read_all(&log, Read::Decoded).await?;
+    let (events, raw_seconds) = read_all(&log, Read::Folded).await?;
     log.close().await;
     Ok((events, raw_seconds, seconds, profiles, peak))
 }

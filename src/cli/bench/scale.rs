@@ -150,7 +150,7 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
     // read finds the file in the OS cache as the other did.
     let (raw_rows, raw_seconds) = read_all(&log, Read::Raw).await?;
     let raw_rate = raw_rows as f64 / raw_seconds;
-    let (events, read_seconds) = read_all(&log, Read::Decoded).await?;
+    let (events, read_seconds) = read_all(&log, Read::Whole).await?;
     let read_rate = events as f64 / read_seconds;
 
     // The first projection, as `serve` builds it on a log it has not seen.
