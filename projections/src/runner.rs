@@ -755,8 +755,10 @@ impl Runner {
     async fn try_catch_up(&self, built: &mut Built, page: usize) -> Result<(), ProjectionError> {
         loop {
             let head = self.log.head().await?;
-            while built.checkpoint < head {
-                let read = self.log.read(built.checkpoint.next(), Some(head), &followed_filter(), page).await?;
+            // Read ahead: the next pages are read while this one is folded
+            // and committed.
+            let mut pages = self.log.clone().read_ahead(built.checkpoint.next(), head, followed_filter(), page);
+            while let Some(read) = pages.next_page().await? {
                 self.apply_batch(built, &read.events, Position(read.next.0 - 1)).await?;
             }
             self.start_refold(built);

@@ -41,7 +41,7 @@ use onepd_domain::events::quarantine::{DESTINATION_READER, EventQuarantined};
 use onepd_domain::policy::formats::redact_text;
 use onepd_domain::policy::{Annotations, WorkspacePolicy, WorkspaceSecrets};
 use onepd_domain::{
-    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore,
+    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Pages, Position, ProjectionStore,
     RecordedEvent, StoreError, Timestamp, WorkspaceId,
 };
 use onepd_projections::activation::{DeliveryState, Ledger, Ledgers, Notes, Prepared, Target, prepare};
@@ -568,7 +568,7 @@ impl Engine {
         let mut source = match (end, &self.tap) {
             // A job reads its range page by page: a subscription would wait
             // for a matching event after the range's last one.
-            (Some(end), _) => Source::Range { next: start, end, filter, reader },
+            (Some(end), _) => Source::Range { next: start, end, filter, reader, pages: None },
             (None, Some(tap)) => Source::Tapped(tap.join(start, filter, reader)),
             (None, None) => Source::Live(self.log.subscribe(start, filter).await?),
         };
@@ -1005,7 +1005,15 @@ fn backoff(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
 enum Source {
     Tapped(Tapped),
     Live(Box<dyn onepd_domain::Subscription>),
-    Range { next: Position, end: Position, filter: EventFilter, reader: String },
+    /// A range, read ahead of the deliveries once the first page is asked
+    /// for ([`EventStore::read_ahead`]).
+    Range {
+        next: Position,
+        end: Position,
+        filter: EventFilter,
+        reader: String,
+        pages: Option<Box<dyn Pages>>,
+    },
 }
 
 impl Source {
@@ -1022,11 +1030,13 @@ impl Source {
                 let events = subscription.next_batch().await?;
                 Ok(Some((events, subscription.next_position())))
             }
-            Source::Range { next, end, filter, reader } => {
+            Source::Range { next, end, filter, reader, pages } => {
                 if *next > *end {
                     return Ok(None);
                 }
-                let read = log.read(*next, Some(*end), filter, page).await?;
+                let pages =
+                    pages.get_or_insert_with(|| Arc::new(log.clone()).read_ahead(*next, *end, filter.clone(), page));
+                let Some(read) = pages.next_page().await? else { return Ok(None) };
                 metrics::counter!("onepd_activation_log_reads_total", "reader" => reader.clone()).increment(1);
                 *next = read.next;
                 Ok(Some((read.events, read.next)))
