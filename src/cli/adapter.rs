@@ -20,7 +20,6 @@ use onepd_adapters::grpc::destination::{AdapterFactory, AdapterService};
 use onepd_proto::destination::v1::destination_adapter_server::DestinationAdapterServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::output;
 
@@ -88,7 +87,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(AdapterService::new(factory).into_server())
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            .serve_with_incoming_shutdown(onepd_adapters::grpc::incoming(listener), async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             }),
     );

@@ -158,9 +158,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .fallback(onepd_adapters::http::not_found)
         .layer(axum::middleware::from_fn(onepd_adapters::http::json_errors));
     let http = tokio::spawn(
-        axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(wait_for(stopping.clone()))
-            .into_future(),
+        axum::serve(
+            onepd_adapters::http::listener(http_listener),
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(wait_for(stopping.clone()))
+        .into_future(),
     );
 
     let signal = signal.await;

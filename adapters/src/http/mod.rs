@@ -41,6 +41,23 @@ use uuid::Uuid;
 use crate::ingest::{Caller, Ingest, IngestError, MAX_BATCH_BYTES, Outcome};
 use body::{BodyError, Endpoint};
 
+/// `listener` for `axum::serve`, with `TCP_NODELAY` on every connection it
+/// accepts: an answer written in pieces would otherwise wait for the
+/// client's delayed acknowledgement.
+pub fn listener(listener: tokio::net::TcpListener) -> NoDelay {
+    use axum::serve::ListenerExt;
+    listener.tap_io(no_delay)
+}
+
+/// A listener whose connections have `TCP_NODELAY` on ([`listener`]).
+pub type NoDelay = axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
+
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(error = %err, "could not set TCP_NODELAY");
+    }
+}
+
 /// The tracking API's routes, to merge into the server's router. The router
 /// must be served with `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(ingest: Arc<Ingest>) -> axum::Router {
@@ -352,5 +369,20 @@ impl ApiError {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_waiting_for_acknowledgements() {
+        let bound = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = bound.local_addr().unwrap();
+        let mut listener = super::listener(bound);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is off on an accepted HTTP connection");
     }
 }

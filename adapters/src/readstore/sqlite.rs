@@ -61,9 +61,10 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(pool: SqlitePool) -> Checkpointer {
+    /// Starts the task; past `restart_frames` frames it starts the WAL over.
+    fn start(pool: SqlitePool, restart_frames: i64) -> Checkpointer {
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(checkpoint_after_commits(pool, wake.clone()));
+        let task = tokio::spawn(checkpoint_after_commits(pool, wake.clone(), restart_frames));
         Checkpointer { wake, task }
     }
 }
@@ -74,10 +75,13 @@ impl Drop for Checkpointer {
     }
 }
 
+/// How long a statement waits for a lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the checkpointer lets commits accumulate after a wake-up.
 const CHECKPOINT_DELAY: Duration = Duration::from_millis(200);
 
-async fn checkpoint_after_commits(pool: SqlitePool, wake: Arc<Notify>) {
+async fn checkpoint_after_commits(pool: SqlitePool, wake: Arc<Notify>, restart_frames: i64) {
     loop {
         wake.notified().await;
         tokio::time::sleep(CHECKPOINT_DELAY).await;
@@ -86,11 +90,44 @@ async fn checkpoint_after_commits(pool: SqlitePool, wake: Arc<Notify>) {
         }
         // PASSIVE copies what it can without waiting for readers or the
         // writer; what it leaves is copied by a later checkpoint.
-        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-            tracing::warn!(cause = %err, "checkpointing the read store's WAL failed; the next commit retries");
+        let frames = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await
+        {
+            Ok((_, frames, _)) => frames,
+            Err(err) => {
+                tracing::warn!(cause = %err, "checkpointing the read store's WAL failed; the next commit retries");
+                continue;
+            }
+        };
+        // The WAL starts over only when a write begins with every frame
+        // copied and no reader left in it. Under a rebuild, a commit or a
+        // read is always under way, so it would only grow: to gigabytes,
+        // copied (and truncated) at the first quiet moment, which was the
+        // first commit after a restart. Past the bound, RESTART holds the
+        // writers back until the readers are out and the WAL starts over.
+        if frames >= restart_frames
+            && let Err(err) = restart_wal(&pool).await
+        {
+            tracing::warn!(cause = %err, "restarting the read store's WAL failed; the next commit retries");
         }
     }
 }
+
+/// Checkpoints the whole WAL so the next write starts it over, waiting at
+/// most a second for the writer and the readers (holding writers back
+/// meanwhile); a WAL still busy then is tried again after a later commit.
+async fn restart_wal(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    sqlx::query("PRAGMA busy_timeout = 1000").execute(&mut *connection).await?;
+    let restarted = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&mut *connection).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis())))
+        .execute(&mut *connection)
+        .await?;
+    restarted.map(|_| ())
+}
+
+/// The WAL frames (4 KiB pages) past which the checkpointer starts the WAL
+/// over: 256 MiB.
+const WAL_RESTART_FRAMES: i64 = 65_536;
 
 impl SqliteReadStore {
     /// Opens (creating if missing) the file at `url` and brings its schema up
@@ -108,7 +145,7 @@ impl SqliteReadStore {
             // A rebuild's commit grows the WAL to the size of its documents;
             // this shrinks the file back once it has been checkpointed.
             .pragma("journal_size_limit", "67108864")
-            .busy_timeout(Duration::from_secs(30))
+            .busy_timeout(BUSY_TIMEOUT)
             // Per connection: reads go by key and stream through the OS page
             // cache; a large private cache per pooled connection only
             // multiplied memory.
@@ -134,7 +171,7 @@ impl SqliteReadStore {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Database(format!("migrating the SQLite read store: {err}")))?;
-        let checkpointer = Arc::new(Checkpointer::start(pool.clone()));
+        let checkpointer = Arc::new(Checkpointer::start(pool.clone(), WAL_RESTART_FRAMES));
         Ok(SqliteReadStore { pool, writer: Arc::new(Mutex::new(())), checkpointer })
     }
 

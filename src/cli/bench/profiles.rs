@@ -44,6 +44,10 @@ use uuid::Uuid;
 use super::{Backend, ScratchStore};
 use crate::output;
 
+/// The workload's master key: a process the benchmark starts on its
+/// database (`onepd serve`) is given it too.
+pub(super) const MASTER_KEY: [u8; 32] = [7; 32];
+
 #[derive(Debug, Args)]
 pub struct WorkloadArgs {
     /// Events in the synthetic workload.
@@ -142,7 +146,7 @@ impl Workload {
     }
 
     fn master(&self) -> MasterKey {
-        MasterKey::from_bytes([7; 32])
+        MasterKey::from_bytes(MASTER_KEY)
     }
 
     async fn fill(&mut self, args: &WorkloadArgs) -> anyhow::Result<()> {

@@ -3,7 +3,10 @@
 //! destinations until a new event is readable and delivered everywhere,
 //! peak memory of each step, activation backfill to a gRPC adapter with
 //! hashing, live delivery while every destination follows the log, profile
-//! reads — each beside the log's own read rate.
+//! reads — each beside the log's own read rate. Last, `onepd serve` itself
+//! is started on the log as a process of its own, with 1 and with several
+//! destinations: how soon an event appended while it was down is readable
+//! and delivered everywhere, and its own peak memory.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -118,6 +121,16 @@ fn print(f: &Value) {
             backfill["peak_rss_mb"].as_f64().unwrap_or(0.0)
         ));
     }
+    for served in f["serve"].as_array().into_iter().flatten() {
+        line(format!(
+            "  onepd serve started, {} destination(s): event appended while down readable after {:.2} s, delivered to all after {:.2} s; after {} live events, peak RSS {:.0} MB",
+            served["destinations"],
+            served["readable_seconds"].as_f64().unwrap_or(0.0),
+            served["delivered_seconds"].as_f64().unwrap_or(0.0),
+            served["live_events"],
+            served["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        ));
+    }
     line(format!(
         "  GetProfile p99 {:.2} ms, point-in-time p99 {:.2} ms ({} reads each)",
         f["get_profile_p99_ms"].as_f64().unwrap_or(0.0),
@@ -133,7 +146,12 @@ pub(super) fn reset_peak() {
 }
 
 pub(super) fn peak_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_mb_of("self")
+}
+
+/// The peak resident set of process `pid` ("self" for this one), in MB.
+fn peak_mb_of(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find(|line| line.starts_with("VmHWM:"))
@@ -167,7 +185,7 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
     let spec = NewWorkspace { name: "bench".into(), industry: Industry::General, default_region: None };
     let created = config.create(workspace, &spec, "onepd bench scale")?;
     log.append(config.request(workspace, vec![created])).await.context("creating the workspace")?;
-    let (sink_url, _posted) = sink().await?;
+    let (sink_url, posted) = sink().await?;
     let (mut adapter, adapter_url) = adapter_process().await?;
     let destination = |name: String, start: Position| DestinationCreated {
         destination_id: Uuid::now_v7(),
@@ -303,6 +321,74 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
         activation.stop();
         projection.stop();
     }
+
+    // `onepd serve` itself, a process of its own, started on this log with
+    // 1 and then several "from now" destinations (the others paused) and an
+    // event appended while it was down: when it is readable and delivered
+    // to all, and the process's own peak memory, then with live events.
+    let mut served = Vec::new();
+    for count in [1, args.destinations] {
+        for id in done.drain(..) {
+            admin::switch_destination(&log, workspace, id, true, "onepd bench scale").await?;
+        }
+        let head = log.head().await?;
+        for n in 0..count {
+            let entry = destination(format!("serve-{count}-{n}"), head.next());
+            done.push(entry.destination_id);
+            admin::create_destination(&log, workspace, entry, "onepd bench scale").await?;
+        }
+        let before = posted.load(Ordering::Relaxed);
+        let position = log.append(new_event(workspace, &person)).await.context("appending the new event")?.positions[0];
+        let started = Instant::now();
+        let mut server = Served::start(&workload.url).await?;
+        let reader = ProfileReader::new(profiles.clone(), log.clone());
+        let lookup = Lookup::Identifier(person.clone());
+        let (mut readable, mut all_delivered) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while readable.is_none() || all_delivered.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "serve: the new event was not readable and delivered within 10 minutes"
+            );
+            server.ensure_running()?;
+            anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
+            if readable.is_none()
+                && reader
+                    .timeline(workspace, &lookup, None, 1)
+                    .await?
+                    .is_some_and(|page| page.first().is_some_and(|entry| entry.position == position))
+            {
+                readable = Some(started.elapsed().as_secs_f64());
+            }
+            if all_delivered.is_none() && posted.load(Ordering::Relaxed) >= before + count as u64 {
+                all_delivered = Some(started.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ready_peak = server.peak_mb();
+        // Live events, appended by this process: the server sees them at
+        // its next poll of the log, as it would another node's.
+        let live_started = Instant::now();
+        let mut appended = 0;
+        while appended < args.live {
+            let batch = (args.live - appended).min(100);
+            let people = (0..batch).map(|n| &workload.sample[(appended + n) % workload.sample.len()]);
+            log.append(new_events(workspace, people)).await.context("appending live events")?;
+            appended += batch;
+        }
+        let expected = before + (count * (1 + args.live)) as u64;
+        while posted.load(Ordering::Relaxed) < expected {
+            anyhow::ensure!(Instant::now() < deadline, "serve: the live events were not delivered within 10 minutes");
+            server.ensure_running()?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        served.push(json!({
+            "destinations": count, "readable_seconds": readable, "delivered_seconds": all_delivered,
+            "ready_peak_rss_mb": ready_peak, "live_events": args.live,
+            "live_seconds": live_started.elapsed().as_secs_f64(), "peak_rss_mb": server.peak_mb(),
+        }));
+        server.stop().await;
+    }
     let _ = adapter.kill().await;
 
     // Profile reads: now and as of a past position.
@@ -332,7 +418,7 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
         "read_events_per_second": read_rate, "read_ratio_to_raw": read_rate / raw_rate,
         "build_seconds": build_seconds, "build_events_per_second": build_rate,
         "build_ratio_to_read": build_rate / read_rate, "build_peak_rss_mb": build_peak,
-        "restarts": restarts, "backfills": backfills,
+        "restarts": restarts, "backfills": backfills, "serve": served,
         "reads": args.reads,
         "get_profile_p99_ms": ms(percentile(&now, 0.99)), "point_in_time_p99_ms": ms(percentile(&past, 0.99)),
     }))
@@ -362,6 +448,50 @@ async fn spawn_activation(
     });
     let options = ActivationOptions { on_delivered: Some(on_delivered), snapshots, ..ActivationOptions::default() };
     Ok(Activation::spawn(log.clone(), directory, onepd_adapters::activation::connect(), profiles, options).await?)
+}
+
+/// `onepd serve` on the benchmark's database, as a process of its own.
+struct Served {
+    child: tokio::process::Child,
+    /// Its data directory (nothing in it is used: the database is named).
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(url: &str) -> anyhow::Result<Served> {
+        let dir = tempfile::tempdir().context("a data directory for onepd serve")?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--database-url", url])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("ONEPD_MASTER_KEY", hex::encode(super::profiles::MASTER_KEY))
+            .env("ONEPD_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting onepd serve")?;
+        Ok(Served { child, _dir: dir })
+    }
+
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.try_wait()?.is_none(), "onepd serve stopped");
+        Ok(())
+    }
+
+    fn peak_mb(&self) -> f64 {
+        self.child.id().map_or(0.0, |pid| peak_mb_of(&pid.to_string()))
+    }
+
+    /// Stops it as an operator would (SIGTERM), killing it after 30 s.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
 }
 
 /// A new order of the person `identifier` names.
