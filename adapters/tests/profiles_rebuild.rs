@@ -505,6 +505,7 @@ async fn profiles_as_of_events_equal_a_fold_of_the_log(
     steps: Vec<Step>,
     start: usize,
     page: usize,
+    documents_at_once: usize,
 ) -> usize {
     let db = TestDb::new(backend).await;
     let log = db.open().await;
@@ -519,7 +520,8 @@ async fn profiles_as_of_events_equal_a_fold_of_the_log(
     let head = log.head().await.unwrap();
     let facts = read_facts(&log, head).await.unwrap();
     let mut fold = ProfilesFold::new(&facts);
-    let mut reader = AsOfReader::new(store.clone() as Arc<dyn ProjectionStore>, log.clone());
+    let mut reader =
+        AsOfReader::new(store.clone() as Arc<dyn ProjectionStore>, log.clone()).reading_documents(documents_at_once);
     let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     let events = log.read(Position(1), Some(head), &filter, 10_000).await.unwrap().events;
     let start = Position(start as u64 % (head.0 + 1));
@@ -589,9 +591,10 @@ fn profiles_as_of_events_are_compared_on_a_known_journey() {
         ]
     };
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        for page in [1, 3] {
-            let compared = block_on(profiles_as_of_events_equal_a_fold_of_the_log(backend, journey(), 0, page));
-            assert_eq!(compared, 4, "{backend:?}, pages of {page}");
+        for (page, at_once) in [(1, 100), (3, 100), (3, 2)] {
+            let compared =
+                block_on(profiles_as_of_events_equal_a_fold_of_the_log(backend, journey(), 0, page, at_once));
+            assert_eq!(compared, 4, "{backend:?}, pages of {page}, documents of {at_once} at once");
         }
     }
 }
@@ -604,8 +607,9 @@ proptest! {
         steps in prop::collection::vec(step_strategy(), 1..60),
         start in 0usize..40,
         page in 1usize..20,
+        documents_at_once in 1usize..8,
     ) {
-        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Sqlite, steps, start, page));
+        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Sqlite, steps, start, page, documents_at_once));
     }
 
     #[test]
@@ -613,8 +617,9 @@ proptest! {
         steps in prop::collection::vec(step_strategy(), 1..60),
         start in 0usize..40,
         page in 1usize..20,
+        documents_at_once in 1usize..8,
     ) {
-        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Postgres, steps, start, page));
+        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Postgres, steps, start, page, documents_at_once));
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::identity::{Identifier, ProfileId};
 use onepd_domain::{EventStore, Position, ProjectionStore, RecordedEvent, StoreError, WorkspaceId};
-use onepd_projections::profile::{Lookup, PastProfile, ProfileAsOf, ProfileDoc, Snapshot};
+use onepd_projections::profile::{FOLDED_PARTS, Lookup, PastProfile, ProfileAsOf, ProfileDoc, Snapshot};
 use onepd_projections::runner::{
     IDENTIFIER_DOCS, PROFILE_DOCS, PROFILES, REFOLD_DOCS, REFOLD_MARKER, followed_filter, identifier_key,
 };
@@ -38,6 +38,8 @@ pub const DEFAULT_SNAPSHOT_BYTES: usize = 64 << 20;
 /// (decoded events take a few KB each, and every destination run holds its
 /// own page).
 const EARLIER_PER_PAGE: usize = 5_000;
+/// Events whose profile documents are read and held at once, by default.
+pub const DOCUMENTS_AT_ONCE: usize = 100;
 /// The longest pause between two looks at the read model's checkpoint.
 const MAX_WAIT_STEP: Duration = Duration::from_millis(200);
 
@@ -122,6 +124,8 @@ pub struct AsOfReader {
     /// so the profiles used recently stay.
     recent: Generation,
     older: Generation,
+    /// Events whose profile documents are read and held at once.
+    documents_at_once: usize,
 }
 
 impl std::fmt::Debug for AsOfReader {
@@ -146,7 +150,22 @@ impl AsOfReader {
     /// A reader whose snapshots take a share of `budget`.
     pub fn sharing(store: Arc<dyn ProjectionStore>, log: EventLog, budget: SnapshotBudget) -> AsOfReader {
         budget.inner.readers.fetch_add(1, Ordering::Relaxed);
-        AsOfReader { store, log, patience: None, budget, recent: Generation::default(), older: Generation::default() }
+        AsOfReader {
+            store,
+            log,
+            patience: None,
+            budget,
+            recent: Generation::default(),
+            older: Generation::default(),
+            documents_at_once: DOCUMENTS_AT_ONCE,
+        }
+    }
+
+    /// This reader reading the profile documents of `at_once` events at a
+    /// time (at least one) instead of [`DOCUMENTS_AT_ONCE`].
+    pub fn reading_documents(mut self, at_once: usize) -> AsOfReader {
+        self.documents_at_once = at_once.max(1);
+        self
     }
 
     /// This reader giving up after `patience` when the read model has not
@@ -212,12 +231,35 @@ impl AsOfReader {
         events: &[RecordedEvent],
         candidates: impl Fn(&RecordedEvent) -> Vec<Identifier>,
     ) -> Result<Vec<Option<ProfileAsOf>>, StoreError> {
-        let messages: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|event| event.event_type == MessageAccepted::TYPE && event.data.value().is_some())
-            .collect();
-        let Some(last) = messages.last() else { return Ok(vec![None; events.len()]) };
+        let is_message =
+            |event: &&RecordedEvent| event.event_type == MessageAccepted::TYPE && event.data.value().is_some();
+        let Some(last) = events.iter().rev().find(is_message) else { return Ok(vec![None; events.len()]) };
         let generation = self.wait_for(workspace, last.position).await?;
+        // A profile document holds the profile's whole timeline, so it grows
+        // with the profile's history: a page's documents are read a few at
+        // a time, not all at once, or every run would hold a page of them.
+        let mut found = Vec::with_capacity(events.len());
+        for some in events.chunks(self.documents_at_once) {
+            let messages: Vec<&RecordedEvent> = some.iter().filter(is_message).collect();
+            found.extend(self.profiles_of(workspace, generation, events, some, messages, &candidates).await?);
+        }
+        Ok(found)
+    }
+
+    /// [`AsOfReader::profiles`] for `events`, part of `page` (whose events
+    /// need not be read again), of which `messages` are the messages.
+    async fn profiles_of(
+        &mut self,
+        workspace: WorkspaceId,
+        generation: u64,
+        page: &[RecordedEvent],
+        events: &[RecordedEvent],
+        messages: Vec<&RecordedEvent>,
+        candidates: &impl Fn(&RecordedEvent) -> Vec<Identifier>,
+    ) -> Result<Vec<Option<ProfileAsOf>>, StoreError> {
+        if messages.is_empty() {
+            return Ok(vec![None; events.len()]);
+        }
         let named: Vec<Vec<String>> =
             messages.iter().map(|event| candidates(event).iter().map(identifier_key).collect()).collect();
         let keys: Vec<String> = named.iter().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
@@ -252,7 +294,7 @@ impl AsOfReader {
             .collect();
         // At most EARLIER_PER_PAGE of them: a profile past that budget reads
         // its own history when its turn comes, as one with a merge does.
-        let mut known: HashMap<Position, &RecordedEvent> = events.iter().map(|event| (event.position, event)).collect();
+        let mut known: HashMap<Position, &RecordedEvent> = page.iter().map(|event| (event.position, event)).collect();
         let mut elsewhere: BTreeSet<Position> = BTreeSet::new();
         for past in pasts.iter().flatten() {
             let lacking = past.missing(self.snapshot(past.id)).iter().filter(|position| !known.contains_key(position));
@@ -263,7 +305,12 @@ impl AsOfReader {
             elsewhere.extend(lacking);
         }
         let elsewhere: Vec<Position> = elsewhere.into_iter().collect();
-        let earlier = if elsewhere.is_empty() { Vec::new() } else { self.log.read_at(workspace, &elsewhere).await? };
+        // Earlier events are only folded: decoded in the parts the fold reads.
+        let earlier = if elsewhere.is_empty() {
+            Vec::new()
+        } else {
+            self.log.read_parts_at(workspace, &elsewhere, FOLDED_PARTS).await?
+        };
         known.extend(earlier.iter().map(|event| (event.position, event)));
         let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
         for (event, past) in messages.iter().zip(pasts) {
@@ -275,7 +322,7 @@ impl AsOfReader {
                     Some(read) => past.advance(snapshot, read),
                     // A merge within the page: the profile's older events.
                     None => {
-                        let read = self.log.read_at(workspace, missing).await?;
+                        let read = self.log.read_parts_at(workspace, missing, FOLDED_PARTS).await?;
                         past.advance(snapshot, &read)
                     }
                 };

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use onepd_domain::identity::{Identifier, ProfileId};
 use onepd_domain::{EventStore, Position, ProjectionStore, StoreError, Timestamp, WorkspaceId};
 use onepd_projections::identity::{HeldBack, Link, Merge};
-use onepd_projections::profile::{Lookup, Profile, ProfileDoc, TimelineEntry, timeline_entry_of};
+use onepd_projections::profile::{FOLDED_PARTS, Lookup, Profile, ProfileDoc, TimelineEntry, timeline_entry_of};
 use onepd_projections::runner::{IDENTIFIER_DOCS, MEMBER_DOCS, PROFILE_DOCS, PROFILES, identifier_key};
 use uuid::Uuid;
 
@@ -119,7 +119,8 @@ impl ProfileReader {
         let Some(as_of) = as_of else { return Ok(Some(doc.profile())) };
         let position = self.position(as_of).await?;
         let Some(past) = doc.as_of(position, lookup) else { return Ok(None) };
-        let events = self.log.read_at(workspace, &past.positions).await?;
+        // Folded only: decoded in the parts the fold reads.
+        let events = self.log.read_parts_at(workspace, &past.positions, FOLDED_PARTS).await?;
         Ok(Some(past.fold(&events)))
     }
 

@@ -511,11 +511,22 @@ impl EventLog {
         workspace: WorkspaceId,
         positions: &[Position],
     ) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.read_parts_at(workspace, positions, &[]).await
+    }
+
+    /// [`EventLog::read_at`], each payload decoded only in the `parts` its
+    /// type names there ([`EventFilter::parts`]; empty: whole).
+    pub async fn read_parts_at(
+        &self,
+        workspace: WorkspaceId,
+        positions: &[Position],
+        parts: &'static [(&'static str, Fields)],
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
         let head = self.inner.backend.head().await?;
         self.inner.open_keys.observe_epoch(head.key_epoch);
         let positions: Vec<u64> = positions.iter().map(|position| position.0).collect();
         let rows = self.inner.backend.read_rows_at(workspace.0, &positions).await?;
-        self.decode(rows, head.key_epoch, &[]).await
+        self.decode(rows, head.key_epoch, parts).await
     }
 
     /// A receiver that changes whenever a commit is known (this process's,
