@@ -33,11 +33,11 @@ use crate::EventLog;
 /// The memory the snapshots of every reader sharing a [`SnapshotBudget`]
 /// may take, unless told otherwise.
 pub const DEFAULT_SNAPSHOT_BYTES: usize = 64 << 20;
-/// Earlier events read at once for the profiles of one page: a bound on
-/// what a page holds beside its own events, whatever the profiles' history
-/// (decoded events take a few KB each, and every destination run holds its
-/// own page).
-const EARLIER_PER_PAGE: usize = 5_000;
+/// Earlier events read at once for the profiles of the events whose
+/// documents are read together ([`DOCUMENTS_AT_ONCE`]): a bound on what a
+/// run holds beside its page, whatever the profiles' history (decoded
+/// events take a few KB each, and every destination run holds its own).
+const EARLIER_AT_ONCE: usize = 5_000;
 /// Events whose profile documents are read and held at once, by default.
 pub const DOCUMENTS_AT_ONCE: usize = 100;
 /// The longest pause between two looks at the read model's checkpoint.
@@ -292,14 +292,14 @@ impl AsOfReader {
                 doc.as_of(event.position, &Lookup::Profile(member))
             })
             .collect();
-        // At most EARLIER_PER_PAGE of them: a profile past that budget reads
+        // At most EARLIER_AT_ONCE of them: a profile past that budget reads
         // its own history when its turn comes, as one with a merge does.
         let mut known: HashMap<Position, &RecordedEvent> = page.iter().map(|event| (event.position, event)).collect();
         let mut elsewhere: BTreeSet<Position> = BTreeSet::new();
         for past in pasts.iter().flatten() {
             let lacking = past.missing(self.snapshot(past.id)).iter().filter(|position| !known.contains_key(position));
             let lacking: Vec<Position> = lacking.copied().collect();
-            if elsewhere.len() + lacking.len() > EARLIER_PER_PAGE {
+            if elsewhere.len() + lacking.len() > EARLIER_AT_ONCE {
                 break;
             }
             elsewhere.extend(lacking);

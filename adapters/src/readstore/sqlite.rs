@@ -61,10 +61,9 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the task; past `restart_frames` frames it starts the WAL over.
-    fn start(pool: SqlitePool, restart_frames: i64) -> Checkpointer {
+    fn start(pool: SqlitePool) -> Checkpointer {
         let wake = Arc::new(Notify::new());
-        let task = tokio::spawn(checkpoint_after_commits(pool, wake.clone(), restart_frames));
+        let task = tokio::spawn(checkpoint_after_commits(pool, wake.clone()));
         Checkpointer { wake, task }
     }
 }
@@ -81,7 +80,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the checkpointer lets commits accumulate after a wake-up.
 const CHECKPOINT_DELAY: Duration = Duration::from_millis(200);
 
-async fn checkpoint_after_commits(pool: SqlitePool, wake: Arc<Notify>, restart_frames: i64) {
+async fn checkpoint_after_commits(pool: SqlitePool, wake: Arc<Notify>) {
     loop {
         wake.notified().await;
         tokio::time::sleep(CHECKPOINT_DELAY).await;
@@ -104,7 +103,7 @@ async fn checkpoint_after_commits(pool: SqlitePool, wake: Arc<Notify>, restart_f
         // copied (and truncated) at the first quiet moment, which was the
         // first commit after a restart. Past the bound, RESTART holds the
         // writers back until the readers are out and the WAL starts over.
-        if frames >= restart_frames
+        if frames >= WAL_RESTART_FRAMES
             && let Err(err) = restart_wal(&pool).await
         {
             tracing::warn!(cause = %err, "restarting the read store's WAL failed; the next commit retries");
@@ -171,7 +170,7 @@ impl SqliteReadStore {
             .run(&pool)
             .await
             .map_err(|err| StoreError::Database(format!("migrating the SQLite read store: {err}")))?;
-        let checkpointer = Arc::new(Checkpointer::start(pool.clone(), WAL_RESTART_FRAMES));
+        let checkpointer = Arc::new(Checkpointer::start(pool.clone()));
         Ok(SqliteReadStore { pool, writer: Arc::new(Mutex::new(())), checkpointer })
     }
 

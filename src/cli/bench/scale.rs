@@ -227,47 +227,25 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
         let event = new_event(workspace, &person);
         let position = log.append(event).await.context("appending the new event")?.positions[0];
         let reader = ProfileReader::new(profiles.clone(), log.clone());
-        let lookup = Lookup::Identifier(person.clone());
-        let (mut readable, mut all_delivered) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(600);
-        while readable.is_none() || all_delivered.is_none() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the new event was not readable and delivered within 10 minutes"
-            );
-            anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
-            if readable.is_none()
-                && reader
-                    .timeline(workspace, &lookup, None, 1)
-                    .await?
-                    .is_some_and(|page| page.first().is_some_and(|entry| entry.position == position))
-            {
-                readable = Some(started.elapsed().as_secs_f64());
-            }
-            if all_delivered.is_none() && delivered.load(Ordering::Relaxed) >= count as u64 {
-                all_delivered = Some(started.elapsed().as_secs_f64());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut running = || adapter_running(&mut adapter);
+        let (readable, all_delivered) =
+            readable_and_delivered(&reader, workspace, &person, position, started, deadline, &mut running, || {
+                delivered.load(Ordering::Relaxed) >= count as u64
+            })
+            .await?;
         let restart_peak = peak_mb();
         // Live: new events while every destination follows the log, read
         // once for all of them by the shared reader.
         let before = delivered.load(Ordering::Relaxed);
         let started = Instant::now();
-        let mut appended = 0;
-        while appended < args.live {
-            let batch = (args.live - appended).min(100);
-            let people = (0..batch).map(|n| &workload.sample[(appended + n) % workload.sample.len()]);
-            log.append(new_events(workspace, people)).await.context("appending live events")?;
-            appended += batch;
-        }
+        append_live(&log, workload, args.live).await?;
         let append_seconds = started.elapsed().as_secs_f64();
         let expected = before + (args.live * count) as u64;
-        while delivered.load(Ordering::Relaxed) < expected {
-            anyhow::ensure!(Instant::now() < deadline, "the live events were not delivered within 10 minutes");
-            anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(deadline, "the live events were not delivered within 10 minutes", &mut running, || {
+            delivered.load(Ordering::Relaxed) >= expected
+        })
+        .await?;
         let live_seconds = started.elapsed().as_secs_f64();
         restarts.push(json!({
             "destinations": count, "readable_seconds": readable, "delivered_seconds": all_delivered,
@@ -342,46 +320,29 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
         let started = Instant::now();
         let mut server = Served::start(&workload.url).await?;
         let reader = ProfileReader::new(profiles.clone(), log.clone());
-        let lookup = Lookup::Identifier(person.clone());
-        let (mut readable, mut all_delivered) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(600);
-        while readable.is_none() || all_delivered.is_none() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "serve: the new event was not readable and delivered within 10 minutes"
-            );
+        let mut running = || {
             server.ensure_running()?;
-            anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
-            if readable.is_none()
-                && reader
-                    .timeline(workspace, &lookup, None, 1)
-                    .await?
-                    .is_some_and(|page| page.first().is_some_and(|entry| entry.position == position))
-            {
-                readable = Some(started.elapsed().as_secs_f64());
-            }
-            if all_delivered.is_none() && posted.load(Ordering::Relaxed) >= before + count as u64 {
-                all_delivered = Some(started.elapsed().as_secs_f64());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            adapter_running(&mut adapter)
+        };
+        let (readable, all_delivered) =
+            readable_and_delivered(&reader, workspace, &person, position, started, deadline, &mut running, || {
+                posted.load(Ordering::Relaxed) >= before + count as u64
+            })
+            .await?;
         let ready_peak = server.peak_mb();
         // Live events, appended by this process: the server sees them at
         // its next poll of the log, as it would another node's.
         let live_started = Instant::now();
-        let mut appended = 0;
-        while appended < args.live {
-            let batch = (args.live - appended).min(100);
-            let people = (0..batch).map(|n| &workload.sample[(appended + n) % workload.sample.len()]);
-            log.append(new_events(workspace, people)).await.context("appending live events")?;
-            appended += batch;
-        }
+        append_live(&log, workload, args.live).await?;
         let expected = before + (count * (1 + args.live)) as u64;
-        while posted.load(Ordering::Relaxed) < expected {
-            anyhow::ensure!(Instant::now() < deadline, "serve: the live events were not delivered within 10 minutes");
-            server.ensure_running()?;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(
+            deadline,
+            "serve: the live events were not delivered within 10 minutes",
+            &mut || server.ensure_running(),
+            || posted.load(Ordering::Relaxed) >= expected,
+        )
+        .await?;
         served.push(json!({
             "destinations": count, "readable_seconds": readable, "delivered_seconds": all_delivered,
             "ready_peak_rss_mb": ready_peak, "live_events": args.live,
@@ -448,6 +409,76 @@ async fn spawn_activation(
     });
     let options = ActivationOptions { on_delivered: Some(on_delivered), snapshots, ..ActivationOptions::default() };
     Ok(Activation::spawn(log.clone(), directory, onepd_adapters::activation::connect(), profiles, options).await?)
+}
+
+/// Fails when the adapter process has stopped.
+fn adapter_running(adapter: &mut tokio::process::Child) -> anyhow::Result<()> {
+    anyhow::ensure!(adapter.try_wait()?.is_none(), "the adapter process stopped");
+    Ok(())
+}
+
+/// Waits (a look every 10 ms) until `done`, failing with `what` at
+/// `deadline` or as soon as `running` fails.
+async fn wait_until(
+    deadline: Instant,
+    what: &str,
+    running: &mut impl FnMut() -> anyhow::Result<()>,
+    done: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "{what}");
+        running()?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// The seconds after `started` at which the event at `position` was the
+/// newest in the profile `person` names, and at which `delivered` held.
+#[allow(clippy::too_many_arguments)]
+async fn readable_and_delivered(
+    reader: &ProfileReader,
+    workspace: onepd_domain::WorkspaceId,
+    person: &onepd_domain::identity::Identifier,
+    position: Position,
+    started: Instant,
+    deadline: Instant,
+    running: &mut impl FnMut() -> anyhow::Result<()>,
+    delivered: impl Fn() -> bool,
+) -> anyhow::Result<(f64, f64)> {
+    let lookup = Lookup::Identifier(person.clone());
+    let (mut readable, mut all_delivered) = (None, None);
+    loop {
+        if let (Some(readable), Some(all_delivered)) = (readable, all_delivered) {
+            return Ok((readable, all_delivered));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the new event was not readable and delivered within 10 minutes");
+        running()?;
+        if readable.is_none()
+            && reader
+                .timeline(workspace, &lookup, None, 1)
+                .await?
+                .is_some_and(|page| page.first().is_some_and(|entry| entry.position == position))
+        {
+            readable = Some(started.elapsed().as_secs_f64());
+        }
+        if all_delivered.is_none() && delivered() {
+            all_delivered = Some(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Appends `live` orders of the workload's sampled people, 100 an append.
+async fn append_live(log: &EventLog, workload: &Workload, live: usize) -> anyhow::Result<()> {
+    let mut appended = 0;
+    while appended < live {
+        let batch = (live - appended).min(100);
+        let people = (0..batch).map(|n| &workload.sample[(appended + n) % workload.sample.len()]);
+        log.append(new_events(workload.workspace, people)).await.context("appending live events")?;
+        appended += batch;
+    }
+    Ok(())
 }
 
 /// `onepd serve` on the benchmark's database, as a process of its own.
