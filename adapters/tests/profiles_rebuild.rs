@@ -506,6 +506,7 @@ async fn profiles_as_of_events_equal_a_fold_of_the_log(
     start: usize,
     page: usize,
     documents_at_once: usize,
+    earlier_at_once: usize,
 ) -> usize {
     let db = TestDb::new(backend).await;
     let log = db.open().await;
@@ -520,8 +521,9 @@ async fn profiles_as_of_events_equal_a_fold_of_the_log(
     let head = log.head().await.unwrap();
     let facts = read_facts(&log, head).await.unwrap();
     let mut fold = ProfilesFold::new(&facts);
-    let mut reader =
-        AsOfReader::new(store.clone() as Arc<dyn ProjectionStore>, log.clone()).reading_documents(documents_at_once);
+    let mut reader = AsOfReader::new(store.clone() as Arc<dyn ProjectionStore>, log.clone())
+        .reading_documents(documents_at_once)
+        .reading_earlier(earlier_at_once);
     let filter = EventFilter { event_types: vec![MessageAccepted::TYPE.into()], ..EventFilter::default() };
     let events = log.read(Position(1), Some(head), &filter, 10_000).await.unwrap().events;
     let start = Position(start as u64 % (head.0 + 1));
@@ -593,7 +595,7 @@ fn profiles_as_of_events_are_compared_on_a_known_journey() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         for (page, at_once) in [(1, 100), (3, 100), (3, 2)] {
             let compared =
-                block_on(profiles_as_of_events_equal_a_fold_of_the_log(backend, journey(), 0, page, at_once));
+                block_on(profiles_as_of_events_equal_a_fold_of_the_log(backend, journey(), 0, page, at_once, 1));
             assert_eq!(compared, 4, "{backend:?}, pages of {page}, documents of {at_once} at once");
         }
     }
@@ -608,8 +610,11 @@ proptest! {
         start in 0usize..40,
         page in 1usize..20,
         documents_at_once in 1usize..8,
+        earlier_at_once in 1usize..6,
     ) {
-        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Sqlite, steps, start, page, documents_at_once));
+        block_on(profiles_as_of_events_equal_a_fold_of_the_log(
+            Backend::Sqlite, steps, start, page, documents_at_once, earlier_at_once,
+        ));
     }
 
     #[test]
@@ -618,8 +623,11 @@ proptest! {
         start in 0usize..40,
         page in 1usize..20,
         documents_at_once in 1usize..8,
+        earlier_at_once in 1usize..6,
     ) {
-        block_on(profiles_as_of_events_equal_a_fold_of_the_log(Backend::Postgres, steps, start, page, documents_at_once));
+        block_on(profiles_as_of_events_equal_a_fold_of_the_log(
+            Backend::Postgres, steps, start, page, documents_at_once, earlier_at_once,
+        ));
     }
 }
 

@@ -7,8 +7,11 @@
 //! re-derivation pending), reads the documents of the profiles the events
 //! may name, and for each event takes the document whose timeline holds it:
 //! the profile as of the event is that document's point-in-time answer
-//! ([`ProfileDoc::as_of`]), its traits folded from the profile's events up
-//! to then. A snapshot per profile keeps that fold, so the next event of
+//! ([`ProfileDoc::as_of`]). Its traits and consent are the document's when
+//! every one of them was set by the profile's events up to then
+//! ([`PastProfile::read_off`]: a live event, or one after which nothing
+//! set a trait); else they are folded from the profile's events up to
+//! then. A snapshot per profile keeps that fold, so the next event of
 //! the same profile folds only itself; a run that starts in the middle of
 //! the log reads each profile's earlier events once. The answer is what a
 //! fold of the log up to the event gives (within one build of the graph,
@@ -37,7 +40,7 @@ pub const DEFAULT_SNAPSHOT_BYTES: usize = 64 << 20;
 /// documents are read together ([`DOCUMENTS_AT_ONCE`]): a bound on what a
 /// run holds beside its page, whatever the profiles' history (decoded
 /// events take a few KB each, and every destination run holds its own).
-const EARLIER_AT_ONCE: usize = 5_000;
+pub const EARLIER_AT_ONCE: usize = 5_000;
 /// Events whose profile documents are read and held at once, by default.
 pub const DOCUMENTS_AT_ONCE: usize = 100;
 /// The longest pause between two looks at the read model's checkpoint.
@@ -126,6 +129,8 @@ pub struct AsOfReader {
     older: Generation,
     /// Events whose profile documents are read and held at once.
     documents_at_once: usize,
+    /// Earlier events read and held at once.
+    earlier_at_once: usize,
 }
 
 impl std::fmt::Debug for AsOfReader {
@@ -158,6 +163,7 @@ impl AsOfReader {
             recent: Generation::default(),
             older: Generation::default(),
             documents_at_once: DOCUMENTS_AT_ONCE,
+            earlier_at_once: EARLIER_AT_ONCE,
         }
     }
 
@@ -165,6 +171,13 @@ impl AsOfReader {
     /// time (at least one) instead of [`DOCUMENTS_AT_ONCE`].
     pub fn reading_documents(mut self, at_once: usize) -> AsOfReader {
         self.documents_at_once = at_once.max(1);
+        self
+    }
+
+    /// This reader reading at most `at_once` earlier events at a time (at
+    /// least one) instead of [`EARLIER_AT_ONCE`].
+    pub fn reading_earlier(mut self, at_once: usize) -> AsOfReader {
+        self.earlier_at_once = at_once.max(1);
         self
     }
 
@@ -281,25 +294,35 @@ impl AsOfReader {
         // snapshot lacks: those outside this page are read in one go (a
         // run starting in the middle of the log meets many profiles whose
         // history it has not read).
-        let pasts: Vec<Option<PastProfile>> = messages
-            .iter()
-            .zip(&named)
-            .map(|(event, keys)| {
-                let (doc, member) = keys
-                    .iter()
-                    .filter_map(|key| docs.get(holders.get(key)?))
-                    .find_map(|doc| Some((doc, doc.attributed_at(event.position)?)))?;
-                doc.as_of(event.position, &Lookup::Profile(member))
-            })
-            .collect();
-        // At most EARLIER_AT_ONCE of them: a profile past that budget reads
+        // Most are read off their document as it stands; only the others
+        // fold their events.
+        let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
+        let mut pasts: Vec<(&RecordedEvent, PastProfile)> = Vec::new();
+        for (event, keys) in messages.iter().zip(&named) {
+            let Some((doc, member)) = keys
+                .iter()
+                .filter_map(|key| docs.get(holders.get(key)?))
+                .find_map(|doc| Some((doc, doc.attributed_at(event.position)?)))
+            else {
+                continue;
+            };
+            let Some(past) = doc.as_of(event.position, &Lookup::Profile(member)) else { continue };
+            match past.read_off(doc) {
+                Ok(as_of) => {
+                    found.insert(event.position, as_of);
+                }
+                Err(past) => pasts.push((event, past)),
+            }
+        }
+        drop(docs);
+        // At most `earlier_at_once` of them: a profile past that budget reads
         // its own history when its turn comes, as one with a merge does.
         let mut known: HashMap<Position, &RecordedEvent> = page.iter().map(|event| (event.position, event)).collect();
         let mut elsewhere: BTreeSet<Position> = BTreeSet::new();
-        for past in pasts.iter().flatten() {
+        for (_, past) in &pasts {
             let lacking = past.missing(self.snapshot(past.id)).iter().filter(|position| !known.contains_key(position));
             let lacking: Vec<Position> = lacking.copied().collect();
-            if elsewhere.len() + lacking.len() > EARLIER_AT_ONCE {
+            if elsewhere.len() + lacking.len() > self.earlier_at_once {
                 break;
             }
             elsewhere.extend(lacking);
@@ -312,24 +335,42 @@ impl AsOfReader {
             self.log.read_parts_at(workspace, &elsewhere, FOLDED_PARTS).await?
         };
         known.extend(earlier.iter().map(|event| (event.position, event)));
-        let mut found: HashMap<Position, ProfileAsOf> = HashMap::new();
-        for (event, past) in messages.iter().zip(pasts) {
-            let Some(past) = past else { continue };
+        for (event, past) in pasts {
             let snapshot = self.take(past.id);
             let missing = past.missing(snapshot.as_ref());
             let (as_of, snapshot) =
                 match missing.iter().map(|position| known.get(position).copied()).collect::<Option<Vec<_>>>() {
                     Some(read) => past.advance(snapshot, read),
-                    // A merge within the page: the profile's older events.
-                    None => {
-                        let read = self.log.read_parts_at(workspace, missing, FOLDED_PARTS).await?;
-                        past.advance(snapshot, &read)
-                    }
+                    // A merge within the page, or past the budget: the
+                    // profile's older events, a budget's worth at a time.
+                    None => self.fold_earlier(workspace, past, snapshot).await?,
                 };
             self.keep(snapshot);
             found.insert(event.position, as_of);
         }
         Ok(events.iter().map(|event| found.remove(&event.position)).collect())
+    }
+
+    /// `past` folded from `snapshot` and its missing events, read
+    /// `earlier_at_once` at a time: a profile's history may be long.
+    async fn fold_earlier(
+        &self,
+        workspace: WorkspaceId,
+        past: PastProfile,
+        mut snapshot: Option<Snapshot>,
+    ) -> Result<(ProfileAsOf, Snapshot), StoreError> {
+        loop {
+            let missing = past.missing(snapshot.as_ref());
+            let at_once = self.earlier_at_once;
+            if missing.len() <= at_once {
+                let read = self.log.read_parts_at(workspace, missing, FOLDED_PARTS).await?;
+                return Ok(past.advance(snapshot, &read));
+            }
+            let read = self.log.read_parts_at(workspace, &missing[..at_once], FOLDED_PARTS).await?;
+            let through = past.positions.len() - missing.len() + at_once;
+            let part = PastProfile { positions: past.positions[..through].to_vec(), ..past.clone() };
+            snapshot = Some(part.advance(snapshot, &read).1);
+        }
     }
 
     fn snapshot(&self, id: ProfileId) -> Option<&Snapshot> {

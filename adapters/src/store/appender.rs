@@ -578,7 +578,8 @@ fn outcomes(plan: Plan, group: &[PendingAppend]) -> Vec<Result<AppendOutcome, Ap
 
 /// Loads the id of every stored event into an index.
 async fn load_index(backend: &dyn Backend) -> Result<IdIndex, StoreError> {
-    let mut index = IdIndex::default();
+    let head = backend.head().await?;
+    let mut index = IdIndex::with_capacity(usize::try_from(head.position).unwrap_or(0));
     let mut after = 0;
     loop {
         let page = backend.event_ids_page(after, 100_000).await?;

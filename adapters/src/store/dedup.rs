@@ -58,6 +58,13 @@ pub(crate) struct IdIndex {
 }
 
 impl IdIndex {
+    /// An empty index with room for `events` ids: loading a log's ids into
+    /// it never grows the table, which would hold the old and the new table
+    /// at once (half as much memory again, at the worst moment).
+    pub(crate) fn with_capacity(events: usize) -> IdIndex {
+        IdIndex { first: FingerprintMap::with_capacity_and_hasher(events, Default::default()), ..IdIndex::default() }
+    }
+
     /// The last position whose id is indexed.
     pub(crate) fn indexed_up_to(&self) -> u64 {
         self.indexed_up_to
@@ -104,6 +111,19 @@ mod tests {
         assert_eq!(index.candidates(id).collect::<Vec<_>>(), vec![7]);
         assert_eq!(index.candidates(Uuid::new_v4()).count(), 0);
         assert_eq!(index.indexed_up_to(), 7);
+    }
+
+    #[test]
+    fn an_index_made_for_a_log_holds_its_ids_without_growing() {
+        let mut index = IdIndex::with_capacity(10_000);
+        let room = index.first.capacity();
+        assert!(room >= 10_000);
+        let ids: Vec<Uuid> = (0..10_000).map(|_| Uuid::new_v4()).collect();
+        for (position, id) in ids.iter().enumerate() {
+            index.insert(*id, position as u64 + 1);
+        }
+        assert_eq!(index.first.capacity(), room, "the table was not reallocated");
+        assert_eq!(index.candidates(ids[4_321]).collect::<Vec<_>>(), vec![4_322]);
     }
 
     #[test]

@@ -363,6 +363,29 @@ impl PastProfile {
         }
     }
 
+    /// The profile as of its last event read off `doc`, the document it
+    /// came from, without folding an event: when every trait and the
+    /// consent the document holds now were set by one of this profile's
+    /// events up to then, they are its traits and consent then as well —
+    /// each is the newest of a set of writes that has only grown since, and
+    /// the newest of the grown set lies in the older one. A live event is
+    /// mostly read so (it is its profile's newest, or what came after it set
+    /// no trait). Gives itself back when a later event or a profile merged
+    /// in since set one: its events must then be folded again.
+    pub fn read_off(self, doc: &ProfileDoc) -> Result<ProfileAsOf, PastProfile> {
+        let ours = |value: &Trait| self.positions.binary_search(&value.position).is_ok();
+        if !doc.traits.values().chain(&doc.consent).all(ours) {
+            return Err(self);
+        }
+        Ok(ProfileAsOf {
+            id: self.id,
+            identifiers: self.identifiers,
+            traits: doc.traits.clone(),
+            consent: doc.consent.clone(),
+            held_back: self.held_back,
+        })
+    }
+
     fn extends(&self, snapshot: &Snapshot) -> bool {
         // Within one build a profile only grows: same id and as many events
         // up to the snapshot means the same events.

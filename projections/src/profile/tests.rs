@@ -220,6 +220,59 @@ fn a_group_call_is_attributed_through_ids_stored_earlier_and_keeps_the_groups_ne
 }
 
 /// Every live profile of the workspace, oldest first, with its timeline.
+/// A profile as of an event is read off its document when nothing after
+/// the event set a trait or the consent of the profile now; otherwise the
+/// document gives it back to be folded, and the fold differs.
+#[test]
+fn a_profile_as_of_an_event_is_read_off_its_document_only_when_nothing_later_set_a_trait() {
+    let identify = |second: u32, plan: &str| json!({"type": "identify", "userId": "u1", "traits": {"plan": plan}, "timestamp": at(second)});
+    let order =
+        |second: u32| json!({"type": "track", "userId": "u1", "event": "Order Completed", "timestamp": at(second)});
+    let messages = vec![identify(1, "free"), order(2), order(3)];
+    let events: Vec<RecordedEvent> =
+        messages.iter().enumerate().map(|(n, message)| accepted(n as u64 + 1, "s1", message.clone())).collect();
+    let (profiles, id) = {
+        let profiles = given(messages.clone());
+        let id = profile_of(&profiles, user("u1")).id;
+        (profiles, id)
+    };
+    let doc = profiles.doc(WORKSPACE, id).unwrap();
+    for position in [1, 2, 3] {
+        let past = doc.as_of(Position(position), &Lookup::Profile(id)).unwrap();
+        let folded = past.clone().advance(None, &events[..position as usize]).0;
+        let read = past.read_off(&doc).expect("nothing after the identify set a trait");
+        assert_eq!(read, folded, "as of position {position}");
+    }
+
+    // A later identify set the plan: the events before it are folded.
+    let mut messages = messages;
+    messages.push(identify(4, "pro"));
+    let events: Vec<RecordedEvent> =
+        messages.iter().enumerate().map(|(n, message)| accepted(n as u64 + 1, "s1", message.clone())).collect();
+    let profiles = given(messages.clone());
+    let doc = profiles.doc(WORKSPACE, id).unwrap();
+    let past = doc.as_of(Position(2), &Lookup::Profile(id)).unwrap();
+    let folded = past.clone().advance(None, &events[..2]).0;
+    assert_eq!(folded.traits["plan"].value, json!("free"));
+    assert!(past.read_off(&doc).is_err(), "the document's plan was set after position 2");
+    let past = doc.as_of(Position(4), &Lookup::Profile(id)).unwrap();
+    assert_eq!(past.read_off(&doc).unwrap().traits["plan"].value, json!("pro"));
+
+    // An anonymous visitor's traits, merged in later, are not the user's then.
+    let messages = vec![
+        json!({"type": "identify", "userId": "u1", "traits": {"plan": "free"}, "timestamp": at(1)}),
+        json!({"type": "identify", "anonymousId": "a1", "traits": {"city": "Oslo"}, "timestamp": at(2)}),
+        json!({"type": "track", "userId": "u1", "anonymousId": "a1", "event": "Signed In", "timestamp": at(3)}),
+    ];
+    let profiles = given(messages);
+    let id = profile_of(&profiles, user("u1")).id;
+    let doc = profiles.doc(WORKSPACE, id).unwrap();
+    let past = doc.as_of(Position(1), &Lookup::Profile(id)).unwrap();
+    assert!(past.read_off(&doc).is_err(), "the city came with a profile merged in after position 1");
+    let past = doc.as_of(Position(3), &Lookup::Profile(id)).unwrap();
+    assert_eq!(past.read_off(&doc).unwrap().traits.len(), 2, "after the merge, both traits");
+}
+
 fn snapshot(profiles: &Profiles) -> Vec<(Profile, Vec<(Position, ProfileId)>)> {
     let Some(ws) = profiles.graph().workspace(WORKSPACE) else { return Vec::new() };
     ws.profiles()
