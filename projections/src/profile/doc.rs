@@ -377,13 +377,12 @@ impl PastProfile {
         if !doc.traits.values().chain(&doc.consent).all(ours) {
             return Err(self);
         }
-        Ok(ProfileAsOf {
-            id: self.id,
-            identifiers: self.identifiers,
-            traits: doc.traits.clone(),
-            consent: doc.consent.clone(),
-            held_back: self.held_back,
-        })
+        Ok(self.holding(doc.traits.clone(), doc.consent.clone()))
+    }
+
+    /// This profile with `traits` and `consent`, its facts then.
+    fn holding(self, traits: BTreeMap<String, Trait>, consent: Option<Trait>) -> ProfileAsOf {
+        ProfileAsOf { id: self.id, identifiers: self.identifiers, traits, consent, held_back: self.held_back }
     }
 
     fn extends(&self, snapshot: &Snapshot) -> bool {
@@ -417,14 +416,7 @@ impl PastProfile {
             count: self.positions.len(),
             state: state.clone(),
         };
-        let as_of = ProfileAsOf {
-            id: self.id,
-            identifiers: self.identifiers,
-            traits: state.traits,
-            consent: state.consent,
-            held_back: self.held_back,
-        };
-        (as_of, snapshot)
+        (self.holding(state.traits, state.consent), snapshot)
     }
 }
 
