@@ -209,6 +209,92 @@ async fn a_retried_batch_is_stored_once_and_reports_its_original_positions(backe
     reopened.close().await;
 }
 
+/// How many rows `event_fingerprints` holds, and its mark.
+async fn fingerprints_stored(db: &TestDb, backend: Backend) -> (i64, i64) {
+    const SQL: &str = "SELECT (SELECT COUNT(*) FROM event_fingerprints), (SELECT up_to FROM event_fingerprints_mark)";
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            let counts = sqlx::query_as(SQL).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            counts
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            let counts = sqlx::query_as(SQL).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            counts
+        }
+    }
+}
+
+async fn ids_older_than_the_ones_kept_in_memory_are_still_duplicates(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = db.config();
+    config.recent_ids = 6;
+    let ws = workspace(1);
+    let mut batches = Vec::new();
+    // The first half written by a process that kept every id in memory, as
+    // a log written before the database's tier existed: the next process
+    // moves its older ids there at its first append.
+    let every_id = db.open().await;
+    for n in 0..20 {
+        if n == 10 {
+            every_id.close().await;
+        }
+        let log = if n < 10 { every_id.clone() } else { EventLog::open(config.clone()).await.unwrap() };
+        let batch = vec![event(ws, &format!("a{n}")), event(ws, &format!("b{n}"))];
+        let outcome = log.append(request(&format!("s{n}"), ExpectedVersion::Any, batch.clone())).await.unwrap();
+        batches.push((batch, outcome.positions));
+        if n >= 10 {
+            log.close().await;
+        }
+    }
+    let first = EventLog::open(config.clone()).await.unwrap();
+    let (rows, mark) = fingerprints_stored(&db, backend).await;
+    assert!(mark >= 30 && rows == mark, "the older ids moved to the database: {rows} rows up to {mark}");
+
+    // A second process loads only the ids after the mark.
+    let second = EventLog::open(config.clone()).await.unwrap();
+    for (log, name) in [(&first, "first"), (&second, "second")] {
+        for (batch, positions) in &batches {
+            let retry = log.append(request("elsewhere", ExpectedVersion::NoStream, batch.clone())).await.unwrap();
+            assert!(retry.duplicate, "{name}: a retry of positions {positions:?} is a duplicate");
+            assert_eq!(&retry.positions, positions);
+        }
+        let mixed = vec![batches[0].0[0].clone(), event(ws, "new")];
+        let refused = log.append(request("s0", ExpectedVersion::Any, mixed)).await.unwrap_err();
+        assert!(matches!(refused, AppendError::PartiallyStored { total: 2, .. }), "{name}: {refused:?}");
+    }
+    assert_eq!(first.head().await.unwrap(), Position(40));
+
+    // What one process appends is a duplicate in the other.
+    let mut theirs = Vec::new();
+    for n in 0..10 {
+        let batch = vec![event(ws, &format!("c{n}"))];
+        let outcome = second.append(request("c", ExpectedVersion::Any, batch.clone())).await.unwrap();
+        theirs.push((batch, outcome.positions));
+    }
+    for (batch, positions) in &theirs {
+        let retry = first.append(request("c", ExpectedVersion::Any, batch.clone())).await.unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(&retry.positions, positions);
+    }
+    first.close().await;
+    second.close().await;
+
+    // And after a restart.
+    let reopened = EventLog::open(config).await.unwrap();
+    for (batch, positions) in batches.iter().chain(&theirs) {
+        let retry = reopened.append(request("again", ExpectedVersion::Any, batch.clone())).await.unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(&retry.positions, positions);
+    }
+    assert_eq!(reopened.head().await.unwrap(), Position(50));
+    assert!(reopened.verify(&|_, _| {}).await.unwrap().first_break.is_none());
+    reopened.close().await;
+}
+
 async fn a_partly_stored_batch_is_refused_and_stores_nothing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let log = db.open().await;
@@ -930,6 +1016,7 @@ conformance!(
     concurrent_writers_and_a_live_reader_see_every_event_once_in_order,
     two_connection_pools_appending_at_once_share_one_gap_free_log,
     a_retried_batch_is_stored_once_and_reports_its_original_positions,
+    ids_older_than_the_ones_kept_in_memory_are_still_duplicates,
     a_partly_stored_batch_is_refused_and_stores_nothing,
     a_stale_expected_version_is_a_precise_conflict,
     the_database_refuses_to_update_or_delete_events,

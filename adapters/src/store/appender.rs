@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::backend::{AppendTx, Backend, Head, NewKeyRow, RowChunk, StoredRow};
-use super::dedup::{IdIndex, UniformMap};
+use super::dedup::{IdIndex, UniformMap, fingerprint};
 use super::keys::KEY_CACHE_LIMIT;
 use super::sealing::{MasterKey, SubjectKey};
 
@@ -99,6 +99,8 @@ pub(crate) struct Appender {
     pub master: Option<MasterKey>,
     /// Loaded at the first append, so read-only tools never pay for it.
     pub index: Option<IdIndex>,
+    /// The most ids the index holds before the older half moves to the database.
+    recent_ids: usize,
     pub wake: watch::Sender<u64>,
     /// Sealing keys by subject hash, valid for `key_epoch`.
     seal_keys: UniformMap<[u8; 32], (Uuid, SubjectKey)>,
@@ -119,11 +121,13 @@ impl Appender {
         master: Option<MasterKey>,
         wake: watch::Sender<u64>,
         availability: Arc<super::Availability>,
+        recent_ids: usize,
     ) -> Appender {
         Appender {
             backend,
             master,
             index: None,
+            recent_ids: recent_ids.max(2),
             wake,
             seal_keys: UniformMap::default(),
             key_epoch: -1,
@@ -228,6 +232,7 @@ impl Appender {
                     }
                 }
                 metrics::histogram!("onepd_append_group_seconds").record(started.elapsed().as_secs_f64());
+                self.spill().await;
             }
             Err(err) => {
                 warn!(cause = %err, batches = group.len(), "group commit failed");
@@ -257,7 +262,7 @@ impl Appender {
     async fn load_index(&mut self) -> Result<(), StoreError> {
         if self.index.is_none() {
             let started = Instant::now();
-            let index = load_index(self.backend.as_ref()).await?;
+            let index = load_index(self.backend.as_ref(), self.recent_ids).await?;
             tracing::info!(events = index.len(), seconds = started.elapsed().as_secs_f64(), "event id index loaded");
             self.index = Some(index);
         }
@@ -289,16 +294,7 @@ impl Appender {
         group: &[PendingAppend],
         head: &Head,
     ) -> Result<Plan, StoreError> {
-        let index = self.index.as_ref().expect("loaded before the transaction");
-        // Fingerprint hits are only candidates: confirm them against the stored ids.
-        let mut candidates: Vec<u64> = group
-            .iter()
-            .flat_map(|pending| pending.events.iter())
-            .flat_map(|event| index.candidates(event.event_id))
-            .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        let stored_ids = if candidates.is_empty() { HashMap::new() } else { tx.event_ids_at(&candidates).await? };
+        let stored = self.stored_positions(tx, group).await?;
 
         let mut staged: UniformMap<Uuid, u64> = UniformMap::default();
         let mut versions: HashMap<String, u64> = HashMap::new();
@@ -308,13 +304,7 @@ impl Appender {
             let found: Vec<Option<u64>> = pending
                 .events
                 .iter()
-                .map(|event| {
-                    staged.get(&event.event_id).copied().or_else(|| {
-                        index
-                            .candidates(event.event_id)
-                            .find(|position| stored_ids.get(position) == Some(&event.event_id))
-                    })
-                })
+                .map(|event| staged.get(&event.event_id).or_else(|| stored.get(&event.event_id)).copied())
                 .collect();
             let stored = found.iter().filter(|p| p.is_some()).count();
             if stored == found.len() {
@@ -357,6 +347,66 @@ impl Appender {
         }
 
         Ok(Plan { decisions, versions, next_position })
+    }
+
+    /// The position of every id of the group that is stored already: ids the
+    /// index holds, then — when older ids are in the database — the others
+    /// looked up in `event_fingerprints`. Every candidate is confirmed
+    /// against the id stored at its position.
+    async fn stored_positions(
+        &self,
+        tx: &mut dyn AppendTx,
+        group: &[PendingAppend],
+    ) -> Result<UniformMap<Uuid, u64>, StoreError> {
+        let index = self.index.as_ref().expect("loaded before the transaction");
+        let ids: Vec<Uuid> =
+            group.iter().flat_map(|pending| pending.events.iter().map(|event| event.event_id)).collect();
+        let held: Vec<(Uuid, u64)> =
+            ids.iter().flat_map(|id| index.candidates(*id).map(move |position| (*id, position))).collect();
+        let mut stored = confirmed(tx, &held).await?;
+        if index.floor() == 0 {
+            return Ok(stored);
+        }
+        let mut unknown: Vec<Uuid> = ids.into_iter().filter(|id| !stored.contains_key(id)).collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(stored);
+        }
+        let mut fingerprints: Vec<i64> = unknown.iter().map(|id| fingerprint(*id) as i64).collect();
+        fingerprints.sort_unstable();
+        fingerprints.dedup();
+        let mut older: UniformMap<u64, Vec<u64>> = UniformMap::default();
+        for (fingerprint, position) in tx.fingerprinted(&fingerprints).await? {
+            older.entry(fingerprint as u64).or_default().push(position as u64);
+        }
+        let candidates: Vec<(Uuid, u64)> = unknown
+            .iter()
+            .flat_map(|id| older.get(&fingerprint(*id)).into_iter().flatten().map(move |position| (*id, *position)))
+            .collect();
+        stored.extend(confirmed(tx, &candidates).await?);
+        Ok(stored)
+    }
+
+    /// Moves the oldest ids the index holds to the database once it holds
+    /// more than `recent_ids`, keeping the newest half; in a transaction of
+    /// its own, after the group's callers have their answers. Should it fail,
+    /// the index keeps them and the next group tries again.
+    async fn spill(&mut self) {
+        let index = self.index.as_ref().expect("loaded before any commit");
+        if index.len() <= self.recent_ids {
+            return;
+        }
+        let up_to = index.indexed_up_to().saturating_sub((self.recent_ids / 2) as u64);
+        let rows = index.up_to(up_to);
+        let started = Instant::now();
+        match self.backend.store_fingerprints(&rows, up_to).await {
+            Ok(()) => {
+                self.index.as_mut().expect("loaded").forget_up_to(up_to);
+                debug!(ids = rows.len(), up_to, seconds = started.elapsed().as_secs_f64(), "older event ids stored");
+            }
+            Err(err) => warn!(cause = %err, ids = rows.len(), "storing older event ids failed; kept in memory"),
+        }
     }
 
     /// Seals, hashes and inserts the group's new events, moves the head and
@@ -576,17 +626,49 @@ fn outcomes(plan: Plan, group: &[PendingAppend]) -> Vec<Result<AppendOutcome, Ap
         .collect()
 }
 
-/// Loads the id of every stored event into an index.
-async fn load_index(backend: &dyn Backend) -> Result<IdIndex, StoreError> {
-    let head = backend.head().await?;
-    let mut index = IdIndex::with_capacity(usize::try_from(head.position).unwrap_or(0));
-    let mut after = 0;
+/// `(id, position)` pairs whose position holds that id.
+async fn confirmed(tx: &mut dyn AppendTx, candidates: &[(Uuid, u64)]) -> Result<UniformMap<Uuid, u64>, StoreError> {
+    if candidates.is_empty() {
+        return Ok(UniformMap::default());
+    }
+    let mut positions: Vec<u64> = candidates.iter().map(|(_, position)| *position).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    let stored_ids = tx.event_ids_at(&positions).await?;
+    Ok(candidates.iter().filter(|(id, position)| stored_ids.get(position) == Some(id)).copied().collect())
+}
+
+/// Ids moved to the database at a time while loading a log whose older ids
+/// are not there yet (a log written before the table existed).
+const LOAD_SPILL: usize = 1_000_000;
+
+/// Loads the ids after the database's fingerprint mark: the newest
+/// `recent_ids / 2` into the index, any older ones into the database.
+async fn load_index(backend: &dyn Backend, recent_ids: usize) -> Result<IdIndex, StoreError> {
+    let mark = backend.fingerprints_up_to().await?;
+    let head = backend.head().await?.position;
+    let keep = (recent_ids / 2) as u64;
+    let cut = head.saturating_sub(keep).max(mark);
+    let held = usize::try_from(head - cut).unwrap_or(usize::MAX);
+    let mut index = IdIndex::with_capacity(held.min(recent_ids + 2 * MAX_GROUP_EVENTS), cut);
+    let mut older: Vec<(i64, i64)> = Vec::new();
+    let mut after = mark;
     loop {
         let page = backend.event_ids_page(after, 100_000).await?;
         let Some((last, _)) = page.last() else { break };
         after = *last;
         for (position, id) in page {
-            index.insert(id, position);
+            if position <= cut {
+                older.push((fingerprint(id) as i64, position as i64));
+            } else {
+                index.insert(id, position);
+            }
+        }
+        if older.len() >= LOAD_SPILL || (after >= cut && !older.is_empty()) {
+            older.sort_unstable();
+            let up_to = after.min(cut);
+            backend.store_fingerprints(&older, up_to).await?;
+            older.clear();
         }
     }
     Ok(index)

@@ -102,6 +102,9 @@ pub(crate) trait AppendTx: Send {
     async fn lock_head(&mut self) -> Result<Head, StoreError>;
     /// `(position, event_id)` of every event after `after`, in order.
     async fn event_ids_after(&mut self, after: u64) -> Result<Vec<(u64, Uuid)>, StoreError>;
+    /// `(fingerprint, position)` of every row of `event_fingerprints` with
+    /// one of these fingerprints (sorted as signed integers).
+    async fn fingerprinted(&mut self, fingerprints: &[i64]) -> Result<Vec<(i64, i64)>, StoreError>;
     /// The event ids stored at these positions.
     async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError>;
     /// The current version of a stream (0 when it has no events).
@@ -147,10 +150,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<StoredRow>, StoreError>;
     /// `recorded_at` of the event at `position`.
     async fn recorded_at(&self, position: u64) -> Result<Option<i64>, StoreError>;
-    /// `(position, event_id)` after `after`, up to `limit`, in order.
     /// The position of the event with this id, if the log holds it.
     async fn position_of(&self, event_id: Uuid) -> Result<Option<u64>, StoreError>;
+    /// `(position, event_id)` after `after`, up to `limit`, in order.
     async fn event_ids_page(&self, after: u64, limit: usize) -> Result<Vec<(u64, Uuid)>, StoreError>;
+    /// The position up to which every id's fingerprint is in `event_fingerprints`.
+    async fn fingerprints_up_to(&self) -> Result<u64, StoreError>;
+    /// Stores `(fingerprint, position)` rows (sorted; rows already there are
+    /// kept) and moves the mark to `up_to` unless it is further already, in
+    /// one transaction of its own: it does not lock the log head.
+    async fn store_fingerprints(&self, rows: &[(i64, i64)], up_to: u64) -> Result<(), StoreError>;
     /// The wrapped keys with these ids (absent ids are shredded).
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError>;
     /// Deletes the key of a subject hash and bumps the key epoch; whether it existed.
@@ -200,6 +209,9 @@ pub(crate) fn unreachable(err: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Reads the position up to which every id's fingerprint is stored.
+pub(crate) const FINGERPRINTS_MARK_QUERY: &str = "SELECT up_to FROM event_fingerprints_mark WHERE id = 1";
 
 /// How many rows go into one INSERT statement.
 pub(crate) const INSERT_CHUNK: usize = 2_000;

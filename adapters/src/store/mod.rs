@@ -74,6 +74,9 @@ pub struct StoreConfig {
     /// How often an idle subscription looks for new events when no wake-up
     /// arrives (wake-ups come in-process, and from PostgreSQL's NOTIFY).
     pub poll_interval: Duration,
+    /// The most event ids the appender keeps in memory for idempotency; the
+    /// older half moves to the database whenever there are more.
+    pub recent_ids: usize,
 }
 
 impl StoreConfig {
@@ -84,6 +87,7 @@ impl StoreConfig {
             master_key,
             upcasters: onepd_domain::events::upcasters(),
             poll_interval: Duration::from_secs(1),
+            recent_ids: RECENT_IDS,
         }
     }
 }
@@ -92,6 +96,10 @@ impl StoreConfig {
 /// limits messages far below this; the store's own limit keeps one oversized
 /// event from failing the group it is committed with.
 const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most event ids an appender keeps in memory, by default: about 18 MB
+/// however long the log.
+pub const RECENT_IDS: usize = 1 << 19;
 
 /// How many append calls may wait for the appender before callers wait too.
 const QUEUE_DEPTH: usize = 1_024;
@@ -316,7 +324,13 @@ impl EventLog {
         tracing::info!(head = head.position, "event log opened");
         let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
         let availability = Arc::new(Availability::default());
-        let appender = Appender::new(backend.clone(), config.master_key.clone(), wake.clone(), availability.clone());
+        let appender = Appender::new(
+            backend.clone(),
+            config.master_key.clone(),
+            wake.clone(),
+            availability.clone(),
+            config.recent_ids,
+        );
         let task = tokio::spawn(appender.run(receiver));
         Ok(EventLog {
             inner: Arc::new(Inner {

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::backend::{
-    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, head_from, id_from,
-    key_from, row_from, wrapped_from,
+    AppendTx, Backend, FINGERPRINTS_MARK_QUERY, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error,
+    head_from, id_from, key_from, row_from, wrapped_from,
 };
 
 const ROW_COLUMNS: &str = "position, event_id, workspace_id, stream_id, stream_version, event_type, \
@@ -117,6 +117,9 @@ async fn listen(pool: PgPool, wake: watch::Sender<u64>) {
 }
 
 /// The statement that copies rows into `table`.
+/// Fingerprint rows per `INSERT … SELECT FROM UNNEST`.
+const FINGERPRINT_CHUNK: usize = 100_000;
+
 fn copy_statement(table: &str) -> String {
     format!("COPY {table} ({ROW_COLUMNS}) FROM STDIN (FORMAT binary)")
 }
@@ -225,6 +228,14 @@ impl AppendTx for PostgresAppend {
             .await
             .map_err(db_error("reading new event ids"))?;
         rows.iter().map(id_from).collect()
+    }
+
+    async fn fingerprinted(&mut self, fingerprints: &[i64]) -> Result<Vec<(i64, i64)>, StoreError> {
+        sqlx::query_as("SELECT fingerprint, position FROM event_fingerprints WHERE fingerprint = ANY($1)")
+            .bind(fingerprints)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db_error("looking up older event ids"))
     }
 
     async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
@@ -432,6 +443,37 @@ impl Backend for PostgresBackend {
             .await
             .map_err(db_error("loading event ids"))?;
         rows.iter().map(id_from).collect()
+    }
+
+    async fn fingerprints_up_to(&self) -> Result<u64, StoreError> {
+        let up_to: i64 = sqlx::query_scalar(FINGERPRINTS_MARK_QUERY)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("reading the fingerprints' mark"))?;
+        Ok(up_to as u64)
+    }
+
+    async fn store_fingerprints(&self, rows: &[(i64, i64)], up_to: u64) -> Result<(), StoreError> {
+        let storing = db_error("storing older event ids");
+        let mut tx = self.pool.begin().await.map_err(&storing)?;
+        for chunk in rows.chunks(FINGERPRINT_CHUNK) {
+            let (fingerprints, positions): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
+            sqlx::query(
+                "INSERT INTO event_fingerprints (fingerprint, position) \
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(fingerprints)
+            .bind(positions)
+            .execute(&mut *tx)
+            .await
+            .map_err(&storing)?;
+        }
+        sqlx::query("UPDATE event_fingerprints_mark SET up_to = GREATEST(up_to, $1) WHERE id = 1")
+            .bind(up_to as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(&storing)?;
+        tx.commit().await.map_err(&storing)
     }
 
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {

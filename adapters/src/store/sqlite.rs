@@ -18,8 +18,8 @@ use sqlx::{ConnectOptions, QueryBuilder, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::backend::{
-    AppendTx, Backend, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, db_error, head_from, id_from,
-    key_from, row_from, wrapped_from,
+    AppendTx, Backend, FINGERPRINTS_MARK_QUERY, Head, INSERT_CHUNK, KeyRow, NewKeyRow, RowChunk, StoredRow, column,
+    db_error, head_from, id_from, key_from, row_from, wrapped_from,
 };
 use super::sqlite_read::Readers;
 
@@ -146,6 +146,9 @@ impl SqliteBackend {
     }
 }
 
+/// Fingerprint rows per `INSERT` (two parameters each).
+const FINGERPRINT_CHUNK: usize = 10_000;
+
 const HEAD_QUERY: &str = "SELECT position, hash, recorded_at, key_epoch FROM log_head WHERE id = 1";
 
 /// Inserts rows into `table` with multi-row INSERTs. The benchmark uses it too,
@@ -196,6 +199,25 @@ impl AppendTx for SqliteAppend {
             .await
             .map_err(db_error("reading new event ids"))?;
         rows.iter().map(id_from).collect()
+    }
+
+    async fn fingerprinted(&mut self, fingerprints: &[i64]) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in fingerprints.chunks(INSERT_CHUNK) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT fingerprint, position FROM event_fingerprints WHERE fingerprint IN (",
+            );
+            let mut list = query.separated(", ");
+            for fingerprint in chunk {
+                list.push_bind(*fingerprint);
+            }
+            query.push(")");
+            let rows = query.build().fetch_all(&mut *self.tx).await.map_err(db_error("looking up older event ids"))?;
+            for row in &rows {
+                found.push((column(row, 0, 0)?, column(row, 1, 0)?));
+            }
+        }
+        Ok(found)
     }
 
     async fn event_ids_at(&mut self, positions: &[u64]) -> Result<HashMap<u64, Uuid>, StoreError> {
@@ -396,6 +418,33 @@ impl Backend for SqliteBackend {
             .await
             .map_err(db_error("loading event ids"))?;
         rows.iter().map(id_from).collect()
+    }
+
+    async fn fingerprints_up_to(&self) -> Result<u64, StoreError> {
+        let up_to: i64 = sqlx::query_scalar(FINGERPRINTS_MARK_QUERY)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("reading the fingerprints' mark"))?;
+        Ok(up_to as u64)
+    }
+
+    async fn store_fingerprints(&self, rows: &[(i64, i64)], up_to: u64) -> Result<(), StoreError> {
+        let storing = db_error("storing older event ids");
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&storing)?;
+        for chunk in rows.chunks(FINGERPRINT_CHUNK) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO event_fingerprints (fingerprint, position) ");
+            query.push_values(chunk, |mut values, (fingerprint, position)| {
+                values.push_bind(*fingerprint).push_bind(*position);
+            });
+            query.build().execute(&mut *tx).await.map_err(&storing)?;
+        }
+        sqlx::query("UPDATE event_fingerprints_mark SET up_to = MAX(up_to, ?) WHERE id = 1")
+            .bind(up_to as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(&storing)?;
+        tx.commit().await.map_err(&storing)
     }
 
     async fn wrapped_keys(&self, key_ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
