@@ -650,7 +650,7 @@ async fn load_index(backend: &dyn Backend, recent_ids: usize) -> Result<IdIndex,
     let keep = (recent_ids / 2) as u64;
     let cut = head.saturating_sub(keep).max(mark);
     let held = usize::try_from(head - cut).unwrap_or(usize::MAX);
-    let mut index = IdIndex::with_capacity(held.min(recent_ids + 2 * MAX_GROUP_EVENTS), cut);
+    let mut index = IdIndex::with_capacity(held.min(recent_ids.saturating_add(2 * MAX_GROUP_EVENTS)), cut);
     let mut older: Vec<(i64, i64)> = Vec::new();
     let mut after = mark;
     loop {

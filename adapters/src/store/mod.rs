@@ -81,13 +81,21 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// A configuration with onepd's upcasters and a one-second poll.
+    ///
+    /// On PostgreSQL every id stays in memory by default (`recent_ids` is
+    /// unbounded): with the older ids in the database, the lookups under the
+    /// head lock made small appends from two processes at once about five
+    /// times slower (measured; the cause is not found yet).
     pub fn new(database_url: impl Into<String>, master_key: Option<MasterKey>) -> StoreConfig {
+        let database_url = database_url.into();
+        let recent_ids =
+            if BackendKind::of_url(&database_url) == Some(BackendKind::Postgres) { usize::MAX } else { RECENT_IDS };
         StoreConfig {
-            database_url: database_url.into(),
+            database_url,
             master_key,
             upcasters: onepd_domain::events::upcasters(),
             poll_interval: Duration::from_secs(1),
-            recent_ids: RECENT_IDS,
+            recent_ids,
         }
     }
 }
@@ -97,8 +105,8 @@ impl StoreConfig {
 /// event from failing the group it is committed with.
 const MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
 
-/// The most event ids an appender keeps in memory, by default: about 18 MB
-/// however long the log.
+/// The most event ids an appender keeps in memory, by default on SQLite:
+/// about 18 MB however long the log.
 pub const RECENT_IDS: usize = 1 << 19;
 
 /// How many append calls may wait for the appender before callers wait too.
