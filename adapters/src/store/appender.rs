@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::backend::{AppendTx, Backend, Head, NewKeyRow, RowChunk, StoredRow};
-use super::dedup::{IdIndex, UniformMap, fingerprint};
+use super::dedup::{IdIndex, UniformMap, as_stored, fingerprint};
 use super::keys::KEY_CACHE_LIMIT;
 use super::sealing::{MasterKey, SubjectKey};
 
@@ -373,16 +373,18 @@ impl Appender {
         if unknown.is_empty() {
             return Ok(stored);
         }
-        let mut fingerprints: Vec<i64> = unknown.iter().map(|id| fingerprint(*id) as i64).collect();
+        let mut fingerprints: Vec<i64> = unknown.iter().map(|id| as_stored(fingerprint(*id))).collect();
         fingerprints.sort_unstable();
         fingerprints.dedup();
-        let mut older: UniformMap<u64, Vec<u64>> = UniformMap::default();
+        let mut older: UniformMap<i64, Vec<u64>> = UniformMap::default();
         for (fingerprint, position) in tx.fingerprinted(&fingerprints).await? {
-            older.entry(fingerprint as u64).or_default().push(position as u64);
+            older.entry(fingerprint).or_default().push(position as u64);
         }
         let candidates: Vec<(Uuid, u64)> = unknown
             .iter()
-            .flat_map(|id| older.get(&fingerprint(*id)).into_iter().flatten().map(move |position| (*id, *position)))
+            .flat_map(|id| {
+                older.get(&as_stored(fingerprint(*id))).into_iter().flatten().map(move |position| (*id, *position))
+            })
             .collect();
         stored.extend(confirmed(tx, &candidates).await?);
         Ok(stored)
@@ -659,7 +661,7 @@ async fn load_index(backend: &dyn Backend, recent_ids: usize) -> Result<IdIndex,
         after = *last;
         for (position, id) in page {
             if position <= cut {
-                older.push((fingerprint(id) as i64, position as i64));
+                older.push((as_stored(fingerprint(id)), position as i64));
             } else {
                 index.insert(id, position);
             }

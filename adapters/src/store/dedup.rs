@@ -25,6 +25,13 @@ pub(crate) fn fingerprint(id: Uuid) -> u64 {
     (value as u64) ^ ((value >> 64) as u64)
 }
 
+/// A fingerprint as the database stores it: the same 64 bits, read as a
+/// signed integer (the columns are `BIGINT`), so the database orders them
+/// as `i64` does.
+pub(crate) fn as_stored(fingerprint: u64) -> i64 {
+    fingerprint as i64
+}
+
 /// Keys are already uniform fingerprints; hashing them again would only cost time.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct IdentityHasher(u64);
@@ -90,7 +97,7 @@ impl IdIndex {
         let mut found: Vec<(i64, i64)> = first
             .chain(more)
             .filter(|(_, position)| *position <= up_to)
-            .map(|(key, position)| (key as i64, position as i64))
+            .map(|(key, position)| (as_stored(key), position as i64))
             .collect();
         found.sort_unstable();
         found
@@ -118,7 +125,6 @@ impl IdIndex {
             false
         });
         self.floor = self.floor.max(up_to);
-        self.indexed_up_to = self.indexed_up_to.max(up_to);
     }
 
     /// The last position whose id is indexed.
