@@ -244,9 +244,15 @@ async fn live_equals_rebuilt(backend: Backend, steps: Vec<Step>, chunks: Vec<(us
     store.close().await;
 }
 
-fn run(backend: Backend, steps: Vec<Step>, chunks: Vec<(usize, bool)>, pages: (usize, usize), caches: (bool, bool)) {
-    // A tiny cache keeps nothing between batches; a big one keeps everything.
-    let budget = |tiny: bool| if tiny { 0 } else { 64 << 20 };
+fn run(backend: Backend, steps: Vec<Step>, chunks: Vec<(usize, bool)>, pages: (usize, usize), caches: (u8, u8)) {
+    // No cache keeps nothing between batches; a small one keeps a few
+    // profiles, and a build writes back what it changed every few pages; a
+    // big one keeps everything, and a build writes it all at the end.
+    let budget = |size: u8| match size {
+        0 => 0,
+        1 => 16 << 10,
+        _ => 64 << 20,
+    };
     let shape = Shape { pages, caches: (budget(caches.0), budget(caches.1)) };
     block_on(live_equals_rebuilt(backend, steps, chunks, shape));
 }
@@ -259,7 +265,7 @@ proptest! {
         steps in prop::collection::vec(step_strategy(), 1..60),
         chunks in prop::collection::vec((1usize..15, any::<bool>()), 1..5),
         pages in (1usize..20, 1usize..50),
-        caches in (any::<bool>(), any::<bool>()),
+        caches in (0u8..3, 0u8..3),
     ) {
         run(Backend::Sqlite, steps, chunks, pages, caches);
     }
@@ -269,10 +275,54 @@ proptest! {
         steps in prop::collection::vec(step_strategy(), 1..60),
         chunks in prop::collection::vec((1usize..15, any::<bool>()), 1..5),
         pages in (1usize..20, 1usize..50),
-        caches in (any::<bool>(), any::<bool>()),
+        caches in (0u8..3, 0u8..3),
     ) {
         run(Backend::Postgres, steps, chunks, pages, caches);
     }
+}
+
+/// A build writes back: the profiles it changed stay in memory, unwritten,
+/// only until they take a quarter of the cache's budget, then are written
+/// and may leave the cache. A build with a small budget never holds most of
+/// the log's profiles at once, and gives what a build writing every page
+/// gives.
+async fn a_build_writes_back_within_its_budget(backend: Backend) {
+    const PEOPLE: usize = 1_500;
+    const PAGE: usize = 50;
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    append_people(&log, PEOPLE).await;
+    let quiet = |_: u64, _: u64| {};
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+        .with_cache_bytes(64 << 10)
+        .with_page_size(PAGE);
+    let built = runner.build(&quiet).await.expect("build").generation;
+    let held = runner.most_profiles_held();
+    assert!(held < PEOPLE / 3, "a build with a 64 KiB cache held {held} of {PEOPLE} people's profiles at once");
+    let every_page =
+        Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+            .with_cache_bytes(0)
+            .with_page_size(PAGE)
+            .build(&quiet)
+            .await
+            .expect("build")
+            .generation;
+    let docs = store.documents(built.id).await.unwrap();
+    assert!(docs.len() > PEOPLE, "{} documents", docs.len());
+    assert_eq!(docs, store.documents(every_page.id).await.unwrap());
+    log.close().await;
+    store.close().await;
+}
+
+#[test]
+fn a_build_writes_back_within_its_budget_on_sqlite() {
+    block_on(a_build_writes_back_within_its_budget(Backend::Sqlite));
+}
+
+#[test]
+fn a_build_writes_back_within_its_budget_on_postgres() {
+    block_on(a_build_writes_back_within_its_budget(Backend::Postgres));
 }
 
 /// A workspace re-derived under a new operator fact is folded page by page
@@ -322,24 +372,33 @@ fn a_re_derivation_holds_about_a_page_of_profiles_on_postgres() {
 /// events keep being committed: the follow loop applies them beside the
 /// re-derivation's own commits, never waiting for it (on SQLite, a
 /// re-derivation left unpolled in the middle of a commit held the next
-/// batch's commit until the busy timeout).
-async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend) {
+/// batch's commit until the busy timeout). With `fact_first`, the fact is
+/// appended before the runner starts: it is passed while the runner goes
+/// up to the head at its start (written back, with a cache big enough to
+/// hold every change until the head), and the commit that passes it must
+/// still carry the workspace's marker.
+async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend, fact_first: bool) {
     const PEOPLE: usize = 3_000;
     const PAGE: usize = 50;
     let db = TestDb::new(backend).await;
     let log = db.open().await;
     let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
     let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
-        .with_cache_bytes(0)
+        .with_cache_bytes(if fact_first { 64 << 20 } else { 0 })
         .with_page_size(PAGE);
     append_people(&log, PEOPLE).await;
     runner.rebuild(&|_, _| {}).await.expect("build");
+    let block = [(3 * PEOPLE, Step::Block(Identifier::new(IdentifierKind::UserId, "u7")))];
+    if fact_first {
+        append(&log, &block).await;
+    }
     let following = {
         let runner = runner.clone();
         tokio::spawn(async move { runner.run(&|_| {}).await })
     };
-
-    append(&log, &[(3 * PEOPLE, Step::Block(Identifier::new(IdentifierKind::UserId, "u7")))]).await;
+    if !fact_first {
+        append(&log, &block).await;
+    }
     // The re-derivation has committed a page of its own.
     let refolding = async {
         loop {
@@ -369,7 +428,8 @@ async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend) {
     let marker = store.get(live.id, WORKSPACE, REFOLD_DOCS, &[REFOLD_MARKER.to_owned()]).await.unwrap();
     assert!(
         marker.first().is_some_and(Option::is_some),
-        "the other workspace's events waited for the re-derivation to finish"
+        "no marker on the workspace being re-derived: the other workspace's events waited for the \
+         re-derivation to finish, or the commit that passed the fact left the marker out"
     );
     following.abort();
     log.close().await;
@@ -378,12 +438,87 @@ async fn other_workspaces_follow_while_one_is_re_derived(backend: Backend) {
 
 #[test]
 fn other_workspaces_follow_while_one_is_re_derived_on_sqlite() {
-    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Sqlite));
+    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Sqlite, false));
 }
 
 #[test]
 fn other_workspaces_follow_while_one_is_re_derived_on_postgres() {
-    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Postgres));
+    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Postgres, false));
+}
+
+#[test]
+fn a_fact_passed_at_start_marks_its_workspace_and_others_follow_on_sqlite() {
+    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Sqlite, true));
+}
+
+#[test]
+fn a_fact_passed_at_start_marks_its_workspace_and_others_follow_on_postgres() {
+    block_on(other_workspaces_follow_while_one_is_re_derived(Backend::Postgres, true));
+}
+
+/// A following runner that falls far behind (a burst of a thousand and
+/// more events, an operator fact among later ones) goes up to the head as
+/// at a start, written back, then batch by batch again: the read model it
+/// leaves equals a rebuild, and the fact's re-derivation is done.
+async fn a_runner_fallen_behind_catches_up_and_equals_a_rebuild(backend: Backend) {
+    const PEOPLE: usize = 1_500;
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+    let runner = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+        .with_cache_bytes(64 << 20)
+        .with_page_size(50);
+    let following = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run(&|_| {}).await })
+    };
+    append_people(&log, PEOPLE).await;
+    let mut later = vec![(3 * PEOPLE, Step::Block(Identifier::new(IdentifierKind::UserId, "u7")))];
+    later.extend((0..20).map(|n| {
+        (
+            3 * (PEOPLE + 1 + n),
+            Step::Message(json!({"type": "identify", "userId": format!("u{n}"), "traits": {"n": n}})),
+        )
+    }));
+    append(&log, &later).await;
+    let head = log.head().await.unwrap();
+    let settled = async {
+        loop {
+            if let Some(live) = store.live(PROFILES).await.unwrap()
+                && live.checkpoint >= head
+            {
+                let marker = store.get(live.id, WORKSPACE, REFOLD_DOCS, &[REFOLD_MARKER.to_owned()]).await.unwrap();
+                if marker.first().is_none_or(Option::is_none) {
+                    return live;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let live = tokio::time::timeout(Duration::from_secs(60), settled)
+        .await
+        .expect("the runner reaches the head and finishes the re-derivation");
+    following.abort();
+    let rebuilt = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, store.clone() as Arc<dyn ProjectionStore>)
+        .build(&|_, _| {})
+        .await
+        .expect("build")
+        .generation;
+    let live_docs = store.documents(live.id).await.unwrap();
+    assert!(live_docs.len() > PEOPLE, "{} documents", live_docs.len());
+    assert_eq!(live_docs, store.documents(rebuilt.id).await.unwrap());
+    log.close().await;
+    store.close().await;
+}
+
+#[test]
+fn a_runner_fallen_behind_catches_up_and_equals_a_rebuild_on_sqlite() {
+    block_on(a_runner_fallen_behind_catches_up_and_equals_a_rebuild(Backend::Sqlite));
+}
+
+#[test]
+fn a_runner_fallen_behind_catches_up_and_equals_a_rebuild_on_postgres() {
+    block_on(a_runner_fallen_behind_catches_up_and_equals_a_rebuild(Backend::Postgres));
 }
 
 /// A stop between the commit that passed an operator fact (marking its

@@ -90,6 +90,13 @@ pub const IDENTIFIER_DOCS: &str = "identifier";
 /// profile id it is part of.
 pub const MEMBER_DOCS: &str = "member";
 
+/// The size a build assumes of a profile before it has measured any.
+const UNMEASURED_PROFILE_BYTES: usize = 4_096;
+
+/// A followed batch at least this large makes the follow loop look at how
+/// far behind the head it is (a smaller one means it has nearly caught up).
+const BEHIND_BATCH: usize = 100;
+
 /// Events read per page while rebuilding.
 const REBUILD_PAGE: usize = 5_000;
 
@@ -438,6 +445,14 @@ impl Cache {
         self.total = self.total + bytes - before;
     }
 
+    /// Whether `changed` profiles, not yet written, take half the budget
+    /// (each as large as the average profile held): a build writes them
+    /// then.
+    fn holds_enough(&self, changed: usize) -> bool {
+        let average = self.total.checked_div(self.used.len()).unwrap_or(UNMEASURED_PROFILE_BYTES).max(1);
+        changed.saturating_mul(average) >= self.budget / 4
+    }
+
     fn forget(&mut self, workspace: WorkspaceId, profile: ProfileId) {
         if let Some((bytes, _)) = self.used.remove(&(workspace, profile)) {
             self.total -= bytes;
@@ -674,8 +689,9 @@ impl Runner {
     }
 
     /// Builds a new generation from position 0 up to the log's head, beside
-    /// the live one, without promoting it: page by page, each page one
-    /// commit, in the cache's bounded memory.
+    /// the live one, without promoting it, in the cache's bounded memory:
+    /// page by page, with a commit whenever the profiles changed since the
+    /// last one take half the cache's budget, and at the end.
     pub async fn build(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
         let head = self.log.head().await?;
         let facts = read_facts(self.log.as_ref(), head).await?;
@@ -698,20 +714,28 @@ impl Runner {
         progress(0, head.0);
         let mut pages = self.log.clone().read_ahead(Position(1), head, filter, self.page);
         let mut next = pages.next_page().await?;
-        // The commit of the page before, still being written.
+        // The commit of the pages before, still being written.
         let mut landing: Option<Landing> = None;
+        let mut folded = Position::START;
         while let Some(page) = next.take() {
             let end = Position(page.next.0 - 1).min(head);
             // The next page is read while this one is folded, and this one
-            // is folded while the one before is written.
+            // is folded while the ones before are written.
             let following = pages.next_page();
             let this = async {
                 self.prefetch(&mut built, &page.events).await?;
                 built.fold.apply(&page.events);
-                if let Some(before) = landing.take() {
-                    before.await.map_err(fenced_as_store)?;
+                folded = end;
+                // Written back: the profiles the pages changed stay in the
+                // cache, unwritten, until they take half its budget. A
+                // profile changed again and again is written once, not once
+                // a page.
+                if built.cache.holds_enough(built.fold.profiles.changed()) {
+                    if let Some(before) = landing.take() {
+                        before.await.map_err(fenced_as_store)?;
+                    }
+                    landing = Some(self.start_commit(&mut built, end).await.map_err(fenced_as_store)?);
                 }
-                landing = Some(self.start_commit(&mut built, end).await.map_err(fenced_as_store)?);
                 Ok::<(), StoreError>(())
             };
             let (following, this) = futures::future::join(following, this).await;
@@ -721,6 +745,9 @@ impl Runner {
         }
         if let Some(last) = landing {
             last.await.map_err(fenced_as_store)?;
+        }
+        if built.checkpoint < folded {
+            self.commit_with(&mut built, folded, Vec::new()).await.map_err(fenced_as_store)?;
         }
         Ok(built)
     }
@@ -743,24 +770,18 @@ impl Runner {
         }
     }
 
-    /// Folds and commits, page by page of `page` events, everything after
-    /// `built.checkpoint` up to the log's head, operator facts included
-    /// (see [`Runner::apply_batch`]), then finishes every re-derivation they
-    /// asked for. Each page is one commit, like one batch of a live
-    /// subscription.
+    /// Folds and commits everything after `built.checkpoint` up to the
+    /// log's head, `page` events read at a time and written back (see
+    /// [`Runner::fold_to_head`]), operator facts included (see
+    /// [`Runner::fold_batch`]), then finishes every re-derivation they
+    /// asked for.
     pub async fn catch_up(&self, built: &mut Built, page: usize) -> Result<(), StoreError> {
         self.try_catch_up(built, page).await.map_err(fenced_as_store)
     }
 
     async fn try_catch_up(&self, built: &mut Built, page: usize) -> Result<(), ProjectionError> {
         loop {
-            let head = self.log.head().await?;
-            // Read ahead: the next pages are read while this one is folded
-            // and committed.
-            let mut pages = self.log.clone().read_ahead(built.checkpoint.next(), head, followed_filter(), page);
-            while let Some(read) = pages.next_page().await? {
-                self.apply_batch(built, &read.events, Position(read.next.0 - 1)).await?;
-            }
+            self.fold_to_head(built, page, &|_| {}).await?;
             self.start_refold(built);
             let Some((_, _, work)) = built.refolds.active.as_mut() else { return Ok(()) };
             let fresh = work.await?;
@@ -768,19 +789,60 @@ impl Runner {
         }
     }
 
-    /// Folds and commits one batch of followed events that reaches `end`.
-    /// An operator fact asks for its workspace to be re-derived under it
-    /// (in the background: see [`Refolds`]); until that is done, the
-    /// workspace's events are left to the re-derivation and its documents
-    /// carry a marker, committed with the checkpoint that passes the fact,
-    /// so a restart replaces them. Other workspaces follow on meanwhile: one
-    /// workspace's fact never holds up another's profiles.
+    /// Folds everything after `built.checkpoint` up to the log's head, read
+    /// ahead `page` events at a time (the next pages are read while one is
+    /// folded), and written back as a build writes: the profiles changed
+    /// stay unwritten until they take a quarter of the cache's budget, or
+    /// until an operator fact's marker must be committed with the
+    /// checkpoint that passes the fact, and at the head. The
+    /// re-derivations the facts ask for are queued, not run.
+    /// `on_checkpoint` is told of every commit.
+    async fn fold_to_head(
+        &self,
+        built: &mut Built,
+        page: usize,
+        on_checkpoint: &(dyn Fn(Position) + Send + Sync),
+    ) -> Result<(), ProjectionError> {
+        let head = self.log.head().await?;
+        let mut pages = self.log.clone().read_ahead(built.checkpoint.next(), head, followed_filter(), page);
+        let mut folded = built.checkpoint;
+        while let Some(read) = pages.next_page().await? {
+            let end = Position(read.next.0 - 1).min(head);
+            let markers = self.fold_batch(built, &read.events).await?;
+            folded = end;
+            if !markers.is_empty() || built.cache.holds_enough(built.fold.profiles.changed()) {
+                self.commit_with(built, end, markers).await?;
+                on_checkpoint(end);
+            }
+        }
+        if built.checkpoint < folded {
+            self.commit_with(built, folded, Vec::new()).await?;
+            on_checkpoint(folded);
+        }
+        Ok(())
+    }
+
+    /// Folds and commits one batch of followed events that reaches `end`
+    /// (see [`Runner::fold_batch`]).
     async fn apply_batch(
         &self,
         built: &mut Built,
         batch: &[RecordedEvent],
         end: Position,
     ) -> Result<(), ProjectionError> {
+        let markers = self.fold_batch(built, batch).await?;
+        self.commit_with(built, end, markers).await
+    }
+
+    /// Folds one batch of followed events, and gives the markers to commit
+    /// with the checkpoint that passes it. An operator fact asks for its
+    /// workspace to be re-derived under it (in the background: see
+    /// [`Refolds`]); until that is done, the workspace's events are left to
+    /// the re-derivation and its documents carry a marker, committed with
+    /// the checkpoint that passes the fact, so a restart replaces them.
+    /// Other workspaces follow on meanwhile: one workspace's fact never
+    /// holds up another's profiles.
+    async fn fold_batch(&self, built: &mut Built, batch: &[RecordedEvent]) -> Result<Vec<DocWrite>, StoreError> {
         self.prefetch(built, batch).await?;
         let mut marked = Vec::new();
         for event in batch {
@@ -799,7 +861,7 @@ impl Runner {
             key: REFOLD_MARKER.into(),
             doc: Vec::new(),
         });
-        self.commit_with(built, end, markers.collect()).await
+        Ok(markers.collect())
     }
 
     /// Starts the next queued re-derivation when none is running.
@@ -984,8 +1046,21 @@ impl Runner {
         let mut built = self.start(&quiet).await?;
         on_checkpoint(built.checkpoint);
         loop {
+            // Up to the head as a build goes, however far behind (after a
+            // stop, an import): read ahead, written back. Then batch by
+            // batch, each one committed.
+            match self.fold_to_head(&mut built, self.page, on_checkpoint).await {
+                Ok(()) => {}
+                Err(ProjectionError::Fenced { .. }) => {
+                    built.refolds = Refolds::default();
+                    built = self.start(&quiet).await?;
+                    on_checkpoint(built.checkpoint);
+                    continue;
+                }
+                Err(ProjectionError::Store(err)) => return Err(err.into()),
+            }
             let mut subscription = self.log.subscribe(built.checkpoint.next(), followed_filter()).await?;
-            loop {
+            let fenced = loop {
                 self.start_refold(&mut built);
                 let step = match built.refolds.active.as_mut() {
                     None => Step::Batch(subscription.next_batch().await?),
@@ -998,22 +1073,33 @@ impl Runner {
                         }
                     }
                 };
-                let applied = match step {
-                    Step::Batch(batch) => self.apply_beside_refold(&mut built, &batch).await,
-                    Step::Refolded(fresh) => self.finish_refold(&mut built, *fresh).await,
+                let (applied, events) = match step {
+                    Step::Batch(batch) => (self.apply_beside_refold(&mut built, &batch).await, batch.len()),
+                    Step::Refolded(fresh) => (self.finish_refold(&mut built, *fresh).await, 0),
                 };
                 match applied {
                     Ok(()) => on_checkpoint(built.checkpoint),
                     // Another process promoted a generation: load it.
-                    Err(ProjectionError::Fenced { .. }) => break,
+                    Err(ProjectionError::Fenced { .. }) => break true,
                     Err(ProjectionError::Store(err)) => return Err(err.into()),
                 }
+                // Fallen far behind (an import, a burst from many clients),
+                // with no re-derivation under way that the loop must poll:
+                // up to the head as at a start, then batch by batch again.
+                if events >= BEHIND_BATCH && built.refolds.active.is_none() {
+                    let head = self.log.head().await?;
+                    if head.0.saturating_sub(built.checkpoint.0) > self.page as u64 {
+                        break false;
+                    }
+                }
+            };
+            if fenced {
+                // A re-derivation under way may hold a write to the store: it
+                // goes before the start writes.
+                built.refolds = Refolds::default();
+                built = self.start(&quiet).await?;
+                on_checkpoint(built.checkpoint);
             }
-            // A re-derivation under way may hold a write to the store: it
-            // goes before the start writes.
-            built.refolds = Refolds::default();
-            built = self.start(&quiet).await?;
-            on_checkpoint(built.checkpoint);
         }
     }
 

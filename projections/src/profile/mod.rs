@@ -218,6 +218,12 @@ impl Profiles {
         std::mem::take(&mut self.changes)
     }
 
+    /// How many live profiles changed since [`Profiles::take_changes`] was
+    /// last called.
+    pub fn changed(&self) -> usize {
+        self.changes.touched.len()
+    }
+
     /// These profiles with `rules` for `workspace`; see
     /// [`IdentityGraph::with_rules`].
     pub fn with_rules(mut self, workspace: WorkspaceId, rules: IdentityRules) -> Profiles {

@@ -47,7 +47,8 @@ pub struct ScaleArgs {
     /// Destinations of the second restart and of the second backfill.
     #[arg(long, default_value_t = 5)]
     destinations: usize,
-    /// Events each destination's backfill delivers (the newest ones).
+    /// Events each destination's backfill delivers (the newest ones), and
+    /// events appended while the projection is stopped, for its catch-up.
     #[arg(long, default_value_t = 100_000)]
     backfill: u64,
     /// The profiles cache budget in MB, as `onepd serve --read-cache-mb`.
@@ -93,6 +94,12 @@ fn print(f: &Value) {
         f["build_events_per_second"].as_f64().unwrap_or(0.0),
         f["build_ratio_to_read"].as_f64().unwrap_or(0.0),
         f["build_peak_rss_mb"].as_f64().unwrap_or(0.0)
+    ));
+    line(format!(
+        "  projection catch-up after a stop   {:>9.0} events/s   {} events appended while it was down; peak RSS {:.0} MB",
+        f["catch_up_events_per_second"].as_f64().unwrap_or(0.0),
+        f["catch_up_events"],
+        f["catch_up_peak_rss_mb"].as_f64().unwrap_or(0.0)
     ));
     for restart in f["restarts"].as_array().into_iter().flatten() {
         line(format!(
@@ -369,6 +376,21 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
             past.push(started.elapsed());
         }
     }
+    // Catch-up, last (its events would change what the steps above read):
+    // events appended while no projection ran (`--backfill` of them), then
+    // the projection started on its checkpoint, as `serve` after a stop or
+    // an import, until it reaches the head.
+    append_live(&log, workload, args.backfill as usize).await?;
+    let head = log.head().await?;
+    reset_peak();
+    let started = Instant::now();
+    let projection = ProfilesProjection::spawn(log.clone(), profiles.clone(), cache);
+    tokio::time::timeout(Duration::from_secs(3_600), projection.caught_up(head))
+        .await
+        .context("the projection did not catch up within an hour")?;
+    let catch_up_seconds = started.elapsed().as_secs_f64();
+    let catch_up_peak = peak_mb();
+    projection.stop();
     log.close().await;
     store.close().await;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -379,6 +401,8 @@ async fn measure(workload: &Workload, args: &ScaleArgs) -> anyhow::Result<Value>
         "read_events_per_second": read_rate, "read_ratio_to_raw": read_rate / raw_rate,
         "build_seconds": build_seconds, "build_events_per_second": build_rate,
         "build_ratio_to_read": build_rate / read_rate, "build_peak_rss_mb": build_peak,
+        "catch_up_events": args.backfill, "catch_up_seconds": catch_up_seconds,
+        "catch_up_events_per_second": args.backfill as f64 / catch_up_seconds, "catch_up_peak_rss_mb": catch_up_peak,
         "restarts": restarts, "backfills": backfills, "serve": served,
         "reads": args.reads,
         "get_profile_p99_ms": ms(percentile(&now, 0.99)), "point_in_time_p99_ms": ms(percentile(&past, 0.99)),
