@@ -282,7 +282,7 @@ proptest! {
 }
 
 /// A build writes back: the profiles it changed stay in memory, unwritten,
-/// only until they take a quarter of the cache's budget, then are written
+/// only until they take an eighth of the cache's budget, then are written
 /// and may leave the cache. A build with a small budget never holds most of
 /// the log's profiles at once, and gives what a build writing every page
 /// gives.

@@ -445,12 +445,12 @@ impl Cache {
         self.total = self.total + bytes - before;
     }
 
-    /// Whether `changed` profiles, not yet written, take half the budget
-    /// (each as large as the average profile held): a build writes them
-    /// then.
+    /// Whether `changed` profiles, not yet written, take an eighth of the
+    /// budget (each as large as the average profile held): a build writes
+    /// them then.
     fn holds_enough(&self, changed: usize) -> bool {
         let average = self.total.checked_div(self.used.len()).unwrap_or(UNMEASURED_PROFILE_BYTES).max(1);
-        changed.saturating_mul(average) >= self.budget / 4
+        changed.saturating_mul(average) >= self.budget / 8
     }
 
     fn forget(&mut self, workspace: WorkspaceId, profile: ProfileId) {
@@ -691,7 +691,7 @@ impl Runner {
     /// Builds a new generation from position 0 up to the log's head, beside
     /// the live one, without promoting it, in the cache's bounded memory:
     /// page by page, with a commit whenever the profiles changed since the
-    /// last one take half the cache's budget, and at the end.
+    /// last one take an eighth of the cache's budget, and at the end.
     pub async fn build(&self, progress: Progress<'_>) -> Result<Built, StoreError> {
         let head = self.log.head().await?;
         let facts = read_facts(self.log.as_ref(), head).await?;
@@ -727,7 +727,7 @@ impl Runner {
                 built.fold.apply(&page.events);
                 folded = end;
                 // Written back: the profiles the pages changed stay in the
-                // cache, unwritten, until they take half its budget. A
+                // cache, unwritten, until they take an eighth of its budget. A
                 // profile changed again and again is written once, not once
                 // a page.
                 if built.cache.holds_enough(built.fold.profiles.changed()) {
@@ -792,7 +792,7 @@ impl Runner {
     /// Folds everything after `built.checkpoint` up to the log's head, read
     /// ahead `page` events at a time (the next pages are read while one is
     /// folded), and written back as a build writes: the profiles changed
-    /// stay unwritten until they take a quarter of the cache's budget, or
+    /// stay unwritten until they take an eighth of the cache's budget, or
     /// until an operator fact's marker must be committed with the
     /// checkpoint that passes the fact, and at the head. The
     /// re-derivations the facts ask for are queued, not run.
