@@ -1052,9 +1052,7 @@ impl Runner {
             match self.fold_to_head(&mut built, self.page, on_checkpoint).await {
                 Ok(()) => {}
                 Err(ProjectionError::Fenced { .. }) => {
-                    built.refolds = Refolds::default();
-                    built = self.start(&quiet).await?;
-                    on_checkpoint(built.checkpoint);
+                    self.start_over(&mut built, on_checkpoint).await?;
                     continue;
                 }
                 Err(ProjectionError::Store(err)) => return Err(err.into()),
@@ -1094,13 +1092,23 @@ impl Runner {
                 }
             };
             if fenced {
-                // A re-derivation under way may hold a write to the store: it
-                // goes before the start writes.
-                built.refolds = Refolds::default();
-                built = self.start(&quiet).await?;
-                on_checkpoint(built.checkpoint);
+                self.start_over(&mut built, on_checkpoint).await?;
             }
         }
+    }
+
+    /// Starts over after being fenced (another process promoted a
+    /// generation): loads the live one. A re-derivation under way may hold
+    /// a write to the store: it goes before the start writes.
+    async fn start_over(
+        &self,
+        built: &mut Built,
+        on_checkpoint: &(dyn Fn(Position) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        built.refolds = Refolds::default();
+        *built = self.start(&|_, _| {}).await?;
+        on_checkpoint(built.checkpoint);
+        Ok(())
     }
 
     /// Applies a followed batch while the re-derivation under way (if any)
