@@ -928,3 +928,55 @@ async fn a_restarted_server_answers_as_before_and_folds_new_messages_into_the_sa
     assert_eq!(trait_text(&ann, "email").as_deref(), Some("ann@example.com"), "traits from before the restart stay");
     assert!(second.terminate().success());
 }
+
+/// A buyer's two orders, two months apart: `onepd audience evaluate` says
+/// the buyer meets "two orders within 90 days" now, from which events, and
+/// when the older order leaves the window; as of a time between the two
+/// orders' arrival they did not; a condition that does not hold exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_condition_is_evaluated_for_one_person_now_and_as_of_a_past_time() {
+    let deployment = Deployment::sqlite().await;
+    let reader = &deployment.reader;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let day = 24 * 3_600 * 1_000_000_i64;
+    let at = |micros: i64| onepd_domain::Timestamp(micros).to_rfc3339();
+    let order = |message_id: &str, days_ago: i64, revenue: f64| {
+        let mut message = track(message_id, "buyer-1", "Order Completed");
+        message["timestamp"] = json!(at(now - days_ago * day));
+        message["properties"] = json!({"revenue": revenue, "currency": "EUR"});
+        message
+    };
+    deployment
+        .send(vec![identify("aud-id", "buyer-1", None, json!({"email": "Buyer@Example.com", "plan": "pro"}))])
+        .await;
+    deployment.send(vec![order("aud-order-1", 60, 120.0)]).await;
+    reader.profile_where("user_id", "buyer-1", "the first order is projected", |p| p.event_count >= 2).await;
+    let between = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    deployment.send(vec![order("aud-order-2", 10, 80.0)]).await;
+    reader.profile_where("user_id", "buyer-1", "the second order is projected", |p| p.event_count >= 3).await;
+
+    let rule = r#"performed "Order Completed" at least 2 times within 90 days and trait plan = "pro""#;
+    let verdict = deployment.cli_json(&["audience", "evaluate", rule, "--email", "buyer@example.com"]);
+    assert_eq!(verdict["holds"], true, "{verdict}");
+    let orders = &verdict["explanation"]["parts"][0];
+    assert_eq!(orders["found"], "2 events", "{verdict}");
+    assert_eq!(orders["positions"].as_array().map(Vec::len), Some(2), "{verdict}");
+    let edge = onepd_domain::Timestamp::parse_rfc3339(verdict["changes_at"].as_str().unwrap()).unwrap();
+    assert_eq!(edge.0 / 1_000, (now - 60 * day + 90 * day) / 1_000, "the older order leaves the window then");
+
+    // As of a time before the second order arrived: one order only.
+    let then = deployment.cli(&["audience", "evaluate", rule, "--user-id", "buyer-1", "--at", &at(between), "--json"]);
+    assert_eq!(then.status.code(), Some(1), "{}", String::from_utf8_lossy(&then.stderr));
+    let then: Value = serde_json::from_slice(&then.stdout).unwrap();
+    assert_eq!(then["explanation"]["parts"][0]["found"], "1 event", "{then}");
+
+    let filtered = r#"performed "Order Completed" with revenue > 100, currency = "EUR" exactly 1 time"#;
+    let verdict = deployment.cli_json(&["audience", "evaluate", filtered, "--user-id", "buyer-1"]);
+    assert_eq!(verdict["holds"], true, "{verdict}");
+
+    let bad = deployment.cli(&["audience", "evaluate", "performed Order", "--user-id", "buyer-1"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("column 11: expected an event name in quotes"));
+    deployment.stop();
+}

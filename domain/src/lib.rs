@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! * [`audience`] — the condition language audiences are defined in, and
+//!   its evaluation against one person as of one time.
 //! * [`envelope`] — what an event is: ids, positions, streams, the event to
 //!   append ([`NewEvent`]) and the event as read back ([`RecordedEvent`]).
 //! * [`chain`] — the SHA-256 hash chain over the stored bytes of each event.
@@ -30,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audience;
 pub mod chain;
 pub mod consent;
 pub mod destination;

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! * [`access`] — the valid admin tokens.
+//! * [`audience`] — one profile as an audience condition reads it.
 //! * [`activation`] — which events a destination receives and in what form,
 //!   and its delivery ledger folded.
 //! * [`directory`] — workspaces, sources, write keys, tracking plans.
@@ -21,6 +22,7 @@
 
 pub mod access;
 pub mod activation;
+pub mod audience;
 pub mod directory;
 pub mod identity;
 pub mod profile;

@@ -1,6 +1,7 @@
 //! The subcommands, one per file.
 
 mod adapter;
+mod audience;
 mod bench;
 mod deliveries;
 mod destination;
@@ -73,6 +74,9 @@ enum Command {
     /// Read unified profiles: get one (now or as of a past point), explain a merge.
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
+    /// Audience conditions: check one, or evaluate it for one person (now or as of a time).
+    #[command(subcommand)]
+    Audience(audience::AudienceCommand),
     /// Block or unblock identifiers, split profiles, change or try identity rules.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
@@ -117,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rejected(command) => rejected::run(command).await,
         Command::Policy(command) => policy::run(command).await,
         Command::Profile(command) => profile::run(command).await,
+        Command::Audience(command) => audience::run(command).await,
         Command::Identity(command) => identity::run(command).await,
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Quarantine(command) => quarantine::run(command).await,

@@ -141,7 +141,7 @@ pub fn parse_as_of(text: &str) -> anyhow::Result<AsOf> {
 }
 
 /// The profiles read model beside the event log of `scope`.
-async fn reader(
+pub(super) async fn reader(
     scope: &directory::Scope,
 ) -> anyhow::Result<(ProfileReader, onepd_adapters::EventLog, onepd_domain::WorkspaceId)> {
     let (log, _, workspace) = directory::open(scope).await?;

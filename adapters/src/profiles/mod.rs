@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use onepd_domain::identity::{Identifier, ProfileId};
 use onepd_domain::{EventStore, Position, ProjectionStore, StoreError, Timestamp, WorkspaceId};
+use onepd_projections::audience::PersonFacts;
 use onepd_projections::identity::{HeldBack, Link, Merge};
 use onepd_projections::profile::{FOLDED_PARTS, Lookup, Profile, ProfileDoc, TimelineEntry, timeline_entry_of};
 use onepd_projections::runner::{IDENTIFIER_DOCS, MEMBER_DOCS, PROFILE_DOCS, PROFILES, identifier_key};
@@ -122,6 +123,34 @@ impl ProfileReader {
         // Folded only: decoded in the parts the fold reads.
         let events = self.log.read_parts_at(workspace, &past.positions, FOLDED_PARTS).await?;
         Ok(Some(past.fold(&events)))
+    }
+
+    /// The profile `lookup` names as an audience condition reads it, now
+    /// or as it stood at `as_of`: its traits, groups and every one of its
+    /// events up to then, read back from the log whole (so that filters
+    /// can read their properties).
+    pub async fn person(
+        &self,
+        workspace: WorkspaceId,
+        lookup: &Lookup,
+        as_of: Option<AsOf>,
+    ) -> Result<Option<PersonFacts>, StoreError> {
+        let Some(doc) = self.doc(workspace, lookup).await? else { return Ok(None) };
+        let (profile, positions) = match as_of {
+            None => {
+                let positions = doc.timeline_page(None, usize::MAX).into_iter().map(|(position, _)| position);
+                (doc.profile(), positions.collect::<Vec<_>>())
+            }
+            Some(as_of) => {
+                let position = self.position(as_of).await?;
+                let Some(past) = doc.as_of(position, lookup) else { return Ok(None) };
+                let positions = past.positions.clone();
+                let folded = self.log.read_parts_at(workspace, &positions, FOLDED_PARTS).await?;
+                (past.fold(&folded), positions)
+            }
+        };
+        let events = self.log.read_at(workspace, &positions).await?;
+        Ok(Some(PersonFacts::of(&profile, &events)))
     }
 
     /// Up to `limit` events of the profile `lookup` names, newest first,
