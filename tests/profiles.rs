@@ -975,6 +975,23 @@ async fn an_audience_condition_is_evaluated_for_one_person_now_and_as_of_a_past_
     let verdict = deployment.cli_json(&["audience", "evaluate", filtered, "--user-id", "buyer-1"]);
     assert_eq!(verdict["holds"], true, "{verdict}");
 
+    // Saved audiences: one naming another is the other's definition, for the same person and time.
+    let buyers = r#"performed "Order Completed" at least 2 times within 90 days"#;
+    assert_eq!(deployment.cli_json(&["audience", "define", "buyers", buyers])["replaced"], false);
+    deployment.cli_json(&["audience", "define", "vip", r#"in audience "buyers" and trait plan = "pro""#]);
+    let listed = deployment.cli_json(&["audience", "list"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["buyers", "vip"]);
+    let vip = deployment.cli_json(&["audience", "evaluate", "vip", "--audience", "--user-id", "buyer-1"]);
+    assert_eq!(vip["holds"], true, "{vip}");
+    assert_eq!(vip["explanation"]["parts"][0]["condition"], r#"in audience "buyers""#);
+    let then =
+        deployment.cli(&["audience", "evaluate", "vip", "--audience", "--user-id", "buyer-1", "--at", &at(between)]);
+    assert_eq!(then.status.code(), Some(1), "not yet a buyer then: {}", String::from_utf8_lossy(&then.stdout));
+    let refused = deployment.cli(&["audience", "remove", "buyers"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(r#"audience "vip" names it"#));
+
     let bad = deployment.cli(&["audience", "evaluate", "performed Order", "--user-id", "buyer-1"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("column 11: expected an event name in quotes"));

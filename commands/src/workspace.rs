@@ -9,8 +9,9 @@
 //! Keys and tokens are returned once to the caller and only their SHA-256 is
 //! put in an event. Randomness and ids come in as arguments.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use onepd_domain::events::audience::{AudienceDefined, AudienceRemoved};
 use onepd_domain::events::destination::{DestinationCreated, DestinationPaused, DestinationResumed};
 use onepd_domain::events::workspace::{
     AdminTokenIssued, AdminTokenRevoked, Industry, PlanMode, SourceCreated, SourceKind, TokenScope, TrackingPlanSet,
@@ -110,6 +111,14 @@ pub enum ConfigError {
     /// A destination configuration or change that cannot be made.
     #[error("destination: {0}")]
     InvalidDestination(String),
+    /// An audience definition or removal that cannot be made.
+    #[error("audience {name:?}: {reason}")]
+    InvalidAudience {
+        /// The audience.
+        name: String,
+        /// Why, naming the part of the condition.
+        reason: String,
+    },
 }
 
 /// A key or token to hand to its owner once, and the event recording its hash.
@@ -152,6 +161,7 @@ pub struct WorkspaceConfig {
     credentials: HashMap<Uuid, Credential>,
     facts: onepd_domain::events::identity::IdentityFacts,
     destinations: HashMap<Uuid, DestinationState>,
+    audiences: BTreeMap<String, AudienceDefined>,
 }
 
 impl WorkspaceConfig {
@@ -212,6 +222,16 @@ impl WorkspaceConfig {
                         self.credentials.get_mut(&revoked.token_id)
                 {
                     *flag = true;
+                }
+            }
+            AudienceDefined::TYPE => {
+                if let Ok(defined) = serde_json::from_value::<AudienceDefined>(data.clone()) {
+                    self.audiences.insert(defined.name.clone(), defined);
+                }
+            }
+            AudienceRemoved::TYPE => {
+                if let Ok(removed) = serde_json::from_value::<AudienceRemoved>(data.clone()) {
+                    self.audiences.remove(&removed.name);
                 }
             }
             DestinationCreated::TYPE => {
@@ -430,6 +450,99 @@ impl WorkspaceConfig {
         ))
     }
 
+    /// The workspace's audiences by name, as last defined.
+    pub fn audiences(&self) -> &BTreeMap<String, AudienceDefined> {
+        &self.audiences
+    }
+
+    /// Decides the event that defines audience `name` (or replaces its
+    /// definition), after checking the name, the condition, and that every
+    /// audience it names exists and none leads back to it.
+    pub fn define_audience(
+        &self,
+        workspace: WorkspaceId,
+        defined: AudienceDefined,
+        actor: &str,
+    ) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        let invalid = |reason: String| ConfigError::InvalidAudience { name: defined.name.clone(), reason };
+        let name = defined.name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            return Err(invalid("the name must be 1 to 100 characters, none of them control characters".into()));
+        }
+        if name != defined.name {
+            return Err(invalid("the name must not start or end with spaces".into()));
+        }
+        defined.condition.validate().map_err(invalid)?;
+        for named in defined.condition.audiences() {
+            if named == defined.name {
+                return Err(invalid("its condition names the audience itself".into()));
+            }
+            if !self.audiences.contains_key(named) {
+                return Err(invalid(format!("its condition names audience {named:?}, which is not defined")));
+            }
+            if let Some(path) = self.path_to(named, &defined.name) {
+                return Err(invalid(format!(
+                    "its condition names audience {named:?}, which leads back to it ({})",
+                    path.join(" → ")
+                )));
+            }
+        }
+        let id = format!("AudienceDefined/{}", self.version + 1);
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            AudienceDefined::TYPE,
+            1,
+            serde_json::to_value(&defined).expect("serializable"),
+            actor,
+        ))
+    }
+
+    /// Decides the event that removes audience `name`, unless another
+    /// audience names it.
+    pub fn remove_audience(&self, workspace: WorkspaceId, name: &str, actor: &str) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        let invalid = |reason: String| ConfigError::InvalidAudience { name: name.to_owned(), reason };
+        if !self.audiences.contains_key(name) {
+            return Err(invalid("not defined in this workspace".into()));
+        }
+        if let Some(user) = self.audiences.values().find(|other| other.condition.audiences().contains(&name)) {
+            return Err(invalid(format!("audience {:?} names it; change or remove that one first", user.name)));
+        }
+        let id = format!("AudienceRemoved/{}", self.version + 1);
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            AudienceRemoved::TYPE,
+            1,
+            serde_json::to_value(AudienceRemoved { name: name.to_owned() }).expect("serializable"),
+            actor,
+        ))
+    }
+
+    /// The audiences from `from` to `to` through what their conditions
+    /// name, if `to` can be reached.
+    fn path_to(&self, from: &str, to: &str) -> Option<Vec<String>> {
+        let mut stack = vec![vec![from.to_owned()]];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(path) = stack.pop() {
+            let last = path.last().expect("never empty");
+            if last == to {
+                return Some(path);
+            }
+            if !seen.insert(last.clone()) {
+                continue;
+            }
+            for next in self.audiences.get(last).map(|a| a.condition.audiences()).unwrap_or_default() {
+                let mut longer = path.clone();
+                longer.push(next.to_owned());
+                stack.push(longer);
+            }
+        }
+        None
+    }
+
     fn existing(&self, workspace: WorkspaceId) -> Result<(), ConfigError> {
         match (&self.created, self.workspace) {
             (Some(_), Some(id)) if id == workspace => Ok(()),
@@ -565,6 +678,62 @@ mod tests {
         let stored = serde_json::to_string(&boot.request.events.iter().map(|e| &e.data).collect::<Vec<_>>()).unwrap();
         assert!(!stored.contains(&boot.admin_token) && !stored.contains(&boot.write_key));
         assert!(stored.contains(&token_sha256(&boot.write_key)));
+    }
+
+    fn audience(name: &str, condition: &str) -> AudienceDefined {
+        let condition = onepd_domain::audience::parse(condition).unwrap();
+        AudienceDefined { name: name.into(), condition, description: None }
+    }
+
+    #[test]
+    fn audiences_are_defined_replaced_and_removed_unless_another_names_them() {
+        let workspace = WorkspaceId(Uuid::from_u128(1));
+        let mut config = configured(workspace);
+        let buyers = config.define_audience(workspace, audience("buyers", r#"performed "Order Completed""#), "t");
+        config.record(&buyers.unwrap());
+        let vip = audience("vip", r#"in audience "buyers" and trait plan = "pro""#);
+        config.record(&config.define_audience(workspace, vip, "t").unwrap());
+        let again = audience("buyers", r#"performed "Order Completed" at least 2 times"#);
+        config.record(&config.define_audience(workspace, again, "t").unwrap());
+        assert_eq!(config.audiences().len(), 2);
+        assert_eq!(
+            config.audiences()["buyers"].condition.to_string(),
+            r#"performed "Order Completed" at least 2 times"#
+        );
+
+        let err = config.remove_audience(workspace, "buyers", "t").unwrap_err();
+        assert_eq!(err.to_string(), r#"audience "buyers": audience "vip" names it; change or remove that one first"#);
+        config.record(&config.remove_audience(workspace, "vip", "t").unwrap());
+        config.record(&config.remove_audience(workspace, "buyers", "t").unwrap());
+        assert!(config.audiences().is_empty());
+        let err = config.remove_audience(workspace, "buyers", "t").unwrap_err();
+        assert_eq!(err.to_string(), r#"audience "buyers": not defined in this workspace"#);
+    }
+
+    #[test]
+    fn an_audience_naming_itself_an_unknown_one_or_a_cycle_is_refused() {
+        let workspace = WorkspaceId(Uuid::from_u128(1));
+        let mut config = configured(workspace);
+        for (name, condition) in [("a", r#"in group "g""#), ("b", r#"in audience "a""#), ("c", r#"in audience "b""#)] {
+            config.record(&config.define_audience(workspace, audience(name, condition), "t").unwrap());
+        }
+        let cases = [
+            (
+                audience("a", r#"in audience "c""#),
+                r#"audience "a": its condition names audience "c", which leads back to it (c → b → a)"#,
+            ),
+            (audience("d", r#"in audience "d""#), r#"audience "d": its condition names the audience itself"#),
+            (
+                audience("d", r#"in audience "e""#),
+                r#"audience "d": its condition names audience "e", which is not defined"#,
+            ),
+            (audience(" d", r#"in group "g""#), r#"audience " d": the name must not start or end with spaces"#),
+            (audience("", r#"in group "g""#), r#"audience "": the name must be 1 to 100 characters"#),
+        ];
+        for (defined, expected) in cases {
+            let err = config.define_audience(workspace, defined, "t").unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! `onepd audience check|evaluate`: the audience condition language, tried
-//! on its own or against one person's profile, now or as of a past time.
+//! `onepd audience define|list|remove|check|evaluate`: a workspace's
+//! audiences, and the condition language they are written in, tried on its
+//! own or against one person's profile, now or as of a past time.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use onepd_adapters::profiles::AsOf;
 use onepd_domain::Timestamp;
-use onepd_domain::audience::{Condition, Explanation, evaluate, parse};
+use onepd_domain::audience::{Condition, Explanation, WithAudiences, evaluate, parse};
+use onepd_domain::events::audience::AudienceDefined;
 use onepd_projections::profile::Lookup;
 use serde_json::json;
 
@@ -17,11 +20,53 @@ use crate::output;
 
 #[derive(Debug, Subcommand)]
 pub enum AudienceCommand {
+    /// Define an audience, or replace its definition.
+    Define(DefineArgs),
+    /// List the workspace's audiences with their conditions.
+    List(ListArgs),
+    /// Remove an audience (refused while another names it).
+    Remove(RemoveArgs),
     /// Check a condition and print it back in its readable and JSON forms.
     Check(CheckArgs),
     /// Evaluate a condition for one person: whether they meet it, why, and
     /// when it changes by itself (exit 0 when they meet it, 1 when not).
     Evaluate(Box<EvaluateArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct DefineArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The audience's name, unique in the workspace.
+    name: String,
+    /// Who is in it: a condition, readable or as JSON.
+    condition: String,
+    /// What it is for.
+    #[arg(long)]
+    description: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The audience's name.
+    name: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -38,8 +83,12 @@ pub struct CheckArgs {
 pub struct EvaluateArgs {
     #[command(flatten)]
     target: directory::Scope,
-    /// The condition, readable or as JSON.
+    /// The condition, readable or as JSON, or the name of a defined
+    /// audience with `--audience`.
     condition: String,
+    /// Read CONDITION as the name of one of the workspace's audiences.
+    #[arg(long)]
+    audience: bool,
     #[command(flatten)]
     which: Which,
     /// Evaluate as of this RFC 3339 time: the profile as it stood then and
@@ -54,6 +103,9 @@ pub struct EvaluateArgs {
 pub async fn run(command: AudienceCommand) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
     match command {
+        AudienceCommand::Define(args) => define(args).await,
+        AudienceCommand::List(args) => list(args).await,
+        AudienceCommand::Remove(args) => remove(args).await,
         AudienceCommand::Check(args) => check(args),
         AudienceCommand::Evaluate(args) => evaluate_one(*args).await,
     }
@@ -80,8 +132,59 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn evaluate_one(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
+async fn define(args: DefineArgs) -> anyhow::Result<ExitCode> {
     let condition = condition(&args.condition)?;
+    let (log, _, workspace) = directory::open(&args.target).await?;
+    let config = directory::config(&log, workspace).await?;
+    let replaced = config.audiences().contains_key(&args.name);
+    let defined = AudienceDefined { name: args.name.clone(), condition, description: args.description };
+    let event = config.define_audience(workspace, defined, "onepd audience define")?;
+    let position = directory::append(&log, workspace, &config, vec![event]).await?;
+    log.close().await;
+    if args.json {
+        output::json(&json!({ "name": args.name, "replaced": replaced, "position": position.0 }));
+    } else {
+        let verb = if replaced { "redefined" } else { "defined" };
+        output::line(format!("audience {:?} {verb} at position {}", args.name, position.0));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let (log, _, workspace) = directory::open(&args.target).await?;
+    let config = directory::config(&log, workspace).await;
+    log.close().await;
+    let config = config?;
+    if args.json {
+        let audiences: Vec<_> = (config.audiences().values())
+            .map(|a| json!({ "name": a.name, "condition": a.condition.to_string(), "json": a.condition, "description": a.description }))
+            .collect();
+        output::json(&json!(audiences));
+    } else if config.audiences().is_empty() {
+        output::line("no audiences");
+    } else {
+        for audience in config.audiences().values() {
+            output::line(format!("{}: {}", audience.name, audience.condition));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let (log, _, workspace) = directory::open(&args.target).await?;
+    let config = directory::config(&log, workspace).await?;
+    let event = config.remove_audience(workspace, &args.name, "onepd audience remove")?;
+    let position = directory::append(&log, workspace, &config, vec![event]).await?;
+    log.close().await;
+    if args.json {
+        output::json(&json!({ "name": args.name, "position": position.0 }));
+    } else {
+        output::line(format!("audience {:?} removed at position {}", args.name, position.0));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn evaluate_one(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let lookup = lookup(&args.which)?;
     let at = match args.at.as_deref() {
         Some(text) => Some(
@@ -91,8 +194,19 @@ async fn evaluate_one(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let (reader, log, workspace) = reader(&args.target).await?;
+    let config = directory::config(&log, workspace).await;
     let person = reader.person(workspace, &lookup, at.map(AsOf::Time)).await;
     log.close().await;
+    let config = config?;
+    let definitions: BTreeMap<String, Condition> =
+        config.audiences().iter().map(|(name, a)| (name.clone(), a.condition.clone())).collect();
+    let condition = if args.audience {
+        definitions.get(&args.condition).cloned().with_context(|| {
+            format!("audience {:?}: not defined in this workspace (see onepd audience list)", args.condition)
+        })?
+    } else {
+        condition(&args.condition)?
+    };
     let Some(person) = person.context("reading the profile")? else {
         let what = match &lookup {
             Lookup::Identifier(identifier) => identifier.to_string(),
@@ -101,6 +215,7 @@ async fn evaluate_one(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
         bail!("{what}: no profile holds it{}", if at.is_some() { " at that time" } else { "" });
     };
     let now = at.unwrap_or_else(now);
+    let person = WithAudiences { person: &person, definitions: &definitions, now };
     let verdict = evaluate(&condition, &person, now);
     if args.json {
         output::json(&json!({

@@ -91,6 +91,42 @@ pub fn evaluate(condition: &Condition, person: &dyn Person, now: Timestamp) -> V
     Verdict { holds: explanation.holds, changes_at: edges, explanation }
 }
 
+/// A person whose membership of other audiences is their definitions,
+/// evaluated for the same person at the same time: what `in audience "x"`
+/// means before memberships are kept. The definitions must not name
+/// themselves, directly or through others (defining an audience checks
+/// this), or evaluation would not end.
+pub struct WithAudiences<'a> {
+    /// The person.
+    pub person: &'a dyn Person,
+    /// The workspace's audiences by name.
+    pub definitions: &'a std::collections::BTreeMap<String, Condition>,
+    /// The evaluation time.
+    pub now: Timestamp,
+}
+
+impl Person for WithAudiences<'_> {
+    fn trait_value(&self, name: &str) -> Option<&Value> {
+        self.person.trait_value(name)
+    }
+
+    fn computed_trait(&self, name: &str) -> Option<&Value> {
+        self.person.computed_trait(name)
+    }
+
+    fn events(&self, name: &str) -> Vec<EventFact<'_>> {
+        self.person.events(name)
+    }
+
+    fn in_group(&self, group: &str) -> bool {
+        self.person.in_group(group)
+    }
+
+    fn in_audience(&self, audience: &str) -> bool {
+        self.definitions.get(audience).is_some_and(|condition| evaluate(condition, self, self.now).holds)
+    }
+}
+
 fn explain(condition: &Condition, person: &dyn Person, now: Timestamp, edge: &mut Option<Timestamp>) -> Explanation {
     let leaf = |holds: bool, found: String, positions: Vec<Position>| Explanation {
         condition: condition.to_string(),

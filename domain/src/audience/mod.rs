@@ -31,5 +31,5 @@ pub mod evaluate;
 pub mod syntax;
 
 pub use condition::{Comparison, Condition, Count, EventCondition, Operator, PropertyFilter, ValueCondition, Window};
-pub use evaluate::{EventFact, Explanation, Person, Verdict, evaluate};
+pub use evaluate::{EventFact, Explanation, Person, Verdict, WithAudiences, evaluate};
 pub use syntax::{ParseError, parse};

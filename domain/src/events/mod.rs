@@ -2,6 +2,7 @@
 //! `event_type` is the type's name and never changes; a new shape gets a new
 //! `schema_version` and an upcaster.
 
+pub mod audience;
 pub mod destination;
 pub mod erasure;
 pub mod identity;
