@@ -997,3 +997,54 @@ async fn an_audience_condition_is_evaluated_for_one_person_now_and_as_of_a_past_
     assert!(String::from_utf8_lossy(&bad.stderr).contains("column 11: expected an event name in quotes"));
     deployment.stop();
 }
+
+/// Three people, one order apart: `onepd audience preview` counts who meets
+/// "two orders" now and as of a time before the last order arrived, with a
+/// sample of their profiles, scanning every profile of the workspace.
+async fn an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past_time(deployment: Deployment) {
+    let reader = &deployment.reader;
+    let order = |message_id: &str, user: &str| {
+        let mut message = track(message_id, user, "Order Completed");
+        message["properties"] = json!({"revenue": 10});
+        message
+    };
+    deployment
+        .send(vec![order("pv-1", "b1"), order("pv-2", "b1"), order("pv-3", "b2"), page("pv-4", "a3", "Home")])
+        .await;
+    reader.profile_where("user_id", "b2", "the first orders are projected", |p| p.event_count >= 1).await;
+    reader.profile_where("anonymous_id", "a3", "the page is projected", |_| true).await;
+    let between = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    deployment.send(vec![order("pv-5", "b2")]).await;
+    reader.profile_where("user_id", "b2", "the second order is projected", |p| p.event_count >= 2).await;
+    let b1 = reader.get("user_id", "b1").await.unwrap().id;
+    let b2 = reader.get("user_id", "b2").await.unwrap().id;
+
+    let rule = r#"performed "Order Completed" at least 2 times within 30 days"#;
+    let now = deployment.cli_json(&["audience", "preview", rule]);
+    assert_eq!((now["size"].as_u64(), now["profiles"].as_u64()), (Some(2), Some(3)), "{now}");
+    let mut sample: Vec<&str> = now["sample"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
+    sample.sort();
+    let mut expected = vec![b1.as_str(), b2.as_str()];
+    expected.sort();
+    assert_eq!(sample, expected);
+
+    let at = onepd_domain::Timestamp(between).to_rfc3339();
+    let then = deployment.cli_json(&["audience", "preview", rule, "--at", &at]);
+    assert_eq!((then["size"].as_u64(), then["sample"][0].as_str()), (Some(1), Some(b1.as_str())), "{then}");
+
+    deployment.cli_json(&["audience", "define", "repeat buyers", rule]);
+    let saved = deployment.cli_json(&["audience", "preview", "repeat buyers", "--audience", "--sample", "1"]);
+    assert_eq!((saved["size"].as_u64(), saved["sample"].as_array().map(Vec::len)), (Some(2), Some(1)), "{saved}");
+    deployment.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past_time_on_sqlite() {
+    an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past_time(Deployment::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past_time_on_postgres() {
+    an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past_time(Deployment::postgres().await).await;
+}

@@ -81,6 +81,31 @@ async fn committed_documents_read_back_in_the_order_of_the_keys(backend: Backend
     store.close().await;
 }
 
+async fn a_scan_pages_through_one_collection_of_one_workspace_in_key_order(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let (ws, other) = (workspace(1), workspace(2));
+    let generation = store.create_generation("profiles", 1).await.unwrap();
+    let mut writes: Vec<DocWrite> = ["b", "a", "é", "B", "c"].iter().map(|key| put(ws, "profile", key, key)).collect();
+    writes.push(put(ws, "identifier", "a2", "x"));
+    writes.push(put(other, "profile", "a1", "y"));
+    store.commit(generation.id, Position::START, Position(1), writes).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan(generation.id, ws, "profile", after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        seen.extend(page.into_iter().map(|(key, doc)| (key, String::from_utf8(doc).unwrap())));
+    }
+    let keys: Vec<&str> = seen.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, ["B", "a", "b", "c", "é"], "bytes order, this workspace and collection only");
+    assert!(seen.iter().all(|(key, doc)| key == doc));
+    store.close().await;
+}
+
 async fn writes_to_one_document_in_one_commit_take_effect_in_order(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
@@ -419,6 +444,7 @@ async fn the_read_store_shares_the_logs_url_but_none_of_its_tables(backend: Back
 
 conformance!(
     committed_documents_read_back_in_the_order_of_the_keys,
+    a_scan_pages_through_one_collection_of_one_workspace_in_key_order,
     writes_to_one_document_in_one_commit_take_effect_in_order,
     a_commit_with_a_stale_checkpoint_is_fenced_and_writes_nothing,
     a_commit_to_a_dropped_generation_is_fenced_and_writes_nothing,

@@ -366,6 +366,18 @@ pub trait ProjectionStore: Send + Sync {
     /// Drops a generation and its documents (an abandoned rebuild).
     async fn drop_generation(&self, generation: u64) -> Result<(), StoreError>;
 
+    /// Up to `limit` documents of one collection of a generation, in the
+    /// order of their keys (as bytes), from the first key after `after`:
+    /// a scan, page by page.
+    async fn scan(
+        &self,
+        generation: u64,
+        workspace: WorkspaceId,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
     /// The documents under `keys` in one collection of a generation, in the
     /// order of `keys`; `None` where there is none.
     async fn get(

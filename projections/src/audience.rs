@@ -34,7 +34,7 @@ impl PersonFacts {
     /// `profile` with `events`, the events of its timeline (read whole, in
     /// any order; an erased or unreadable one is left out, as the profile
     /// leaves it out).
-    pub fn of(profile: &Profile, events: &[RecordedEvent]) -> PersonFacts {
+    pub fn of<'a>(profile: &Profile, events: impl IntoIterator<Item = &'a RecordedEvent>) -> PersonFacts {
         let mut facts = PersonFacts {
             traits: profile.traits.iter().map(|(name, value)| (name.clone(), value.value.clone())).collect(),
             groups: profile.groups.keys().cloned().collect(),

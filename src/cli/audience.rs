@@ -26,6 +26,9 @@ pub enum AudienceCommand {
     List(ListArgs),
     /// Remove an audience (refused while another names it).
     Remove(RemoveArgs),
+    /// How many of the workspace's profiles meet a condition or audience,
+    /// now or as of a past time, with a sample; creates nothing.
+    Preview(PreviewArgs),
     /// Check a condition and print it back in its readable and JSON forms.
     Check(CheckArgs),
     /// Evaluate a condition for one person: whether they meet it, why, and
@@ -70,6 +73,27 @@ pub struct RemoveArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The condition, readable or as JSON, or an audience's name with `--audience`.
+    condition: String,
+    /// Read CONDITION as the name of one of the workspace's audiences.
+    #[arg(long)]
+    audience: bool,
+    /// As of this RFC 3339 time: the profiles as they stood then and
+    /// windows ending then (default: now).
+    #[arg(long)]
+    at: Option<String>,
+    /// How many of the profiles meeting it to list.
+    #[arg(long, default_value_t = 10)]
+    sample: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The condition, readable (`performed "Order Completed" at least 2
     /// times within 90 days`) or as JSON (`{"performed": {…}}`).
@@ -106,6 +130,7 @@ pub async fn run(command: AudienceCommand) -> anyhow::Result<ExitCode> {
         AudienceCommand::Define(args) => define(args).await,
         AudienceCommand::List(args) => list(args).await,
         AudienceCommand::Remove(args) => remove(args).await,
+        AudienceCommand::Preview(args) => preview(args).await,
         AudienceCommand::Check(args) => check(args),
         AudienceCommand::Evaluate(args) => evaluate_one(*args).await,
     }
@@ -184,29 +209,85 @@ async fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The workspace's audiences by name, and the condition `text` names: the
+/// audience of that name when `saved`, else the condition it is.
+fn chosen(
+    config: &onepd_commands::workspace::WorkspaceConfig,
+    text: &str,
+    saved: bool,
+) -> anyhow::Result<(BTreeMap<String, Condition>, Condition)> {
+    let definitions: BTreeMap<String, Condition> =
+        config.audiences().iter().map(|(name, a)| (name.clone(), a.condition.clone())).collect();
+    let condition = if saved {
+        definitions
+            .get(text)
+            .cloned()
+            .with_context(|| format!("audience {text:?}: not defined in this workspace (see onepd audience list)"))?
+    } else {
+        condition(text)?
+    };
+    Ok((definitions, condition))
+}
+
+fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
+    at.map(|text| {
+        Timestamp::parse_rfc3339(text.trim())
+            .with_context(|| format!("--at: expected an RFC 3339 time, found {text:?}"))
+    })
+    .transpose()
+}
+
+async fn preview(args: PreviewArgs) -> anyhow::Result<ExitCode> {
+    let at = parse_at(args.at.as_deref())?;
+    let (reader, log, workspace) = reader(&args.target).await?;
+    let chosen = match directory::config(&log, workspace).await {
+        Ok(config) => chosen(&config, &args.condition, args.audience),
+        Err(err) => Err(err),
+    };
+    let (definitions, condition) = match chosen {
+        Ok(chosen) => chosen,
+        Err(err) => {
+            log.close().await;
+            return Err(err);
+        }
+    };
+    let now = at.unwrap_or_else(now);
+    let (mut members, mut sample) = (0u64, Vec::new());
+    let scanned = reader
+        .each_person(workspace, at.map(AsOf::Time), |id, person| {
+            let person = WithAudiences { person, definitions: &definitions, now };
+            if evaluate(&condition, &person, now).holds {
+                members += 1;
+                if sample.len() < args.sample {
+                    sample.push(id.to_string());
+                }
+            }
+        })
+        .await;
+    log.close().await;
+    let profiles = scanned.context("reading the profiles")?;
+    if args.json {
+        output::json(&json!({
+            "condition": condition.to_string(), "at": now.to_rfc3339(),
+            "size": members, "profiles": profiles, "sample": sample,
+        }));
+    } else {
+        output::line(format!("{members} of {profiles} profiles as of {}: {condition}", now.to_rfc3339()));
+        for id in sample {
+            output::line(format!("  profile {id}"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn evaluate_one(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let lookup = lookup(&args.which)?;
-    let at = match args.at.as_deref() {
-        Some(text) => Some(
-            Timestamp::parse_rfc3339(text.trim())
-                .with_context(|| format!("--at: expected an RFC 3339 time, found {text:?}"))?,
-        ),
-        None => None,
-    };
+    let at = parse_at(args.at.as_deref())?;
     let (reader, log, workspace) = reader(&args.target).await?;
     let config = directory::config(&log, workspace).await;
     let person = reader.person(workspace, &lookup, at.map(AsOf::Time)).await;
     log.close().await;
-    let config = config?;
-    let definitions: BTreeMap<String, Condition> =
-        config.audiences().iter().map(|(name, a)| (name.clone(), a.condition.clone())).collect();
-    let condition = if args.audience {
-        definitions.get(&args.condition).cloned().with_context(|| {
-            format!("audience {:?}: not defined in this workspace (see onepd audience list)", args.condition)
-        })?
-    } else {
-        condition(&args.condition)?
-    };
+    let (definitions, condition) = chosen(&config?, &args.condition, args.audience)?;
     let Some(person) = person.context("reading the profile")? else {
         let what = match &lookup {
             Lookup::Identifier(identifier) => identifier.to_string(),

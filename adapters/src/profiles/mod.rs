@@ -153,6 +153,64 @@ impl ProfileReader {
         Ok(Some(PersonFacts::of(&profile, &events)))
     }
 
+    /// Every profile of `workspace` as an audience condition reads it, now
+    /// or as the profiles stood at `as_of` (a profile that merged since is
+    /// the separate profiles it was then), handed to `visit` with its id,
+    /// page by page in the order of the read store's keys. Reads every
+    /// event of the workspace's profiles: a scan, for previews and tools.
+    pub async fn each_person(
+        &self,
+        workspace: WorkspaceId,
+        as_of: Option<AsOf>,
+        mut visit: impl FnMut(ProfileId, &PersonFacts),
+    ) -> Result<u64, StoreError> {
+        const PAGE: usize = 500;
+        let Some(generation) = self.store.live(PROFILES).await? else { return Ok(0) };
+        let position = match as_of {
+            Some(as_of) => Some(self.position(as_of).await?),
+            None => None,
+        };
+        let (mut after, mut visited) = (None::<String>, 0);
+        loop {
+            let page = self.store.scan(generation.id, workspace, PROFILE_DOCS, after.as_deref(), PAGE).await?;
+            let Some((last, _)) = page.last() else { return Ok(visited) };
+            after = Some(last.clone());
+            // Each profile as it is (or was), and the positions of its events.
+            let mut people: Vec<(Profile, Vec<Position>)> = Vec::new();
+            for (_, bytes) in &page {
+                let doc: ProfileDoc =
+                    serde_json::from_slice(bytes).map_err(|err| corrupt(&format!("profile document: {err}")))?;
+                match position {
+                    None => {
+                        let positions = doc.timeline_page(None, usize::MAX).into_iter().map(|(p, _)| p).collect();
+                        people.push((doc.profile(), positions));
+                    }
+                    Some(position) => {
+                        let mut seen = std::collections::HashSet::new();
+                        for member in &doc.members {
+                            let Some(past) = doc.as_of(position, &Lookup::Profile(member.id)) else { continue };
+                            if !seen.insert(past.id) {
+                                continue;
+                            }
+                            let positions = past.positions.clone();
+                            let folded = self.log.read_parts_at(workspace, &positions, FOLDED_PARTS).await?;
+                            people.push((past.fold(&folded), positions));
+                        }
+                    }
+                }
+            }
+            let wanted: Vec<Position> = people.iter().flat_map(|(_, positions)| positions.iter().copied()).collect();
+            let events = self.log.read_at(workspace, &wanted).await?;
+            let by_position: std::collections::HashMap<Position, &onepd_domain::RecordedEvent> =
+                events.iter().map(|event| (event.position, event)).collect();
+            for (profile, positions) in &people {
+                let own = positions.iter().filter_map(|p| by_position.get(p).copied());
+                visit(profile.id, &PersonFacts::of(profile, own));
+                visited += 1;
+            }
+        }
+    }
+
     /// Up to `limit` events of the profile `lookup` names, newest first,
     /// below `before` when given; `None` when there is no such profile.
     pub async fn timeline(

@@ -240,6 +240,20 @@ impl ProjectionStore for ReadStore {
         Ok(())
     }
 
+    async fn scan(
+        &self,
+        generation: u64,
+        workspace: WorkspaceId,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.scan(generation, workspace, collection, after, limit).await,
+            Backend::Postgres(store) => store.scan(generation, workspace, collection, after, limit).await,
+        }
+    }
+
     async fn get(
         &self,
         generation: u64,

@@ -319,6 +319,28 @@ impl PostgresReadStore {
         Ok(rows.into_iter().map(Document::from).collect())
     }
 
+    pub(crate) async fn scan(
+        &self,
+        generation: u64,
+        workspace: WorkspaceId,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT key, doc FROM projection_docs WHERE generation = $1 AND workspace = $2 AND collection = $3 \
+             AND key > $4 ORDER BY key LIMIT $5",
+        )
+        .bind(generation as i64)
+        .bind(workspace.0)
+        .bind(collection)
+        .bind(after.unwrap_or(""))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("scanning documents"))
+    }
+
     pub(crate) async fn get(
         &self,
         generation: u64,
