@@ -329,7 +329,12 @@ fn check_performed(at: &str, performed: &EventCondition) -> Result<(), String> {
         return Err(format!("{at}.count: at least 0 always holds; leave the condition out"));
     }
     if let Some(window) = performed.within {
-        let days = window.micros() as f64 / Window::Days(1).micros() as f64;
+        // In days without computing microseconds, which a huge amount would overflow.
+        let days = match window {
+            Window::Days(n) => f64::from(n),
+            Window::Hours(n) => f64::from(n) / 24.0,
+            Window::Minutes(n) => f64::from(n) / 1_440.0,
+        };
         if window.amount() == 0 {
             return Err(format!("{at}.within: expected a window of at least one minute, found 0"));
         }
@@ -389,6 +394,14 @@ mod tests {
             (json!({"computed": {"name": "n", "op": "exists", "value": 1}}), "computed.value: exists takes no value"),
             (json!({"not": {"performed": {"event": "x", "within": {"days": 0}}}}), "not.performed.within: expected"),
             (json!({"performed": {"event": "x", "within": {"days": 4000}}}), "performed.within: windows are at most"),
+            (
+                json!({"performed": {"event": "x", "within": {"days": u32::MAX}}}),
+                "performed.within: windows are at most",
+            ),
+            (
+                json!({"performed": {"event": "x", "within": {"minutes": u32::MAX}}}),
+                "performed.within: windows are at most",
+            ),
             (json!({"performed": {"event": "x", "of": "y"}}), "performed.of: a window after another event"),
             (json!({"performed": {"event": "x", "count": {"at_least": 0}}}), "performed.count: at least 0"),
             (
