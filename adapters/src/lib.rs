@@ -3,6 +3,7 @@
 //! * [`store`] — the event log on SQLite and PostgreSQL;
 //! * [`readstore`] — projections' documents, beside the log;
 //! * [`activation`] — the activation engine: a subscriber per destination;
+//! * [`audiences`] — audiences defined, evaluated and previewed;
 //! * [`destinations`] — the built-in destination adapters;
 //! * [`grpc`] — the tonic services;
 //! * [`http`] — the Segment-compatible HTTP API (axum);
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod audiences;
 pub mod destinations;
 pub mod erasure;
 pub mod export;

@@ -2,15 +2,15 @@
 //! audiences, and the condition language they are written in, tried on its
 //! own or against one person's profile, now or as of a past time.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use onepd_adapters::profiles::AsOf;
-use onepd_domain::Timestamp;
-use onepd_domain::audience::{Condition, Explanation, WithAudiences, evaluate, parse};
+use onepd_adapters::EventLog;
+use onepd_adapters::audiences::{Audiences, Target, parse_condition};
+use onepd_domain::audience::{Condition, Explanation};
 use onepd_domain::events::audience::AudienceDefined;
+use onepd_domain::{Timestamp, WorkspaceId};
 use onepd_projections::profile::Lookup;
 use serde_json::json;
 
@@ -136,14 +136,27 @@ pub async fn run(command: AudienceCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A condition in either form: JSON when it starts with `{`.
 fn condition(text: &str) -> anyhow::Result<Condition> {
-    if text.trim_start().starts_with('{') {
-        let condition: Condition = serde_json::from_str(text).context("condition: not a valid JSON condition")?;
-        condition.validate().map_err(|reason| anyhow::anyhow!("condition: {reason}"))?;
-        return Ok(condition);
-    }
-    parse(text).map_err(|err| anyhow::anyhow!("condition: {err}"))
+    parse_condition(text).map_err(anyhow::Error::msg)
+}
+
+/// What CONDITION names: a saved audience when `saved`, else a condition.
+fn target(text: &str, saved: bool) -> anyhow::Result<Target> {
+    Ok(if saved { Target::Saved(text.to_owned()) } else { Target::Condition(condition(text)?) })
+}
+
+fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
+    at.map(|text| {
+        Timestamp::parse_rfc3339(text.trim())
+            .with_context(|| format!("--at: expected an RFC 3339 time, found {text:?}"))
+    })
+    .transpose()
+}
+
+/// The audiences service over the store of `scope`, and its workspace.
+async fn service(scope: &directory::Scope) -> anyhow::Result<(Audiences, EventLog, WorkspaceId)> {
+    let (reader, log, workspace) = reader(scope).await?;
+    Ok((Audiences::new(log.clone(), reader), log, workspace))
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -159,13 +172,11 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
 async fn define(args: DefineArgs) -> anyhow::Result<ExitCode> {
     let condition = condition(&args.condition)?;
-    let (log, _, workspace) = directory::open(&args.target).await?;
-    let config = directory::config(&log, workspace).await?;
-    let replaced = config.audiences().contains_key(&args.name);
+    let (audiences, log, workspace) = service(&args.target).await?;
     let defined = AudienceDefined { name: args.name.clone(), condition, description: args.description };
-    let event = config.define_audience(workspace, defined, "onepd audience define")?;
-    let position = directory::append(&log, workspace, &config, vec![event]).await?;
+    let done = audiences.define(workspace, defined, "onepd audience define").await;
     log.close().await;
+    let (position, replaced) = done?;
     if args.json {
         output::json(&json!({ "name": args.name, "replaced": replaced, "position": position.0 }));
     } else {
@@ -176,19 +187,19 @@ async fn define(args: DefineArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let (log, _, workspace) = directory::open(&args.target).await?;
-    let config = directory::config(&log, workspace).await;
+    let (audiences, log, workspace) = service(&args.target).await?;
+    let listed = audiences.list(workspace).await;
     log.close().await;
-    let config = config?;
+    let listed = listed?;
     if args.json {
-        let audiences: Vec<_> = (config.audiences().values())
+        let listed: Vec<_> = (listed.values())
             .map(|a| json!({ "name": a.name, "condition": a.condition.to_string(), "json": a.condition, "description": a.description }))
             .collect();
-        output::json(&json!(audiences));
-    } else if config.audiences().is_empty() {
+        output::json(&json!(listed));
+    } else if listed.is_empty() {
         output::line("no audiences");
     } else {
-        for audience in config.audiences().values() {
+        for audience in listed.values() {
             output::line(format!("{}: {}", audience.name, audience.condition));
         }
     }
@@ -196,11 +207,10 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
-    let (log, _, workspace) = directory::open(&args.target).await?;
-    let config = directory::config(&log, workspace).await?;
-    let event = config.remove_audience(workspace, &args.name, "onepd audience remove")?;
-    let position = directory::append(&log, workspace, &config, vec![event]).await?;
+    let (audiences, log, workspace) = service(&args.target).await?;
+    let removed = audiences.remove(workspace, &args.name, "onepd audience remove").await;
     log.close().await;
+    let position = removed?;
     if args.json {
         output::json(&json!({ "name": args.name, "position": position.0 }));
     } else {
@@ -209,71 +219,29 @@ async fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The workspace's audiences by name, and the condition `text` names: the
-/// audience of that name when `saved`, else the condition it is.
-fn chosen(
-    config: &onepd_commands::workspace::WorkspaceConfig,
-    text: &str,
-    saved: bool,
-) -> anyhow::Result<(BTreeMap<String, Condition>, Condition)> {
-    let definitions: BTreeMap<String, Condition> =
-        config.audiences().iter().map(|(name, a)| (name.clone(), a.condition.clone())).collect();
-    let condition = if saved {
-        definitions
-            .get(text)
-            .cloned()
-            .with_context(|| format!("audience {text:?}: not defined in this workspace (see onepd audience list)"))?
-    } else {
-        condition(text)?
-    };
-    Ok((definitions, condition))
-}
-
-fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
-    at.map(|text| {
-        Timestamp::parse_rfc3339(text.trim())
-            .with_context(|| format!("--at: expected an RFC 3339 time, found {text:?}"))
-    })
-    .transpose()
-}
-
 async fn preview(args: PreviewArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&args.condition, args.audience)?;
     let at = parse_at(args.at.as_deref())?;
-    let (reader, log, workspace) = reader(&args.target).await?;
-    let chosen = match directory::config(&log, workspace).await {
-        Ok(config) => chosen(&config, &args.condition, args.audience),
-        Err(err) => Err(err),
-    };
-    let (definitions, condition) = match chosen {
-        Ok(chosen) => chosen,
-        Err(err) => {
-            log.close().await;
-            return Err(err);
-        }
-    };
+    let (audiences, log, workspace) = service(&args.target).await?;
     let now = at.unwrap_or_else(now);
-    let (mut members, mut sample) = (0u64, Vec::new());
-    let scanned = reader
-        .each_person(workspace, at.map(AsOf::Time), |id, person| {
-            let person = WithAudiences { person, definitions: &definitions, now };
-            if evaluate(&condition, &person, now).holds {
-                members += 1;
-                if sample.len() < args.sample {
-                    sample.push(id.to_string());
-                }
-            }
-        })
-        .await;
+    let previewed = audiences.preview(workspace, &target, at, now, args.sample).await;
     log.close().await;
-    let profiles = scanned.context("reading the profiles")?;
+    let preview = previewed.context("previewing the audience")?;
     if args.json {
+        let sample: Vec<String> = preview.sample.iter().map(ToString::to_string).collect();
         output::json(&json!({
-            "condition": condition.to_string(), "at": now.to_rfc3339(),
-            "size": members, "profiles": profiles, "sample": sample,
+            "condition": preview.condition, "at": now.to_rfc3339(),
+            "size": preview.size, "profiles": preview.profiles, "sample": sample,
         }));
     } else {
-        output::line(format!("{members} of {profiles} profiles as of {}: {condition}", now.to_rfc3339()));
-        for id in sample {
+        output::line(format!(
+            "{} of {} profiles as of {}: {}",
+            preview.size,
+            preview.profiles,
+            now.to_rfc3339(),
+            preview.condition
+        ));
+        for id in preview.sample {
             output::line(format!("  profile {id}"));
         }
     }
@@ -281,23 +249,20 @@ async fn preview(args: PreviewArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn evaluate_one(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&args.condition, args.audience)?;
     let lookup = lookup(&args.which)?;
     let at = parse_at(args.at.as_deref())?;
-    let (reader, log, workspace) = reader(&args.target).await?;
-    let config = directory::config(&log, workspace).await;
-    let person = reader.person(workspace, &lookup, at.map(AsOf::Time)).await;
+    let (audiences, log, workspace) = service(&args.target).await?;
+    let now = at.unwrap_or_else(now);
+    let evaluated = audiences.evaluate(workspace, &target, &lookup, at, now).await;
     log.close().await;
-    let (definitions, condition) = chosen(&config?, &args.condition, args.audience)?;
-    let Some(person) = person.context("reading the profile")? else {
+    let Some(verdict) = evaluated? else {
         let what = match &lookup {
             Lookup::Identifier(identifier) => identifier.to_string(),
             Lookup::Profile(id) => format!("profile {id}"),
         };
         bail!("{what}: no profile holds it{}", if at.is_some() { " at that time" } else { "" });
     };
-    let now = at.unwrap_or_else(now);
-    let person = WithAudiences { person: &person, definitions: &definitions, now };
-    let verdict = evaluate(&condition, &person, now);
     if args.json {
         output::json(&json!({
             "holds": verdict.holds,

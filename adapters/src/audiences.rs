@@ -1,0 +1,162 @@
+//! Audiences, the service every edge shares: a workspace's audiences
+//! defined, listed and removed (events in its stream), and a condition or a
+//! saved audience evaluated for one person or previewed over every profile,
+//! now or as of a past time.
+//!
+//! **Does not:** keep membership, or send audiences anywhere.
+
+use std::collections::BTreeMap;
+
+use onepd_domain::audience::{Condition, Verdict, WithAudiences, evaluate, parse};
+use onepd_domain::events::audience::AudienceDefined;
+use onepd_domain::identity::ProfileId;
+use onepd_domain::{Position, Timestamp, WorkspaceId};
+use onepd_projections::profile::Lookup;
+
+use crate::EventLog;
+use crate::activation::admin::{AdminError, append, workspace_config};
+use crate::profiles::{AsOf, ProfileReader};
+
+/// What to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// A condition given as it is.
+    Condition(Condition),
+    /// One of the workspace's audiences, by name.
+    Saved(String),
+}
+
+/// How many profiles meet a condition, and a few of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    /// The condition, in the readable form.
+    pub condition: String,
+    /// How many profiles meet it.
+    pub size: u64,
+    /// How many profiles were evaluated.
+    pub profiles: u64,
+    /// The first of them, in the read store's order.
+    pub sample: Vec<ProfileId>,
+}
+
+/// A condition's text, as JSON when it starts with `{` and readable
+/// otherwise, checked; the error names where it is wrong.
+pub fn parse_condition(text: &str) -> Result<Condition, String> {
+    if text.trim_start().starts_with('{') {
+        let condition: Condition =
+            serde_json::from_str(text).map_err(|err| format!("condition: not a valid JSON condition: {err}"))?;
+        condition.validate().map_err(|reason| format!("condition: {reason}"))?;
+        return Ok(condition);
+    }
+    parse(text).map_err(|err| format!("condition: {err}"))
+}
+
+/// The audiences service over one log and its profiles read model.
+#[derive(Clone)]
+pub struct Audiences {
+    log: EventLog,
+    reader: ProfileReader,
+}
+
+impl std::fmt::Debug for Audiences {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audiences").finish_non_exhaustive()
+    }
+}
+
+impl Audiences {
+    /// The service over `log` and `reader`'s read model.
+    pub fn new(log: EventLog, reader: ProfileReader) -> Audiences {
+        Audiences { log, reader }
+    }
+
+    /// The workspace's audiences by name, as last defined.
+    pub async fn list(&self, workspace: WorkspaceId) -> Result<BTreeMap<String, AudienceDefined>, AdminError> {
+        Ok(workspace_config(&self.log, workspace).await?.audiences().clone())
+    }
+
+    /// Defines audience `defined.name`, or replaces its definition: the
+    /// position of the event, and whether it replaced one.
+    pub async fn define(
+        &self,
+        workspace: WorkspaceId,
+        defined: AudienceDefined,
+        actor: &str,
+    ) -> Result<(Position, bool), AdminError> {
+        let config = workspace_config(&self.log, workspace).await?;
+        let replaced = config.audiences().contains_key(&defined.name);
+        let event = config.define_audience(workspace, defined, actor)?;
+        Ok((append(&self.log, config.request(workspace, vec![event])).await?, replaced))
+    }
+
+    /// Removes audience `name`: the position of the event.
+    pub async fn remove(&self, workspace: WorkspaceId, name: &str, actor: &str) -> Result<Position, AdminError> {
+        let config = workspace_config(&self.log, workspace).await?;
+        let event = config.remove_audience(workspace, name, actor)?;
+        append(&self.log, config.request(workspace, vec![event])).await
+    }
+
+    /// Whether the person `lookup` names meets `target` at `at` (now when
+    /// `None`, the clock's `now`), and why; `None` when no profile held it
+    /// then.
+    pub async fn evaluate(
+        &self,
+        workspace: WorkspaceId,
+        target: &Target,
+        lookup: &Lookup,
+        at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Verdict>, AdminError> {
+        let (definitions, condition) = self.resolve(workspace, target).await?;
+        let Some(person) = self.reader.person(workspace, lookup, at.map(AsOf::Time)).await? else { return Ok(None) };
+        let now = at.unwrap_or(now);
+        let person = WithAudiences { person: &person, definitions: &definitions, now };
+        Ok(Some(evaluate(&condition, &person, now)))
+    }
+
+    /// How many of the workspace's profiles meet `target` at `at` (now when
+    /// `None`), with up to `sample` of them; creates nothing.
+    pub async fn preview(
+        &self,
+        workspace: WorkspaceId,
+        target: &Target,
+        at: Option<Timestamp>,
+        now: Timestamp,
+        sample: usize,
+    ) -> Result<Preview, AdminError> {
+        let (definitions, condition) = self.resolve(workspace, target).await?;
+        let now = at.unwrap_or(now);
+        let (mut size, mut ids) = (0, Vec::new());
+        let profiles = self
+            .reader
+            .each_person(workspace, at.map(AsOf::Time), |id, person| {
+                let person = WithAudiences { person, definitions: &definitions, now };
+                if evaluate(&condition, &person, now).holds {
+                    size += 1;
+                    if ids.len() < sample {
+                        ids.push(id);
+                    }
+                }
+            })
+            .await?;
+        Ok(Preview { condition: condition.to_string(), size, profiles, sample: ids })
+    }
+
+    /// Every audience's condition by name, and the condition `target` is.
+    async fn resolve(
+        &self,
+        workspace: WorkspaceId,
+        target: &Target,
+    ) -> Result<(BTreeMap<String, Condition>, Condition), AdminError> {
+        let definitions: BTreeMap<String, Condition> =
+            self.list(workspace).await?.into_iter().map(|(name, defined)| (name, defined.condition)).collect();
+        let condition = match target {
+            Target::Condition(condition) => condition.clone(),
+            Target::Saved(name) => definitions
+                .get(name)
+                .cloned()
+                .ok_or_else(|| AdminError::NotFound(format!("audience {name:?}: not defined in this workspace")))?,
+        };
+        Ok((definitions, condition))
+    }
+}
