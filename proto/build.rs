@@ -7,6 +7,7 @@ use prost::Message as _;
 
 const PROTOS: &[&str] = &[
     "onepd/admin/v1/admin.proto",
+    "onepd/audiences/v1/audiences.proto",
     "onepd/audit/v1/audit.proto",
     "onepd/destination/v1/destination.proto",
     "onepd/import/v1/import.proto",

@@ -396,6 +396,7 @@ async fn reflection_lists_the_admin_service_and_only_what_the_server_serves() {
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "onepd.admin.v1.AdminService",
+            "onepd.audiences.v1.AudienceService",
             "onepd.audit.v1.AuditService",
             "onepd.import.v1.ImportService",
             "onepd.ingest.v1.IngestService",

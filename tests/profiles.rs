@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use onepd_domain::identity::ProfileId;
 use onepd_domain::{EventId, WorkspaceId};
+use onepd_proto::audiences::v1 as ab;
+use onepd_proto::audiences::v1::audience_service_client::AudienceServiceClient;
 use onepd_proto::profiles::v1 as pb;
 use onepd_proto::profiles::v1::profile_service_client::ProfileServiceClient;
 use serde_json::{Value, json};
@@ -1036,6 +1038,51 @@ async fn an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past
     deployment.cli_json(&["audience", "define", "repeat buyers", rule]);
     let saved = deployment.cli_json(&["audience", "preview", "repeat buyers", "--audience", "--sample", "1"]);
     assert_eq!((saved["size"].as_u64(), saved["sample"].as_array().map(Vec::len)), (Some(2), Some(1)), "{saved}");
+
+    // The same over gRPC, with the admin token of the workspace.
+    let mut audiences = AudienceServiceClient::new(deployment.server.channel().await);
+    let token = &reader.token;
+    let saved_target = || Some(ab::Target { target: Some(ab::target::Target::Audience("repeat buyers".into())) });
+    let preview = audiences
+        .preview_audience(with_token(ab::PreviewAudienceRequest { target: saved_target(), at: None, sample: 0 }, token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((preview.size, preview.profiles, preview.sample.len()), (2, 3, 2));
+    let defined = ab::DefineAudienceRequest {
+        name: "one-time buyers".into(),
+        condition: r#"performed "Order Completed" exactly 1 time"#.into(),
+        description: String::new(),
+    };
+    assert!(!audiences.define_audience(with_token(defined, token)).await.unwrap().into_inner().replaced);
+    let listed = audiences.list_audiences(with_token(ab::ListAudiencesRequest {}, token)).await.unwrap().into_inner();
+    let names: Vec<&str> = listed.audiences.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["one-time buyers", "repeat buyers"]);
+    let evaluate = |kind: &str, value: &str, name: &str| ab::EvaluateAudienceRequest {
+        target: Some(ab::Target { target: Some(ab::target::Target::Audience(name.into())) }),
+        profile: Some(ab::evaluate_audience_request::Profile::Identifier(identifier(kind, value))),
+        at: None,
+    };
+    let b1_once = audiences.evaluate_audience(with_token(evaluate("user_id", "b1", "one-time buyers"), token));
+    let b1_once = b1_once.await.unwrap().into_inner();
+    assert!(!b1_once.holds);
+    assert_eq!(b1_once.explanation.unwrap().found, "2 events");
+    let nobody = audiences.evaluate_audience(with_token(evaluate("user_id", "nobody", "one-time buyers"), token));
+    assert_eq!(nobody.await.unwrap_err().code(), Code::NotFound);
+    let bad = ab::PreviewAudienceRequest {
+        target: Some(ab::Target { target: Some(ab::target::Target::Condition("performed Order".into())) }),
+        at: None,
+        sample: 0,
+    };
+    let bad = audiences.preview_audience(with_token(bad, token)).await.unwrap_err();
+    assert_eq!(
+        (bad.code(), bad.message()),
+        (Code::InvalidArgument, "condition: column 11: expected an event name in quotes, found `Order`")
+    );
+    let unknown = ab::RemoveAudienceRequest { name: "nope".into() };
+    assert_eq!(audiences.remove_audience(with_token(unknown, token)).await.unwrap_err().code(), Code::InvalidArgument);
+    let anonymous = audiences.list_audiences(ab::ListAudiencesRequest {}).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
     deployment.stop();
 }
 

@@ -53,6 +53,14 @@ pub mod ingest {
     }
 }
 
+/// `onepd.audiences.v1`: audiences defined, evaluated and previewed.
+pub mod audiences {
+    /// Version 1 of the audiences protocol.
+    pub mod v1 {
+        tonic::include_proto!("onepd.audiences.v1");
+    }
+}
+
 /// `onepd.profiles.v1`: reading profiles, their timelines and merges.
 pub mod profiles {
     /// Version 1 of the profiles protocol.

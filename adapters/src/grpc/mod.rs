@@ -2,6 +2,8 @@
 //!
 //! * [`admin`] — `onepd.admin.v1.AdminService`: destinations, their delivery
 //!   ledgers, dead letters and replays;
+//! * [`audiences`] — `onepd.audiences.v1.AudienceService`: audiences
+//!   defined, evaluated for one person and previewed;
 //! * [`audit`] — `onepd.audit.v1.AuditService`: read, follow, verify the log;
 //! * [`auth`] — admin token checks shared by the services;
 //! * [`destination`] — `onepd.destination.v1.DestinationAdapter`: a remote
@@ -14,6 +16,7 @@
 //! * the standard `grpc.health.v1.Health` and reflection services.
 
 pub mod admin;
+pub mod audiences;
 pub mod audit;
 pub mod auth;
 pub mod destination;
@@ -25,6 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use onepd_proto::admin::v1::admin_service_server::AdminServiceServer;
+use onepd_proto::audiences::v1::audience_service_server::AudienceServiceServer;
 use onepd_proto::audit::v1::audit_service_server::AuditServiceServer;
 use onepd_proto::import::v1::import_service_server::ImportServiceServer;
 use onepd_proto::ingest::v1::ingest_service_server::IngestServiceServer;
@@ -34,9 +38,11 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::EventLog;
+use crate::audiences::Audiences;
 use crate::ingest::Ingest;
 use crate::profiles::ProfileReader;
 use admin::AdminApi;
+use audiences::AudiencesApi;
 use audit::AuditApi;
 use auth::TokenRegistry;
 use import::ImportApi;
@@ -58,8 +64,9 @@ pub enum ServeError {
 /// them. The descriptor set holds every onepd protocol, including the
 /// destination adapter protocol, which only adapters serve; reflection must
 /// not advertise what this server does not answer.
-pub const SERVED: [&str; 6] = [
+pub const SERVED: [&str; 7] = [
     "onepd.admin.v1.AdminService",
+    "onepd.audiences.v1.AudienceService",
     "onepd.audit.v1.AuditService",
     "onepd.import.v1.ImportService",
     "onepd.ingest.v1.IngestService",
@@ -92,6 +99,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health.set_serving::<AudienceServiceServer<AudiencesApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<IngestServiceServer<IngestApi>>().await;
     health.set_serving::<ImportServiceServer<ImportApi>>().await;
@@ -107,6 +115,10 @@ pub async fn serve(
             ingest.directory().clone(),
             tokens.clone(),
             profiles.clone(),
+        )))
+        .add_service(AudienceServiceServer::new(AudiencesApi::new(
+            Audiences::new(log.clone(), profiles.clone()),
+            tokens.clone(),
         )))
         .add_service(AuditServiceServer::new(
             AuditApi::new(log, tokens.clone(), stopping).with_profiles(profiles.store()),

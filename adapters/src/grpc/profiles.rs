@@ -295,7 +295,7 @@ fn required_identifier(field: &str, identifier: Option<proto::Identifier>) -> Re
     Ok(parse_identifier(&identifier.kind, &identifier.value).map_err(|err| err.within(field))?)
 }
 
-fn timestamp(field: &str, value: prost_types::Timestamp) -> Result<Timestamp, Status> {
+pub(crate) fn timestamp(field: &str, value: prost_types::Timestamp) -> Result<Timestamp, Status> {
     if !(0..1_000_000_000).contains(&value.nanos) {
         return Err(Status::invalid_argument(format!("{field}.nanos: expected 0 to 999999999, found {}", value.nanos)));
     }
@@ -410,7 +410,7 @@ fn link_message(link: Link) -> proto::Link {
     }
 }
 
-fn timestamp_message(time: Timestamp) -> prost_types::Timestamp {
+pub(crate) fn timestamp_message(time: Timestamp) -> prost_types::Timestamp {
     let (seconds, nanos) = time.to_seconds_nanos();
     prost_types::Timestamp { seconds, nanos }
 }
