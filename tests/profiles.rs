@@ -994,6 +994,31 @@ async fn an_audience_condition_is_evaluated_for_one_person_now_and_as_of_a_past_
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains(r#"audience "vip" names it"#));
 
+    // Computed traits: from the person's events, at the time asked for.
+    let ltv = r#"{"event": "Order Completed", "kind": "sum", "property": "revenue", "within": {"days": 365}}"#;
+    deployment.cli_json(&["computed", "define", "ltv", ltv]);
+    deployment.cli_json(&["computed", "define", "orders", r#"{"event": "Order Completed", "kind": "count"}"#]);
+    let values = deployment.cli_json(&["computed", "get", "--user-id", "buyer-1"]);
+    assert_eq!(values["computed_traits"], json!({"ltv": 200, "orders": 2}), "{values}");
+    let values = deployment.cli_json(&["computed", "get", "--user-id", "buyer-1", "--at", &at(between)]);
+    assert_eq!(values["computed_traits"], json!({"ltv": 120, "orders": 1}), "{values}");
+    deployment.cli_json(&["audience", "define", "big spenders", "computed ltv > 150"]);
+    let big = deployment.cli_json(&["audience", "evaluate", "big spenders", "--audience", "--user-id", "buyer-1"]);
+    assert_eq!((&big["holds"], &big["explanation"]["found"]), (&json!(true), &json!("value 200")), "{big}");
+    let then = deployment.cli(&[
+        "audience",
+        "evaluate",
+        "big spenders",
+        "--audience",
+        "--user-id",
+        "buyer-1",
+        "--at",
+        &at(between),
+    ]);
+    assert_eq!(then.status.code(), Some(1));
+    let refused = deployment.cli(&["computed", "remove", "ltv"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(r#"audience "big spenders" reads it"#));
+
     let bad = deployment.cli(&["audience", "evaluate", "performed Order", "--user-id", "buyer-1"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("column 11: expected an event name in quotes"));

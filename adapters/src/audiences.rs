@@ -1,14 +1,14 @@
-//! Audiences, the service every edge shares: a workspace's audiences
-//! defined, listed and removed (events in its stream), and a condition or a
-//! saved audience evaluated for one person or previewed over every profile,
-//! now or as of a past time.
+//! Audiences, the service every edge shares: a workspace's audiences and
+//! computed traits defined, listed and removed (events in its stream), a
+//! condition or a saved audience evaluated for one person or previewed over
+//! every profile, and a person's computed traits, now or as of a past time.
 //!
 //! **Does not:** keep membership, or send audiences anywhere.
 
 use std::collections::BTreeMap;
 
-use onepd_domain::audience::{Condition, Verdict, WithAudiences, evaluate, parse};
-use onepd_domain::events::audience::AudienceDefined;
+use onepd_domain::audience::{ComputedTrait, Condition, Verdict, WithAudiences, evaluate, parse};
+use onepd_domain::events::audience::{AudienceDefined, ComputedTraitDefined};
 use onepd_domain::identity::ProfileId;
 use onepd_domain::{Position, Timestamp, WorkspaceId};
 use onepd_projections::profile::Lookup;
@@ -16,6 +16,9 @@ use onepd_projections::profile::Lookup;
 use crate::EventLog;
 use crate::activation::admin::{AdminError, append, workspace_config};
 use crate::profiles::{AsOf, ProfileReader};
+
+/// A workspace's audiences and computed traits by name, and a condition.
+type Definitions = (BTreeMap<String, Condition>, BTreeMap<String, ComputedTrait>, Condition);
 
 /// What to evaluate.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +99,56 @@ impl Audiences {
         append(&self.log, config.request(workspace, vec![event])).await
     }
 
+    /// The workspace's computed traits by name, as last defined.
+    pub async fn computed_traits(
+        &self,
+        workspace: WorkspaceId,
+    ) -> Result<BTreeMap<String, ComputedTraitDefined>, AdminError> {
+        Ok(workspace_config(&self.log, workspace).await?.computed_traits().clone())
+    }
+
+    /// Defines computed trait `defined.name`, or replaces its definition:
+    /// the position of the event, and whether it replaced one.
+    pub async fn define_computed_trait(
+        &self,
+        workspace: WorkspaceId,
+        defined: ComputedTraitDefined,
+        actor: &str,
+    ) -> Result<(Position, bool), AdminError> {
+        let config = workspace_config(&self.log, workspace).await?;
+        let replaced = config.computed_traits().contains_key(&defined.name);
+        let event = config.define_computed_trait(workspace, defined, actor)?;
+        Ok((append(&self.log, config.request(workspace, vec![event])).await?, replaced))
+    }
+
+    /// Removes computed trait `name`: the position of the event.
+    pub async fn remove_computed_trait(
+        &self,
+        workspace: WorkspaceId,
+        name: &str,
+        actor: &str,
+    ) -> Result<Position, AdminError> {
+        let config = workspace_config(&self.log, workspace).await?;
+        let event = config.remove_computed_trait(workspace, name, actor)?;
+        append(&self.log, config.request(workspace, vec![event])).await
+    }
+
+    /// Every computed trait of the person `lookup` names at `at` (now when
+    /// `None`), by name (`None` where there is nothing to compute from);
+    /// `None` when no profile held it then.
+    pub async fn computed_values(
+        &self,
+        workspace: WorkspaceId,
+        lookup: &Lookup,
+        at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<BTreeMap<String, Option<serde_json::Value>>>, AdminError> {
+        let computed = self.definitions(workspace).await?.1;
+        let Some(person) = self.reader.person(workspace, lookup, at.map(AsOf::Time)).await? else { return Ok(None) };
+        let now = at.unwrap_or(now);
+        Ok(Some(computed.iter().map(|(name, definition)| (name.clone(), definition.compute(&person, now))).collect()))
+    }
+
     /// Whether the person `lookup` names meets `target` at `at` (now when
     /// `None`, the clock's `now`), and why; `None` when no profile held it
     /// then.
@@ -107,10 +160,10 @@ impl Audiences {
         at: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<Option<Verdict>, AdminError> {
-        let (definitions, condition) = self.resolve(workspace, target).await?;
+        let (definitions, computed, condition) = self.resolve(workspace, target).await?;
         let Some(person) = self.reader.person(workspace, lookup, at.map(AsOf::Time)).await? else { return Ok(None) };
         let now = at.unwrap_or(now);
-        let person = WithAudiences { person: &person, definitions: &definitions, now };
+        let person = WithAudiences { person: &person, definitions: &definitions, computed: &computed, now };
         Ok(Some(evaluate(&condition, &person, now)))
     }
 
@@ -124,13 +177,13 @@ impl Audiences {
         now: Timestamp,
         sample: usize,
     ) -> Result<Preview, AdminError> {
-        let (definitions, condition) = self.resolve(workspace, target).await?;
+        let (definitions, computed, condition) = self.resolve(workspace, target).await?;
         let now = at.unwrap_or(now);
         let (mut size, mut ids) = (0, Vec::new());
         let profiles = self
             .reader
             .each_person(workspace, at.map(AsOf::Time), |id, person| {
-                let person = WithAudiences { person, definitions: &definitions, now };
+                let person = WithAudiences { person, definitions: &definitions, computed: &computed, now };
                 if evaluate(&condition, &person, now).holds {
                     size += 1;
                     if ids.len() < sample {
@@ -142,14 +195,21 @@ impl Audiences {
         Ok(Preview { condition: condition.to_string(), size, profiles, sample: ids })
     }
 
-    /// Every audience's condition by name, and the condition `target` is.
-    async fn resolve(
+    /// Every audience's condition and every computed trait by name.
+    async fn definitions(
         &self,
         workspace: WorkspaceId,
-        target: &Target,
-    ) -> Result<(BTreeMap<String, Condition>, Condition), AdminError> {
-        let definitions: BTreeMap<String, Condition> =
-            self.list(workspace).await?.into_iter().map(|(name, defined)| (name, defined.condition)).collect();
+    ) -> Result<(BTreeMap<String, Condition>, BTreeMap<String, ComputedTrait>), AdminError> {
+        let config = workspace_config(&self.log, workspace).await?;
+        let audiences = (config.audiences().iter()).map(|(name, a)| (name.clone(), a.condition.clone())).collect();
+        let computed =
+            (config.computed_traits().iter()).map(|(name, c)| (name.clone(), c.definition.clone())).collect();
+        Ok((audiences, computed))
+    }
+
+    /// The workspace's definitions, and the condition `target` is.
+    async fn resolve(&self, workspace: WorkspaceId, target: &Target) -> Result<Definitions, AdminError> {
+        let (definitions, computed) = self.definitions(workspace).await?;
         let condition = match target {
             Target::Condition(condition) => condition.clone(),
             Target::Saved(name) => definitions
@@ -157,6 +217,6 @@ impl Audiences {
                 .cloned()
                 .ok_or_else(|| AdminError::NotFound(format!("audience {name:?}: not defined in this workspace")))?,
         };
-        Ok((definitions, condition))
+        Ok((definitions, computed, condition))
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use onepd_domain::events::audience::{AudienceDefined, AudienceRemoved};
+use onepd_domain::events::audience::{AudienceDefined, AudienceRemoved, ComputedTraitDefined, ComputedTraitRemoved};
 use onepd_domain::events::destination::{DestinationCreated, DestinationPaused, DestinationResumed};
 use onepd_domain::events::workspace::{
     AdminTokenIssued, AdminTokenRevoked, Industry, PlanMode, SourceCreated, SourceKind, TokenScope, TrackingPlanSet,
@@ -111,6 +111,14 @@ pub enum ConfigError {
     /// A destination configuration or change that cannot be made.
     #[error("destination: {0}")]
     InvalidDestination(String),
+    /// A computed trait definition or removal that cannot be made.
+    #[error("computed trait {name:?}: {reason}")]
+    InvalidComputedTrait {
+        /// The computed trait.
+        name: String,
+        /// Why, naming the field.
+        reason: String,
+    },
     /// An audience definition or removal that cannot be made.
     #[error("audience {name:?}: {reason}")]
     InvalidAudience {
@@ -162,6 +170,7 @@ pub struct WorkspaceConfig {
     facts: onepd_domain::events::identity::IdentityFacts,
     destinations: HashMap<Uuid, DestinationState>,
     audiences: BTreeMap<String, AudienceDefined>,
+    computed: BTreeMap<String, ComputedTraitDefined>,
 }
 
 impl WorkspaceConfig {
@@ -227,6 +236,16 @@ impl WorkspaceConfig {
             AudienceDefined::TYPE => {
                 if let Ok(defined) = serde_json::from_value::<AudienceDefined>(data.clone()) {
                     self.audiences.insert(defined.name.clone(), defined);
+                }
+            }
+            ComputedTraitDefined::TYPE => {
+                if let Ok(defined) = serde_json::from_value::<ComputedTraitDefined>(data.clone()) {
+                    self.computed.insert(defined.name.clone(), defined);
+                }
+            }
+            ComputedTraitRemoved::TYPE => {
+                if let Ok(removed) = serde_json::from_value::<ComputedTraitRemoved>(data.clone()) {
+                    self.computed.remove(&removed.name);
                 }
             }
             AudienceRemoved::TYPE => {
@@ -474,6 +493,9 @@ impl WorkspaceConfig {
             return Err(invalid("the name must not start or end with spaces".into()));
         }
         defined.condition.validate().map_err(invalid)?;
+        if let Some(named) = defined.condition.computed_traits().into_iter().find(|n| !self.computed.contains_key(*n)) {
+            return Err(invalid(format!("its condition names computed trait {named:?}, which is not defined")));
+        }
         for named in defined.condition.audiences() {
             if named == defined.name {
                 return Err(invalid("its condition names the audience itself".into()));
@@ -517,6 +539,65 @@ impl WorkspaceConfig {
             AudienceRemoved::TYPE,
             1,
             serde_json::to_value(AudienceRemoved { name: name.to_owned() }).expect("serializable"),
+            actor,
+        ))
+    }
+
+    /// The workspace's computed traits by name, as last defined.
+    pub fn computed_traits(&self) -> &BTreeMap<String, ComputedTraitDefined> {
+        &self.computed
+    }
+
+    /// Decides the event that defines computed trait `defined.name` (or
+    /// replaces its definition), after checking its name and definition.
+    pub fn define_computed_trait(
+        &self,
+        workspace: WorkspaceId,
+        defined: ComputedTraitDefined,
+        actor: &str,
+    ) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        let invalid = |reason: String| ConfigError::InvalidComputedTrait { name: defined.name.clone(), reason };
+        let name = defined.name.as_str();
+        let bare = !name.is_empty() && name.len() <= 100;
+        if !bare || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid("the name must be 1 to 100 letters, digits or underscores".into()));
+        }
+        defined.definition.validate().map_err(invalid)?;
+        let id = format!("ComputedTraitDefined/{}", self.version + 1);
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            ComputedTraitDefined::TYPE,
+            1,
+            serde_json::to_value(&defined).expect("serializable"),
+            actor,
+        ))
+    }
+
+    /// Decides the event that removes computed trait `name`, unless an
+    /// audience reads it.
+    pub fn remove_computed_trait(
+        &self,
+        workspace: WorkspaceId,
+        name: &str,
+        actor: &str,
+    ) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        let invalid = |reason: String| ConfigError::InvalidComputedTrait { name: name.to_owned(), reason };
+        if !self.computed.contains_key(name) {
+            return Err(invalid("not defined in this workspace".into()));
+        }
+        if let Some(user) = self.audiences.values().find(|a| a.condition.computed_traits().contains(&name)) {
+            return Err(invalid(format!("audience {:?} reads it; change or remove that one first", user.name)));
+        }
+        let id = format!("ComputedTraitRemoved/{}", self.version + 1);
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            ComputedTraitRemoved::TYPE,
+            1,
+            serde_json::to_value(ComputedTraitRemoved { name: name.to_owned() }).expect("serializable"),
             actor,
         ))
     }
@@ -708,6 +789,29 @@ mod tests {
         assert!(config.audiences().is_empty());
         let err = config.remove_audience(workspace, "buyers", "t").unwrap_err();
         assert_eq!(err.to_string(), r#"audience "buyers": not defined in this workspace"#);
+    }
+
+    #[test]
+    fn a_computed_trait_read_by_an_audience_must_exist_and_cannot_be_removed() {
+        let workspace = WorkspaceId(Uuid::from_u128(1));
+        let mut config = configured(workspace);
+        let ltv = |name: &str| ComputedTraitDefined {
+            name: name.into(),
+            definition: serde_json::from_value(serde_json::json!(
+                {"event": "Order Completed", "kind": "sum", "property": "revenue"}
+            ))
+            .unwrap(),
+        };
+        let big = audience("big spenders", "computed ltv > 500");
+        let err = config.define_audience(workspace, big.clone(), "t").unwrap_err().to_string();
+        assert_eq!(err, r#"audience "big spenders": its condition names computed trait "ltv", which is not defined"#);
+        config.record(&config.define_computed_trait(workspace, ltv("ltv"), "t").unwrap());
+        config.record(&config.define_audience(workspace, big, "t").unwrap());
+        let err = config.remove_computed_trait(workspace, "ltv", "t").unwrap_err().to_string();
+        assert_eq!(err, r#"computed trait "ltv": audience "big spenders" reads it; change or remove that one first"#);
+        let err = config.define_computed_trait(workspace, ltv("life time"), "t").unwrap_err().to_string();
+        assert!(err.contains("letters, digits or underscores"), "{err}");
+        assert_eq!(config.computed_traits().len(), 1);
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! (`"page"`, `"identify"`, …). An event's time is the profile's (its
 //! `timestamp`, else `receivedAt`, else when it was recorded).
 //!
-//! **Does not:** know computed traits or other audiences yet: those
-//! conditions find no value and no membership.
+//! **Does not:** know computed traits or other audiences: those come from
+//! the workspace's definitions (`onepd_domain::audience::WithAudiences`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -65,7 +65,7 @@ impl Person for PersonFacts {
         self.traits.get(name)
     }
 
-    fn computed_trait(&self, _name: &str) -> Option<&Value> {
+    fn computed_trait(&self, _name: &str) -> Option<Value> {
         None
     }
 

@@ -145,7 +145,7 @@ fn target(text: &str, saved: bool) -> anyhow::Result<Target> {
     Ok(if saved { Target::Saved(text.to_owned()) } else { Target::Condition(condition(text)?) })
 }
 
-fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
+pub(super) fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
     at.map(|text| {
         Timestamp::parse_rfc3339(text.trim())
             .with_context(|| format!("--at: expected an RFC 3339 time, found {text:?}"))
@@ -154,7 +154,7 @@ fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
 }
 
 /// The audiences service over the store of `scope`, and its workspace.
-async fn service(scope: &directory::Scope) -> anyhow::Result<(Audiences, EventLog, WorkspaceId)> {
+pub(super) async fn service(scope: &directory::Scope) -> anyhow::Result<(Audiences, EventLog, WorkspaceId)> {
     let (reader, log, workspace) = reader(scope).await?;
     Ok((Audiences::new(log.clone(), reader), log, workspace))
 }
@@ -299,7 +299,7 @@ fn print(explanation: &Explanation, depth: usize) {
     }
 }
 
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Timestamp(since.as_micros() as i64)
 }

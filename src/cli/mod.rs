@@ -3,6 +3,7 @@
 mod adapter;
 mod audience;
 mod bench;
+mod computed;
 mod deliveries;
 mod destination;
 mod directory;
@@ -74,9 +75,12 @@ enum Command {
     /// Read unified profiles: get one (now or as of a past point), explain a merge.
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
-    /// Audience conditions: check one, or evaluate it for one person (now or as of a time).
+    /// Audiences: define, list, remove, preview; check a condition or evaluate it for one person.
     #[command(subcommand)]
     Audience(audience::AudienceCommand),
+    /// Computed traits: define, list, remove; one person's values.
+    #[command(subcommand)]
+    Computed(computed::ComputedCommand),
     /// Block or unblock identifiers, split profiles, change or try identity rules.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
@@ -122,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(command) => policy::run(command).await,
         Command::Profile(command) => profile::run(command).await,
         Command::Audience(command) => audience::run(command).await,
+        Command::Computed(command) => computed::run(command).await,
         Command::Identity(command) => identity::run(command).await,
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Quarantine(command) => quarantine::run(command).await,

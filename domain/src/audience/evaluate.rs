@@ -33,8 +33,8 @@ use crate::{Position, Timestamp};
 pub trait Person {
     /// A profile trait's current value.
     fn trait_value(&self, name: &str) -> Option<&Value>;
-    /// A computed trait's current value.
-    fn computed_trait(&self, name: &str) -> Option<&Value>;
+    /// A computed trait's value.
+    fn computed_trait(&self, name: &str) -> Option<Value>;
     /// The person's events of this name (a track's `event`, else the call
     /// type), oldest first.
     fn events(&self, name: &str) -> Vec<EventFact<'_>>;
@@ -101,6 +101,9 @@ pub struct WithAudiences<'a> {
     pub person: &'a dyn Person,
     /// The workspace's audiences by name.
     pub definitions: &'a std::collections::BTreeMap<String, Condition>,
+    /// The workspace's computed traits by name, computed from the person's
+    /// events at the evaluation time.
+    pub computed: &'a std::collections::BTreeMap<String, super::ComputedTrait>,
     /// The evaluation time.
     pub now: Timestamp,
 }
@@ -110,8 +113,11 @@ impl Person for WithAudiences<'_> {
         self.person.trait_value(name)
     }
 
-    fn computed_trait(&self, name: &str) -> Option<&Value> {
-        self.person.computed_trait(name)
+    fn computed_trait(&self, name: &str) -> Option<Value> {
+        match self.computed.get(name) {
+            Some(computed) => computed.compute(self.person, self.now),
+            None => self.person.computed_trait(name),
+        }
     }
 
     fn events(&self, name: &str) -> Vec<EventFact<'_>> {
@@ -160,12 +166,12 @@ fn explain(condition: &Condition, person: &dyn Person, now: Timestamp, edge: &mu
         }
         Condition::Trait(value) | Condition::Computed(value) => {
             let found = if matches!(condition, Condition::Trait(_)) {
-                person.trait_value(&value.name)
+                person.trait_value(&value.name).cloned()
             } else {
                 person.computed_trait(&value.name)
             };
-            let shown = found.map_or_else(|| "no value".to_owned(), |v| format!("value {v}"));
-            leaf(compare(found, &value.comparison), shown, Vec::new())
+            let shown = found.as_ref().map_or_else(|| "no value".to_owned(), |v| format!("value {v}"));
+            leaf(compare(found.as_ref(), &value.comparison), shown, Vec::new())
         }
         Condition::InGroup(group) => {
             let holds = person.in_group(group);
@@ -189,30 +195,20 @@ fn performed_holds(
     edge: &mut Option<Timestamp>,
 ) -> (bool, String, Vec<Position>) {
     let count = performed.count.unwrap_or(Count::AtLeast(1));
-    let matching = |fact: &EventFact<'_>| {
-        fact.timestamp <= now
-            && performed.filters.iter().all(|filter| {
-                let value = fact.properties.and_then(|properties| path(properties, &filter.property));
-                compare(value, &filter.comparison)
-            })
-    };
     let events = person.events(&performed.event);
-    let (from, to) = match (performed.within, &performed.of) {
-        (None, _) => (None, now),
-        (Some(window), None) => (Some(Timestamp(now.0 - window.micros())), now),
+    let counted: Vec<&EventFact<'_>> = match (performed.within, &performed.of) {
         (Some(window), Some(of)) => {
             let Some(start) = person.events(of).iter().rev().find(|fact| fact.timestamp <= now).map(|f| f.timestamp)
             else {
                 return (false, format!("no {} event", Value::String(of.clone())), Vec::new());
             };
             // From the `of` event itself, inclusive, to the window's end.
-            (Some(Timestamp(start.0 - 1)), Timestamp((start.0 + window.micros()).min(now.0)))
+            let end = Timestamp((start.0 + window.micros()).min(now.0));
+            let within = |fact: &&EventFact<'_>| fact.timestamp >= start && fact.timestamp <= end;
+            events.iter().filter(within).filter(|fact| filters_hold(performed, fact)).collect()
         }
+        _ => matching_events(performed, &events, now),
     };
-    let counted: Vec<&EventFact<'_>> = events
-        .iter()
-        .filter(|fact| from.is_none_or(|from| fact.timestamp > from) && fact.timestamp <= to && matching(fact))
-        .collect();
     if let (Some(window), None) = (performed.within, &performed.of)
         && let Some(oldest) = counted.first()
     {
@@ -224,8 +220,31 @@ fn performed_holds(
     (count.holds(n), format!("{n} {}", if n == 1 { "event" } else { "events" }), positions)
 }
 
+fn filters_hold(performed: &EventCondition, fact: &EventFact<'_>) -> bool {
+    performed.filters.iter().all(|filter| {
+        let value = fact.properties.and_then(|properties| path(properties, &filter.property));
+        compare(value, &filter.comparison)
+    })
+}
+
+/// The events of `events` that `performed` counts at `now`, with no `of`:
+/// at or before `now`, within its window, with every filter.
+pub(crate) fn matching_events<'f, 'a>(
+    performed: &EventCondition,
+    events: &'f [EventFact<'a>],
+    now: Timestamp,
+) -> Vec<&'f EventFact<'a>> {
+    let from = performed.within.map(|window| Timestamp(now.0 - window.micros()));
+    events
+        .iter()
+        .filter(|fact| {
+            fact.timestamp <= now && from.is_none_or(|from| fact.timestamp > from) && filters_hold(performed, fact)
+        })
+        .collect()
+}
+
 /// The value at a dotted path (`address.city`) of an object.
-fn path<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+pub(crate) fn path<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     if let Some(value) = object.get(path) {
         return Some(value);
     }
@@ -300,8 +319,8 @@ mod tests {
         fn trait_value(&self, name: &str) -> Option<&Value> {
             self.traits.get(name)
         }
-        fn computed_trait(&self, name: &str) -> Option<&Value> {
-            self.computed.get(name)
+        fn computed_trait(&self, name: &str) -> Option<Value> {
+            self.computed.get(name).cloned()
         }
         fn events(&self, name: &str) -> Vec<EventFact<'_>> {
             let mut facts: Vec<EventFact<'_>> = (self.events.iter().enumerate())

@@ -8,6 +8,8 @@
 //! * [`syntax`]: the readable form, parsed ([`parse`]) and printed
 //!   ([`Condition`]'s `Display`), so that a definition read back shows as
 //!   it was written.
+//! * [`computed`]: computed traits, values derived from a person's events
+//!   (counts, sums, averages, first and last values, …) over a window.
 //! * [`evaluate`]: whether a [`Person`] meets a condition at a time, why
 //!   (the events and traits that decided it), and the next time the answer
 //!   can change without a new event (a window's edge).
@@ -26,10 +28,12 @@
 //! **Does not:** keep membership, read events or profiles, or know how a
 //! person's events are stored: a [`Person`] answers for them.
 
+pub mod computed;
 pub mod condition;
 pub mod evaluate;
 pub mod syntax;
 
+pub use computed::{ComputedTrait, Kind};
 pub use condition::{Comparison, Condition, Count, EventCondition, Operator, PropertyFilter, ValueCondition, Window};
 pub use evaluate::{EventFact, Explanation, Person, Verdict, WithAudiences, evaluate};
 pub use syntax::{ParseError, parse};

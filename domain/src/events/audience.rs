@@ -1,9 +1,9 @@
-//! Audiences a workspace defines: their definitions, in the workspace's
-//! stream.
+//! Audiences and computed traits a workspace defines: their definitions,
+//! in the workspace's stream.
 
 use serde::{Deserialize, Serialize};
 
-use crate::audience::Condition;
+use crate::audience::{ComputedTrait, Condition};
 
 /// An audience was defined, or its definition replaced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,4 +32,30 @@ pub struct AudienceRemoved {
 impl AudienceRemoved {
     /// The stored event type.
     pub const TYPE: &'static str = "AudienceRemoved";
+}
+
+/// A computed trait was defined, or its definition replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputedTraitDefined {
+    /// Its name, unique in the workspace.
+    pub name: String,
+    /// What it computes.
+    pub definition: ComputedTrait,
+}
+
+impl ComputedTraitDefined {
+    /// The stored event type.
+    pub const TYPE: &'static str = "ComputedTraitDefined";
+}
+
+/// A computed trait was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputedTraitRemoved {
+    /// Its name.
+    pub name: String,
+}
+
+impl ComputedTraitRemoved {
+    /// The stored event type.
+    pub const TYPE: &'static str = "ComputedTraitRemoved";
 }
