@@ -1106,6 +1106,24 @@ async fn an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past
     );
     let unknown = ab::RemoveAudienceRequest { name: "nope".into() };
     assert_eq!(audiences.remove_audience(with_token(unknown, token)).await.unwrap_err().code(), Code::InvalidArgument);
+    let spend = ab::DefineComputedTraitRequest {
+        name: "spend".into(),
+        definition_json: r#"{"event": "Order Completed", "kind": "sum", "property": "revenue"}"#.into(),
+    };
+    audiences.define_computed_trait(with_token(spend, token)).await.unwrap();
+    let get = |user: &str| ab::GetComputedTraitsRequest {
+        profile: Some(ab::get_computed_traits_request::Profile::Identifier(identifier("user_id", user))),
+        at: None,
+    };
+    let b2_values = audiences.get_computed_traits(with_token(get("b2"), token)).await.unwrap().into_inner();
+    assert_eq!(b2_values.values_json.get("spend").map(String::as_str), Some("20"));
+    let bad =
+        ab::DefineComputedTraitRequest { name: "x".into(), definition_json: r#"{"event": "x", "kind": "sum"}"#.into() };
+    let bad = audiences.define_computed_trait(with_token(bad, token)).await.unwrap_err();
+    assert_eq!(
+        (bad.code(), bad.message()),
+        (Code::InvalidArgument, r#"computed trait "x": property: sum needs a property, found none"#)
+    );
     let anonymous = audiences.list_audiences(ab::ListAudiencesRequest {}).await.unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
     deployment.stop();

@@ -1,19 +1,19 @@
-//! `onepd.audiences.v1.AudienceService`: a workspace's audiences defined,
-//! listed and removed, and a condition or audience evaluated for one person
-//! or previewed over every profile, through the [`Audiences`] service the
-//! CLI uses too.
+//! `onepd.audiences.v1.AudienceService`: a workspace's audiences and
+//! computed traits defined, listed and removed, a condition or audience
+//! evaluated for one person or previewed over every profile, and a person's
+//! computed traits, through the [`Audiences`] service the CLI uses too.
 //!
 //! Listing, evaluating and previewing need the `read` scope; defining and
 //! removing need `admin`. Every call acts on the token's workspace only.
 
 use onepd_domain::Timestamp;
 use onepd_domain::audience::Explanation;
-use onepd_domain::events::audience::AudienceDefined;
+use onepd_domain::events::audience::{AudienceDefined, ComputedTraitDefined};
 use onepd_domain::events::workspace::TokenScope;
 use onepd_projections::access::Grant;
 use onepd_proto::audiences::v1 as proto;
 use onepd_proto::audiences::v1::audience_service_server::AudienceService;
-use onepd_proto::audiences::v1::{evaluate_audience_request, target};
+use onepd_proto::audiences::v1::{evaluate_audience_request, get_computed_traits_request, target};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::field;
@@ -75,6 +75,10 @@ fn explanation_message(explanation: Explanation) -> proto::Explanation {
         positions: explanation.positions.into_iter().map(|position| position.0).collect(),
         parts: explanation.parts.into_iter().map(explanation_message).collect(),
     }
+}
+
+fn no_profile() -> Status {
+    Status::invalid_argument("profile: expected an identifier or a profile_id, found neither")
 }
 
 /// Who a change is recorded as made by: the token's public id.
@@ -160,6 +164,80 @@ impl AudienceService for AudiencesApi {
             changes_at: verdict.changes_at.map(timestamp_message),
             explanation: Some(explanation_message(verdict.explanation)),
         }))
+    }
+
+    #[tracing::instrument(skip_all, name = "define_computed_trait", fields(workspace = field::Empty))]
+    async fn define_computed_trait(
+        &self,
+        request: Request<proto::DefineComputedTraitRequest>,
+    ) -> Result<Response<proto::DefineComputedTraitResponse>, Status> {
+        let grant = self.grant(&request, TokenScope::Admin)?;
+        let request = request.into_inner();
+        let definition = serde_json::from_str(&request.definition_json)
+            .map_err(|err| Status::invalid_argument(format!("definition_json: not a valid definition: {err}")))?;
+        let defined = ComputedTraitDefined { name: request.name, definition };
+        let (position, replaced) = self
+            .audiences
+            .define_computed_trait(grant.workspace, defined, &actor(&grant))
+            .await
+            .map_err(admin_status)?;
+        Ok(Response::new(proto::DefineComputedTraitResponse { position: position.0, replaced }))
+    }
+
+    #[tracing::instrument(skip_all, name = "list_computed_traits", fields(workspace = field::Empty))]
+    async fn list_computed_traits(
+        &self,
+        request: Request<proto::ListComputedTraitsRequest>,
+    ) -> Result<Response<proto::ListComputedTraitsResponse>, Status> {
+        let grant = self.grant(&request, TokenScope::Read)?;
+        let listed = self.audiences.computed_traits(grant.workspace).await.map_err(admin_status)?;
+        let computed_traits = (listed.into_values())
+            .map(|defined| proto::ComputedTrait {
+                name: defined.name,
+                definition_json: serde_json::to_string(&defined.definition).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListComputedTraitsResponse { computed_traits }))
+    }
+
+    #[tracing::instrument(skip_all, name = "remove_computed_trait", fields(workspace = field::Empty))]
+    async fn remove_computed_trait(
+        &self,
+        request: Request<proto::RemoveComputedTraitRequest>,
+    ) -> Result<Response<proto::RemoveComputedTraitResponse>, Status> {
+        let grant = self.grant(&request, TokenScope::Admin)?;
+        let name = request.into_inner().name;
+        let position =
+            self.audiences.remove_computed_trait(grant.workspace, &name, &actor(&grant)).await.map_err(admin_status)?;
+        Ok(Response::new(proto::RemoveComputedTraitResponse { position: position.0 }))
+    }
+
+    #[tracing::instrument(skip_all, name = "get_computed_traits", fields(workspace = field::Empty))]
+    async fn get_computed_traits(
+        &self,
+        request: Request<proto::GetComputedTraitsRequest>,
+    ) -> Result<Response<proto::GetComputedTraitsResponse>, Status> {
+        let grant = self.grant(&request, TokenScope::Read)?;
+        let request = request.into_inner();
+        let named = match request.profile {
+            Some(get_computed_traits_request::Profile::Identifier(identifier)) => ProfileRef::Identifier(identifier),
+            Some(get_computed_traits_request::Profile::ProfileId(id)) => ProfileRef::ProfileId(id),
+            None => return Err(no_profile()),
+        };
+        let lookup = parse_profile_ref(named)?;
+        let at = at_of(request.at)?;
+        let now = at.unwrap_or_else(now);
+        let Some(values) =
+            self.audiences.computed_values(grant.workspace, &lookup, at, now).await.map_err(admin_status)?
+        else {
+            return Err(Status::not_found(super::profiles::not_found_message(
+                "profile",
+                &lookup,
+                at.map(crate::profiles::AsOf::Time),
+            )));
+        };
+        let values_json = values.into_iter().filter_map(|(name, value)| Some((name, value?.to_string()))).collect();
+        Ok(Response::new(proto::GetComputedTraitsResponse { values_json, at: Some(timestamp_message(now)) }))
     }
 
     #[tracing::instrument(skip_all, name = "preview_audience", fields(workspace = field::Empty))]
