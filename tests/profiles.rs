@@ -1016,6 +1016,11 @@ async fn an_audience_condition_is_evaluated_for_one_person_now_and_as_of_a_past_
         &at(between),
     ]);
     assert_eq!(then.status.code(), Some(1));
+    let profile = deployment.cli_json(&["profile", "get", "--user-id", "buyer-1"]);
+    assert_eq!(profile["computed_traits"], json!({"ltv": 200, "orders": 2}), "{profile}");
+    assert_eq!(profile["audiences"], json!(["big spenders", "buyers", "vip"]), "{profile}");
+    let then = deployment.cli_json(&["profile", "get", "--user-id", "buyer-1", "--as-of", &at(between)]);
+    assert_eq!((&then["computed_traits"]["ltv"], &then["audiences"]), (&json!(120), &json!([])), "{then}");
     let refused = deployment.cli(&["computed", "remove", "ltv"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains(r#"audience "big spenders" reads it"#));
 

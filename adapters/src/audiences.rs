@@ -42,6 +42,16 @@ pub struct Preview {
     pub sample: Vec<ProfileId>,
 }
 
+/// One person's computed traits and audiences.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersonSummary {
+    /// Each computed trait's value, `None` where there is nothing to
+    /// compute from.
+    pub computed_traits: BTreeMap<String, Option<serde_json::Value>>,
+    /// The audiences they are in, by name.
+    pub audiences: Vec<String>,
+}
+
 /// A condition's text, as JSON when it starts with `{` and readable
 /// otherwise, checked; the error names where it is wrong.
 pub fn parse_condition(text: &str) -> Result<Condition, String> {
@@ -147,6 +157,33 @@ impl Audiences {
         let Some(person) = self.reader.person(workspace, lookup, at.map(AsOf::Time)).await? else { return Ok(None) };
         let now = at.unwrap_or(now);
         Ok(Some(computed.iter().map(|(name, definition)| (name.clone(), definition.compute(&person, now))).collect()))
+    }
+
+    /// The person `lookup` names at `at` (now when `None`): their computed
+    /// traits (`None` where there is nothing to compute from) and the
+    /// audiences they are in; `None` when no profile held it then. Reads
+    /// nothing of the person when the workspace defines neither.
+    pub async fn summary(
+        &self,
+        workspace: WorkspaceId,
+        lookup: &Lookup,
+        at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<PersonSummary>, AdminError> {
+        let (definitions, computed) = self.definitions(workspace).await?;
+        if definitions.is_empty() && computed.is_empty() {
+            return Ok(Some(PersonSummary::default()));
+        }
+        let Some(person) = self.reader.person(workspace, lookup, at.map(AsOf::Time)).await? else { return Ok(None) };
+        let now = at.unwrap_or(now);
+        let person = WithAudiences { person: &person, definitions: &definitions, computed: &computed, now };
+        let computed_traits =
+            computed.iter().map(|(name, definition)| (name.clone(), definition.compute(person.person, now))).collect();
+        let audiences = (definitions.iter())
+            .filter(|(_, condition)| evaluate(condition, &person, now).holds)
+            .map(|(name, _)| name.clone())
+            .collect();
+        Ok(Some(PersonSummary { computed_traits, audiences }))
     }
 
     /// Whether the person `lookup` names meets `target` at `at` (now when

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use onepd_adapters::audiences::Audiences;
 use onepd_adapters::profiles::{AsOf, Explanation, ProfileReader, parse_profile_id};
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::identity::{Identifier, IdentifierKind};
@@ -156,6 +157,20 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let (reader, log, workspace) = reader(&args.target).await?;
     let checkpoint = reader.checkpoint().await?;
     let profile = reader.get(workspace, &lookup, as_of).await;
+    // Computed traits and audiences are evaluated at a time: now, or the
+    // time asked for; not for a position.
+    let at = match as_of {
+        None => Some(None),
+        Some(AsOf::Time(time)) => Some(Some(time)),
+        Some(AsOf::Position(_)) => None,
+    };
+    let summary = match (&profile, at) {
+        (Ok(Some(_)), Some(at)) => {
+            let audiences = Audiences::new(log.clone(), reader.clone());
+            audiences.summary(workspace, &lookup, at, super::audience::now()).await.context("reading its audiences")?
+        }
+        _ => None,
+    };
     log.close().await;
     let Some(profile) = profile.context("reading the profile")? else {
         let what = match &lookup {
@@ -169,10 +184,24 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         }
         bail!("{what}: no profile holds it{}", if as_of.is_some() { " at that point" } else { "" });
     };
+    let summary = summary.unwrap_or_default();
     if args.json {
-        output::json(&profile_json(&profile)?);
+        let mut json = profile_json(&profile)?;
+        json["computed_traits"] = json!(summary.computed_traits);
+        json["audiences"] = json!(summary.audiences);
+        output::json(&json);
     } else {
         print_profile(&profile);
+        if !summary.computed_traits.is_empty() {
+            output::line("  computed traits");
+            for (name, value) in &summary.computed_traits {
+                let shown = value.as_ref().map_or_else(|| "(nothing to compute from)".to_owned(), ToString::to_string);
+                output::line(format!("    {name} = {shown}"));
+            }
+        }
+        if !summary.audiences.is_empty() {
+            output::line(format!("  audiences    {}", summary.audiences.join(", ")));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
