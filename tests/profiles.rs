@@ -1021,6 +1021,10 @@ async fn an_audience_condition_is_evaluated_for_one_person_now_and_as_of_a_past_
     assert_eq!(profile["audiences"], json!(["big spenders", "buyers", "vip"]), "{profile}");
     let then = deployment.cli_json(&["profile", "get", "--user-id", "buyer-1", "--as-of", &at(between)]);
     assert_eq!((&then["computed_traits"]["ltv"], &then["audiences"]), (&json!(120), &json!([])), "{then}");
+    let (status, traits) = reader.http_get("user_id:buyer-1", "traits").await;
+    assert_eq!((status, &traits["traits"]["ltv"], &traits["traits"]["plan"]), (200, &json!(200), &json!("pro")));
+    let (_, verbose) = reader.http_get("user_id:buyer-1", "traits?include=orders&verbose=true").await;
+    assert_eq!(verbose["traits"], json!({"orders": {"value": 2, "computed": true}}), "{verbose}");
     let refused = deployment.cli(&["computed", "remove", "ltv"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains(r#"audience "big spenders" reads it"#));
 

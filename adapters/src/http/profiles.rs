@@ -53,6 +53,8 @@ use onepd_projections::profile::{Group, Lookup, TimelineEntry, Trait};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::activation::admin::AdminError;
+use crate::audiences::Audiences;
 use crate::grpc::auth::{AuthError, TokenRegistry};
 use crate::grpc::profiles::{InvalidField, not_found_message, page_of, parse_identifier};
 use crate::profiles::{AsOf, ProfileReader, parse_profile_id};
@@ -161,7 +163,29 @@ async fn answer(
             let verbose = query.flag("verbose")?;
             let include = query.list("include");
             let profile = api.found(reader.get(workspace, &lookup, as_of).await, &lookup, as_of).await?;
-            let traits = traits_json(&profile.traits, include.as_deref(), verbose);
+            let mut traits = traits_json(&profile.traits, include.as_deref(), verbose);
+            // Computed traits beside the others, as Segment's Profile API
+            // shows them: evaluated now, or at an `as_of` time.
+            let at = match as_of {
+                None => Some(None),
+                Some(AsOf::Time(time)) => Some(Some(time)),
+                Some(AsOf::Position(_)) => None,
+            };
+            if let Some(at) = at {
+                let audiences = Audiences::new(reader.log().clone(), reader.clone());
+                let summary = audiences.summary(workspace, &lookup, at, crate::ingest::now()).await;
+                let summary = summary
+                    .map_err(|err| match err {
+                        AdminError::Store(err) => ApiError::Store(err),
+                        other => ApiError::Store(StoreError::Database(other.to_string())),
+                    })?
+                    .unwrap_or_default();
+                let wanted = |name: &String| include.as_deref().is_none_or(|names| names.contains(name));
+                for (name, value) in summary.computed_traits.into_iter().filter(|(name, _)| wanted(name)) {
+                    let value = value.unwrap_or(Value::Null);
+                    traits[name] = if verbose { json!({ "value": value, "computed": true }) } else { value };
+                }
+            }
             Ok(json!({ "traits": traits, "cursor": cursor(url, None) }))
         }
         Resource::Events => {

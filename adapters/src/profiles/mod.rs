@@ -81,6 +81,11 @@ impl ProfileReader {
         ProfileReader { store, log }
     }
 
+    /// The log this reader reads events from.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
     /// The read store this reader reads.
     pub fn store(&self) -> Arc<dyn ProjectionStore> {
         self.store.clone()
