@@ -27,199 +27,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
 
-// ---------------------------------------------------------------------------
-// The stub server.
-
-/// One request the stub received.
-#[derive(Debug, Clone)]
-struct Captured {
-    method: Method,
-    path: String,
-    query: BTreeMap<String, String>,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Captured {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("the body is JSON")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|value| value.to_str().ok())
-    }
-}
-
-/// What the stub answers.
-#[derive(Debug, Clone)]
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    body: String,
-    /// Never answer.
-    hang: bool,
-}
-
-impl Reply {
-    fn status(status: u16, body: impl Into<String>) -> Reply {
-        Reply { status, headers: Vec::new(), body: body.into(), hang: false }
-    }
-
-    fn ok(body: Value) -> Reply {
-        Reply::status(200, body.to_string())
-    }
-
-    fn with_header(mut self, name: &'static str, value: &'static str) -> Reply {
-        self.headers.push((name, value));
-        self
-    }
-
-    fn hang() -> Reply {
-        Reply { hang: true, ..Reply::status(200, "") }
-    }
-}
-
-#[derive(Clone)]
-struct StubState {
-    reply: Reply,
-    requests: Arc<Mutex<Vec<Captured>>>,
-}
-
-/// A local HTTP server that records every request and answers `reply`.
-struct Stub {
-    url: String,
-    requests: Arc<Mutex<Vec<Captured>>>,
-}
-
-impl Stub {
-    async fn start(reply: Reply) -> Stub {
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let state = StubState { reply, requests: requests.clone() };
-        let app = Router::new().fallback(capture).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a local port");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Stub { url, requests }
-    }
-
-    fn requests(&self) -> Vec<Captured> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    fn only_request(&self) -> Captured {
-        let requests = self.requests();
-        assert_eq!(requests.len(), 1, "expected exactly one request, found {}", requests.len());
-        requests.into_iter().next().unwrap()
-    }
-}
-
-async fn capture(
-    State(state): State<StubState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let query = reqwest::Url::parse(&format!("http://stub/?{}", uri.query().unwrap_or_default()))
-        .unwrap()
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    state.requests.lock().unwrap().push(Captured { method, path: uri.path().to_owned(), query, headers, body });
-    if state.reply.hang {
-        std::future::pending::<()>().await;
-    }
-    let mut response = (StatusCode::from_u16(state.reply.status).unwrap(), state.reply.body.clone()).into_response();
-    for (name, value) in &state.reply.headers {
-        response.headers_mut().insert(*name, value.parse().unwrap());
-    }
-    response
-}
-
-// ---------------------------------------------------------------------------
-// Prepared events, as the engine hands them over.
-
-fn event_id(n: u128) -> EventId {
-    EventId(Uuid::from_u128(0x0e5e_0000_0000_4000_8000_0000_0000_0000 + n))
-}
-
-fn event(n: u128, message_type: &str, name: Option<&str>, timestamp: &str, message: Value) -> PreparedEvent {
-    PreparedEvent {
-        event_id: event_id(n),
-        position: Position(100 + n as u64),
-        message_type: message_type.to_owned(),
-        name: name.map(str::to_owned),
-        timestamp: timestamp.to_owned(),
-        message,
-        identifiers: BTreeMap::new(),
-        traits: serde_json::Map::new(),
-        profile_id: Some(format!("profile-{n}")),
-    }
-}
-
-/// `raw` prepared as the table's field `field` says (normalized, hashed).
-fn prepared(table: &[IdentifierSpec], field: &str, raw: &str) -> String {
-    let spec = table.iter().find(|spec| spec.name == field).unwrap_or_else(|| panic!("no field {field}"));
-    prepare(spec, raw).unwrap_or_else(|| panic!("{field}: {raw} does not prepare"))
-}
-
-fn with_identifiers(mut event: PreparedEvent, identifiers: &[(&str, &[&str])]) -> PreparedEvent {
-    for (field, values) in identifiers {
-        event.identifiers.insert((*field).to_owned(), values.iter().map(|v| (*v).to_owned()).collect());
-    }
-    event
-}
-
-fn order_completed(n: u128) -> PreparedEvent {
-    event(
-        n,
-        "track",
-        Some("Order Completed"),
-        "2024-05-01T14:30:05.250+02:00",
-        json!({
-            "type": "track",
-            "event": "Order Completed",
-            "anonymousId": "anon-1",
-            "properties": {
-                "order_id": "order-77",
-                "total": 59.5,
-                "currency": "eur",
-                "products": [
-                    {"product_id": "sku-1", "name": "Mug", "price": 9.5, "quantity": 3},
-                    {"product_id": "sku-2", "name": "Tea", "price": 31, "quantity": 1}
-                ]
-            },
-            "context": {"page": {"url": "https://shop.example/checkout/done", "referrer": "https://shop.example/cart"}}
-        }),
-    )
-}
-
-fn page_view(n: u128) -> PreparedEvent {
-    event(
-        n,
-        "page",
-        Some("Home"),
-        "2024-05-01T12:00:00Z",
-        json!({
-            "type": "page",
-            "name": "Home",
-            "anonymousId": "anon-1",
-            "properties": {"url": "https://shop.example/", "title": "Shop", "referrer": "https://search.example/"}
-        }),
-    )
-}
-
-fn identify(n: u128) -> PreparedEvent {
-    event(n, "identify", None, "2024-05-01T12:00:00Z", json!({"type": "identify", "userId": "u1"}))
-}
-
-fn outcome_of(results: &[EventResult], n: u128) -> &Outcome {
-    &results.iter().find(|r| r.event_id == event_id(n)).unwrap_or_else(|| panic!("no result for event {n}")).outcome
-}
-
-async fn adapter(name: &str, settings: Value) -> Arc<dyn Destination> {
-    built_in(name, &settings).unwrap_or_else(|err| panic!("{name}: {err}"))
-}
+mod stub;
+use stub::*;
 
 // ---------------------------------------------------------------------------
 // Meta Conversions API.
@@ -650,6 +459,10 @@ fn settings_for(adapter: &str, url: &str, timeout_ms: Option<u64>) -> Value {
         "tiktok" => json!({"access_token": "t", "pixel_code": "P", "endpoint": url}),
         "ga4" => json!({"measurement_id": "G-1", "api_secret": "s", "endpoint": url}),
         "webhook" => json!({"url": url}),
+        "klaviyo" => json!({"api_key": "pk_test", "endpoint": url}),
+        "hubspot" => json!({"access_token": "pat-test", "endpoint": url}),
+        "mailchimp" => json!({"api_key": "key-us6", "list_id": "L1", "endpoint": url}),
+        "braze" => json!({"api_key": "b-key", "endpoint": url}),
         other => panic!("no settings for {other}"),
     };
     if let Some(ms) = timeout_ms {
@@ -660,7 +473,7 @@ fn settings_for(adapter: &str, url: &str, timeout_ms: Option<u64>) -> Value {
 
 /// An event every adapter sends.
 fn sendable() -> PreparedEvent {
-    with_identifiers(order_completed(1), &[("gclid", &["g"])])
+    with_identifiers(order_completed(1), &[("gclid", &["g"]), ("email", &["ann@example.com"]), ("user_id", &["u1"])])
 }
 
 #[tokio::test]

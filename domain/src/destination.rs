@@ -385,6 +385,73 @@ pub struct PreparedEvent {
     pub profile_id: Option<String>,
 }
 
+/// The message type of a change of audience membership handed to a
+/// destination (see [`AudienceChange`]).
+pub const AUDIENCE_MESSAGE_TYPE: &str = "audience";
+
+/// A change of one person's membership in an audience, as a destination
+/// receives it: a [`PreparedEvent`] whose `message_type` is
+/// [`AUDIENCE_MESSAGE_TYPE`], whose `name` is the audience's name, whose
+/// `identifiers` are the person's (every value the profile holds, prepared
+/// as the destination describes), and whose message is
+///
+/// ```json
+/// {"type": "audience", "action": "entered",
+///  "audience": {"name": "repeat_buyers", "external_id": "23850000000000"}}
+/// ```
+///
+/// `action` is `entered` (add the person to the platform's list or custom
+/// audience) or `exited` (remove them). `external_id` is the platform's id
+/// of the list or audience the onepd audience is connected to; it is absent
+/// when the connection names none, and an adapter that needs one answers
+/// [`Outcome::Permanent`] naming it. The event id is the id of the
+/// `AudienceEntered` / `AudienceExited` event in the log: the same on every
+/// attempt and every replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudienceChange<'a> {
+    /// Whether the person entered (`true`) or exited (`false`).
+    pub entered: bool,
+    /// The onepd audience's name.
+    pub audience: &'a str,
+    /// The platform's id of the connected list or audience, if given.
+    pub external_id: Option<&'a str>,
+}
+
+impl<'a> AudienceChange<'a> {
+    /// The change `event` carries, or `None` when it is not an audience
+    /// change (or is malformed).
+    pub fn of(event: &'a PreparedEvent) -> Option<AudienceChange<'a>> {
+        if event.message_type != AUDIENCE_MESSAGE_TYPE {
+            return None;
+        }
+        let entered = match event.message.get("action")?.as_str()? {
+            "entered" => true,
+            "exited" => false,
+            _ => return None,
+        };
+        let audience = event.message.get("audience")?;
+        Some(AudienceChange {
+            entered,
+            audience: audience.get("name")?.as_str()?,
+            external_id: audience.get("external_id").and_then(Value::as_str).filter(|id| !id.is_empty()),
+        })
+    }
+
+    /// The message of an audience change.
+    pub fn message(entered: bool, audience: &str, external_id: Option<&str>) -> Value {
+        let mut named = serde_json::Map::new();
+        named.insert("name".into(), Value::String(audience.to_owned()));
+        if let Some(id) = external_id {
+            named.insert("external_id".into(), Value::String(id.to_owned()));
+        }
+        serde_json::json!({
+            "type": AUDIENCE_MESSAGE_TYPE,
+            "action": if entered { "entered" } else { "exited" },
+            "audience": named,
+        })
+    }
+}
+
 /// What became of one event of a delivered batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
