@@ -7,22 +7,13 @@
 //! Run with `cargo test -p onepd-adapters --test destinations`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
 use hmac::{Hmac, Mac};
 use onepd_adapters::destinations::{AdapterError, BUILT_IN, built_in};
-use onepd_domain::destination::{
-    Category, DeletionAnswer, DeletionRequest, DeliverError, Destination, EventResult, IdentifierSpec, Outcome,
-    PreparedEvent,
-};
-use onepd_domain::hashing::{google_ads_identifiers, meta_identifiers, prepare, sha256_hex, tiktok_identifiers};
-use onepd_domain::{EventId, Position};
+use onepd_domain::destination::{Category, DeletionAnswer, DeletionRequest, DeliverError, Outcome, PreparedEvent};
+use onepd_domain::hashing::{google_ads_identifiers, meta_identifiers, sha256_hex, tiktok_identifiers};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use uuid::Uuid;
