@@ -1147,3 +1147,129 @@ async fn an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past
 async fn an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past_time_on_postgres() {
     an_audience_preview_counts_the_profiles_meeting_it_now_and_as_of_a_past_time(Deployment::postgres().await).await;
 }
+
+/// An audience kept up to date as a projection, every entry and exit an
+/// event with its cause: "two orders in 90 days" fills from a backfill when
+/// defined, a second person enters live, a merge makes a third, the clock
+/// (a tick recorded in the log) moves the first out when their older order
+/// turns 91 days old, and an erasure removes the second; the members as of
+/// a past time and the history come from the log alone.
+async fn an_audience_fills_by_backfill_changes_live_and_as_time_passes_and_its_history_is_in_the_log(
+    deployment: Deployment,
+) {
+    const DAY: i64 = 86_400_000_000;
+    let reader = &deployment.reader;
+    let start = onepd_domain::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64,
+    );
+    let order = |message_id: &str, who: (&str, &str), days_ago: i64| {
+        let mut message = json!({
+            "type": "track", "messageId": message_id, "event": "Order Completed",
+            "timestamp": onepd_domain::Timestamp(start.0 - days_ago * DAY).to_rfc3339(),
+        });
+        message[who.0] = json!(who.1);
+        message
+    };
+    let members = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["audience", "members", "repeat buyers", "--wait"];
+        args.extend_from_slice(extra);
+        let found = deployment.cli_json(&args);
+        let mut ids: Vec<String> =
+            found["members"].as_array().unwrap().iter().map(|m| m["profile"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    deployment
+        .send(vec![
+            order("bf-1", ("userId", "b1"), 80),
+            order("bf-2", ("userId", "b1"), 1),
+            order("bf-3", ("userId", "b2"), 5),
+            order("bf-4", ("anonymousId", "a3"), 3),
+            order("bf-5", ("userId", "b3"), 2),
+        ])
+        .await;
+    reader.profile_where("user_id", "b1", "b1's orders are projected", |p| p.event_count >= 2).await;
+    reader.profile_where("user_id", "b3", "b3's order is projected", |p| p.event_count >= 1).await;
+    reader.profile_where("anonymous_id", "a3", "a3's order is projected", |p| p.event_count >= 1).await;
+    let b1 = reader.get("user_id", "b1").await.unwrap().id;
+    let b2 = reader.get("user_id", "b2").await.unwrap().id;
+
+    // Defined: a backfill from history.
+    let rule = r#"performed "Order Completed" at least 2 times within 90 days"#;
+    let defined = deployment.cli_json(&["audience", "define", "repeat buyers", rule]);
+    assert_eq!(members(&[]), vec![b1.clone()], "the backfill finds the one person with two orders");
+
+    // Live: b2's second order.
+    deployment.send(vec![order("bf-6", ("userId", "b2"), 0)]).await;
+    reader.profile_where("user_id", "b2", "b2's second order is projected", |p| p.event_count >= 2).await;
+    assert_eq!(members(&[]), sorted(vec![b1.clone(), b2.clone()]), "b2 enters with their second order");
+
+    // A merge: a3 and b3, one order each, are one person with two.
+    deployment.send(vec![identify("bf-7", "b3", Some("a3"), json!({}))]).await;
+    reader.profile_where("user_id", "b3", "a3 and b3 are merged", |p| p.event_count >= 3).await;
+    let b3 = reader.get("user_id", "b3").await.unwrap().id;
+    assert_eq!(members(&[]), sorted(vec![b1.clone(), b2.clone(), b3.clone()]), "the merged person enters");
+    let before_tick = crate_now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Time passes: eleven days on, b1's first order is 91 days old.
+    let later = onepd_domain::Timestamp(start.0 + 11 * DAY).to_rfc3339();
+    let tick = deployment.cli_json(&["audience", "tick", "--at", &later]);
+    assert_eq!(members(&[]), sorted(vec![b2.clone(), b3.clone()]), "b1 leaves when the window passes");
+    let then = members(&["--as-of", &before_tick.to_rfc3339()]);
+    assert_eq!(then, sorted(vec![b1.clone(), b2.clone(), b3.clone()]), "the members as of before the tick");
+
+    // An erasure removes b2.
+    deployment.cli_json(&["forget", "--user-id", "b2"]);
+    assert_eq!(members(&[]), vec![b3.clone()], "an erased person leaves");
+
+    let history = deployment.cli_json(&["audience", "history", "--audience", "repeat buyers", "--wait"]);
+    let changes: Vec<(String, String, u64)> = (history.as_array().unwrap().iter())
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_owned(),
+                c["profile"].as_str().unwrap().to_owned(),
+                c["cause"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let (entered, exited) = ("entered".to_owned(), "exited".to_owned());
+    let tick_position = tick["position"].as_u64().unwrap();
+    assert_eq!(changes[0], (entered.clone(), b1.clone(), defined["position"].as_u64().unwrap()), "{history}");
+    assert_eq!(changes[1].0, entered);
+    assert_eq!(changes[1].1, b2);
+    assert_eq!((&changes[2].0, &changes[2].1), (&entered, &b3));
+    assert_eq!(changes[3], (exited.clone(), b1.clone(), tick_position), "{history}");
+    assert_eq!((&changes[4].0, &changes[4].1), (&exited, &b2));
+    assert_eq!(changes.len(), 5, "{history}");
+    let why = history[3]["why"].as_str().unwrap();
+    assert!(why.contains("found 1 event"), "{why}");
+    assert_eq!(history[4]["why"], "erased");
+    deployment.stop();
+}
+
+fn crate_now() -> onepd_domain::Timestamp {
+    onepd_domain::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_fills_by_backfill_changes_live_and_as_time_passes_on_sqlite() {
+    an_audience_fills_by_backfill_changes_live_and_as_time_passes_and_its_history_is_in_the_log(
+        Deployment::sqlite().await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_fills_by_backfill_changes_live_and_as_time_passes_on_postgres() {
+    an_audience_fills_by_backfill_changes_live_and_as_time_passes_and_its_history_is_in_the_log(
+        Deployment::postgres().await,
+    )
+    .await;
+}

@@ -25,6 +25,7 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod live;
+pub mod membership;
 pub mod profiles;
 pub mod quarantine;
 pub mod readstore;

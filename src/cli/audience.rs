@@ -1,6 +1,8 @@
-//! `onepd audience define|list|remove|check|evaluate`: a workspace's
-//! audiences, and the condition language they are written in, tried on its
-//! own or against one person's profile, now or as of a past time.
+//! `onepd audience define|list|remove|check|evaluate|preview|members|history|tick`:
+//! a workspace's audiences, the condition language they are written in
+//! (tried on its own or against one person's profile, now or as of a past
+//! time), who is in them now or was then, every entry and exit with its
+//! cause, and the audience clock.
 
 use std::process::ExitCode;
 
@@ -8,9 +10,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use onepd_adapters::EventLog;
 use onepd_adapters::audiences::{Audiences, Target, parse_condition};
+use onepd_adapters::membership::{Change, Membership, tick_clock};
 use onepd_domain::audience::{Condition, Explanation};
 use onepd_domain::events::audience::AudienceDefined;
-use onepd_domain::{Timestamp, WorkspaceId};
+use onepd_domain::{EventStore, Timestamp, WorkspaceId};
 use onepd_projections::profile::Lookup;
 use serde_json::json;
 
@@ -34,6 +37,64 @@ pub enum AudienceCommand {
     /// Evaluate a condition for one person: whether they meet it, why, and
     /// when it changes by itself (exit 0 when they meet it, 1 when not).
     Evaluate(Box<EvaluateArgs>),
+    /// Who is in an audience now, or was just before a past time (from the
+    /// entries and exits in the log).
+    Members(MembersArgs),
+    /// Every entry and exit, with the event that caused it and why, from
+    /// the log alone.
+    History(HistoryArgs),
+    /// Move the workspace's audience clock to a time (default now): people
+    /// whose window edges it passes are evaluated again. `onepd serve` ticks
+    /// by itself; this records a tick by hand (a test clock, a catch-up).
+    Tick(TickArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The audience's name.
+    name: String,
+    /// Just before this RFC 3339 time (default: now).
+    #[arg(long)]
+    as_of: Option<String>,
+    /// Wait until the membership has read the whole log (up to 30 s) first.
+    #[arg(long)]
+    wait: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// Only this audience's entries and exits.
+    #[arg(long)]
+    audience: Option<String>,
+    /// Only this profile's (by id).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Wait until the membership has read the whole log (up to 30 s) first.
+    #[arg(long)]
+    wait: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TickArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The RFC 3339 time the clock moves to (default: now). A time before
+    /// the clock's changes nothing: it never goes back.
+    #[arg(long)]
+    at: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +194,9 @@ pub async fn run(command: AudienceCommand) -> anyhow::Result<ExitCode> {
         AudienceCommand::Preview(args) => preview(args).await,
         AudienceCommand::Check(args) => check(args),
         AudienceCommand::Evaluate(args) => evaluate_one(*args).await,
+        AudienceCommand::Members(args) => members(args).await,
+        AudienceCommand::History(args) => history(args).await,
+        AudienceCommand::Tick(args) => tick(args).await,
     }
 }
 
@@ -302,4 +366,99 @@ fn print(explanation: &Explanation, depth: usize) {
 pub(super) fn now() -> Timestamp {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Timestamp(since.as_micros() as i64)
+}
+
+/// The membership over the store of `scope`, waiting for it to read the
+/// whole log when asked.
+async fn membership(scope: &directory::Scope, wait: bool) -> anyhow::Result<(Membership, EventLog, WorkspaceId)> {
+    let (reader, log, workspace) = reader(scope).await?;
+    let membership = Membership::new(log.clone(), reader.store());
+    if wait {
+        let head = log.head().await?;
+        if !membership.wait_for(head, std::time::Duration::from_secs(30)).await? {
+            bail!("the audience membership has not read the log up to position {}; is onepd serve running?", head.0);
+        }
+    }
+    Ok((membership, log, workspace))
+}
+
+async fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
+    let as_of = parse_at(args.as_of.as_deref())?;
+    let (membership, log, workspace) = membership(&args.target, args.wait).await?;
+    let found = async {
+        match as_of {
+            None => membership.members(workspace, &args.name).await,
+            Some(time) => {
+                let through = onepd_domain::Position(log.position_at(time).await?.0.saturating_sub(1));
+                membership.members_as_of(workspace, &args.name, through).await
+            }
+        }
+    }
+    .await;
+    log.close().await;
+    let found = found.context("reading the audience's members")?;
+    if args.json {
+        let members: Vec<_> = (found.iter())
+            .map(|m| json!({ "profile": m.profile.0.to_string(), "since": m.since.0, "at": m.at.to_rfc3339() }))
+            .collect();
+        output::json(&json!({ "audience": args.name, "size": found.len(), "members": members }));
+    } else {
+        let when = as_of.map_or_else(|| "now".to_owned(), |t| format!("just before {}", t.to_rfc3339()));
+        output::line(format!("{} members of {:?} {when}", found.len(), args.name));
+        for member in found {
+            output::line(format!("  profile {} since position {}", member.profile.0, member.since.0));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let (membership, log, workspace) = membership(&args.target, args.wait).await?;
+    let found = membership.history(workspace, None).await;
+    log.close().await;
+    let changes: Vec<Change> = (found.context("reading the audience history")?.into_iter())
+        .filter(|c| args.audience.as_ref().is_none_or(|name| &c.audience == name))
+        .filter(|c| args.profile.as_ref().is_none_or(|id| c.profile.0.to_string() == *id))
+        .collect();
+    if args.json {
+        let changes: Vec<_> = (changes.iter())
+            .map(|c| {
+                json!({
+                    "position": c.position.0, "change": c.change, "audience": c.audience,
+                    "profile": c.profile.0.to_string(), "cause": c.cause.0, "at": c.at.to_rfc3339(), "why": c.why,
+                })
+            })
+            .collect();
+        output::json(&json!(changes));
+    } else if changes.is_empty() {
+        output::line("no entries or exits");
+    } else {
+        for c in changes {
+            output::line(format!(
+                "position {}: profile {} {} {:?} (caused by position {}, at {}): {}",
+                c.position.0,
+                c.profile.0,
+                c.change,
+                c.audience,
+                c.cause.0,
+                c.at.to_rfc3339(),
+                c.why
+            ));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tick(args: TickArgs) -> anyhow::Result<ExitCode> {
+    let at = parse_at(args.at.as_deref())?.unwrap_or_else(now);
+    let (_, log, workspace) = super::profile::reader(&args.target).await?;
+    let ticked = tick_clock(&log, workspace, at).await;
+    log.close().await;
+    let position = ticked.context("recording the clock tick")?;
+    if args.json {
+        output::json(&json!({ "at": at.to_rfc3339(), "position": position.0 }));
+    } else {
+        output::line(format!("audience clock ticked to {} at position {}", at.to_rfc3339(), position.0));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// and are read back when named.
     #[arg(long, env = "ONEPD_READ_CACHE_MB", default_value_t = 256)]
     read_cache_mb: usize,
+    /// How often (seconds) the audience clock checks for window edges that
+    /// have passed, recording a tick for each workspace with one due.
+    #[arg(long, env = "ONEPD_AUDIENCE_TICK_SECONDS", default_value_t = 60)]
+    audience_tick_seconds: u64,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -88,6 +92,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (projection_cache, snapshots) = onepd_adapters::profiles::as_of::split_read_cache(args.read_cache_mb << 20);
     let projection = Arc::new(ProfilesProjection::spawn(log.clone(), read_store.clone(), projection_cache));
     let profiles = ProfileReader::new(read_store.clone(), log.clone());
+    let _membership = onepd_adapters::membership::MembershipRunner::spawn(
+        log.clone(),
+        read_store.clone(),
+        std::time::Duration::from_secs(args.audience_tick_seconds.max(1)),
+    );
     let ingest = Ingest::start(
         log.clone(),
         IngestConfig { max_in_flight: args.max_in_flight, trusted_proxies: args.trusted_proxies.clone() },

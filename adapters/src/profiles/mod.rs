@@ -140,6 +140,18 @@ impl ProfileReader {
         lookup: &Lookup,
         as_of: Option<AsOf>,
     ) -> Result<Option<PersonFacts>, StoreError> {
+        Ok(self.identified_person(workspace, lookup, as_of).await?.map(|(_, person)| person))
+    }
+
+    /// [`ProfileReader::person`] with the id of the profile it is (as of
+    /// `as_of`): the live profile now, or the profile that held `lookup`
+    /// then.
+    pub async fn identified_person(
+        &self,
+        workspace: WorkspaceId,
+        lookup: &Lookup,
+        as_of: Option<AsOf>,
+    ) -> Result<Option<(ProfileId, PersonFacts)>, StoreError> {
         let Some(doc) = self.doc(workspace, lookup).await? else { return Ok(None) };
         let (profile, positions) = match as_of {
             None => {
@@ -155,7 +167,7 @@ impl ProfileReader {
             }
         };
         let events = self.log.read_at(workspace, &positions).await?;
-        Ok(Some(PersonFacts::of(&profile, &events)))
+        Ok(Some((profile.id, PersonFacts::of(&profile, &events))))
     }
 
     /// Every profile of `workspace` as an audience condition reads it, now

@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use uuid::Uuid;
+
 use crate::audience::{ComputedTrait, Condition};
+use crate::identity::ProfileId;
+use crate::{EventId, Position, StreamId, Timestamp, WorkspaceId};
 
 /// An audience was defined, or its definition replaced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,4 +62,91 @@ pub struct ComputedTraitRemoved {
 impl ComputedTraitRemoved {
     /// The stored event type.
     pub const TYPE: &'static str = "ComputedTraitRemoved";
+}
+
+/// The stream of a workspace's audience entries and exits.
+pub fn membership_stream(workspace: WorkspaceId) -> StreamId {
+    StreamId::new(format!("audience-membership-{}", workspace.0)).expect("a membership stream id is valid")
+}
+
+/// The stream of a workspace's audience clock.
+pub fn clock_stream(workspace: WorkspaceId) -> StreamId {
+    StreamId::new(format!("audience-clock-{}", workspace.0)).expect("a clock stream id is valid")
+}
+
+/// A person came to meet an audience's condition: they are in it from
+/// this event on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudienceEntered {
+    /// The audience.
+    pub audience: String,
+    /// The person's profile at `cause`.
+    pub profile: ProfileId,
+    /// The event that made them meet it: a message of theirs, the
+    /// audience's definition (a backfill), a clock tick, or an operator fact.
+    pub cause: Position,
+    /// The time the condition was evaluated at.
+    pub at: Timestamp,
+    /// What held, in words (the condition's explanation).
+    pub why: String,
+}
+
+impl AudienceEntered {
+    /// The stored event type.
+    pub const TYPE: &'static str = "AudienceEntered";
+}
+
+/// A person left an audience: they no longer meet its condition, or their
+/// profile merged into another, was erased, or the audience was removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudienceExited {
+    /// The audience.
+    pub audience: String,
+    /// The profile that was in it.
+    pub profile: ProfileId,
+    /// The event that made them leave (see [`AudienceEntered::cause`]).
+    pub cause: Position,
+    /// The time the condition was evaluated at.
+    pub at: Timestamp,
+    /// Why, in words.
+    pub why: String,
+}
+
+impl AudienceExited {
+    /// The stored event type.
+    pub const TYPE: &'static str = "AudienceExited";
+}
+
+/// The audience clock of a workspace reached `at`: windows are evaluated as
+/// of it for the people whose window edges it passed. Recorded in the log so
+/// that a rebuild evaluates at the same times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceClockTicked {
+    /// The time evaluated at.
+    pub at: Timestamp,
+}
+
+impl AudienceClockTicked {
+    /// The stored event type.
+    pub const TYPE: &'static str = "AudienceClockTicked";
+}
+
+/// The id of the entry (`entered`) or exit of `profile` in `audience` that
+/// `cause` made: the same however often it is decided, so a decision
+/// repeated after a crash appends nothing twice.
+pub fn membership_event_id(
+    workspace: WorkspaceId,
+    audience: &str,
+    profile: ProfileId,
+    cause: Position,
+    entered: bool,
+) -> EventId {
+    let kind = if entered { "entered" } else { "exited" };
+    let name = format!("audience-membership:{kind}:{}:{}:{audience}", profile.0, cause.0);
+    EventId(Uuid::new_v5(&workspace.0, name.as_bytes()))
+}
+
+/// The id of the tick of a workspace's clock at `at`.
+pub fn clock_event_id(workspace: WorkspaceId, at: Timestamp) -> EventId {
+    EventId(Uuid::new_v5(&workspace.0, format!("audience-clock:{}", at.0).as_bytes()))
 }

@@ -1,0 +1,921 @@
+//! Audience membership: who is in each audience, kept up to date as the
+//! log grows and as time passes, with every entry and exit an event in the
+//! log (`AudienceEntered` / `AudienceExited`, naming the position that
+//! caused it).
+//!
+//! The membership runner reads the log in order (after the profiles read
+//! model has each event) and decides, for every event it reads:
+//!
+//! - a message: the person it was attributed to is evaluated as of that
+//!   event, at the workspace's audience clock; a profile the message merged
+//!   into them leaves every audience it was in;
+//! - an audience or computed trait defined, edited or removed, or an
+//!   operator fact (rules, block, split): every profile of the workspace is
+//!   evaluated again as of that event (a backfill), and only the
+//!   differences become entries and exits;
+//! - a clock tick (`AudienceClockTicked`, recorded by `onepd serve`'s
+//!   scheduler or `onepd audience tick`): the people whose window edge the
+//!   new time passed are evaluated again, found through an index of edges,
+//!   not by reading every profile;
+//! - an erasure: the erased profiles leave every audience.
+//!
+//! The clock of a workspace is the latest of the times its events were
+//! recorded at and its ticks: it never goes back, and every evaluation is
+//! as of a position in the log at a time recorded in the log, so reading
+//! the log again decides the same entries and exits.
+//!
+//! The state (members by audience, each person's audiences and next window
+//! edge, the edge index and the clock) lives in the read store, in the
+//! generation of the `audiences` projection, written with the checkpoint in
+//! one commit after the page's entries and exits are appended. Those have
+//! ids derived from what caused them, so a page decided again after a crash
+//! appends nothing twice.
+//!
+//! **Does not:** send anything to destinations; delivery reads the entries
+//! and exits from the log.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use onepd_domain::audience::{ComputedTrait, Condition, WithAudiences, evaluate};
+use onepd_domain::events::audience::{
+    AudienceClockTicked, AudienceDefined, AudienceEntered, AudienceExited, AudienceRemoved, ComputedTraitDefined,
+    ComputedTraitRemoved, clock_event_id, clock_stream, membership_event_id, membership_stream,
+};
+use onepd_domain::events::erasure::SubjectErased;
+use onepd_domain::events::identity::{FACT_TYPES, IdentityFacts};
+use onepd_domain::events::message::MessageAccepted;
+use onepd_domain::identity::ProfileId;
+use onepd_domain::{
+    AppendRequest, DocWrite, EventFilter, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore,
+    RecordedEvent, StoreError, Timestamp, WorkspaceId,
+};
+use onepd_projections::audience::PersonFacts;
+use onepd_projections::profile::Lookup;
+use onepd_projections::runner::{ProfilesFold, read_facts};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::EventLog;
+use crate::profiles::as_of::AsOfReader;
+use crate::profiles::{AsOf, ProfileReader};
+
+/// The projection's name in the read store.
+pub const AUDIENCES: &str = "audiences";
+/// The version of the code that builds it.
+const VERSION: u32 = 1;
+/// `{audience}\u{1f}{profile}` → [`Member`].
+const MEMBER: &str = "audience_member";
+/// `{profile}` → [`PersonState`].
+const PERSON: &str = "audience_person";
+/// `{edge, 20 digits}\u{1f}{profile}` → nothing: the people a tick at or
+/// after the edge evaluates again.
+const EDGE: &str = "audience_edge";
+/// `now` → the workspace's clock ([`Timestamp`]).
+const CLOCK: &str = "audience_clock";
+/// Between the parts of a key.
+const SEPARATOR: char = '\u{1f}';
+/// Events read at a time.
+const PAGE: usize = 500;
+
+/// The event types the runner reads.
+fn read_types() -> Vec<String> {
+    let mut types: Vec<String> = [
+        MessageAccepted::TYPE,
+        AudienceDefined::TYPE,
+        AudienceRemoved::TYPE,
+        ComputedTraitDefined::TYPE,
+        ComputedTraitRemoved::TYPE,
+        AudienceClockTicked::TYPE,
+        SubjectErased::TYPE,
+    ]
+    .map(String::from)
+    .to_vec();
+    types.extend(FACT_TYPES.map(String::from));
+    types
+}
+
+/// The definition event types.
+const DEFINITION_TYPES: [&str; 4] =
+    [AudienceDefined::TYPE, AudienceRemoved::TYPE, ComputedTraitDefined::TYPE, ComputedTraitRemoved::TYPE];
+
+/// One member of an audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The profile.
+    pub profile: ProfileId,
+    /// The event that made them enter.
+    pub since: Position,
+    /// The time they entered at (the clock then).
+    pub at: Timestamp,
+}
+
+/// What the runner keeps of one person.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct PersonState {
+    /// The audiences they are in.
+    audiences: BTreeSet<String>,
+    /// Their next window edge, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edge: Option<Timestamp>,
+}
+
+/// A workspace's audiences and computed traits, as the log defines them at
+/// the runner's position.
+#[derive(Debug, Clone, Default)]
+struct Definitions {
+    audiences: BTreeMap<String, Condition>,
+    computed: BTreeMap<String, ComputedTrait>,
+}
+
+impl Definitions {
+    fn apply(&mut self, event: &RecordedEvent) {
+        let Some(data) = event.data.value() else { return };
+        match event.event_type.as_str() {
+            AudienceDefined::TYPE => {
+                if let Ok(defined) = serde_json::from_value::<AudienceDefined>(data.clone()) {
+                    self.audiences.insert(defined.name, defined.condition);
+                }
+            }
+            AudienceRemoved::TYPE => {
+                if let Ok(removed) = serde_json::from_value::<AudienceRemoved>(data.clone()) {
+                    self.audiences.remove(&removed.name);
+                }
+            }
+            ComputedTraitDefined::TYPE => {
+                if let Ok(defined) = serde_json::from_value::<ComputedTraitDefined>(data.clone()) {
+                    self.computed.insert(defined.name, defined.definition);
+                }
+            }
+            ComputedTraitRemoved::TYPE => {
+                if let Ok(removed) = serde_json::from_value::<ComputedTraitRemoved>(data.clone()) {
+                    self.computed.remove(&removed.name);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Each audience's verdict for one person: whether they meet it, its next
+/// window edge, and why.
+type Verdicts = BTreeMap<String, (bool, Option<Timestamp>, String)>;
+
+/// The key of an edge in [`EDGE`]: ordered by time as text.
+fn edge_key(edge: Timestamp, profile: ProfileId) -> String {
+    format!("{:020}{SEPARATOR}{}", edge.0.max(0), profile.0)
+}
+
+/// The key of a member in [`MEMBER`].
+fn member_key(audience: &str, profile: ProfileId) -> String {
+    format!("{audience}{SEPARATOR}{}", profile.0)
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("audiences read model: {what}: {err}"))
+}
+
+/// One page's decisions: the documents to write and the entries and exits
+/// to append, read back by the page's later events before they are
+/// committed.
+#[derive(Default)]
+struct Pending {
+    writes: BTreeMap<(WorkspaceId, &'static str, String), Option<Vec<u8>>>,
+    appends: BTreeMap<WorkspaceId, Vec<NewEvent>>,
+}
+
+/// The running membership runner and its clock's scheduler.
+#[derive(Debug)]
+pub struct MembershipRunner {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl MembershipRunner {
+    /// Starts the runner over `log` and `store` (the profiles' read store),
+    /// and a scheduler that, every `tick`, records a clock tick for each
+    /// workspace with a window edge due.
+    pub fn spawn(log: EventLog, store: Arc<dyn ProjectionStore>, tick: Duration) -> MembershipRunner {
+        let workspaces: Arc<Mutex<BTreeSet<WorkspaceId>>> = Arc::default();
+        let run = {
+            let (log, store, workspaces) = (log.clone(), store.clone(), workspaces.clone());
+            tokio::spawn(async move {
+                loop {
+                    let mut runner = Runner::new(log.clone(), store.clone(), workspaces.clone());
+                    match runner.run().await {
+                        Ok(()) => return,
+                        Err(_) if log.is_closed() => return,
+                        Err(err) => {
+                            tracing::error!(projection = AUDIENCES, cause = %err, "audience membership stopped; restarting");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        };
+        let scheduler = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                if log.is_closed() {
+                    return;
+                }
+                let due: Vec<WorkspaceId> = workspaces.lock().expect("not poisoned").iter().copied().collect();
+                let now = crate::ingest::now();
+                for workspace in due {
+                    match Membership::new(log.clone(), store.clone()).edge_due(workspace, now).await {
+                        Ok(true) => {
+                            if let Err(err) = tick_clock(&log, workspace, now).await {
+                                tracing::warn!(%workspace, cause = %err, "audience clock tick not recorded");
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(err) => tracing::warn!(%workspace, cause = %err, "audience edges not read"),
+                    }
+                }
+            }
+        });
+        MembershipRunner { tasks: vec![run, scheduler] }
+    }
+
+    /// Stops both tasks.
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for MembershipRunner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Records that `workspace`'s audience clock reached `at`: the position of
+/// the tick (an earlier tick at the same time is not recorded twice).
+pub async fn tick_clock(log: &EventLog, workspace: WorkspaceId, at: Timestamp) -> Result<Position, StoreError> {
+    let event = NewEvent {
+        event_id: clock_event_id(workspace, at),
+        workspace_id: workspace,
+        event_type: AudienceClockTicked::TYPE.to_owned(),
+        schema_version: 1,
+        data: serde_json::to_value(AudienceClockTicked { at }).expect("serializable"),
+        metadata: json!({"actor": "audience clock"}),
+        subject: None,
+    };
+    let request =
+        AppendRequest { stream_id: clock_stream(workspace), expected: ExpectedVersion::Any, events: vec![event] };
+    let outcome = log.append(request).await.map_err(|err| match err {
+        onepd_domain::AppendError::Store(err) => err,
+        other => StoreError::Database(other.to_string()),
+    })?;
+    Ok(*outcome.positions.last().expect("one event"))
+}
+
+/// The runner's state between pages.
+struct Runner {
+    log: EventLog,
+    store: Arc<dyn ProjectionStore>,
+    reader: ProfileReader,
+    as_of: AsOfReader,
+    workspaces: Arc<Mutex<BTreeSet<WorkspaceId>>>,
+    definitions: HashMap<WorkspaceId, Definitions>,
+    facts: HashMap<WorkspaceId, IdentityFacts>,
+    fold: ProfilesFold,
+    generation: u64,
+    checkpoint: Position,
+}
+
+impl Runner {
+    fn new(log: EventLog, store: Arc<dyn ProjectionStore>, workspaces: Arc<Mutex<BTreeSet<WorkspaceId>>>) -> Runner {
+        Runner {
+            reader: ProfileReader::new(store.clone(), log.clone()),
+            as_of: AsOfReader::new(store.clone(), log.clone()),
+            log,
+            store,
+            workspaces,
+            definitions: HashMap::new(),
+            facts: HashMap::new(),
+            fold: ProfilesFold::suppressing(&HashMap::new(), None),
+            generation: 0,
+            checkpoint: Position::START,
+        }
+    }
+
+    /// Resumes at the checkpoint and follows the log until it is closed.
+    async fn run(&mut self) -> Result<(), StoreError> {
+        let generation = match self.store.live(AUDIENCES).await? {
+            Some(generation) => generation,
+            None => {
+                let generation = self.store.create_generation(AUDIENCES, VERSION).await?;
+                self.store.promote(generation.id).await?;
+                generation
+            }
+        };
+        self.generation = generation.id;
+        self.checkpoint = generation.checkpoint;
+        // What the log defined up to the checkpoint: definitions and facts.
+        let filter = EventFilter { event_types: DEFINITION_TYPES.map(String::from).to_vec(), ..EventFilter::default() };
+        let mut next = Position(1);
+        while next <= self.checkpoint {
+            let page = self.log.read(next, Some(self.checkpoint), &filter, 1_000).await?;
+            for event in &page.events {
+                self.definitions.entry(event.workspace_id).or_default().apply(event);
+            }
+            next = page.next;
+        }
+        self.facts = read_facts(&self.log, self.checkpoint).await?;
+        self.fold = ProfilesFold::suppressing(&self.facts, self.log.suppression_hasher());
+        self.publish_workspaces();
+        let filter = EventFilter { event_types: read_types(), ..EventFilter::default() };
+        let mut subscription = self.log.subscribe(self.checkpoint.next(), filter).await?;
+        loop {
+            let events = match subscription.next_batch().await {
+                Ok(events) => events,
+                Err(_) if self.log.is_closed() => return Ok(()),
+                Err(err) => return Err(err),
+            };
+            for page in events.chunks(PAGE) {
+                self.page(page).await?;
+            }
+        }
+    }
+
+    fn publish_workspaces(&self) {
+        let with: BTreeSet<WorkspaceId> =
+            self.definitions.iter().filter(|(_, d)| !d.audiences.is_empty()).map(|(ws, _)| *ws).collect();
+        *self.workspaces.lock().expect("not poisoned") = with;
+    }
+
+    /// Decides one page, appends its entries and exits, then commits its
+    /// documents with the checkpoint.
+    async fn page(&mut self, events: &[RecordedEvent]) -> Result<(), StoreError> {
+        let Some(last) = events.last() else { return Ok(()) };
+        let mut pending = Pending::default();
+        let mut by_workspace: BTreeMap<WorkspaceId, Vec<RecordedEvent>> = BTreeMap::new();
+        for event in events {
+            by_workspace.entry(event.workspace_id).or_default().push(event.clone());
+        }
+        for (workspace, events) in by_workspace {
+            self.workspace_page(workspace, &events, &mut pending).await?;
+        }
+        for (workspace, events) in std::mem::take(&mut pending.appends) {
+            for chunk in events.chunks(1_000) {
+                let request = AppendRequest {
+                    stream_id: membership_stream(workspace),
+                    expected: ExpectedVersion::Any,
+                    events: chunk.to_vec(),
+                };
+                self.log.append(request).await.map_err(|err| match err {
+                    onepd_domain::AppendError::Store(err) => err,
+                    other => StoreError::Database(other.to_string()),
+                })?;
+            }
+        }
+        let writes = (pending.writes.into_iter())
+            .map(|((workspace, collection, key), doc)| match doc {
+                Some(doc) => DocWrite::Put { workspace, collection, key, doc },
+                None => DocWrite::Delete { workspace, collection, key },
+            })
+            .collect();
+        self.store.commit(self.generation, self.checkpoint, last.position, writes).await.map_err(|err| match err {
+            onepd_domain::ProjectionError::Store(err) => err,
+            fenced => StoreError::Database(fenced.to_string()),
+        })?;
+        self.checkpoint = last.position;
+        metrics::gauge!("onepd_projection_checkpoint", "projection" => AUDIENCES).set(last.position.0 as f64);
+        Ok(())
+    }
+
+    /// The events of one workspace in one page, in order.
+    async fn workspace_page(
+        &mut self,
+        workspace: WorkspaceId,
+        events: &[RecordedEvent],
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let has_audiences =
+            |runner: &Runner| runner.definitions.get(&workspace).is_some_and(|d| !d.audiences.is_empty());
+        // The profile of each message, as of it (waiting for the profiles
+        // read model to have it).
+        let defines = events.iter().any(|event| event.event_type == AudienceDefined::TYPE);
+        let attributed = if has_audiences(self) || defines {
+            let fold = &self.fold;
+            self.as_of.profiles(workspace, events, |event| fold.profiles().candidates(event)).await?
+        } else {
+            vec![None; events.len()]
+        };
+        for (event, profile) in events.iter().zip(attributed) {
+            if event.data.unreadable().is_some() {
+                continue;
+            }
+            let event_type = event.event_type.as_str();
+            if DEFINITION_TYPES.contains(&event_type) {
+                self.definitions.entry(workspace).or_default().apply(event);
+                self.publish_workspaces();
+                let now = self.advance(workspace, event.recorded_at, pending).await?;
+                self.reconcile(workspace, event.position, now, pending).await?;
+            } else if FACT_TYPES.contains(&event_type) {
+                self.facts.entry(workspace).or_default().apply(event);
+                self.fold = ProfilesFold::suppressing(&self.facts, self.log.suppression_hasher());
+                if has_audiences(self) {
+                    let now = self.advance(workspace, event.recorded_at, pending).await?;
+                    // The erased leave first, saying so; then everyone is
+                    // evaluated again under the new fact.
+                    if event_type == SubjectErased::TYPE
+                        && let Some(Ok(erased)) =
+                            event.data.value().map(|data| serde_json::from_value::<SubjectErased>(data.clone()))
+                    {
+                        for profile in erased.profiles {
+                            self.leave_all(workspace, profile, event.position, now, "erased", pending).await?;
+                        }
+                    }
+                    self.reconcile(workspace, event.position, now, pending).await?;
+                }
+            } else if !has_audiences(self) {
+                continue;
+            } else if event_type == MessageAccepted::TYPE {
+                let Some(profile) = profile else { continue };
+                let now = self.advance(workspace, event.recorded_at, pending).await?;
+                // A profile this message merged into theirs leaves.
+                let merges = self.reader.merges(workspace, &Lookup::Profile(profile.id)).await?.unwrap_or_default();
+                for merge in merges.iter().filter(|m| m.position == event.position && m.survivor == profile.id) {
+                    let why = format!("merged into profile {}", merge.survivor.0);
+                    self.leave_all(workspace, merge.absorbed, event.position, now, &why, pending).await?;
+                }
+                self.evaluate_person(workspace, profile.id, event.position, now, pending).await?;
+            } else if event_type == AudienceClockTicked::TYPE {
+                let Ok(tick) =
+                    serde_json::from_value::<AudienceClockTicked>(event.data.value().cloned().unwrap_or_default())
+                else {
+                    continue;
+                };
+                let before = self.clock(workspace, pending).await?;
+                let now = self.advance(workspace, tick.at, pending).await?;
+                if now > before {
+                    self.as_of.wait_for(workspace, event.position).await?;
+                    for profile in self.due(workspace, now, pending).await? {
+                        self.evaluate_person(workspace, profile, event.position, now, pending).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A document, as the page has it so far.
+    async fn get(
+        &self,
+        workspace: WorkspaceId,
+        collection: &'static str,
+        key: &str,
+        pending: &Pending,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(doc) = pending.writes.get(&(workspace, collection, key.to_owned())) {
+            return Ok(doc.clone());
+        }
+        Ok(self.store.get(self.generation, workspace, collection, &[key.to_owned()]).await?.pop().flatten())
+    }
+
+    async fn clock(&self, workspace: WorkspaceId, pending: &Pending) -> Result<Timestamp, StoreError> {
+        match self.get(workspace, CLOCK, "now", pending).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|err| corrupt("clock", err)),
+            None => Ok(Timestamp(i64::MIN)),
+        }
+    }
+
+    /// Moves the workspace's clock to `at` unless it is already later: the
+    /// time to evaluate at.
+    async fn advance(
+        &self,
+        workspace: WorkspaceId,
+        at: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<Timestamp, StoreError> {
+        let clock = self.clock(workspace, pending).await?;
+        if at > clock {
+            let doc = serde_json::to_vec(&at).expect("serializable");
+            pending.writes.insert((workspace, CLOCK, "now".to_owned()), Some(doc));
+            return Ok(at);
+        }
+        Ok(clock)
+    }
+
+    async fn person_state(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        pending: &Pending,
+    ) -> Result<PersonState, StoreError> {
+        match self.get(workspace, PERSON, &profile.0.to_string(), pending).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|err| corrupt("person", err)),
+            None => Ok(PersonState::default()),
+        }
+    }
+
+    /// Stores what is known of `profile` now: its audiences and its edge,
+    /// moving its entry in the edge index.
+    fn set_person_state(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        old: &PersonState,
+        new: PersonState,
+        pending: &mut Pending,
+    ) {
+        if old.edge != new.edge {
+            if let Some(edge) = old.edge {
+                pending.writes.insert((workspace, EDGE, edge_key(edge, profile)), None);
+            }
+            if let Some(edge) = new.edge {
+                pending.writes.insert((workspace, EDGE, edge_key(edge, profile)), Some(Vec::new()));
+            }
+        }
+        let key = (workspace, PERSON, profile.0.to_string());
+        if new == PersonState::default() {
+            pending.writes.insert(key, None);
+        } else {
+            pending.writes.insert(key, Some(serde_json::to_vec(&new).expect("serializable")));
+        }
+    }
+
+    /// Records an entry or an exit.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        workspace: WorkspaceId,
+        audience: &str,
+        profile: ProfileId,
+        cause: Position,
+        at: Timestamp,
+        entered: bool,
+        why: String,
+        pending: &mut Pending,
+    ) {
+        let key = (workspace, MEMBER, member_key(audience, profile));
+        let (event_type, data) = if entered {
+            let member = Member { profile, since: cause, at };
+            pending.writes.insert(key, Some(serde_json::to_vec(&member).expect("serializable")));
+            let entered = AudienceEntered { audience: audience.to_owned(), profile, cause, at, why };
+            (AudienceEntered::TYPE, serde_json::to_value(entered))
+        } else {
+            pending.writes.insert(key, None);
+            let exited = AudienceExited { audience: audience.to_owned(), profile, cause, at, why };
+            (AudienceExited::TYPE, serde_json::to_value(exited))
+        };
+        tracing::debug!(%workspace, audience, profile = %profile.0, cause = cause.0, entered, "audience membership changed");
+        pending.appends.entry(workspace).or_default().push(NewEvent {
+            event_id: membership_event_id(workspace, audience, profile, cause, entered),
+            workspace_id: workspace,
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            data: data.expect("serializable"),
+            metadata: json!({"actor": "audiences"}),
+            subject: None,
+        });
+    }
+
+    /// `profile` leaves every audience it is in.
+    async fn leave_all(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        cause: Position,
+        now: Timestamp,
+        why: &str,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let state = self.person_state(workspace, profile, pending).await?;
+        for audience in &state.audiences {
+            self.record(workspace, audience, profile, cause, now, false, why.to_owned(), pending);
+        }
+        self.set_person_state(workspace, profile, &state, PersonState::default(), pending);
+        Ok(())
+    }
+
+    /// Evaluates `profile` as of `position` at `now` and records the
+    /// differences.
+    async fn evaluate_person(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        position: Position,
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let found =
+            self.reader.identified_person(workspace, &Lookup::Profile(profile), Some(AsOf::Position(position))).await?;
+        match found {
+            Some((id, person)) if id == profile => {
+                let verdicts = self.definitions.get(&workspace).map(|d| verdicts(d, &person, now)).unwrap_or_default();
+                self.decide(workspace, profile, verdicts, position, now, pending).await
+            }
+            // Merged into another profile, or gone.
+            _ => self.leave_all(workspace, profile, position, now, "no longer a profile of its own", pending).await,
+        }
+    }
+
+    /// Compares a person's verdicts (none: they meet nothing) with what the
+    /// runner knows of them, and records the differences.
+    async fn decide(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        verdicts: Verdicts,
+        cause: Position,
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let old = self.person_state(workspace, profile, pending).await?;
+        let mut new = PersonState::default();
+        for (audience, (holds, edge, why)) in verdicts {
+            new.edge = match (new.edge, edge) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match (holds, old.audiences.contains(&audience)) {
+                (true, false) => self.record(workspace, &audience, profile, cause, now, true, why, pending),
+                (false, true) => self.record(workspace, &audience, profile, cause, now, false, why, pending),
+                _ => {}
+            }
+            if holds {
+                new.audiences.insert(audience);
+            }
+        }
+        // Audiences no longer defined.
+        for audience in old.audiences.iter().filter(|a| !self.has_audience(workspace, a)) {
+            self.record(
+                workspace,
+                audience,
+                profile,
+                cause,
+                now,
+                false,
+                "the audience was removed".to_owned(),
+                pending,
+            );
+        }
+        self.set_person_state(workspace, profile, &old, new, pending);
+        Ok(())
+    }
+
+    fn has_audience(&self, workspace: WorkspaceId, audience: &str) -> bool {
+        self.definitions.get(&workspace).is_some_and(|d| d.audiences.contains_key(audience))
+    }
+
+    /// Every profile of the workspace evaluated again as of `position`;
+    /// members whose profile no longer exists leave.
+    async fn reconcile(
+        &self,
+        workspace: WorkspaceId,
+        position: Position,
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        self.as_of.wait_for(workspace, position).await?;
+        let definitions = self.definitions.get(&workspace).cloned().unwrap_or_default();
+        // Each profile's verdicts, computed as the profiles are read: the
+        // verdicts of every profile are held until they are compared (a
+        // backfill's memory grows with the workspace's profiles).
+        let mut people: Vec<(ProfileId, Verdicts)> = Vec::new();
+        let mut seen: BTreeSet<ProfileId> = BTreeSet::new();
+        self.reader
+            .each_person(workspace, Some(AsOf::Position(position)), |id, person| {
+                if seen.insert(id) {
+                    people.push((id, verdicts(&definitions, person, now)));
+                }
+            })
+            .await?;
+        for (id, verdicts) in people {
+            self.decide(workspace, id, verdicts, position, now, pending).await?;
+        }
+        // Anyone the runner holds who is no longer a profile leaves.
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.scan(self.generation, workspace, PERSON, after.as_deref(), 1_000).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, _) in page {
+                let Ok(id) = key.parse::<uuid::Uuid>() else { continue };
+                if !seen.contains(&ProfileId(id)) {
+                    self.leave_all(workspace, ProfileId(id), position, now, "no longer a profile of its own", pending)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The people whose edge is at or before `now`.
+    async fn due(
+        &self,
+        workspace: WorkspaceId,
+        now: Timestamp,
+        pending: &Pending,
+    ) -> Result<Vec<ProfileId>, StoreError> {
+        let bound = format!("{:020}", now.0.max(0));
+        let mut due = BTreeSet::new();
+        let mut after: Option<String> = None;
+        'pages: loop {
+            let page = self.store.scan(self.generation, workspace, EDGE, after.as_deref(), 1_000).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, _) in page {
+                let Some((edge, profile)) = key.split_once(SEPARATOR) else { continue };
+                if edge > bound.as_str() {
+                    break 'pages;
+                }
+                if pending.writes.get(&(workspace, EDGE, key.clone())).is_some_and(Option::is_none) {
+                    continue;
+                }
+                if let Ok(id) = profile.parse::<uuid::Uuid>() {
+                    due.insert(ProfileId(id));
+                }
+            }
+        }
+        // Edges the page itself set.
+        for ((ws, collection, key), doc) in &pending.writes {
+            if *ws == workspace
+                && *collection == EDGE
+                && doc.is_some()
+                && let Some((edge, profile)) = key.split_once(SEPARATOR)
+                && edge <= bound.as_str()
+                && let Ok(id) = profile.parse::<uuid::Uuid>()
+            {
+                due.insert(ProfileId(id));
+            }
+        }
+        Ok(due.into_iter().collect())
+    }
+}
+
+/// Each audience's verdict for `person` at `now`: whether they meet it, its
+/// next edge, and why, in words.
+fn verdicts(definitions: &Definitions, person: &PersonFacts, now: Timestamp) -> Verdicts {
+    let with = WithAudiences { person, definitions: &definitions.audiences, computed: &definitions.computed, now };
+    (definitions.audiences.iter())
+        .map(|(name, condition)| {
+            let verdict = evaluate(condition, &with, now);
+            let why = format!("{}: found {}", verdict.explanation.condition, verdict.explanation.found);
+            (name.clone(), (verdict.holds, verdict.changes_at, why))
+        })
+        .collect()
+}
+
+/// Reads the membership the runner keeps, and its history from the log.
+#[derive(Clone)]
+pub struct Membership {
+    log: EventLog,
+    store: Arc<dyn ProjectionStore>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").finish_non_exhaustive()
+    }
+}
+
+/// One entry or exit, as the log records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// Its position in the log.
+    pub position: Position,
+    /// `entered` or `exited`.
+    pub change: &'static str,
+    /// The audience.
+    pub audience: String,
+    /// The profile.
+    pub profile: ProfileId,
+    /// What caused it.
+    pub cause: Position,
+    /// The time it was evaluated at.
+    pub at: Timestamp,
+    /// Why.
+    pub why: String,
+}
+
+impl Membership {
+    /// The membership over `log` and the read store `store`.
+    pub fn new(log: EventLog, store: Arc<dyn ProjectionStore>) -> Membership {
+        Membership { log, store }
+    }
+
+    /// The position the membership reflects (0 before the runner first
+    /// ran).
+    pub async fn checkpoint(&self) -> Result<Position, StoreError> {
+        Ok(self.store.live(AUDIENCES).await?.map_or(Position::START, |g| g.checkpoint))
+    }
+
+    /// The members of `audience` now, in the order of their profile ids.
+    pub async fn members(&self, workspace: WorkspaceId, audience: &str) -> Result<Vec<Member>, StoreError> {
+        let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(Vec::new()) };
+        let prefix = format!("{audience}{SEPARATOR}");
+        let mut members = Vec::new();
+        let mut after = prefix.clone();
+        loop {
+            let page = self.store.scan(generation.id, workspace, MEMBER, Some(&after), 1_000).await?;
+            let Some((last, _)) = page.last() else { return Ok(members) };
+            after = last.clone();
+            for (key, doc) in page {
+                if !key.starts_with(&prefix) {
+                    return Ok(members);
+                }
+                members.push(serde_json::from_slice(&doc).map_err(|err| corrupt("member", err))?);
+            }
+        }
+    }
+
+    /// The audiences `profile` is in now.
+    pub async fn audiences_of(&self, workspace: WorkspaceId, profile: ProfileId) -> Result<Vec<String>, StoreError> {
+        let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(Vec::new()) };
+        let doc = self.store.get(generation.id, workspace, PERSON, &[profile.0.to_string()]).await?.pop().flatten();
+        let Some(doc) = doc else { return Ok(Vec::new()) };
+        let state: PersonState = serde_json::from_slice(&doc).map_err(|err| corrupt("person", err))?;
+        Ok(state.audiences.into_iter().collect())
+    }
+
+    /// Every entry and exit of the workspace up to `through` (all when
+    /// `None`), oldest first, from the log alone.
+    pub async fn history(&self, workspace: WorkspaceId, through: Option<Position>) -> Result<Vec<Change>, StoreError> {
+        let stream = membership_stream(workspace);
+        let mut changes = Vec::new();
+        let mut version = 1;
+        loop {
+            let events = self.log.read_stream(&stream, version, 1_000).await?;
+            let Some(last) = events.last() else { return Ok(changes) };
+            version = last.stream_version + 1;
+            for event in &events {
+                if through.is_some_and(|through| event.position > through) {
+                    return Ok(changes);
+                }
+                let Some(data) = event.data.value() else { continue };
+                let change = match event.event_type.as_str() {
+                    AudienceEntered::TYPE => serde_json::from_value::<AudienceEntered>(data.clone())
+                        .ok()
+                        .map(|e| ("entered", e.audience, e.profile, e.cause, e.at, e.why)),
+                    AudienceExited::TYPE => serde_json::from_value::<AudienceExited>(data.clone())
+                        .ok()
+                        .map(|e| ("exited", e.audience, e.profile, e.cause, e.at, e.why)),
+                    _ => None,
+                };
+                if let Some((change, audience, profile, cause, at, why)) = change {
+                    changes.push(Change { position: event.position, change, audience, profile, cause, at, why });
+                }
+            }
+        }
+    }
+
+    /// The members of `audience` just after `through`, from the log alone:
+    /// its entries and exits folded.
+    pub async fn members_as_of(
+        &self,
+        workspace: WorkspaceId,
+        audience: &str,
+        through: Position,
+    ) -> Result<Vec<Member>, StoreError> {
+        let mut members: BTreeMap<ProfileId, Member> = BTreeMap::new();
+        for change in self.history(workspace, Some(through)).await? {
+            if change.audience != audience {
+                continue;
+            }
+            if change.change == "entered" {
+                members.insert(change.profile, Member { profile: change.profile, since: change.cause, at: change.at });
+            } else {
+                members.remove(&change.profile);
+            }
+        }
+        Ok(members.into_values().collect())
+    }
+
+    /// Whether some window edge of `workspace` is at or before `now`.
+    pub async fn edge_due(&self, workspace: WorkspaceId, now: Timestamp) -> Result<bool, StoreError> {
+        let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(false) };
+        let first = self.store.scan(generation.id, workspace, EDGE, None, 1).await?;
+        let bound = format!("{:020}", now.0.max(0));
+        Ok(first.first().and_then(|(key, _)| key.split_once(SEPARATOR)).is_some_and(|(edge, _)| edge <= bound.as_str()))
+    }
+
+    /// Waits until the membership reflects the log up to `through`, or
+    /// `patience` passes.
+    pub async fn wait_for(&self, through: Position, patience: Duration) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
+        let types = read_types();
+        loop {
+            let checkpoint = self.checkpoint().await?;
+            if checkpoint >= through {
+                return Ok(true);
+            }
+            // Nothing it reads lies between: it is there.
+            let filter = EventFilter { event_types: types.clone(), ..EventFilter::default() };
+            let unread = self.log.read(checkpoint.next(), Some(through), &filter, 1).await?;
+            if unread.events.is_empty() && self.store.live(AUDIENCES).await?.is_some() {
+                return Ok(true);
+            }
+            if started.elapsed() >= patience {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
