@@ -541,3 +541,110 @@ async fn operator_facts_apply_once_and_deliveries_go_on_on_postgres() {
     let db = PgDatabase::create().await;
     operator_facts_apply_once_and_deliveries_go_on(Some(&db.url)).await;
 }
+
+/// An audience connected to Meta: its current members are added to the
+/// custom audience when it is connected, a person who enters later is
+/// added, and people who leave as time passes are removed — each by the
+/// SHA-256 of their normalized email in Meta's multi-key schema, never in
+/// clear, and nobody added or removed twice.
+async fn meta_custom_audience_follows_an_audiences_entries_and_exits(url: Option<&str>) {
+    const DAY: i64 = 86_400_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let meta = Stub::start(Mode::Accept).await;
+    let endpoint = format!("endpoint={}", meta.url());
+    let cli = |args: &[&str]| onepd_json(dir.path(), &[args, &store_refs[..]].concat());
+    create_destination(
+        dir.path(),
+        &store,
+        "meta",
+        &[
+            "--adapter",
+            "meta_capi",
+            "--setting",
+            "pixel_id=123",
+            "--setting",
+            "access_token=EAAtoken",
+            "--setting",
+            &endpoint,
+        ],
+    );
+    let person = |id: &str, user: &str, email: &str| json!({"type": "identify", "messageId": id, "userId": user, "traits": {"email": email}});
+    let order =
+        |id: &str, user: &str| json!({"type": "track", "messageId": id, "userId": user, "event": "Order Completed"});
+    send(
+        &server,
+        vec![
+            person("ca-1", "u-1", " Ann@Example.com "),
+            order("ca-2", "u-1"),
+            order("ca-3", "u-1"),
+            person("ca-4", "u-2", "bob@example.com"),
+            order("ca-5", "u-2"),
+        ],
+    )
+    .await;
+    cli(&["audience", "define", "repeat buyers", r#"performed "Order Completed" at least 2 times within 30 days"#]);
+    let members = cli(&["audience", "members", "repeat buyers", "--wait"]);
+    assert_eq!(members["size"], 1, "{members}");
+
+    let connected = cli(&["audience", "connect", "repeat buyers", "--destination", "meta", "--external-id", "2385"]);
+    assert_eq!(connected["members_sent"], 1, "{connected}");
+    let (ann, bob) = (sha256_hex("ann@example.com"), sha256_hex("bob@example.com"));
+    let audience_calls = |stub: &Stub| -> Vec<(String, Value)> {
+        stub.bodies().into_iter().filter(|(path, _)| path.contains("/2385/users")).collect()
+    };
+    let emails = |calls: &[(String, Value)], delete: bool| -> Vec<String> {
+        let mut found: Vec<String> = (calls.iter())
+            .filter(|(path, _)| path.starts_with("DELETE ") == delete)
+            .flat_map(|(_, body)| body["payload"]["data"].as_array().unwrap().clone())
+            .map(|row| row[0].as_str().unwrap().to_owned())
+            .collect();
+        found.sort();
+        found
+    };
+    meta.wait_for(Duration::from_secs(20), "the current member is added", |stub| {
+        emails(&audience_calls(stub), false).len() == 1
+    })
+    .await;
+    let calls = audience_calls(&meta);
+    assert!(calls[0].0.starts_with("/v21.0/2385/users?access_token=EAAtoken"), "{}", calls[0].0);
+    assert_eq!(calls[0].1["payload"]["schema"][0], "EMAIL_SHA256");
+    assert_eq!(emails(&calls, false), vec![ann.clone()]);
+
+    // Bob's second order: he enters, and is added.
+    send(&server, vec![order("ca-6", "u-2")]).await;
+    meta.wait_for(Duration::from_secs(20), "the new member is added", |stub| {
+        emails(&audience_calls(stub), false).len() == 2
+    })
+    .await;
+
+    // Thirty-one days on, both orders of each have left the window.
+    let later = onepd_domain::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64 + 31 * DAY,
+    );
+    cli(&["audience", "tick", "--at", &later.to_rfc3339()]);
+    meta.wait_for(Duration::from_secs(20), "both are removed", |stub| emails(&audience_calls(stub), true).len() == 2)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = audience_calls(&meta);
+    let mut both = vec![ann.clone(), bob.clone()];
+    both.sort();
+    assert_eq!(emails(&calls, false), both, "each added once");
+    assert_eq!(emails(&calls, true), both, "each removed once");
+    let text = serde_json::to_string(&calls).unwrap().to_lowercase();
+    assert!(!text.contains("example.com"), "a raw email left for Meta: {text}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_custom_audience_follows_an_audiences_entries_and_exits_on_sqlite() {
+    meta_custom_audience_follows_an_audiences_entries_and_exits(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_custom_audience_follows_an_audiences_entries_and_exits_on_postgres() {
+    let db = PgDatabase::create().await;
+    meta_custom_audience_follows_an_audiences_entries_and_exits(Some(&db.url)).await;
+}

@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 
 use onepd_domain::audience::{ComputedTrait, Condition, Verdict, WithAudiences, evaluate, parse};
-use onepd_domain::events::audience::{AudienceDefined, ComputedTraitDefined};
+use onepd_domain::events::audience::{AudienceConnected, AudienceDefined, ComputedTraitDefined};
 use onepd_domain::identity::ProfileId;
 use onepd_domain::{Position, Timestamp, WorkspaceId};
 use onepd_projections::profile::Lookup;
+use uuid::Uuid;
 
 use crate::EventLog;
 use crate::activation::admin::{AdminError, append, workspace_config};
@@ -107,6 +108,42 @@ impl Audiences {
         let config = workspace_config(&self.log, workspace).await?;
         let event = config.remove_audience(workspace, name, actor)?;
         append(&self.log, config.request(workspace, vec![event])).await
+    }
+
+    /// Connects audience `audience` to `destination` (or changes the
+    /// platform's `external_id` of the connection): the position of the
+    /// event.
+    pub async fn connect(
+        &self,
+        workspace: WorkspaceId,
+        audience: &str,
+        destination: Uuid,
+        external_id: Option<String>,
+        actor: &str,
+    ) -> Result<Position, AdminError> {
+        let config = workspace_config(&self.log, workspace).await?;
+        let connected = AudienceConnected { audience: audience.to_owned(), destination_id: destination, external_id };
+        let event = config.connect_audience(workspace, connected, actor)?;
+        append(&self.log, config.request(workspace, vec![event])).await
+    }
+
+    /// Disconnects audience `audience` from `destination`: nothing more is
+    /// sent; what was sent stays on the platform. The position of the event.
+    pub async fn disconnect(
+        &self,
+        workspace: WorkspaceId,
+        audience: &str,
+        destination: Uuid,
+        actor: &str,
+    ) -> Result<Position, AdminError> {
+        let config = workspace_config(&self.log, workspace).await?;
+        let event = config.disconnect_audience(workspace, audience, destination, actor)?;
+        append(&self.log, config.request(workspace, vec![event])).await
+    }
+
+    /// The workspace's audience connections.
+    pub async fn connections(&self, workspace: WorkspaceId) -> Result<Vec<AudienceConnected>, AdminError> {
+        Ok(workspace_config(&self.log, workspace).await?.connections().values().cloned().collect())
     }
 
     /// The workspace's computed traits by name, as last defined.

@@ -888,6 +888,30 @@ impl Membership {
         Ok(members.into_values().collect())
     }
 
+    /// The positions of the entries of the people in `audience` now (the
+    /// `AudienceEntered` events of the current members), from the log: what
+    /// a destination connected to it is sent first.
+    pub async fn entries_of_members(
+        &self,
+        workspace: WorkspaceId,
+        audience: &str,
+    ) -> Result<Vec<Position>, StoreError> {
+        let mut entries: BTreeMap<ProfileId, Position> = BTreeMap::new();
+        for change in self.history(workspace, None).await? {
+            if change.audience != audience {
+                continue;
+            }
+            if change.change == "entered" {
+                entries.insert(change.profile, change.position);
+            } else {
+                entries.remove(&change.profile);
+            }
+        }
+        let mut positions: Vec<Position> = entries.into_values().collect();
+        positions.sort();
+        Ok(positions)
+    }
+
     /// Whether some window edge of `workspace` is at or before `now`.
     pub async fn edge_due(&self, workspace: WorkspaceId, now: Timestamp) -> Result<bool, StoreError> {
         let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(false) };

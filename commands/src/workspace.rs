@@ -11,7 +11,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use onepd_domain::events::audience::{AudienceDefined, AudienceRemoved, ComputedTraitDefined, ComputedTraitRemoved};
+use onepd_domain::events::audience::{
+    AudienceConnected, AudienceDefined, AudienceDisconnected, AudienceRemoved, ComputedTraitDefined,
+    ComputedTraitRemoved,
+};
 use onepd_domain::events::destination::{DestinationCreated, DestinationPaused, DestinationResumed};
 use onepd_domain::events::workspace::{
     AdminTokenIssued, AdminTokenRevoked, Industry, PlanMode, SourceCreated, SourceKind, TokenScope, TrackingPlanSet,
@@ -171,6 +174,7 @@ pub struct WorkspaceConfig {
     destinations: HashMap<Uuid, DestinationState>,
     audiences: BTreeMap<String, AudienceDefined>,
     computed: BTreeMap<String, ComputedTraitDefined>,
+    connections: BTreeMap<(String, Uuid), AudienceConnected>,
 }
 
 impl WorkspaceConfig {
@@ -251,6 +255,16 @@ impl WorkspaceConfig {
             AudienceRemoved::TYPE => {
                 if let Ok(removed) = serde_json::from_value::<AudienceRemoved>(data.clone()) {
                     self.audiences.remove(&removed.name);
+                }
+            }
+            AudienceConnected::TYPE => {
+                if let Ok(connected) = serde_json::from_value::<AudienceConnected>(data.clone()) {
+                    self.connections.insert((connected.audience.clone(), connected.destination_id), connected);
+                }
+            }
+            AudienceDisconnected::TYPE => {
+                if let Ok(disconnected) = serde_json::from_value::<AudienceDisconnected>(data.clone()) {
+                    self.connections.remove(&(disconnected.audience, disconnected.destination_id));
                 }
             }
             DestinationCreated::TYPE => {
@@ -532,6 +546,9 @@ impl WorkspaceConfig {
         if let Some(user) = self.audiences.values().find(|other| other.condition.audiences().contains(&name)) {
             return Err(invalid(format!("audience {:?} names it; change or remove that one first", user.name)));
         }
+        if let Some(((_, destination), _)) = self.connections.iter().find(|((audience, _), _)| audience == name) {
+            return Err(invalid(format!("it is connected to destination {destination}; disconnect it first")));
+        }
         let id = format!("AudienceRemoved/{}", self.version + 1);
         Ok(event(
             EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
@@ -539,6 +556,70 @@ impl WorkspaceConfig {
             AudienceRemoved::TYPE,
             1,
             serde_json::to_value(AudienceRemoved { name: name.to_owned() }).expect("serializable"),
+            actor,
+        ))
+    }
+
+    /// The audiences connected to destinations, by audience and destination.
+    pub fn connections(&self) -> &BTreeMap<(String, Uuid), AudienceConnected> {
+        &self.connections
+    }
+
+    /// Decides the event that connects audience `connected.audience` to a
+    /// destination of the workspace (or changes its external id).
+    pub fn connect_audience(
+        &self,
+        workspace: WorkspaceId,
+        connected: AudienceConnected,
+        actor: &str,
+    ) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        let invalid = |reason: String| ConfigError::InvalidAudience { name: connected.audience.clone(), reason };
+        if !self.audiences.contains_key(&connected.audience) {
+            return Err(invalid("not defined in this workspace".into()));
+        }
+        if !self.destinations.contains_key(&connected.destination_id) {
+            return Err(ConfigError::NoSuchDestination(connected.destination_id));
+        }
+        if let Some(id) = &connected.external_id
+            && (id.trim().is_empty() || id.len() > 200 || id.chars().any(char::is_control))
+        {
+            return Err(invalid("the external id must be 1 to 200 characters, none of them control characters".into()));
+        }
+        let id = format!("AudienceConnected/{}", self.version + 1);
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            AudienceConnected::TYPE,
+            1,
+            serde_json::to_value(&connected).expect("serializable"),
+            actor,
+        ))
+    }
+
+    /// Decides the event that disconnects an audience from a destination.
+    pub fn disconnect_audience(
+        &self,
+        workspace: WorkspaceId,
+        audience: &str,
+        destination_id: Uuid,
+        actor: &str,
+    ) -> Result<NewEvent, ConfigError> {
+        self.existing(workspace)?;
+        if !self.connections.contains_key(&(audience.to_owned(), destination_id)) {
+            return Err(ConfigError::InvalidAudience {
+                name: audience.to_owned(),
+                reason: format!("not connected to destination {destination_id}"),
+            });
+        }
+        let id = format!("AudienceDisconnected/{}", self.version + 1);
+        let disconnected = AudienceDisconnected { audience: audience.to_owned(), destination_id };
+        Ok(event(
+            EventId(Uuid::new_v5(&workspace.0, id.as_bytes())),
+            workspace,
+            AudienceDisconnected::TYPE,
+            1,
+            serde_json::to_value(&disconnected).expect("serializable"),
             actor,
         ))
     }

@@ -2,8 +2,9 @@
 //! workspace configuration events, read by ingest (which workspace and source
 //! a write key writes to) and by the CLI's listings.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use onepd_domain::events::audience::{AudienceConnected, AudienceDisconnected};
 use onepd_domain::events::destination::{
     DestinationCreated, DestinationPaused, DestinationPolicySet, DestinationResumed,
 };
@@ -91,9 +92,13 @@ pub struct DestinationEntry {
     pub created: DestinationCreated,
     /// Whether it is paused.
     pub paused: bool,
-    /// The position of the last change to its configuration (creation or
-    /// policy), so a running subscriber can tell it changed.
+    /// The position of the last change to its configuration (creation,
+    /// policy or connected audiences), so a running subscriber can tell it
+    /// changed.
     pub changed_at: u64,
+    /// The audiences connected to it, each with the platform's id of its
+    /// list or custom audience, if given.
+    pub audiences: BTreeMap<String, Option<String>>,
 }
 
 impl Fold for Directory {
@@ -110,6 +115,8 @@ impl Fold for Directory {
         WorkspacePolicySet::TYPE,
         SubjectErasureRequested::TYPE,
         DestinationPolicySet::TYPE,
+        AudienceConnected::TYPE,
+        AudienceDisconnected::TYPE,
     ];
 
     fn apply(&mut self, event: &RecordedEvent) {
@@ -191,6 +198,7 @@ impl Fold for Directory {
                         created,
                         paused: false,
                         changed_at: event.position.0,
+                        audiences: BTreeMap::new(),
                     });
                 }
             }
@@ -201,6 +209,24 @@ impl Fold for Directory {
                     && entry.workspace == workspace
                 {
                     entry.paused = event.event_type == DestinationPaused::TYPE;
+                }
+            }
+            AudienceConnected::TYPE => {
+                if let Ok(connected) = serde_json::from_value::<AudienceConnected>(data.clone())
+                    && let Some(entry) = self.destinations.get_mut(&connected.destination_id)
+                    && entry.workspace == workspace
+                {
+                    entry.audiences.insert(connected.audience, connected.external_id);
+                    entry.changed_at = event.position.0;
+                }
+            }
+            AudienceDisconnected::TYPE => {
+                if let Ok(disconnected) = serde_json::from_value::<AudienceDisconnected>(data.clone())
+                    && let Some(entry) = self.destinations.get_mut(&disconnected.destination_id)
+                    && entry.workspace == workspace
+                {
+                    entry.audiences.remove(&disconnected.audience);
+                    entry.changed_at = event.position.0;
                 }
             }
             DestinationPolicySet::TYPE => {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use onepd_adapters::EventLog;
+use onepd_adapters::activation::admin;
 use onepd_adapters::audiences::{Audiences, Target, parse_condition};
 use onepd_adapters::membership::{Change, Membership, tick_clock};
 use onepd_domain::audience::{Condition, Explanation};
@@ -47,6 +48,47 @@ pub enum AudienceCommand {
     /// whose window edges it passes are evaluated again. `onepd serve` ticks
     /// by itself; this records a tick by hand (a test clock, a catch-up).
     Tick(TickArgs),
+    /// Connect an audience to a destination: its current members are sent
+    /// as entries, then every entry and exit as it happens.
+    Connect(ConnectArgs),
+    /// Disconnect an audience from a destination: nothing more is sent
+    /// (the platform keeps what it was sent).
+    Disconnect(DisconnectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The audience's name.
+    name: String,
+    /// The destination, by name or id.
+    #[arg(long)]
+    destination: String,
+    /// The platform's id of the list or custom audience to keep in step
+    /// (Meta's custom audience id, a Klaviyo or HubSpot list id, …).
+    #[arg(long)]
+    external_id: Option<String>,
+    /// Do not send the current members: only entries and exits from now on.
+    #[arg(long)]
+    no_backfill: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DisconnectArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The audience's name.
+    name: String,
+    /// The destination, by name or id.
+    #[arg(long)]
+    destination: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +239,8 @@ pub async fn run(command: AudienceCommand) -> anyhow::Result<ExitCode> {
         AudienceCommand::Members(args) => members(args).await,
         AudienceCommand::History(args) => history(args).await,
         AudienceCommand::Tick(args) => tick(args).await,
+        AudienceCommand::Connect(args) => connect(args).await,
+        AudienceCommand::Disconnect(args) => disconnect(args).await,
     }
 }
 
@@ -459,6 +503,75 @@ async fn tick(args: TickArgs) -> anyhow::Result<ExitCode> {
         output::json(&json!({ "at": at.to_rfc3339(), "position": position.0 }));
     } else {
         output::line(format!("audience clock ticked to {} at position {}", at.to_rfc3339(), position.0));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let (reader, log, workspace) = reader(&args.target).await?;
+    let directory = directory::load(&log).await?;
+    let audiences = Audiences::new(log.clone(), reader.clone());
+    let done = async {
+        let entry = admin::find(&directory, workspace, &args.destination)?.clone();
+        let id = entry.created.destination_id;
+        let position =
+            audiences.connect(workspace, &args.name, id, args.external_id.clone(), "onepd audience connect").await?;
+        // The current members, sent by a replay of their entries.
+        let members = if args.no_backfill {
+            Vec::new()
+        } else {
+            Membership::new(log.clone(), reader.store()).entries_of_members(workspace, &args.name).await?
+        };
+        let job = match (members.first(), members.last()) {
+            (Some(first), Some(last)) => Some(
+                admin::request_replay(&log, &entry, *first, Some(*last), members.clone(), "onepd audience connect")
+                    .await?,
+            ),
+            _ => None,
+        };
+        anyhow::Ok((entry.created.name, position, members.len(), job.map(|job| job.job_id)))
+    }
+    .await;
+    log.close().await;
+    let (destination, position, members, job) = done?;
+    if args.json {
+        output::json(&json!({
+            "audience": args.name, "destination": destination, "position": position.0,
+            "members_sent": members, "job": job.map(|job| job.to_string()),
+        }));
+    } else {
+        output::line(format!(
+            "audience {:?} connected to destination {destination:?} at position {}",
+            args.name, position.0
+        ));
+        if let Some(job) = job {
+            output::line(format!("sending its {members} current members (replay job {job})"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn disconnect(args: DisconnectArgs) -> anyhow::Result<ExitCode> {
+    let (reader, log, workspace) = reader(&args.target).await?;
+    let directory = directory::load(&log).await?;
+    let audiences = Audiences::new(log.clone(), reader);
+    let done = async {
+        let entry = admin::find(&directory, workspace, &args.destination)?;
+        let position = audiences
+            .disconnect(workspace, &args.name, entry.created.destination_id, "onepd audience disconnect")
+            .await?;
+        anyhow::Ok((entry.created.name.clone(), position))
+    }
+    .await;
+    log.close().await;
+    let (destination, position) = done?;
+    if args.json {
+        output::json(&json!({ "audience": args.name, "destination": destination, "position": position.0 }));
+    } else {
+        output::line(format!(
+            "audience {:?} disconnected from destination {destination:?} at position {}",
+            args.name, position.0
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::any;
 use serde_json::Value;
 
 /// How a stub answers.
@@ -60,18 +60,21 @@ impl Stub {
         });
         async fn handle(
             State(state): State<Arc<StubState>>,
+            method: axum::http::Method,
             uri: axum::http::Uri,
             headers: axum::http::HeaderMap,
             bytes: axum::body::Bytes,
         ) -> (StatusCode, String) {
             *state.requests.lock().unwrap() += 1;
+            // Requests other than POST are recorded as `METHOD uri`.
+            let uri = if method == axum::http::Method::POST { uri.to_string() } else { format!("{method} {uri}") };
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let headers: Vec<(String, String)> = headers
                 .iter()
                 .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or_default().to_owned()))
                 .collect();
             if !matches!(*state.mode.lock().unwrap(), Mode::Fail | Mode::Hang | Mode::EchoPersonalData) {
-                state.raw.lock().unwrap().push((uri.to_string(), headers, bytes.to_vec()));
+                state.raw.lock().unwrap().push((uri.clone(), headers, bytes.to_vec()));
             }
             let mode = *state.mode.lock().unwrap();
             match mode {
@@ -86,19 +89,19 @@ impl Stub {
                 ),
                 Mode::Slow => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    state.accepted.lock().unwrap().push((uri.to_string(), body));
+                    state.accepted.lock().unwrap().push((uri.clone(), body));
                     (StatusCode::OK, String::new())
                 }
                 Mode::RefuseBad if body.to_string().contains("\"bad\":true") => {
                     (StatusCode::BAD_REQUEST, "{\"error\":\"bad event\"}".into())
                 }
                 _ => {
-                    state.accepted.lock().unwrap().push((uri.to_string(), body));
+                    state.accepted.lock().unwrap().push((uri.clone(), body));
                     (StatusCode::OK, "{\"events_received\":1,\"code\":0}".into())
                 }
             }
         }
-        let app = Router::new().fallback(post(handle)).with_state(state.clone());
+        let app = Router::new().fallback(any(handle)).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

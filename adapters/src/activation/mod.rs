@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onepd_domain::destination::{DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent};
+use onepd_domain::events::audience::{AudienceEntered, AudienceExited};
 use onepd_domain::events::destination::{
     DeliveryAttempted, DestinationCreated, DestinationRecovered, DestinationStalled, EventsWithheld, FailedDelivery,
     ReplayCompleted, ReplayRequested, Run, WithheldEvent, destination_stream,
@@ -44,9 +45,11 @@ use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Pages, Position, ProjectionStore,
     RecordedEvent, StoreError, Timestamp, WorkspaceId,
 };
-use onepd_projections::activation::{DeliveryState, Ledger, Ledgers, Notes, Prepared, Target, prepare};
+use onepd_projections::activation::{
+    DeliveryState, Ledger, Ledgers, Notes, Prepared, Target, prepare, prepare_audience_change,
+};
 use onepd_projections::directory::{DestinationEntry, Directory};
-use onepd_projections::profile::ProfileAsOf;
+use onepd_projections::profile::{Lookup, ProfileAsOf, ProfileView};
 use onepd_projections::runner::{ProfilesFold, read_facts};
 use rand::Rng;
 use tokio::task::JoinHandle;
@@ -55,6 +58,7 @@ use uuid::Uuid;
 use crate::EventLog;
 use crate::live::Live;
 use crate::profiles::as_of::{AsOfReader, SnapshotBudget};
+use crate::profiles::{AsOf, ProfileReader};
 
 pub mod admin;
 pub mod explain;
@@ -619,9 +623,14 @@ impl Engine {
                         self.quarantine(record).await?;
                         continue;
                     }
-                    let view = profile.as_ref().map(ProfileAsOf::view);
-                    let prepared =
-                        if fold.names_erased(event) { erased() } else { prepare(event, view.as_ref(), target) };
+                    let prepared = if matches!(event.event_type.as_str(), AudienceEntered::TYPE | AudienceExited::TYPE)
+                    {
+                        as_of.wait_for(workspace, event.position).await?;
+                        self.audience_change(event, target).await?
+                    } else {
+                        let view = profile.as_ref().map(ProfileAsOf::view);
+                        if fold.names_erased(event) { erased() } else { prepare(event, view.as_ref(), target) }
+                    };
                     match prepared {
                         Prepared::Send(prepared, notes) => pending.push(prepared, notes, event.recorded_at),
                         Prepared::Withheld { rule, reason } => withheld.push(WithheldEvent {
@@ -653,6 +662,44 @@ impl Engine {
         let tally = delivered?;
         read?;
         self.complete(job, tally).await
+    }
+
+    /// An entry or exit of an audience: prepared when the audience is
+    /// connected to this destination (with the person's identifiers as of
+    /// the entry, or as of just before the exit: a profile that merged away
+    /// or was erased is removed under the identifiers it had), else skipped.
+    async fn audience_change(&self, event: &RecordedEvent, target: Target<'_>) -> Result<Prepared, StoreError> {
+        let Some(data) = event.data.value() else { return Ok(Prepared::Skipped) };
+        let Some(audience) = data.get("audience").and_then(serde_json::Value::as_str) else {
+            return Ok(Prepared::Skipped);
+        };
+        let Some(external_id) = self.entry.audiences.get(audience) else { return Ok(Prepared::Skipped) };
+        let (Some(profile), Some(cause)) = (
+            data.get("profile")
+                .and_then(|id| serde_json::from_value::<onepd_domain::identity::ProfileId>(id.clone()).ok()),
+            data.get("cause").and_then(serde_json::Value::as_u64),
+        ) else {
+            return Ok(Prepared::Skipped);
+        };
+        let at = if event.event_type == AudienceEntered::TYPE { cause } else { cause.saturating_sub(1) };
+        let reader = ProfileReader::new(self.profiles.clone(), self.log.clone());
+        let found =
+            reader.get(event.workspace_id, &Lookup::Profile(profile), Some(AsOf::Position(Position(at)))).await?;
+        let Some(found) = found else {
+            return Ok(Prepared::Withheld {
+                rule: "erased",
+                reason: "the person's profile no longer exists (erased); the destination was asked to delete them"
+                    .into(),
+            });
+        };
+        let view = ProfileView {
+            id: found.id,
+            identifiers: found.identifiers.clone(),
+            traits: Some(&found.traits),
+            consent: found.consent.as_ref(),
+            held_back: &found.held_back,
+        };
+        Ok(prepare_audience_change(event, external_id.as_deref(), Some(&view), target))
     }
 
     /// Asks the adapter what it accepts, until it answers with a valid

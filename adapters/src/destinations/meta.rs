@@ -26,6 +26,27 @@
 //!   `contents`, `content_type`, `num_items`, `content_name`,
 //!   `content_category` and `search_string` from the properties.
 //!
+//! **Custom Audiences.** An entry or exit of an audience connected to the
+//! destination ([`AudienceChange`]) adds the person to, or removes them
+//! from, the custom audience whose id the connection names:
+//!
+//! ```text
+//! POST|DELETE {endpoint}/{api_version}/{custom_audience_id}/users?access_token=…
+//! {"payload": {"schema": ["EMAIL_SHA256", "PHONE_SHA256", "FN", "LN", "GEN",
+//!                         "CT", "ST", "ZIP", "COUNTRY", "EXTERN_ID"],
+//!              "data": [["<sha256>", "<sha256>", "", …], …]}}
+//! ```
+//!
+//! Reference: <https://developers.facebook.com/docs/marketing-api/reference/custom-audience/users>
+//! (multi-key matching, hashed as for the Conversions API, at most 10,000
+//! rows per call). One row per person, or more when the person has several
+//! emails or phones (row *i* carries each field's *i*-th value, `""` where
+//! there is none). The changes of one batch go out as one `POST` (adds) and
+//! one `DELETE` (removes) per custom audience: a batch holds at most 1,000
+//! events, inside Meta's 10,000 rows, so no upload `session` is needed. Adding
+//! and removing are idempotent at Meta, so a batch sent again after a failure
+//! changes nothing twice.
+//!
 //! Meta takes only track and page events. Identify, group, alias and screen
 //! messages are answered [`Outcome::Delivered`] without being sent: there is
 //! nothing for Meta to take, and dead-lettering them would only add noise.
@@ -38,7 +59,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
+    AudienceChange, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    RenderedRequest,
 };
 use onepd_domain::hashing::meta_identifiers;
 use serde::Deserialize;
@@ -59,6 +81,21 @@ const RATE_LIMIT_CODES: [i64; 4] = [4, 17, 32, 613];
 
 /// Hashed `user_data` fields, sent as arrays.
 const HASHED_FIELDS: [&str; 11] = ["em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"];
+
+/// The custom audience schema, and the identifier field each column is read
+/// from.
+const AUDIENCE_SCHEMA: [(&str, &str); 10] = [
+    ("EMAIL_SHA256", "em"),
+    ("PHONE_SHA256", "ph"),
+    ("FN", "fn"),
+    ("LN", "ln"),
+    ("GEN", "ge"),
+    ("CT", "ct"),
+    ("ST", "st"),
+    ("ZIP", "zp"),
+    ("COUNTRY", "country"),
+    ("EXTERN_ID", "external_id"),
+];
 
 /// Unhashed `user_data` fields, sent as single strings.
 const SINGLE_FIELDS: [&str; 4] = ["client_ip_address", "client_user_agent", "fbc", "fbp"];
@@ -104,6 +141,8 @@ fn default_action_source() -> String {
 #[derive(Debug, Clone)]
 pub struct MetaCapi {
     url: String,
+    /// `{endpoint}/{api_version}`: where custom audiences are.
+    graph: String,
     access_token: String,
     test_event_code: Option<String>,
     action_source: String,
@@ -129,6 +168,7 @@ impl MetaCapi {
         let endpoint = mapping::base_url(NAME, "endpoint", &settings.endpoint)?;
         Ok(MetaCapi {
             url: format!("{endpoint}/{}/{}/events", settings.api_version.trim(), settings.pixel_id.trim()),
+            graph: format!("{endpoint}/{}", settings.api_version.trim()),
             access_token: settings.access_token,
             test_event_code: settings.test_event_code.filter(|code| !code.is_empty()),
             action_source: settings.action_source,
@@ -186,6 +226,85 @@ impl MetaCapi {
         )?;
         Ok(mapping::Built { results, sent, request: Some(request) })
     }
+
+    /// Every request of a batch: the conversions, then the custom audience
+    /// changes; the results known without sending; the events sent.
+    fn build_all(&self, events: &[PreparedEvent]) -> Result<AllRequests, DeliverError> {
+        let (changes, others): (Vec<PreparedEvent>, Vec<PreparedEvent>) =
+            events.iter().cloned().partition(|event| AudienceChange::of(event).is_some());
+        let mapping::Built { mut results, mut sent, request } = self.build(&others)?;
+        let mut requests: Vec<RenderedRequest> = request.into_iter().collect();
+        // By custom audience and direction, in the order first met.
+        let mut groups: Vec<ChangeGroup> = Vec::new();
+        for event in changes {
+            let change = AudienceChange::of(&event).expect("partitioned");
+            let Some(audience_id) = change.external_id.map(str::to_owned) else {
+                results.push(EventResult {
+                    event_id: event.event_id,
+                    outcome: Outcome::permanent(format!(
+                        "audience {:?} is connected without Meta's custom audience id: connect it again with \
+                         --external-id <custom audience id>",
+                        change.audience
+                    )),
+                });
+                continue;
+            };
+            let rows = audience_rows(&event);
+            if rows.is_empty() {
+                results.push(EventResult {
+                    event_id: event.event_id,
+                    outcome: Outcome::permanent("the person has no identifier Meta's custom audiences match on"),
+                });
+                continue;
+            }
+            let key = (audience_id, change.entered);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push((event, rows)),
+                None => groups.push((key, vec![(event, rows)])),
+            }
+        }
+        let schema: Vec<&str> = AUDIENCE_SCHEMA.iter().map(|(column, _)| *column).collect();
+        for ((audience_id, add), members) in groups {
+            let data: Vec<Value> = members.iter().flat_map(|(_, rows)| rows.iter().cloned()).collect();
+            let body = json!({ "payload": { "schema": schema, "data": data } });
+            let mut request = http::json_post(
+                &format!("{}/{audience_id}/users", self.graph),
+                &[("access_token", &self.access_token)],
+                Vec::new(),
+                &body,
+                members.iter().map(|(event, _)| event.event_id),
+                vec![self.access_token.clone()],
+            )?;
+            if !add {
+                request.method = "DELETE".to_owned();
+            }
+            requests.push(request);
+            sent.extend(members.into_iter().map(|(event, _)| event));
+        }
+        Ok((results, sent, requests))
+    }
+}
+
+/// Every request of a batch, the results known without sending and the
+/// events sent.
+type AllRequests = (Vec<EventResult>, Vec<PreparedEvent>, Vec<RenderedRequest>);
+
+/// The changes to one custom audience in one direction (its id, whether
+/// they are adds), each with its rows.
+type ChangeGroup = ((String, bool), Vec<(PreparedEvent, Vec<Value>)>);
+
+/// The custom audience rows of one person: row *i* holds each column's
+/// *i*-th value, `""` where there is none.
+fn audience_rows(event: &PreparedEvent) -> Vec<Value> {
+    let values = |field: &str| event.identifiers.get(field).map(Vec::as_slice).unwrap_or_default();
+    let rows = AUDIENCE_SCHEMA.iter().map(|(_, field)| values(field).len()).max().unwrap_or(0);
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<&str> =
+                AUDIENCE_SCHEMA.iter().map(|(_, field)| values(field).get(row).map_or("", String::as_str)).collect();
+            json!(cells)
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -201,17 +320,20 @@ impl Destination for MetaCapi {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let mapping::Built { mut results, sent, request } = self.build(events)?;
-        let Some(request) = request else { return Ok(results) };
-        match http::send_rendered(&request, self.timeout).await? {
-            Ok(_) => results.extend(http::every(&sent, &Outcome::Delivered)),
-            Err(refusal) => return Err(classify(refusal)),
+        let (mut results, sent, requests) = self.build_all(events)?;
+        // Any refusal refuses the batch: the engine retries or splits it,
+        // and sending a part again changes nothing twice (see the module doc).
+        for request in &requests {
+            if let Err(refusal) = http::send_rendered(request, self.timeout).await? {
+                return Err(classify(refusal));
+            }
         }
+        results.extend(http::every(&sent, &Outcome::Delivered));
         Ok(results)
     }
 
     fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
-        Some(self.build(events).ok()?.request.into_iter().collect())
+        Some(self.build_all(events).ok()?.2)
     }
 }
 

@@ -150,3 +150,37 @@ pub fn membership_event_id(
 pub fn clock_event_id(workspace: WorkspaceId, at: Timestamp) -> EventId {
     EventId(Uuid::new_v5(&workspace.0, format!("audience-clock:{}", at.0).as_bytes()))
 }
+
+/// An audience was connected to a destination: its entries are added to the
+/// destination's list or custom audience, its exits removed. Connecting again
+/// replaces the external id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceConnected {
+    /// The audience.
+    pub audience: String,
+    /// The destination.
+    pub destination_id: Uuid,
+    /// The platform's id of the list or custom audience (Meta's custom
+    /// audience id, a Klaviyo list id, …), when the platform needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+}
+
+impl AudienceConnected {
+    /// The stored event type.
+    pub const TYPE: &'static str = "AudienceConnected";
+}
+
+/// An audience was disconnected from a destination: nothing more is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceDisconnected {
+    /// The audience.
+    pub audience: String,
+    /// The destination.
+    pub destination_id: Uuid,
+}
+
+impl AudienceDisconnected {
+    /// The stored event type.
+    pub const TYPE: &'static str = "AudienceDisconnected";
+}

@@ -46,14 +46,17 @@
 
 use std::collections::BTreeMap;
 
-use onepd_domain::RecordedEvent;
 use onepd_domain::consent;
-use onepd_domain::destination::{Category, Description, Hashing, IdentifierSource, PreparedEvent};
+use onepd_domain::destination::{
+    AUDIENCE_MESSAGE_TYPE, AudienceChange, Category, Description, Hashing, IdentifierSource, PreparedEvent,
+};
+use onepd_domain::events::audience::{AudienceEntered, AudienceExited};
 use onepd_domain::events::destination::DestinationCreated;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::hashing;
 use onepd_domain::identity::IdentifierKind;
 use onepd_domain::policy::{self, Annotations, Classification, Verdict, WorkspacePolicy, WorkspaceSecrets};
+use onepd_domain::{RecordedEvent, Timestamp};
 use serde_json::{Map, Value};
 
 use crate::profile::ProfileView;
@@ -179,11 +182,105 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
     .and_then(Value::as_str)
     .map(str::to_owned);
 
+    let identifiers =
+        prepare_identifiers(message, &sent, profile, target, category, withhold_ip_user_agent, &mut notes);
+    let traits = chosen_traits(profile, target, ad_platform, &mut notes);
+    // The time as the policy left it (a restricted ad platform's was
+    // checked against when onepd received the event).
+    let timestamp = ["timestamp", "receivedAt"]
+        .iter()
+        .find_map(|field| sent.get(*field).or_else(|| message.get(*field))?.as_str())
+        .map_or_else(|| event.recorded_at.to_rfc3339(), str::to_owned);
+    Prepared::Send(
+        PreparedEvent {
+            event_id: event.event_id,
+            position: event.position,
+            message_type,
+            name,
+            timestamp,
+            message: sent,
+            identifiers,
+            traits,
+            profile_id: profile.map(|profile| profile.id.to_string()),
+        },
+        notes,
+    )
+}
+
+/// One entry or exit of an audience connected to the destination
+/// (`AudienceEntered` / `AudienceExited` at `event`) as the destination
+/// receives it: an [`AudienceChange`] message naming the audience and the
+/// platform's `external_id`, with the person's identifiers prepared as for
+/// any event (hashed for an ad platform, the policy's removals and the
+/// restricted-industry rules applied) and their chosen traits. The
+/// destination's consent categories are checked against the person's
+/// latest consent. Anything else is skipped.
+pub fn prepare_audience_change(
+    event: &RecordedEvent,
+    external_id: Option<&str>,
+    profile: Option<&ProfileView<'_>>,
+    target: Target<'_>,
+) -> Prepared {
+    let Some(data) = event.data.value() else { return Prepared::Skipped };
+    let entered = match event.event_type.as_str() {
+        AudienceEntered::TYPE => true,
+        AudienceExited::TYPE => false,
+        _ => return Prepared::Skipped,
+    };
+    let (Some(audience), Some(at)) = (
+        data.get("audience").and_then(Value::as_str),
+        data.get("at").and_then(|at| serde_json::from_value::<Timestamp>(at.clone()).ok()),
+    ) else {
+        return Prepared::Skipped;
+    };
+    let policy = &target.destination.policy;
+    let category = policy::treated_as(target.description.category, target.workspace, policy);
+    let required =
+        policy::required_consent(&target.destination.filters.consent_categories, category, target.workspace, policy);
+    if !required.is_empty() {
+        let granted = profile.and_then(|profile| profile.consent).and_then(|found| consent::categories(&found.value));
+        if let Err(reason) = consent::check(&required, granted.as_ref()) {
+            return Prepared::Withheld { rule: "consent", reason };
+        }
+    }
+    let mut notes = Notes::default();
+    let nothing = Value::Object(Map::new());
+    let identifiers = prepare_identifiers(&nothing, &nothing, profile, target, category, false, &mut notes);
+    let traits = chosen_traits(profile, target, category == Category::AdPlatform, &mut notes);
+    Prepared::Send(
+        PreparedEvent {
+            event_id: event.event_id,
+            position: event.position,
+            message_type: AUDIENCE_MESSAGE_TYPE.to_owned(),
+            name: Some(audience.to_owned()),
+            timestamp: at.to_rfc3339(),
+            message: AudienceChange::message(entered, audience, external_id),
+            identifiers,
+            traits,
+            profile_id: profile.map(|profile| profile.id.to_string()),
+        },
+        notes,
+    )
+}
+
+/// The destination's identifier fields for one event: each read from the
+/// message (`sent` for click ids, what the policy left) or the profile,
+/// normalized and hashed as the description asks, or withheld with a note.
+fn prepare_identifiers(
+    message: &Value,
+    sent: &Value,
+    profile: Option<&ProfileView<'_>>,
+    target: Target<'_>,
+    category: Category,
+    withhold_ip_user_agent: bool,
+    notes: &mut Notes,
+) -> BTreeMap<String, Vec<String>> {
+    let policy = &target.destination.policy;
     let restricted = policy::restricted_ad_platform(category, target.workspace.industry);
     let mut identifiers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for spec in &target.description.identifiers {
         // Click ids are read from what the policy left of the message.
-        let read_from = if is_click_id(spec.source) { &sent } else { message };
+        let read_from = if is_click_id(spec.source) { sent } else { message };
         let raw = raw_values(spec.source, read_from, profile);
         if let Some(reason) = held_back_note(spec.source, &raw, profile) {
             // Named apart from the field's other notes: the ledger keeps
@@ -195,7 +292,7 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
         }
         let network = matches!(spec.source, IdentifierSource::Ip | IdentifierSource::UserAgent);
         if network && withhold_ip_user_agent {
-            withhold(&mut notes, &spec.name, WITHHELD_IP_USER_AGENT);
+            withhold(notes, &spec.name, WITHHELD_IP_USER_AGENT);
             continue;
         }
         let keyed = restricted && spec.source == IdentifierSource::UserId;
@@ -209,7 +306,7 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
                         spec.source.as_str().replace('_', " "),
                         spec.source.as_str()
                     );
-                    withhold(&mut notes, &spec.name, &reason);
+                    withhold(notes, &spec.name, &reason);
                     continue;
                 }
                 RestrictedUse::TurnedOn => notes.warnings.push(format!(
@@ -223,7 +320,7 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
         let class = class_of(spec.source);
         if policy.remove.contains(&class) {
             let reason = format!("{} removed for this destination", class.as_str());
-            withhold(&mut notes, &spec.name, &reason);
+            withhold(notes, &spec.name, &reason);
             continue;
         }
         let mut values: Vec<String> = Vec::new();
@@ -257,7 +354,7 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
             }
         }
         if let Some(rule) = problem {
-            withhold(&mut notes, &spec.name, &format!("withheld: {rule}"));
+            withhold(notes, &spec.name, &format!("withheld: {rule}"));
         }
         if !values.is_empty() {
             if keyed {
@@ -269,6 +366,18 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
             identifiers.insert(spec.name.clone(), values);
         }
     }
+    identifiers
+}
+
+/// The profile's traits the destination chose (none for an ad platform),
+/// less those the policy removes for it.
+fn chosen_traits(
+    profile: Option<&ProfileView<'_>>,
+    target: Target<'_>,
+    ad_platform: bool,
+    notes: &mut Notes,
+) -> Map<String, Value> {
+    let policy = &target.destination.policy;
     let mut traits = Map::new();
     if !ad_platform && let Some(profile) = profile.and_then(|profile| profile.traits) {
         for trait_name in &target.destination.traits {
@@ -288,26 +397,7 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
             }
         }
     }
-    // The time as the policy left it (a restricted ad platform's was
-    // checked against when onepd received the event).
-    let timestamp = ["timestamp", "receivedAt"]
-        .iter()
-        .find_map(|field| sent.get(*field).or_else(|| message.get(*field))?.as_str())
-        .map_or_else(|| event.recorded_at.to_rfc3339(), str::to_owned);
-    Prepared::Send(
-        PreparedEvent {
-            event_id: event.event_id,
-            position: event.position,
-            message_type,
-            name,
-            timestamp,
-            message: sent,
-            identifiers,
-            traits,
-            profile_id: profile.map(|profile| profile.id.to_string()),
-        },
-        notes,
-    )
+    traits
 }
 
 /// Whether a restricted industry's ad platform gets an identifier.
