@@ -1249,6 +1249,12 @@ async fn an_audience_fills_by_backfill_changes_live_and_as_time_passes_and_its_h
     let why = history[3]["why"].as_str().unwrap();
     assert!(why.contains("found 1 event"), "{why}");
     assert_eq!(history[4]["why"], "erased");
+
+    // A rebuild decides the same: the same members, no new entry or exit.
+    deployment.cli_json(&["rebuild", "audiences"]);
+    assert_eq!(members(&[]), vec![b3.clone()], "the rebuilt membership");
+    let again = deployment.cli_json(&["audience", "history", "--audience", "repeat buyers", "--wait"]);
+    assert_eq!(again, history, "the rebuild appends no entry or exit");
     deployment.stop();
 }
 

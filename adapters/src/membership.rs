@@ -48,7 +48,7 @@ use onepd_domain::events::identity::{FACT_TYPES, IdentityFacts};
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::identity::ProfileId;
 use onepd_domain::{
-    AppendRequest, DocWrite, EventFilter, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore,
+    AppendRequest, DocWrite, EventFilter, EventStore, ExpectedVersion, Generation, NewEvent, Position, ProjectionStore,
     RecordedEvent, StoreError, Timestamp, WorkspaceId,
 };
 use onepd_projections::audience::PersonFacts;
@@ -252,6 +252,32 @@ impl Drop for MembershipRunner {
     }
 }
 
+/// Brings the live membership up to the log's head, `page` events at a
+/// time, as the runner inside `onepd serve` does, and stops there: the
+/// checkpoint reached.
+pub async fn catch_up(log: &EventLog, store: Arc<dyn ProjectionStore>, page: usize) -> Result<Position, StoreError> {
+    let mut runner = Runner::new(log.clone(), store, Arc::default());
+    runner.page_size = page.max(1);
+    let generation = runner.live_generation().await?;
+    runner.open(generation).await?;
+    runner.to_head().await
+}
+
+/// Derives the membership again from the whole log into a new generation,
+/// `page` events at a time, and makes it live: the generation. Every entry
+/// and exit it decides has the id of the one decided before, so the log
+/// gains only what differs (none, when nothing changed how audiences are
+/// evaluated).
+pub async fn rebuild(log: &EventLog, store: Arc<dyn ProjectionStore>, page: usize) -> Result<Generation, StoreError> {
+    let mut runner = Runner::new(log.clone(), store.clone(), Arc::default());
+    runner.page_size = page.max(1);
+    let generation = store.create_generation(AUDIENCES, VERSION).await?;
+    runner.open(generation.clone()).await?;
+    let checkpoint = runner.to_head().await?;
+    store.promote(generation.id).await?;
+    Ok(Generation { checkpoint, live: true, ..generation })
+}
+
 /// Records that `workspace`'s audience clock reached `at`: the position of
 /// the tick (an earlier tick at the same time is not recorded twice).
 pub async fn tick_clock(log: &EventLog, workspace: WorkspaceId, at: Timestamp) -> Result<Position, StoreError> {
@@ -285,6 +311,7 @@ struct Runner {
     fold: ProfilesFold,
     generation: u64,
     checkpoint: Position,
+    page_size: usize,
 }
 
 impl Runner {
@@ -300,22 +327,45 @@ impl Runner {
             fold: ProfilesFold::suppressing(&HashMap::new(), None),
             generation: 0,
             checkpoint: Position::START,
+            page_size: PAGE,
         }
     }
 
     /// Resumes at the checkpoint and follows the log until it is closed.
     async fn run(&mut self) -> Result<(), StoreError> {
-        let generation = match self.store.live(AUDIENCES).await? {
-            Some(generation) => generation,
+        let generation = self.live_generation().await?;
+        self.open(generation).await?;
+        let filter = EventFilter { event_types: read_types(), ..EventFilter::default() };
+        let mut subscription = self.log.subscribe(self.checkpoint.next(), filter).await?;
+        loop {
+            let events = match subscription.next_batch().await {
+                Ok(events) => events,
+                Err(_) if self.log.is_closed() => return Ok(()),
+                Err(err) => return Err(err),
+            };
+            for page in events.chunks(self.page_size) {
+                self.page(page).await?;
+            }
+        }
+    }
+
+    /// The live generation, created (and made live) when there is none.
+    async fn live_generation(&self) -> Result<Generation, StoreError> {
+        match self.store.live(AUDIENCES).await? {
+            Some(generation) => Ok(generation),
             None => {
                 let generation = self.store.create_generation(AUDIENCES, VERSION).await?;
                 self.store.promote(generation.id).await?;
-                generation
+                Ok(generation)
             }
-        };
+        }
+    }
+
+    /// Takes up `generation` at its checkpoint: what the log defined up to
+    /// there (audiences, computed traits, operator facts).
+    async fn open(&mut self, generation: Generation) -> Result<(), StoreError> {
         self.generation = generation.id;
         self.checkpoint = generation.checkpoint;
-        // What the log defined up to the checkpoint: definitions and facts.
         let filter = EventFilter { event_types: DEFINITION_TYPES.map(String::from).to_vec(), ..EventFilter::default() };
         let mut next = Position(1);
         while next <= self.checkpoint {
@@ -328,18 +378,20 @@ impl Runner {
         self.facts = read_facts(&self.log, self.checkpoint).await?;
         self.fold = ProfilesFold::suppressing(&self.facts, self.log.suppression_hasher());
         self.publish_workspaces();
+        Ok(())
+    }
+
+    /// Reads the log from the checkpoint to the head, a page at a time.
+    async fn to_head(&mut self) -> Result<Position, StoreError> {
+        let head = self.log.head().await?;
         let filter = EventFilter { event_types: read_types(), ..EventFilter::default() };
-        let mut subscription = self.log.subscribe(self.checkpoint.next(), filter).await?;
-        loop {
-            let events = match subscription.next_batch().await {
-                Ok(events) => events,
-                Err(_) if self.log.is_closed() => return Ok(()),
-                Err(err) => return Err(err),
-            };
-            for page in events.chunks(PAGE) {
-                self.page(page).await?;
-            }
+        let mut next = self.checkpoint.next();
+        while next <= head {
+            let page = self.log.read(next, Some(head), &filter, self.page_size).await?;
+            self.page(&page.events).await?;
+            next = page.next;
         }
+        Ok(self.checkpoint)
     }
 
     fn publish_workspaces(&self) {

@@ -26,6 +26,10 @@ pub enum ProjectionName {
     Profiles,
     /// The same projection as `profiles`: the graph is built with the profiles.
     Identity,
+    /// Audience membership: every audience evaluated again over the log
+    /// (the profiles read model must be up to date); entries and exits it
+    /// decides that the log already holds are not appended again.
+    Audiences,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +121,9 @@ pub(super) async fn catch_up_profiles(
 
 pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     super::init_tracing("warn");
+    if let ProjectionName::Audiences = args.projection {
+        return rebuild_audiences(args).await;
+    }
     let log = super::open_log(&args.store, false).await?;
     let read_store =
         ReadStore::open(&args.store.database_url()).await.context("opening the projections' read store")?;
@@ -145,6 +152,31 @@ pub async fn run(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         output::line(format!(
             "rebuilt {PROFILES} (generation {}) through position {}: {profiles} profiles in {seconds:.2}s ({rate:.0} positions/s); readers switched",
             built.generation.id, built.checkpoint.0
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rebuild_audiences(args: RebuildArgs) -> anyhow::Result<ExitCode> {
+    let log = super::open_log(&args.store, false).await?;
+    let read_store: Arc<dyn ProjectionStore> =
+        Arc::new(ReadStore::open(&args.store.database_url()).await.context("opening the projections' read store")?);
+    let started = Instant::now();
+    let rebuilt = onepd_adapters::membership::rebuild(&log, read_store, 500).await;
+    log.close().await;
+    let generation = rebuilt.context("rebuilding the audience membership")?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        output::json(&json!({
+            "projection": onepd_adapters::membership::AUDIENCES,
+            "generation": generation.id,
+            "checkpoint": generation.checkpoint.0,
+            "seconds": seconds,
+        }));
+    } else {
+        output::line(format!(
+            "rebuilt audiences: generation {} at position {} in {seconds:.1} s",
+            generation.id, generation.checkpoint.0
         ));
     }
     Ok(ExitCode::SUCCESS)
