@@ -260,7 +260,7 @@ pub async fn catch_up(log: &EventLog, store: Arc<dyn ProjectionStore>, page: usi
     runner.page_size = page.max(1);
     let generation = runner.live_generation().await?;
     runner.open(generation).await?;
-    runner.to_head().await
+    runner.read_to_head().await
 }
 
 /// Derives the membership again from the whole log into a new generation,
@@ -273,7 +273,7 @@ pub async fn rebuild(log: &EventLog, store: Arc<dyn ProjectionStore>, page: usiz
     runner.page_size = page.max(1);
     let generation = store.create_generation(AUDIENCES, VERSION).await?;
     runner.open(generation.clone()).await?;
-    let checkpoint = runner.to_head().await?;
+    let checkpoint = runner.read_to_head().await?;
     store.promote(generation.id).await?;
     Ok(Generation { checkpoint, live: true, ..generation })
 }
@@ -382,7 +382,7 @@ impl Runner {
     }
 
     /// Reads the log from the checkpoint to the head, a page at a time.
-    async fn to_head(&mut self) -> Result<Position, StoreError> {
+    async fn read_to_head(&mut self) -> Result<Position, StoreError> {
         let head = self.log.head().await?;
         let filter = EventFilter { event_types: read_types(), ..EventFilter::default() };
         let mut next = self.checkpoint.next();
