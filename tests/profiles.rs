@@ -1250,6 +1250,23 @@ async fn an_audience_fills_by_backfill_changes_live_and_as_time_passes_and_its_h
     assert!(why.contains("found 1 event"), "{why}");
     assert_eq!(history[4]["why"], "erased");
 
+    // The same over gRPC: sizes, and the members before the tick.
+    let mut audiences = AudienceServiceClient::new(deployment.server.channel().await);
+    let token = &reader.token;
+    let listed = audiences.list_audiences(with_token(ab::ListAudiencesRequest {}, token)).await.unwrap().into_inner();
+    assert_eq!((listed.audiences[0].name.as_str(), listed.audiences[0].size), ("repeat buyers", 1));
+    let (secs, nanos) = before_tick.to_seconds_nanos();
+    let request = ab::ListMembersRequest {
+        name: "repeat buyers".into(),
+        as_of: Some(prost_types::Timestamp { seconds: secs, nanos }),
+    };
+    let then = audiences.list_members(with_token(request, token)).await.unwrap().into_inner();
+    let mut ids: Vec<String> = then.members.iter().map(|m| m.profile_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, sorted(vec![b1.clone(), b2.clone(), b3.clone()]));
+    let unknown = ab::ListMembersRequest { name: "nope".into(), as_of: None };
+    assert_eq!(audiences.list_members(with_token(unknown, token)).await.unwrap_err().code(), Code::NotFound);
+
     // A rebuild decides the same: the same members, no new entry or exit.
     deployment.cli_json(&["rebuild", "audiences"]);
     assert_eq!(members(&[]), vec![b3.clone()], "the rebuilt membership");

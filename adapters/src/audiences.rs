@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use onepd_domain::audience::{ComputedTrait, Condition, Verdict, WithAudiences, evaluate, parse};
 use onepd_domain::events::audience::{AudienceConnected, AudienceDefined, ComputedTraitDefined};
 use onepd_domain::identity::ProfileId;
-use onepd_domain::{Position, Timestamp, WorkspaceId};
+use onepd_domain::{EventStore, Position, Timestamp, WorkspaceId};
 use onepd_projections::profile::Lookup;
 use uuid::Uuid;
 
 use crate::EventLog;
 use crate::activation::admin::{AdminError, append, workspace_config};
+use crate::membership::{Member, Membership};
 use crate::profiles::{AsOf, ProfileReader};
 
 /// A workspace's audiences and computed traits by name, and a condition.
@@ -139,6 +140,40 @@ impl Audiences {
         let config = workspace_config(&self.log, workspace).await?;
         let event = config.disconnect_audience(workspace, audience, destination, actor)?;
         append(&self.log, config.request(workspace, vec![event])).await
+    }
+
+    /// The membership this service reads.
+    pub fn membership(&self) -> Membership {
+        Membership::new(self.log.clone(), self.reader.store())
+    }
+
+    /// How many people each of the workspace's audiences holds now, by
+    /// name (0 for one the membership has not reached yet).
+    pub async fn sizes(&self, workspace: WorkspaceId) -> Result<BTreeMap<String, u64>, AdminError> {
+        let membership = self.membership();
+        let mut sizes = BTreeMap::new();
+        for name in self.list(workspace).await?.into_keys() {
+            let size = membership.members(workspace, &name).await?.len() as u64;
+            sizes.insert(name, size);
+        }
+        Ok(sizes)
+    }
+
+    /// The members of audience `name` now, or just before `as_of`.
+    pub async fn members(
+        &self,
+        workspace: WorkspaceId,
+        name: &str,
+        as_of: Option<Timestamp>,
+    ) -> Result<Vec<Member>, AdminError> {
+        let membership = self.membership();
+        Ok(match as_of {
+            None => membership.members(workspace, name).await?,
+            Some(time) => {
+                let through = Position(self.log.position_at(time).await?.0.saturating_sub(1));
+                membership.members_as_of(workspace, name, through).await?
+            }
+        })
     }
 
     /// The workspace's audience connections.

@@ -296,19 +296,25 @@ async fn define(args: DefineArgs) -> anyhow::Result<ExitCode> {
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let (audiences, log, workspace) = service(&args.target).await?;
-    let listed = audiences.list(workspace).await;
+    let listed = async { anyhow::Ok((audiences.list(workspace).await?, audiences.sizes(workspace).await?)) }.await;
     log.close().await;
-    let listed = listed?;
+    let (listed, sizes) = listed?;
+    let size = |name: &str| sizes.get(name).copied().unwrap_or_default();
     if args.json {
         let listed: Vec<_> = (listed.values())
-            .map(|a| json!({ "name": a.name, "condition": a.condition.to_string(), "json": a.condition, "description": a.description }))
+            .map(|a| {
+                json!({
+                    "name": a.name, "condition": a.condition.to_string(), "json": a.condition,
+                    "description": a.description, "size": size(&a.name),
+                })
+            })
             .collect();
         output::json(&json!(listed));
     } else if listed.is_empty() {
         output::line("no audiences");
     } else {
         for audience in listed.values() {
-            output::line(format!("{}: {}", audience.name, audience.condition));
+            output::line(format!("{} ({} people): {}", audience.name, size(&audience.name), audience.condition));
         }
     }
     Ok(ExitCode::SUCCESS)

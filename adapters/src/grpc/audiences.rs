@@ -109,8 +109,10 @@ impl AudienceService for AudiencesApi {
     ) -> Result<Response<proto::ListAudiencesResponse>, Status> {
         let grant = self.grant(&request, TokenScope::Read)?;
         let listed = self.audiences.list(grant.workspace).await.map_err(admin_status)?;
+        let sizes = self.audiences.sizes(grant.workspace).await.map_err(admin_status)?;
         let audiences = (listed.into_values())
             .map(|defined| proto::Audience {
+                size: sizes.get(&defined.name).copied().unwrap_or_default(),
                 name: defined.name,
                 condition: defined.condition.to_string(),
                 condition_json: serde_json::to_string(&defined.condition).unwrap_or_default(),
@@ -118,6 +120,28 @@ impl AudienceService for AudiencesApi {
             })
             .collect();
         Ok(Response::new(proto::ListAudiencesResponse { audiences }))
+    }
+
+    #[tracing::instrument(skip_all, name = "list_members", fields(workspace = field::Empty))]
+    async fn list_members(
+        &self,
+        request: Request<proto::ListMembersRequest>,
+    ) -> Result<Response<proto::ListMembersResponse>, Status> {
+        let grant = self.grant(&request, TokenScope::Read)?;
+        let request = request.into_inner();
+        let as_of = request.as_of.map(|at| timestamp("as_of", at)).transpose()?;
+        if !self.audiences.list(grant.workspace).await.map_err(admin_status)?.contains_key(&request.name) {
+            return Err(Status::not_found(format!("audience {:?}: not defined in this workspace", request.name)));
+        }
+        let members = self.audiences.members(grant.workspace, &request.name, as_of).await.map_err(admin_status)?;
+        let members = (members.into_iter())
+            .map(|member| proto::Member {
+                profile_id: member.profile.0.to_string(),
+                since_position: member.since.0,
+                entered_at: Some(timestamp_message(member.at)),
+            })
+            .collect();
+        Ok(Response::new(proto::ListMembersResponse { members }))
     }
 
     #[tracing::instrument(skip_all, name = "remove_audience", fields(workspace = field::Empty))]
