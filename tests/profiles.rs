@@ -1223,6 +1223,17 @@ async fn an_audience_fills_by_backfill_changes_live_and_as_time_passes_and_its_h
     let then = members(&["--as-of", &before_tick.to_rfc3339()]);
     assert_eq!(then, sorted(vec![b1.clone(), b2.clone(), b3.clone()]), "the members as of before the tick");
 
+    // Why b1 is out: the condition as it reads now, and the entry and exit.
+    let out = deployment.cli(&["audience", "explain", "repeat buyers", "--user-id", "b1", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "not in it: exit 1");
+    let explained: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(explained["holds"], false);
+    let steps: Vec<&str> =
+        explained["history"].as_array().unwrap().iter().map(|c| c["change"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["entered", "exited"], "{explained}");
+    let explained = deployment.cli_json(&["audience", "explain", "repeat buyers", "--user-id", "b3"]);
+    assert_eq!((explained["holds"].as_bool(), explained["history"].as_array().map(Vec::len)), (Some(true), Some(1)));
+
     // An erasure removes b2.
     deployment.cli_json(&["forget", "--user-id", "b2"]);
     assert_eq!(members(&[]), vec![b3.clone()], "an erased person leaves");

@@ -964,6 +964,14 @@ impl Membership {
         Ok(positions)
     }
 
+    /// The workspace's audience clock: the time its audiences were last
+    /// evaluated at (`None` before the first evaluation).
+    pub async fn clock(&self, workspace: WorkspaceId) -> Result<Option<Timestamp>, StoreError> {
+        let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(None) };
+        let doc = self.store.get(generation.id, workspace, CLOCK, &["now".to_owned()]).await?.pop().flatten();
+        doc.map(|doc| serde_json::from_slice(&doc).map_err(|err| corrupt("clock", err))).transpose()
+    }
+
     /// Whether some window edge of `workspace` is at or before `now`.
     pub async fn edge_due(&self, workspace: WorkspaceId, now: Timestamp) -> Result<bool, StoreError> {
         let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(false) };

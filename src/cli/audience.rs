@@ -48,12 +48,32 @@ pub enum AudienceCommand {
     /// whose window edges it passes are evaluated again. `onepd serve` ticks
     /// by itself; this records a tick by hand (a test clock, a catch-up).
     Tick(TickArgs),
+    /// Why one person is or is not in an audience: the condition evaluated
+    /// for them (which part holds, from which events) and their entries and
+    /// exits, each with its cause.
+    Explain(Box<ExplainArgs>),
     /// Connect an audience to a destination: its current members are sent
     /// as entries, then every entry and exit as it happens.
     Connect(ConnectArgs),
     /// Disconnect an audience from a destination: nothing more is sent
     /// (the platform keeps what it was sent).
     Disconnect(DisconnectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    target: directory::Scope,
+    /// The audience's name.
+    name: String,
+    #[command(flatten)]
+    which: Which,
+    /// Evaluate as of this RFC 3339 time (default: now).
+    #[arg(long)]
+    at: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +259,7 @@ pub async fn run(command: AudienceCommand) -> anyhow::Result<ExitCode> {
         AudienceCommand::Members(args) => members(args).await,
         AudienceCommand::History(args) => history(args).await,
         AudienceCommand::Tick(args) => tick(args).await,
+        AudienceCommand::Explain(args) => explain(*args).await,
         AudienceCommand::Connect(args) => connect(args).await,
         AudienceCommand::Disconnect(args) => disconnect(args).await,
     }
@@ -580,4 +601,68 @@ async fn disconnect(args: DisconnectArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let lookup = lookup(&args.which)?;
+    let at = parse_at(args.at.as_deref())?;
+    let (reader, log, workspace) = reader(&args.target).await?;
+    let audiences = Audiences::new(log.clone(), reader.clone());
+    // Unless asked for another time: as the membership evaluates, at the
+    // audience clock when a recorded tick put it ahead of this machine's.
+    let clock = audiences.membership().clock(workspace).await?;
+    let at = at.or(clock.filter(|clock| *clock > now()));
+    let now = at.unwrap_or_else(now);
+    let found = async {
+        let verdict = audiences.evaluate(workspace, &Target::Saved(args.name.clone()), &lookup, at, now).await?;
+        // The person's profile and every profile merged into it.
+        let profiles: Vec<String> = match reader.doc(workspace, &lookup).await? {
+            Some(doc) => doc.members.iter().map(|member| member.id.0.to_string()).collect(),
+            None => Vec::new(),
+        };
+        let history = audiences.membership().history(workspace, None).await?;
+        let changes: Vec<Change> = (history.into_iter())
+            .filter(|c| c.audience == args.name && profiles.contains(&c.profile.0.to_string()))
+            .collect();
+        anyhow::Ok((verdict, changes))
+    }
+    .await;
+    log.close().await;
+    let (verdict, changes) = found?;
+    let Some(verdict) = verdict else {
+        bail!("no profile holds that identifier{}", if at.is_some() { " at that time" } else { "" });
+    };
+    if args.json {
+        let changes: Vec<_> = (changes.iter())
+            .map(|c| {
+                json!({
+                    "position": c.position.0, "change": c.change, "profile": c.profile.0.to_string(),
+                    "cause": c.cause.0, "at": c.at.to_rfc3339(), "why": c.why,
+                })
+            })
+            .collect();
+        output::json(&json!({
+            "audience": args.name, "holds": verdict.holds, "at": now.to_rfc3339(),
+            "changes_at": verdict.changes_at.map(Timestamp::to_rfc3339),
+            "explanation": verdict.explanation, "history": changes,
+        }));
+    } else {
+        let verb = if verdict.holds { "meets" } else { "does not meet" };
+        output::line(format!("{verb} audience {:?} as of {}:", args.name, now.to_rfc3339()));
+        print(&verdict.explanation, 1);
+        if changes.is_empty() {
+            output::line("never entered it");
+        }
+        for c in changes {
+            output::line(format!(
+                "{} at position {} (caused by position {}, at {}): {}",
+                c.change,
+                c.position.0,
+                c.cause.0,
+                c.at.to_rfc3339(),
+                c.why
+            ));
+        }
+    }
+    Ok(if verdict.holds { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
