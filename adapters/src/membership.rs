@@ -972,6 +972,25 @@ impl Membership {
         doc.map(|doc| serde_json::from_slice(&doc).map_err(|err| corrupt("clock", err))).transpose()
     }
 
+    /// How many people have a window edge at or before `now`: those a tick
+    /// at `now` evaluates again.
+    pub async fn due_count(&self, workspace: WorkspaceId, now: Timestamp) -> Result<u64, StoreError> {
+        let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(0) };
+        let bound = format!("{:020}", now.0.max(0));
+        let (mut count, mut after) = (0, None::<String>);
+        loop {
+            let page = self.store.scan(generation.id, workspace, EDGE, after.as_deref(), 1_000).await?;
+            let Some((last, _)) = page.last() else { return Ok(count) };
+            after = Some(last.clone());
+            for (key, _) in &page {
+                if key.split_once(SEPARATOR).is_none_or(|(edge, _)| edge > bound.as_str()) {
+                    return Ok(count);
+                }
+                count += 1;
+            }
+        }
+    }
+
     /// Whether some window edge of `workspace` is at or before `now`.
     pub async fn edge_due(&self, workspace: WorkspaceId, now: Timestamp) -> Result<bool, StoreError> {
         let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(false) };

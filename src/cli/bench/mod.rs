@@ -16,6 +16,7 @@
 
 mod activate;
 mod append;
+mod audiences;
 mod export;
 mod import;
 mod ingest;
@@ -47,6 +48,10 @@ pub enum BenchCommand {
     /// memory, backfill to a gRPC adapter, profile reads, beside the log's
     /// read rate.
     Scale(scale::ScaleArgs),
+    /// Audience membership on the synthetic workload: the backfill of 20
+    /// audiences and 10 computed traits, its cost per live event beside the
+    /// profiles projection's, and a window edge's re-evaluation.
+    Audiences(audiences::AudiencesArgs),
     /// Events/s of `onepd events export` to NDJSON and to Parquet beside
     /// the raw read rate of the same rows, and peak memory for the whole
     /// log and a tenth of it.
@@ -138,5 +143,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Activate(args) => activate::run(args).await,
         BenchCommand::Scale(args) => scale::run(args).await,
         BenchCommand::Export(args) => export::run(args).await,
+        BenchCommand::Audiences(args) => audiences::run(args).await,
     }
 }

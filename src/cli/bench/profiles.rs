@@ -98,6 +98,13 @@ pub(super) struct Workload {
     pub(super) sample: Vec<Identifier>,
 }
 
+impl WorkloadArgs {
+    /// The backend's name.
+    pub(super) fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+}
+
 impl Workload {
     pub(super) async fn create(args: &WorkloadArgs) -> anyhow::Result<Workload> {
         anyhow::ensure!(args.events > 0, "--events: expected at least 1, found 0");
@@ -279,7 +286,7 @@ fn rss_mb(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<ReadStore>)> {
+pub(super) async fn open(workload: &Workload) -> anyhow::Result<(EventLog, Arc<ReadStore>)> {
     let log = EventLog::open(workload.config()).await.context("opening the benchmark log")?;
     let store = ReadStore::open(&workload.url).await.context("opening the read store")?;
     Ok((log, Arc::new(store)))
