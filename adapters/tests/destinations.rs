@@ -450,10 +450,6 @@ fn settings_for(adapter: &str, url: &str, timeout_ms: Option<u64>) -> Value {
         "tiktok" => json!({"access_token": "t", "pixel_code": "P", "endpoint": url}),
         "ga4" => json!({"measurement_id": "G-1", "api_secret": "s", "endpoint": url}),
         "webhook" => json!({"url": url}),
-        "klaviyo" => json!({"api_key": "pk_test", "endpoint": url}),
-        "hubspot" => json!({"access_token": "pat-test", "endpoint": url}),
-        "mailchimp" => json!({"api_key": "key-us6", "list_id": "L1", "endpoint": url}),
-        "braze" => json!({"api_key": "b-key", "endpoint": url}),
         other => panic!("no settings for {other}"),
     };
     if let Some(ms) = timeout_ms {
