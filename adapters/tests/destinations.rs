@@ -632,3 +632,20 @@ fn bad_settings_are_refused_naming_the_field() {
         }
     }
 }
+
+#[tokio::test]
+async fn google_ads_and_tiktok_refuse_an_audience_change_they_cannot_sync_rather_than_drop_it() {
+    for name in ["google_ads", "tiktok"] {
+        let stub = Stub::start(Reply::ok(json!({"code": 0}))).await;
+        let destination = adapter(name, settings_for(name, &stub.url, None)).await;
+        let change = audience_change(9, true, "buyers", Some("123"), &[]);
+
+        let results = destination.deliver(&[change]).await.unwrap();
+
+        assert!(
+            matches!(outcome_of(&results, 9), Outcome::Permanent { reason } if reason.contains("does not sync audiences")),
+            "{name}: {results:?}"
+        );
+        assert!(stub.requests().is_empty(), "{name}: nothing is sent");
+    }
+}

@@ -41,7 +41,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
+    AUDIENCE_MESSAGE_TYPE, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    RenderedRequest,
 };
 use onepd_domain::hashing::google_ads_identifiers;
 use serde::Deserialize;
@@ -249,6 +250,7 @@ impl GoogleAds {
         // Not a conversion of this account (see the module doc).
         let mapping::Mapped { results, sent, records: conversions } = mapping::map_events(events, |event| {
             let action = match (event.message_type.as_str(), event.name.as_deref()) {
+                (AUDIENCE_MESSAGE_TYPE, _) => return Some(Err(mapping::AUDIENCES_NOT_SYNCED.to_owned())),
                 ("track", Some(name)) => self.action_for(name)?,
                 _ => return None,
             };

@@ -13,6 +13,12 @@ use serde_json::{Map, Value};
 use super::AdapterError;
 use super::http::DEFAULT_TIMEOUT;
 
+/// Why an audience change is refused by an adapter that cannot sync
+/// audiences yet: a permanent outcome, so it is dead-lettered where an
+/// operator sees it, never taken as delivered.
+pub(crate) const AUDIENCES_NOT_SYNCED: &str =
+    "this adapter does not sync audiences yet: connect the audience to a destination that does (meta_capi, webhook)";
+
 /// Reads `settings` into `T`; an error names the setting (`settings.pixel_id:
 /// invalid type: integer `7`, expected a string`).
 pub(crate) fn parse_settings<T: DeserializeOwned>(adapter: &str, settings: &Value) -> Result<T, AdapterError> {

@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
+    AUDIENCE_MESSAGE_TYPE, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    RenderedRequest,
 };
 use onepd_domain::hashing::tiktok_identifiers;
 use serde::Deserialize;
@@ -160,9 +161,12 @@ impl TikTok {
     /// request (none when nothing is for TikTok).
     fn build(&self, events: &[PreparedEvent]) -> Result<mapping::Built, DeliverError> {
         // TikTok takes events only (see the module doc).
-        let mapping::Mapped { results, sent, records: data } = mapping::map_events(events, |event| {
-            matches!(event.message_type.as_str(), "track" | "page").then(|| web_event(event))
-        });
+        let mapping::Mapped { results, sent, records: data } =
+            mapping::map_events(events, |event| match event.message_type.as_str() {
+                AUDIENCE_MESSAGE_TYPE => Some(Err(mapping::AUDIENCES_NOT_SYNCED.to_owned())),
+                "track" | "page" => Some(web_event(event)),
+                _ => None,
+            });
         if data.is_empty() {
             return Ok(mapping::Built { results, sent, request: None });
         }
