@@ -72,28 +72,24 @@ fn webhook_destination(dir: &std::path::Path, store: &[String], name: &str, stub
     create_destination(dir, store, name, &args)
 }
 
+/// A `meta_capi` destination named `meta` sending to `stub`.
+fn meta_destination(dir: &std::path::Path, store: &[String], stub: &Stub) -> Value {
+    let endpoint = format!("endpoint={}", stub.url());
+    let settings = ["pixel_id=123", "access_token=EAAtoken", endpoint.as_str()];
+    let mut args = vec!["--adapter", "meta_capi"];
+    for setting in &settings {
+        args.extend(["--setting", setting]);
+    }
+    create_destination(dir, store, "meta", &args)
+}
+
 async fn meta_receives_an_order_with_hashed_identifiers_and_its_event_id(url: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let store = store_args(url);
     let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
     let server = Server::start(dir.path(), &store_refs);
     let meta = Stub::start(Mode::Accept).await;
-    let endpoint = format!("endpoint={}", meta.url());
-    create_destination(
-        dir.path(),
-        &store,
-        "meta",
-        &[
-            "--adapter",
-            "meta_capi",
-            "--setting",
-            "pixel_id=123",
-            "--setting",
-            "access_token=EAAtoken",
-            "--setting",
-            &endpoint,
-        ],
-    );
+    meta_destination(dir.path(), &store, &meta);
     send(
         &server,
         vec![
@@ -554,23 +550,8 @@ async fn meta_custom_audience_follows_an_audiences_entries_and_exits(url: Option
     let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
     let server = Server::start(dir.path(), &store_refs);
     let meta = Stub::start(Mode::Accept).await;
-    let endpoint = format!("endpoint={}", meta.url());
     let cli = |args: &[&str]| onepd_json(dir.path(), &[args, &store_refs[..]].concat());
-    create_destination(
-        dir.path(),
-        &store,
-        "meta",
-        &[
-            "--adapter",
-            "meta_capi",
-            "--setting",
-            "pixel_id=123",
-            "--setting",
-            "access_token=EAAtoken",
-            "--setting",
-            &endpoint,
-        ],
-    );
+    meta_destination(dir.path(), &store, &meta);
     let person = |id: &str, user: &str, email: &str| json!({"type": "identify", "messageId": id, "userId": user, "traits": {"email": email}});
     let order =
         |id: &str, user: &str| json!({"type": "track", "messageId": id, "userId": user, "event": "Order Completed"});

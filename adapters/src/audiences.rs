@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use onepd_domain::audience::{ComputedTrait, Condition, Verdict, WithAudiences, evaluate, parse};
 use onepd_domain::events::audience::{AudienceConnected, AudienceDefined, ComputedTraitDefined};
 use onepd_domain::identity::ProfileId;
-use onepd_domain::{EventStore, Position, Timestamp, WorkspaceId};
+use onepd_domain::{Position, Timestamp, WorkspaceId};
 use onepd_projections::profile::Lookup;
 use uuid::Uuid;
 
@@ -170,7 +170,7 @@ impl Audiences {
         Ok(match as_of {
             None => membership.members(workspace, name).await?,
             Some(time) => {
-                let through = Position(self.log.position_at(time).await?.0.saturating_sub(1));
+                let through = self.reader.position(AsOf::Time(time)).await?;
                 membership.members_as_of(workspace, name, through).await?
             }
         })

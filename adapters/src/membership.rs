@@ -165,7 +165,44 @@ type Verdicts = BTreeMap<String, (bool, Option<Timestamp>, String)>;
 
 /// The key of an edge in [`EDGE`]: ordered by time as text.
 fn edge_key(edge: Timestamp, profile: ProfileId) -> String {
-    format!("{:020}{SEPARATOR}{}", edge.0.max(0), profile.0)
+    format!("{}{SEPARATOR}{}", edge_bound(edge), profile.0)
+}
+
+/// The bound of the edge keys at or before `now`, as [`edge_key`] writes them.
+fn edge_bound(now: Timestamp) -> String {
+    format!("{:020}", now.0.max(0))
+}
+
+/// Visits the documents of one collection of `generation` in key order,
+/// from the first key after `after`, a page at a time, until `visit`
+/// answers `false` or the collection ends.
+async fn scan_each(
+    store: &dyn ProjectionStore,
+    generation: u64,
+    workspace: WorkspaceId,
+    collection: &str,
+    after: Option<String>,
+    mut visit: impl FnMut(&str, &[u8]) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut after = after;
+    loop {
+        let page = store.scan(generation, workspace, collection, after.as_deref(), 1_000).await?;
+        let Some((last, _)) = page.last() else { return Ok(()) };
+        after = Some(last.clone());
+        for (key, doc) in &page {
+            if !visit(key, doc)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// An append refused, as the runner reports it.
+fn append_error(err: onepd_domain::AppendError) -> StoreError {
+    match err {
+        onepd_domain::AppendError::Store(err) => err,
+        other => StoreError::Database(other.to_string()),
+    }
 }
 
 /// The key of a member in [`MEMBER`].
@@ -292,10 +329,7 @@ pub async fn tick_clock(log: &EventLog, workspace: WorkspaceId, at: Timestamp) -
     };
     let request =
         AppendRequest { stream_id: clock_stream(workspace), expected: ExpectedVersion::Any, events: vec![event] };
-    let outcome = log.append(request).await.map_err(|err| match err {
-        onepd_domain::AppendError::Store(err) => err,
-        other => StoreError::Database(other.to_string()),
-    })?;
+    let outcome = log.append(request).await.map_err(append_error)?;
     Ok(*outcome.positions.last().expect("one event"))
 }
 
@@ -419,10 +453,7 @@ impl Runner {
                     expected: ExpectedVersion::Any,
                     events: chunk.to_vec(),
                 };
-                self.log.append(request).await.map_err(|err| match err {
-                    onepd_domain::AppendError::Store(err) => err,
-                    other => StoreError::Database(other.to_string()),
-                })?;
+                self.log.append(request).await.map_err(append_error)?;
             }
         }
         let writes = (pending.writes.into_iter())
@@ -743,18 +774,18 @@ impl Runner {
             self.decide(workspace, id, verdicts, position, now, pending).await?;
         }
         // Anyone the runner holds who is no longer a profile leaves.
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan(self.generation, workspace, PERSON, after.as_deref(), 1_000).await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (key, _) in page {
-                let Ok(id) = key.parse::<uuid::Uuid>() else { continue };
-                if !seen.contains(&ProfileId(id)) {
-                    self.leave_all(workspace, ProfileId(id), position, now, "no longer a profile of its own", pending)
-                        .await?;
-                }
+        let mut gone = Vec::new();
+        scan_each(self.store.as_ref(), self.generation, workspace, PERSON, None, |key, _| {
+            if let Ok(id) = key.parse::<uuid::Uuid>()
+                && !seen.contains(&ProfileId(id))
+            {
+                gone.push(ProfileId(id));
             }
+            Ok(true)
+        })
+        .await?;
+        for profile in gone {
+            self.leave_all(workspace, profile, position, now, "no longer a profile of its own", pending).await?;
         }
         Ok(())
     }
@@ -766,26 +797,20 @@ impl Runner {
         now: Timestamp,
         pending: &Pending,
     ) -> Result<Vec<ProfileId>, StoreError> {
-        let bound = format!("{:020}", now.0.max(0));
+        let bound = edge_bound(now);
         let mut due = BTreeSet::new();
-        let mut after: Option<String> = None;
-        'pages: loop {
-            let page = self.store.scan(self.generation, workspace, EDGE, after.as_deref(), 1_000).await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (key, _) in page {
-                let Some((edge, profile)) = key.split_once(SEPARATOR) else { continue };
-                if edge > bound.as_str() {
-                    break 'pages;
-                }
-                if pending.writes.get(&(workspace, EDGE, key.clone())).is_some_and(Option::is_none) {
-                    continue;
-                }
-                if let Ok(id) = profile.parse::<uuid::Uuid>() {
-                    due.insert(ProfileId(id));
-                }
+        scan_each(self.store.as_ref(), self.generation, workspace, EDGE, None, |key, _| {
+            let Some((edge, profile)) = key.split_once(SEPARATOR) else { return Ok(true) };
+            if edge > bound.as_str() {
+                return Ok(false);
             }
-        }
+            let unset = pending.writes.get(&(workspace, EDGE, key.to_owned())).is_some_and(Option::is_none);
+            if !unset && let Ok(id) = profile.parse::<uuid::Uuid>() {
+                due.insert(ProfileId(id));
+            }
+            Ok(true)
+        })
+        .await?;
         // Edges the page itself set.
         for ((ws, collection, key), doc) in &pending.writes {
             if *ws == workspace
@@ -864,18 +889,15 @@ impl Membership {
         let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(Vec::new()) };
         let prefix = format!("{audience}{SEPARATOR}");
         let mut members = Vec::new();
-        let mut after = prefix.clone();
-        loop {
-            let page = self.store.scan(generation.id, workspace, MEMBER, Some(&after), 1_000).await?;
-            let Some((last, _)) = page.last() else { return Ok(members) };
-            after = last.clone();
-            for (key, doc) in page {
-                if !key.starts_with(&prefix) {
-                    return Ok(members);
-                }
-                members.push(serde_json::from_slice(&doc).map_err(|err| corrupt("member", err))?);
+        scan_each(self.store.as_ref(), generation.id, workspace, MEMBER, Some(prefix.clone()), |key, doc| {
+            if !key.starts_with(&prefix) {
+                return Ok(false);
             }
-        }
+            members.push(serde_json::from_slice(doc).map_err(|err| corrupt("member", err))?);
+            Ok(true)
+        })
+        .await?;
+        Ok(members)
     }
 
     /// The audiences `profile` is in now.
@@ -890,16 +912,28 @@ impl Membership {
     /// Every entry and exit of the workspace up to `through` (all when
     /// `None`), oldest first, from the log alone.
     pub async fn history(&self, workspace: WorkspaceId, through: Option<Position>) -> Result<Vec<Change>, StoreError> {
-        let stream = membership_stream(workspace);
         let mut changes = Vec::new();
+        self.each_change(workspace, through, |change| changes.push(change)).await?;
+        Ok(changes)
+    }
+
+    /// Hands every entry and exit of the workspace up to `through` (all
+    /// when `None`) to `visit`, oldest first, a page of the log at a time.
+    pub async fn each_change(
+        &self,
+        workspace: WorkspaceId,
+        through: Option<Position>,
+        mut visit: impl FnMut(Change),
+    ) -> Result<(), StoreError> {
+        let stream = membership_stream(workspace);
         let mut version = 1;
         loop {
             let events = self.log.read_stream(&stream, version, 1_000).await?;
-            let Some(last) = events.last() else { return Ok(changes) };
+            let Some(last) = events.last() else { return Ok(()) };
             version = last.stream_version + 1;
             for event in &events {
                 if through.is_some_and(|through| event.position > through) {
-                    return Ok(changes);
+                    return Ok(());
                 }
                 let Some(data) = event.data.value() else { continue };
                 let change = match event.event_type.as_str() {
@@ -912,7 +946,7 @@ impl Membership {
                     _ => None,
                 };
                 if let Some((change, audience, profile, cause, at, why)) = change {
-                    changes.push(Change { position: event.position, change, audience, profile, cause, at, why });
+                    visit(Change { position: event.position, change, audience, profile, cause, at, why });
                 }
             }
         }
@@ -927,16 +961,17 @@ impl Membership {
         through: Position,
     ) -> Result<Vec<Member>, StoreError> {
         let mut members: BTreeMap<ProfileId, Member> = BTreeMap::new();
-        for change in self.history(workspace, Some(through)).await? {
+        self.each_change(workspace, Some(through), |change| {
             if change.audience != audience {
-                continue;
+                return;
             }
             if change.change == "entered" {
                 members.insert(change.profile, Member { profile: change.profile, since: change.cause, at: change.at });
             } else {
                 members.remove(&change.profile);
             }
-        }
+        })
+        .await?;
         Ok(members.into_values().collect())
     }
 
@@ -949,16 +984,17 @@ impl Membership {
         audience: &str,
     ) -> Result<Vec<Position>, StoreError> {
         let mut entries: BTreeMap<ProfileId, Position> = BTreeMap::new();
-        for change in self.history(workspace, None).await? {
+        self.each_change(workspace, None, |change| {
             if change.audience != audience {
-                continue;
+                return;
             }
             if change.change == "entered" {
                 entries.insert(change.profile, change.position);
             } else {
                 entries.remove(&change.profile);
             }
-        }
+        })
+        .await?;
         let mut positions: Vec<Position> = entries.into_values().collect();
         positions.sort();
         Ok(positions)
@@ -976,26 +1012,22 @@ impl Membership {
     /// at `now` evaluates again.
     pub async fn due_count(&self, workspace: WorkspaceId, now: Timestamp) -> Result<u64, StoreError> {
         let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(0) };
-        let bound = format!("{:020}", now.0.max(0));
-        let (mut count, mut after) = (0, None::<String>);
-        loop {
-            let page = self.store.scan(generation.id, workspace, EDGE, after.as_deref(), 1_000).await?;
-            let Some((last, _)) = page.last() else { return Ok(count) };
-            after = Some(last.clone());
-            for (key, _) in &page {
-                if key.split_once(SEPARATOR).is_none_or(|(edge, _)| edge > bound.as_str()) {
-                    return Ok(count);
-                }
-                count += 1;
-            }
-        }
+        let bound = edge_bound(now);
+        let mut count = 0;
+        scan_each(self.store.as_ref(), generation.id, workspace, EDGE, None, |key, _| {
+            let due = key.split_once(SEPARATOR).is_some_and(|(edge, _)| edge <= bound.as_str());
+            count += u64::from(due);
+            Ok(due)
+        })
+        .await?;
+        Ok(count)
     }
 
     /// Whether some window edge of `workspace` is at or before `now`.
     pub async fn edge_due(&self, workspace: WorkspaceId, now: Timestamp) -> Result<bool, StoreError> {
         let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(false) };
         let first = self.store.scan(generation.id, workspace, EDGE, None, 1).await?;
-        let bound = format!("{:020}", now.0.max(0));
+        let bound = edge_bound(now);
         Ok(first.first().and_then(|(key, _)| key.split_once(SEPARATOR)).is_some_and(|(edge, _)| edge <= bound.as_str()))
     }
 

@@ -104,6 +104,29 @@ async fn append(log: &EventLog, steps: &[(usize, Step)], start: Timestamp) {
     }
 }
 
+/// A fresh database with its log, read store and profiles runner, and the
+/// time the test started (the generated history's "now").
+struct Setup {
+    db: TestDb,
+    log: EventLog,
+    store: Arc<ReadStore>,
+    read: Arc<dyn ProjectionStore>,
+    profiles: Runner,
+    start: Timestamp,
+}
+
+impl Setup {
+    async fn new(backend: Backend) -> Setup {
+        let db = TestDb::new(backend).await;
+        let log = db.open().await;
+        let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
+        let read: Arc<dyn ProjectionStore> = store.clone();
+        let profiles = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, read.clone());
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        Setup { db, log, store, read, profiles, start: Timestamp(since_epoch.as_micros() as i64) }
+    }
+}
+
 /// Runs `test` on a two-thread runtime, as the server runs.
 fn block_on<F: std::future::Future>(test: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(test)
@@ -115,13 +138,7 @@ async fn live_decides_what_a_rebuild_decides(
     chunks: Vec<usize>,
     pages: (usize, usize),
 ) {
-    let db = TestDb::new(backend).await;
-    let log = db.open().await;
-    let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
-    let read: Arc<dyn ProjectionStore> = store.clone();
-    let profiles = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, read.clone());
-    let start =
-        Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64);
+    let Setup { db: _db, log, store, read, profiles, start } = Setup::new(backend).await;
     let quiet = |_: u64, _: u64| {};
     let mut built: Option<Built> = None;
     let numbered: Vec<(usize, Step)> = steps.into_iter().enumerate().collect();
@@ -198,13 +215,7 @@ fn a_fixed_history_enters_and_leaves_and_rebuilds_the_same() {
         Step::Tick { days: 6 },
     ];
     block_on(async {
-        let db = TestDb::new(Backend::Sqlite).await;
-        let log = db.open().await;
-        let store = Arc::new(ReadStore::open(&db.url).await.expect("open the read store"));
-        let read: Arc<dyn ProjectionStore> = store.clone();
-        let profiles = Runner::new(Arc::new(log.clone()) as Arc<dyn EventStore>, read.clone());
-        let start =
-            Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64);
+        let Setup { db: _db, log, read, profiles, start, .. } = Setup::new(Backend::Sqlite).await;
         let numbered: Vec<(usize, Step)> = steps.into_iter().enumerate().collect();
         append(&log, &numbered, start).await;
         let quiet = |_: u64, _: u64| {};

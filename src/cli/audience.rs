@@ -445,25 +445,29 @@ async fn membership(scope: &directory::Scope, wait: bool) -> anyhow::Result<(Mem
     let (reader, log, workspace) = reader(scope).await?;
     let membership = Membership::new(log.clone(), reader.store());
     if wait {
-        let head = log.head().await?;
-        if !membership.wait_for(head, std::time::Duration::from_secs(30)).await? {
-            bail!("the audience membership has not read the log up to position {}; is onepd serve running?", head.0);
-        }
+        wait_for_membership(&membership, &log).await?;
     }
     Ok((membership, log, workspace))
 }
 
+/// Waits (up to 30 s) until the membership has read the log to its head.
+async fn wait_for_membership(membership: &Membership, log: &EventLog) -> anyhow::Result<()> {
+    let head = log.head().await?;
+    if !membership.wait_for(head, std::time::Duration::from_secs(30)).await? {
+        bail!("the audience membership has not read the log up to position {}; is onepd serve running?", head.0);
+    }
+    Ok(())
+}
+
 async fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
     let as_of = parse_at(args.as_of.as_deref())?;
-    let (membership, log, workspace) = membership(&args.target, args.wait).await?;
+    let (reader, log, workspace) = reader(&args.target).await?;
+    let audiences = Audiences::new(log.clone(), reader);
     let found = async {
-        match as_of {
-            None => membership.members(workspace, &args.name).await,
-            Some(time) => {
-                let through = onepd_domain::Position(log.position_at(time).await?.0.saturating_sub(1));
-                membership.members_as_of(workspace, &args.name, through).await
-            }
+        if args.wait {
+            wait_for_membership(&audiences.membership(), &log).await?;
         }
+        anyhow::Ok(audiences.members(workspace, &args.name, as_of).await?)
     }
     .await;
     log.close().await;
@@ -485,12 +489,18 @@ async fn members(args: MembersArgs) -> anyhow::Result<ExitCode> {
 
 async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let (membership, log, workspace) = membership(&args.target, args.wait).await?;
-    let found = membership.history(workspace, None).await;
+    let mut changes: Vec<Change> = Vec::new();
+    let found = membership
+        .each_change(workspace, None, |c| {
+            if args.audience.as_ref().is_none_or(|name| &c.audience == name)
+                && args.profile.as_ref().is_none_or(|id| c.profile.0.to_string() == *id)
+            {
+                changes.push(c);
+            }
+        })
+        .await;
     log.close().await;
-    let changes: Vec<Change> = (found.context("reading the audience history")?.into_iter())
-        .filter(|c| args.audience.as_ref().is_none_or(|name| &c.audience == name))
-        .filter(|c| args.profile.as_ref().is_none_or(|id| c.profile.0.to_string() == *id))
-        .collect();
+    found.context("reading the audience history")?;
     if args.json {
         let changes: Vec<_> = (changes.iter())
             .map(|c| {
@@ -547,7 +557,7 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         let members = if args.no_backfill {
             Vec::new()
         } else {
-            Membership::new(log.clone(), reader.store()).entries_of_members(workspace, &args.name).await?
+            audiences.membership().entries_of_members(workspace, &args.name).await?
         };
         let job = match (members.first(), members.last()) {
             (Some(first), Some(last)) => Some(
@@ -620,10 +630,14 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             Some(doc) => doc.members.iter().map(|member| member.id.0.to_string()).collect(),
             None => Vec::new(),
         };
-        let history = audiences.membership().history(workspace, None).await?;
-        let changes: Vec<Change> = (history.into_iter())
-            .filter(|c| c.audience == args.name && profiles.contains(&c.profile.0.to_string()))
-            .collect();
+        let mut changes: Vec<Change> = Vec::new();
+        (audiences.membership())
+            .each_change(workspace, None, |c| {
+                if c.audience == args.name && profiles.contains(&c.profile.0.to_string()) {
+                    changes.push(c);
+                }
+            })
+            .await?;
         anyhow::Ok((verdict, changes))
     }
     .await;

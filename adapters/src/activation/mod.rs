@@ -332,6 +332,11 @@ pub struct Privacy {
 
 /// What becomes of a message naming an erased person's identifier: it is
 /// not sent (the ledger records why), as ingest would refuse it today.
+/// Whether `event` is an entry into or an exit from an audience.
+fn is_audience_change(event: &RecordedEvent) -> bool {
+    matches!(event.event_type.as_str(), AudienceEntered::TYPE | AudienceExited::TYPE)
+}
+
 pub(crate) fn erased() -> Prepared {
     Prepared::Withheld { rule: "erased", reason: "it names an identifier of a person who was erased".into() }
 }
@@ -602,6 +607,11 @@ impl Engine {
             // A send fails only when the deliverer stopped; its error is the one reported.
             while let Some((events, next)) = source.next(&self.log, self.options.page).await? {
                 let profiles = as_of.profiles(workspace, &events, |event| fold.profiles().candidates(event)).await?;
+                // An entry or exit reads its person from the read model: once
+                // it reflects the page's last one, it reflects them all.
+                if let Some(last) = events.iter().rev().find(|event| is_audience_change(event)) {
+                    as_of.wait_for(workspace, last.position).await?;
+                }
                 for (event, profile) in events.iter().zip(profiles) {
                     if FACT_TYPES.contains(&event.event_type.as_str()) {
                         // A fact folded in at the start, or one that cannot
@@ -623,9 +633,7 @@ impl Engine {
                         self.quarantine(record).await?;
                         continue;
                     }
-                    let prepared = if matches!(event.event_type.as_str(), AudienceEntered::TYPE | AudienceExited::TYPE)
-                    {
-                        as_of.wait_for(workspace, event.position).await?;
+                    let prepared = if is_audience_change(event) {
                         self.audience_change(event, target).await?
                     } else {
                         let view = profile.as_ref().map(ProfileAsOf::view);

@@ -283,7 +283,7 @@ impl ProfileReader {
     }
 
     /// The last position at or before `as_of`.
-    async fn position(&self, as_of: AsOf) -> Result<Position, StoreError> {
+    pub async fn position(&self, as_of: AsOf) -> Result<Position, StoreError> {
         match as_of {
             AsOf::Position(position) => Ok(position),
             AsOf::Time(time) => Ok(Position(self.log.position_at(time).await?.0.saturating_sub(1))),

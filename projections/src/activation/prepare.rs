@@ -146,16 +146,9 @@ pub fn prepare(event: &RecordedEvent, profile: Option<&ProfileView<'_>>, target:
     }
     let policy = &target.destination.policy;
     let category = policy::treated_as(target.description.category, target.workspace, policy);
-    let required =
-        policy::required_consent(&target.destination.filters.consent_categories, category, target.workspace, policy);
-    if !required.is_empty() {
-        // The message's own consent, else the person's latest as of it.
-        let granted = consent::stated(message).or_else(|| {
-            profile.and_then(|profile| profile.consent).and_then(|found| consent::categories(&found.value))
-        });
-        if let Err(reason) = consent::check(&required, granted.as_ref()) {
-            return Prepared::Withheld { rule: "consent", reason };
-        }
+    // The message's own consent, else the person's latest as of it.
+    if let Some(withheld) = withheld_for_consent(category, target, || consent::stated(message), profile) {
+        return withheld;
     }
 
     let ad_platform = category == Category::AdPlatform;
@@ -235,13 +228,8 @@ pub fn prepare_audience_change(
     };
     let policy = &target.destination.policy;
     let category = policy::treated_as(target.description.category, target.workspace, policy);
-    let required =
-        policy::required_consent(&target.destination.filters.consent_categories, category, target.workspace, policy);
-    if !required.is_empty() {
-        let granted = profile.and_then(|profile| profile.consent).and_then(|found| consent::categories(&found.value));
-        if let Err(reason) = consent::check(&required, granted.as_ref()) {
-            return Prepared::Withheld { rule: "consent", reason };
-        }
+    if let Some(withheld) = withheld_for_consent(category, target, || None, profile) {
+        return withheld;
     }
     let mut notes = Notes::default();
     let nothing = Value::Object(Map::new());
@@ -261,6 +249,26 @@ pub fn prepare_audience_change(
         },
         notes,
     )
+}
+
+/// `Withheld` when the destination's consent categories are not all
+/// granted: by `stated` (a message's own consent), else by the person's
+/// latest consent.
+fn withheld_for_consent(
+    category: Category,
+    target: Target<'_>,
+    stated: impl FnOnce() -> Option<BTreeMap<String, bool>>,
+    profile: Option<&ProfileView<'_>>,
+) -> Option<Prepared> {
+    let policy = &target.destination.policy;
+    let required =
+        policy::required_consent(&target.destination.filters.consent_categories, category, target.workspace, policy);
+    if required.is_empty() {
+        return None;
+    }
+    let granted = stated()
+        .or_else(|| profile.and_then(|profile| profile.consent).and_then(|found| consent::categories(&found.value)));
+    consent::check(&required, granted.as_ref()).err().map(|reason| Prepared::Withheld { rule: "consent", reason })
 }
 
 /// The destination's identifier fields for one event: each read from the
