@@ -649,3 +649,19 @@ async fn google_ads_and_tiktok_refuse_an_audience_change_they_cannot_sync_rather
         assert!(stub.requests().is_empty(), "{name}: nothing is sent");
     }
 }
+
+#[tokio::test]
+async fn meta_refuses_a_custom_audience_id_that_is_not_digits_without_sending_anything() {
+    let stub = Stub::start(Reply::ok(json!({}))).await;
+    let meta = adapter("meta_capi", settings_for("meta_capi", &stub.url, None)).await;
+    let email = prepared(&meta_identifiers(), "em", "ann@example.com");
+    let change = audience_change(7, true, "buyers", Some("123/../../me?x="), &[("em", &[email.as_str()])]);
+
+    let results = meta.deliver(&[change]).await.unwrap();
+
+    assert!(
+        matches!(outcome_of(&results, 7), Outcome::Permanent { reason } if reason.contains("is digits")),
+        "{results:?}"
+    );
+    assert!(stub.requests().is_empty(), "nothing is sent");
+}

@@ -249,6 +249,17 @@ impl MetaCapi {
                 });
                 continue;
             };
+            // Meta's ids are digits; anything else would change the path.
+            if audience_id.is_empty() || !audience_id.bytes().all(|b| b.is_ascii_digit()) {
+                results.push(EventResult {
+                    event_id: event.event_id,
+                    outcome: Outcome::permanent(format!(
+                        "audience {:?}: Meta's custom audience id is digits, found {audience_id:?}",
+                        change.audience
+                    )),
+                });
+                continue;
+            }
             let rows = audience_rows(&event);
             if rows.is_empty() {
                 results.push(EventResult {
