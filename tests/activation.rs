@@ -629,3 +629,73 @@ async fn meta_custom_audience_follows_an_audiences_entries_and_exits_on_postgres
     let db = PgDatabase::create().await;
     meta_custom_audience_follows_an_audiences_entries_and_exits(Some(&db.url)).await;
 }
+
+/// A computed trait a destination chose (`--trait orders`) reaches it as an
+/// `identify` each time its value changes: live, and when its window passes.
+async fn a_computed_trait_reaches_the_destination_that_chose_it_when_it_changes(url: Option<&str>) {
+    const DAY: i64 = 86_400_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let hook = Stub::start(Mode::Accept).await;
+    let plain = Stub::start(Mode::Accept).await;
+    let cli = |args: &[&str]| onepd_json(dir.path(), &[args, &store_refs[..]].concat());
+    webhook_destination(dir.path(), &store, "hook", &hook, &["--trait", "orders"]);
+    webhook_destination(dir.path(), &store, "plain", &plain, &[]);
+    cli(&["computed", "define", "orders", r#"{"event": "Order Completed", "kind": "count", "within": {"days": 30}}"#]);
+    let order =
+        |id: &str, user: &str| json!({"type": "track", "messageId": id, "userId": user, "event": "Order Completed"});
+    send(
+        &server,
+        vec![
+            json!({"type": "identify", "messageId": "ct-1", "userId": "u-1", "traits": {"email": "ann@example.com"}}),
+            order("ct-2", "u-1"),
+            order("ct-3", "u-1"),
+        ],
+    )
+    .await;
+    // What the hook received of the computed trait, in order.
+    let values = |stub: &Stub| -> Vec<Value> {
+        (stub.bodies().into_iter())
+            .flat_map(|(_, body)| body["batch"].as_array().cloned().unwrap_or_default())
+            .filter(|event| event["type"] == "identify" && event["message"]["traits"].get("orders").is_some())
+            .map(|event| event["message"]["traits"]["orders"].clone())
+            .collect()
+    };
+    hook.wait_for(Duration::from_secs(20), "two orders counted", |stub| values(stub).last() == Some(&json!(2))).await;
+    assert_eq!(values(&hook), [json!(0), json!(1), json!(2)], "each change once, in order");
+    let changes: Vec<Value> = (hook.bodies().into_iter())
+        .flat_map(|(_, body)| body["batch"].as_array().cloned().unwrap_or_default())
+        .filter(|event| event["type"] == "identify" && event["message"]["traits"].get("orders").is_some())
+        .collect();
+    assert_eq!(changes[2]["identifiers"]["email"], json!(["ann@example.com"]), "{}", changes[2]);
+    assert_eq!(changes[2]["traits"]["orders"], 2);
+
+    // Thirty-one days on, both orders have left the window.
+    let later = onepd_domain::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64 + 31 * DAY,
+    );
+    cli(&["audience", "tick", "--at", &later.to_rfc3339()]);
+    hook.wait_for(Duration::from_secs(20), "the window passed", |stub| values(stub).len() == 4).await;
+    assert_eq!(values(&hook)[3], json!(0));
+    // A destination that did not choose the trait gets the messages only.
+    let events = |stub: &Stub| -> usize {
+        stub.bodies().iter().map(|(_, body)| body["batch"].as_array().map_or(0, Vec::len)).sum()
+    };
+    plain.wait_for(Duration::from_secs(20), "the three messages", |stub| events(stub) >= 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(values(&plain).is_empty(), "{:?}", plain.bodies());
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_computed_trait_reaches_the_destination_that_chose_it_on_sqlite() {
+    a_computed_trait_reaches_the_destination_that_chose_it_when_it_changes(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_computed_trait_reaches_the_destination_that_chose_it_on_postgres() {
+    let db = PgDatabase::create().await;
+    a_computed_trait_reaches_the_destination_that_chose_it_when_it_changes(Some(&db.url)).await;
+}

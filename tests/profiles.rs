@@ -1025,6 +1025,10 @@ async fn an_audience_condition_is_evaluated_for_one_person_now_and_as_of_a_past_
     assert_eq!((status, &traits["traits"]["ltv"], &traits["traits"]["plan"]), (200, &json!(200), &json!("pro")));
     let (_, verbose) = reader.http_get("user_id:buyer-1", "traits?include=orders&verbose=true").await;
     assert_eq!(verbose["traits"], json!({"orders": {"value": 2, "computed": true}}), "{verbose}");
+    // Each audience the person meets is a trait `true`, as Segment shows them.
+    assert_eq!((&traits["traits"]["vip"], &traits["traits"]["big spenders"]), (&json!(true), &json!(true)), "{traits}");
+    let (_, verbose) = reader.http_get("user_id:buyer-1", "traits?include=vip&verbose=true").await;
+    assert_eq!(verbose["traits"], json!({"vip": {"value": true, "audience": true}}), "{verbose}");
     let refused = deployment.cli(&["computed", "remove", "ltv"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains(r#"audience "big spenders" reads it"#));
 
@@ -1202,6 +1206,14 @@ async fn an_audience_fills_by_backfill_changes_live_and_as_time_passes_and_its_h
     let rule = r#"performed "Order Completed" at least 2 times within 90 days"#;
     let defined = deployment.cli_json(&["audience", "define", "repeat buyers", rule]);
     assert_eq!(members(&[]), vec![b1.clone()], "the backfill finds the one person with two orders");
+    // The profile API shows the person's audiences and computed traits.
+    deployment.cli_json(&["computed", "define", "orders", r#"{"event": "Order Completed", "kind": "count"}"#]);
+    let profile = reader.get("user_id", "b1").await.unwrap();
+    assert_eq!(profile.audiences, ["repeat buyers"]);
+    let orders = profile.computed_traits.get("orders").and_then(|v| v.kind.clone());
+    assert_eq!(orders, Some(prost_types::value::Kind::NumberValue(2.0)), "{:?}", profile.computed_traits);
+    let b2_now = reader.get("user_id", "b2").await.unwrap();
+    assert!(b2_now.audiences.is_empty(), "{:?}", b2_now.audiences);
 
     // Live: b2's second order.
     deployment.send(vec![order("bf-6", ("userId", "b2"), 0)]).await;

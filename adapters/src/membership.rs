@@ -40,8 +40,9 @@ use std::time::Duration;
 
 use onepd_domain::audience::{ComputedTrait, Condition, WithAudiences, evaluate};
 use onepd_domain::events::audience::{
-    AudienceClockTicked, AudienceDefined, AudienceEntered, AudienceExited, AudienceRemoved, ComputedTraitDefined,
-    ComputedTraitRemoved, clock_event_id, clock_stream, membership_event_id, membership_stream,
+    AudienceClockTicked, AudienceDefined, AudienceEntered, AudienceExited, AudienceRemoved, ComputedTraitChanged,
+    ComputedTraitDefined, ComputedTraitRemoved, clock_event_id, clock_stream, computed_change_event_id,
+    membership_event_id, membership_stream,
 };
 use onepd_domain::events::erasure::SubjectErased;
 use onepd_domain::events::identity::{FACT_TYPES, IdentityFacts};
@@ -117,9 +118,12 @@ pub struct Member {
 struct PersonState {
     /// The audiences they are in.
     audiences: BTreeSet<String>,
-    /// Their next window edge, if any.
+    /// Their next window edge (of an audience or a computed trait), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     edge: Option<Timestamp>,
+    /// Their computed traits' values (those with one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    computed: BTreeMap<String, serde_json::Value>,
 }
 
 /// A workspace's audiences and computed traits, as the log defines them at
@@ -162,6 +166,14 @@ impl Definitions {
 /// Each audience's verdict for one person: whether they meet it, its next
 /// window edge, and why.
 type Verdicts = BTreeMap<String, (bool, Option<Timestamp>, String)>;
+
+/// One person evaluated: each audience's verdict, and each computed trait's
+/// value and next edge.
+#[derive(Debug, Default)]
+struct Evaluation {
+    audiences: Verdicts,
+    computed: BTreeMap<String, (Option<serde_json::Value>, Option<Timestamp>)>,
+}
 
 /// The key of an edge in [`EDGE`]: ordered by time as text.
 fn edge_key(edge: Timestamp, profile: ProfileId) -> String {
@@ -478,11 +490,15 @@ impl Runner {
         events: &[RecordedEvent],
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
-        let has_audiences =
-            |runner: &Runner| runner.definitions.get(&workspace).is_some_and(|d| !d.audiences.is_empty());
+        // Whether anyone in the workspace needs evaluating.
+        let has_audiences = |runner: &Runner| {
+            runner.definitions.get(&workspace).is_some_and(|d| !d.audiences.is_empty() || !d.computed.is_empty())
+        };
         // The profile of each message, as of it (waiting for the profiles
         // read model to have it).
-        let defines = events.iter().any(|event| event.event_type == AudienceDefined::TYPE);
+        let defines = events
+            .iter()
+            .any(|event| matches!(event.event_type.as_str(), AudienceDefined::TYPE | ComputedTraitDefined::TYPE));
         let attributed = if has_audiences(self) || defines {
             let fold = &self.fold;
             self.as_of.profiles(workspace, events, |event| fold.profiles().candidates(event)).await?
@@ -659,6 +675,30 @@ impl Runner {
         });
     }
 
+    /// Records a change of a computed trait's value.
+    #[allow(clippy::too_many_arguments)]
+    fn record_computed(
+        &self,
+        workspace: WorkspaceId,
+        name: &str,
+        profile: ProfileId,
+        cause: Position,
+        at: Timestamp,
+        value: Option<serde_json::Value>,
+        pending: &mut Pending,
+    ) {
+        let changed = ComputedTraitChanged { name: name.to_owned(), profile, value, cause, at };
+        pending.appends.entry(workspace).or_default().push(NewEvent {
+            event_id: computed_change_event_id(workspace, name, profile, cause),
+            workspace_id: workspace,
+            event_type: ComputedTraitChanged::TYPE.to_owned(),
+            schema_version: 1,
+            data: serde_json::to_value(changed).expect("serializable"),
+            metadata: json!({"actor": "audiences"}),
+            subject: None,
+        });
+    }
+
     /// `profile` leaves every audience it is in.
     async fn leave_all(
         &self,
@@ -691,7 +731,8 @@ impl Runner {
             self.reader.identified_person(workspace, &Lookup::Profile(profile), Some(AsOf::Position(position))).await?;
         match found {
             Some((id, person)) if id == profile => {
-                let verdicts = self.definitions.get(&workspace).map(|d| verdicts(d, &person, now)).unwrap_or_default();
+                let verdicts =
+                    self.definitions.get(&workspace).map(|d| evaluation(d, &person, now)).unwrap_or_default();
                 self.decide(workspace, profile, verdicts, position, now, pending).await
             }
             // Merged into another profile, or gone.
@@ -705,18 +746,28 @@ impl Runner {
         &self,
         workspace: WorkspaceId,
         profile: ProfileId,
-        verdicts: Verdicts,
+        evaluation: Evaluation,
         cause: Position,
         now: Timestamp,
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
         let old = self.person_state(workspace, profile, pending).await?;
         let mut new = PersonState::default();
-        for (audience, (holds, edge, why)) in verdicts {
-            new.edge = match (new.edge, edge) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+        let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for (name, (value, edge)) in evaluation.computed {
+            new.edge = earliest(new.edge, edge);
+            if old.computed.get(&name) != value.as_ref() {
+                self.record_computed(workspace, &name, profile, cause, now, value.clone(), pending);
+            }
+            if let Some(value) = value {
+                new.computed.insert(name, value);
+            }
+        }
+        for (audience, (holds, edge, why)) in evaluation.audiences {
+            new.edge = earliest(new.edge, edge);
             match (holds, old.audiences.contains(&audience)) {
                 (true, false) => self.record(workspace, &audience, profile, cause, now, true, why, pending),
                 (false, true) => self.record(workspace, &audience, profile, cause, now, false, why, pending),
@@ -761,12 +812,12 @@ impl Runner {
         // Each profile's verdicts, computed as the profiles are read: the
         // verdicts of every profile are held until they are compared (a
         // backfill's memory grows with the workspace's profiles).
-        let mut people: Vec<(ProfileId, Verdicts)> = Vec::new();
+        let mut people: Vec<(ProfileId, Evaluation)> = Vec::new();
         let mut seen: BTreeSet<ProfileId> = BTreeSet::new();
         self.reader
             .each_person(workspace, Some(AsOf::Position(position)), |id, person| {
                 if seen.insert(id) {
-                    people.push((id, verdicts(&definitions, person, now)));
+                    people.push((id, evaluation(&definitions, person, now)));
                 }
             })
             .await?;
@@ -829,15 +880,19 @@ impl Runner {
 
 /// Each audience's verdict for `person` at `now`: whether they meet it, its
 /// next edge, and why, in words.
-fn verdicts(definitions: &Definitions, person: &PersonFacts, now: Timestamp) -> Verdicts {
+fn evaluation(definitions: &Definitions, person: &PersonFacts, now: Timestamp) -> Evaluation {
     let with = WithAudiences { person, definitions: &definitions.audiences, computed: &definitions.computed, now };
-    (definitions.audiences.iter())
+    let audiences = (definitions.audiences.iter())
         .map(|(name, condition)| {
             let verdict = evaluate(condition, &with, now);
             let why = format!("{}: found {}", verdict.explanation.condition, verdict.explanation.found);
             (name.clone(), (verdict.holds, verdict.changes_at, why))
         })
-        .collect()
+        .collect();
+    let computed = (definitions.computed.iter())
+        .map(|(name, definition)| (name.clone(), definition.compute_with_edge(person, now)))
+        .collect();
+    Evaluation { audiences, computed }
 }
 
 /// Reads the membership the runner keeps, and its history from the log.
@@ -907,6 +962,20 @@ impl Membership {
         let Some(doc) = doc else { return Ok(Vec::new()) };
         let state: PersonState = serde_json::from_slice(&doc).map_err(|err| corrupt("person", err))?;
         Ok(state.audiences.into_iter().collect())
+    }
+
+    /// The computed traits of `profile` as the runner last computed them (at
+    /// the audience clock), those with a value.
+    pub async fn computed_of(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+    ) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+        let Some(generation) = self.store.live(AUDIENCES).await? else { return Ok(BTreeMap::new()) };
+        let doc = self.store.get(generation.id, workspace, PERSON, &[profile.0.to_string()]).await?.pop().flatten();
+        let Some(doc) = doc else { return Ok(BTreeMap::new()) };
+        let state: PersonState = serde_json::from_slice(&doc).map_err(|err| corrupt("person", err))?;
+        Ok(state.computed)
     }
 
     /// Every entry and exit of the workspace up to `through` (all when

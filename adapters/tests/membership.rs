@@ -12,11 +12,14 @@ use onepd_adapters::EventLog;
 use onepd_adapters::membership::{self, AUDIENCES, Membership};
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::audience::parse;
-use onepd_domain::events::audience::{AudienceClockTicked, AudienceDefined, clock_stream};
+use onepd_domain::events::audience::{
+    AudienceClockTicked, AudienceDefined, ComputedTraitChanged, ComputedTraitDefined, clock_stream,
+};
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::workspace::workspace_stream;
 use onepd_domain::{
-    AppendRequest, EventId, EventStore, ExpectedVersion, NewEvent, ProjectionStore, StreamId, Timestamp, WorkspaceId,
+    AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore, StreamId,
+    Timestamp, WorkspaceId,
 };
 use onepd_projections::runner::{Built, Runner};
 use proptest::prelude::*;
@@ -39,6 +42,8 @@ enum Step {
     Define { times: u8, days: u8 },
     /// The clock moves to `days` days after the test started.
     Tick { days: u8 },
+    /// The computed trait `recent` is (re)defined: orders within `days`.
+    Compute { days: u8 },
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -47,6 +52,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         2 => (0u8..4, 0u8..4).prop_map(|(user, device)| Step::Identify { user, device }),
         1 => (1u8..3, 1u8..30).prop_map(|(times, days)| Step::Define { times, days }),
         2 => (0u8..60).prop_map(|days| Step::Tick { days }),
+        1 => (1u8..30).prop_map(|days| Step::Compute { days }),
     ]
 }
 
@@ -72,6 +78,16 @@ fn new_event(n: usize, step: &Step, start: Timestamp) -> (StreamId, NewEvent) {
             (
                 workspace_stream(WORKSPACE).as_str().to_owned(),
                 AudienceDefined::TYPE,
+                serde_json::to_value(defined).unwrap(),
+            )
+        }
+        Step::Compute { days } => {
+            let definition = json!({"event": "Order Completed", "kind": "count", "within": {"days": days}});
+            let defined =
+                ComputedTraitDefined { name: "recent".into(), definition: serde_json::from_value(definition).unwrap() };
+            (
+                workspace_stream(WORKSPACE).as_str().to_owned(),
+                ComputedTraitDefined::TYPE,
                 serde_json::to_value(defined).unwrap(),
             )
         }
@@ -164,6 +180,7 @@ async fn live_decides_what_a_rebuild_decides(
     let live = read.live(AUDIENCES).await.unwrap().expect("a live membership");
     let live_docs = store.documents(live.id).await.expect("live documents");
     let live_history = reader.history(WORKSPACE, None).await.expect("history");
+    let live_head = log.head().await.expect("head");
 
     let rebuilt = membership::rebuild(&log, read.clone(), pages.1).await.expect("rebuild");
     let rebuilt_docs = store.documents(rebuilt.id).await.expect("rebuilt documents");
@@ -175,6 +192,7 @@ async fn live_decides_what_a_rebuild_decides(
         &rebuilt_history[live_history.len().min(rebuilt_history.len())..]
     );
     assert_eq!(live_docs, rebuilt_docs, "live membership {} differs from rebuilt {}", live.id, rebuilt.id);
+    assert_eq!(log.head().await.expect("head"), live_head, "the rebuild appended what the live run did not decide");
     log.close().await;
     store.close().await;
 }
@@ -206,6 +224,7 @@ proptest! {
 #[test]
 fn a_fixed_history_enters_and_leaves_and_rebuilds_the_same() {
     let steps = vec![
+        Step::Compute { days: 4 },
         Step::Define { times: 2, days: 10 },
         Step::Order { user: 1, anonymous: false, days_ago: 5 },
         Step::Order { user: 1, anonymous: false, days_ago: 1 },
@@ -228,6 +247,15 @@ fn a_fixed_history_enters_and_leaves_and_rebuilds_the_same() {
         // merges in; u1 leaves at day 6 (its order of 5 days ago is 11 days
         // old); u2 stays (2 and 3 days ago: 8 and 9 days old).
         assert_eq!(changes, ["entered", "entered", "exited"], "{history:?}");
+        // Orders in 4 days: u1's first is older (0), then one; the
+        // anonymous order and u2's (one each); their merge (two); the tick
+        // takes both people to none: u2's orders of 2 and 3 days ago are 8
+        // and 9 days old, u2 is due by the trait's edge alone.
+        let filter = EventFilter { event_types: vec![ComputedTraitChanged::TYPE.into()], ..EventFilter::default() };
+        let changed = log.read(Position(1), None, &filter, 100).await.unwrap();
+        let values: Vec<serde_json::Value> =
+            changed.events.iter().map(|event| event.data.value().unwrap()["value"].clone()).collect();
+        assert_eq!(values, [json!(0), json!(1), json!(1), json!(1), json!(2), json!(0), json!(0)]);
         let rebuilt = membership::rebuild(&log, read.clone(), 7).await.expect("rebuild");
         assert!(rebuilt.live);
         let again = Membership::new(log.clone(), read.clone()).history(WORKSPACE, None).await.unwrap();

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onepd_domain::destination::{DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent};
-use onepd_domain::events::audience::{AudienceEntered, AudienceExited};
+use onepd_domain::events::audience::{AudienceEntered, AudienceExited, ComputedTraitChanged};
 use onepd_domain::events::destination::{
     DeliveryAttempted, DestinationCreated, DestinationRecovered, DestinationStalled, EventsWithheld, FailedDelivery,
     ReplayCompleted, ReplayRequested, Run, WithheldEvent, destination_stream,
@@ -46,7 +46,7 @@ use onepd_domain::{
     RecordedEvent, StoreError, Timestamp, WorkspaceId,
 };
 use onepd_projections::activation::{
-    DeliveryState, Ledger, Ledgers, Notes, Prepared, Target, prepare, prepare_audience_change,
+    DeliveryState, Ledger, Ledgers, Notes, Prepared, Target, prepare, prepare_audience_change, prepare_computed_change,
 };
 use onepd_projections::directory::{DestinationEntry, Directory};
 use onepd_projections::profile::{Lookup, ProfileAsOf, ProfileView};
@@ -332,9 +332,11 @@ pub struct Privacy {
 
 /// What becomes of a message naming an erased person's identifier: it is
 /// not sent (the ledger records why), as ingest would refuse it today.
-/// Whether `event` is an entry into or an exit from an audience.
-fn is_audience_change(event: &RecordedEvent) -> bool {
-    matches!(event.event_type.as_str(), AudienceEntered::TYPE | AudienceExited::TYPE)
+/// Whether `event` is an entry into or an exit from an audience, or a
+/// change of a computed trait: a change of a person the membership runner
+/// decided, delivered with the person as the read model has them.
+fn is_person_change(event: &RecordedEvent) -> bool {
+    matches!(event.event_type.as_str(), AudienceEntered::TYPE | AudienceExited::TYPE | ComputedTraitChanged::TYPE)
 }
 
 pub(crate) fn erased() -> Prepared {
@@ -609,7 +611,7 @@ impl Engine {
                 let profiles = as_of.profiles(workspace, &events, |event| fold.profiles().candidates(event)).await?;
                 // An entry or exit reads its person from the read model: once
                 // it reflects the page's last one, it reflects them all.
-                if let Some(last) = events.iter().rev().find(|event| is_audience_change(event)) {
+                if let Some(last) = events.iter().rev().find(|event| is_person_change(event)) {
                     as_of.wait_for(workspace, last.position).await?;
                 }
                 for (event, profile) in events.iter().zip(profiles) {
@@ -633,8 +635,8 @@ impl Engine {
                         self.quarantine(record).await?;
                         continue;
                     }
-                    let prepared = if is_audience_change(event) {
-                        self.audience_change(event, target).await?
+                    let prepared = if is_person_change(event) {
+                        self.person_change(event, target).await?
                     } else {
                         let view = profile.as_ref().map(ProfileAsOf::view);
                         if fold.names_erased(event) { erased() } else { prepare(event, view.as_ref(), target) }
@@ -676,12 +678,24 @@ impl Engine {
     /// connected to this destination (with the person's identifiers as of
     /// the entry, or as of just before the exit: a profile that merged away
     /// or was erased is removed under the identifiers it had), else skipped.
-    async fn audience_change(&self, event: &RecordedEvent, target: Target<'_>) -> Result<Prepared, StoreError> {
+    /// A computed trait's change: prepared when the destination chose the
+    /// trait, with the person as of the change.
+    async fn person_change(&self, event: &RecordedEvent, target: Target<'_>) -> Result<Prepared, StoreError> {
         let Some(data) = event.data.value() else { return Ok(Prepared::Skipped) };
-        let Some(audience) = data.get("audience").and_then(serde_json::Value::as_str) else {
-            return Ok(Prepared::Skipped);
-        };
-        let Some(external_id) = self.entry.audiences.get(audience) else { return Ok(Prepared::Skipped) };
+        let computed = event.event_type == ComputedTraitChanged::TYPE;
+        let mut external_id = None;
+        if computed {
+            let chosen = data.get("name").and_then(serde_json::Value::as_str);
+            if !chosen.is_some_and(|name| target.destination.traits.iter().any(|t| t == name)) {
+                return Ok(Prepared::Skipped);
+            }
+        } else {
+            let Some(audience) = data.get("audience").and_then(serde_json::Value::as_str) else {
+                return Ok(Prepared::Skipped);
+            };
+            let Some(connected) = self.entry.audiences.get(audience) else { return Ok(Prepared::Skipped) };
+            external_id = Some(connected);
+        }
         let (Some(profile), Some(cause)) = (
             data.get("profile")
                 .and_then(|id| serde_json::from_value::<onepd_domain::identity::ProfileId>(id.clone()).ok()),
@@ -689,7 +703,7 @@ impl Engine {
         ) else {
             return Ok(Prepared::Skipped);
         };
-        let at = if event.event_type == AudienceEntered::TYPE { cause } else { cause.saturating_sub(1) };
+        let at = if event.event_type == AudienceExited::TYPE { cause.saturating_sub(1) } else { cause };
         let reader = ProfileReader::new(self.profiles.clone(), self.log.clone());
         let found =
             reader.get(event.workspace_id, &Lookup::Profile(profile), Some(AsOf::Position(Position(at)))).await?;
@@ -707,7 +721,11 @@ impl Engine {
             consent: found.consent.as_ref(),
             held_back: &found.held_back,
         };
-        Ok(prepare_audience_change(event, external_id.as_deref(), Some(&view), target))
+        Ok(match external_id {
+            Some(external_id) => prepare_audience_change(event, external_id.as_deref(), Some(&view), target),
+            None if computed => prepare_computed_change(event, Some(&view), target),
+            None => Prepared::Skipped,
+        })
     }
 
     /// Asks the adapter what it accepts, until it answers with a valid

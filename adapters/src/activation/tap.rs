@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use onepd_domain::events::audience::{AudienceEntered, AudienceExited};
+use onepd_domain::events::audience::{AudienceEntered, AudienceExited, ComputedTraitChanged};
 use onepd_domain::events::identity::FACT_TYPES;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::{EventFilter, EventStore, Position, RecordedEvent, StoreError};
@@ -41,8 +41,12 @@ pub(crate) struct Page {
 /// The event types a live run reads: messages, and the identity facts that
 /// make it fold its profiles again.
 pub(crate) fn live_types() -> Vec<String> {
-    let mut types: Vec<String> =
-        vec![MessageAccepted::TYPE.into(), AudienceEntered::TYPE.into(), AudienceExited::TYPE.into()];
+    let mut types: Vec<String> = vec![
+        MessageAccepted::TYPE.into(),
+        AudienceEntered::TYPE.into(),
+        AudienceExited::TYPE.into(),
+        ComputedTraitChanged::TYPE.into(),
+    ];
     types.extend(FACT_TYPES.map(String::from));
     types
 }

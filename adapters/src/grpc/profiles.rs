@@ -31,6 +31,8 @@ use tracing::field;
 use uuid::Uuid;
 
 use super::auth::TokenRegistry;
+use crate::activation::admin::AdminError;
+use crate::audiences::Audiences;
 use crate::profiles::{AsOf, Explanation, ProfileReader, parse_profile_id};
 
 /// Timeline entries per page when the request does not say.
@@ -83,10 +85,31 @@ impl ProfileService for ProfilesApi {
             Some(get_profile_request::AsOf::AsOfPosition(position)) => Some(AsOf::Position(Position(position))),
             Some(get_profile_request::AsOf::AsOfTime(time)) => Some(AsOf::Time(timestamp("as_of_time", time)?)),
         };
-        match self.reader.get(workspace, &lookup, as_of).await.map_err(store_status)? {
-            Some(profile) => Ok(Response::new(profile_message(profile))),
-            None => Err(self.missing("profile", &lookup, as_of).await),
+        let Some(profile) = self.reader.get(workspace, &lookup, as_of).await.map_err(store_status)? else {
+            return Err(self.missing("profile", &lookup, as_of).await);
+        };
+        let mut message = profile_message(profile);
+        // Computed traits and audiences are evaluated at a time: now, or the
+        // time asked for; not for a position.
+        let at = match as_of {
+            None => Some(None),
+            Some(AsOf::Time(time)) => Some(Some(time)),
+            Some(AsOf::Position(_)) => None,
+        };
+        if let Some(at) = at {
+            let audiences = Audiences::new(self.reader.log().clone(), self.reader.clone());
+            let summary =
+                audiences.summary(workspace, &lookup, at, crate::ingest::now()).await.map_err(|err| match err {
+                    AdminError::Store(err) => store_status(err),
+                    other => Status::internal(other.to_string()),
+                })?;
+            let summary = summary.unwrap_or_default();
+            message.computed_traits = (summary.computed_traits.into_iter())
+                .filter_map(|(name, value)| Some((name, json_message(&value?))))
+                .collect();
+            message.audiences = summary.audiences;
         }
+        Ok(Response::new(message))
     }
 
     #[tracing::instrument(skip_all, name = "get_timeline", fields(workspace = field::Empty))]
@@ -341,6 +364,8 @@ pub fn profile_message(profile: Profile) -> proto::Profile {
         event_count: profile.events as u64,
         merges: profile.merges.into_iter().map(merge_message).collect(),
         held_back: profile.held_back.iter().map(held_back_message).collect(),
+        computed_traits: Default::default(),
+        audiences: Vec::new(),
     }
 }
 

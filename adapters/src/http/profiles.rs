@@ -185,6 +185,11 @@ async fn answer(
                     let value = value.unwrap_or(Value::Null);
                     traits[name] = if verbose { json!({ "value": value, "computed": true }) } else { value };
                 }
+                // An audience the person meets is a trait `true`, as Segment
+                // Engage shows audience membership.
+                for name in summary.audiences.into_iter().filter(|name| wanted(name)) {
+                    traits[name] = if verbose { json!({ "value": true, "audience": true }) } else { json!(true) };
+                }
             }
             Ok(json!({ "traits": traits, "cursor": cursor(url, None) }))
         }

@@ -103,6 +103,13 @@ impl ComputedTrait {
     /// Its value for `person` at `now`; `None` where there is nothing to
     /// compute from (no event with the property, no numeric value).
     pub fn compute(&self, person: &dyn Person, now: Timestamp) -> Option<Value> {
+        self.compute_with_edge(person, now).0
+    }
+
+    /// Its value for `person` at `now`, and the next time it can change with
+    /// no new event: when the oldest event it counts leaves its window
+    /// (`None` for an all-time trait, or with nothing in the window).
+    pub fn compute_with_edge(&self, person: &dyn Person, now: Timestamp) -> (Option<Value>, Option<Timestamp>) {
         let performed = EventCondition {
             event: self.event.clone(),
             filters: self.filters.clone(),
@@ -112,6 +119,13 @@ impl ComputedTrait {
         };
         let events = person.events(&self.event);
         let counted: Vec<&EventFact<'_>> = matching_events(&performed, &events, now);
+        let edge =
+            self.within.zip(counted.first()).map(|(window, oldest)| Timestamp(oldest.timestamp.0 + window.micros()));
+        (self.value_of(&counted), edge)
+    }
+
+    /// Its value over the events it counts.
+    fn value_of(&self, counted: &[&EventFact<'_>]) -> Option<Value> {
         if self.kind == Kind::Count {
             return Some(Value::from(counted.len()));
         }

@@ -117,6 +117,38 @@ impl AudienceExited {
     pub const TYPE: &'static str = "AudienceExited";
 }
 
+/// A person's computed trait took a new value (or no longer has one): what
+/// the membership runner decided when it evaluated them as of `cause`.
+/// Destinations that chose the trait (`--trait NAME`) receive it as an
+/// `identify` carrying the new value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputedTraitChanged {
+    /// The computed trait.
+    pub name: String,
+    /// The person's profile at `cause`.
+    pub profile: ProfileId,
+    /// The new value; `None` when there is nothing to compute from any
+    /// more (or the trait was removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// The event that changed it (see [`AudienceEntered::cause`]).
+    pub cause: Position,
+    /// The time it was computed at.
+    pub at: Timestamp,
+}
+
+impl ComputedTraitChanged {
+    /// The stored event type.
+    pub const TYPE: &'static str = "ComputedTraitChanged";
+}
+
+/// The id of the change of `profile`'s computed trait `name` that `cause`
+/// made: the same however often it is decided.
+pub fn computed_change_event_id(workspace: WorkspaceId, name: &str, profile: ProfileId, cause: Position) -> EventId {
+    let key = format!("computed-trait:{}:{}:{name}", profile.0, cause.0);
+    EventId(Uuid::new_v5(&workspace.0, key.as_bytes()))
+}
+
 /// The audience clock of a workspace reached `at`: windows are evaluated as
 /// of it for the people whose window edges it passed. Recorded in the log so
 /// that a rebuild evaluates at the same times.

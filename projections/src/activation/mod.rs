@@ -7,4 +7,4 @@ pub mod ledger;
 pub mod prepare;
 
 pub use ledger::{DeadLetter, DeliveryState, Ledger, Ledgers};
-pub use prepare::{Notes, Prepared, Target, prepare, prepare_audience_change};
+pub use prepare::{Notes, Prepared, Target, prepare, prepare_audience_change, prepare_computed_change};

@@ -50,7 +50,7 @@ use onepd_domain::consent;
 use onepd_domain::destination::{
     AUDIENCE_MESSAGE_TYPE, AudienceChange, Category, Description, Hashing, IdentifierSource, PreparedEvent,
 };
-use onepd_domain::events::audience::{AudienceEntered, AudienceExited};
+use onepd_domain::events::audience::{AudienceEntered, AudienceExited, ComputedTraitChanged};
 use onepd_domain::events::destination::DestinationCreated;
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::hashing;
@@ -251,6 +251,72 @@ pub fn prepare_audience_change(
     )
 }
 
+/// A change of a computed trait (`ComputedTraitChanged` at `event`) as a
+/// destination that chose the trait (`--trait NAME`) receives it: an
+/// `identify` whose `traits` hold the new value (`null` when there is
+/// nothing to compute from any more), the way Segment Engage sends computed
+/// traits. Its identifiers are the person's as of the change, prepared as
+/// for any event; its `traits` are the destination's other chosen traits
+/// beside the new value. The policy classifies the value as it classifies
+/// any trait, and the destination's consent categories are checked.
+/// Skipped for a destination that did not choose the trait, and for an ad
+/// platform (which never receives traits).
+pub fn prepare_computed_change(
+    event: &RecordedEvent,
+    profile: Option<&ProfileView<'_>>,
+    target: Target<'_>,
+) -> Prepared {
+    if event.event_type != ComputedTraitChanged::TYPE {
+        return Prepared::Skipped;
+    }
+    let Some(Ok(changed)) = event.data.value().map(|data| serde_json::from_value::<ComputedTraitChanged>(data.clone()))
+    else {
+        return Prepared::Skipped;
+    };
+    if !target.destination.traits.contains(&changed.name) {
+        return Prepared::Skipped;
+    }
+    let policy = &target.destination.policy;
+    let category = policy::treated_as(target.description.category, target.workspace, policy);
+    if category == Category::AdPlatform {
+        return Prepared::Skipped;
+    }
+    if let Some(withheld) = withheld_for_consent(category, target, || None, profile) {
+        return withheld;
+    }
+    let mut notes = Notes::default();
+    let nothing = Value::Object(Map::new());
+    let identifiers = prepare_identifiers(&nothing, &nothing, profile, target, category, false, &mut notes);
+    let mut traits = chosen_traits(profile, target, false, &mut notes);
+    traits.remove(&changed.name);
+    let value = changed.value.unwrap_or(Value::Null);
+    let mut sent = Map::new();
+    if keep_trait(&changed.name, &value, target, &mut notes) {
+        traits.insert(changed.name.clone(), value.clone());
+        sent.insert(changed.name.clone(), value);
+    } else {
+        // Nothing of the change may be sent.
+        return Prepared::Withheld {
+            rule: "policy",
+            reason: format!("the computed trait {:?} is classified sensitive for this destination", changed.name),
+        };
+    }
+    Prepared::Send(
+        PreparedEvent {
+            event_id: event.event_id,
+            position: event.position,
+            message_type: "identify".to_owned(),
+            name: None,
+            timestamp: changed.at.to_rfc3339(),
+            message: serde_json::json!({"type": "identify", "traits": sent, "timestamp": changed.at.to_rfc3339()}),
+            identifiers,
+            traits,
+            profile_id: profile.map(|profile| profile.id.to_string()),
+        },
+        notes,
+    )
+}
+
 /// `Withheld` when the destination's consent categories are not all
 /// granted: by `stated` (a message's own consent), else by the person's
 /// latest consent.
@@ -385,27 +451,31 @@ fn chosen_traits(
     ad_platform: bool,
     notes: &mut Notes,
 ) -> Map<String, Value> {
-    let policy = &target.destination.policy;
     let mut traits = Map::new();
     if !ad_platform && let Some(profile) = profile.and_then(|profile| profile.traits) {
         for trait_name in &target.destination.traits {
             let Some(found) = profile.get(trait_name) else { continue };
-            let path = format!("traits.{trait_name}");
-            let removed = policy::classify(None, &path, trait_name, &found.value, target.annotations)
-                .filter(|(class, _)| policy.remove.contains(class));
-            match removed {
-                Some((class, _)) => {
-                    notes
-                        .scrubbed
-                        .insert(path, format!("classified {} and removed for this destination", class.as_str()));
-                }
-                None => {
-                    traits.insert(trait_name.clone(), found.value.clone());
-                }
+            if keep_trait(trait_name, &found.value, target, notes) {
+                traits.insert(trait_name.clone(), found.value.clone());
             }
         }
     }
     traits
+}
+
+/// Whether the policy lets the trait `name` with `value` go to the
+/// destination; a removal is noted.
+fn keep_trait(name: &str, value: &Value, target: Target<'_>, notes: &mut Notes) -> bool {
+    let path = format!("traits.{name}");
+    let removed = policy::classify(None, &path, name, value, target.annotations)
+        .filter(|(class, _)| target.destination.policy.remove.contains(class));
+    match removed {
+        Some((class, _)) => {
+            notes.scrubbed.insert(path, format!("classified {} and removed for this destination", class.as_str()));
+            false
+        }
+        None => true,
+    }
 }
 
 /// Whether a restricted industry's ad platform gets an identifier.
