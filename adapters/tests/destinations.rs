@@ -450,6 +450,10 @@ fn settings_for(adapter: &str, url: &str, timeout_ms: Option<u64>) -> Value {
         "tiktok" => json!({"access_token": "t", "pixel_code": "P", "endpoint": url}),
         "ga4" => json!({"measurement_id": "G-1", "api_secret": "s", "endpoint": url}),
         "webhook" => json!({"url": url}),
+        "klaviyo" => json!({"api_key": "pk_test", "endpoint": url}),
+        "hubspot" => json!({"access_token": "pat-test", "hub_id": "123", "endpoint": url}),
+        "mailchimp" => json!({"api_key": "key-us6", "list_id": "L1", "endpoint": url}),
+        "braze" => json!({"api_key": "braze-key", "endpoint": url}),
         other => panic!("no settings for {other}"),
     };
     if let Some(ms) = timeout_ms {
@@ -634,8 +638,8 @@ fn bad_settings_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
-async fn google_ads_and_tiktok_refuse_an_audience_change_they_cannot_sync_rather_than_drop_it() {
-    for name in ["google_ads", "tiktok"] {
+async fn google_ads_tiktok_and_ga4_refuse_an_audience_change_they_cannot_sync_rather_than_drop_it() {
+    for name in ["google_ads", "tiktok", "ga4"] {
         let stub = Stub::start(Reply::ok(json!({"code": 0}))).await;
         let destination = adapter(name, settings_for(name, &stub.url, None)).await;
         let change = audience_change(9, true, "buyers", Some("123"), &[]);

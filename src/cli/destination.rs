@@ -19,7 +19,8 @@ use crate::output;
 #[derive(Debug, Subcommand)]
 pub enum DestinationCommand {
     /// Add a destination: a built-in adapter (meta_capi, google_ads, tiktok,
-    /// ga4, webhook) or an external one over gRPC (--adapter grpc --url …).
+    /// ga4, webhook, klaviyo, hubspot, mailchimp, braze) or an external one
+    /// over gRPC (--adapter grpc --url …).
     Create(Box<CreateArgs>),
     /// List the workspace's destinations with where delivery stands.
     List(ListArgs),
@@ -35,7 +36,8 @@ pub struct CreateArgs {
     target: directory::Scope,
     /// The destination's name, unique in the workspace.
     name: String,
-    /// The adapter: meta_capi, google_ads, tiktok, ga4, webhook, or grpc.
+    /// The adapter: meta_capi, google_ads, tiktok, ga4, webhook, klaviyo,
+    /// hubspot, mailchimp, braze, or grpc.
     #[arg(long)]
     adapter: String,
     /// An external adapter's gRPC address (`http://127.0.0.1:50061`), for --adapter grpc.

@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent, RenderedRequest,
+    AUDIENCE_MESSAGE_TYPE, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    RenderedRequest,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -164,6 +165,12 @@ impl Ga4 {
         let mut results = Vec::with_capacity(events.len());
         let mut groups: Vec<Group> = Vec::new();
         for event in events {
+            if event.message_type == AUDIENCE_MESSAGE_TYPE {
+                // GA4 builds its audiences itself: a change cannot be synced.
+                let outcome = Outcome::permanent(mapping::AUDIENCES_NOT_SYNCED);
+                results.push(EventResult { event_id: event.event_id, outcome });
+                continue;
+            }
             if !matches!(event.message_type.as_str(), "track" | "page" | "screen") {
                 // GA4 takes events only (see the module doc).
                 results.push(EventResult { event_id: event.event_id, outcome: Outcome::Delivered });

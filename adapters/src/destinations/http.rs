@@ -121,6 +121,19 @@ pub(crate) fn json_post(
     events: impl IntoIterator<Item = EventId>,
     secrets: Vec<String>,
 ) -> Result<RenderedRequest, DeliverError> {
+    json_request("POST", url, query, headers, body, events, secrets)
+}
+
+/// Like [`json_post`], with another method (`PUT`, `PATCH`, `DELETE`).
+pub(crate) fn json_request(
+    method: &str,
+    url: &str,
+    query: &[(&str, &str)],
+    headers: Vec<(String, String)>,
+    body: &serde_json::Value,
+    events: impl IntoIterator<Item = EventId>,
+    secrets: Vec<String>,
+) -> Result<RenderedRequest, DeliverError> {
     let url = if query.is_empty() {
         url.to_owned()
     } else {
@@ -132,7 +145,7 @@ pub(crate) fn json_post(
     let mut all = vec![("Content-Type".to_owned(), "application/json".to_owned())];
     all.extend(headers);
     Ok(RenderedRequest {
-        method: "POST".to_owned(),
+        method: method.to_owned(),
         url,
         headers: all,
         body,
@@ -214,9 +227,20 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The wait a `Retry-After` header asks for: delta-seconds, or an HTTP-date
-/// (a date in the past means no wait).
+/// (a date in the past means no wait). Without one, an `X-RateLimit-Reset`
+/// holding a unix time (Braze's rate-limit answer) is read as the wait until
+/// then.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let Some(value) = headers.get(RETRY_AFTER) else {
+        let reset: u64 = headers.get("x-ratelimit-reset")?.to_str().ok()?.trim().parse().ok()?;
+        // Seconds since the epoch, not a delta: after 2001.
+        if reset < 1_000_000_000 {
+            return None;
+        }
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+        return Some(at.duration_since(now).unwrap_or(Duration::ZERO));
+    };
+    let value = value.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
@@ -265,6 +289,16 @@ mod tests {
         assert_eq!(retry_after(&headers("Sun, 06 Nov 1994 08:49:37 GMT"), now), Some(Duration::from_secs(30)));
         let later = now + Duration::from_secs(60);
         assert_eq!(retry_after(&headers("Sun, 06 Nov 1994 08:49:37 GMT"), later), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_rate_limit_reset_time_is_the_wait_until_then() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("1800000012"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(12)));
+        headers.insert("x-ratelimit-reset", HeaderValue::from_static("12"));
+        assert_eq!(retry_after(&headers, now), None, "a delta is not a reset time");
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! - [`tiktok`]: TikTok Events API 2.0 (`tiktok`);
 //! - [`ga4`]: Google Analytics 4 Measurement Protocol (`ga4`);
 //! - [`webhook`]: a signed JSON webhook (`webhook`);
+//! - [`klaviyo`]: Klaviyo events, profiles and list subscriptions (`klaviyo`);
+//! - [`hubspot`]: HubSpot contacts, custom events and lists (`hubspot`);
+//! - [`mailchimp`]: Mailchimp audience members, tags and events (`mailchimp`);
+//! - [`braze`]: Braze `/users/track` attributes, events and purchases (`braze`);
 //! - `http`: the one HTTP client and how an answer becomes a delivery
 //!   result; `mapping`: settings, times and Segment e-commerce properties.
 //!
@@ -28,16 +32,22 @@ use std::sync::Arc;
 
 use onepd_domain::destination::Destination;
 
+pub mod braze;
 pub mod ga4;
 pub mod google_ads;
 mod http;
+pub mod hubspot;
+pub mod klaviyo;
+mod lifecycle;
+pub mod mailchimp;
 mod mapping;
 pub mod meta;
 pub mod tiktok;
 pub mod webhook;
 
 /// The names of the built-in adapters, as `onepd destination create --adapter` takes them.
-pub const BUILT_IN: [&str; 5] = ["meta_capi", "google_ads", "tiktok", "ga4", "webhook"];
+pub const BUILT_IN: [&str; 9] =
+    ["meta_capi", "google_ads", "tiktok", "ga4", "webhook", "klaviyo", "hubspot", "mailchimp", "braze"];
 
 /// Why an adapter could not be built from its settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +73,10 @@ pub fn built_in(adapter: &str, settings: &serde_json::Value) -> Result<Arc<dyn D
         tiktok::NAME => Arc::new(tiktok::TikTok::new(settings)?),
         ga4::NAME => Arc::new(ga4::Ga4::new(settings)?),
         webhook::NAME => Arc::new(webhook::Webhook::new(settings)?),
+        klaviyo::NAME => Arc::new(klaviyo::Klaviyo::new(settings)?),
+        hubspot::NAME => Arc::new(hubspot::HubSpot::new(settings)?),
+        mailchimp::NAME => Arc::new(mailchimp::Mailchimp::new(settings)?),
+        braze::NAME => Arc::new(braze::Braze::new(settings)?),
         _ => return Err(AdapterError::Unknown(adapter.to_owned())),
     })
 }
