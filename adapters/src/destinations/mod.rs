@@ -12,7 +12,8 @@
 //! - [`klaviyo`]: Klaviyo events, profiles and list subscriptions (`klaviyo`);
 //! - [`hubspot`]: HubSpot contacts, custom events and lists (`hubspot`);
 //! - [`mailchimp`]: Mailchimp audience members, tags and events (`mailchimp`);
-//! - [`braze`]: Braze `/users/track` attributes, events and purchases (`braze`);
+//! - [`braze`]: Braze `/users/track` attributes, events and purchases (`braze`),
+//!   the four marketing automation tools living in `automation/`;
 //! - `http`: the one HTTP client and how an answer becomes a delivery
 //!   result; `mapping`: settings, times and Segment e-commerce properties.
 //!
@@ -32,18 +33,16 @@ use std::sync::Arc;
 
 use onepd_domain::destination::Destination;
 
-pub mod braze;
+mod automation;
 pub mod ga4;
 pub mod google_ads;
 mod http;
-pub mod hubspot;
-pub mod klaviyo;
-mod lifecycle;
-pub mod mailchimp;
 mod mapping;
 pub mod meta;
 pub mod tiktok;
 pub mod webhook;
+
+pub use automation::{braze, hubspot, klaviyo, mailchimp};
 
 /// The names of the built-in adapters, as `onepd destination create --adapter` takes them.
 pub const BUILT_IN: [&str; 9] =

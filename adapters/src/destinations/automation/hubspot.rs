@@ -55,8 +55,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::lifecycle::{self, Lists, Outcomes};
-use super::mapping;
-use super::{AdapterError, http};
+use crate::destinations::mapping;
+use crate::destinations::{AdapterError, http};
 
 /// The adapter's name.
 pub const NAME: &str = "hubspot";

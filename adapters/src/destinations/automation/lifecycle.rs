@@ -13,13 +13,13 @@ use onepd_domain::destination::{DeliverError, EventResult, IdentifierSpec, Outco
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
 
-use super::http::{self, Answer, Refusal};
+use crate::destinations::http::{self, Answer, Refusal};
 
 /// The identifiers a marketing automation tool takes: `email`, `phone`
 /// (E.164), `user_id` and `anonymous_id`, normalized and not hashed (the
 /// category receives full data unless the destination removes classes).
 pub(crate) fn identifiers() -> Vec<IdentifierSpec> {
-    super::webhook::default_identifiers()
+    crate::destinations::webhook::default_identifiers()
 }
 
 /// The first value of identifier `field`, if any.
@@ -40,7 +40,7 @@ pub(crate) fn traits(event: &PreparedEvent) -> Map<String, Value> {
 
 /// The first of `names` the traits hold as text (a number as its digits).
 pub(crate) fn trait_text(traits: &Map<String, Value>, names: &[&str]) -> Option<String> {
-    names.iter().find_map(|name| traits.get(*name).and_then(super::mapping::text))
+    names.iter().find_map(|name| traits.get(*name).and_then(crate::destinations::mapping::text))
 }
 
 /// A value as text: strings as they are, anything else as JSON.

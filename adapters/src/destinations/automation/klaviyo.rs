@@ -57,8 +57,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::lifecycle::{self, Lists, Outcomes};
-use super::mapping::{self, json_number};
-use super::{AdapterError, http};
+use crate::destinations::mapping::{self, json_number};
+use crate::destinations::{AdapterError, http};
 
 /// The adapter's name.
 pub const NAME: &str = "klaviyo";
