@@ -699,3 +699,131 @@ async fn a_computed_trait_reaches_the_destination_that_chose_it_on_postgres() {
     let db = PgDatabase::create().await;
     a_computed_trait_reaches_the_destination_that_chose_it_when_it_changes(Some(&db.url)).await;
 }
+
+/// The marketing automation tools follow an audience as Meta does: the
+/// current member is added when it is connected, a live entry is added, and
+/// both are removed when the window passes — Klaviyo by list subscription,
+/// Mailchimp by tag, Braze by a custom attribute array, each once.
+async fn marketing_tools_follow_an_audiences_entries_and_exits(url: Option<&str>) {
+    const DAY: i64 = 86_400_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_args(url);
+    let store_refs: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &store_refs);
+    let cli = |args: &[&str]| onepd_json(dir.path(), &[args, &store_refs[..]].concat());
+    let (klaviyo, mailchimp, braze) =
+        (Stub::start(Mode::Accept).await, Stub::start(Mode::Accept).await, Stub::start(Mode::Accept).await);
+    for (name, stub, settings) in [
+        ("klaviyo", &klaviyo, vec!["api_key=pk_test"]),
+        ("mailchimp", &mailchimp, vec!["api_key=key-us6", "list_id=L1"]),
+        ("braze", &braze, vec!["api_key=braze-key"]),
+    ] {
+        let endpoint = format!("endpoint={}", stub.url());
+        let mut args = vec!["--adapter", name, "--setting", endpoint.as_str()];
+        for setting in &settings {
+            args.extend(["--setting", setting]);
+        }
+        create_destination(dir.path(), &store, name, &args);
+    }
+    let person = |id: &str, user: &str, email: &str| json!({"type": "identify", "messageId": id, "userId": user, "traits": {"email": email}});
+    let order =
+        |id: &str, user: &str| json!({"type": "track", "messageId": id, "userId": user, "event": "Order Completed"});
+    send(
+        &server,
+        vec![
+            person("mt-1", "u-1", " Ann@Example.com "),
+            order("mt-2", "u-1"),
+            order("mt-3", "u-1"),
+            person("mt-4", "u-2", "bob@example.com"),
+            order("mt-5", "u-2"),
+        ],
+    )
+    .await;
+    cli(&["audience", "define", "repeat buyers", r#"performed "Order Completed" at least 2 times within 30 days"#]);
+    assert_eq!(cli(&["audience", "members", "repeat buyers", "--wait"])["size"], 1);
+    for (name, list) in [("klaviyo", "LIST9"), ("mailchimp", "VIP"), ("braze", "segments")] {
+        cli(&["audience", "connect", "repeat buyers", "--destination", name, "--external-id", list]);
+    }
+
+    // Who each tool was told entered (`true`) or left (`false`), in order.
+    let klaviyo_changes = |stub: &Stub| -> Vec<(String, bool)> {
+        (stub.bodies().into_iter())
+            .filter(|(path, _)| path.contains("profile-subscription-bulk"))
+            .flat_map(|(path, body)| {
+                let entered = path.contains("create");
+                assert_eq!(body["data"]["relationships"]["list"]["data"]["id"], "LIST9");
+                (body["data"]["attributes"]["profiles"]["data"].as_array().unwrap().iter())
+                    .map(|p| (p["attributes"]["email"].as_str().unwrap().to_owned(), entered))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mailchimp_changes = |stub: &Stub| -> Vec<(String, bool)> {
+        (stub.bodies().into_iter())
+            .filter(|(path, _)| path.ends_with("/tags"))
+            .map(|(path, body)| {
+                assert_eq!(body["tags"][0]["name"], "VIP");
+                let hash = path.trim_end_matches("/tags").rsplit('/').next().unwrap().to_owned();
+                (hash, body["tags"][0]["status"] == "active")
+            })
+            .collect()
+    };
+    let braze_changes = |stub: &Stub| -> Vec<(String, bool)> {
+        (stub.bodies().into_iter())
+            .flat_map(|(_, body)| body["attributes"].as_array().cloned().unwrap_or_default())
+            .filter_map(|object| {
+                let change = object.get("segments")?;
+                Some((object["external_id"].as_str().unwrap().to_owned(), change.get("add").is_some()))
+            })
+            .collect()
+    };
+    let ann_hash = onepd_adapters::destinations::mailchimp::subscriber_hash("ann@example.com");
+    let bob_hash = onepd_adapters::destinations::mailchimp::subscriber_hash("bob@example.com");
+    let wait_all = |n: usize, what: &'static str| {
+        let (klaviyo, mailchimp, braze) = (&klaviyo, &mailchimp, &braze);
+        async move {
+            klaviyo.wait_for(Duration::from_secs(20), what, |stub| klaviyo_changes(stub).len() == n).await;
+            mailchimp.wait_for(Duration::from_secs(20), what, |stub| mailchimp_changes(stub).len() == n).await;
+            braze.wait_for(Duration::from_secs(20), what, |stub| braze_changes(stub).len() == n).await;
+        }
+    };
+    wait_all(1, "the current member is added").await;
+    send(&server, vec![order("mt-6", "u-2")]).await;
+    wait_all(2, "the new member is added").await;
+    let later = onepd_domain::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64 + 31 * DAY,
+    );
+    cli(&["audience", "tick", "--at", &later.to_rfc3339()]);
+    wait_all(4, "both are removed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sorted = |mut changes: Vec<(String, bool)>| {
+        changes.sort();
+        changes
+    };
+    let each = |ann: &str, bob: &str| {
+        sorted(vec![(ann.to_owned(), true), (ann.to_owned(), false), (bob.to_owned(), true), (bob.to_owned(), false)])
+    };
+    assert_eq!(
+        sorted(klaviyo_changes(&klaviyo)),
+        each("ann@example.com", "bob@example.com"),
+        "each added and removed once"
+    );
+    assert_eq!(sorted(mailchimp_changes(&mailchimp)), each(&ann_hash, &bob_hash));
+    assert_eq!(sorted(braze_changes(&braze)), each("u-1", "u-2"));
+    // Mailchimp was asked to create the members before tagging them.
+    let members = mailchimp.bodies().into_iter().filter(|(path, _)| path.starts_with("PUT ")).count();
+    assert_eq!(members, 2 + 2, "two identifies and two entries: {:?}", mailchimp.bodies());
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_tools_follow_an_audiences_entries_and_exits_on_sqlite() {
+    marketing_tools_follow_an_audiences_entries_and_exits(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_tools_follow_an_audiences_entries_and_exits_on_postgres() {
+    let db = PgDatabase::create().await;
+    marketing_tools_follow_an_audiences_entries_and_exits(Some(&db.url)).await;
+}
