@@ -330,7 +330,7 @@ fn assert_outcomes(dir: &Path, database_url: Option<&str>, receiver: &Stub, stdo
     );
     let destinations = onepd_lines(dir, database_url, &["destination", "list"]);
     let names: Vec<&str> = destinations.iter().filter_map(|d| d["name"].as_str()).collect();
-    assert_eq!(names, ["ga4", "meta", "warehouse"], "{destinations:?}");
+    assert_eq!(names, ["crm", "ga4", "klaviyo", "meta", "warehouse"], "{destinations:?}");
     assert!(!receiver.bodies().is_empty(), "the warehouse received nothing");
     assert!(stdout.contains("nothing to replay to \"meta\""), "the replay by time:\n{stdout}");
     let verify = onepd(dir, &[&["verify"][..], &store[..]].concat());
