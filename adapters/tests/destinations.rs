@@ -638,8 +638,8 @@ fn bad_settings_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
-async fn google_ads_tiktok_and_ga4_refuse_an_audience_change_they_cannot_sync_rather_than_drop_it() {
-    for name in ["google_ads", "tiktok", "ga4"] {
+async fn ga4_refuses_an_audience_change_it_cannot_sync_rather_than_drop_it() {
+    for name in ["ga4"] {
         let stub = Stub::start(Reply::ok(json!({"code": 0}))).await;
         let destination = adapter(name, settings_for(name, &stub.url, None)).await;
         let change = audience_change(9, true, "buyers", Some("123"), &[]);

@@ -35,13 +35,39 @@
 //! - Partial failure is required for uploads. A failed conversion comes back
 //!   in `partialFailureError` with its index (`conversions[i]`); it becomes a
 //!   permanent outcome for that event, the others are delivered.
+//!
+//! **Customer Match.** Audience entries and exits ([`AudienceChange`]) go
+//! to the user list the connection's external id names, through
+//! `OfflineUserDataJobService`, three calls per list and batch (after the
+//! conversions' upload, when the batch has conversions):
+//!
+//! ```text
+//! POST {endpoint}/{api_version}/customers/{customer_id}/offlineUserDataJobs:create
+//! {"job": {"type": "CUSTOMER_MATCH_USER_LIST",
+//!          "customerMatchUserListMetadata": {"userList": "customers/{customer_id}/userLists/{list}"}}}
+//! → {"resourceName": "customers/{customer_id}/offlineUserDataJobs/{job}"}
+//! POST {endpoint}/{api_version}/{resourceName}:addOperations
+//! {"operations": [{"create": {"userIdentifiers": [{"hashedEmail": …}, {"hashedPhoneNumber": …}]}},
+//!                 {"remove": {"userIdentifiers": [...]}}],
+//!  "enablePartialFailure": false}
+//! POST {endpoint}/{api_version}/{resourceName}:run
+//! ```
+//!
+//! References: <https://developers.google.com/google-ads/api/docs/remarketing/audience-segments/customer-match/get-started>,
+//! <https://developers.google.com/google-ads/api/rest/reference/rest/v18/customers.offlineUserDataJobs>.
+//! Identifiers are Google's normalization, SHA-256 (gmail dots removed,
+//! E.164 phones), as for conversions. The last change of a person in a
+//! batch wins. A list id that is not digits, or a person with no email or
+//! phone, is refused (permanent). The job's consent fields are not set:
+//! gate the destination with `--consent` where Google requires consent.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use onepd_domain::EventId;
 use onepd_domain::destination::{
-    AUDIENCE_MESSAGE_TYPE, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    AudienceChange, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
     RenderedRequest,
 };
 use onepd_domain::hashing::google_ads_identifiers;
@@ -107,6 +133,9 @@ fn default_api_version() -> String {
 #[derive(Debug, Clone)]
 pub struct GoogleAds {
     url: String,
+    /// `{endpoint}/{api_version}`.
+    base: String,
+    customer_id: String,
     developer_token: String,
     access_token: String,
     login_customer_id: Option<String>,
@@ -146,8 +175,11 @@ impl GoogleAds {
             ));
         }
         let endpoint = mapping::base_url(NAME, "endpoint", &settings.endpoint)?;
+        let base = format!("{endpoint}/{}", settings.api_version.trim());
         Ok(GoogleAds {
-            url: format!("{endpoint}/{}/customers/{customer_id}:uploadClickConversions", settings.api_version.trim()),
+            url: format!("{base}/customers/{customer_id}:uploadClickConversions"),
+            base,
+            customer_id,
             developer_token: settings.developer_token,
             access_token: settings.access_token,
             login_customer_id,
@@ -224,23 +256,178 @@ impl Destination for GoogleAds {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
-        let mapping::Built { mut results, sent, request } = self.build(events)?;
-        let Some(request) = request else { return Ok(results) };
-        let answer = http::post_rendered(&request, self.timeout).await?;
-        let failures = partial_failures(&answer.json(), sent.len())?;
-        results.extend(sent.iter().enumerate().map(|(index, event)| EventResult {
-            event_id: event.event_id,
-            outcome: match failures.get(&index) {
-                Some(reason) => Outcome::permanent(reason.clone()),
-                None => Outcome::Delivered,
-            },
-        }));
+        let (changes, others): (Vec<PreparedEvent>, Vec<PreparedEvent>) =
+            events.iter().cloned().partition(|event| AudienceChange::of(event).is_some());
+        let mapping::Built { mut results, sent, request } = self.build(&others)?;
+        let uploaded = request.is_some();
+        if let Some(request) = request {
+            let answer = http::post_rendered(&request, self.timeout).await?;
+            let failures = partial_failures(&answer.json(), sent.len())?;
+            results.extend(sent.iter().enumerate().map(|(index, event)| EventResult {
+                event_id: event.event_id,
+                outcome: match failures.get(&index) {
+                    Some(reason) => Outcome::permanent(reason.clone()),
+                    None => Outcome::Delivered,
+                },
+            }));
+        }
+        results.extend(self.sync_lists(&changes, uploaded).await?);
         Ok(results)
     }
 
     fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
-        Some(self.build(events).ok()?.request.into_iter().collect())
+        let (changes, others): (Vec<PreparedEvent>, Vec<PreparedEvent>) =
+            events.iter().cloned().partition(|event| AudienceChange::of(event).is_some());
+        let mut requests: Vec<RenderedRequest> = self.build(&others).ok()?.request.into_iter().collect();
+        let (_, lists) = user_lists(&changes);
+        for (list, operations) in lists {
+            let ids: Vec<EventId> = operations.iter().map(|(_, id)| *id).collect();
+            let job = "{job resource name}";
+            requests.push(
+                self.post(
+                    &format!("{}/customers/{}/offlineUserDataJobs:create", self.base, self.customer_id),
+                    &self.job(&list),
+                    [],
+                )
+                .ok()?,
+            );
+            let operations: Vec<Value> = operations.into_iter().map(|(operation, _)| operation).collect();
+            let body = json!({"operations": operations, "enablePartialFailure": false});
+            requests.push(self.post(&format!("{}/{job}:addOperations", self.base), &body, ids.clone()).ok()?);
+            requests.push(self.post(&format!("{}/{job}:run", self.base), &json!({}), ids).ok()?);
+        }
+        Some(requests)
     }
+}
+
+impl GoogleAds {
+    /// A request to the API with this account's headers.
+    fn post(
+        &self,
+        url: &str,
+        body: &Value,
+        events: impl IntoIterator<Item = EventId>,
+    ) -> Result<RenderedRequest, DeliverError> {
+        http::json_post(
+            url,
+            &[],
+            self.headers(),
+            body,
+            events,
+            vec![self.access_token.clone(), self.developer_token.clone()],
+        )
+    }
+
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = vec![
+            ("Authorization".to_owned(), format!("Bearer {}", self.access_token)),
+            ("developer-token".to_owned(), self.developer_token.clone()),
+        ];
+        if let Some(login) = &self.login_customer_id {
+            headers.push(("login-customer-id".to_owned(), login.clone()));
+        }
+        headers
+    }
+
+    /// The job creation body for user list `list`.
+    fn job(&self, list: &str) -> Value {
+        let user_list = format!("customers/{}/userLists/{list}", self.customer_id);
+        json!({"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata": {"userList": user_list}}})
+    }
+
+    /// Sends the audience changes, per user list: create a job, add its
+    /// operations, run it. The first call of the batch that fails fails the
+    /// delivery (`earlier` says whether a call went before); a later one's
+    /// failure becomes its changes' outcome.
+    async fn sync_lists(&self, changes: &[PreparedEvent], earlier: bool) -> Result<Vec<EventResult>, DeliverError> {
+        let (mut results, lists) = user_lists(changes);
+        let mut sent_before = earlier;
+        for (list, operations) in lists {
+            let ids: Vec<EventId> = operations.iter().map(|(_, id)| *id).collect();
+            let operations: Vec<Value> = operations.into_iter().map(|(operation, _)| operation).collect();
+            let outcome = match self.run_job(&list, operations, &ids).await {
+                Ok(()) => Outcome::Delivered,
+                Err(err) if !sent_before => return Err(err),
+                Err(err) => http::as_outcome(&err),
+            };
+            sent_before = true;
+            results.extend(ids.into_iter().map(|event_id| EventResult { event_id, outcome: outcome.clone() }));
+        }
+        Ok(results)
+    }
+
+    /// One job: create, add operations, run.
+    async fn run_job(&self, list: &str, operations: Vec<Value>, ids: &[EventId]) -> Result<(), DeliverError> {
+        let create = self.post(
+            &format!("{}/customers/{}/offlineUserDataJobs:create", self.base, self.customer_id),
+            &self.job(list),
+            ids.iter().copied(),
+        )?;
+        let answer = http::post_rendered(&create, self.timeout).await?.json();
+        let job = answer["resourceName"]
+            .as_str()
+            .filter(|name| name.starts_with("customers/") && !name.contains(".."))
+            .ok_or_else(|| DeliverError::Retryable {
+                reason: "google ads created no offline user data job (no resourceName)".to_owned(),
+                retry_after: None,
+            })?
+            .to_owned();
+        let body = json!({"operations": operations, "enablePartialFailure": false});
+        let add = self.post(&format!("{}/{job}:addOperations", self.base), &body, ids.iter().copied())?;
+        http::post_rendered(&add, self.timeout).await?;
+        let run = self.post(&format!("{}/{job}:run", self.base), &json!({}), ids.iter().copied())?;
+        http::post_rendered(&run, self.timeout).await?;
+        Ok(())
+    }
+}
+
+/// Customer Match operations by user list, each with the change it carries.
+type UserLists = BTreeMap<String, Vec<(Value, EventId)>>;
+
+/// A batch's audience changes as Customer Match operations, by user list,
+/// the last change of a person in a list winning; and the changes refused
+/// (no list id, not digits, no identifier) or superseded (delivered).
+fn user_lists(changes: &[PreparedEvent]) -> (Vec<EventResult>, UserLists) {
+    let mut results = Vec::new();
+    // (list, person) → (operation, events)
+    let mut latest: BTreeMap<(String, String), (Value, Vec<EventId>)> = BTreeMap::new();
+    for event in changes {
+        let Some(change) = AudienceChange::of(event) else { continue };
+        let refuse = |reason: &str| EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) };
+        let Some(list) = change.external_id.filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+        else {
+            results.push(refuse(
+                "a Customer Match change needs the user list id (digits): connect the audience with --external-id USER_LIST_ID",
+            ));
+            continue;
+        };
+        let identifiers: Vec<Value> = [("hashed_email", "hashedEmail"), ("hashed_phone_number", "hashedPhoneNumber")]
+            .iter()
+            .flat_map(|(field, key)| {
+                event.identifiers.get(*field).into_iter().flatten().map(move |value| json!({ *key: value }))
+            })
+            .collect();
+        let Some(person) = identifiers.first().map(Value::to_string) else {
+            results.push(refuse("Customer Match needs a hashed email or phone: the person has neither"));
+            continue;
+        };
+        let operation = if change.entered { "create" } else { "remove" };
+        let operation = json!({ operation: {"userIdentifiers": identifiers} });
+        let entry = latest.entry((list.to_owned(), person)).or_insert((Value::Null, Vec::new()));
+        entry.0 = operation;
+        entry.1.push(event.event_id);
+    }
+    let mut lists = UserLists::new();
+    for ((list, _), (operation, events)) in latest {
+        let operations = lists.entry(list).or_default();
+        // The superseded changes ride with the one that wins.
+        let (last, earlier) = events.split_last().expect("at least one change");
+        for event in earlier {
+            results.push(EventResult { event_id: *event, outcome: Outcome::Delivered });
+        }
+        operations.push((operation, *last));
+    }
+    (results, lists)
 }
 
 impl GoogleAds {
@@ -250,7 +437,6 @@ impl GoogleAds {
         // Not a conversion of this account (see the module doc).
         let mapping::Mapped { results, sent, records: conversions } = mapping::map_events(events, |event| {
             let action = match (event.message_type.as_str(), event.name.as_deref()) {
-                (AUDIENCE_MESSAGE_TYPE, _) => return Some(Err(mapping::AUDIENCES_NOT_SYNCED.to_owned())),
                 ("track", Some(name)) => self.action_for(name)?,
                 _ => return None,
             };
@@ -260,21 +446,7 @@ impl GoogleAds {
             return Ok(mapping::Built { results, sent, request: None });
         }
         let body = json!({ "conversions": conversions, "partialFailure": true });
-        let mut headers = vec![
-            ("Authorization".to_owned(), format!("Bearer {}", self.access_token)),
-            ("developer-token".to_owned(), self.developer_token.clone()),
-        ];
-        if let Some(login) = &self.login_customer_id {
-            headers.push(("login-customer-id".to_owned(), login.clone()));
-        }
-        let request = http::json_post(
-            &self.url,
-            &[],
-            headers,
-            &body,
-            sent.iter().map(|event| event.event_id),
-            vec![self.access_token.clone(), self.developer_token.clone()],
-        )?;
+        let request = self.post(&self.url, &body, sent.iter().map(|event| event.event_id))?;
         Ok(mapping::Built { results, sent, request: Some(request) })
     }
 }

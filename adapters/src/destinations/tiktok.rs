@@ -28,6 +28,25 @@
 //! - Identify, group, alias and screen messages are answered
 //!   [`Outcome::Delivered`] without being sent: TikTok takes events only.
 //!
+//! **Custom audiences.** Audience entries and exits ([`AudienceChange`]) go
+//! to the TikTok audience the connection's external id names, for the
+//! advertiser in `settings.advertiser_id`, one call per audience and action
+//! per batch (after the events' call):
+//!
+//! ```text
+//! POST {endpoint}/open_api/v1.3/segment/mapping/
+//! {"advertiser_ids": ["{advertiser_id}"], "action": "add" | "delete",
+//!  "id_schema": ["EMAIL_SHA256", "PHONE_SHA256"],
+//!  "batch_data": [[{"id": sha256(email), "audience_ids": ["{audience}"]},
+//!                  {"id": sha256(phone), "audience_ids": ["{audience}"]}], ...]}
+//! ```
+//!
+//! Reference: <https://business-api.tiktok.com/portal/docs?id=1739940567842817>
+//! (custom audience mapping). Each row follows `id_schema`; a missing
+//! identifier is an empty `id`. The last change of a person in a batch
+//! wins. No advertiser id, no audience id, or neither email nor phone is
+//! refused (permanent).
+//!
 //! TikTok answers HTTP 200 with a `code`: 0 is success; 40100 (too many
 //! requests) and 5xxxx (TikTok's own faults) are retryable; any other code
 //! refuses the batch.
@@ -35,8 +54,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+use onepd_domain::EventId;
 use onepd_domain::destination::{
-    AUDIENCE_MESSAGE_TYPE, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
+    AudienceChange, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
     RenderedRequest,
 };
 use onepd_domain::hashing::tiktok_identifiers;
@@ -73,6 +95,9 @@ struct Settings {
     /// Routes events to Events Manager's Test Events tab.
     #[serde(default)]
     test_event_code: Option<String>,
+    /// The advertiser whose custom audiences connected audiences sync to.
+    #[serde(default)]
+    advertiser_id: Option<String>,
     /// How long one request may take, in milliseconds.
     #[serde(default)]
     timeout_ms: Option<u64>,
@@ -86,6 +111,8 @@ fn default_endpoint() -> String {
 #[derive(Debug, Clone)]
 pub struct TikTok {
     url: String,
+    segment_url: String,
+    advertiser_id: Option<String>,
     access_token: String,
     pixel_code: String,
     test_event_code: Option<String>,
@@ -103,6 +130,8 @@ impl TikTok {
         let endpoint = mapping::base_url(NAME, "endpoint", &settings.endpoint)?;
         Ok(TikTok {
             url: format!("{endpoint}/open_api/v1.3/event/track/"),
+            segment_url: format!("{endpoint}/open_api/v1.3/segment/mapping/"),
+            advertiser_id: settings.advertiser_id.map(|id| id.trim().to_owned()).filter(|id| !id.is_empty()),
             access_token: settings.access_token,
             pixel_code: settings.pixel_code.trim().to_owned(),
             test_event_code: settings.test_event_code.filter(|code| !code.is_empty()),
@@ -124,9 +153,47 @@ impl Destination for TikTok {
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
+        let (changes, others): (Vec<PreparedEvent>, Vec<PreparedEvent>) =
+            events.iter().cloned().partition(|event| AudienceChange::of(event).is_some());
+        let (mut results, mut sent_before) = self.send_events(&others).await?;
+        let (known, requests) = self.segment_requests(&changes)?;
+        results.extend(known);
+        for request in requests {
+            let outcome = match self.send(&request).await {
+                Ok(()) => Outcome::Delivered,
+                Err(err) if !sent_before => return Err(err),
+                Err(err) => http::as_outcome(&err),
+            };
+            sent_before = true;
+            results.extend(
+                request.events.iter().map(|event_id| EventResult { event_id: *event_id, outcome: outcome.clone() }),
+            );
+        }
+        Ok(results)
+    }
+
+    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
+        let (changes, others): (Vec<PreparedEvent>, Vec<PreparedEvent>) =
+            events.iter().cloned().partition(|event| AudienceChange::of(event).is_some());
+        let mut requests: Vec<RenderedRequest> = self.build(&others).ok()?.request.into_iter().collect();
+        requests.extend(self.segment_requests(&changes).ok()?.1);
+        Some(requests)
+    }
+}
+
+impl TikTok {
+    /// Sends the events' call, if any: the results, and whether a call was made.
+    async fn send_events(&self, events: &[PreparedEvent]) -> Result<(Vec<EventResult>, bool), DeliverError> {
         let mapping::Built { mut results, sent, request } = self.build(events)?;
-        let Some(request) = request else { return Ok(results) };
-        let answer = http::post_rendered(&request, self.timeout).await?;
+        let Some(request) = request else { return Ok((results, false)) };
+        self.send(&request).await?;
+        results.extend(http::every(&sent, &Outcome::Delivered));
+        Ok((results, true))
+    }
+
+    /// Sends one call and reads TikTok's `code`.
+    async fn send(&self, request: &RenderedRequest) -> Result<(), DeliverError> {
+        let answer = http::post_rendered(request, self.timeout).await?;
         let answer = answer.json();
         let code = answer["code"].as_i64();
         match code {
@@ -147,12 +214,66 @@ impl Destination for TikTok {
                 });
             }
         }
-        results.extend(http::every(&sent, &Outcome::Delivered));
-        Ok(results)
+        Ok(())
     }
 
-    fn render(&self, events: &[PreparedEvent]) -> Option<Vec<RenderedRequest>> {
-        Some(self.build(events).ok()?.request.into_iter().collect())
+    /// The audience changes as segment mapping calls, one per audience and
+    /// action, and the changes refused or superseded.
+    fn segment_requests(
+        &self,
+        changes: &[PreparedEvent],
+    ) -> Result<(Vec<EventResult>, Vec<RenderedRequest>), DeliverError> {
+        let mut known = Vec::new();
+        // (audience, person) → (entered, row, events)
+        let mut latest: BTreeMap<(String, String), (bool, Value, Vec<EventId>)> = BTreeMap::new();
+        for event in changes {
+            let Some(change) = AudienceChange::of(event) else { continue };
+            let refuse = |reason: &str| EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) };
+            if self.advertiser_id.is_none() {
+                known.push(refuse("syncing a TikTok audience needs settings.advertiser_id"));
+                continue;
+            }
+            let Some(audience) = change.external_id else {
+                known.push(refuse(
+                    "a TikTok audience change needs the audience id: connect the audience with --external-id AUDIENCE_ID",
+                ));
+                continue;
+            };
+            let first = |field: &str| event.identifiers.get(field).and_then(|values| values.first()).cloned();
+            let (email, phone) = (first("email"), first("phone"));
+            if email.is_none() && phone.is_none() {
+                known.push(refuse("a TikTok audience needs a hashed email or phone: the person has neither"));
+                continue;
+            }
+            let row = json!([
+                {"id": email.clone().unwrap_or_default(), "audience_ids": [audience]},
+                {"id": phone.clone().unwrap_or_default(), "audience_ids": [audience]},
+            ]);
+            let person = format!("{}|{}", email.unwrap_or_default(), phone.unwrap_or_default());
+            let entry = latest.entry((audience.to_owned(), person)).or_insert((true, Value::Null, Vec::new()));
+            (entry.0, entry.1) = (change.entered, row);
+            entry.2.push(event.event_id);
+        }
+        let mut calls: BTreeMap<(String, bool), (Vec<Value>, Vec<EventId>)> = BTreeMap::new();
+        for ((audience, _), (entered, row, events)) in latest {
+            let call = calls.entry((audience, entered)).or_default();
+            call.0.push(row);
+            call.1.extend(events);
+        }
+        let advertiser = self.advertiser_id.clone().unwrap_or_default();
+        let requests = (calls.into_iter())
+            .map(|((_, entered), (rows, events))| {
+                let body = json!({
+                    "advertiser_ids": [advertiser],
+                    "action": if entered { "add" } else { "delete" },
+                    "id_schema": ["EMAIL_SHA256", "PHONE_SHA256"],
+                    "batch_data": rows,
+                });
+                let headers = vec![("Access-Token".to_owned(), self.access_token.clone())];
+                http::json_post(&self.segment_url, &[], headers, &body, events, vec![self.access_token.clone()])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((known, requests))
     }
 }
 
@@ -163,7 +284,6 @@ impl TikTok {
         // TikTok takes events only (see the module doc).
         let mapping::Mapped { results, sent, records: data } =
             mapping::map_events(events, |event| match event.message_type.as_str() {
-                AUDIENCE_MESSAGE_TYPE => Some(Err(mapping::AUDIENCES_NOT_SYNCED.to_owned())),
                 "track" | "page" => Some(web_event(event)),
                 _ => None,
             });
