@@ -48,8 +48,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use onepd_domain::EventId;
 use onepd_domain::destination::{
-    AudienceChange, Category, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult,
-    Outcome, PreparedEvent, RenderedRequest,
+    AudienceChange, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult, Outcome,
+    PreparedEvent, RenderedRequest,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -257,21 +257,12 @@ fn contact_properties(traits: &Map<String, Value>) -> Map<String, Value> {
 #[async_trait]
 impl Destination for HubSpot {
     async fn describe(&self) -> Result<Description, DeliverError> {
-        Ok(Description {
-            name: NAME.to_owned(),
-            category: Category::MarketingAutomation,
-            identifiers: lifecycle::identifiers(),
-            max_batch_size: MAX_BATCH_SIZE,
-            rate_limit_per_second: None,
-        })
+        Ok(lifecycle::description(NAME, MAX_BATCH_SIZE))
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
         let plan = self.plan(events);
-        let mut outcomes = Outcomes::default();
-        for result in plan.known {
-            outcomes.set(result.event_id, result.outcome);
-        }
+        let mut outcomes = Outcomes::known(plan.known);
         let refuse = |refusal| lifecycle::refused(refusal, "HubSpot", "access token");
         // Record ids by email, from the upsert's answer.
         let mut ids: BTreeMap<String, String> = BTreeMap::new();

@@ -50,8 +50,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use onepd_domain::destination::{
-    AudienceChange, Category, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult,
-    Outcome, PreparedEvent, RenderedRequest,
+    AudienceChange, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult, Outcome,
+    PreparedEvent, RenderedRequest,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -256,21 +256,12 @@ fn profile_attributes(event: &PreparedEvent) -> Option<Map<String, Value>> {
 #[async_trait]
 impl Destination for Klaviyo {
     async fn describe(&self) -> Result<Description, DeliverError> {
-        Ok(Description {
-            name: NAME.to_owned(),
-            category: Category::MarketingAutomation,
-            identifiers: lifecycle::identifiers(),
-            max_batch_size: MAX_BATCH_SIZE,
-            rate_limit_per_second: None,
-        })
+        Ok(lifecycle::description(NAME, MAX_BATCH_SIZE))
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
         let (known, requests) = self.build(events)?;
-        let mut outcomes = Outcomes::default();
-        for result in known {
-            outcomes.set(result.event_id, result.outcome);
-        }
+        let mut outcomes = Outcomes::known(known);
         for request in &requests {
             outcomes.send(request, self.timeout, |refusal| lifecycle::refused(refusal, "Klaviyo", "API key")).await?;
         }

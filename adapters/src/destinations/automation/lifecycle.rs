@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use onepd_domain::EventId;
-use onepd_domain::destination::{DeliverError, EventResult, IdentifierSpec, Outcome, PreparedEvent, RenderedRequest};
+use onepd_domain::destination::{
+    Category, DeliverError, Description, EventResult, IdentifierSpec, Outcome, PreparedEvent, RenderedRequest,
+};
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
 
@@ -20,6 +22,17 @@ use crate::destinations::http::{self, Answer, Refusal};
 /// category receives full data unless the destination removes classes).
 pub(crate) fn identifiers() -> Vec<IdentifierSpec> {
     crate::destinations::webhook::default_identifiers()
+}
+
+/// What a marketing automation adapter says about itself.
+pub(crate) fn description(name: &str, max_batch_size: u32) -> Description {
+    Description {
+        name: name.to_owned(),
+        category: Category::MarketingAutomation,
+        identifiers: identifiers(),
+        max_batch_size,
+        rate_limit_per_second: None,
+    }
 }
 
 /// The first value of identifier `field`, if any.
@@ -101,6 +114,15 @@ pub(crate) struct Outcomes {
 }
 
 impl Outcomes {
+    /// Starts with the results known without sending.
+    pub fn known(results: Vec<EventResult>) -> Outcomes {
+        let mut outcomes = Outcomes::default();
+        for result in results {
+            outcomes.set(result.event_id, result.outcome);
+        }
+        outcomes
+    }
+
     /// Records `outcome` for `event`; a failure is never overwritten by a
     /// later success (an event sent in several requests is delivered only
     /// when all were taken).

@@ -51,8 +51,8 @@ use base64::Engine;
 use md5::{Digest, Md5};
 use onepd_domain::EventId;
 use onepd_domain::destination::{
-    AudienceChange, Category, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult,
-    Outcome, PreparedEvent, RenderedRequest,
+    AudienceChange, DeletionAnswer, DeletionRequest, DeliverError, Description, Destination, EventResult, Outcome,
+    PreparedEvent, RenderedRequest,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -281,21 +281,12 @@ fn refused(refusal: Refusal) -> DeliverError {
 #[async_trait]
 impl Destination for Mailchimp {
     async fn describe(&self) -> Result<Description, DeliverError> {
-        Ok(Description {
-            name: NAME.to_owned(),
-            category: Category::MarketingAutomation,
-            identifiers: lifecycle::identifiers(),
-            max_batch_size: MAX_BATCH_SIZE,
-            rate_limit_per_second: None,
-        })
+        Ok(lifecycle::description(NAME, MAX_BATCH_SIZE))
     }
 
     async fn deliver(&self, events: &[PreparedEvent]) -> Result<Vec<EventResult>, DeliverError> {
         let (known, requests) = self.build(events)?;
-        let mut outcomes = Outcomes::default();
-        for result in known {
-            outcomes.set(result.event_id, result.outcome);
-        }
+        let mut outcomes = Outcomes::known(known);
         for request in &requests {
             outcomes.send(request, self.timeout, refused).await?;
         }
