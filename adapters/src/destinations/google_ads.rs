@@ -38,28 +38,58 @@
 //!
 //! **Customer Match.** Audience entries and exits ([`AudienceChange`]) go
 //! to the user list the connection's external id names, through
-//! `OfflineUserDataJobService`, three calls per list and batch (after the
-//! conversions' upload, when the batch has conversions):
+//! `OfflineUserDataJobService`: per user list and batch, three calls (after
+//! the conversions' upload, when the batch has conversions):
 //!
 //! ```text
 //! POST {endpoint}/{api_version}/customers/{customer_id}/offlineUserDataJobs:create
 //! {"job": {"type": "CUSTOMER_MATCH_USER_LIST",
-//!          "customerMatchUserListMetadata": {"userList": "customers/{customer_id}/userLists/{list}"}}}
+//!          "customerMatchUserListMetadata": {
+//!              "userList": "customers/{customer_id}/userLists/{list}",
+//!              "consent": {"adUserData": "GRANTED", "adPersonalization": "GRANTED"}}}}   (consent when set)
 //! → {"resourceName": "customers/{customer_id}/offlineUserDataJobs/{job}"}
 //! POST {endpoint}/{api_version}/{resourceName}:addOperations
 //! {"operations": [{"create": {"userIdentifiers": [{"hashedEmail": …}, {"hashedPhoneNumber": …}]}},
 //!                 {"remove": {"userIdentifiers": [...]}}],
-//!  "enablePartialFailure": false}
+//!  "enablePartialFailure": true}
+//! → {"partialFailureError"?: {"details": [{"errors": [{"location": {"fieldPathElements":
+//!                                          [{"fieldName": "operations", "index": i}]}, …}]}]}}
 //! POST {endpoint}/{api_version}/{resourceName}:run
+//! {}
 //! ```
 //!
+//! The three calls carry the same headers as the conversions' upload.
 //! References: <https://developers.google.com/google-ads/api/docs/remarketing/audience-segments/customer-match/get-started>,
-//! <https://developers.google.com/google-ads/api/rest/reference/rest/v18/customers.offlineUserDataJobs>.
-//! Identifiers are Google's normalization, SHA-256 (gmail dots removed,
-//! E.164 phones), as for conversions. The last change of a person in a
-//! batch wins. A list id that is not digits, or a person with no email or
-//! phone, is refused (permanent). The job's consent fields are not set:
-//! gate the destination with `--consent` where Google requires consent.
+//! <https://developers.google.com/google-ads/api/rest/reference/rest/v18/customers.offlineUserDataJobs>,
+//! <https://developers.google.com/google-ads/api/reference/rpc/v18/CustomerMatchUserListMetadata>,
+//! <https://developers.google.com/google-ads/api/reference/rpc/v18/UserDataErrorEnum.UserDataError>.
+//!
+//! - An entry is a `create` operation, an exit a `remove`, one operation
+//!   (one `UserData`) per person with each hashed email and phone as its
+//!   own user identifier, at most 20 (Google's limit per operation). The
+//!   identifiers are Google's normalization, SHA-256 (gmail dots removed,
+//!   E.164 phones), prepared by the engine as for conversions. Address info
+//!   is not sent: the description does not ask for it (see `describe`).
+//! - The last change of a person in a list in a batch wins; the changes it
+//!   supersedes share its outcome.
+//! - A batch holds at most 2000 changes, within the 100,000 operations one
+//!   `addOperations` request takes, so each list gets one job and one
+//!   `addOperations` call.
+//! - Refused (permanent) without sending: a change whose audience has no
+//!   external id, a list id that is not digits, a person with neither a
+//!   hashed email nor a hashed phone.
+//! - Consent: `customerMatchUserListMetadata.consent` is optional in the
+//!   API, but Google needs it for users in the EEA. The settings
+//!   `ad_user_data_consent` and `ad_personalization_consent` (`GRANTED` or
+//!   `DENIED`) declare it for every person the destination uploads; gate
+//!   the destination with `--consent` so only those who gave it reach it.
+//!   Without the settings no consent is sent.
+//! - Answers: the first call of a delivery that fails fails the delivery
+//!   (the engine retries or splits the batch). A later call's failure (the
+//!   job's `addOperations` or `run`, or another list's job) becomes the
+//!   outcome of the changes it carried, read by `http::as_outcome`. An
+//!   operation named in `partialFailureError` is a permanent outcome for its
+//!   changes; the job still runs for the others.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,7 +101,7 @@ use onepd_domain::destination::{
     RenderedRequest,
 };
 use onepd_domain::hashing::google_ads_identifiers;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::AdapterError;
@@ -86,6 +116,16 @@ pub const MAX_BATCH_SIZE: u32 = 2000;
 
 /// The most user identifiers one conversion may carry.
 const MAX_USER_IDENTIFIERS: usize = 5;
+
+/// The most user identifiers one Customer Match operation (one person) may
+/// carry (`UserDataError.TOO_MANY_USER_IDENTIFIERS`).
+const MAX_IDENTIFIERS_PER_PERSON: usize = 20;
+
+/// The most operations one `addOperations` request takes.
+const MAX_OPERATIONS_PER_REQUEST: usize = 100_000;
+
+// A batch's changes always fit one `addOperations` request per list.
+const _: () = assert!(MAX_BATCH_SIZE as usize <= MAX_OPERATIONS_PER_REQUEST);
 
 /// The identifier fields this adapter sends.
 const SENT_IDENTIFIERS: [&str; 5] = ["hashed_email", "hashed_phone_number", "gclid", "gbraid", "wbraid"];
@@ -116,9 +156,25 @@ struct Settings {
     /// The API version.
     #[serde(default = "default_api_version")]
     api_version: String,
+    /// Customer Match: the `adUserData` consent declared for every person
+    /// uploaded (see the module doc).
+    #[serde(default)]
+    ad_user_data_consent: Option<ConsentStatus>,
+    /// Customer Match: the `adPersonalization` consent declared for every
+    /// person uploaded.
+    #[serde(default)]
+    ad_personalization_consent: Option<ConsentStatus>,
     /// How long one request may take, in milliseconds.
     #[serde(default)]
     timeout_ms: Option<u64>,
+}
+
+/// A Google Ads `ConsentStatus` an operator may declare.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum ConsentStatus {
+    Granted,
+    Denied,
 }
 
 fn default_endpoint() -> String {
@@ -141,13 +197,18 @@ pub struct GoogleAds {
     login_customer_id: Option<String>,
     default_action: Option<String>,
     actions: BTreeMap<String, String>,
+    /// `customerMatchUserListMetadata.consent`, when the settings declare it.
+    consent: Option<Value>,
     timeout: Duration,
 }
 
 impl GoogleAds {
     /// The adapter configured with `settings`: `customer_id`,
     /// `developer_token`, `access_token` and at least one conversion action
-    /// (`conversion_action` or `conversion_actions`) are required.
+    /// (`conversion_action` or `conversion_actions`) are required;
+    /// `login_customer_id`, `endpoint`, `api_version`,
+    /// `ad_user_data_consent`, `ad_personalization_consent` and `timeout_ms`
+    /// are optional.
     pub fn new(settings: &Value) -> Result<GoogleAds, AdapterError> {
         let settings: Settings = mapping::parse_settings(NAME, settings)?;
         let customer_id = customer_id_digits("customer_id", &settings.customer_id)?;
@@ -176,6 +237,13 @@ impl GoogleAds {
         }
         let endpoint = mapping::base_url(NAME, "endpoint", &settings.endpoint)?;
         let base = format!("{endpoint}/{}", settings.api_version.trim());
+        let mut consent = Map::new();
+        if let Some(status) = settings.ad_user_data_consent {
+            consent.insert("adUserData".into(), json!(status));
+        }
+        if let Some(status) = settings.ad_personalization_consent {
+            consent.insert("adPersonalization".into(), json!(status));
+        }
         Ok(GoogleAds {
             url: format!("{base}/customers/{customer_id}:uploadClickConversions"),
             base,
@@ -185,6 +253,7 @@ impl GoogleAds {
             login_customer_id,
             default_action,
             actions,
+            consent: (!consent.is_empty()).then_some(Value::Object(consent)),
             timeout: mapping::timeout(NAME, settings.timeout_ms)?,
         })
     }
@@ -262,7 +331,7 @@ impl Destination for GoogleAds {
         let uploaded = request.is_some();
         if let Some(request) = request {
             let answer = http::post_rendered(&request, self.timeout).await?;
-            let failures = partial_failures(&answer.json(), sent.len())?;
+            let failures = partial_failures(&answer.json(), "conversions", sent.len())?;
             results.extend(sent.iter().enumerate().map(|(index, event)| EventResult {
                 event_id: event.event_id,
                 outcome: match failures.get(&index) {
@@ -280,21 +349,13 @@ impl Destination for GoogleAds {
             events.iter().cloned().partition(|event| AudienceChange::of(event).is_some());
         let mut requests: Vec<RenderedRequest> = self.build(&others).ok()?.request.into_iter().collect();
         let (_, lists) = user_lists(&changes);
+        // The job's resource name is known only once Google has created it.
+        let job = "customers/{customer_id}/offlineUserDataJobs/{job created}";
         for (list, operations) in lists {
-            let ids: Vec<EventId> = operations.iter().map(|(_, id)| *id).collect();
-            let job = "{job resource name}";
-            requests.push(
-                self.post(
-                    &format!("{}/customers/{}/offlineUserDataJobs:create", self.base, self.customer_id),
-                    &self.job(&list),
-                    [],
-                )
-                .ok()?,
-            );
-            let operations: Vec<Value> = operations.into_iter().map(|(operation, _)| operation).collect();
-            let body = json!({"operations": operations, "enablePartialFailure": false});
-            requests.push(self.post(&format!("{}/{job}:addOperations", self.base), &body, ids.clone()).ok()?);
-            requests.push(self.post(&format!("{}/{job}:run", self.base), &json!({}), ids).ok()?);
+            let ids = carried(&operations);
+            requests.push(self.create_request(&list, &ids).ok()?);
+            requests.push(self.add_operations_request(job, &operations).ok()?);
+            requests.push(self.run_request(job, &ids).ok()?);
         }
         Some(requests)
     }
@@ -329,105 +390,188 @@ impl GoogleAds {
         headers
     }
 
-    /// The job creation body for user list `list`.
-    fn job(&self, list: &str) -> Value {
-        let user_list = format!("customers/{}/userLists/{list}", self.customer_id);
-        json!({"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata": {"userList": user_list}}})
+    /// `offlineUserDataJobs:create` for user list `list`.
+    fn create_request(&self, list: &str, ids: &[EventId]) -> Result<RenderedRequest, DeliverError> {
+        let mut metadata = json!({"userList": format!("customers/{}/userLists/{list}", self.customer_id)});
+        if let Some(consent) = &self.consent {
+            metadata["consent"] = consent.clone();
+        }
+        let body = json!({"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata": metadata}});
+        let url = format!("{}/customers/{}/offlineUserDataJobs:create", self.base, self.customer_id);
+        self.post(&url, &body, ids.iter().copied())
+    }
+
+    /// `{job}:addOperations` with one list's operations.
+    fn add_operations_request(&self, job: &str, operations: &[Operation]) -> Result<RenderedRequest, DeliverError> {
+        let body = json!({
+            "operations": operations.iter().map(|(operation, _)| operation).collect::<Vec<_>>(),
+            "enablePartialFailure": true,
+        });
+        self.post(&format!("{}/{job}:addOperations", self.base), &body, carried(operations))
+    }
+
+    /// `{job}:run`.
+    fn run_request(&self, job: &str, ids: &[EventId]) -> Result<RenderedRequest, DeliverError> {
+        self.post(&format!("{}/{job}:run", self.base), &json!({}), ids.iter().copied())
     }
 
     /// Sends the audience changes, per user list: create a job, add its
-    /// operations, run it. The first call of the batch that fails fails the
-    /// delivery (`earlier` says whether a call went before); a later one's
-    /// failure becomes its changes' outcome.
+    /// operations, run it. The first call of the delivery that fails fails
+    /// the delivery (`earlier` says whether a call went before); a later
+    /// one's failure becomes its changes' outcome.
     async fn sync_lists(&self, changes: &[PreparedEvent], earlier: bool) -> Result<Vec<EventResult>, DeliverError> {
         let (mut results, lists) = user_lists(changes);
         let mut sent_before = earlier;
         for (list, operations) in lists {
-            let ids: Vec<EventId> = operations.iter().map(|(_, id)| *id).collect();
-            let operations: Vec<Value> = operations.into_iter().map(|(operation, _)| operation).collect();
-            let outcome = match self.run_job(&list, operations, &ids).await {
-                Ok(()) => Outcome::Delivered,
+            let ids = carried(&operations);
+            let job = match self.create_job(&list, &ids).await {
+                Ok(job) => job,
                 Err(err) if !sent_before => return Err(err),
-                Err(err) => http::as_outcome(&err),
+                Err(err) => {
+                    results.extend(each(&ids, &http::as_outcome(&err)));
+                    continue;
+                }
             };
             sent_before = true;
-            results.extend(ids.into_iter().map(|event_id| EventResult { event_id, outcome: outcome.clone() }));
+            results.extend(self.fill_and_run(&job, &operations).await);
         }
         Ok(results)
     }
 
-    /// One job: create, add operations, run.
-    async fn run_job(&self, list: &str, operations: Vec<Value>, ids: &[EventId]) -> Result<(), DeliverError> {
-        let create = self.post(
-            &format!("{}/customers/{}/offlineUserDataJobs:create", self.base, self.customer_id),
-            &self.job(list),
-            ids.iter().copied(),
-        )?;
-        let answer = http::post_rendered(&create, self.timeout).await?.json();
-        let job = answer["resourceName"]
-            .as_str()
-            .filter(|name| name.starts_with("customers/") && !name.contains(".."))
-            .ok_or_else(|| DeliverError::Retryable {
-                reason: "google ads created no offline user data job (no resourceName)".to_owned(),
+    /// Creates a job for user list `list`: its resource name.
+    async fn create_job(&self, list: &str, ids: &[EventId]) -> Result<String, DeliverError> {
+        let answer = http::post_rendered(&self.create_request(list, ids)?, self.timeout).await?.json();
+        // The name goes into the next paths: only a job of this account.
+        let prefix = format!("customers/{}/offlineUserDataJobs/", self.customer_id);
+        let job = answer["resourceName"].as_str().filter(|name| {
+            name.strip_prefix(&prefix).is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        });
+        match job {
+            Some(job) => Ok(job.to_owned()),
+            None => Err(DeliverError::Retryable {
+                reason: format!("google ads created no offline user data job: expected resourceName {prefix}{{id}}"),
                 retry_after: None,
-            })?
-            .to_owned();
-        let body = json!({"operations": operations, "enablePartialFailure": false});
-        let add = self.post(&format!("{}/{job}:addOperations", self.base), &body, ids.iter().copied())?;
-        http::post_rendered(&add, self.timeout).await?;
-        let run = self.post(&format!("{}/{job}:run", self.base), &json!({}), ids.iter().copied())?;
-        http::post_rendered(&run, self.timeout).await?;
-        Ok(())
+            }),
+        }
+    }
+
+    /// Adds a created job's operations and runs it: every change's outcome.
+    async fn fill_and_run(&self, job: &str, operations: &[Operation]) -> Vec<EventResult> {
+        let ids = carried(operations);
+        let failures = match self.add_operations(job, operations).await {
+            Ok(failures) => failures,
+            Err(err) => return each(&ids, &http::as_outcome(&err)).collect(),
+        };
+        let mut results = Vec::new();
+        let mut added = Vec::new();
+        for (index, (_, events)) in operations.iter().enumerate() {
+            match failures.get(&index) {
+                Some(reason) => results.extend(each(events, &Outcome::permanent(reason.clone()))),
+                None => added.extend(events.iter().copied()),
+            }
+        }
+        if added.is_empty() {
+            return results;
+        }
+        let run = match self.run_request(job, &added) {
+            Ok(request) => http::post_rendered(&request, self.timeout).await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        let outcome = match run {
+            Ok(()) => Outcome::Delivered,
+            Err(err) => http::as_outcome(&err),
+        };
+        results.extend(each(&added, &outcome));
+        results
+    }
+
+    /// Sends `addOperations`: the operations Google refused, by index.
+    async fn add_operations(
+        &self,
+        job: &str,
+        operations: &[Operation],
+    ) -> Result<BTreeMap<usize, String>, DeliverError> {
+        let answer = http::post_rendered(&self.add_operations_request(job, operations)?, self.timeout).await?;
+        partial_failures(&answer.json(), "operations", operations.len())
     }
 }
 
-/// Customer Match operations by user list, each with the change it carries.
-type UserLists = BTreeMap<String, Vec<(Value, EventId)>>;
+/// One Customer Match operation and the changes it carries (the last change
+/// of a person, and those it superseded).
+type Operation = (Value, Vec<EventId>);
+
+/// Customer Match operations by user list.
+type UserLists = BTreeMap<String, Vec<Operation>>;
+
+/// The changes the operations carry.
+fn carried(operations: &[Operation]) -> Vec<EventId> {
+    operations.iter().flat_map(|(_, events)| events.iter().copied()).collect()
+}
+
+/// The same outcome for each of `ids`.
+fn each<'a>(ids: &'a [EventId], outcome: &'a Outcome) -> impl Iterator<Item = EventResult> + 'a {
+    ids.iter().map(move |event_id| EventResult { event_id: *event_id, outcome: outcome.clone() })
+}
 
 /// A batch's audience changes as Customer Match operations, by user list,
 /// the last change of a person in a list winning; and the changes refused
-/// (no list id, not digits, no identifier) or superseded (delivered).
+/// (no list id, not digits, no identifier).
 fn user_lists(changes: &[PreparedEvent]) -> (Vec<EventResult>, UserLists) {
-    let mut results = Vec::new();
-    // (list, person) → (operation, events)
-    let mut latest: BTreeMap<(String, String), (Value, Vec<EventId>)> = BTreeMap::new();
+    let mut refused = Vec::new();
+    // (list, person) → the operation of the person's last change.
+    let mut latest: BTreeMap<(String, String), Operation> = BTreeMap::new();
     for event in changes {
         let Some(change) = AudienceChange::of(event) else { continue };
-        let refuse = |reason: &str| EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) };
-        let Some(list) = change.external_id.filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
-        else {
-            results.push(refuse(
-                "a Customer Match change needs the user list id (digits): connect the audience with --external-id USER_LIST_ID",
-            ));
-            continue;
+        let operation = list_of(&change).and_then(|list| Ok((list, user_data(event)?)));
+        let (list, identifiers) = match operation {
+            Ok(operation) => operation,
+            Err(reason) => {
+                refused.push(EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) });
+                continue;
+            }
         };
-        let identifiers: Vec<Value> = [("hashed_email", "hashedEmail"), ("hashed_phone_number", "hashedPhoneNumber")]
-            .iter()
-            .flat_map(|(field, key)| {
-                event.identifiers.get(*field).into_iter().flatten().map(move |value| json!({ *key: value }))
-            })
-            .collect();
-        let Some(person) = identifiers.first().map(Value::to_string) else {
-            results.push(refuse("Customer Match needs a hashed email or phone: the person has neither"));
-            continue;
-        };
-        let operation = if change.entered { "create" } else { "remove" };
-        let operation = json!({ operation: {"userIdentifiers": identifiers} });
-        let entry = latest.entry((list.to_owned(), person)).or_insert((Value::Null, Vec::new()));
-        entry.0 = operation;
+        let person = identifiers[0].to_string();
+        let kind = if change.entered { "create" } else { "remove" };
+        let entry = latest.entry((list, person)).or_insert_with(|| (Value::Null, Vec::new()));
+        entry.0 = json!({ kind: {"userIdentifiers": identifiers} });
         entry.1.push(event.event_id);
     }
     let mut lists = UserLists::new();
-    for ((list, _), (operation, events)) in latest {
-        let operations = lists.entry(list).or_default();
-        // The superseded changes ride with the one that wins.
-        let (last, earlier) = events.split_last().expect("at least one change");
-        for event in earlier {
-            results.push(EventResult { event_id: *event, outcome: Outcome::Delivered });
-        }
-        operations.push((operation, *last));
+    for ((list, _), operation) in latest {
+        lists.entry(list).or_default().push(operation);
     }
-    (results, lists)
+    (refused, lists)
+}
+
+/// The user list id a change goes to, or why it has none.
+fn list_of(change: &AudienceChange<'_>) -> Result<String, String> {
+    let Some(list) = change.external_id else {
+        return Err(format!(
+            "audience {:?} is connected without a Customer Match user list id: connect it again with \
+             --external-id USER_LIST_ID",
+            change.audience
+        ));
+    };
+    // The id goes into a resource name: digits only.
+    if list.is_empty() || !list.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("audience {:?}: a Customer Match user list id is digits, found {list:?}", change.audience));
+    }
+    Ok(list.to_owned())
+}
+
+/// A person's `userIdentifiers` (non-empty), or why there are none.
+fn user_data(event: &PreparedEvent) -> Result<Vec<Value>, String> {
+    let identifiers: Vec<Value> = [("hashed_email", "hashedEmail"), ("hashed_phone_number", "hashedPhoneNumber")]
+        .iter()
+        .flat_map(|(field, key)| {
+            event.identifiers.get(*field).into_iter().flatten().map(move |value| json!({ *key: value }))
+        })
+        .take(MAX_IDENTIFIERS_PER_PERSON)
+        .collect();
+    if identifiers.is_empty() {
+        return Err("Customer Match matches on a hashed email or phone: the person has neither".to_owned());
+    }
+    Ok(identifiers)
 }
 
 impl GoogleAds {
@@ -451,10 +595,11 @@ impl GoogleAds {
     }
 }
 
-/// The failed conversions of a partial-failure answer, by index, with their
-/// reasons. A `partialFailureError` whose errors name no conversion refuses
-/// the batch: which events failed is unknown.
-fn partial_failures(answer: &Value, sent: usize) -> Result<BTreeMap<usize, String>, DeliverError> {
+/// The failed entries of a partial-failure answer (`conversions[i]` of an
+/// upload, `operations[i]` of `addOperations`), by index, with their
+/// reasons. A `partialFailureError` whose errors name no entry refuses the
+/// request: which entries failed is unknown.
+fn partial_failures(answer: &Value, field: &str, sent: usize) -> Result<BTreeMap<usize, String>, DeliverError> {
     let error = &answer["partialFailureError"];
     if error.is_null() || error.as_object().is_some_and(Map::is_empty) {
         return Ok(BTreeMap::new());
@@ -467,7 +612,7 @@ fn partial_failures(answer: &Value, sent: usize) -> Result<BTreeMap<usize, Strin
             .as_array()
             .into_iter()
             .flatten()
-            .find(|element| element["fieldName"] == "conversions")
+            .find(|element| element["fieldName"] == field)
             .and_then(|element| element["index"].as_u64())
             .map(|index| index as usize)
             .filter(|index| *index < sent);

@@ -16,7 +16,7 @@ use super::http::DEFAULT_TIMEOUT;
 /// Why an audience change is refused by an adapter that cannot sync
 /// audiences yet: a permanent outcome, so it is dead-lettered where an
 /// operator sees it, never taken as delivered.
-pub(crate) const AUDIENCES_NOT_SYNCED: &str = "this adapter does not sync audiences yet: connect the audience to a destination that does (meta_capi, klaviyo, hubspot, mailchimp, braze, webhook)";
+pub(crate) const AUDIENCES_NOT_SYNCED: &str = "this adapter does not sync audiences yet: connect the audience to a destination that does (meta_capi, google_ads, tiktok, klaviyo, hubspot, mailchimp, braze, webhook)";
 
 /// Reads `settings` into `T`; an error names the setting (`settings.pixel_id:
 /// invalid type: integer `7`, expected a string`).

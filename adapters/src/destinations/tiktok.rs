@@ -42,20 +42,33 @@
 //! ```
 //!
 //! Reference: <https://business-api.tiktok.com/portal/docs?id=1739940567842817>
-//! (custom audience mapping). Each row follows `id_schema`; a missing
-//! identifier is an empty `id`. The last change of a person in a batch
-//! wins. No advertiser id, no audience id, or neither email nor phone is
-//! refused (permanent).
+//! (custom audience mapping, `segment/mapping`), with the same
+//! `Access-Token` header as the events' call.
+//!
+//! - An entry is an `add`, an exit a `delete`; one call per audience and
+//!   action, every person one row of `batch_data`.
+//! - Each row follows `id_schema`: the email (trimmed, lowercase, SHA-256)
+//!   then the phone (E.164, SHA-256), as the engine prepares them for
+//!   [`onepd_domain::hashing::tiktok_identifiers`]; a missing one is an
+//!   empty `id`.
+//! - The last change of a person in an audience in a batch wins; the
+//!   changes it supersedes ride in the same call and share its outcome.
+//! - A batch holds at most 1000 changes, so a call carries at most 1000
+//!   rows.
+//! - Refused (permanent) without sending: any audience change when
+//!   `settings.advertiser_id` is not set, a change whose audience has no
+//!   external id, a person with neither email nor phone.
+//! - The first call of a delivery that fails fails the delivery; a later
+//!   call's failure becomes the outcome of the changes it carried.
 //!
 //! TikTok answers HTTP 200 with a `code`: 0 is success; 40100 (too many
 //! requests) and 5xxxx (TikTok's own faults) are retryable; any other code
 //! refuses the batch.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use std::collections::BTreeMap;
-
 use onepd_domain::EventId;
 use onepd_domain::destination::{
     AudienceChange, Category, DeliverError, Description, Destination, EventResult, Outcome, PreparedEvent,
@@ -121,8 +134,9 @@ pub struct TikTok {
 
 impl TikTok {
     /// The adapter configured with `settings`: `access_token` and
-    /// `pixel_code` are required; `endpoint`, `test_event_code` and
-    /// `timeout_ms` are optional.
+    /// `pixel_code` are required; `endpoint`, `test_event_code`,
+    /// `advertiser_id` (needed for audience changes only) and `timeout_ms`
+    /// are optional.
     pub fn new(settings: &Value) -> Result<TikTok, AdapterError> {
         let settings: Settings = mapping::parse_settings(NAME, settings)?;
         mapping::required(NAME, "access_token", &settings.access_token)?;
@@ -230,13 +244,16 @@ impl TikTok {
             let Some(change) = AudienceChange::of(event) else { continue };
             let refuse = |reason: &str| EventResult { event_id: event.event_id, outcome: Outcome::permanent(reason) };
             if self.advertiser_id.is_none() {
-                known.push(refuse("syncing a TikTok audience needs settings.advertiser_id"));
+                known.push(refuse(
+                    "syncing a TikTok audience needs settings.advertiser_id: set the advertiser the audience belongs to",
+                ));
                 continue;
             }
             let Some(audience) = change.external_id else {
-                known.push(refuse(
-                    "a TikTok audience change needs the audience id: connect the audience with --external-id AUDIENCE_ID",
-                ));
+                known.push(refuse(&format!(
+                    "audience {:?} is connected without TikTok's audience id: connect it again with --external-id AUDIENCE_ID",
+                    change.audience
+                )));
                 continue;
             };
             let first = |field: &str| event.identifiers.get(field).and_then(|values| values.first()).cloned();
