@@ -149,7 +149,7 @@ impl HubSpot {
                     continue;
                 };
                 let Some(email) = email else {
-                    plan.known.push(refuse("HubSpot contacts are upserted by email: the person has none"));
+                    plan.known.push(refuse("HubSpot contacts are upserted by email: the person has no email"));
                     continue;
                 };
                 plan.contacts.entry(email.to_owned()).or_default().1.push(event.event_id);
@@ -159,7 +159,7 @@ impl HubSpot {
             match event.message_type.as_str() {
                 "identify" => {
                     let Some(email) = email else {
-                        plan.known.push(refuse("HubSpot contacts are upserted by email: the person has none"));
+                        plan.known.push(refuse("HubSpot contacts are upserted by email: the person has no email"));
                         continue;
                     };
                     let contact = plan.contacts.entry(email.to_owned()).or_default();
@@ -218,7 +218,7 @@ impl HubSpot {
                 ));
             }
         };
-        let email = email.ok_or("HubSpot custom events are sent by email: the person has none")?;
+        let email = email.ok_or("HubSpot custom events are sent by email: the person has no email")?;
         let properties: Map<String, Value> = (mapping::properties(&event.message).iter())
             .filter(|(_, value)| !value.is_null())
             .map(|(name, value)| (property_name(name), json!(lifecycle::as_text(value))))
