@@ -26,6 +26,7 @@ fn sha256_hex(value: &str) -> String {
 async fn send(server: &Server, messages: Vec<Value>) {
     let response = reqwest::Client::new()
         .post(format!("{}/v1/batch", server.http))
+        .timeout(Duration::from_secs(30))
         .basic_auth(server.write_key.as_ref().unwrap(), Some(""))
         .json(&json!({ "batch": messages }))
         .send()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use stub::{Mode, Stub};
-use support::{Server, onepd_json};
+use support::{Server, onepd_json_within};
 
 const ORDERS: usize = 200_000;
 const CUSTOMERS: usize = 40_000;
@@ -91,9 +91,10 @@ async fn a_restart_on_a_big_log_with_five_destinations_delivers_a_new_event_with
         "traits": {"email": "email"}, "properties": {"order_id": "order_id", "revenue": "total"},
         "timestamp": "ordered_at", "types": {"total": "number"}});
     std::fs::write(&mapping, orders.to_string()).unwrap();
-    let imported = onepd_json(
+    let imported = onepd_json_within(
         dir.path(),
         &["import", csv.to_str().unwrap(), "--source", "http", "--mapping", mapping.to_str().unwrap()],
+        Duration::from_secs(280),
     );
     assert_eq!(imported["accepted"], ORDERS, "{imported}");
     eprintln!("{ORDERS} orders imported in {:.1} s", started.elapsed().as_secs_f64());
@@ -112,7 +113,7 @@ async fn a_restart_on_a_big_log_with_five_destinations_delivers_a_new_event_with
     for n in 0..DESTINATIONS {
         let stub = Stub::start(Mode::Accept).await;
         let url = format!("url={}/hook", stub.url());
-        onepd_json(
+        onepd_json_within(
             dir.path(),
             &[
                 "destination",
@@ -125,6 +126,7 @@ async fn a_restart_on_a_big_log_with_five_destinations_delivers_a_new_event_with
                 "--from",
                 "now",
             ],
+            support::COMMAND_PATIENCE,
         );
         stubs.push(stub);
     }

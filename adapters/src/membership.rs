@@ -53,7 +53,7 @@ use onepd_domain::{
     RecordedEvent, StoreError, Timestamp, WorkspaceId,
 };
 use onepd_projections::audience::PersonFacts;
-use onepd_projections::profile::Lookup;
+use onepd_projections::profile::{Lookup, ProfileAsOf};
 use onepd_projections::runner::{ProfilesFold, read_facts};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -124,6 +124,12 @@ struct PersonState {
     /// Their computed traits' values (those with one).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     computed: BTreeMap<String, serde_json::Value>,
+    /// What the definitions read of them (traits, groups, the events they
+    /// name), as of their last event: kept up to date event by event, so
+    /// that evaluating them reads no history. Absent in a document written
+    /// before it was kept: their history is read once instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    facts: Option<PersonFacts>,
 }
 
 /// A workspace's audiences and computed traits, as the log defines them at
@@ -132,6 +138,9 @@ struct PersonState {
 struct Definitions {
     audiences: BTreeMap<String, Condition>,
     computed: BTreeMap<String, ComputedTrait>,
+    /// The event names the definitions read: the events a person's
+    /// [`PersonFacts`] keep.
+    names: BTreeSet<String>,
 }
 
 impl Definitions {
@@ -160,6 +169,8 @@ impl Definitions {
             }
             _ => {}
         }
+        let audiences = self.audiences.values().flat_map(Condition::events).map(str::to_owned);
+        self.names = audiences.chain(self.computed.values().map(|c| c.event.clone())).collect();
     }
 }
 
@@ -233,6 +244,29 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
 struct Pending {
     writes: BTreeMap<(WorkspaceId, &'static str, String), Option<Vec<u8>>>,
     appends: BTreeMap<WorkspaceId, Vec<NewEvent>>,
+    /// Each person's state as the page has decided it, written (encoded)
+    /// with the page.
+    people: HashMap<(WorkspaceId, ProfileId), PersonState>,
+    /// Documents read ahead for the page, in one call for many keys.
+    fetched: HashMap<(WorkspaceId, &'static str, String), Option<Vec<u8>>>,
+}
+
+impl Pending {
+    /// The page's writes, with each person's state encoded.
+    fn into_writes(self) -> Vec<DocWrite> {
+        let people = self.people.into_iter().map(|((workspace, profile), state)| {
+            let doc = (state != PersonState::default()).then(|| serde_json::to_vec(&state).expect("serializable"));
+            ((workspace, PERSON, profile.0.to_string()), doc)
+        });
+        let mut writes = self.writes;
+        writes.extend(people);
+        (writes.into_iter())
+            .map(|((workspace, collection, key), doc)| match doc {
+                Some(doc) => DocWrite::Put { workspace, collection, key, doc },
+                None => DocWrite::Delete { workspace, collection, key },
+            })
+            .collect()
+    }
 }
 
 /// The running membership runner and its clock's scheduler.
@@ -468,12 +502,7 @@ impl Runner {
                 self.log.append(request).await.map_err(append_error)?;
             }
         }
-        let writes = (pending.writes.into_iter())
-            .map(|((workspace, collection, key), doc)| match doc {
-                Some(doc) => DocWrite::Put { workspace, collection, key, doc },
-                None => DocWrite::Delete { workspace, collection, key },
-            })
-            .collect();
+        let writes = pending.into_writes();
         self.store.commit(self.generation, self.checkpoint, last.position, writes).await.map_err(|err| match err {
             onepd_domain::ProjectionError::Store(err) => err,
             fenced => StoreError::Database(fenced.to_string()),
@@ -505,6 +534,11 @@ impl Runner {
         } else {
             vec![None; events.len()]
         };
+        // The states of the page's people, read in one go.
+        let people =
+            attributed.iter().flatten().flat_map(|profile| std::iter::once(profile.id).chain(profile.merged.clone()));
+        let people: Vec<ProfileId> = people.collect();
+        self.fetch(workspace, &people, pending).await?;
         for (event, profile) in events.iter().zip(attributed) {
             if event.data.unreadable().is_some() {
                 continue;
@@ -537,13 +571,7 @@ impl Runner {
             } else if event_type == MessageAccepted::TYPE {
                 let Some(profile) = profile else { continue };
                 let now = self.advance(workspace, event.recorded_at, pending).await?;
-                // A profile this message merged into theirs leaves.
-                let merges = self.reader.merges(workspace, &Lookup::Profile(profile.id)).await?.unwrap_or_default();
-                for merge in merges.iter().filter(|m| m.position == event.position && m.survivor == profile.id) {
-                    let why = format!("merged into profile {}", merge.survivor.0);
-                    self.leave_all(workspace, merge.absorbed, event.position, now, &why, pending).await?;
-                }
-                self.evaluate_person(workspace, profile.id, event.position, now, pending).await?;
+                self.message(workspace, event, &profile, now, pending).await?;
             } else if event_type == AudienceClockTicked::TYPE {
                 let Ok(tick) =
                     serde_json::from_value::<AudienceClockTicked>(event.data.value().cloned().unwrap_or_default())
@@ -554,8 +582,12 @@ impl Runner {
                 let now = self.advance(workspace, tick.at, pending).await?;
                 if now > before {
                     self.as_of.wait_for(workspace, event.position).await?;
-                    for profile in self.due(workspace, now, pending).await? {
-                        self.evaluate_person(workspace, profile, event.position, now, pending).await?;
+                    let due = self.due(workspace, now, pending).await?;
+                    for some in due.chunks(1_000) {
+                        self.fetch(workspace, some, pending).await?;
+                        for profile in some {
+                            self.evaluate_person(workspace, *profile, event.position, now, pending).await?;
+                        }
                     }
                 }
             }
@@ -571,7 +603,8 @@ impl Runner {
         key: &str,
         pending: &Pending,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(doc) = pending.writes.get(&(workspace, collection, key.to_owned())) {
+        let key_of = (workspace, collection, key.to_owned());
+        if let Some(doc) = pending.writes.get(&key_of).or_else(|| pending.fetched.get(&key_of)) {
             return Ok(doc.clone());
         }
         Ok(self.store.get(self.generation, workspace, collection, &[key.to_owned()]).await?.pop().flatten())
@@ -601,12 +634,37 @@ impl Runner {
         Ok(clock)
     }
 
+    /// Reads ahead the states of `people` the page has not read yet.
+    async fn fetch(
+        &self,
+        workspace: WorkspaceId,
+        people: &[ProfileId],
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let keys: BTreeSet<String> = (people.iter())
+            .filter(|profile| !pending.people.contains_key(&(workspace, **profile)))
+            .map(|profile| profile.0.to_string())
+            .filter(|key| !pending.fetched.contains_key(&(workspace, PERSON, key.clone())))
+            .collect();
+        let keys: Vec<String> = keys.into_iter().collect();
+        for some in keys.chunks(500) {
+            let docs = self.store.get(self.generation, workspace, PERSON, some).await?;
+            for (key, doc) in some.iter().zip(docs) {
+                pending.fetched.insert((workspace, PERSON, key.clone()), doc);
+            }
+        }
+        Ok(())
+    }
+
     async fn person_state(
         &self,
         workspace: WorkspaceId,
         profile: ProfileId,
         pending: &Pending,
     ) -> Result<PersonState, StoreError> {
+        if let Some(state) = pending.people.get(&(workspace, profile)) {
+            return Ok(state.clone());
+        }
         match self.get(workspace, PERSON, &profile.0.to_string(), pending).await? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|err| corrupt("person", err)),
             None => Ok(PersonState::default()),
@@ -631,12 +689,7 @@ impl Runner {
                 pending.writes.insert((workspace, EDGE, edge_key(edge, profile)), Some(Vec::new()));
             }
         }
-        let key = (workspace, PERSON, profile.0.to_string());
-        if new == PersonState::default() {
-            pending.writes.insert(key, None);
-        } else {
-            pending.writes.insert(key, Some(serde_json::to_vec(&new).expect("serializable")));
-        }
+        pending.people.insert((workspace, profile), new);
     }
 
     /// Records an entry or an exit.
@@ -727,32 +780,106 @@ impl Runner {
         now: Timestamp,
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
+        let kept = self.person_state(workspace, profile, pending).await?.facts;
+        let facts = match kept {
+            Some(facts) => Some(facts),
+            None => self.read_facts(workspace, profile, position).await?,
+        };
+        match facts {
+            Some(facts) => self.decide_with(workspace, profile, facts, position, now, pending).await,
+            // Merged into another profile, or gone.
+            None => self.leave_all(workspace, profile, position, now, "no longer a profile of its own", pending).await,
+        }
+    }
+
+    /// The facts of `profile` as of `position`, read from its history; none
+    /// when it is no longer a profile of its own.
+    async fn read_facts(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        position: Position,
+    ) -> Result<Option<PersonFacts>, StoreError> {
         let found =
             self.reader.identified_person(workspace, &Lookup::Profile(profile), Some(AsOf::Position(position))).await?;
-        match found {
-            Some((id, person)) if id == profile => {
-                let verdicts =
-                    self.definitions.get(&workspace).map(|d| evaluation(d, &person, now)).unwrap_or_default();
-                self.decide(workspace, profile, verdicts, position, now, pending).await
+        Ok(match found {
+            Some((id, mut facts)) if id == profile => {
+                facts.keep_only(&self.definitions.get(&workspace).map(|d| d.names.clone()).unwrap_or_default());
+                Some(facts)
             }
-            // Merged into another profile, or gone.
-            _ => self.leave_all(workspace, profile, position, now, "no longer a profile of its own", pending).await,
+            _ => None,
+        })
+    }
+
+    /// A message of `profile` (as of it): the profiles it merged into
+    /// theirs leave, taking their events along, and the person is
+    /// evaluated with the message added to what is kept of them.
+    async fn message(
+        &self,
+        workspace: WorkspaceId,
+        event: &RecordedEvent,
+        profile: &ProfileAsOf,
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let mut facts = self.person_state(workspace, profile.id, pending).await?.facts;
+        for absorbed in &profile.merged {
+            let theirs = self.person_state(workspace, *absorbed, pending).await?.facts;
+            facts = match (facts, theirs) {
+                (Some(mut ours), Some(theirs)) => {
+                    ours.absorb(theirs);
+                    Some(ours)
+                }
+                // Either history was not kept: read the merged profile's.
+                _ => None,
+            };
+            let why = format!("merged into profile {}", profile.id.0);
+            self.leave_all(workspace, *absorbed, event.position, now, &why, pending).await?;
         }
+        let facts = match facts {
+            Some(mut facts) => {
+                let names = self.definitions.get(&workspace).map(|d| &d.names);
+                let traits = profile.traits.iter().map(|(name, value)| (name, &value.value));
+                facts.record(event, profile.id, names.unwrap_or(&BTreeSet::new()), traits);
+                Some(facts)
+            }
+            None => self.read_facts(workspace, profile.id, event.position).await?,
+        };
+        match facts {
+            Some(facts) => self.decide_with(workspace, profile.id, facts, event.position, now, pending).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Runner::decide`] for a person with `facts`, which are kept.
+    async fn decide_with(
+        &self,
+        workspace: WorkspaceId,
+        profile: ProfileId,
+        facts: PersonFacts,
+        position: Position,
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let verdicts = self.definitions.get(&workspace).map(|d| evaluation(d, &facts, now)).unwrap_or_default();
+        self.decide(workspace, profile, verdicts, Some(facts), position, now, pending).await
     }
 
     /// Compares a person's verdicts (none: they meet nothing) with what the
     /// runner knows of them, and records the differences.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         workspace: WorkspaceId,
         profile: ProfileId,
         evaluation: Evaluation,
+        facts: Option<PersonFacts>,
         cause: Position,
         now: Timestamp,
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
         let old = self.person_state(workspace, profile, pending).await?;
-        let mut new = PersonState::default();
+        let mut new = PersonState { facts, ..PersonState::default() };
         let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -812,17 +939,23 @@ impl Runner {
         // Each profile's verdicts, computed as the profiles are read: the
         // verdicts of every profile are held until they are compared (a
         // backfill's memory grows with the workspace's profiles).
-        let mut people: Vec<(ProfileId, Evaluation)> = Vec::new();
+        let mut people: Vec<(ProfileId, Evaluation, PersonFacts)> = Vec::new();
         let mut seen: BTreeSet<ProfileId> = BTreeSet::new();
         self.reader
             .each_person(workspace, Some(AsOf::Position(position)), |id, person| {
                 if seen.insert(id) {
-                    people.push((id, evaluation(&definitions, person, now)));
+                    let mut facts = person.clone();
+                    facts.keep_only(&definitions.names);
+                    people.push((id, evaluation(&definitions, person, now), facts));
                 }
             })
             .await?;
-        for (id, verdicts) in people {
-            self.decide(workspace, id, verdicts, position, now, pending).await?;
+        for some in people.chunks(1_000) {
+            let ids: Vec<ProfileId> = some.iter().map(|(id, _, _)| *id).collect();
+            self.fetch(workspace, &ids, pending).await?;
+        }
+        for (id, verdicts, facts) in people {
+            self.decide(workspace, id, verdicts, Some(facts), position, now, pending).await?;
         }
         // Anyone the runner holds who is no longer a profile leaves.
         let mut gone = Vec::new();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use onepd_adapters::EventLog;
 use onepd_adapters::membership::{self, AUDIENCES, Membership};
+use onepd_adapters::profiles::ProfileReader;
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::audience::parse;
 use onepd_domain::events::audience::{
@@ -17,10 +18,12 @@ use onepd_domain::events::audience::{
 };
 use onepd_domain::events::message::MessageAccepted;
 use onepd_domain::events::workspace::workspace_stream;
+use onepd_domain::identity::ProfileId;
 use onepd_domain::{
     AppendRequest, EventFilter, EventId, EventStore, ExpectedVersion, NewEvent, Position, ProjectionStore, StreamId,
     Timestamp, WorkspaceId,
 };
+use onepd_projections::profile::Lookup;
 use onepd_projections::runner::{Built, Runner};
 use proptest::prelude::*;
 use serde_json::json;
@@ -181,6 +184,18 @@ async fn live_decides_what_a_rebuild_decides(
     let live_docs = store.documents(live.id).await.expect("live documents");
     let live_history = reader.history(WORKSPACE, None).await.expect("history");
     let live_head = log.head().await.expect("head");
+    // What is kept of each person, event by event, is what their whole
+    // history gives.
+    let people = ProfileReader::new(read.clone(), log.clone());
+    for doc in live_docs.iter().filter(|doc| doc.collection == "audience_person") {
+        let kept: serde_json::Value = serde_json::from_slice(&doc.doc).expect("a person's state");
+        let id = ProfileId(doc.key.parse().expect("a profile id"));
+        let (found, mut facts) =
+            people.identified_person(WORKSPACE, &Lookup::Profile(id), None).await.expect("read").expect("a profile");
+        assert_eq!(found, id, "a merged profile kept its state");
+        facts.keep_only(&["Order Completed".to_owned()].into());
+        assert_eq!(kept["facts"], serde_json::to_value(&facts).unwrap(), "the facts kept of {}", id.0);
+    }
 
     let rebuilt = membership::rebuild(&log, read.clone(), pages.1).await.expect("rebuild");
     let rebuilt_docs = store.documents(rebuilt.id).await.expect("rebuilt documents");

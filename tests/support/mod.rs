@@ -213,23 +213,54 @@ pub async fn read_all(
 
 /// Runs `onepd <args>` in `dir` (so it finds the server's `./data`) and
 /// returns its output.
+///
+/// A command still running after [`COMMAND_PATIENCE`] is killed and the
+/// test fails naming it: a hung command must not hang the test.
 pub fn onepd(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BINARY)
+    onepd_within(dir, args, COMMAND_PATIENCE)
+}
+
+/// [`onepd`] with a patience of its own (a long import).
+pub fn onepd_within(dir: &Path, args: &[&str], patience: Duration) -> std::process::Output {
+    let child = Command::new(BINARY)
         .current_dir(dir)
         .args(args)
         .env_remove("ONEPD_DATABASE_URL")
         .env_remove("ONEPD_MASTER_KEY")
         .env("ONEPD_LOG", "warn")
-        .output()
-        .expect("run onepd")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run onepd");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(patience) {
+        Ok(output) => output.expect("run onepd"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("onepd {args:?} was still running after {patience:?}: killed");
+        }
+    }
 }
+
+/// How long a test waits for one `onepd` command.
+pub const COMMAND_PATIENCE: Duration = Duration::from_secs(90);
 
 /// Runs `onepd <args> --json` and parses its stdout, failing the test with
 /// stderr when it exits non-zero.
 pub fn onepd_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    onepd_json_within(dir, args, COMMAND_PATIENCE)
+}
+
+/// [`onepd_json`] with a patience of its own (a long import).
+pub fn onepd_json_within(dir: &Path, args: &[&str], patience: Duration) -> serde_json::Value {
     let mut with_json = args.to_vec();
     with_json.push("--json");
-    let output = onepd(dir, &with_json);
+    let output = onepd_within(dir, &with_json, patience);
     assert!(output.status.success(), "onepd {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!("onepd {args:?} printed no JSON ({err}): {}", String::from_utf8_lossy(&output.stdout))

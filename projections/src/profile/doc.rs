@@ -304,6 +304,8 @@ pub struct ProfileAsOf {
     pub consent: Option<Trait>,
     /// What limits had kept out of it then.
     pub held_back: Vec<HeldBack>,
+    /// The profiles the event merged into it (their ids just before).
+    pub merged: Vec<ProfileId>,
 }
 
 impl ProfileAsOf {
@@ -382,7 +384,9 @@ impl PastProfile {
 
     /// This profile with `traits` and `consent`, its facts then.
     fn holding(self, traits: BTreeMap<String, Trait>, consent: Option<Trait>) -> ProfileAsOf {
-        ProfileAsOf { id: self.id, identifiers: self.identifiers, traits, consent, held_back: self.held_back }
+        let last = self.positions.last().copied();
+        let merged = (self.merges.iter()).filter(|m| Some(m.position) == last).map(|m| m.absorbed).collect();
+        ProfileAsOf { id: self.id, identifiers: self.identifiers, traits, consent, held_back: self.held_back, merged }
     }
 
     fn extends(&self, snapshot: &Snapshot) -> bool {

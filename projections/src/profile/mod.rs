@@ -48,6 +48,7 @@
 mod doc;
 mod message;
 mod state;
+pub(crate) use state::scalar_text;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
