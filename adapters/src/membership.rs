@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use onepd_domain::audience::{ComputedTrait, Condition, WithAudiences, evaluate};
+use onepd_domain::audience::{ComputedTrait, Condition, WithAudiences, evaluate, holds};
 use onepd_domain::events::audience::{
     AudienceClockTicked, AudienceDefined, AudienceEntered, AudienceExited, AudienceRemoved, ComputedTraitChanged,
     ComputedTraitDefined, ComputedTraitRemoved, clock_event_id, clock_stream, computed_change_event_id,
@@ -176,7 +176,7 @@ impl Definitions {
 
 /// Each audience's verdict for one person: whether they meet it, its next
 /// window edge, and why.
-type Verdicts = BTreeMap<String, (bool, Option<Timestamp>, String)>;
+type Verdicts = BTreeMap<String, (bool, Option<Timestamp>)>;
 
 /// One person evaluated: each audience's verdict, and each computed trait's
 /// value and next edge.
@@ -879,7 +879,25 @@ impl Runner {
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
         let old = self.person_state(workspace, profile, pending).await?;
-        let mut new = PersonState { facts, ..PersonState::default() };
+        let mut new = PersonState::default();
+        // Why, in words, only for a change.
+        let why = |audience: &str| -> String {
+            let definitions = self.definitions.get(&workspace);
+            let condition = definitions.and_then(|d| d.audiences.get(audience));
+            match (definitions, condition, facts.as_ref()) {
+                (Some(definitions), Some(condition), Some(person)) => {
+                    let with = WithAudiences {
+                        person,
+                        definitions: &definitions.audiences,
+                        computed: &definitions.computed,
+                        now,
+                    };
+                    let verdict = evaluate(condition, &with, now);
+                    format!("{}: found {}", verdict.explanation.condition, verdict.explanation.found)
+                }
+                _ => String::new(),
+            }
+        };
         let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -893,12 +911,10 @@ impl Runner {
                 new.computed.insert(name, value);
             }
         }
-        for (audience, (holds, edge, why)) in evaluation.audiences {
+        for (audience, (holds, edge)) in evaluation.audiences {
             new.edge = earliest(new.edge, edge);
-            match (holds, old.audiences.contains(&audience)) {
-                (true, false) => self.record(workspace, &audience, profile, cause, now, true, why, pending),
-                (false, true) => self.record(workspace, &audience, profile, cause, now, false, why, pending),
-                _ => {}
+            if holds != old.audiences.contains(&audience) {
+                self.record(workspace, &audience, profile, cause, now, holds, why(&audience), pending);
             }
             if holds {
                 new.audiences.insert(audience);
@@ -917,6 +933,7 @@ impl Runner {
                 pending,
             );
         }
+        new.facts = facts;
         self.set_person_state(workspace, profile, &old, new, pending);
         Ok(())
     }
@@ -1012,15 +1029,11 @@ impl Runner {
 }
 
 /// Each audience's verdict for `person` at `now`: whether they meet it, its
-/// next edge, and why, in words.
+/// next edge (why, in words, is worked out only for a change).
 fn evaluation(definitions: &Definitions, person: &PersonFacts, now: Timestamp) -> Evaluation {
     let with = WithAudiences { person, definitions: &definitions.audiences, computed: &definitions.computed, now };
     let audiences = (definitions.audiences.iter())
-        .map(|(name, condition)| {
-            let verdict = evaluate(condition, &with, now);
-            let why = format!("{}: found {}", verdict.explanation.condition, verdict.explanation.found);
-            (name.clone(), (verdict.holds, verdict.changes_at, why))
-        })
+        .map(|(name, condition)| (name.clone(), holds(condition, &with, now)))
         .collect();
     let computed = (definitions.computed.iter())
         .map(|(name, definition)| (name.clone(), definition.compute_with_edge(person, now)))

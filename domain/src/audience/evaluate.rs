@@ -87,8 +87,18 @@ pub struct Explanation {
 /// Evaluates `condition` for `person` as of `now`.
 pub fn evaluate(condition: &Condition, person: &dyn Person, now: Timestamp) -> Verdict {
     let mut edges = None;
-    let explanation = explain(condition, person, now, &mut edges);
+    let explanation = explain(condition, person, now, &mut edges, true);
     Verdict { holds: explanation.holds, changes_at: edges, explanation }
+}
+
+/// Whether `person` meets `condition` at `now`, and its next edge: what
+/// [`evaluate`] decides, without putting the explanation into words (what
+/// a runner evaluating every person at every event needs; the words only
+/// when the answer changes).
+pub fn holds(condition: &Condition, person: &dyn Person, now: Timestamp) -> (bool, Option<Timestamp>) {
+    let mut edges = None;
+    let explanation = explain(condition, person, now, &mut edges, false);
+    (explanation.holds, edges)
 }
 
 /// A person whose membership of other audiences is their definitions,
@@ -129,13 +139,22 @@ impl Person for WithAudiences<'_> {
     }
 
     fn in_audience(&self, audience: &str) -> bool {
-        self.definitions.get(audience).is_some_and(|condition| evaluate(condition, self, self.now).holds)
+        self.definitions.get(audience).is_some_and(|condition| holds(condition, self, self.now).0)
     }
 }
 
-fn explain(condition: &Condition, person: &dyn Person, now: Timestamp, edge: &mut Option<Timestamp>) -> Explanation {
+/// The explanation of `condition` for `person`; in words only when
+/// `words` (else its texts are empty and its positions not listed).
+fn explain(
+    condition: &Condition,
+    person: &dyn Person,
+    now: Timestamp,
+    edge: &mut Option<Timestamp>,
+    words: bool,
+) -> Explanation {
+    let text = |make: &dyn Fn() -> String| if words { make() } else { String::new() };
     let leaf = |holds: bool, found: String, positions: Vec<Position>| Explanation {
-        condition: condition.to_string(),
+        condition: text(&|| condition.to_string()),
         holds,
         found,
         positions,
@@ -143,25 +162,25 @@ fn explain(condition: &Condition, person: &dyn Person, now: Timestamp, edge: &mu
     };
     match condition {
         Condition::And(all) | Condition::Or(all) => {
-            let parts: Vec<Explanation> = all.iter().map(|c| explain(c, person, now, edge)).collect();
+            let parts: Vec<Explanation> = all.iter().map(|c| explain(c, person, now, edge, words)).collect();
             let held = parts.iter().filter(|part| part.holds).count();
             let holds = if matches!(condition, Condition::And(_)) { held == parts.len() } else { held > 0 };
             Explanation {
-                condition: condition.to_string(),
+                condition: text(&|| condition.to_string()),
                 holds,
-                found: format!("{held} of {} parts hold", parts.len()),
+                found: text(&|| format!("{held} of {} parts hold", parts.len())),
                 positions: Vec::new(),
-                parts,
+                parts: if words { parts } else { Vec::new() },
             }
         }
         Condition::Not(inner) => {
-            let part = explain(inner, person, now, edge);
+            let part = explain(inner, person, now, edge, words);
             Explanation {
-                condition: condition.to_string(),
+                condition: text(&|| condition.to_string()),
                 holds: !part.holds,
-                found: format!("the part {}", if part.holds { "holds" } else { "does not hold" }),
+                found: text(&|| format!("the part {}", if part.holds { "holds" } else { "does not hold" })),
                 positions: Vec::new(),
-                parts: vec![part],
+                parts: if words { vec![part] } else { Vec::new() },
             }
         }
         Condition::Trait(value) | Condition::Computed(value) => {
@@ -170,19 +189,19 @@ fn explain(condition: &Condition, person: &dyn Person, now: Timestamp, edge: &mu
             } else {
                 person.computed_trait(&value.name)
             };
-            let shown = found.as_ref().map_or_else(|| "no value".to_owned(), |v| format!("value {v}"));
+            let shown = text(&|| found.as_ref().map_or_else(|| "no value".to_owned(), |v| format!("value {v}")));
             leaf(compare(found.as_ref(), &value.comparison), shown, Vec::new())
         }
         Condition::InGroup(group) => {
             let holds = person.in_group(group);
-            leaf(holds, if holds { "a member" } else { "not a member" }.to_owned(), Vec::new())
+            leaf(holds, text(&|| if holds { "a member" } else { "not a member" }.to_owned()), Vec::new())
         }
         Condition::InAudience(audience) => {
             let holds = person.in_audience(audience);
-            leaf(holds, if holds { "a member" } else { "not a member" }.to_owned(), Vec::new())
+            leaf(holds, text(&|| if holds { "a member" } else { "not a member" }.to_owned()), Vec::new())
         }
         Condition::Performed(performed) => {
-            let (holds, found, positions) = performed_holds(performed, person, now, edge);
+            let (holds, found, positions) = performed_holds(performed, person, now, edge, words);
             leaf(holds, found, positions)
         }
     }
@@ -193,6 +212,7 @@ fn performed_holds(
     person: &dyn Person,
     now: Timestamp,
     edge: &mut Option<Timestamp>,
+    words: bool,
 ) -> (bool, String, Vec<Position>) {
     let count = performed.count.unwrap_or(Count::AtLeast(1));
     let events = person.events(&performed.event);
@@ -200,7 +220,8 @@ fn performed_holds(
         (Some(window), Some(of)) => {
             let Some(start) = person.events(of).iter().rev().find(|fact| fact.timestamp <= now).map(|f| f.timestamp)
             else {
-                return (false, format!("no {} event", Value::String(of.clone())), Vec::new());
+                let found = if words { format!("no {} event", Value::String(of.clone())) } else { String::new() };
+                return (false, found, Vec::new());
             };
             // From the `of` event itself, inclusive, to the window's end.
             let end = Timestamp((start.0 + window.micros()).min(now.0));
@@ -215,8 +236,11 @@ fn performed_holds(
         let leaves = Timestamp(oldest.timestamp.0 + window.micros());
         *edge = Some(edge.map_or(leaves, |at| at.min(leaves)));
     }
+    let n = counted.len();
+    if !words {
+        return (count.holds(n), String::new(), Vec::new());
+    }
     let positions: Vec<Position> = counted.iter().map(|fact| fact.position).collect();
-    let n = positions.len();
     (count.holds(n), format!("{n} {}", if n == 1 { "event" } else { "events" }), positions)
 }
 

@@ -35,5 +35,5 @@ pub mod syntax;
 
 pub use computed::{ComputedTrait, Kind};
 pub use condition::{Comparison, Condition, Count, EventCondition, Operator, PropertyFilter, ValueCondition, Window};
-pub use evaluate::{EventFact, Explanation, Person, Verdict, WithAudiences, evaluate};
+pub use evaluate::{EventFact, Explanation, Person, Verdict, WithAudiences, evaluate, holds};
 pub use syntax::{ParseError, parse};
