@@ -645,6 +645,8 @@ async fn a_computed_trait_reaches_the_destination_that_chose_it_when_it_changes(
     webhook_destination(dir.path(), &store, "hook", &hook, &["--trait", "orders"]);
     webhook_destination(dir.path(), &store, "plain", &plain, &[]);
     cli(&["computed", "define", "orders", r#"{"event": "Order Completed", "kind": "count", "within": {"days": 30}}"#]);
+    // Changed by the same orders, in the same change events, but not chosen.
+    cli(&["computed", "define", "all_orders", r#"{"event": "Order Completed", "kind": "count"}"#]);
     let order =
         |id: &str, user: &str| json!({"type": "track", "messageId": id, "userId": user, "event": "Order Completed"});
     send(
@@ -672,6 +674,7 @@ async fn a_computed_trait_reaches_the_destination_that_chose_it_when_it_changes(
         .collect();
     assert_eq!(changes[2]["identifiers"]["email"], json!(["ann@example.com"]), "{}", changes[2]);
     assert_eq!(changes[2]["traits"]["orders"], 2);
+    assert!(changes.iter().all(|c| c["message"]["traits"].get("all_orders").is_none()), "{changes:?}");
 
     // Thirty-one days on, both orders have left the window.
     let later = onepd_domain::Timestamp(

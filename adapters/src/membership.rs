@@ -728,21 +728,19 @@ impl Runner {
         });
     }
 
-    /// Records a change of a computed trait's value.
-    #[allow(clippy::too_many_arguments)]
+    /// Records the changes of a person's computed traits' values.
     fn record_computed(
         &self,
         workspace: WorkspaceId,
-        name: &str,
         profile: ProfileId,
         cause: Position,
         at: Timestamp,
-        value: Option<serde_json::Value>,
+        values: BTreeMap<String, serde_json::Value>,
         pending: &mut Pending,
     ) {
-        let changed = ComputedTraitChanged { name: name.to_owned(), profile, value, cause, at };
+        let changed = ComputedTraitChanged { profile, values, cause, at };
         pending.appends.entry(workspace).or_default().push(NewEvent {
-            event_id: computed_change_event_id(workspace, name, profile, cause),
+            event_id: computed_change_event_id(workspace, profile, cause),
             workspace_id: workspace,
             event_type: ComputedTraitChanged::TYPE.to_owned(),
             schema_version: 1,
@@ -902,14 +900,18 @@ impl Runner {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let mut changed = BTreeMap::new();
         for (name, (value, edge)) in evaluation.computed {
             new.edge = earliest(new.edge, edge);
             if old.computed.get(&name) != value.as_ref() {
-                self.record_computed(workspace, &name, profile, cause, now, value.clone(), pending);
+                changed.insert(name.clone(), value.clone().unwrap_or_default());
             }
             if let Some(value) = value {
                 new.computed.insert(name, value);
             }
+        }
+        if !changed.is_empty() {
+            self.record_computed(workspace, profile, cause, now, changed, pending);
         }
         for (audience, (holds, edge)) in evaluation.audiences {
             new.edge = earliest(new.edge, edge);

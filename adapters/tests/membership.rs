@@ -269,7 +269,7 @@ fn a_fixed_history_enters_and_leaves_and_rebuilds_the_same() {
         let filter = EventFilter { event_types: vec![ComputedTraitChanged::TYPE.into()], ..EventFilter::default() };
         let changed = log.read(Position(1), None, &filter, 100).await.unwrap();
         let values: Vec<serde_json::Value> =
-            changed.events.iter().map(|event| event.data.value().unwrap()["value"].clone()).collect();
+            changed.events.iter().map(|event| event.data.value().unwrap()["values"]["recent"].clone()).collect();
         assert_eq!(values, [json!(0), json!(1), json!(1), json!(1), json!(2), json!(0), json!(0)]);
         let rebuilt = membership::rebuild(&log, read.clone(), 7).await.expect("rebuild");
         assert!(rebuilt.live);

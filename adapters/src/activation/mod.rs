@@ -685,8 +685,8 @@ impl Engine {
         let computed = event.event_type == ComputedTraitChanged::TYPE;
         let mut external_id = None;
         if computed {
-            let chosen = data.get("name").and_then(serde_json::Value::as_str);
-            if !chosen.is_some_and(|name| target.destination.traits.iter().any(|t| t == name)) {
+            let changed = data.get("values").and_then(serde_json::Value::as_object);
+            if !changed.is_some_and(|values| target.destination.traits.iter().any(|t| values.contains_key(t))) {
                 return Ok(Prepared::Skipped);
             }
         } else {

@@ -117,20 +117,18 @@ impl AudienceExited {
     pub const TYPE: &'static str = "AudienceExited";
 }
 
-/// A person's computed trait took a new value (or no longer has one): what
-/// the membership runner decided when it evaluated them as of `cause`.
-/// Destinations that chose the trait (`--trait NAME`) receive it as an
+/// Some of a person's computed traits took new values (or no longer have
+/// one): what the membership runner decided when it evaluated them as of
+/// `cause`, in one event for all the traits that one evaluation changed.
+/// Destinations that chose a trait (`--trait NAME`) receive it as an
 /// `identify` carrying the new value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComputedTraitChanged {
-    /// The computed trait.
-    pub name: String,
     /// The person's profile at `cause`.
     pub profile: ProfileId,
-    /// The new value; `None` when there is nothing to compute from any
-    /// more (or the trait was removed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<serde_json::Value>,
+    /// Each changed trait's new value; `null` when there is nothing to
+    /// compute from any more.
+    pub values: std::collections::BTreeMap<String, serde_json::Value>,
     /// The event that changed it (see [`AudienceEntered::cause`]).
     pub cause: Position,
     /// The time it was computed at.
@@ -142,10 +140,10 @@ impl ComputedTraitChanged {
     pub const TYPE: &'static str = "ComputedTraitChanged";
 }
 
-/// The id of the change of `profile`'s computed trait `name` that `cause`
-/// made: the same however often it is decided.
-pub fn computed_change_event_id(workspace: WorkspaceId, name: &str, profile: ProfileId, cause: Position) -> EventId {
-    let key = format!("computed-trait:{}:{}:{name}", profile.0, cause.0);
+/// The id of the change of `profile`'s computed traits that `cause` made:
+/// the same however often it is decided.
+pub fn computed_change_event_id(workspace: WorkspaceId, profile: ProfileId, cause: Position) -> EventId {
+    let key = format!("computed-traits:{}:{}", profile.0, cause.0);
     EventId(Uuid::new_v5(&workspace.0, key.as_bytes()))
 }
 

@@ -251,16 +251,17 @@ pub fn prepare_audience_change(
     )
 }
 
-/// A change of a computed trait (`ComputedTraitChanged` at `event`) as a
-/// destination that chose the trait (`--trait NAME`) receives it: an
-/// `identify` whose `traits` hold the new value (`null` when there is
-/// nothing to compute from any more), the way Segment Engage sends computed
-/// traits. Its identifiers are the person's as of the change, prepared as
-/// for any event; its `traits` are the destination's other chosen traits
-/// beside the new value. The policy classifies the value as it classifies
-/// any trait, and the destination's consent categories are checked.
-/// Skipped for a destination that did not choose the trait, and for an ad
-/// platform (which never receives traits).
+/// A change of computed traits (`ComputedTraitChanged` at `event`) as a
+/// destination that chose some of them (`--trait NAME`) receives it: an
+/// `identify` whose `traits` hold the chosen traits' new values (`null`
+/// when there is nothing to compute from any more), the way Segment Engage
+/// sends computed traits. Its identifiers are the person's as of the
+/// change, prepared as for any event; its `traits` are the destination's
+/// other chosen traits beside the new values. The policy classifies each
+/// value as it classifies any trait (withheld when none may be sent), and
+/// the destination's consent categories are checked. Skipped for a
+/// destination that chose none of them, and for an ad platform (which
+/// never receives traits).
 pub fn prepare_computed_change(
     event: &RecordedEvent,
     profile: Option<&ProfileView<'_>>,
@@ -273,7 +274,9 @@ pub fn prepare_computed_change(
     else {
         return Prepared::Skipped;
     };
-    if !target.destination.traits.contains(&changed.name) {
+    let chosen: Vec<(&String, &Value)> =
+        changed.values.iter().filter(|(name, _)| target.destination.traits.contains(*name)).collect();
+    if chosen.is_empty() {
         return Prepared::Skipped;
     }
     let policy = &target.destination.policy;
@@ -288,17 +291,20 @@ pub fn prepare_computed_change(
     let nothing = Value::Object(Map::new());
     let identifiers = prepare_identifiers(&nothing, &nothing, profile, target, category, false, &mut notes);
     let mut traits = chosen_traits(profile, target, false, &mut notes);
-    traits.remove(&changed.name);
-    let value = changed.value.unwrap_or(Value::Null);
     let mut sent = Map::new();
-    if keep_trait(&changed.name, &value, target, &mut notes) {
-        traits.insert(changed.name.clone(), value.clone());
-        sent.insert(changed.name.clone(), value);
-    } else {
+    for (name, value) in &chosen {
+        traits.remove(*name);
+        if keep_trait(name, value, target, &mut notes) {
+            traits.insert((*name).clone(), (*value).clone());
+            sent.insert((*name).clone(), (*value).clone());
+        }
+    }
+    if sent.is_empty() {
         // Nothing of the change may be sent.
+        let names: Vec<&str> = chosen.iter().map(|(name, _)| name.as_str()).collect();
         return Prepared::Withheld {
             rule: "policy",
-            reason: format!("the computed trait {:?} is classified sensitive for this destination", changed.name),
+            reason: format!("the computed traits {names:?} are classified sensitive for this destination"),
         };
     }
     Prepared::Send(
