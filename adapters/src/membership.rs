@@ -545,10 +545,23 @@ impl Runner {
             }
             let event_type = event.event_type.as_str();
             if DEFINITION_TYPES.contains(&event_type) {
+                // What every person's kept facts hold: enough for the new
+                // definitions when messages were followed (there were
+                // definitions) and they name no event not kept already.
+                let kept = self
+                    .definitions
+                    .get(&workspace)
+                    .filter(|d| !d.audiences.is_empty() || !d.computed.is_empty())
+                    .map(|d| d.names.clone());
                 self.definitions.entry(workspace).or_default().apply(event);
                 self.publish_workspaces();
                 let now = self.advance(workspace, event.recorded_at, pending).await?;
-                self.reconcile(workspace, event.position, now, pending).await?;
+                let names = self.definitions.get(&workspace).map(|d| d.names.clone()).unwrap_or_default();
+                if kept.is_some_and(|kept| names.is_subset(&kept)) {
+                    self.reevaluate_kept(workspace, event.position, now, pending).await?;
+                } else {
+                    self.reconcile(workspace, event.position, now, pending).await?;
+                }
             } else if FACT_TYPES.contains(&event_type) {
                 self.facts.entry(workspace).or_default().apply(event);
                 self.fold = ProfilesFold::suppressing(&self.facts, self.log.suppression_hasher());
@@ -859,7 +872,14 @@ impl Runner {
         now: Timestamp,
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
-        let verdicts = self.definitions.get(&workspace).map(|d| evaluation(d, &facts, now)).unwrap_or_default();
+        let mut facts = facts;
+        let verdicts = match self.definitions.get(&workspace) {
+            Some(definitions) => {
+                facts.keep_only(&definitions.names);
+                evaluation(definitions, &facts, now)
+            }
+            None => Evaluation::default(),
+        };
         self.decide(workspace, profile, verdicts, Some(facts), position, now, pending).await
     }
 
@@ -942,6 +962,47 @@ impl Runner {
 
     fn has_audience(&self, workspace: WorkspaceId, audience: &str) -> bool {
         self.definitions.get(&workspace).is_some_and(|d| d.audiences.contains_key(audience))
+    }
+
+    /// Every person the runner keeps evaluated again from their kept facts
+    /// (a definition that reads nothing the facts lack): the backfill
+    /// [`Runner::reconcile`] gives, with no history read.
+    async fn reevaluate_kept(
+        &self,
+        workspace: WorkspaceId,
+        position: Position,
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let mut seen: BTreeSet<ProfileId> = BTreeSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.scan(self.generation, workspace, PERSON, after.as_deref(), 1_000).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let mut people = Vec::with_capacity(page.len());
+            for (key, doc) in page {
+                let Ok(id) = key.parse::<uuid::Uuid>() else { continue };
+                pending.fetched.entry((workspace, PERSON, key)).or_insert(Some(doc));
+                people.push(ProfileId(id));
+            }
+            for profile in people {
+                seen.insert(profile);
+                self.evaluate_person(workspace, profile, position, now, pending).await?;
+                pending.fetched.remove(&(workspace, PERSON, profile.0.to_string()));
+            }
+        }
+        // People this page met who are not stored yet.
+        let fresh: Vec<ProfileId> = (pending.people.iter())
+            .filter(|((ws, profile), state)| {
+                *ws == workspace && !seen.contains(profile) && **state != PersonState::default()
+            })
+            .map(|((_, profile), _)| *profile)
+            .collect();
+        for profile in fresh {
+            self.evaluate_person(workspace, profile, position, now, pending).await?;
+        }
+        Ok(())
     }
 
     /// Every profile of the workspace evaluated again as of `position`;
@@ -1034,9 +1095,8 @@ impl Runner {
 /// next edge (why, in words, is worked out only for a change).
 fn evaluation(definitions: &Definitions, person: &PersonFacts, now: Timestamp) -> Evaluation {
     let with = WithAudiences { person, definitions: &definitions.audiences, computed: &definitions.computed, now };
-    let audiences = (definitions.audiences.iter())
-        .map(|(name, condition)| (name.clone(), holds(condition, &with, now)))
-        .collect();
+    let audiences =
+        (definitions.audiences.iter()).map(|(name, condition)| (name.clone(), holds(condition, &with, now))).collect();
     let computed = (definitions.computed.iter())
         .map(|(name, definition)| (name.clone(), definition.compute_with_edge(person, now)))
         .collect();

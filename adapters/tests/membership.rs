@@ -24,7 +24,7 @@ use onepd_domain::{
     Timestamp, WorkspaceId,
 };
 use onepd_projections::profile::Lookup;
-use onepd_projections::runner::{Built, Runner};
+use onepd_projections::runner::{Built, PROFILE_DOCS, PROFILES, Runner};
 use proptest::prelude::*;
 use serde_json::json;
 use support::{Backend, TestDb};
@@ -187,6 +187,13 @@ async fn live_decides_what_a_rebuild_decides(
     // What is kept of each person, event by event, is what their whole
     // history gives.
     let people = ProfileReader::new(read.clone(), log.clone());
+    // Once anything is defined, every profile is kept (a definition that
+    // reads only kept facts evaluates the people kept).
+    if numbered.iter().any(|(_, step)| matches!(step, Step::Define { .. } | Step::Compute { .. })) {
+        let profiles = read.live(PROFILES).await.unwrap().expect("live profiles");
+        let kept = live_docs.iter().filter(|doc| doc.collection == "audience_person").count() as u64;
+        assert_eq!(kept, store.count(profiles.id, PROFILE_DOCS).await.unwrap(), "every profile is kept");
+    }
     for doc in live_docs.iter().filter(|doc| doc.collection == "audience_person") {
         let kept: serde_json::Value = serde_json::from_slice(&doc.doc).expect("a person's state");
         let id = ProfileId(doc.key.parse().expect("a profile id"));
