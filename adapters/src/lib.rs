@@ -4,6 +4,7 @@
 //! * [`readstore`] — projections' documents, beside the log;
 //! * [`activation`] — the activation engine: a subscriber per destination;
 //! * [`audiences`] — audiences defined, evaluated and previewed;
+//! * [`cluster`] — several nodes on one database: leases and fencing;
 //! * [`destinations`] — the built-in destination adapters;
 //! * [`grpc`] — the tonic services;
 //! * [`http`] — the Segment-compatible HTTP API (axum);
@@ -18,6 +19,7 @@
 
 pub mod activation;
 pub mod audiences;
+pub mod cluster;
 pub mod destinations;
 pub mod erasure;
 pub mod export;

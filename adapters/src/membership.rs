@@ -329,6 +329,12 @@ impl MembershipRunner {
     }
 }
 
+impl crate::cluster::Stop for MembershipRunner {
+    fn stop(&self) {
+        MembershipRunner::stop(self);
+    }
+}
+
 impl Drop for MembershipRunner {
     fn drop(&mut self) {
         self.stop();

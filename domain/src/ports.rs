@@ -83,6 +83,10 @@ pub enum StoreError {
     /// The store is shutting down and takes no more appends.
     #[error("event store is shutting down")]
     ShuttingDown,
+    /// The write was made for a lease this node no longer holds (another
+    /// node took it over, or it expired): nothing was written.
+    #[error("lease {0} is no longer held by this node; nothing was written")]
+    LeaseLost(String),
     /// A stored event could not be decoded.
     #[error("event at position {position}: {reason}")]
     Corrupt {

@@ -99,6 +99,10 @@ pub struct DestinationEntry {
     /// The audiences connected to it, each with the platform's id of its
     /// list or custom audience, if given.
     pub audiences: BTreeMap<String, Option<String>>,
+    /// The position each connected audience was connected at: its entries
+    /// and exits after it are sent live; the members it had then are sent
+    /// by the connection's own job.
+    pub audiences_connected_at: BTreeMap<String, u64>,
 }
 
 impl Fold for Directory {
@@ -199,6 +203,7 @@ impl Fold for Directory {
                         paused: false,
                         changed_at: event.position.0,
                         audiences: BTreeMap::new(),
+                        audiences_connected_at: BTreeMap::new(),
                     });
                 }
             }
@@ -216,6 +221,7 @@ impl Fold for Directory {
                     && let Some(entry) = self.destinations.get_mut(&connected.destination_id)
                     && entry.workspace == workspace
                 {
+                    entry.audiences_connected_at.insert(connected.audience.clone(), event.position.0);
                     entry.audiences.insert(connected.audience, connected.external_id);
                     entry.changed_at = event.position.0;
                 }
@@ -226,6 +232,7 @@ impl Fold for Directory {
                     && entry.workspace == workspace
                 {
                     entry.audiences.remove(&disconnected.audience);
+                    entry.audiences_connected_at.remove(&disconnected.audience);
                     entry.changed_at = event.position.0;
                 }
             }

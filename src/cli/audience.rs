@@ -553,11 +553,17 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         let id = entry.created.destination_id;
         let position =
             audiences.connect(workspace, &args.name, id, args.external_id.clone(), "onepd audience connect").await?;
-        // The current members, sent by a replay of their entries.
+        // The current members, sent by a replay of their entries: those the
+        // membership holds once it has read up to the connection (entries
+        // after it are sent live).
         let members = if args.no_backfill {
             Vec::new()
         } else {
-            audiences.membership().entries_of_members(workspace, &args.name).await?
+            let membership = audiences.membership();
+            if !membership.wait_for(position, std::time::Duration::from_secs(10)).await? {
+                eprintln!("note: the audience membership has not reached the connection yet (is onepd serve running?); sending the members it holds");
+            }
+            membership.entries_of_members(workspace, &args.name).await?
         };
         let job = match (members.first(), members.last()) {
             (Some(first), Some(last)) => Some(

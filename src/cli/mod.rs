@@ -3,6 +3,7 @@
 mod adapter;
 mod audience;
 mod bench;
+mod cluster;
 mod computed;
 mod deliveries;
 mod destination;
@@ -108,6 +109,9 @@ enum Command {
     /// Ask a running onepd or adapter whether it is healthy (exit 0 or 1),
     /// for container health checks.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// The nodes sharing this database and the leases they hold.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// Runs the chosen subcommand.
@@ -137,6 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Adapter(command) => adapter::run(command).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
+        Command::Cluster(command) => cluster::run(command).await,
     }
 }
 

@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Args;
 use onepd_adapters::EventLog;
+use onepd_adapters::cluster::{AUDIENCES_LEASE, Node, NodeOptions, PROFILES_LEASE, Singleton};
 use onepd_adapters::grpc::auth::TokenRegistry;
 use onepd_adapters::ingest::{Ingest, IngestConfig, TrustedProxies};
 use onepd_adapters::profiles::ProfileReader;
@@ -59,6 +60,12 @@ pub struct ServeArgs {
     /// have passed, recording a tick for each workspace with one due.
     #[arg(long, env = "ONEPD_AUDIENCE_TICK_SECONDS", default_value_t = 60)]
     audience_tick_seconds: u64,
+    /// How long (seconds) a node's leases outlive its last renewal: when
+    /// several nodes share one database, a node silent this long (dead,
+    /// paused, cut off) has its projections, destinations and replay jobs
+    /// taken over by the others.
+    #[arg(long, env = "ONEPD_LEASE_TTL_SECONDS", default_value_t = 10.0)]
+    lease_ttl_seconds: f64,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -87,16 +94,38 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let log = super::open_log(&args.store, true).await?;
     let bootstrap = bootstrap(&log).await?;
     let tokens = TokenRegistry::follow(&log).await.context("loading admin tokens")?;
-    let read_store: Arc<dyn ProjectionStore> =
-        Arc::new(ReadStore::open(&url).await.context("opening the projections' read store")?);
+    let read_store = ReadStore::open(&url).await.context("opening the projections' read store")?;
+    let readable: Arc<dyn ProjectionStore> = Arc::new(read_store.clone());
+    // This process as a node: the profiles projection, the audience
+    // membership, each destination's live run and each replay job run on
+    // the node holding its lease, and write under it.
+    let node = Node::join(
+        &log,
+        NodeOptions {
+            ttl: Duration::from_secs_f64(args.lease_ttl_seconds.clamp(0.5, 3_600.0)),
+            http_addr: http_listener.local_addr()?.to_string(),
+            grpc_addr: grpc_listener.local_addr()?.to_string(),
+        },
+    )
+    .await
+    .context("joining the cluster")?;
     let (projection_cache, snapshots) = onepd_adapters::profiles::as_of::split_read_cache(args.read_cache_mb << 20);
-    let projection = Arc::new(ProfilesProjection::spawn(log.clone(), read_store.clone(), projection_cache));
-    let profiles = ProfileReader::new(read_store.clone(), log.clone());
-    let _membership = onepd_adapters::membership::MembershipRunner::spawn(
-        log.clone(),
-        read_store.clone(),
-        std::time::Duration::from_secs(args.audience_tick_seconds.max(1)),
-    );
+    let projection = Arc::new(Singleton::run(node.clone(), PROFILES_LEASE, {
+        let (log, read_store) = (log.clone(), read_store.clone());
+        move |fence| {
+            let store = Arc::new(read_store.fenced(fence.clone(), &log));
+            ProfilesProjection::spawn(log.fenced(fence), store, projection_cache)
+        }
+    }));
+    let profiles = ProfileReader::new(readable.clone(), log.clone());
+    let tick = Duration::from_secs(args.audience_tick_seconds.max(1));
+    let membership = Singleton::run(node.clone(), AUDIENCES_LEASE, {
+        let (log, read_store) = (log.clone(), read_store.clone());
+        move |fence| {
+            let store = Arc::new(read_store.fenced(fence.clone(), &log));
+            onepd_adapters::membership::MembershipRunner::spawn(log.fenced(fence), store, tick)
+        }
+    });
     let ingest = Ingest::start(
         log.clone(),
         IngestConfig { max_in_flight: args.max_in_flight, trusted_proxies: args.trusted_proxies.clone() },
@@ -109,8 +138,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             log.clone(),
             ingest.directory().clone(),
             onepd_adapters::activation::connect(),
-            read_store.clone(),
-            onepd_adapters::activation::ActivationOptions { snapshots, ..Default::default() },
+            readable.clone(),
+            onepd_adapters::activation::ActivationOptions { snapshots, node: Some(node.clone()), ..Default::default() },
         )
         .await
         .context("starting activation")?,
@@ -123,6 +152,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     output::line(format!("  database     {}", super::redact(&url)));
     output::line(format!("  grpc         {grpc_addr}"));
     output::line(format!("  http         {http_addr}"));
+    output::line(format!("  node         {}", node.id()));
     if let Some((workspace, boot)) = bootstrap {
         output::line(format!("created workspace \"default\" ({workspace})"));
         output::line(format!("  http source  {}", boot.source_id));
@@ -192,7 +222,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(_) => tracing::warn!("calls still open after 30 s; closing anyway"),
     }
     projection.stop();
+    membership.stop();
     activation.stop();
+    // The leases are given up at once, so other nodes take the work over
+    // without waiting for them to expire.
+    node.leave().await;
     log.close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -229,7 +263,7 @@ async fn bootstrap(log: &EventLog) -> anyhow::Result<Option<(WorkspaceId, Bootst
 struct HttpState {
     log: EventLog,
     metrics: Arc<metrics_exporter_prometheus::PrometheusHandle>,
-    projection: Arc<ProfilesProjection>,
+    projection: Arc<Singleton<ProfilesProjection>>,
     activation: Arc<onepd_adapters::activation::Activation>,
 }
 
@@ -279,14 +313,20 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
                     })
                 })
                 .collect();
-            let projection = state.projection.stalled();
+            // The projection runs on the node holding its lease; another
+            // node's is judged by that node's own health check.
+            let here = state.projection.current();
+            let projection = here.as_ref().and_then(|projection| projection.stalled());
             let degraded = projection.is_some() || !stalled.is_empty();
             let body = serde_json::json!({
                 "status": if degraded { "degraded" } else { "ok" },
                 "head": head.0,
-                "projection": {
-                    "checkpoint": state.projection.checkpoint().0,
-                    "state": projection.unwrap_or_else(|| "running".into()),
+                "projection": match &here {
+                    Some(running) => serde_json::json!({
+                        "checkpoint": running.checkpoint().0,
+                        "state": projection.unwrap_or_else(|| "running".into()),
+                    }),
+                    None => serde_json::json!({ "state": "on another node" }),
                 },
                 "stalled_destinations": stalled,
             });

@@ -56,6 +56,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::EventLog;
+use crate::cluster::Fence;
 use crate::live::Live;
 use crate::profiles::as_of::{AsOfReader, SnapshotBudget};
 use crate::profiles::{AsOf, ProfileReader};
@@ -105,6 +106,10 @@ pub struct ActivationOptions {
     pub on_delivered: Option<OnDelivered>,
     /// The memory every run's profile snapshots share.
     pub snapshots: SnapshotBudget,
+    /// This process as a node of a cluster: each destination's live run
+    /// and each replay job runs only while the node holds its lease, and
+    /// writes its ledger under it. `None` runs every one here.
+    pub node: Option<Arc<crate::cluster::Node>>,
 }
 
 impl Default for ActivationOptions {
@@ -114,6 +119,7 @@ impl Default for ActivationOptions {
             tick: Duration::from_millis(200),
             on_delivered: None,
             snapshots: SnapshotBudget::default(),
+            node: None,
         }
     }
 }
@@ -198,8 +204,9 @@ async fn supervise(
     // Each live run with the configuration it started under: a run whose
     // destination policy, workspace policy or tracking plan changed is
     // started again (from its durable checkpoint) under the new one.
-    let mut live: HashMap<Uuid, (Running, Stamp)> = HashMap::new();
-    let mut jobs: HashMap<Uuid, Running> = HashMap::new();
+    let mut live: HashMap<Uuid, (Running, Stamp, Option<Fence>)> = HashMap::new();
+    let mut jobs: HashMap<Uuid, (Running, Option<Fence>)> = HashMap::new();
+    let node = options.node.clone();
     // The one read of the log the live runs share, started with the first.
     let mut tap: Option<Arc<Tap>> = None;
     let mut tick = tokio::time::interval(options.tick);
@@ -220,8 +227,16 @@ async fn supervise(
             entries.iter().map(|(entry, _)| (entry.created.destination_id, entry)).collect();
         let stamps: HashMap<Uuid, Stamp> =
             entries.iter().map(|(entry, stamp)| (entry.created.destination_id, *stamp)).collect();
-        live.retain(|id, (run, stamp)| {
-            by_id.get(id).is_some_and(|entry| !entry.paused && stamps.get(id) == Some(stamp)) && !run.0.is_finished()
+        if let Some(node) = &node {
+            let wanted = (entries.iter())
+                .filter(|(entry, _)| !entry.paused)
+                .map(|(entry, _)| crate::cluster::destination_lease(entry.created.destination_id));
+            node.want("destinations", wanted.collect());
+        }
+        live.retain(|id, (run, stamp, under)| {
+            by_id.get(id).is_some_and(|entry| !entry.paused && stamps.get(id) == Some(stamp))
+                && !run.0.is_finished()
+                && placement(&node, crate::cluster::destination_lease(*id)).as_ref() == Some(under)
         });
         // The policy (tracking plan annotations included) is read only when
         // a run starts: it is fixed for the run's life.
@@ -230,6 +245,7 @@ async fn supervise(
         };
         for (entry, stamp) in &entries {
             let id = entry.created.destination_id;
+            let Some(under) = placement(&node, crate::cluster::destination_lease(id)) else { continue };
             if !entry.paused && !live.contains_key(&id) {
                 if tap.is_none() {
                     match Tap::start(log.clone()).await {
@@ -241,7 +257,7 @@ async fn supervise(
                     }
                 }
                 let engine = Engine::new(
-                    log.clone(),
+                    fenced(&log, &under),
                     profiles.clone(),
                     entry.clone(),
                     privacy(entry.workspace),
@@ -249,7 +265,7 @@ async fn supervise(
                     options.clone(),
                 )
                 .with_tap(tap.clone());
-                live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp));
+                live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp, under));
             }
         }
         if last_measured.elapsed() >= Duration::from_secs(1) {
@@ -261,24 +277,49 @@ async fn supervise(
         }
         let open = ledgers.read(Ledgers::open_jobs);
         let open_ids: BTreeSet<Uuid> = open.iter().map(|job| job.job_id).collect();
+        if let Some(node) = &node {
+            node.want("replays", open_ids.iter().map(|job| crate::cluster::replay_lease(*job)).collect());
+        }
         // A finished job stays in the map until the ledger shows it
-        // completed, so it is never started twice.
-        jobs.retain(|id, _| open_ids.contains(id));
+        // completed, so it is never started twice; a job whose lease this
+        // node lost stops (another node goes on with it).
+        jobs.retain(|id, (_, under)| {
+            open_ids.contains(id) && placement(&node, crate::cluster::replay_lease(*id)).as_ref() == Some(under)
+        });
         for job in open {
             if jobs.contains_key(&job.job_id) {
                 continue;
             }
+            let Some(under) = placement(&node, crate::cluster::replay_lease(job.job_id)) else { continue };
             let Some(entry) = by_id.get(&job.destination_id) else { continue };
             let engine = Engine::new(
-                log.clone(),
+                fenced(&log, &under),
                 profiles.clone(),
                 (*entry).clone(),
                 privacy(entry.workspace),
                 connect.clone(),
                 options.clone(),
             );
-            jobs.insert(job.job_id, Running(tokio::spawn(engine.run_forever(Some(job)))));
+            jobs.insert(job.job_id, (Running(tokio::spawn(engine.run_forever(Some(job)))), under));
         }
+    }
+}
+
+/// Whether a run goes on here, and under which lease: `None` when this
+/// node does not hold its lease; `Some(None)` outside a cluster (every run
+/// here, unfenced).
+fn placement(node: &Option<Arc<crate::cluster::Node>>, lease: String) -> Option<Option<Fence>> {
+    match node {
+        None => Some(None),
+        Some(node) => node.fence(&lease).map(Some),
+    }
+}
+
+/// The log a run writes its ledger to: under its lease, when it has one.
+fn fenced(log: &EventLog, under: &Option<Fence>) -> EventLog {
+    match under {
+        Some(fence) => log.fenced(fence.clone()),
+        None => log.clone(),
     }
 }
 
@@ -567,9 +608,12 @@ impl Engine {
         let fold = ProfilesFold::suppressing(&facts, self.log.suppression_hasher());
         let mut as_of = AsOfReader::sharing(self.profiles.clone(), self.log.clone(), self.options.snapshots.clone());
         let workspace = self.entry.workspace;
+        // A replay of a range re-sends its messages; a job naming its events
+        // (the entries of an audience's members, sent when it is connected)
+        // reads every kind the live run reads, or it would find none.
         let types = match job {
-            Some(_) => vec![MessageAccepted::TYPE.into()],
-            None => live_types(),
+            Some(job) if job.only.is_empty() => vec![MessageAccepted::TYPE.into()],
+            _ => live_types(),
         };
         let filter = EventFilter { workspace: Some(workspace), event_types: types, ..EventFilter::default() };
         let target = self.privacy.target(created, &description);
@@ -636,7 +680,7 @@ impl Engine {
                         continue;
                     }
                     let prepared = if is_person_change(event) {
-                        self.person_change(event, target).await?
+                        self.person_change(event, target, job.is_none()).await?
                     } else {
                         let view = profile.as_ref().map(ProfileAsOf::view);
                         if fold.names_erased(event) { erased() } else { prepare(event, view.as_ref(), target) }
@@ -680,7 +724,12 @@ impl Engine {
     /// or was erased is removed under the identifiers it had), else skipped.
     /// A computed trait's change: prepared when the destination chose the
     /// trait, with the person as of the change.
-    async fn person_change(&self, event: &RecordedEvent, target: Target<'_>) -> Result<Prepared, StoreError> {
+    async fn person_change(
+        &self,
+        event: &RecordedEvent,
+        target: Target<'_>,
+        live: bool,
+    ) -> Result<Prepared, StoreError> {
         let Some(data) = event.data.value() else { return Ok(Prepared::Skipped) };
         let computed = event.event_type == ComputedTraitChanged::TYPE;
         let mut external_id = None;
@@ -694,6 +743,12 @@ impl Engine {
                 return Ok(Prepared::Skipped);
             };
             let Some(connected) = self.entry.audiences.get(audience) else { return Ok(Prepared::Skipped) };
+            // A live run sends what happened after the connection; the
+            // members before it are sent by the connection's job.
+            let since = self.entry.audiences_connected_at.get(audience).copied().unwrap_or_default();
+            if live && event.position.0 < since {
+                return Ok(Prepared::Skipped);
+            }
             external_id = Some(connected);
         }
         let (Some(profile), Some(cause)) = (

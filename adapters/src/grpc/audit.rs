@@ -59,7 +59,7 @@ impl AuditApi {
 pub(crate) fn store_status(err: StoreError) -> Status {
     match err {
         StoreError::ShuttingDown => Status::unavailable("onepd is shutting down; retry against another node or later"),
-        StoreError::Database(detail) | StoreError::Unavailable(detail) => {
+        StoreError::Database(detail) | StoreError::Unavailable(detail) | StoreError::LeaseLost(detail) => {
             tracing::error!(cause = %detail, "event store unavailable");
             Status::unavailable("event store unavailable")
         }

@@ -135,6 +135,12 @@ impl ProfilesProjection {
     }
 }
 
+impl crate::cluster::Stop for ProfilesProjection {
+    fn stop(&self) {
+        ProfilesProjection::stop(self);
+    }
+}
+
 impl Drop for ProfilesProjection {
     fn drop(&mut self) {
         self.stop();

@@ -57,6 +57,9 @@ const BLOCKING_COLLAPSE: usize = 10_000;
 #[derive(Clone)]
 pub struct ReadStore {
     backend: Backend,
+    /// The lease every commit of this handle is made under
+    /// ([`ReadStore::fenced`]), with the database that holds it.
+    fence: Option<Arc<(crate::cluster::Fence, crate::cluster::ClusterDb)>>,
 }
 
 /// One stored document of a generation, as [`ReadStore::documents`] lists it.
@@ -98,12 +101,22 @@ impl ReadStore {
             BackendKind::Sqlite => Backend::Sqlite(sqlite::SqliteReadStore::open(&sqlite_url(url)?).await?),
             BackendKind::Postgres => Backend::Postgres(postgres::PostgresReadStore::open(url).await?),
         };
-        let store = ReadStore { backend };
+        let store = ReadStore { backend, fence: None };
         if let Err(err) = store.sweep().await {
             store.close().await;
             return Err(err);
         }
         Ok(store)
+    }
+
+    /// This store, with every commit made under `fence` (a lease in `log`'s
+    /// database): a commit is refused with [`StoreError::LeaseLost`] once the
+    /// node no longer holds the lease. The check comes just before the
+    /// commit; the commit's own checkpoint check is what makes a write that
+    /// slips in between harmless (the next holder's commit is then refused
+    /// and it reads on from the checkpoint written).
+    pub fn fenced(&self, fence: crate::cluster::Fence, log: &crate::EventLog) -> ReadStore {
+        ReadStore { backend: self.backend.clone(), fence: Some(Arc::new((fence, log.cluster_db()))) }
     }
 
     /// Closes the connections. Calls made afterwards fail.
@@ -278,6 +291,12 @@ impl ReadStore {
         clear: Option<Clear>,
         writes: Vec<DocWrite>,
     ) -> Result<(), ProjectionError> {
+        if let Some(fenced) = &self.fence {
+            let (fence, db) = fenced.as_ref();
+            if !db.held(fence).await? {
+                return Err(StoreError::LeaseLost(fence.lease.clone()).into());
+            }
+        }
         let writes = if writes.len() > BLOCKING_COLLAPSE {
             tokio::task::spawn_blocking(move || Collapsed::from(writes))
                 .await

@@ -66,6 +66,9 @@ pub(crate) struct PendingAppend {
     pub stream: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<PreparedEvent>,
+    /// The lease the write is made under, checked in the group's
+    /// transaction: refused when its node no longer holds it.
+    pub fence: Option<Arc<crate::cluster::Fence>>,
     /// Where the answer goes; taken when the group is committed.
     pub reply: Option<Reply>,
 }
@@ -295,12 +298,25 @@ impl Appender {
         head: &Head,
     ) -> Result<Plan, StoreError> {
         let stored = self.stored_positions(tx, group).await?;
+        // Each lease the group's writes are made under, checked once.
+        let mut leases: HashMap<&crate::cluster::Fence, bool> = HashMap::new();
+        for fence in group.iter().filter_map(|pending| pending.fence.as_deref()) {
+            if !leases.contains_key(fence) {
+                leases.insert(fence, tx.lease_held(fence).await?);
+            }
+        }
 
         let mut staged: UniformMap<Uuid, u64> = UniformMap::default();
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut next_position = head.position + 1;
         let mut decisions = Vec::with_capacity(group.len());
         for pending in group {
+            if let Some(fence) = pending.fence.as_deref()
+                && leases.get(fence) == Some(&false)
+            {
+                decisions.push(Decision::Refused(AppendError::Store(StoreError::LeaseLost(fence.lease.clone()))));
+                continue;
+            }
             let found: Vec<Option<u64>> = pending
                 .events
                 .iter()

@@ -119,6 +119,9 @@ pub(crate) trait AppendTx: Send {
     async fn insert_stream(&mut self, chunks: tokio::sync::mpsc::Receiver<RowChunk>) -> Result<(), StoreError>;
     /// Moves the head (and wakes other processes' subscribers after commit).
     async fn set_head(&mut self, head: &Head) -> Result<(), StoreError>;
+    /// Whether `fence`'s node still holds its lease with its token; on
+    /// PostgreSQL the lease cannot change hands until this transaction ends.
+    async fn lease_held(&mut self, fence: &crate::cluster::Fence) -> Result<bool, StoreError>;
     /// Commits.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
@@ -167,6 +170,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Records `fingerprint` as the master key's unless one is recorded;
     /// returns the one recorded.
     async fn master_key_fingerprint(&self, fingerprint: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// The database's pool, for the nodes and leases beside the log.
+    fn cluster_db(&self) -> crate::cluster::ClusterDb;
     /// Closes the connection pool.
     async fn close(&self);
 }

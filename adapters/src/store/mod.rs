@@ -195,6 +195,9 @@ impl Availability {
 #[derive(Clone)]
 pub struct EventLog {
     inner: Arc<Inner>,
+    /// The lease every append of this handle is made under
+    /// ([`EventLog::fenced`]).
+    fence: Option<Arc<crate::cluster::Fence>>,
 }
 
 /// Pages at least this large are decoded on two threads.
@@ -269,7 +272,7 @@ impl EventLog {
             return Err(AppendError::Store(StoreError::Unavailable(reason)));
         }
         let (reply, answer) = oneshot::channel();
-        let pending = PendingAppend { stream, expected, events, reply: Some(reply) };
+        let pending = PendingAppend { stream, expected, events, fence: self.fence.clone(), reply: Some(reply) };
         self.inner
             .commands
             .send(Command::Append(pending))
@@ -353,6 +356,7 @@ impl EventLog {
                 poll_interval: config.poll_interval,
                 availability,
             }),
+            fence: None,
         })
     }
 
@@ -400,6 +404,23 @@ impl EventLog {
     /// Whether the log has a master key (needed to seal, open and shred).
     pub fn has_master_key(&self) -> bool {
         self.inner.master.is_some()
+    }
+
+    /// This log, with every append made under `fence`: each is checked in
+    /// its commit's transaction and refused with [`StoreError::LeaseLost`]
+    /// once the node no longer holds the lease.
+    pub fn fenced(&self, fence: crate::cluster::Fence) -> EventLog {
+        EventLog { inner: self.inner.clone(), fence: Some(Arc::new(fence)) }
+    }
+
+    /// The lease this log's appends are made under, if any.
+    pub fn fence(&self) -> Option<&crate::cluster::Fence> {
+        self.fence.as_deref()
+    }
+
+    /// The nodes and leases beside the log.
+    pub fn cluster_db(&self) -> crate::cluster::ClusterDb {
+        self.inner.backend.cluster_db()
     }
 
     /// Whether [`EventLog::close`] has been called.

@@ -339,6 +339,10 @@ impl AppendTx for PostgresAppend {
         Ok(())
     }
 
+    async fn lease_held(&mut self, fence: &crate::cluster::Fence) -> Result<bool, StoreError> {
+        crate::cluster::sql::postgres::held(&mut self.tx, fence).await
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         self.tx.commit().await.map_err(db_error("committing events"))
     }
@@ -513,6 +517,10 @@ impl Backend for PostgresBackend {
             .fetch_one(&self.pool)
             .await
             .map_err(db_error("reading the master key fingerprint"))
+    }
+
+    fn cluster_db(&self) -> crate::cluster::ClusterDb {
+        crate::cluster::ClusterDb::Postgres(self.pool.clone())
     }
 
     async fn close(&self) {

@@ -305,6 +305,10 @@ impl AppendTx for SqliteAppend {
         Ok(())
     }
 
+    async fn lease_held(&mut self, fence: &crate::cluster::Fence) -> Result<bool, StoreError> {
+        crate::cluster::sql::sqlite::held(&mut self.tx, fence).await
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         self.tx.commit().await.map_err(db_error("committing events"))
     }
@@ -494,6 +498,10 @@ impl Backend for SqliteBackend {
             .fetch_one(&self.pool)
             .await
             .map_err(db_error("reading the master key fingerprint"))
+    }
+
+    fn cluster_db(&self) -> crate::cluster::ClusterDb {
+        crate::cluster::ClusterDb::Sqlite(self.pool.clone())
     }
 
     async fn close(&self) {
