@@ -12,9 +12,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use onepd_domain::{EventId, WorkspaceId};
+use onepd_proto::admin::v1::ClusterStatusRequest;
+use onepd_proto::admin::v1::admin_service_client::AdminServiceClient;
 use serde_json::{Value, json};
 use stub::{Mode, Stub};
-use support::{PgDatabase, Server, onepd_json};
+use support::{PgDatabase, Server, onepd_json, with_token};
 use uuid::Uuid;
 
 /// The lease time to live the nodes run with (seconds).
@@ -41,7 +43,7 @@ fn ids(workspace: &str, from: usize, to: usize) -> BTreeSet<String> {
 }
 
 fn status(dir: &std::path::Path, url: &str) -> Value {
-    onepd_json(dir, &["cluster", "status", "--database-url", url, "--lease-ttl-seconds", TTL])
+    onepd_json(dir, &["cluster", "status", "--database-url", url])
 }
 
 /// The node holding `lease`, as `onepd cluster status` says.
@@ -49,6 +51,15 @@ fn holder(status: &Value, lease: &str) -> Option<String> {
     let leases = status["leases"].as_array()?;
     let found = leases.iter().find(|l| l["lease"] == lease)?;
     found["holder"].as_str().map(str::to_owned)
+}
+
+/// `ClusterStatus` over gRPC with `token`: the leases it shows, by name,
+/// with their holders, and the number of nodes alive.
+async fn grpc_status(server: &Server, token: &str) -> (Vec<(String, String, String)>, usize) {
+    let mut client = AdminServiceClient::new(server.channel().await);
+    let status = client.cluster_status(with_token(ClusterStatusRequest {}, token)).await.unwrap().into_inner();
+    let leases = status.leases.into_iter().map(|lease| (lease.lease, lease.holder, lease.destination)).collect();
+    (leases, status.nodes.iter().filter(|node| node.alive).count())
 }
 
 fn node_id(server: &Server) -> String {
@@ -113,6 +124,26 @@ async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves
     // The node delivering the destination is killed; the other takes over.
     let lease = format!("destination:{destination}");
     let owner = holder(&status(dir.path(), &db.url), &lease).expect("the destination's lease is held");
+
+    // Over gRPC, a workspace's token sees the nodes, the projections and its
+    // own destinations' leases; another workspace's sees none of them.
+    let token = one.admin_token.clone().unwrap();
+    let (leases, alive) = grpc_status(&two, &token).await;
+    assert_eq!(alive, 2);
+    assert!(leases.contains(&(lease.clone(), owner.clone(), "hook".to_owned())), "{leases:?}");
+    assert!(leases.iter().any(|(name, _, _)| name == "projection:profiles"), "{leases:?}");
+    let other = onepd_json(dir.path(), &["workspace", "create", "other", "--database-url", &db.url]);
+    let other_token = other["admin_token"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let theirs = loop {
+        let mut client = AdminServiceClient::new(one.channel().await);
+        match client.cluster_status(with_token(ClusterStatusRequest {}, &other_token)).await {
+            Ok(status) => break status.into_inner(),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(err) => panic!("the other workspace's token: {err:?}"),
+        }
+    };
+    assert!(theirs.leases.iter().all(|l| !l.lease.starts_with("destination:")), "{:?}", theirs.leases);
     let (victim, survivor) = if owner == node_id(&one) { (one, two) } else { (two, one) };
     assert_eq!(owner, node_id(&victim));
     drop(victim); // SIGKILL

@@ -135,7 +135,7 @@ async fn nodes_share_the_wanted_leases_and_take_a_leaving_nodes_over(backend: Ba
         eventually(Duration::from_secs(5), || two.watch().borrow().len() == 4).await,
         "the other takes a leaving node's leases over at once"
     );
-    let status = onepd_adapters::cluster::status(&log, SHORT).await.unwrap();
+    let status = onepd_adapters::cluster::status(&log).await.unwrap();
     assert_eq!(status.nodes.len(), 1, "a node that left is not listed: {status:?}");
     assert!(status.leases.iter().all(|(lease, held)| *held && lease.holder == two.id()));
     assert_eq!(before.len(), 2);

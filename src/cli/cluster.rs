@@ -2,15 +2,13 @@
 //! hold, and how far behind the log each lease's work is.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use onepd_adapters::cluster::{self, AUDIENCES_LEASE, LeaseRow, PROFILES_LEASE};
+use onepd_adapters::cluster;
 use onepd_adapters::readstore::ReadStore;
-use onepd_domain::{EventStore, Position, ProjectionStore};
+use onepd_domain::EventStore;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::config::StoreArgs;
 use crate::output;
@@ -25,10 +23,6 @@ pub enum ClusterCommand {
 pub struct StatusArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// The nodes' lease time to live (seconds), as given to `onepd serve`:
-    /// a node silent for longer is shown as gone.
-    #[arg(long, env = "ONEPD_LEASE_TTL_SECONDS", default_value_t = 10.0)]
-    lease_ttl_seconds: f64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -42,15 +36,14 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let log = super::open_log(&args.store, false).await?;
-    let ttl = Duration::from_secs_f64(args.lease_ttl_seconds.clamp(0.5, 3_600.0));
-    let status = cluster::status(&log, ttl).await.context("reading the nodes and leases")?;
+    let status = cluster::status(&log).await.context("reading the nodes and leases")?;
     let head = log.head().await?;
     let read_store = ReadStore::open(&args.store.database_url()).await.context("opening the read store")?;
     let ledgers = onepd_adapters::activation::ledgers(&log).await.context("reading the delivery ledgers")?;
     // Where each lease's work stands: its persisted checkpoint.
     let mut leases = Vec::new();
     for (lease, held) in &status.leases {
-        let checkpoint = checkpoint(&read_store, &ledgers, lease).await?;
+        let checkpoint = cluster::checkpoint_of(&read_store, &ledgers, &lease.name).await?;
         leases.push((lease, *held, checkpoint));
     }
     read_store.close().await;
@@ -112,22 +105,4 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         output::line(format!("  {:<50} {:<36} token {:<4} lag {}", lease.name, holder, lease.token, lag));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The persisted checkpoint of a lease's work, where it has one.
-async fn checkpoint(
-    read_store: &ReadStore,
-    ledgers: &onepd_projections::activation::Ledgers,
-    lease: &LeaseRow,
-) -> anyhow::Result<Option<Position>> {
-    let projection = match lease.name.as_str() {
-        PROFILES_LEASE => Some(onepd_projections::runner::PROFILES),
-        AUDIENCES_LEASE => Some(onepd_adapters::membership::AUDIENCES),
-        _ => None,
-    };
-    if let Some(projection) = projection {
-        return Ok(read_store.live(projection).await?.map(|generation| generation.checkpoint));
-    }
-    let destination = lease.name.strip_prefix("destination:").and_then(|id| Uuid::parse_str(id).ok());
-    Ok(destination.and_then(|id| ledgers.get(id)).and_then(|ledger| ledger.checkpoint))
 }

@@ -23,5 +23,7 @@ CREATE TABLE cluster_nodes (
     heartbeat_at BIGINT NOT NULL,
     http_addr    TEXT   NOT NULL,
     grpc_addr    TEXT   NOT NULL,
-    version      TEXT   NOT NULL
+    version      TEXT   NOT NULL,
+    -- Its lease time to live: it counts as gone when silent for longer.
+    ttl          BIGINT NOT NULL
 );

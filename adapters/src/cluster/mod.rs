@@ -100,6 +100,16 @@ pub struct NodeRow {
     pub grpc_addr: String,
     /// Its onepd version.
     pub version: String,
+    /// Its lease time to live (microseconds): it counts as gone when silent
+    /// for longer.
+    pub ttl: i64,
+}
+
+impl NodeRow {
+    /// Whether it said it was alive within its time to live of `now`.
+    pub fn alive(&self, now: i64) -> bool {
+        self.heartbeat_at > now - self.ttl
+    }
 }
 
 /// The database the nodes and leases live in: the log's.
@@ -236,6 +246,7 @@ impl Node {
             http_addr: options.http_addr,
             grpc_addr: options.grpc_addr,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            ttl: options.ttl.max(Duration::from_millis(300)).as_micros() as i64,
         };
         let db = log.cluster_db();
         let ttl = options.ttl.max(Duration::from_millis(300));
@@ -353,6 +364,15 @@ async fn keep(node: std::sync::Weak<Node>, row: NodeRow) {
             holding.iter().map(|(name, held)| (name.clone(), held.fence.clone())).collect();
         strong.held.send_if_modified(|current| {
             let changed = *current != fences;
+            if changed {
+                for lease in current.keys().filter(|lease| !fences.contains_key(*lease)) {
+                    metrics::gauge!("onepd_cluster_lease_held", "lease" => lease.clone()).set(0.0);
+                }
+                for lease in fences.keys() {
+                    metrics::gauge!("onepd_cluster_lease_held", "lease" => lease.clone()).set(1.0);
+                }
+                metrics::gauge!("onepd_cluster_leases_held").set(fences.len() as f64);
+            }
             *current = fences;
             changed
         });
@@ -380,8 +400,8 @@ async fn round(
     }
     let wanted = node.all_wanted();
     let (now, nodes) = node.db.nodes().await?;
-    let ttl = node.ttl.as_micros() as i64;
-    let live: Vec<&NodeRow> = nodes.iter().filter(|other| other.heartbeat_at > now - ttl).collect();
+    let live: Vec<&NodeRow> = nodes.iter().filter(|other| other.alive(now)).collect();
+    metrics::gauge!("onepd_cluster_nodes_alive").set(live.len() as f64);
     let share = wanted.len().div_ceil(live.len().max(1));
 
     // Renew what is still wanted; let the rest go.
@@ -540,18 +560,16 @@ pub struct Status {
     pub leases: Vec<(LeaseRow, bool)>,
 }
 
-/// The cluster as the database has it; a node is alive when it said so
-/// within `ttl`.
-pub async fn status(log: &EventLog, ttl: Duration) -> Result<Status, StoreError> {
+/// The cluster as the database has it.
+pub async fn status(log: &EventLog) -> Result<Status, StoreError> {
     let db = log.cluster_db();
     let (now, nodes) = db.nodes().await?;
     let (_, leases) = db.leases().await?;
-    let ttl = ttl.as_micros() as i64;
     Ok(Status {
         now,
         nodes: (nodes.into_iter())
             .map(|node| {
-                let alive = node.heartbeat_at > now - ttl;
+                let alive = node.alive(now);
                 (node, alive)
             })
             .collect(),
@@ -562,4 +580,23 @@ pub async fn status(log: &EventLog, ttl: Duration) -> Result<Status, StoreError>
             })
             .collect(),
     })
+}
+
+/// Where the work of `lease` stands: its persisted checkpoint (a
+/// projection's live generation, a destination's ledger), when it has one.
+pub async fn checkpoint_of(
+    store: &dyn onepd_domain::ProjectionStore,
+    ledgers: &onepd_projections::activation::Ledgers,
+    lease: &str,
+) -> Result<Option<onepd_domain::Position>, StoreError> {
+    let projection = match lease {
+        PROFILES_LEASE => Some(onepd_projections::runner::PROFILES),
+        AUDIENCES_LEASE => Some(crate::membership::AUDIENCES),
+        _ => None,
+    };
+    if let Some(projection) = projection {
+        return Ok(store.live(projection).await?.map(|generation| generation.checkpoint));
+    }
+    let destination = lease.strip_prefix("destination:").and_then(|id| uuid::Uuid::parse_str(id).ok());
+    Ok(destination.and_then(|id| ledgers.get(id)).and_then(|ledger| ledger.checkpoint))
 }

@@ -38,15 +38,14 @@ pub(crate) const LEASES: &str = "SELECT name, holder, token, expires_at, acquire
      FROM cluster_leases ORDER BY name";
 
 /// Says node `$1` is alive (started `$2`, addresses `$3` and `$4`, version
-/// `$5`, process `$7` on host `$6`).
-pub(crate) const HEARTBEAT: &str = "INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, http_addr, grpc_addr, version, host, pid) \
-     VALUES ($1, $2, {now}, $3, $4, $5, $6, $7) \
+/// `$5`, process `$7` on host `$6`, lease time to live `$8`).
+pub(crate) const HEARTBEAT: &str = "INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, http_addr, grpc_addr, version, host, pid, ttl) \
+     VALUES ($1, $2, {now}, $3, $4, $5, $6, $7, $8) \
      ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at";
 
-/// Every node that said it was alive within `$1` microseconds, with the
-/// database's clock; older ones are forgotten.
+/// Every node still listed, with the database's clock.
 pub(crate) const NODES: &str = "SELECT node_id, host, pid, started_at, heartbeat_at, http_addr, grpc_addr, version, \
-     {now} AS now \
+     ttl, {now} AS now \
      FROM cluster_nodes ORDER BY started_at, node_id";
 
 /// Forgets the nodes silent for longer than `$1` microseconds.
@@ -159,6 +158,7 @@ macro_rules! statements {
                 .bind(&node.version)
                 .bind(&node.host)
                 .bind(node.pid)
+                .bind(node.ttl)
                 .execute(pool)
                 .await
                 .map_err(db_error("saying the node is alive"))?;
@@ -186,6 +186,7 @@ macro_rules! statements {
                         http_addr: row.try_get("http_addr")?,
                         grpc_addr: row.try_get("grpc_addr")?,
                         version: row.try_get("version")?,
+                        ttl: row.try_get("ttl")?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()
