@@ -38,37 +38,37 @@ use crate::output;
 pub struct IngestArgs {
     /// Which API to drive.
     #[arg(long, value_enum, default_value = "grpc")]
-    via: Via,
+    pub(super) via: Via,
     /// Which database the server runs on.
     #[arg(long, value_enum, default_value = "sqlite")]
-    backend: Backend,
+    pub(super) backend: Backend,
     /// How many events to send.
     #[arg(long, default_value_t = 200_000)]
-    events: u64,
+    pub(super) events: u64,
     /// Messages per request. Over HTTP a batch body may hold at most 500 KB.
     #[arg(long, default_value_t = 500)]
-    batch: usize,
+    pub(super) batch: usize,
     /// Concurrent client tasks, each with one request in flight.
     #[arg(long, default_value_t = 8)]
-    concurrency: usize,
+    pub(super) concurrency: usize,
     /// The PostgreSQL server to create the benchmark's databases on.
     #[arg(long, env = "ONEPD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
-    postgres_url: String,
+    pub(super) postgres_url: String,
     /// Where the benchmark's files go (removed afterwards): the SQLite
     /// database and the server's master key.
     #[arg(long, default_value = "./data")]
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Do not measure `bench append` for reference.
     #[arg(long)]
-    skip_append: bool,
+    pub(super) skip_append: bool,
 }
 
 /// The API a benchmark drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Via {
+pub(super) enum Via {
     Grpc,
     Http,
 }
@@ -109,7 +109,7 @@ pub(super) async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// What one drive of the server measured.
-struct Measured {
+pub(super) struct Measured {
     elapsed: Duration,
     /// Each request's time from first send to acknowledgement, sorted.
     latencies: Vec<Duration>,
@@ -117,12 +117,12 @@ struct Measured {
 }
 
 impl Measured {
-    fn events_per_second(&self, events: u64) -> f64 {
+    pub(super) fn events_per_second(&self, events: u64) -> f64 {
         events as f64 / self.elapsed.as_secs_f64()
     }
 
     /// The nearest-rank percentile of request latency, in milliseconds.
-    fn percentile_ms(&self, percent: f64) -> f64 {
+    pub(super) fn percentile_ms(&self, percent: f64) -> f64 {
         if self.latencies.is_empty() {
             return 0.0;
         }
@@ -180,13 +180,13 @@ fn print(args: &IngestArgs, ingest: &Measured, append: Option<&Value>) {
     }
 }
 
-fn round(value: f64, decimals: i32) -> f64 {
+pub(super) fn round(value: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (value * scale).round() / scale
 }
 
 /// `1234567.8` as `1,234,568`.
-fn grouped(value: f64) -> String {
+pub(super) fn grouped(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (index, digit) in digits.chars().enumerate() {
@@ -199,21 +199,36 @@ fn grouped(value: f64) -> String {
 }
 
 /// A running `onepd serve`, killed if dropped without [`Server::stop`].
-struct Server {
+pub(super) struct Server {
     child: Child,
     grpc: String,
-    http: String,
-    write_key: String,
+    pub(super) http: String,
+    pub(super) write_key: String,
+    /// The default workspace, when this start created it.
+    pub(super) workspace: Option<String>,
+    /// Its node id in the cluster.
+    pub(super) node: String,
 }
 
 impl Server {
     /// Starts this binary's `serve` on `store` on free ports and waits until it
     /// says it is ready.
     async fn start(store: &ScratchStore) -> anyhow::Result<Server> {
+        Server::start_with(store, &[], None).await
+    }
+
+    /// Like [`Server::start`], with `extra` arguments; a node joining others
+    /// takes the write key of the one that created the workspace.
+    pub(super) async fn start_with(
+        store: &ScratchStore,
+        extra: &[&str],
+        write_key: Option<&str>,
+    ) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("finding the onepd binary")?;
         let mut command = Command::new(&exe);
         command
             .arg("serve")
+            .args(extra)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(store.path())
@@ -258,16 +273,32 @@ impl Server {
             banner.iter().find_map(|line| line.trim().strip_prefix(name).map(|rest| rest.trim().to_owned()))
         };
         let missing = |name: &str| format!("onepd serve's banner: expected a {name} line, found {banner:?}");
+        let workspace = banner.iter().find_map(|line| {
+            line.strip_prefix("created workspace \"default\" (")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .map(str::to_owned)
+        });
+        let write_key = match write_key {
+            Some(key) => key.to_owned(),
+            None => field("write key").with_context(|| missing("write key"))?,
+        };
         Ok(Server {
             grpc: format!("http://{}", field("grpc").with_context(|| missing("grpc"))?),
             http: format!("http://{}", field("http").with_context(|| missing("http"))?),
-            write_key: field("write key").with_context(|| missing("write key"))?,
+            write_key,
+            workspace,
+            node: field("node").with_context(|| missing("node"))?,
             child,
         })
     }
 
+    /// SIGKILL, and waits for the process to be gone.
+    pub(super) async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(super) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
         }
@@ -285,7 +316,7 @@ impl Server {
 
 /// The benchmark's messages: `track` calls of 400–600 bytes of JSON, each a
 /// pure function of its number so a batch can be built again to be resent.
-struct Messages {
+pub(super) struct Messages {
     /// Random per run, so message ids never repeat across runs.
     seed: [u8; 10],
     /// The first message's time; each next one is a millisecond later.
@@ -304,13 +335,13 @@ const USER_AGENTS: [&str; 4] = [
 const USERS: u64 = 10_000;
 
 impl Messages {
-    fn new(events: u64) -> Messages {
+    pub(super) fn new(events: u64) -> Messages {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
         Messages { seed: rand::random(), first_at: now - (events as i64 + 60_000) * 1_000 }
     }
 
     /// Message `n` as the Segment JSON the HTTP API takes.
-    fn json(&self, n: u64) -> Value {
+    pub(super) fn json(&self, n: u64) -> Value {
         // A UUIDv4: 74 random bits per run, then the message number.
         let mut bytes = [0u8; 16];
         bytes[..10].copy_from_slice(&self.seed);
@@ -400,7 +431,7 @@ fn to_value(value: &Value) -> prost_types::Value {
 }
 
 /// One request's worth of messages, ready to send.
-struct Batch {
+pub(super) struct Batch {
     /// The batch's number, for errors.
     index: usize,
     count: usize,
@@ -415,7 +446,7 @@ enum Payload {
 }
 
 /// Every batch of the run, generated before the clock starts.
-fn plan(args: &IngestArgs, messages: &Messages) -> anyhow::Result<VecDeque<Batch>> {
+pub(super) fn plan(args: &IngestArgs, messages: &Messages) -> anyhow::Result<VecDeque<Batch>> {
     let bar = output::progress(args.events, args.json, "{spinner} generating [{bar:40}] {pos}/{len}");
     let mut batches = VecDeque::new();
     let mut first = 0;
@@ -458,19 +489,31 @@ async fn measure(args: &IngestArgs, store: &ScratchStore, work: VecDeque<Batch>)
 
 /// The client side: `--concurrency` tasks sharing one queue of batches.
 async fn drive(args: &IngestArgs, server: &Server, work: VecDeque<Batch>) -> anyhow::Result<Measured> {
+    drive_many(args, &[server], work).await
+}
+
+/// [`drive`] across `servers`: the tasks take them in turn.
+pub(super) async fn drive_many(
+    args: &IngestArgs,
+    servers: &[&Server],
+    work: VecDeque<Batch>,
+) -> anyhow::Result<Measured> {
     let queue = Arc::new(Mutex::new(work));
     let bar = output::progress(args.events, args.json, "{spinner} ingest [{bar:40}] {pos}/{len} {per_sec}");
     // One connection for all tasks: over gRPC, HTTP/2 multiplexes their
     // calls, and a channel per task measured no faster (39.1k vs 38.8k
     // events/s on SQLite); over HTTP/1.1 the client pools one connection per
     // task by itself.
-    let sender = Sender::connect(args, server).await?;
+    let mut senders = Vec::new();
+    for server in servers {
+        senders.push(Sender::connect(args, server).await?);
+    }
 
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    for task in 0..args.concurrency {
         let queue = queue.clone();
-        let sender = sender.clone();
+        let sender = senders[task % senders.len()].clone();
         let bar = bar.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();

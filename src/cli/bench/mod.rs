@@ -11,12 +11,15 @@
 //!   rebuild rate and memory, and its read latencies.
 //! * `activate` ([`activate`]): events/s delivered to an adapter process,
 //!   and the lag from append to delivery.
+//! * `cluster` ([`cluster`]): several nodes on one PostgreSQL: aggregate
+//!   ingest beside one node's and the `COPY` rate, and failover time.
 //! * `export` ([`export`]): `onepd events export` to NDJSON and Parquet
 //!   beside the raw read rate of the same rows, and its peak memory.
 
 mod activate;
 mod append;
 mod audiences;
+mod cluster;
 mod export;
 mod import;
 mod ingest;
@@ -52,6 +55,10 @@ pub enum BenchCommand {
     /// audiences and 10 computed traits, its cost per live event beside the
     /// profiles projection's, and a window edge's re-evaluation.
     Audiences(audiences::AudiencesArgs),
+    /// Several nodes on one PostgreSQL: the aggregate HTTP ingest rate
+    /// beside one node's and PostgreSQL's COPY rate, and the failover time
+    /// when the node delivering a destination is killed.
+    Cluster(cluster::ClusterArgs),
     /// Events/s of `onepd events export` to NDJSON and to Parquet beside
     /// the raw read rate of the same rows, and peak memory for the whole
     /// log and a tenth of it.
@@ -144,5 +151,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Scale(args) => scale::run(args).await,
         BenchCommand::Export(args) => export::run(args).await,
         BenchCommand::Audiences(args) => audiences::run(args).await,
+        BenchCommand::Cluster(args) => cluster::run(args).await,
     }
 }
