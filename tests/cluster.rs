@@ -182,3 +182,63 @@ async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves
     assert_eq!(holder(&status, &lease), Some(node_id(&survivor)), "{status}");
     drop(survivor);
 }
+
+/// `GET …/profiles/user_id:{user}/traits` with `token`: its status.
+async fn traits_status(server: &Server, workspace: &str, token: &str, user: &str) -> u16 {
+    let url = format!("{}/v1/spaces/{workspace}/collections/users/profiles/user_id:{user}/traits", server.http);
+    let response = reqwest::Client::new().get(url).basic_auth(token, Some("")).send().await.unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_reads_go_to_the_read_replica_and_see_only_what_it_holds() {
+    let db = PgDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--database-url", db.url.as_str(), "--lease-ttl-seconds", TTL];
+    let first = Server::start(dir.path(), &args);
+    let (write_key, token) = (first.write_key.clone().unwrap(), first.admin_token.clone().unwrap());
+    let workspace = first.workspace.clone().unwrap();
+    let identify = |user: &str| json!({"batch": [{"type": "identify", "messageId": format!("id-{user}"), "userId": user, "traits": {"plan": "pro"}}]});
+    let http = reqwest::Client::new();
+    let sent = http.post(format!("{}/v1/batch", first.http)).basic_auth(&write_key, Some("")).json(&identify("ann"));
+    assert_eq!(sent.send().await.unwrap().status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while traits_status(&first, &workspace, &token, "ann").await != 200 {
+        assert!(Instant::now() < deadline, "ann's profile never became readable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(first.terminate().success());
+
+    // The replica: a copy of the database as it is now, which will fall
+    // behind (a replica whose replication stopped here).
+    let replica_name = format!("{}_replica", db.url.rsplit('/').next().unwrap());
+    let admin = sqlx::PgPool::connect(&support::postgres_admin_url()).await.unwrap();
+    let primary_name = db.url.rsplit('/').next().unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{replica_name}\" TEMPLATE \"{primary_name}\"")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let replica = format!("{}/{replica_name}", db.url.rsplit_once('/').unwrap().0);
+    let node = Server::start(dir.path(), &[&args[..], &["--read-database-url", &replica]].concat());
+    let sent = http.post(format!("{}/v1/batch", node.http)).basic_auth(&write_key, Some("")).json(&identify("bob"));
+    assert_eq!(sent.send().await.unwrap().status(), 200);
+    // The primary has bob (the audit of the log reads the primary)…
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = support::onepd(dir.path(), &["profile", "get", "--user-id", "bob", "--database-url", &db.url]);
+        if got.status.success() && String::from_utf8_lossy(&got.stdout).contains("pro") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never reached the primary's profiles");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // …the profile API reads the replica: ann, who it holds, and not bob.
+    assert_eq!(traits_status(&node, &workspace, &token, "ann").await, 200);
+    assert_eq!(traits_status(&node, &workspace, &token, "bob").await, 404, "bob is not on the replica");
+    drop(node);
+    admin.close().await;
+    let admin = sqlx::PgPool::connect(&support::postgres_admin_url()).await.unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{replica_name}\" WITH (FORCE)")))
+        .execute(&admin)
+        .await;
+}

@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// taken over by the others.
     #[arg(long, env = "ONEPD_LEASE_TTL_SECONDS", default_value_t = 10.0)]
     lease_ttl_seconds: f64,
+    /// A PostgreSQL read replica of the database: the profile read APIs
+    /// (HTTP `/v1/spaces/…/profiles`, gRPC ProfileService) read from it,
+    /// behind the primary by the replication lag. Everything else reads
+    /// and writes the primary.
+    #[arg(long, env = "ONEPD_READ_DATABASE_URL")]
+    read_database_url: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -118,6 +124,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }));
     let profiles = ProfileReader::new(readable.clone(), log.clone());
+    let profile_reads = match &args.read_database_url {
+        Some(replica) => {
+            let replica = ReadStore::open_replica(replica).await.context("opening the read replica")?;
+            ProfileReader::new(Arc::new(replica), log.clone())
+        }
+        None => profiles.clone(),
+    };
     let tick = Duration::from_secs(args.audience_tick_seconds.max(1));
     let membership = Singleton::run(node.clone(), AUDIENCES_LEASE, {
         let (log, read_store) = (log.clone(), read_store.clone());
@@ -153,6 +166,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     output::line(format!("  grpc         {grpc_addr}"));
     output::line(format!("  http         {http_addr}"));
     output::line(format!("  node         {}", node.id()));
+    if let Some(replica) = &args.read_database_url {
+        output::line(format!("  profile reads {}", super::redact(replica)));
+    }
     if let Some((workspace, boot)) = bootstrap {
         output::line(format!("created workspace \"default\" ({workspace})"));
         output::line(format!("  http source  {}", boot.source_id));
@@ -171,6 +187,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokens.clone(),
         ingest.clone(),
         profiles.clone(),
+        profile_reads.clone(),
         stopping.clone(),
         wait_for(stopping.clone()),
     ));
@@ -191,7 +208,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             profiles.clone(),
         ))
         .merge(onepd_adapters::http::router(ingest))
-        .merge(onepd_adapters::http::profiles::profiles_router(profiles, tokens))
+        .merge(onepd_adapters::http::profiles::profiles_router(profile_reads, tokens))
         .merge(onepd_adapters::http::js::js_router())
         // Every answer of onepd's own is JSON, unknown routes included.
         .fallback(onepd_adapters::http::not_found)

@@ -87,13 +87,16 @@ fn reflection_of(itself: &str) -> tonic_reflection::server::Builder<'static> {
 
 /// Serves every gRPC service on `listener` until `shutdown` completes; then
 /// waits for in-flight calls to finish. Open streams end when `stopping`
-/// turns true.
+/// turns true. `ProfileService` reads through `profile_reads` (a read
+/// replica's, or the same as `profiles`); everything else through
+/// `profiles`.
 pub async fn serve(
     listener: TcpListener,
     log: EventLog,
     tokens: Arc<TokenRegistry>,
     ingest: Arc<Ingest>,
     profiles: ProfileReader,
+    profile_reads: ProfileReader,
     stopping: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -123,7 +126,7 @@ pub async fn serve(
         .add_service(AuditServiceServer::new(
             AuditApi::new(log, tokens.clone(), stopping).with_profiles(profiles.store()),
         ))
-        .add_service(ProfileServiceServer::new(ProfilesApi::new(profiles, tokens)))
+        .add_service(ProfileServiceServer::new(ProfilesApi::new(profile_reads, tokens)))
         .add_service(
             IngestServiceServer::new(IngestApi::new(ingest.clone())).max_decoding_message_size(64 * 1024 * 1024),
         )

@@ -109,6 +109,21 @@ impl ReadStore {
         Ok(store)
     }
 
+    /// The read store on a PostgreSQL read replica at `url`, for reads
+    /// only: the projections write to the primary's, and the replica shows
+    /// what the primary committed as far as replication has brought it.
+    pub async fn open_replica(url: &str) -> Result<ReadStore, StoreError> {
+        match BackendKind::of_url(url) {
+            Some(BackendKind::Postgres) => Ok(ReadStore {
+                backend: Backend::Postgres(postgres::PostgresReadStore::open_replica(url).await?),
+                fence: None,
+            }),
+            _ => Err(StoreError::Database(format!(
+                "read replica url: expected postgres://… (a replica of the PostgreSQL database), found {url:?}"
+            ))),
+        }
+    }
+
     /// This store, with every commit made under `fence` (a lease in `log`'s
     /// database): a commit is refused with [`StoreError::LeaseLost`] once the
     /// node no longer holds the lease. The check comes just before the

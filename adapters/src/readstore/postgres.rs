@@ -87,6 +87,23 @@ impl PostgresReadStore {
         Ok(PostgresReadStore { pool })
     }
 
+    /// Connects to a read replica of the database at `url`: reads only,
+    /// nothing created or migrated (the primary does that, and the replica
+    /// follows it).
+    pub(crate) async fn open_replica(url: &str) -> Result<PostgresReadStore, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(db_error("parsing the PostgreSQL read replica url"))?;
+        let options = options
+            .disable_statement_logging()
+            .options([("search_path", POSTGRES_SCHEMA), ("default_transaction_read_only", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(db_error("connecting to the PostgreSQL read replica"))?;
+        Ok(PostgresReadStore { pool })
+    }
+
     pub(crate) async fn close(&self) {
         self.pool.close().await;
     }
