@@ -186,8 +186,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         log.clone(),
         tokens.clone(),
         ingest.clone(),
-        profiles.clone(),
-        profile_reads.clone(),
+        onepd_adapters::grpc::Readers { profiles: profiles.clone(), profile_reads: profile_reads.clone() },
         stopping.clone(),
         wait_for(stopping.clone()),
     ));

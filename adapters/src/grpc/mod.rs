@@ -85,21 +85,28 @@ fn reflection_of(itself: &str) -> tonic_reflection::server::Builder<'static> {
     )
 }
 
+/// The profile readers the services read through.
+#[derive(Clone)]
+pub struct Readers {
+    /// The primary's: what admin, audit, audiences and erasure read.
+    pub profiles: ProfileReader,
+    /// What `ProfileService` reads: a read replica's, or the primary's.
+    pub profile_reads: ProfileReader,
+}
+
 /// Serves every gRPC service on `listener` until `shutdown` completes; then
 /// waits for in-flight calls to finish. Open streams end when `stopping`
-/// turns true. `ProfileService` reads through `profile_reads` (a read
-/// replica's, or the same as `profiles`); everything else through
-/// `profiles`.
+/// turns true.
 pub async fn serve(
     listener: TcpListener,
     log: EventLog,
     tokens: Arc<TokenRegistry>,
     ingest: Arc<Ingest>,
-    profiles: ProfileReader,
-    profile_reads: ProfileReader,
+    readers: Readers,
     stopping: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let profiles = readers.profiles.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health.set_serving::<AudienceServiceServer<AudiencesApi>>().await;
@@ -126,7 +133,7 @@ pub async fn serve(
         .add_service(AuditServiceServer::new(
             AuditApi::new(log, tokens.clone(), stopping).with_profiles(profiles.store()),
         ))
-        .add_service(ProfileServiceServer::new(ProfilesApi::new(profile_reads, tokens)))
+        .add_service(ProfileServiceServer::new(ProfilesApi::new(readers.profile_reads, tokens)))
         .add_service(
             IngestServiceServer::new(IngestApi::new(ingest.clone())).max_decoding_message_size(64 * 1024 * 1024),
         )
