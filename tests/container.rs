@@ -59,7 +59,7 @@ fn compose_builds_the_image_once_checks_health_and_publishes_ports_on_loopback_o
     let builds = lines.iter().filter(|line| line.starts_with("build:")).count();
     assert_eq!(builds, 1, "the onepd image is built by exactly one service");
     let images = lines.iter().filter(|line| *line == "image: onepd:local").count();
-    assert_eq!(images, 2, "onepd and the adapter run the one image");
+    assert_eq!(images, 3, "both onepd nodes and the adapter run the one image");
     // Every published port (a `- "HOST:CONTAINER"` line under `ports:`).
     let mut in_ports = false;
     let mut published = Vec::new();
@@ -78,7 +78,7 @@ fn compose_builds_the_image_once_checks_health_and_publishes_ports_on_loopback_o
         assert!(port.starts_with("127.0.0.1:"), "port {port} is published on every interface");
     }
     let checks = compose.matches("[\"CMD\", \"onepd\", \"healthcheck\"").count();
-    assert_eq!(checks, 2, "onepd and the adapter each have a health check");
+    assert_eq!(checks, 3, "both onepd nodes and the adapter each have a health check");
 }
 
 fn healthcheck(url: &str) -> (bool, String) {
