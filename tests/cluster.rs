@@ -76,17 +76,18 @@ async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves
     let write_key = one.write_key.clone().unwrap();
     let workspace = one.workspace.clone().unwrap();
 
-    // Both nodes say they are alive, and share the projections' leases.
+    // Both nodes say they are alive, and the projections run (on the first:
+    // running projections are not moved while their node lives).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = status(dir.path(), &db.url);
         let alive = status["nodes"].as_array().unwrap().iter().filter(|n| n["alive"] == true).count();
         let profiles = holder(&status, "projection:profiles");
         let audiences = holder(&status, "projection:audiences");
-        if alive == 2 && profiles.is_some() && audiences.is_some() && profiles != audiences {
+        if alive == 2 && profiles.is_some() && audiences.is_some() {
             break;
         }
-        assert!(Instant::now() < deadline, "the two nodes did not share the leases: {status}");
+        assert!(Instant::now() < deadline, "the two nodes did not take the projections' leases: {status}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

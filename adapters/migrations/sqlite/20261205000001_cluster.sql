@@ -18,6 +18,9 @@ CREATE TABLE cluster_leases (
 CREATE TABLE cluster_nodes (
     node_id      TEXT   PRIMARY KEY,
     host         TEXT   NOT NULL,
+    -- The process namespace its pid means something in (boot id and pid
+    -- namespace): only a node of the same one may judge the pid gone.
+    scope        TEXT   NOT NULL,
     pid          BIGINT NOT NULL,
     started_at   BIGINT NOT NULL,
     heartbeat_at BIGINT NOT NULL,

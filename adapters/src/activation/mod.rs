@@ -265,7 +265,8 @@ async fn supervise(
                     options.clone(),
                 )
                 .with_tap(tap.clone());
-                live.insert(id, (Running(tokio::spawn(engine.run_forever(None))), *stamp, under));
+                let run = guarded(node.clone(), under.clone(), engine.run_forever(None));
+                live.insert(id, (Running(tokio::spawn(run)), *stamp, under));
             }
         }
         if last_measured.elapsed() >= Duration::from_secs(1) {
@@ -300,7 +301,9 @@ async fn supervise(
                 connect.clone(),
                 options.clone(),
             );
-            jobs.insert(job.job_id, (Running(tokio::spawn(engine.run_forever(Some(job)))), under));
+            let job_id = job.job_id;
+            let run = guarded(node.clone(), under.clone(), engine.run_forever(Some(job)));
+            jobs.insert(job_id, (Running(tokio::spawn(run)), under));
         }
     }
 }
@@ -312,6 +315,31 @@ fn placement(node: &Option<Arc<crate::cluster::Node>>, lease: String) -> Option<
     match node {
         None => Some(None),
         Some(node) => node.fence(&lease).map(Some),
+    }
+}
+
+/// `run`, dropped (an in-flight delivery with it) the moment this node no
+/// longer holds `under`: it stops at once, not at the supervisor's next look.
+async fn guarded(
+    node: Option<Arc<crate::cluster::Node>>,
+    under: Option<Fence>,
+    run: impl std::future::Future<Output = ()>,
+) {
+    let (Some(node), Some(fence)) = (node, under) else { return run.await };
+    let mut held = node.watch();
+    let lost = async move {
+        loop {
+            if held.borrow_and_update().get(&fence.lease) != Some(&fence) {
+                return;
+            }
+            if held.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = run => {}
+        () = lost => {}
     }
 }
 
@@ -530,6 +558,12 @@ impl Engine {
             match self.run(job.as_ref()).await {
                 Ok(()) => return,
                 Err(_) if self.log.is_closed() => return,
+                // Another node has the destination now (or will): this run
+                // must not send anything more, not even a retry.
+                Err(RunError::Store(StoreError::LeaseLost(lease))) => {
+                    tracing::warn!(destination = %name, %lease, "lease lost; this node stops delivering");
+                    return;
+                }
                 Err(RunError::FactsChanged) => {
                     tracing::info!(destination = %name, "identity facts changed; folding profiles again");
                     continue;

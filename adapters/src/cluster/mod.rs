@@ -88,6 +88,9 @@ pub struct NodeRow {
     pub node_id: String,
     /// The host it runs on.
     pub host: String,
+    /// The process namespace its pid is in (the kernel's boot id and the
+    /// pid namespace): nodes of one scope can tell whether its process runs.
+    pub scope: String,
     /// Its process id there.
     pub pid: i64,
     /// When it started (microseconds).
@@ -222,6 +225,10 @@ pub struct Node {
     /// The leases wanted, by who wants them.
     wanted: Mutex<BTreeMap<String, BTreeSet<String>>>,
     held: watch::Sender<BTreeMap<String, Fence>>,
+    /// Until when each held lease counts as held without another renewal
+    /// going through: past it, the watchdog withdraws it at once, even if
+    /// the keeper's round is stuck on a slow database.
+    deadlines: Mutex<BTreeMap<String, Instant>>,
     wake: Notify,
     keeper: Mutex<Option<JoinHandle<()>>>,
 }
@@ -240,6 +247,7 @@ impl Node {
         let row = NodeRow {
             node_id: id.clone(),
             host: host_name(),
+            scope: process_scope(),
             pid: i64::from(std::process::id()),
             started_at: crate::ingest::now().0,
             heartbeat_at: 0,
@@ -251,11 +259,14 @@ impl Node {
         let db = log.cluster_db();
         let ttl = options.ttl.max(Duration::from_millis(300));
         db.heartbeat(&row, ttl * 30).await?;
-        // A node of this host whose process is gone (this one's previous
-        // run, killed) can write nothing more: its leases are taken over
-        // now rather than after they expire.
+        // A node of this process namespace (same boot, same pid namespace)
+        // whose process is gone — this one's previous run, killed — can
+        // write nothing more: its leases are taken over now rather than
+        // after they expire.
         let (_, nodes) = db.nodes().await?;
-        for gone in nodes.iter().filter(|other| other.node_id != row.node_id && other.host == row.host) {
+        let same_scope =
+            |other: &&NodeRow| other.node_id != row.node_id && !row.scope.is_empty() && other.scope == row.scope;
+        for gone in nodes.iter().filter(same_scope) {
             if !process_alive(gone.pid) {
                 tracing::info!(node = %gone.node_id, pid = gone.pid, "cluster: a stopped node of this host; its leases are free");
                 db.expire_held_by(&gone.node_id).await?;
@@ -268,10 +279,14 @@ impl Node {
             ttl,
             wanted: Mutex::default(),
             held: watch::channel(BTreeMap::new()).0,
+            deadlines: Mutex::default(),
             wake: Notify::new(),
             keeper: Mutex::default(),
         });
-        let keeper = tokio::spawn(keep(Arc::downgrade(&node), row));
+        let weak = Arc::downgrade(&node);
+        let keeper = tokio::spawn(async move {
+            tokio::join!(keep(weak.clone(), row), watchdog(weak));
+        });
         *node.keeper.lock().expect("not poisoned") = Some(keeper);
         Ok(node)
     }
@@ -337,65 +352,107 @@ struct Holding {
     fence: Fence,
     /// Until when it counts as held without a renewal that went through.
     valid_until: Instant,
+    /// Since when this node holds it.
+    since: Instant,
+}
+
+/// A lease let go, given up in the database once its work has had time to
+/// stop.
+struct LetGo {
+    fence: Fence,
+    at: Instant,
+}
+
+/// Publishes the held leases, with metrics.
+fn publish(node: &Node, fences: BTreeMap<String, Fence>) {
+    node.held.send_if_modified(|current| {
+        let changed = *current != fences;
+        if changed {
+            for lease in current.keys().filter(|lease| !fences.contains_key(*lease)) {
+                metrics::gauge!("onepd_cluster_lease_held", "lease" => lease.clone()).set(0.0);
+            }
+            for lease in fences.keys() {
+                metrics::gauge!("onepd_cluster_lease_held", "lease" => lease.clone()).set(1.0);
+            }
+            metrics::gauge!("onepd_cluster_leases_held").set(fences.len() as f64);
+        }
+        *current = fences;
+        changed
+    });
+}
+
+/// Withdraws every held lease whose local deadline has passed, within a
+/// tenth of a second, whatever the keeper is doing.
+async fn watchdog(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(node) = node.upgrade() else { return };
+        let now = Instant::now();
+        let expired: Vec<String> = (node.deadlines.lock().expect("not poisoned").iter())
+            .filter(|(_, until)| **until <= now)
+            .map(|(lease, _)| lease.clone())
+            .collect();
+        if expired.is_empty() {
+            continue;
+        }
+        let mut fences = node.held.borrow().clone();
+        for lease in &expired {
+            if fences.remove(lease).is_some() {
+                tracing::warn!(lease = %lease, "cluster: lease not renewed in time; its work stops here");
+            }
+        }
+        publish(&node, fences);
+    }
 }
 
 /// The keeper: a round every third of the time to live, or when what is
 /// wanted changes.
 async fn keep(node: std::sync::Weak<Node>, row: NodeRow) {
     let mut holding: BTreeMap<String, Holding> = BTreeMap::new();
-    let mut giving_up: Vec<Fence> = Vec::new();
+    let mut let_go: Vec<LetGo> = Vec::new();
     loop {
         let Some(strong) = node.upgrade() else { return };
         let interval = strong.ttl / 3;
-        if let Err(err) = round(&strong, &row, &mut holding, &mut giving_up).await {
+        if let Err(err) = round(&strong, &row, &mut holding, &mut let_go).await {
             tracing::warn!(cause = %err, "cluster: the leases could not be kept this round");
         }
-        // Without a renewal, a lease counts as lost locally before it
-        // expires in the database, so this node stops first.
         let now = Instant::now();
-        holding.retain(|name, held| {
-            let keep = held.valid_until > now;
-            if !keep {
-                tracing::warn!(lease = %name, "cluster: lease not renewed in time; its work stops here");
-            }
-            keep
-        });
-        let fences: BTreeMap<String, Fence> =
-            holding.iter().map(|(name, held)| (name.clone(), held.fence.clone())).collect();
-        strong.held.send_if_modified(|current| {
-            let changed = *current != fences;
-            if changed {
-                for lease in current.keys().filter(|lease| !fences.contains_key(*lease)) {
-                    metrics::gauge!("onepd_cluster_lease_held", "lease" => lease.clone()).set(0.0);
-                }
-                for lease in fences.keys() {
-                    metrics::gauge!("onepd_cluster_lease_held", "lease" => lease.clone()).set(1.0);
-                }
-                metrics::gauge!("onepd_cluster_leases_held").set(fences.len() as f64);
-            }
-            *current = fences;
-            changed
-        });
+        holding.retain(|_, held| held.valid_until > now);
+        *strong.deadlines.lock().expect("not poisoned") =
+            holding.iter().map(|(name, held)| (name.clone(), held.valid_until)).collect();
+        publish(&strong, holding.iter().map(|(name, held)| (name.clone(), held.fence.clone())).collect());
         let wake = async { strong.wake.notified().await };
         let _ = tokio::time::timeout(interval, wake).await;
     }
 }
 
-/// One round: say the node is alive, give up what the last round let go,
+/// Whether a lease may be let go for another node to take: a destination's
+/// live delivery (which resumes from its checkpoint) this node has held for
+/// a while. The projections (costly to start) and replay jobs (which start
+/// over) stay where they are until their node goes.
+fn movable(lease: &str, held: &Holding, ttl: Duration) -> bool {
+    lease.starts_with("destination:") && held.since.elapsed() >= ttl * 2
+}
+
+/// One round: say the node is alive, give up what was let go a while ago,
 /// renew, let go, take.
 async fn round(
     node: &Node,
     row: &NodeRow,
     holding: &mut BTreeMap<String, Holding>,
-    giving_up: &mut Vec<Fence>,
+    let_go: &mut Vec<LetGo>,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let valid_until = started + node.ttl.mul_f64(0.8);
     node.db.heartbeat(row, node.ttl * 30).await?;
-    // A lease let go last round: its work stopped when the round ended
-    // (the held leases were published without it); now another node may
-    // take it without waiting for it to expire.
-    for fence in std::mem::take(giving_up) {
+    // A lease let go: its work was told to stop when it was let go; a third
+    // of the time to live later another node may take it without waiting
+    // for it to expire.
+    let grace = node.ttl / 3;
+    let (due, later): (Vec<LetGo>, Vec<LetGo>) =
+        std::mem::take(let_go).into_iter().partition(|l| l.at.elapsed() >= grace);
+    *let_go = later;
+    for LetGo { fence, .. } in due {
         node.db.release(&fence).await?;
     }
     let wanted = node.all_wanted();
@@ -410,31 +467,33 @@ async fn round(
         let fence = holding[&name].fence.clone();
         if !wanted.contains(&name) {
             holding.remove(&name);
-            giving_up.push(fence);
+            let_go.push(LetGo { fence, at: Instant::now() });
         } else if node.db.renew(&fence, node.ttl).await? {
             holding.get_mut(&name).expect("held").valid_until = valid_until;
         } else {
-            tracing::warn!(lease = %name, "cluster: lease lost to another node");
+            tracing::warn!(lease = %name, "cluster: lease lost (expired or taken over)");
             holding.remove(&name);
         }
     }
-    // Above the fair share (another node joined): let the extras go, those
-    // this node prefers least first.
+    // Above the fair share (another node joined): let one movable lease
+    // go a round, the one this node prefers least.
     if holding.len() > share && live.len() > 1 {
-        let mut mine: Vec<String> = holding.keys().cloned().collect();
-        mine.sort_by_key(|name| std::cmp::Reverse(preference(&node.id, name)));
-        for name in mine.into_iter().skip(share) {
-            if let Some(held) = holding.remove(&name) {
-                tracing::info!(lease = %name, "cluster: lease let go for another node to take");
-                giving_up.push(held.fence);
-            }
+        let movable = (holding.iter())
+            .filter(|(name, held)| movable(name, held, node.ttl))
+            .min_by_key(|(name, _)| preference(&node.id, name))
+            .map(|(name, _)| name.clone());
+        if let Some(name) = movable
+            && let Some(held) = holding.remove(&name)
+        {
+            tracing::info!(lease = %name, "cluster: lease let go for another node to take");
+            let_go.push(LetGo { fence: held.fence, at: Instant::now() });
         }
     }
     // Below it: take free ones, those this node prefers most first.
     if holding.len() < share {
         let (now, leases) = node.db.leases().await?;
         let taken: HashMap<&str, &LeaseRow> = leases.iter().map(|lease| (lease.name.as_str(), lease)).collect();
-        let letting_go: BTreeSet<&str> = giving_up.iter().map(|fence| fence.lease.as_str()).collect();
+        let letting_go: BTreeSet<&str> = let_go.iter().map(|l| l.fence.lease.as_str()).collect();
         let mut free: Vec<&String> = (wanted.iter())
             .filter(|name| !holding.contains_key(*name) && !letting_go.contains(name.as_str()))
             .filter(|name| taken.get(name.as_str()).is_none_or(|lease| lease.expires_at <= now))
@@ -447,7 +506,7 @@ async fn round(
             if let Some(token) = node.db.acquire(name, &node.id, node.ttl).await? {
                 tracing::info!(lease = %name, token, "cluster: lease taken");
                 let fence = Fence { lease: name.clone(), node: node.id.clone(), token };
-                holding.insert(name.clone(), Holding { fence, valid_until });
+                holding.insert(name.clone(), Holding { fence, valid_until, since: Instant::now() });
             }
         }
     }
@@ -462,6 +521,18 @@ fn host_name() -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The process namespace this process's pid is in: the kernel's boot id
+/// and the pid namespace, so two containers (or two machines) never share
+/// one; empty where they cannot be read (then no pid is ever judged).
+fn process_scope() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|id| id.trim().to_owned());
+    let namespace = std::fs::read_link("/proc/self/ns/pid").map(|link| link.display().to_string());
+    match (boot, namespace) {
+        (Ok(boot), Ok(namespace)) if !boot.is_empty() => format!("{boot}/{namespace}"),
+        _ => String::new(),
+    }
 }
 
 /// Whether process `pid` of this host still runs. Unsure (no `/proc`)

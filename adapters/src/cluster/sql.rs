@@ -8,13 +8,17 @@ pub(crate) const POSTGRES_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 
 pub(crate) const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
 
 /// Takes lease `$1` for holder `$2` for `$3` microseconds when it is free,
-/// expired, or `$2`'s already; its token grows by one when the holder
-/// changes. Returns the token, or no row when another node holds it.
+/// expired, or `$2`'s already; its token grows by one unless `$2` holds it
+/// unexpired (so work started under a lease that expired, even this
+/// node's, is fenced off). Returns the token, or no row when another node
+/// holds it.
 pub(crate) const ACQUIRE: &str = "INSERT INTO cluster_leases (name, holder, token, expires_at, acquired_at, renewed_at) \
      VALUES ($1, $2, 1, {now} + $3, {now}, {now}) \
      ON CONFLICT (name) DO UPDATE SET \
-       token = CASE WHEN cluster_leases.holder = excluded.holder THEN cluster_leases.token ELSE cluster_leases.token + 1 END, \
-       acquired_at = CASE WHEN cluster_leases.holder = excluded.holder THEN cluster_leases.acquired_at ELSE excluded.acquired_at END, \
+       token = CASE WHEN cluster_leases.holder = excluded.holder AND cluster_leases.expires_at > {now} \
+         THEN cluster_leases.token ELSE cluster_leases.token + 1 END, \
+       acquired_at = CASE WHEN cluster_leases.holder = excluded.holder AND cluster_leases.expires_at > {now} \
+         THEN cluster_leases.acquired_at ELSE excluded.acquired_at END, \
        holder = excluded.holder, expires_at = excluded.expires_at, renewed_at = excluded.renewed_at \
      WHERE cluster_leases.holder = excluded.holder OR cluster_leases.expires_at <= {now} \
      RETURNING token";
@@ -38,13 +42,14 @@ pub(crate) const LEASES: &str = "SELECT name, holder, token, expires_at, acquire
      FROM cluster_leases ORDER BY name";
 
 /// Says node `$1` is alive (started `$2`, addresses `$3` and `$4`, version
-/// `$5`, process `$7` on host `$6`, lease time to live `$8`).
-pub(crate) const HEARTBEAT: &str = "INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, http_addr, grpc_addr, version, host, pid, ttl) \
-     VALUES ($1, $2, {now}, $3, $4, $5, $6, $7, $8) \
+/// `$5`, process `$7` on host `$6` in process scope `$9`, lease time to
+/// live `$8`).
+pub(crate) const HEARTBEAT: &str = "INSERT INTO cluster_nodes (node_id, started_at, heartbeat_at, http_addr, grpc_addr, version, host, pid, ttl, scope) \
+     VALUES ($1, $2, {now}, $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at";
 
 /// Every node still listed, with the database's clock.
-pub(crate) const NODES: &str = "SELECT node_id, host, pid, started_at, heartbeat_at, http_addr, grpc_addr, version, \
+pub(crate) const NODES: &str = "SELECT node_id, host, scope, pid, started_at, heartbeat_at, http_addr, grpc_addr, version, \
      ttl, {now} AS now \
      FROM cluster_nodes ORDER BY started_at, node_id";
 
@@ -159,6 +164,7 @@ macro_rules! statements {
                 .bind(&node.host)
                 .bind(node.pid)
                 .bind(node.ttl)
+                .bind(&node.scope)
                 .execute(pool)
                 .await
                 .map_err(db_error("saying the node is alive"))?;
@@ -180,6 +186,7 @@ macro_rules! statements {
                     Ok(NodeRow {
                         node_id: row.try_get("node_id")?,
                         host: row.try_get("host")?,
+                        scope: row.try_get("scope")?,
                         pid: row.try_get("pid")?,
                         started_at: row.try_get("started_at")?,
                         heartbeat_at: row.try_get("heartbeat_at")?,

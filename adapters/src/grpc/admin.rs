@@ -387,38 +387,40 @@ impl AdminService for AdminApi {
         let grant = self.grant(&request, TokenScope::Read)?;
         let status = crate::cluster::status(&self.log).await.map_err(store_status)?;
         let head = self.log.head().await.map_err(store_status)?;
-        let ledgers = crate::activation::ledgers(&self.log).await.map_err(store_status)?;
         // The work this workspace sees: the projections, and its own
-        // destinations' runs and jobs; another workspace's are not shown.
-        let mine: HashMap<String, String> = {
-            let directory = self.directory();
-            let mut mine = HashMap::new();
-            for entry in directory.all_destinations().filter(|entry| entry.workspace == grant.workspace) {
-                let id = entry.created.destination_id;
-                mine.insert(crate::cluster::destination_lease(id), entry.created.name.clone());
-                if let Some(ledger) = ledgers.get(id) {
-                    for job in ledger.open_jobs.keys() {
-                        mine.insert(crate::cluster::replay_lease(*job), entry.created.name.clone());
-                    }
-                }
+        // destinations' runs and jobs (each read from its own ledger);
+        // another workspace's are not shown.
+        let directory = self.directory();
+        let mine: Vec<&DestinationEntry> =
+            directory.all_destinations().filter(|entry| entry.workspace == grant.workspace).collect();
+        let mut names: HashMap<String, (String, Option<onepd_domain::Position>)> = HashMap::new();
+        for entry in mine {
+            let id = entry.created.destination_id;
+            let ledger = admin::ledger(&self.log, id).await.map_err(store_status)?;
+            let name = entry.created.name.clone();
+            names.insert(crate::cluster::destination_lease(id), (name.clone(), ledger.checkpoint));
+            for job in ledger.open_jobs.keys() {
+                names.insert(crate::cluster::replay_lease(*job), (name.clone(), None));
             }
-            mine
-        };
+        }
         let store = self.profiles.store();
         let mut leases = Vec::new();
         for (lease, held) in &status.leases {
-            let projection =
-                [crate::cluster::PROFILES_LEASE, crate::cluster::AUDIENCES_LEASE].contains(&lease.name.as_str());
-            if !projection && !mine.contains_key(&lease.name) {
-                continue;
-            }
-            let checkpoint =
-                crate::cluster::checkpoint_of(store.as_ref(), &ledgers, &lease.name).await.map_err(store_status)?;
+            let checkpoint = match lease.name.as_str() {
+                crate::cluster::PROFILES_LEASE | crate::cluster::AUDIENCES_LEASE => {
+                    let ledgers = onepd_projections::activation::Ledgers::default();
+                    crate::cluster::checkpoint_of(store.as_ref(), &ledgers, &lease.name).await.map_err(store_status)?
+                }
+                name => match names.get(name) {
+                    Some((_, checkpoint)) => *checkpoint,
+                    None => continue,
+                },
+            };
             leases.push(proto::ClusterLease {
                 lease: lease.name.clone(),
                 holder: if *held { lease.holder.clone() } else { String::new() },
                 token: lease.token,
-                destination: mine.get(&lease.name).cloned().unwrap_or_default(),
+                destination: names.get(&lease.name).map(|(name, _)| name.clone()).unwrap_or_default(),
                 lag: checkpoint.map(|checkpoint| head.0.saturating_sub(checkpoint.0)),
             });
         }
@@ -426,8 +428,6 @@ impl AdminService for AdminApi {
             .map(|(node, alive)| proto::ClusterNode {
                 node_id: node.node_id.clone(),
                 alive: *alive,
-                http_addr: node.http_addr.clone(),
-                grpc_addr: node.grpc_addr.clone(),
                 version: node.version.clone(),
                 heartbeat_seconds_ago: (status.now - node.heartbeat_at) as f64 / 1e6,
                 leases_held: leases.iter().filter(|lease| lease.holder == node.node_id).count() as u32,
