@@ -490,7 +490,8 @@ async fn round(
         }
     }
     // Below it: take free ones, those this node prefers most first.
-    if holding.len() < share {
+    let ttl_micros = node.ttl.as_micros() as i64;
+    {
         let (now, leases) = node.db.leases().await?;
         let taken: HashMap<&str, &LeaseRow> = leases.iter().map(|lease| (lease.name.as_str(), lease)).collect();
         let letting_go: BTreeSet<&str> = let_go.iter().map(|l| l.fence.lease.as_str()).collect();
@@ -500,8 +501,12 @@ async fn round(
             .collect();
         free.sort_by_key(|name| std::cmp::Reverse(preference(&node.id, name)));
         for name in free {
-            if holding.len() >= share {
-                break;
+            // Past its share, a node still takes a lease left free for a
+            // whole time to live: the node whose share it is may not want it
+            // (starting, or running another version).
+            let orphaned = taken.get(name.as_str()).is_some_and(|lease| now - lease.expires_at > ttl_micros);
+            if holding.len() >= share && !orphaned {
+                continue;
             }
             if let Some(token) = node.db.acquire(name, &node.id, node.ttl).await? {
                 tracing::info!(lease = %name, token, "cluster: lease taken");
