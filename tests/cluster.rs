@@ -16,7 +16,7 @@ use onepd_proto::admin::v1::ClusterStatusRequest;
 use onepd_proto::admin::v1::admin_service_client::AdminServiceClient;
 use serde_json::{Value, json};
 use stub::{Mode, Stub};
-use support::{PgDatabase, Server, onepd_json, with_token};
+use support::{PgDatabase, Server, cluster_status, onepd_json, with_token};
 use uuid::Uuid;
 
 /// The lease time to live the nodes run with (seconds).
@@ -42,10 +42,6 @@ fn ids(workspace: &str, from: usize, to: usize) -> BTreeSet<String> {
     (from..to).map(|n| EventId::for_message(workspace, &format!("m-{n}")).to_string()).collect()
 }
 
-fn status(dir: &std::path::Path, url: &str) -> Value {
-    onepd_json(dir, &["cluster", "status", "--database-url", url])
-}
-
 /// The node holding `lease`, as `onepd cluster status` says.
 fn holder(status: &Value, lease: &str) -> Option<String> {
     let leases = status["leases"].as_array()?;
@@ -62,10 +58,6 @@ async fn grpc_status(server: &Server, token: &str) -> (Vec<(String, String, Stri
     (leases, status.nodes.iter().filter(|node| node.alive).count())
 }
 
-fn node_id(server: &Server) -> String {
-    server.banner.iter().find_map(|line| line.trim().strip_prefix("node").map(|id| id.trim().to_owned())).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves_to_the_other() {
     let db = PgDatabase::create().await;
@@ -80,7 +72,7 @@ async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves
     // running projections are not moved while their node lives).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = status(dir.path(), &db.url);
+        let status = cluster_status(dir.path(), &db.url);
         let alive = status["nodes"].as_array().unwrap().iter().filter(|n| n["alive"] == true).count();
         let profiles = holder(&status, "projection:profiles");
         let audiences = holder(&status, "projection:audiences");
@@ -124,7 +116,7 @@ async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves
 
     // The node delivering the destination is killed; the other takes over.
     let lease = format!("destination:{destination}");
-    let owner = holder(&status(dir.path(), &db.url), &lease).expect("the destination's lease is held");
+    let owner = holder(&cluster_status(dir.path(), &db.url), &lease).expect("the destination's lease is held");
 
     // Over gRPC, a workspace's token sees the nodes, the projections and its
     // own destinations' leases; another workspace's sees none of them.
@@ -145,8 +137,8 @@ async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves
         }
     };
     assert!(theirs.leases.iter().all(|l| !l.lease.starts_with("destination:")), "{:?}", theirs.leases);
-    let (victim, survivor) = if owner == node_id(&one) { (one, two) } else { (two, one) };
-    assert_eq!(owner, node_id(&victim));
+    let (victim, survivor) = if owner == one.node.clone() { (one, two) } else { (two, one) };
+    assert_eq!(owner, victim.node.clone());
     // Mid-delivery: the destination answers slowly, and the node is killed
     // once some of the new events are through and more are on their way.
     stub.set(Mode::Slow);
@@ -179,8 +171,8 @@ async fn two_nodes_deliver_each_event_once_and_a_killed_owners_destination_moves
     assert!(delivered.keys().all(|id| all.contains(id)), "only the events sent, with their ids");
     let twice = delivered.values().filter(|count| **count > 1).count();
     assert!(twice <= 10, "duplicates only from the in-flight batch: {twice}");
-    let status = status(dir.path(), &db.url);
-    assert_eq!(holder(&status, &lease), Some(node_id(&survivor)), "{status}");
+    let status = cluster_status(dir.path(), &db.url);
+    assert_eq!(holder(&status, &lease), Some(survivor.node.clone()), "{status}");
     drop(survivor);
 }
 

@@ -23,7 +23,7 @@ use onepd_domain::{EventId, WorkspaceId};
 use proxy::Proxy;
 use serde_json::{Value, json};
 use stub::{Mode, Stub};
-use support::{PgDatabase, Server, onepd, onepd_json};
+use support::{PgDatabase, Server, cluster_status, onepd, onepd_json};
 use uuid::Uuid;
 
 /// The lease time to live the nodes run with (seconds).
@@ -194,11 +194,6 @@ async fn killing_a_node_under_ingest_load_ten_times_loses_nothing_acknowledged_o
     killing_a_node_under_ingest_load_ten_times_loses_nothing_acknowledged(true).await;
 }
 
-/// `onepd cluster status --json`.
-fn status(dir: &std::path::Path, url: &str) -> Value {
-    onepd_json(dir, &["cluster", "status", "--database-url", url])
-}
-
 /// The leases each node holds, by node id.
 fn holdings(status: &Value) -> BTreeMap<String, BTreeSet<String>> {
     let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -208,10 +203,6 @@ fn holdings(status: &Value) -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     held
-}
-
-fn node_id(server: &Server) -> String {
-    server.banner.iter().find_map(|line| line.trim().strip_prefix("node").map(|id| id.trim().to_owned())).unwrap()
 }
 
 async fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
@@ -264,14 +255,14 @@ async fn a_node_cut_off_from_postgresql_loses_its_leases_stops_writing_and_rejoi
     let stub = Stub::start(Mode::Accept).await;
     webhook(dir.path(), &db.url, "hook", &stub);
     let other = start(dir.path(), &node_args(&db.url));
-    let (cut_id, other_id) = (node_id(&cut), node_id(&other));
+    let (cut_id, other_id) = (cut.node.clone(), other.node.clone());
     // Both nodes hold work before the cut.
     wait_until(Duration::from_secs(20), "both nodes holding leases", || {
-        let held = holdings(&status(dir.path(), &db.url));
+        let held = holdings(&cluster_status(dir.path(), &db.url));
         held.get(&cut_id).is_some_and(|l| !l.is_empty()) && held.get(&other_id).is_some_and(|l| !l.is_empty())
     })
     .await;
-    let before = holdings(&status(dir.path(), &db.url));
+    let before = holdings(&cluster_status(dir.path(), &db.url));
     println!("before the cut: {before:?}");
 
     let nodes = Arc::new(Mutex::new(vec![other.http.clone()]));
@@ -283,7 +274,7 @@ async fn a_node_cut_off_from_postgresql_loses_its_leases_stops_writing_and_rejoi
     // Its leases move to the other node within the time to live and a few
     // seconds; its health check says it cannot reach the database.
     let moved = wait_until(Duration::from_secs(TTL + 5), "the cut-off node's leases moving", || {
-        let held = holdings(&status(dir.path(), &db.url));
+        let held = holdings(&cluster_status(dir.path(), &db.url));
         !held.contains_key(&cut_id) && held.get(&other_id).map(BTreeSet::len) == Some(3)
     })
     .await;
@@ -304,7 +295,7 @@ async fn a_node_cut_off_from_postgresql_loses_its_leases_stops_writing_and_rejoi
     // tokens are refused), then takes its share again.
     proxy.set(proxy::Mode::Pass);
     let rejoined = wait_until(Duration::from_secs(30), "the node rejoining with work", || {
-        let status = status(dir.path(), &db.url);
+        let status = cluster_status(dir.path(), &db.url);
         let alive = status["nodes"].as_array().unwrap().iter().any(|n| n["node_id"] == cut_id && n["alive"] == true);
         alive && holdings(&status).get(&cut_id).is_some_and(|l| !l.is_empty())
     })

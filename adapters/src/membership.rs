@@ -196,6 +196,27 @@ fn edge_bound(now: Timestamp) -> String {
     format!("{:020}", now.0.max(0))
 }
 
+/// The documents of one collection of `generation` in key order, from the
+/// first key after a given one, a page at a time.
+struct Pages<'a> {
+    store: &'a dyn ProjectionStore,
+    generation: u64,
+    workspace: WorkspaceId,
+    collection: &'a str,
+    after: Option<String>,
+}
+
+impl Pages<'_> {
+    /// The next page, or `None` once the collection ends.
+    async fn next(&mut self) -> Result<Option<Vec<(String, Vec<u8>)>>, StoreError> {
+        let page =
+            self.store.scan(self.generation, self.workspace, self.collection, self.after.as_deref(), 1_000).await?;
+        let Some((last, _)) = page.last() else { return Ok(None) };
+        self.after = Some(last.clone());
+        Ok(Some(page))
+    }
+}
+
 /// Visits the documents of one collection of `generation` in key order,
 /// from the first key after `after`, a page at a time, until `visit`
 /// answers `false` or the collection ends.
@@ -207,17 +228,15 @@ async fn scan_each(
     after: Option<String>,
     mut visit: impl FnMut(&str, &[u8]) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
-    let mut after = after;
-    loop {
-        let page = store.scan(generation, workspace, collection, after.as_deref(), 1_000).await?;
-        let Some((last, _)) = page.last() else { return Ok(()) };
-        after = Some(last.clone());
+    let mut pages = Pages { store, generation, workspace, collection, after };
+    while let Some(page) = pages.next().await? {
         for (key, doc) in &page {
             if !visit(key, doc)? {
                 return Ok(());
             }
         }
     }
+    Ok(())
 }
 
 /// An append refused, as the runner reports it.
@@ -981,11 +1000,14 @@ impl Runner {
         pending: &mut Pending,
     ) -> Result<(), StoreError> {
         let mut seen: BTreeSet<ProfileId> = BTreeSet::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.scan(self.generation, workspace, PERSON, after.as_deref(), 1_000).await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
+        let mut pages = Pages {
+            store: self.store.as_ref(),
+            generation: self.generation,
+            workspace,
+            collection: PERSON,
+            after: None,
+        };
+        while let Some(page) = pages.next().await? {
             let mut people = Vec::with_capacity(page.len());
             for (key, doc) in page {
                 let Ok(id) = key.parse::<uuid::Uuid>() else { continue };

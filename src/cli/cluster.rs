@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use onepd_adapters::activation::admin;
 use onepd_adapters::cluster;
 use onepd_adapters::readstore::ReadStore;
 use onepd_domain::EventStore;
@@ -39,22 +40,27 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let status = cluster::status(&log).await.context("reading the nodes and leases")?;
     let head = log.head().await?;
     let read_store = ReadStore::open(&args.store.database_url()).await.context("opening the read store")?;
-    let ledgers = onepd_adapters::activation::ledgers(&log).await.context("reading the delivery ledgers")?;
-    // Where each lease's work stands: its persisted checkpoint.
+    // Where each lease's work stands: its persisted checkpoint (a
+    // destination's from its own ledger stream).
     let mut leases = Vec::new();
-    for (lease, held) in &status.leases {
-        let checkpoint = cluster::checkpoint_of(&read_store, &ledgers, &lease.name).await?;
-        leases.push((lease, *held, checkpoint));
+    for lease in &status.leases {
+        let ledger = match lease.name.strip_prefix("destination:").and_then(|id| id.parse().ok()) {
+            Some(id) => Some(admin::ledger(&log, id).await.context("reading a delivery ledger")?),
+            None => None,
+        };
+        let from_ledger = |_| ledger.and_then(|ledger| ledger.checkpoint);
+        let checkpoint = cluster::checkpoint_of(&read_store, &lease.name, from_ledger).await?;
+        leases.push((lease, lease.held(status.now), checkpoint));
     }
     read_store.close().await;
     log.close().await;
     let seconds_ago = |at: i64| (status.now - at) as f64 / 1e6;
     if args.json {
         let nodes: Vec<serde_json::Value> = (status.nodes.iter())
-            .map(|(node, alive)| {
+            .map(|node| {
                 json!({
                     "node_id": node.node_id,
-                    "alive": alive,
+                    "alive": node.alive(status.now),
                     "host": node.host,
                     "pid": node.pid,
                     "http": node.http_addr,
@@ -84,12 +90,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     output::line(format!("log head {}", head.0));
     output::line(format!("{} node(s):", status.nodes.len()));
-    for (node, alive) in &status.nodes {
+    for node in &status.nodes {
         let held = leases.iter().filter(|(l, held, _)| *held && l.holder == node.node_id).count();
         output::line(format!(
             "  {} {:<5} http {} grpc {} pid {} on {}, heartbeat {:.1} s ago, {} lease(s)",
             node.node_id,
-            if *alive { "alive" } else { "gone" },
+            if node.alive(status.now) { "alive" } else { "gone" },
             node.http_addr,
             node.grpc_addr,
             node.pid,

@@ -56,6 +56,8 @@ pub struct Server {
     /// The default `http` source's write key, when this start created it.
     pub write_key: Option<String>,
     pub workspace: Option<String>,
+    /// Its node id in the cluster sharing its database.
+    pub node: String,
     pub banner: Vec<String>,
 }
 
@@ -131,7 +133,8 @@ impl Server {
                 .and_then(|rest| rest.strip_suffix(')'))
                 .map(str::to_owned)
         });
-        Server { child: Some(child), grpc, http, admin_token, write_key, workspace, banner }
+        let node = field("node").expect("banner names the node");
+        Server { child: Some(child), grpc, http, admin_token, write_key, workspace, node, banner }
     }
 
     /// The server process's id.
@@ -170,6 +173,11 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// `onepd cluster status --json` against the database at `url`.
+pub fn cluster_status(dir: &Path, url: &str) -> serde_json::Value {
+    onepd_json(dir, &["cluster", "status", "--database-url", url])
 }
 
 /// A local port free now, for a server that must keep its address across

@@ -108,6 +108,13 @@ pub struct NodeRow {
     pub ttl: i64,
 }
 
+impl LeaseRow {
+    /// Whether it is held (unexpired) at `now`.
+    pub fn held(&self, now: i64) -> bool {
+        self.expires_at > now
+    }
+}
+
 impl NodeRow {
     /// Whether it said it was alive within its time to live of `now`.
     pub fn alive(&self, now: i64) -> bool {
@@ -244,6 +251,7 @@ impl Node {
     /// leases.
     pub async fn join(log: &EventLog, options: NodeOptions) -> Result<Arc<Node>, StoreError> {
         let id = uuid::Uuid::now_v7().to_string();
+        let ttl = options.ttl.max(Duration::from_millis(300));
         let row = NodeRow {
             node_id: id.clone(),
             host: host_name(),
@@ -254,10 +262,9 @@ impl Node {
             http_addr: options.http_addr,
             grpc_addr: options.grpc_addr,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            ttl: options.ttl.max(Duration::from_millis(300)).as_micros() as i64,
+            ttl: ttl.as_micros() as i64,
         };
         let db = log.cluster_db();
-        let ttl = options.ttl.max(Duration::from_millis(300));
         db.heartbeat(&row, ttl * 30).await?;
         // A node of this process namespace (same boot, same pid namespace)
         // whose process is gone — this one's previous run, killed — can
@@ -294,11 +301,6 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// A lease's time to live.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
     }
 
     /// Sets the leases `owner` wants (replacing what it wanted before); the
@@ -624,16 +626,17 @@ impl<T> Drop for Singleton<T> {
     }
 }
 
-/// What `onepd cluster status` shows: the nodes, their leases, and the
-/// database's clock they are measured against.
+/// What `onepd cluster status` shows: the nodes, the leases, and the
+/// database's clock they are measured against ([`NodeRow::alive`],
+/// [`LeaseRow::held`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// The database's clock (microseconds since the epoch).
     pub now: i64,
-    /// Every node heard from lately, with whether it is alive.
-    pub nodes: Vec<(NodeRow, bool)>,
-    /// Every lease, with whether it is held (unexpired).
-    pub leases: Vec<(LeaseRow, bool)>,
+    /// Every node heard from lately.
+    pub nodes: Vec<NodeRow>,
+    /// Every lease.
+    pub leases: Vec<LeaseRow>,
 }
 
 /// The cluster as the database has it.
@@ -641,29 +644,16 @@ pub async fn status(log: &EventLog) -> Result<Status, StoreError> {
     let db = log.cluster_db();
     let (now, nodes) = db.nodes().await?;
     let (_, leases) = db.leases().await?;
-    Ok(Status {
-        now,
-        nodes: (nodes.into_iter())
-            .map(|node| {
-                let alive = node.alive(now);
-                (node, alive)
-            })
-            .collect(),
-        leases: (leases.into_iter())
-            .map(|lease| {
-                let held = lease.expires_at > now;
-                (lease, held)
-            })
-            .collect(),
-    })
+    Ok(Status { now, nodes, leases })
 }
 
-/// Where the work of `lease` stands: its persisted checkpoint (a
-/// projection's live generation, a destination's ledger), when it has one.
+/// Where the work of `lease` stands: its persisted checkpoint, when it has
+/// one — a projection's live generation's, or for a destination's live run
+/// what `destination` says of its ledger.
 pub async fn checkpoint_of(
     store: &dyn onepd_domain::ProjectionStore,
-    ledgers: &onepd_projections::activation::Ledgers,
     lease: &str,
+    destination: impl FnOnce(uuid::Uuid) -> Option<onepd_domain::Position>,
 ) -> Result<Option<onepd_domain::Position>, StoreError> {
     let projection = match lease {
         PROFILES_LEASE => Some(onepd_projections::runner::PROFILES),
@@ -673,6 +663,5 @@ pub async fn checkpoint_of(
     if let Some(projection) = projection {
         return Ok(store.live(projection).await?.map(|generation| generation.checkpoint));
     }
-    let destination = lease.strip_prefix("destination:").and_then(|id| uuid::Uuid::parse_str(id).ok());
-    Ok(destination.and_then(|id| ledgers.get(id)).and_then(|ledger| ledger.checkpoint))
+    Ok(lease.strip_prefix("destination:").and_then(|id| uuid::Uuid::parse_str(id).ok()).and_then(destination))
 }

@@ -405,29 +405,28 @@ impl AdminService for AdminApi {
         }
         let store = self.profiles.store();
         let mut leases = Vec::new();
-        for (lease, held) in &status.leases {
-            let checkpoint = match lease.name.as_str() {
-                crate::cluster::PROFILES_LEASE | crate::cluster::AUDIENCES_LEASE => {
-                    let ledgers = onepd_projections::activation::Ledgers::default();
-                    crate::cluster::checkpoint_of(store.as_ref(), &ledgers, &lease.name).await.map_err(store_status)?
-                }
-                name => match names.get(name) {
-                    Some((_, checkpoint)) => *checkpoint,
-                    None => continue,
-                },
+        for lease in &status.leases {
+            let projection =
+                [crate::cluster::PROFILES_LEASE, crate::cluster::AUDIENCES_LEASE].contains(&lease.name.as_str());
+            let Some(name) = names.get(&lease.name).map(|(name, _)| name.clone()).or(projection.then(String::new))
+            else {
+                continue;
             };
+            let mine = names.get(&lease.name).and_then(|(_, checkpoint)| *checkpoint);
+            let checkpoint =
+                crate::cluster::checkpoint_of(store.as_ref(), &lease.name, |_| mine).await.map_err(store_status)?;
             leases.push(proto::ClusterLease {
                 lease: lease.name.clone(),
-                holder: if *held { lease.holder.clone() } else { String::new() },
+                holder: if lease.held(status.now) { lease.holder.clone() } else { String::new() },
                 token: lease.token,
-                destination: names.get(&lease.name).map(|(name, _)| name.clone()).unwrap_or_default(),
+                destination: name,
                 lag: checkpoint.map(|checkpoint| head.0.saturating_sub(checkpoint.0)),
             });
         }
         let nodes = (status.nodes.iter())
-            .map(|(node, alive)| proto::ClusterNode {
+            .map(|node| proto::ClusterNode {
                 node_id: node.node_id.clone(),
-                alive: *alive,
+                alive: node.alive(status.now),
                 version: node.version.clone(),
                 heartbeat_seconds_ago: (status.now - node.heartbeat_at) as f64 / 1e6,
                 leases_held: leases.iter().filter(|lease| lease.holder == node.node_id).count() as u32,

@@ -413,11 +413,6 @@ impl EventLog {
         EventLog { inner: self.inner.clone(), fence: Some(Arc::new(fence)) }
     }
 
-    /// The lease this log's appends are made under, if any.
-    pub fn fence(&self) -> Option<&crate::cluster::Fence> {
-        self.fence.as_deref()
-    }
-
     /// The nodes and leases beside the log.
     pub fn cluster_db(&self) -> crate::cluster::ClusterDb {
         self.inner.backend.cluster_db()

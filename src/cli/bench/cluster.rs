@@ -271,10 +271,7 @@ async fn cluster(
     // 2. The aggregate rate, delivering meanwhile.
     let messages = Messages::new(args.events);
     let measured = drive_many(ingest_args, &nodes.iter().collect::<Vec<_>>(), plan(ingest_args, &messages)?).await?;
-    let mut acknowledged: Vec<String> = (0..args.events).map(|n| messages.json(n)["messageId"].to_string()).collect();
-    for id in &mut acknowledged {
-        *id = id.trim_matches('"').to_owned();
-    }
+    let mut acknowledged: Vec<String> = (0..args.events).map(|n| messages.message_id(n).to_string()).collect();
     let expected = |ids: &[String]| -> Vec<String> {
         ids.iter().map(|id| EventId::for_message(workspace, id).to_string()).collect()
     };

@@ -340,13 +340,18 @@ impl Messages {
         Messages { seed: rand::random(), first_at: now - (events as i64 + 60_000) * 1_000 }
     }
 
-    /// Message `n` as the Segment JSON the HTTP API takes.
-    pub(super) fn json(&self, n: u64) -> Value {
-        // A UUIDv4: 74 random bits per run, then the message number.
+    /// Message `n`'s `messageId`: a UUIDv4 of 74 random bits per run, then
+    /// the message number.
+    pub(super) fn message_id(&self, n: u64) -> uuid::Uuid {
         let mut bytes = [0u8; 16];
         bytes[..10].copy_from_slice(&self.seed);
         bytes[10..].copy_from_slice(&n.to_be_bytes()[2..]);
-        let message_id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+
+    /// Message `n` as the Segment JSON the HTTP API takes.
+    fn json(&self, n: u64) -> Value {
+        let message_id = self.message_id(n);
         // Users are spread over the pool rather than taken in turn.
         let user = n.wrapping_mul(7_919) % USERS;
         let products = match n % 3 {
