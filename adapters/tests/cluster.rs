@@ -143,7 +143,32 @@ async fn nodes_share_the_wanted_leases_and_take_a_leaving_nodes_over(backend: Ba
     log.close().await;
 }
 
+async fn a_finished_replay_jobs_lease_is_deleted_not_kept(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.open().await;
+    let node = Node::join(&log, options(SHORT)).await.unwrap();
+    node.want("replays", BTreeSet::from(["replay:job-1".to_owned()]));
+    node.want("destinations", BTreeSet::from(["destination:1".to_owned()]));
+    assert!(eventually(Duration::from_secs(5), || node.watch().borrow().len() == 2).await, "both taken");
+    // The job is done, the destination paused: neither is wanted any more.
+    node.want("replays", BTreeSet::new());
+    node.want("destinations", BTreeSet::new());
+    let mut names = Vec::new();
+    for _ in 0..50 {
+        let status = onepd_adapters::cluster::status(&log).await.unwrap();
+        names = status.leases.iter().map(|lease| lease.name.clone()).collect();
+        if names == ["destination:1"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(names, ["destination:1"], "the job's lease row is gone; the paused destination's stays, given up");
+    node.leave().await;
+    log.close().await;
+}
+
 conformance!(
+    a_finished_replay_jobs_lease_is_deleted_not_kept,
     a_lease_changes_hands_only_once_free_and_its_token_grows,
     a_node_that_lost_its_lease_appends_nothing_under_it,
     a_node_that_lost_its_lease_commits_nothing_to_the_read_store,

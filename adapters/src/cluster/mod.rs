@@ -159,6 +159,14 @@ impl ClusterDb {
         }
     }
 
+    /// Deletes `fence`'s lease: work that is over for good.
+    async fn forget(&self, fence: &Fence) -> Result<(), StoreError> {
+        match self {
+            ClusterDb::Sqlite(pool) => sql::sqlite::forget(pool, fence).await,
+            ClusterDb::Postgres(pool) => sql::postgres::forget(pool, fence).await,
+        }
+    }
+
     /// Whether `fence`'s node still holds its lease (outside any write: a
     /// write checks in its own transaction).
     pub async fn held(&self, fence: &Fence) -> Result<bool, StoreError> {
@@ -363,6 +371,9 @@ struct Holding {
 struct LetGo {
     fence: Fence,
     at: Instant,
+    /// The work is over for good (a finished replay job): the lease's row
+    /// is deleted rather than given up.
+    over: bool,
 }
 
 /// Publishes the held leases, with metrics.
@@ -454,8 +465,8 @@ async fn round(
     let (due, later): (Vec<LetGo>, Vec<LetGo>) =
         std::mem::take(let_go).into_iter().partition(|l| l.at.elapsed() >= grace);
     *let_go = later;
-    for LetGo { fence, .. } in due {
-        node.db.release(&fence).await?;
+    for LetGo { fence, over, .. } in due {
+        if over { node.db.forget(&fence).await? } else { node.db.release(&fence).await? }
     }
     let wanted = node.all_wanted();
     let (now, nodes) = node.db.nodes().await?;
@@ -469,7 +480,8 @@ async fn round(
         let fence = holding[&name].fence.clone();
         if !wanted.contains(&name) {
             holding.remove(&name);
-            let_go.push(LetGo { fence, at: Instant::now() });
+            let over = name.starts_with("replay:");
+            let_go.push(LetGo { fence, at: Instant::now(), over });
         } else if node.db.renew(&fence, node.ttl).await? {
             holding.get_mut(&name).expect("held").valid_until = valid_until;
         } else {
@@ -488,7 +500,7 @@ async fn round(
             && let Some(held) = holding.remove(&name)
         {
             tracing::info!(lease = %name, "cluster: lease let go for another node to take");
-            let_go.push(LetGo { fence: held.fence, at: Instant::now() });
+            let_go.push(LetGo { fence: held.fence, at: Instant::now(), over: false });
         }
     }
     // Below it: take free ones, those this node prefers most first.

@@ -33,6 +33,10 @@ pub(crate) const RENEW: &str = "UPDATE cluster_leases SET expires_at = {now} + $
 pub(crate) const RELEASE: &str =
     "UPDATE cluster_leases SET expires_at = {now} WHERE name = $1 AND holder = $2 AND token = $3";
 
+/// Deletes lease `$1` (holder `$2`, token `$3`): a finished replay job's,
+/// whose id is never used again, so the table does not grow with the jobs.
+pub(crate) const FORGET: &str = "DELETE FROM cluster_leases WHERE name = $1 AND holder = $2 AND token = $3";
+
 /// The token of lease `$1` when holder `$2` holds it with token `$3`, unexpired.
 pub(crate) const HELD: &str =
     "SELECT token FROM cluster_leases WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > {now}";
@@ -118,6 +122,17 @@ macro_rules! statements {
                 .execute(pool)
                 .await
                 .map_err(db_error("giving a lease up"))?;
+            Ok(())
+        }
+
+        pub(crate) async fn forget(pool: &$pool, fence: &Fence) -> Result<(), StoreError> {
+            sqlx::query(sql(FORGET))
+                .bind(&fence.lease)
+                .bind(&fence.node)
+                .bind(fence.token)
+                .execute(pool)
+                .await
+                .map_err(db_error("forgetting a lease"))?;
             Ok(())
         }
 
